@@ -1,0 +1,37 @@
+// jetmoe-train: pretraining (the paper's WSD recipe), SFT and DPO.
+#include <filesystem>
+
+#include "core/app.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "model/config.hpp"
+#include "parallel/comm.hpp"
+#include "train/config.hpp"
+
+int main(int argc, char** argv) {
+  const jetmoe::AppSpec spec{
+      "jetmoe-train",
+      "Train a JetMoE model: pretraining, SFT or DPO (<train>/mode).",
+      {"job", "model", "tokenizer", "data", "train", "optimizer", "schedule", "dpo", "checkpoint", "parallel"},
+      /*takes_restart=*/true,
+      "Examples:\n"
+      "  jetmoe-train -i inputs/tiny.deck\n"
+      "  mpirun -n 4 jetmoe-train -i inputs/tiny.deck parallel/pipeline_stages=2 parallel/data_parallel=2\n"
+      "  jetmoe-train -i inputs/tiny.deck -r runs/tiny/checkpoints/step-000500.h5"};
+  return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
+    using namespace jetmoe;
+    const ModelConfig model = ModelConfig::from_deck(ctx.deck);
+    const TrainConfig run = TrainConfig::from_deck(ctx.deck, model, ctx.comm.size());
+    if (ctx.command_line.restart && !std::filesystem::is_regular_file(*ctx.command_line.restart))
+      fail(ErrorKind::Input, "restart checkpoint '" + *ctx.command_line.restart + "' does not exist");
+    log::info("model: %s", model.summary().c_str());
+    log::info("run: %s, %lld optimizer steps of %lld tokens (%lld x %lld tokens x %lld accumulation x %lld data-parallel), "
+              "pipeline stages %lld",
+              run.mode.c_str(), (long long)run.total_steps, (long long)run.global_batch_tokens,
+              (long long)run.micro_batch_size, (long long)run.seq_len, (long long)run.grad_accum_steps,
+              (long long)run.data_parallel, (long long)run.pipeline_stages);
+    log::info("deck is valid.");
+    if (ctx.command_line.check_only) return;
+    log::info("this build stops here: the training loop is not part of this version yet (see README, 'Status').");
+  });
+}

@@ -1,0 +1,118 @@
+#include "core/build_info.hpp"
+
+#include <sstream>
+
+#include <KokkosKernels_config.h>
+
+#include "core/kokkos_compat.hpp"
+#include "jetmoe/build_config.hpp"
+#include "parallel/comm.hpp"
+
+#if JETMOE_HAVE_HDF5
+#include <hdf5.h>
+#endif
+#if JETMOE_HAVE_CUDA_KERNELS
+#include "jetmoe/kernels.h"
+#endif
+#if JETMOE_HAVE_NCCL
+#include <nccl.h>
+#endif
+
+namespace jetmoe {
+
+namespace {
+
+std::string hdf5_text() {
+#if JETMOE_HAVE_HDF5
+  unsigned major = 0, minor = 0, release = 0;
+  H5get_libversion(&major, &minor, &release);
+  std::string s = std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(release);
+#ifdef H5_HAVE_PARALLEL
+  s += " (parallel, MPI-IO)";
+#else
+  s += " (serial)";
+#endif
+  return s;
+#else
+  return "not built (JETMOE_ENABLE_HDF5=OFF): no checkpoints";
+#endif
+}
+
+std::string cuda_text() {
+#if JETMOE_HAVE_CUDA_KERNELS
+  std::ostringstream s;
+  s << "kernels/ compiled by nvcc " << JETMOE_CUDA_COMPILER_VERSION << " for sm_" << jk_compiled_architectures();
+  jk_runtime_info_t info{};
+  if (jk_runtime_info(&info) == cudaSuccess) {
+    s << "; runtime " << info.runtime_version / 1000 << "." << info.runtime_version % 1000 / 10;
+    if (info.driver_version == 0) s << ", no CUDA driver";
+    else s << ", driver " << info.driver_version / 1000 << "." << info.driver_version % 1000 / 10;
+    if (info.device_count == 0) s << ", no CUDA device";
+    else
+      s << ", " << info.device_count << " device(s), device 0: " << info.device_name << " (sm_" << info.sm_major
+        << info.sm_minor << (info.kernel_image_ok ? "" : ", kernels cannot run on it") << ")";
+  }
+#if defined(KOKKOS_ENABLE_CUDA)
+  s << "; used by the Kokkos CUDA backend";
+#else
+  s << "; not used by this build (Kokkos has no CUDA backend)";
+#endif
+  return s.str();
+#else
+  return "not built (no CUDA toolkit or JETMOE_ENABLE_CUDA=OFF)";
+#endif
+}
+
+std::string nccl_text() {
+#if JETMOE_HAVE_NCCL
+  int version = 0;
+  ncclGetVersion(&version);
+  return "NCCL " + std::to_string(version / 10000) + "." + std::to_string(version / 100 % 100) + "." +
+         std::to_string(version % 100);
+#else
+  return "not built (JETMOE_ENABLE_NCCL=OFF)";
+#endif
+}
+
+std::string revision() {
+  const std::string r = JETMOE_GIT_REVISION;
+  return r.empty() ? "unknown revision" : r;
+}
+
+}  // namespace
+
+std::string version_report(const std::string& app_name) {
+  std::ostringstream s;
+  s << app_name << " " << JETMOE_VERSION << " (" << revision() << ", " << JETMOE_BUILD_TYPE << ")\n"
+    << "  compiler        " << JETMOE_CXX_COMPILER << ", C++" << JETMOE_CXX_STANDARD << "\n"
+    << "  Kokkos          " << kokkos_version_string() << ", backends " << kokkos_backends()
+    << ", default execution space " << Kokkos::DefaultExecutionSpace::name() << "\n"
+    << "  Kokkos Kernels  " << JETMOE_KOKKOSKERNELS_VERSION
+#ifdef KOKKOSKERNELS_ENABLE_TPL_BLAS
+    << ", BLAS TPL on"
+#else
+    << ", BLAS TPL off"
+#endif
+#ifdef KOKKOSKERNELS_ENABLE_TPL_CUBLAS
+    << ", cuBLAS TPL on"
+#endif
+    << "\n"
+    << "  BLAS            " << JETMOE_BLAS_LIBRARIES << "\n"
+    << "  MPI             " << (JETMOE_HAVE_MPI ? mpi_library_version() : std::string("not built (JETMOE_ENABLE_MPI=OFF)"))
+    << "\n"
+    << "  HDF5            " << hdf5_text() << "\n"
+    << "  CUDA            " << cuda_text() << "\n"
+    << "  NCCL            " << nccl_text() << "\n";
+  return s.str();
+}
+
+std::string build_summary() {
+  std::ostringstream s;
+  s << "jetmoe " << JETMOE_VERSION << " (" << revision() << ", " << JETMOE_BUILD_TYPE << "), Kokkos "
+    << kokkos_version_string() << " " << kokkos_backends() << (JETMOE_HAVE_MPI ? ", MPI" : "")
+    << (JETMOE_HAVE_HDF5 ? ", HDF5" : "") << (JETMOE_HAVE_CUDA_KERNELS ? ", CUDA kernels" : "")
+    << (JETMOE_HAVE_NCCL ? ", NCCL" : "");
+  return s.str();
+}
+
+}  // namespace jetmoe

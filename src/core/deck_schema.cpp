@@ -1,0 +1,176 @@
+// The application's deck schema: every block and key jetmoe understands, with type, default, allowed
+// range and meaning. docs/deck-reference.md is generated from this file (`jetmoe-train
+// --deck-reference`), and a test fails when the two differ.
+#include "core/deck.hpp"
+
+namespace jetmoe {
+
+namespace {
+
+DeckSchema make_standard_schema() {
+  DeckSchema s;
+  const std::string train = "jetmoe-train", generate = "jetmoe-generate", eval = "jetmoe-eval",
+                    prepare = "jetmoe-prepare", convert = "jetmoe-convert";
+
+  {
+    auto& b = s.block("job", "What the run is called, where it writes, how it reports.",
+                      {train, generate, eval, prepare, convert});
+    b.string("name", "jetmoe", "Run name; prefixes output files.");
+    b.integer("seed", 1234, "Seed of every random stream (initialisation, data order, sampling).").at_least(0);
+    b.path("output_dir", "runs", "Directory for the run's outputs (metrics, checkpoints, samples).");
+    b.choice("log_level", "info", {"debug", "info", "warn", "error"}, "Least severe message printed.");
+    b.integer("progress_interval", 10, "Steps between progress lines.").at_least(1);
+  }
+  {
+    auto& b = s.block("model",
+                      "The JetMoE architecture. Values come from `preset`, then `config` (a Hugging Face "
+                      "config.json, or the one next to `weights`), then the keys set here.",
+                      {train, generate, eval, convert});
+    b.choice("preset", "tiny", {"tiny", "small", "jetmoe-8b", "none"},
+             "Starting shape: `tiny` (CPU minutes), `small` (~100M parameters, benchmarks), `jetmoe-8b` "
+             "(the paper's model), `none` (every shape key must be set).");
+    b.path("config", std::nullopt, "Hugging Face config.json to take the shape from.")
+        .unset_means("the preset (or the config.json next to `weights`).");
+    b.path("weights", std::nullopt,
+           "Initial weights: a Hugging Face checkpoint directory (safetensors + config.json) or a jetmoe "
+           "HDF5 checkpoint.")
+        .unset_means("random initialisation from job/seed.");
+    b.integer("vocab_size", std::nullopt, "Vocabulary size.").at_least(2).unset_means("from the preset/config.");
+    b.integer("hidden_size", std::nullopt, "Model width D.").at_least(1).unset_means("from the preset/config.");
+    b.integer("num_layers", std::nullopt, "Number of transformer blocks.").at_least(1).unset_means("from the preset/config.");
+    b.integer("num_kv_heads", std::nullopt, "Shared key/value heads H_kv (query heads = H_kv x top_k).")
+        .at_least(1).unset_means("from the preset/config.");
+    b.integer("head_dim", std::nullopt, "Head dimension (kv_channels); must be even (RoPE).")
+        .at_least(2).unset_means("from the preset/config.");
+    b.integer("num_experts", std::nullopt, "Experts per MoA and per MoE layer.").at_least(1).unset_means("from the preset/config.");
+    b.integer("top_k", std::nullopt, "Experts selected per token (MoA and MoE).").at_least(1).unset_means("from the preset/config.");
+    b.integer("ffn_hidden_size", std::nullopt, "Per-expert SwiGLU width F.").at_least(1).unset_means("from the preset/config.");
+    b.integer("max_position_embeddings", std::nullopt, "Longest sequence (context length).")
+        .at_least(1).unset_means("from the preset/config.");
+    b.real("rope_theta", std::nullopt, "RoPE base.").greater_than(0).unset_means("from the preset/config.");
+    b.real("rms_norm_eps", std::nullopt, "Epsilon of the final RMSNorm.").greater_than(0).unset_means("from the preset/config.");
+    b.real("block_norm_eps", 1e-6, "Epsilon of the two RMSNorms in each block (HF uses 1e-6 whatever the config says).")
+        .greater_than(0);
+    b.boolean("tie_word_embeddings", std::nullopt, "LM head shares the embedding matrix.")
+        .unset_means("from the preset/config (true for JetMoE).");
+    b.real("initializer_range", std::nullopt, "Standard deviation of the normal initialisation.")
+        .greater_than(0).unset_means("from the preset/config (0.01).");
+  }
+  {
+    auto& b = s.block("tokenizer", "The SentencePiece tokenizer.", {train, generate, eval, prepare});
+    b.path("model", std::nullopt, "SentencePiece `tokenizer.model`.")
+        .unset_means("the tokenizer.model next to model/weights.");
+    b.boolean("add_bos", true, "Prepend `<s>` when encoding, as the HF Llama tokenizer does.");
+    b.boolean("add_eos", false, "Append `</s>` when encoding.");
+  }
+  {
+    auto& b = s.block("data", "Training data: token shards written by jetmoe-prepare, mixed by source.", {train});
+    b.path("dir", "data/prepared", "Directory of prepared shards (one subdirectory per source).");
+    b.weight_list("phase1_mixture", std::nullopt,
+                  "Source weights during warmup and the stable phase, e.g. `web:0.64, code:0.25, ...`.")
+        .unset_means("every source in data/dir, weighted by its token count.");
+    b.weight_list("phase2_mixture", std::nullopt, "Source weights during the decay phase.")
+        .unset_means("the phase 1 mixture.");
+  }
+  {
+    auto& b = s.block("train", "The training run.", {train});
+    b.choice("mode", "pretrain", {"pretrain", "sft", "dpo"}, "Objective: language modelling, SFT or DPO.");
+    b.integer("seq_len", 256, "Tokens per sequence.").at_least(2);
+    b.integer("micro_batch_size", 8, "Sequences per forward/backward pass.").at_least(1);
+    b.integer("global_batch_tokens", 16384,
+              "Tokens per optimizer step over all data-parallel ranks; a multiple of "
+              "micro_batch_size x seq_len x parallel/data_parallel (gradient accumulation fills the rest).")
+        .at_least(1);
+    b.choice("precision", "fp32", {"fp32", "bf16"}, "Compute precision (bf16 keeps fp32 master weights).");
+    b.real("load_balance_coef", 0.01, "Weight of each router's switch load-balancing loss.").at_least(0);
+    b.real("z_loss_coef", 0.001, "Weight of each router's z-loss.").at_least(0);
+    b.integer("eval_interval", 100, "Steps between validation-loss evaluations (0: never).").at_least(0);
+    b.integer("eval_batches", 8, "Micro-batches per validation evaluation.").at_least(1);
+    b.choice("nonfinite_loss", "stop", {"stop", "skip"}, "On a NaN/Inf loss: stop with an error, or skip the step.");
+    b.boolean("recompute", false, "Recompute activations in backward instead of storing them.");
+  }
+  {
+    auto& b = s.block("optimizer", "AdamW with decoupled weight decay (none on norms and biases).", {train});
+    b.real("lr", 5e-4, "Peak learning rate.").greater_than(0);
+    b.real("beta1", 0.9, "Adam beta1.").at_least(0).less_than(1);
+    b.real("beta2", 0.95, "Adam beta2.").at_least(0).less_than(1);
+    b.real("eps", 1e-8, "Adam epsilon.").greater_than(0);
+    b.real("weight_decay", 0.1, "Decoupled weight decay on matrices and embeddings.").at_least(0);
+    b.real("grad_clip", 1.0, "Clip the global gradient norm to this value (0: no clipping).").at_least(0);
+  }
+  {
+    auto& b = s.block("schedule", "Learning-rate schedule.", {train});
+    b.choice("type", "wsd", {"wsd", "cosine", "constant"},
+             "`wsd`: linear warmup from initial_ratio x lr, constant, exponential decay to final_ratio x lr; "
+             "`cosine`: warmup then cosine to final_ratio x lr; `constant`.");
+    b.choice("unit", "steps", {"steps", "tokens"}, "Unit of total, warmup and decay.");
+    b.integer("total", 1000, "Length of the run.").at_least(1);
+    b.integer("warmup", 100, "Warmup length.").at_least(0);
+    b.integer("decay", 200, "Decay length (wsd: the final phase).").at_least(0);
+    b.real("initial_ratio", 0.1, "Learning rate at step 0 as a fraction of the peak.").at_least(0).at_most(1);
+    b.real("final_ratio", 0.1, "Learning rate at the end as a fraction of the peak.").at_least(0).at_most(1);
+  }
+  {
+    auto& b = s.block("dpo", "Direct preference optimisation (train/mode = dpo).", {train});
+    b.real("beta", 0.1, "DPO temperature beta.").greater_than(0);
+    b.real("label_smoothing", 0.0, "Conservative DPO label smoothing.").at_least(0).less_than(0.5);
+  }
+  {
+    auto& b = s.block("checkpoint", "HDF5 checkpoints.", {train});
+    b.path("dir", "checkpoints", "Directory for checkpoints, relative to job/output_dir unless absolute.");
+    b.integer("interval", 500, "Steps between checkpoints (0: only at the end and on SIGTERM).").at_least(0);
+    b.integer("keep_last", 3, "Checkpoints kept; older ones are deleted.").at_least(1);
+  }
+  {
+    auto& b = s.block("parallel", "Rank layout: ranks = pipeline_stages x data_parallel.", {train});
+    b.integer("pipeline_stages", 1, "Pipeline stages (layers split across ranks).").at_least(1);
+    b.integer("data_parallel", 1, "Data-parallel replicas.").at_least(1);
+    b.integer("micro_batches", 0, "Micro-batches in flight per pipeline (0: gradient-accumulation count).").at_least(0);
+    b.boolean("zero1", false, "Shard the AdamW state over data-parallel ranks (ZeRO-1).");
+  }
+  {
+    auto& b = s.block("generate", "Text generation.", {generate});
+    b.string("prompt", std::nullopt, "Prompt text.").unset_means("read from generate/prompt_file, or stdin.");
+    b.path("prompt_file", std::nullopt, "File with one prompt per line.").unset_means("use generate/prompt or stdin.");
+    b.boolean("chat", false, "Wrap prompts in the Zephyr chat template.");
+    b.string("system", std::nullopt, "System message in chat mode.").unset_means("no system turn.");
+    b.integer("max_new_tokens", 64, "Tokens generated per prompt.").at_least(1);
+    b.real("temperature", 0.0, "Sampling temperature (0: greedy).").at_least(0);
+    b.integer("top_k", 0, "Sample from the k most likely tokens (0: all).").at_least(0);
+    b.real("top_p", 1.0, "Nucleus sampling mass.").greater_than(0).at_most(1);
+  }
+  {
+    auto& b = s.block("eval", "Evaluation.", {eval});
+    b.choice("task", "perplexity", {"perplexity", "multiple-choice", "logits"},
+             "What to evaluate: perplexity of a text file, multiple-choice accuracy, or dump logits.");
+    b.path("input", std::nullopt, "Text file (perplexity), task jsonl (multiple-choice) or token ids (logits).");
+    b.choice("format", "auto", {"auto", "hellaswag", "arc", "mmlu", "winogrande", "truthfulqa-mc"},
+             "Multiple-choice file format.");
+    b.integer("num_fewshot", 0, "Few-shot examples per question.").at_least(0);
+    b.path("output", "eval.json", "Results file (relative to job/output_dir unless absolute).");
+  }
+  {
+    auto& b = s.block("prepare", "Tokenising corpora into shards.", {prepare});
+    b.string_list("inputs", std::nullopt, "Corpora as `name=path` entries (plain text, jsonl, optionally .gz); the name is the source name used by data/phase1_mixture.");
+    b.path("output_dir", "data/prepared", "Where the shards go (one subdirectory per source).");
+    b.string("text_field", "text", "Field holding the text in jsonl input.");
+    b.real("validation_fraction", 0.01, "Fraction of documents held out for validation.").at_least(0).less_than(1);
+  }
+  {
+    auto& b = s.block("convert", "Checkpoint conversion.", {convert});
+    b.path("input", std::nullopt, "Checkpoint to read: HF directory or jetmoe HDF5 file.");
+    b.path("output", std::nullopt, "Where to write the converted checkpoint.");
+    b.choice("to", "hf", {"hf", "hdf5"}, "Output format.");
+    b.choice("dtype", "bf16", {"bf16", "fp16", "fp32"}, "Tensor type written.");
+  }
+  return s;
+}
+
+}  // namespace
+
+const DeckSchema& DeckSchema::standard() {
+  static const DeckSchema schema = make_standard_schema();
+  return schema;
+}
+
+}  // namespace jetmoe

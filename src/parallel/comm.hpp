@@ -1,0 +1,57 @@
+#pragma once
+// The process group. With MPI it wraps a communicator; without (JETMOE_ENABLE_MPI=OFF) it is a single
+// rank, so the rest of the code is written once.
+#include "jetmoe/build_config.hpp"
+
+#if JETMOE_HAVE_MPI
+#include <mpi.h>
+#endif
+
+#include <string>
+
+namespace jetmoe {
+
+// Initialises MPI (thread level FUNNELED) if nobody did, finalises it if we did.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+ private:
+  bool owns_ = false;
+};
+
+class Comm {
+ public:
+  static Comm world();
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  bool is_root() const { return rank_ == 0; }
+
+  double max(double v) const;
+  double min(double v) const;
+  double sum(double v) const;
+  int max(int v) const;
+  int min(int v) const;
+  void barrier() const;
+  // Ends every rank of the job (MPI_Abort); a plain exit without MPI.
+  [[noreturn]] void abort(int exit_code) const;
+
+#if JETMOE_HAVE_MPI
+  MPI_Comm raw() const { return comm_; }
+#endif
+
+ private:
+#if JETMOE_HAVE_MPI
+  MPI_Comm comm_ = MPI_COMM_WORLD;
+#endif
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+// "Open MPI v4.1.4, ..." (first line of MPI_Get_library_version), or "not built".
+std::string mpi_library_version();
+
+}  // namespace jetmoe

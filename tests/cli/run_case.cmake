@@ -1,0 +1,32 @@
+# Runs one application command in an empty scratch directory and checks its exit status, that its
+# output matches a regular expression, and that it wrote nothing when it failed.
+#   -D CMD="exe|arg|..." ('|' separates the arguments)  -D EXPECT_EXIT=N  -D EXPECT_OUTPUT=regex  [-D REJECT_OUTPUT=regex]  -D SCRATCH=dir
+string(REPLACE "|" ";" CMD "${CMD}")
+file(REMOVE_RECURSE "${SCRATCH}")
+file(MAKE_DIRECTORY "${SCRATCH}")
+execute_process(COMMAND ${CMD} WORKING_DIRECTORY "${SCRATCH}"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
+set(all "${out}${err}")
+string(REPLACE ";" " " shown "${CMD}")
+if(NOT rc STREQUAL "${EXPECT_EXIT}")
+  message(FATAL_ERROR "`${shown}` exited with ${rc}, expected ${EXPECT_EXIT}.\n--- output ---\n${all}")
+endif()
+if(DEFINED EXPECT_OUTPUT AND NOT all MATCHES "${EXPECT_OUTPUT}")
+  message(FATAL_ERROR "`${shown}`: output does not match /${EXPECT_OUTPUT}/.\n--- output ---\n${all}")
+endif()
+if(DEFINED REJECT_OUTPUT AND all MATCHES "${REJECT_OUTPUT}")
+  message(FATAL_ERROR "`${shown}`: output matches /${REJECT_OUTPUT}/, which it must not.\n--- output ---\n${all}")
+endif()
+if(NOT EXPECT_EXIT STREQUAL "0")
+  file(GLOB_RECURSE written "${SCRATCH}/*")
+  if(written)
+    message(FATAL_ERROR "`${shown}` failed but wrote files: ${written}")
+  endif()
+  # A deck or usage error must be a single error line, not a cascade.
+  string(REGEX MATCHALL "error:" errors "${err}")
+  list(LENGTH errors n_errors)
+  if(NOT n_errors EQUAL 1)
+    message(FATAL_ERROR "`${shown}` printed ${n_errors} error lines, expected exactly one.\n--- stderr ---\n${err}")
+  endif()
+endif()
+message(STATUS "ok: `${shown}` -> ${rc}")
