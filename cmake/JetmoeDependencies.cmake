@@ -110,6 +110,9 @@ if(NOT JETMOE_ENABLE_CUDA STREQUAL "OFF")
       # sm_90a: Hopper with wgmma/TMA; the only target the tuned kernels are written for.
       set(CMAKE_CUDA_ARCHITECTURES 90a CACHE STRING "CUDA architectures for kernels/")
     endif()
+    # One CUDA runtime per process: the shared libcudart (CMake's default would add cudart_static
+    # to every executable next to the libcudart.so that CUDA::cudart brings).
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     enable_language(CUDA)
     set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)

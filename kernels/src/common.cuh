@@ -3,13 +3,14 @@
 // conversions and block reductions. Not part of the public interface.
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 // Returns the error of a CUDA runtime call from the enclosing function (which returns cudaError_t).
-#define JK_RETURN_IF_ERROR(expr)                \
-  do {                                          \
-    const cudaError_t jk_status_ = (expr);      \
-    if (jk_status_ != cudaSuccess) return jk_status_; \
+#define JK_RETURN_IF_ERROR(expr)                          \
+  do {                                                    \
+    const cudaError_t jk_status_ = (expr);                \
+    if (jk_status_ != cudaSuccess) return jk_status_;     \
   } while (0)
 
 namespace jk::detail {

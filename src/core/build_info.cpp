@@ -41,7 +41,7 @@ std::string hdf5_text() {
 std::string cuda_text() {
 #if JETMOE_HAVE_CUDA_KERNELS
   std::ostringstream s;
-  s << "kernels/ compiled by nvcc " << JETMOE_CUDA_COMPILER_VERSION << " for sm_" << jk_compiled_architectures();
+  s << "kernels/ compiled by nvcc " << JETMOE_CUDA_COMPILER_VERSION << " for CUDA architectures " << jk_compiled_architectures();
   jk_runtime_info_t info{};
   if (jk_runtime_info(&info) == cudaSuccess) {
     s << "; runtime " << info.runtime_version / 1000 << "." << info.runtime_version % 1000 / 10;
