@@ -6,6 +6,7 @@
 
 #include "core/kokkos_compat.hpp"
 #include "jetmoe/build_config.hpp"
+#include "jetmoe/revision.hpp"
 #include "parallel/comm.hpp"
 
 #if JETMOE_HAVE_HDF5

@@ -1,0 +1,107 @@
+#include "model/weights.hpp"
+
+#include "core/kokkos_compat.hpp"
+
+namespace jetmoe {
+
+namespace {
+
+View1 flat_of(const View1& v) { return v; }
+View1 flat_of(const View2& v) { return View1(v.data(), v.size()); }
+View1 flat_of(const View3& v) { return View1(v.data(), v.size()); }
+
+std::vector<std::int64_t> shape_of(const View1& v) { return {std::int64_t(v.extent(0))}; }
+std::vector<std::int64_t> shape_of(const View2& v) { return {std::int64_t(v.extent(0)), std::int64_t(v.extent(1))}; }
+std::vector<std::int64_t> shape_of(const View3& v) {
+  return {std::int64_t(v.extent(0)), std::int64_t(v.extent(1)), std::int64_t(v.extent(2))};
+}
+
+// SplitMix64: a counter-based hash, so element i of tensor s gets the same number on every backend.
+KOKKOS_INLINE_FUNCTION std::uint64_t mix(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void fill_normal(const View1& v, std::uint64_t stream, double stddev) {
+  const float sd = float(stddev);
+  Kokkos::parallel_for(
+      "init_normal", Range(0, std::int64_t(v.extent(0))), KOKKOS_LAMBDA(std::int64_t i) {
+        // Box-Muller on two uniforms in (0, 1].
+        const std::uint64_t a = mix(stream ^ mix(2 * std::uint64_t(i)));
+        const std::uint64_t b = mix(stream ^ mix(2 * std::uint64_t(i) + 1));
+        const double u1 = (double(a >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+        const double u2 = double(b >> 11) * (1.0 / 9007199254740992.0);
+        const double r = kmath::sqrt(-2.0 * kmath::log(u1));
+        v(i) = float(r * kmath::cos(6.283185307179586 * u2)) * sd;
+      });
+}
+
+}  // namespace
+
+ModelWeights::ModelWeights(const ModelConfig& c) {
+  const std::int64_t V = c.vocab_size, D = c.hidden_size, A = c.attention_width(), E = c.num_experts,
+                     F = c.ffn_hidden_size;
+  embed = View2("embed_tokens", V, D);
+  lm_head = c.tie_word_embeddings ? embed : View2("lm_head", V, D);
+  final_norm = View1("norm", D);
+  Kokkos::deep_copy(final_norm, 1.0f);
+  layers.resize(std::size_t(c.num_layers));
+  for (auto& l : layers) {
+    l.input_norm = View1("input_layernorm", D);
+    l.moa_router = View2("moa_router", E, D);
+    l.moa_q = View3("moa_input_linear", E, A, D);
+    l.moa_o = View3("moa_output_linear", E, D, A);
+    l.moa_bias = View1("moa_bias", D);
+    l.kv_proj = View2("kv_proj", 2 * A, D);
+    l.post_norm = View1("post_attention_layernorm", D);
+    l.moe_router = View2("moe_router", E, D);
+    l.moe_in = View3("moe_input_linear", E, 2 * F, D);
+    l.moe_out = View3("moe_output_linear", E, D, F);
+    l.moe_bias = View1("moe_bias", D);
+    Kokkos::deep_copy(l.input_norm, 1.0f);
+    Kokkos::deep_copy(l.post_norm, 1.0f);
+  }
+}
+
+std::vector<NamedTensor> ModelWeights::named(const ModelConfig& c) const {
+  std::vector<NamedTensor> out;
+  auto add = [&](const std::string& name, const auto& view, bool decays) {
+    out.push_back(NamedTensor{name, shape_of(view), flat_of(view), decays});
+  };
+  add("model.embed_tokens.weight", embed, true);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const LayerWeights& l = layers[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "input_layernorm.weight", l.input_norm, false);
+    add(p + "self_attention.experts.router.layer.weight", l.moa_router, true);
+    add(p + "self_attention.experts.input_linear.weight", l.moa_q, true);
+    add(p + "self_attention.experts.output_linear.weight", l.moa_o, true);
+    add(p + "self_attention.experts.bias", l.moa_bias, false);
+    add(p + "self_attention.kv_proj.weight", l.kv_proj, true);
+    add(p + "post_attention_layernorm.weight", l.post_norm, false);
+    add(p + "mlp.router.layer.weight", l.moe_router, true);
+    add(p + "mlp.input_linear.weight", l.moe_in, true);
+    add(p + "mlp.output_linear.weight", l.moe_out, true);
+    add(p + "mlp.bias", l.moe_bias, false);
+  }
+  add("model.norm.weight", final_norm, false);
+  if (!c.tie_word_embeddings) add("lm_head.weight", lm_head, true);
+  return out;
+}
+
+void ModelWeights::init_random(const ModelConfig& c, std::uint64_t seed) {
+  std::uint64_t stream = 0;
+  for (const NamedTensor& t : named(c)) {
+    ++stream;
+    if (!t.decays) {  // norms are 1, biases 0
+      const bool is_norm = t.name.find("norm") != std::string::npos;
+      Kokkos::deep_copy(t.flat, is_norm ? 1.0f : 0.0f);
+      continue;
+    }
+    fill_normal(t.flat, mix(seed) ^ mix(stream * 0x100000001b3ull), c.initializer_range);
+  }
+}
+
+}  // namespace jetmoe
