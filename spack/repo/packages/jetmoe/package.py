@@ -136,8 +136,8 @@ class Jetmoe(CMakePackage, CudaPackage):
 
     # ---- communication and I/O -----------------------------------------------------------------
     depends_on("mpi", when="+mpi")
-    # HDF5 1.10 .. 1.14 (Spack prefers 1.14). 2.x is left out until it has been tested: its CMake
-    # export changed.
+    # HDF5 1.10 .. 1.14 (Spack prefers 1.14). 2.x is left out until jetmoe has been built and
+    # tested against it.
     depends_on("hdf5@1.10:1 +mpi", when="+hdf5+mpi")
     depends_on("hdf5@1.10:1 ~mpi", when="+hdf5~mpi")
     depends_on("nccl", when="+nccl")
@@ -173,11 +173,12 @@ class Jetmoe(CMakePackage, CudaPackage):
 
     def _kokkos_cxx(self):
         """Kokkos' nvcc_wrapper: the C++ compiler of every translation unit that sees Kokkos::Cuda."""
-        kokkos = self.spec["kokkos"]
-        cxx = getattr(kokkos.package, "kokkos_cxx", None)
-        if cxx:
-            return cxx
-        return join_path(self.spec["kokkos-nvcc-wrapper"].prefix.bin, "nvcc_wrapper")
+        # Kokkos' recipe exposes the compiler as the `kokkos_cxx` property; how it resolves the
+        # wrapper has changed across Spack releases, so fall back to the wrapper's install path.
+        try:
+            return self.spec["kokkos"].package.kokkos_cxx
+        except Exception:
+            return join_path(self.spec["kokkos-nvcc-wrapper"].prefix.bin, "nvcc_wrapper")
 
     def cmake_args(self):
         spec = self.spec
