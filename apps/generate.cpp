@@ -1,7 +1,41 @@
 // jetmoe-generate: text generation with a KV cache of the shared K/V heads.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
 #include "core/app.hpp"
+#include "core/error.hpp"
 #include "core/log.hpp"
-#include "model/config.hpp"
+#include "infer/generate.hpp"
+#include "io/chat_template.hpp"
+#include "model/load.hpp"
+#include "model/model.hpp"
+#include "parallel/comm.hpp"
+
+namespace {
+
+std::vector<std::string> read_prompts(const jetmoe::Deck& deck) {
+  using namespace jetmoe;
+  if (auto p = deck.find_string("generate", "prompt")) return {*p};
+  std::vector<std::string> prompts;
+  std::string line;
+  if (auto file = deck.find_string("generate", "prompt_file")) {
+    std::ifstream in(*file);
+    if (!in) deck.fail_value("generate", "prompt_file", "cannot open '" + *file + "'");
+    while (std::getline(in, line))
+      if (!line.empty()) prompts.push_back(line);
+    if (prompts.empty()) deck.fail_value("generate", "prompt_file", "'" + *file + "' has no prompt (no non-empty line)");
+    return prompts;
+  }
+  log::info("reading prompts from standard input, one per line");
+  while (std::getline(std::cin, line))
+    if (!line.empty()) prompts.push_back(line);
+  if (prompts.empty()) fail(ErrorKind::Input, "no prompt: standard input was empty (set generate/prompt or generate/prompt_file)");
+  return prompts;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   const jetmoe::AppSpec spec{
@@ -10,18 +44,75 @@ int main(int argc, char** argv) {
       {"job", "model", "tokenizer", "generate"},
       /*takes_restart=*/false,
       "Examples:\n"
-      "  jetmoe-generate -i inputs/tiny.deck model/weights=/models/jetmoe-8b generate/prompt=\"Hello\""};
+      "  jetmoe-generate -i inputs/generate.deck model/weights=/models/jetmoe-8b generate/prompt=\"My favourite condiment is \"\n"
+      "  echo \"What is a mixture of experts?\" | jetmoe-generate -i inputs/generate.deck model/weights=/models/jetmoe-8b-chat generate/chat=true"};
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
-    const ModelConfig model = ModelConfig::from_deck(ctx.deck);
-    if (ctx.deck.is_set("generate", "prompt") && ctx.deck.is_set("generate", "prompt_file"))
-      ctx.deck.fail_value("generate", "prompt_file", "give either generate/prompt or generate/prompt_file, not both");
-    if (ctx.deck.get_real("generate", "temperature") == 0.0 &&
-        (ctx.deck.get_int("generate", "top_k") != 0 || ctx.deck.get_real("generate", "top_p") != 1.0))
+    const Deck& deck = ctx.deck;
+    if (deck.is_set("generate", "prompt") && deck.is_set("generate", "prompt_file"))
+      deck.fail_value("generate", "prompt_file", "give either generate/prompt or generate/prompt_file, not both");
+    GenerationParams params;
+    params.max_new_tokens = deck.get_int("generate", "max_new_tokens");
+    params.sampling.temperature = deck.get_real("generate", "temperature");
+    params.sampling.top_k = deck.get_int("generate", "top_k");
+    params.sampling.top_p = deck.get_real("generate", "top_p");
+    params.sampling.seed = std::uint64_t(deck.get_int("job", "seed"));
+    if (params.sampling.temperature == 0.0 && (params.sampling.top_k != 0 || params.sampling.top_p != 1.0))
       log::warn("generate/temperature = 0 decodes greedily: top_k and top_p have no effect");
-    log::info("model: %s", model.summary().c_str());
-    log::info("deck is valid.");
-    if (ctx.command_line.check_only) return;
-    log::info("this build stops here: generation is not part of this version yet (see README, 'Status').");
+    const bool chat = deck.get_bool("generate", "chat");
+    const auto system = deck.find_string("generate", "system");
+    if (system && !chat) deck.fail_value("generate", "system", "a system message needs generate/chat = true");
+    ModelConfig config = ModelConfig::from_deck(deck);
+    if (ctx.command_line.check_only) {
+      log::info("model: %s", config.summary().c_str());
+      log::info("deck is valid.");
+      return;
+    }
+
+    LoadedModel loaded = load_model(deck);
+    auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/true);
+    log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());
+    log::info("tokenizer: %s (%d pieces)", tokenizer->path().c_str(), tokenizer->vocab_size());
+    Model model(loaded.config, std::move(loaded.weights));
+
+    const bool add_bos = deck.get_bool("tokenizer", "add_bos"), add_eos = deck.get_bool("tokenizer", "add_eos");
+    std::vector<std::vector<std::int32_t>> prompts;
+    const std::vector<std::string> texts = read_prompts(deck);
+    for (const std::string& text : texts) {
+      if (chat) {
+        std::vector<io::ChatMessage> messages;
+        if (system) messages.push_back({"system", *system});
+        messages.push_back({"user", text});
+        prompts.push_back(io::encode_chat(*tokenizer, messages, /*add_generation_prompt=*/true).ids);
+      } else {
+        prompts.push_back(tokenizer->encode(text, add_bos, add_eos));
+      }
+      if (prompts.back().empty()) fail(ErrorKind::Input, "prompt " + std::to_string(prompts.size()) + " encodes to no token");
+    }
+    params.eos_id = tokenizer->eos_id();
+    params.pad_id = tokenizer->pad_id();
+
+    // One prompt streams its text as it is generated; a batch prints each answer at the end.
+    const bool stream = prompts.size() == 1 && ctx.comm.is_root();
+    io::StreamDecoder decoder(*tokenizer);
+    if (stream) {
+      std::fputs(texts[0].c_str(), stdout);
+      std::fflush(stdout);
+    }
+    const GenerationResult result = generate(model, prompts, params, [&](std::size_t, std::int32_t token) {
+      if (!stream || token == params.eos_id) return;
+      std::fputs(decoder.push(token).c_str(), stdout);
+      std::fflush(stdout);
+    });
+    if (stream) std::printf("%s\n", decoder.finish().c_str());
+    if (!stream && ctx.comm.is_root())
+      for (std::size_t b = 0; b < prompts.size(); ++b)
+        std::printf("--- %zu ---\n%s%s\n", b + 1, texts[b].c_str(), tokenizer->decode(result.tokens[b]).c_str());
+    log::info("prefill: %lld tokens in %.3f s (%.1f tokens/s); decode: %lld tokens in %.3f s (%.1f tokens/s)",
+              (long long)result.prompt_tokens, result.prefill_seconds,
+              result.prompt_tokens / std::max(1e-9, result.prefill_seconds), (long long)result.generated_tokens,
+              result.decode_seconds,
+              std::max<std::int64_t>(0, result.generated_tokens - std::int64_t(prompts.size())) /
+                  std::max(1e-9, result.decode_seconds));
   });
 }

@@ -120,6 +120,17 @@ ModelConfig ModelConfig::from_hf_config(const std::string& path, const ModelConf
   read_int(c.bos_token_id, {"bos_token_id"});
   read_int(c.eos_token_id, {"eos_token_id"});
   read_real(c.rope_theta, {"rope_theta"});
+  // transformers >= 5 writes RoPE settings as "rope_parameters": {"rope_type": "default", "rope_theta": ...}.
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    const auto& rp = j["rope_parameters"];
+    if (rp.contains("rope_type") && rp["rope_type"] != "default")
+      input_error(path, "rope_parameters.rope_type is " + rp["rope_type"].dump() +
+                            "; JetMoE uses plain RoPE ('default') and no other is implemented");
+    if (rp.contains("rope_theta")) {
+      if (!rp["rope_theta"].is_number()) input_error(path, "key 'rope_parameters.rope_theta' must be a number");
+      c.rope_theta = rp["rope_theta"].get<double>();
+    }
+  }
   read_real(c.rms_norm_eps, {"rms_norm_eps"});
   read_real(c.initializer_range, {"initializer_range"});
   if (j.contains("tie_word_embeddings") && !j["tie_word_embeddings"].is_null()) {

@@ -1,0 +1,31 @@
+#pragma once
+// Next-token choice from one row of logits, as Hugging Face's generate() does it: temperature, then
+// top-k, then top-p (nucleus) filtering, then a draw; temperature 0 is greedy (arg-max, first index
+// on ties, as torch.argmax). Deterministic for a given seed.
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace jetmoe {
+
+struct SamplingParams {
+  double temperature = 0.0;  // 0: greedy
+  std::int64_t top_k = 0;    // 0: no top-k filter
+  double top_p = 1.0;        // 1: no nucleus filter
+  std::uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  std::int32_t next(const float* logits, std::int64_t vocab);
+  bool greedy() const { return params_.temperature == 0.0; }
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  std::vector<double> work_;
+  std::vector<std::int32_t> order_;
+};
+
+}  // namespace jetmoe
