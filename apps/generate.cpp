@@ -17,7 +17,10 @@ namespace {
 
 std::vector<std::string> read_prompts(const jetmoe::Deck& deck) {
   using namespace jetmoe;
-  if (auto p = deck.find_string("generate", "prompt")) return {*p};
+  if (auto p = deck.find_string("generate", "prompt")) {
+    if (p->empty()) deck.fail_value("generate", "prompt", "the prompt is empty");
+    return {*p};
+  }
   std::vector<std::string> prompts;
   std::string line;
   if (auto file = deck.find_string("generate", "prompt_file")) {

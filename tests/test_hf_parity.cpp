@@ -115,3 +115,61 @@ TEST_CASE("greedy continuation and incremental logits equal HF generate", "[unit
     CHECK(relative_error(ours.data(), inc) <= 1e-4);
   }
 }
+
+TEST_CASE("export to HF format round-trips and rounds to bf16 as torch does", "[unit][hf]") {
+  const fs::path out = fs::temp_directory_path() / "jetmoe-test-export";
+  fs::remove_all(out);
+  const ModelConfig config = load_hf_config(fixtures + "/base");
+  const ModelWeights original = load_hf_weights(fixtures + "/base", config);
+
+  save_hf_checkpoint((out / "fp32").string(), config, original, "fp32");
+  const ModelConfig config_back = load_hf_config((out / "fp32").string());
+  CHECK(config_back.parameter_count() == config.parameter_count());
+  CHECK(config_back.rope_theta == config.rope_theta);
+  CHECK(config_back.rms_norm_eps == config.rms_norm_eps);
+  const ModelWeights back = load_hf_weights((out / "fp32").string(), config_back);
+
+  // bf16 export of the fp32 weights equals transformers' own bf16 cast (the base_bf16 fixture).
+  save_hf_checkpoint((out / "bf16").string(), config, original, "bf16");
+  const ModelWeights ours_bf16 = load_hf_weights((out / "bf16").string(), config);
+  const ModelWeights torch_bf16 = load_hf_weights(fixtures + "/base_bf16", config);
+
+  const auto a = original.named(config), b = back.named(config), c = ours_bf16.named(config), d = torch_bf16.named(config);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    INFO(a[i].name);
+    auto ha = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), a[i].flat);
+    auto hb = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), b[i].flat);
+    auto hc = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), c[i].flat);
+    auto hd = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), d[i].flat);
+    bool same = true, same_bf16 = true;
+    for (std::size_t j = 0; j < ha.size(); ++j) {
+      same = same && ha(j) == hb(j);
+      same_bf16 = same_bf16 && hc(j) == hd(j);
+    }
+    CHECK(same);
+    CHECK(same_bf16);
+  }
+  fs::remove_all(out);
+}
+
+TEST_CASE("checkpoint errors name the file and the tensor", "[unit][hf]") {
+  const ModelConfig config = load_hf_config(fixtures + "/base");
+  ModelConfig wider = config;
+  wider.hidden_size += 1;
+  CHECK_THROWS_WITH(load_hf_weights(fixtures + "/base", wider),
+                    Catch::Matchers::Contains("model.safetensors") && Catch::Matchers::Contains("model.embed_tokens.weight") &&
+                        Catch::Matchers::Contains("expected shape [96, 33], found [96, 32]"));
+  ModelConfig fewer = config;
+  fewer.num_layers = 1;
+  CHECK_THROWS_WITH(load_hf_weights(fixtures + "/base", fewer),
+                    Catch::Matchers::Contains("unexpected tensor(s)") && Catch::Matchers::Contains("model.layers.1."));
+  ModelConfig more = config;
+  more.num_layers = 3;
+  CHECK_THROWS_WITH(load_hf_weights(fixtures + "/base", more),
+                    Catch::Matchers::Contains("missing tensor 'model.layers.2.input_layernorm.weight'"));
+  ModelConfig untied = config;
+  untied.tie_word_embeddings = false;
+  CHECK_THROWS_WITH(load_hf_weights(fixtures + "/base", untied), Catch::Matchers::Contains("missing tensor 'lm_head.weight'"));
+  CHECK_THROWS_WITH(load_hf_config("/nonexistent"), Catch::Matchers::Contains("no config.json"));
+}

@@ -1,12 +1,11 @@
 // safetensors reader and writers against files written by the reference implementation
 // (scripts/fixtures/make_safetensors_fixtures.py: Python safetensors + huggingface_hub's splitter).
 // Corrupt files are made here, each from a valid fixture with one explicit patch.
-#include <catch2/catch.hpp>
-
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
@@ -24,14 +23,14 @@
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
 
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
 using jetmoe::Error;
 using jetmoe::ErrorKind;
 using jetmoe::io::DType;
 using jetmoe::io::SafetensorsCheckpoint;
 using jetmoe::io::SafetensorsFile;
 using jetmoe::io::TensorToWrite;
-using Catch::Matchers::Contains;
-using Catch::Matchers::StartsWith;
 namespace fs = std::filesystem;
 
 namespace {
@@ -235,8 +234,8 @@ struct FileSizeLimit {
 TEST_CASE("safetensors reads every dtype written by the reference library", "[unit][safetensors]") {
   const auto f = SafetensorsFile::open(fixture("dtypes.safetensors"));
   CHECK(f.metadata().empty());
-  CHECK(f.names() == std::vector<std::string>{"bf16", "bool", "empty", "f16", "f32", "f64", "i16", "i32", "i64",
-                                              "i8", "scalar", "u16", "u32", "u64", "u64_too_big", "u8"});
+  CHECK(f.names() == std::vector<std::string>{"bf16", "bool", "empty", "f16", "f32", "f64", "i16", "i32", "i64", "i8",
+                                              "scalar", "u16", "u32", "u64", "u64_too_big", "u8"});
   REQUIRE(f.find("bf16") != nullptr);
   CHECK(f.find("bf16")->dtype == DType::BF16);
   CHECK(f.find("bf16")->shape == std::vector<std::int64_t>{3, 3});
@@ -291,8 +290,11 @@ TEST_CASE("safetensors reads every dtype written by the reference library", "[un
 
 TEST_CASE("safetensors reads metadata written by the reference library", "[unit][safetensors]") {
   const auto f = SafetensorsFile::open(fixture("metadata.safetensors"));
-  const std::map<std::string, std::string> expected = {
-      {"format", "pt"}, {"quote\"back\\slash", "line\nbreak\ttab"}, {"unicode", "m\xc3\xa9tadonn\xc3\xa9" "es \xe2\x9c\x93"}};
+  const std::map<std::string, std::string> expected = {{"format", "pt"},
+                                                       {"quote\"back\\slash", "line\nbreak\ttab"},
+                                                       {"unicode",
+                                                        "m\xc3\xa9tadonn\xc3\xa9"
+                                                        "es \xe2\x9c\x93"}};
   CHECK(f.metadata() == expected);
   CHECK(f.read_as_float("x", {1}) == std::vector<float>{1.0f});
 }
@@ -300,12 +302,16 @@ TEST_CASE("safetensors reads metadata written by the reference library", "[unit]
 TEST_CASE("safetensors conversions check shape and dtype and name file and tensor", "[unit][safetensors]") {
   const std::string path = fixture("dtypes.safetensors");
   const auto f = SafetensorsFile::open(path);
-  CHECK(error_of([&] { f.read_as_float("f32", {4, 2}); }) ==
-        path + ": tensor 'f32': expected shape [4, 2], found [2, 4]");
+  CHECK(error_of([&] {
+          f.read_as_float("f32", {4, 2});
+        }) == path + ": tensor 'f32': expected shape [4, 2], found [2, 4]");
   CHECK(error_of([&] { f.read_as_float("i32", {4}); }) ==
         path + ": tensor 'i32': dtype I32 is not a floating-point type (expected F16, BF16, F32 or F64)");
-  CHECK(error_of([&] { f.read_as_int64("f16", {3, 3}); }) ==
-        path + ": tensor 'f16': dtype F16 is not an integer type (expected BOOL, U8, I8, I16, U16, I32, U32, I64 or U64)");
+  CHECK(error_of([&] {
+          f.read_as_int64("f16", {3, 3});
+        }) ==
+        path +
+            ": tensor 'f16': dtype F16 is not an integer type (expected BOOL, U8, I8, I16, U16, I32, U32, I64 or U64)");
   CHECK(error_of([&] { f.read_as_int64("u64_too_big", {1}); }) ==
         path + ": tensor 'u64_too_big': element 0 = 18446744073709551615 does not fit in int64");
   CHECK(error_of([&] { f.info("f33"); }) == path + ": no tensor 'f33' (did you mean 'f32'?)");
@@ -348,9 +354,10 @@ TEST_CASE("safetensors reports a truncated file", "[unit][safetensors]") {
 
   // Cut inside the header: the length field now points past the end.
   write_bytes(dir / "h.safetensors", bytes.substr(0, 100));
-  CHECK(open_error(dir / "h.safetensors") ==
-        dir / "h.safetensors" +
-            ": malformed or oversized header: its length field says 752 bytes, but only 92 bytes follow it in the file");
+  CHECK(
+      open_error(dir / "h.safetensors") ==
+      dir / "h.safetensors" +
+          ": malformed or oversized header: its length field says 752 bytes, but only 92 bytes follow it in the file");
 }
 
 TEST_CASE("safetensors rejects an oversized header length", "[unit][safetensors]") {
@@ -393,28 +400,32 @@ TEST_CASE("safetensors rejects overlapping tensors", "[unit][safetensors]") {
 TEST_CASE("safetensors rejects offsets that do not match dtype and shape", "[unit][safetensors]") {
   TempDir dir;
   const std::string path = patched(dir, "golden.safetensors", R"("shape":[2,3])", R"("shape":[2,4])");
-  CHECK(open_error(path) == path + ": tensor 'b.weight': data_offsets [60, 84] hold 24 bytes, but dtype F32 and "
-                                   "shape [2, 4] need 32 bytes");
+  CHECK(open_error(path) == path +
+                                ": tensor 'b.weight': data_offsets [60, 84] hold 24 bytes, but dtype F32 and "
+                                "shape [2, 4] need 32 bytes");
 }
 
 TEST_CASE("safetensors rejects an unknown dtype", "[unit][safetensors]") {
   TempDir dir;
   const std::string path = patched(dir, "golden.safetensors", R"("dtype":"BF16")", R"("dtype":"BF17")");
-  CHECK(open_error(path) == path + ": tensor 'a.weight': unknown dtype \"BF17\" (supported: BOOL, U8, I8, I16, "
-                                   "U16, F16, BF16, I32, U32, F32, F64, I64, U64)");
+  CHECK(open_error(path) == path +
+                                ": tensor 'a.weight': unknown dtype \"BF17\" (supported: BOOL, U8, I8, I16, "
+                                "U16, F16, BF16, I32, U32, F32, F64, I64, U64)");
 }
 
 TEST_CASE("safetensors rejects other malformed headers", "[unit][safetensors]") {
   TempDir dir;
   SECTION("a hole in the data section") {
     const std::string path = patched(dir, "golden.safetensors", "[113,118]", "[114,119]", "x");
-    CHECK(open_error(path) == path + ": no tensor holds bytes [113, 114) of the data section (between tensors 'u8' "
-                                     "and 'mask'); safetensors data sections have no holes");
+    CHECK(open_error(path) == path +
+                                  ": no tensor holds bytes [113, 114) of the data section (between tensors 'u8' "
+                                  "and 'mask'); safetensors data sections have no holes");
   }
   SECTION("bytes after the last tensor") {
     const std::string path = patched(dir, "golden.safetensors", "[113,118]", "[113,118]", "xyz");
-    CHECK(open_error(path) == path + ": the data section is 121 bytes, but the tensors end at 118 (after tensor "
-                                     "'mask'); the trailing bytes belong to no tensor");
+    CHECK(open_error(path) == path +
+                                  ": the data section is 121 bytes, but the tensors end at 118 (after tensor "
+                                  "'mask'); the trailing bytes belong to no tensor");
   }
   SECTION("a key twice") {
     const std::string path = patched(dir, "golden.safetensors", R"("s":{)", R"("f64":{)");
@@ -436,8 +447,9 @@ TEST_CASE("safetensors rejects other malformed headers", "[unit][safetensors]") 
   }
   SECTION("a missing field") {
     const std::string path = patched(dir, "golden.safetensors", R"("ids":{"dtype":"I64",)", R"("ids":{)");
-    CHECK(open_error(path) == path + ": tensor 'ids': the header entry must be an object with dtype, shape and "
-                                     "data_offsets, found {\"data_offsets\":[0,24],\"shape\":[3]}");
+    CHECK(open_error(path) == path +
+                                  ": tensor 'ids': the header entry must be an object with dtype, shape and "
+                                  "data_offsets, found {\"data_offsets\":[0,24],\"shape\":[3]}");
   }
   SECTION("a file that does not exist") {
     CHECK_THAT(open_error(dir / "missing.safetensors"),
@@ -584,8 +596,8 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
   SECTION("a shard file is missing") {
     fs::remove(dir / ("ckpt/" + shard7));
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
-          index + ": shard " + shard7 + " (listed for tensor 'model.layers.0.mlp.bias') does not exist: " +
-              dir / ("ckpt/" + shard7));
+          index + ": shard " + shard7 +
+              " (listed for tensor 'model.layers.0.mlp.bias') does not exist: " + dir / ("ckpt/" + shard7));
   }
   SECTION("a listed tensor is not in its shard") {
     std::string text = read_bytes(index);
@@ -593,8 +605,9 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
     text.replace(text.find(from), from.size(), "\"model.norm.weight\": \"model-00006-of-00007.safetensors");
     write_bytes(index, text);
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
-          index + ": tensor 'model.norm.weight' is mapped to shard model-00006-of-00007.safetensors, which does "
-                  "not contain it");
+          index +
+              ": tensor 'model.norm.weight' is mapped to shard model-00006-of-00007.safetensors, which does "
+              "not contain it");
   }
   SECTION("a tensor is in two shards") {
     // Shard 7 gets a copy of the final norm's neighbour from shard 6.
@@ -607,9 +620,10 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
     jetmoe::io::write_safetensors(dir / "new7.safetensors", tensors, {{"format", "pt"}});
     fs::rename(dir / "new7.safetensors", dir / ("ckpt/" + shard7));
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
-          index + ": tensor 'model.layers.0.input_layernorm.weight' is in two shards, "
-                  "model-00006-of-00007.safetensors and " + shard7 +
-              " (the index maps it to model-00006-of-00007.safetensors)");
+          index +
+              ": tensor 'model.layers.0.input_layernorm.weight' is in two shards, "
+              "model-00006-of-00007.safetensors and " +
+              shard7 + " (the index maps it to model-00006-of-00007.safetensors)");
   }
   SECTION("a shard holds a tensor the index does not list") {
     std::string text = read_bytes(index);

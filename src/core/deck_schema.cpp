@@ -143,11 +143,17 @@ DeckSchema make_standard_schema() {
     auto& b = s.block("eval", "Evaluation.", {eval});
     b.choice("task", "perplexity", {"perplexity", "multiple-choice", "logits"},
              "What to evaluate: perplexity of a text file, multiple-choice accuracy, or dump logits.");
-    b.path("input", std::nullopt, "Text file (perplexity), task jsonl (multiple-choice) or token ids (logits).");
+    b.path("input", std::nullopt,
+           "Text file (perplexity), task jsonl (multiple-choice), or for `logits` a text file of token ids, one "
+           "sequence per line, all of the same length.");
     b.choice("format", "auto", {"auto", "hellaswag", "arc", "mmlu", "winogrande", "truthfulqa-mc"},
              "Multiple-choice file format.");
     b.integer("num_fewshot", 0, "Few-shot examples per question.").at_least(0);
-    b.path("output", "eval.json", "Results file (relative to job/output_dir unless absolute).");
+    b.integer("context", 0, "Tokens per evaluated window for perplexity (0: the model's context length).").at_least(0);
+    b.integer("batch_size", 4, "Sequences per forward pass.").at_least(1);
+    b.path("output", "eval.json",
+           "Results file, relative to job/output_dir unless absolute: JSON for perplexity and multiple-choice, a "
+           "NumPy `.npy` of float32 logits [sequences, tokens, vocab] for `logits`.");
   }
   {
     auto& b = s.block("prepare", "Tokenising corpora into shards.", {prepare});

@@ -5,18 +5,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <unordered_set>
 #include <utility>
 
@@ -126,15 +123,14 @@ std::optional<std::uint64_t> as_count(const nlohmann::json& j, std::uint64_t lim
 
 TensorInfo parse_tensor_entry(const std::string& file, const std::string& name, const nlohmann::json& entry) {
   if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
-    tensor_error(file, name, "the header entry must be an object with dtype, shape and data_offsets, found " +
-                                 entry.dump());
+    tensor_error(file, name,
+                 "the header entry must be an object with dtype, shape and data_offsets, found " + entry.dump());
   TensorInfo t;
   t.name = name;
 
   const auto& dtype = entry["dtype"];
   const std::optional<DType> parsed = dtype.is_string() ? parse_dtype(dtype.get<std::string>()) : std::nullopt;
-  if (!parsed)
-    tensor_error(file, name, "unknown dtype " + dtype.dump() + " (supported: " + supported_dtypes() + ")");
+  if (!parsed) tensor_error(file, name, "unknown dtype " + dtype.dump() + " (supported: " + supported_dtypes() + ")");
   t.dtype = *parsed;
 
   const auto& shape = entry["shape"];
@@ -193,20 +189,19 @@ void check_layout(const std::string& file, const std::vector<TensorInfo>& tensor
   if (end > data_size) {
     // A consistent layout that runs past the end of the file: the file was cut short.
     if (contiguous)
-      input_error(file, "file is truncated: header says the data section is " + std::to_string(end) +
-                            " bytes, found " + std::to_string(data_size));
+      input_error(file, "file is truncated: header says the data section is " + std::to_string(end) + " bytes, found " +
+                            std::to_string(data_size));
     for (const TensorInfo& t : tensors)
       if (t.data_end > data_size)
         tensor_error(file, t.name,
-                     "data_offsets " + offsets_string(t.data_begin, t.data_end) +
-                         " lie outside the data section (" + std::to_string(data_size) + " bytes)");
+                     "data_offsets " + offsets_string(t.data_begin, t.data_end) + " lie outside the data section (" +
+                         std::to_string(data_size) + " bytes)");
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const std::uint64_t expected = i == 0 ? 0 : tensors[i - 1].data_end;
     if (tensors[i].data_begin != expected)
       input_error(file, "no tensor holds bytes [" + std::to_string(expected) + ", " +
-                            std::to_string(tensors[i].data_begin) + ")" +
-                            " of the data section (" +
+                            std::to_string(tensors[i].data_begin) + ")" + " of the data section (" +
                             (i == 0 ? "before tensor " + jetmoe::quoted(tensors[i].name)
                                     : "between tensors " + jetmoe::quoted(tensors[i - 1].name) + " and " +
                                           jetmoe::quoted(tensors[i].name)) +
@@ -266,8 +261,7 @@ void write_atomically(const std::string& path, const std::vector<ByteSpan>& piec
   const int closed = ::close(guard.fd);
   guard.fd = -1;
   if (closed != 0) input_error(path, "cannot close the temporary file " + tmp + ": " + errno_text());
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    input_error(path, "cannot rename " + tmp + " to it: " + errno_text());
+  if (::rename(tmp.c_str(), path.c_str()) != 0) input_error(path, "cannot rename " + tmp + " to it: " + errno_text());
   guard.committed = true;
 
   // Make the rename itself durable. Some file systems cannot fsync a directory; the data is safe anyway.
@@ -384,11 +378,10 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                           " bytes; the header length field alone takes 8)");
   const auto header_len = load<std::uint64_t>(f.mapping_.data());
   if (header_len > kMaxHeaderBytes || header_len > size - 8)
-    input_error(path, "malformed or oversized header: its length field says " + std::to_string(header_len) +
-                          " bytes, but " +
-                          (header_len > kMaxHeaderBytes
-                               ? "the limit is " + std::to_string(kMaxHeaderBytes)
-                               : "only " + std::to_string(size - 8) + " bytes follow it in the file"));
+    input_error(
+        path, "malformed or oversized header: its length field says " + std::to_string(header_len) + " bytes, but " +
+                  (header_len > kMaxHeaderBytes ? "the limit is " + std::to_string(kMaxHeaderBytes)
+                                                : "only " + std::to_string(size - 8) + " bytes follow it in the file"));
   f.data_start_ = 8 + static_cast<std::size_t>(header_len);
 
   const char* header = reinterpret_cast<const char*>(f.mapping_.data()) + 8;
@@ -398,7 +391,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   for (const auto& item : j.items()) {
     if (item.key() == "__metadata__") {
       if (item.value().is_null()) continue;
-      if (!item.value().is_object()) input_error(path, "__metadata__ must be an object, found " + json_type(item.value()));
+      if (!item.value().is_object())
+        input_error(path, "__metadata__ must be an object, found " + json_type(item.value()));
       for (const auto& m : item.value().items()) {
         if (!m.value().is_string())
           input_error(path, "__metadata__ must map strings to strings, but " + jetmoe::quoted(m.key()) + " holds " +
@@ -434,7 +428,8 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const {
 const TensorInfo& SafetensorsFile::info(std::string_view name) const {
   if (const TensorInfo* t = find(name)) return *t;
   const std::string guess = closest_match(name, names());
-  input_error(path_, "no tensor " + jetmoe::quoted(name) + (guess.empty() ? "" : " (did you mean " + jetmoe::quoted(guess) + "?)"));
+  input_error(path_, "no tensor " + jetmoe::quoted(name) +
+                         (guess.empty() ? "" : " (did you mean " + jetmoe::quoted(guess) + "?)"));
 }
 
 ByteSpan SafetensorsFile::bytes(const TensorInfo& tensor) const {
@@ -446,8 +441,7 @@ const TensorInfo& SafetensorsFile::checked(std::string_view name,
                                            const std::vector<std::int64_t>& expected_shape) const {
   const TensorInfo& t = info(name);
   if (t.shape != expected_shape)
-    tensor_error(path_, name,
-                 "expected shape " + shape_string(expected_shape) + ", found " + shape_string(t.shape));
+    tensor_error(path_, name, "expected shape " + shape_string(expected_shape) + ", found " + shape_string(t.shape));
   return t;
 }
 
@@ -493,27 +487,42 @@ void SafetensorsFile::read_as_int64(std::string_view name, const std::vector<std
     for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::int64_t>(load<T>(p + sizeof(T) * i));
   };
   switch (t.dtype) {
-    case DType::I64: copy(std::int64_t{}); return;
-    case DType::I32: copy(std::int32_t{}); return;
-    case DType::U32: copy(std::uint32_t{}); return;
-    case DType::I16: copy(std::int16_t{}); return;
-    case DType::U16: copy(std::uint16_t{}); return;
-    case DType::I8: copy(std::int8_t{}); return;
-    case DType::U8: copy(std::uint8_t{}); return;
+    case DType::I64:
+      copy(std::int64_t{});
+      return;
+    case DType::I32:
+      copy(std::int32_t{});
+      return;
+    case DType::U32:
+      copy(std::uint32_t{});
+      return;
+    case DType::I16:
+      copy(std::int16_t{});
+      return;
+    case DType::U16:
+      copy(std::uint16_t{});
+      return;
+    case DType::I8:
+      copy(std::int8_t{});
+      return;
+    case DType::U8:
+      copy(std::uint8_t{});
+      return;
     case DType::U64:
       for (std::size_t i = 0; i < n; ++i) {
         const auto v = load<std::uint64_t>(p + 8 * i);
         if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-          tensor_error(path_, name, "element " + std::to_string(i) + " = " + std::to_string(v) +
-                                        " does not fit in int64");
+          tensor_error(path_, name,
+                       "element " + std::to_string(i) + " = " + std::to_string(v) + " does not fit in int64");
         out[i] = static_cast<std::int64_t>(v);
       }
       return;
     case DType::BOOL:
       for (std::size_t i = 0; i < n; ++i) {
         if (p[i] > 1)
-          tensor_error(path_, name, "BOOL element " + std::to_string(i) + " is the byte " + std::to_string(p[i]) +
-                                        " (expected 0 or 1)");
+          tensor_error(
+              path_, name,
+              "BOOL element " + std::to_string(i) + " is the byte " + std::to_string(p[i]) + " (expected 0 or 1)");
         out[i] = p[i];
       }
       return;
@@ -590,7 +599,8 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
     shard_names.push_back(shard);
     for (const std::string& t : tensors) {
       if (!c.files_.back().find(t))
-        input_error(file, "tensor " + jetmoe::quoted(t) + " is mapped to shard " + shard + ", which does not contain it");
+        input_error(file,
+                    "tensor " + jetmoe::quoted(t) + " is mapped to shard " + shard + ", which does not contain it");
       c.owner_.emplace(t, c.files_.size() - 1);
     }
   }
@@ -625,8 +635,8 @@ const SafetensorsFile& SafetensorsCheckpoint::file_of(std::string_view name) con
   const auto it = owner_.find(std::string(name));
   if (it == owner_.end()) {
     const std::string guess = closest_match(name, names());
-    input_error(source_,
-                "no tensor " + jetmoe::quoted(name) + (guess.empty() ? "" : " (did you mean " + jetmoe::quoted(guess) + "?)"));
+    input_error(source_, "no tensor " + jetmoe::quoted(name) +
+                             (guess.empty() ? "" : " (did you mean " + jetmoe::quoted(guess) + "?)"));
   }
   return files_[it->second];
 }
@@ -642,8 +652,8 @@ void SafetensorsCheckpoint::read_as_float(std::string_view name, const std::vect
                                           float* out) const {
   file_of(name).read_as_float(name, expected_shape, out);
 }
-std::vector<std::int64_t> SafetensorsCheckpoint::read_as_int64(
-    std::string_view name, const std::vector<std::int64_t>& expected_shape) const {
+std::vector<std::int64_t> SafetensorsCheckpoint::read_as_int64(std::string_view name,
+                                                               const std::vector<std::int64_t>& expected_shape) const {
   return file_of(name).read_as_int64(name, expected_shape);
 }
 
@@ -747,9 +757,8 @@ std::vector<std::string> write_sharded_safetensors(const std::string& directory,
   }
   if (shards.size() > 1) {
     // transformers: json.dumps(index, indent=2, sort_keys=True) + "\n" (ASCII-escaped, like Python).
-    const nlohmann::json index = {
-        {"metadata", {{"total_parameters", total_parameters}, {"total_size", total_size}}},
-        {"weight_map", weight_map}};
+    const nlohmann::json index = {{"metadata", {{"total_parameters", total_parameters}, {"total_size", total_size}}},
+                                  {"weight_map", weight_map}};
     const std::string text = index.dump(2, ' ', true) + "\n";
     write_atomically((fs::path(directory) / kIndexName).string(),
                      {{reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}});

@@ -22,15 +22,15 @@
 
 namespace jetmoe::io {
 
-// The element types we read and write: every byte-sized safetensors dtype that numpy or torch
-// checkpoints use. Declared in the reference library's order (increasing alignment); its writer
-// sorts by that order, and so does ours.
+// The element types we read and write: numpy's safetensors dtypes plus BF16 (FP8, FP4/FP6 and C64
+// are reported as unsupported). Declared in the reference library's order (increasing alignment);
+// its writer sorts by that order, and so does ours.
 enum class DType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
 
-std::string_view dtype_name(DType dtype);                      // "BF16"
-std::size_t dtype_size(DType dtype);                           // bytes per element
-std::optional<DType> parse_dtype(std::string_view name);       // nullopt if unknown or unsupported
-bool is_floating(DType dtype);                                 // F16, BF16, F32, F64
+std::string_view dtype_name(DType dtype);                          // "BF16"
+std::size_t dtype_size(DType dtype);                               // bytes per element
+std::optional<DType> parse_dtype(std::string_view name);           // nullopt if unknown or unsupported
+bool is_floating(DType dtype);                                     // F16, BF16, F32, F64
 std::string shape_string(const std::vector<std::int64_t>& shape);  // "[2, 3]"
 
 struct ByteSpan {
@@ -90,10 +90,8 @@ class SafetensorsFile {
   // The second forms write numel values to `out`.
   std::vector<float> read_as_float(std::string_view name, const std::vector<std::int64_t>& expected_shape) const;
   void read_as_float(std::string_view name, const std::vector<std::int64_t>& expected_shape, float* out) const;
-  std::vector<std::int64_t> read_as_int64(std::string_view name,
-                                          const std::vector<std::int64_t>& expected_shape) const;
-  void read_as_int64(std::string_view name, const std::vector<std::int64_t>& expected_shape,
-                     std::int64_t* out) const;
+  std::vector<std::int64_t> read_as_int64(std::string_view name, const std::vector<std::int64_t>& expected_shape) const;
+  void read_as_int64(std::string_view name, const std::vector<std::int64_t>& expected_shape, std::int64_t* out) const;
 
  private:
   SafetensorsFile() = default;
@@ -125,8 +123,7 @@ class SafetensorsCheckpoint {
 
   std::vector<float> read_as_float(std::string_view name, const std::vector<std::int64_t>& expected_shape) const;
   void read_as_float(std::string_view name, const std::vector<std::int64_t>& expected_shape, float* out) const;
-  std::vector<std::int64_t> read_as_int64(std::string_view name,
-                                          const std::vector<std::int64_t>& expected_shape) const;
+  std::vector<std::int64_t> read_as_int64(std::string_view name, const std::vector<std::int64_t>& expected_shape) const;
 
  private:
   SafetensorsCheckpoint() = default;
@@ -166,10 +163,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
 // "format" = "pt". Shard and index files left from an earlier save of another layout are removed,
 // as save_pretrained does. Each file is written atomically, the index last; the directory as a whole
 // is not (write into a fresh directory and rename it for that). Returns the file names written.
-std::vector<std::string> write_sharded_safetensors(const std::string& directory,
-                                                   const std::vector<TensorToWrite>& tensors,
-                                                   std::uint64_t max_shard_bytes,
-                                                   const std::map<std::string, std::string>& metadata = {
-                                                       {"format", "pt"}});
+std::vector<std::string> write_sharded_safetensors(
+    const std::string& directory, const std::vector<TensorToWrite>& tensors, std::uint64_t max_shard_bytes,
+    const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
 }  // namespace jetmoe::io
