@@ -3,8 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <algorithm>
 #include <random>
 
+#include "infer/generate.hpp"
 #include "model/model.hpp"
 
 using namespace jetmoe;
@@ -76,4 +78,51 @@ TEST_CASE("token ids outside the vocabulary are an input error", "[unit][model]"
   KvCache small(c, 1, 1);
   Kokkos::deep_copy(ids, 1);
   CHECK_THROWS_WITH(model.forward(ids, small, logits), Catch::Matchers::Contains("KV cache holds 1 sequences x 1 tokens"));
+}
+
+TEST_CASE("a left-padded batch generates what each prompt generates alone", "[unit][model]") {
+  const ModelConfig c = small_config();
+  ModelWeights w(c);
+  w.init_random(c, 11);
+  Model model(c, w);
+  const std::vector<std::vector<std::int32_t>> prompts = {{1, 5, 9, 33, 2, 70, 12}, {1, 44, 3}, {1, 8, 8, 8, 60}};
+  GenerationParams params;
+  params.max_new_tokens = 8;
+  params.eos_id = -1;
+  const GenerationResult batch = generate(model, prompts, params);
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    INFO("prompt " << b);
+    const GenerationResult alone = generate(model, {prompts[b]}, params);
+    CHECK(batch.tokens[b] == alone.tokens[0]);
+  }
+  CHECK(batch.generated_tokens == 24);
+  CHECK(batch.prompt_tokens == 15);
+}
+
+TEST_CASE("generation stops a sequence at EOS and samples reproducibly", "[unit][model]") {
+  const ModelConfig c = small_config();
+  ModelWeights w(c);
+  w.init_random(c, 5);
+  Model model(c, w);
+  GenerationParams params;
+  params.max_new_tokens = 12;
+  params.eos_id = -1;
+  const auto greedy = generate(model, {{1, 2, 3}}, params).tokens[0];
+  // Make the 4th greedy token the EOS id: generation must stop right after producing it.
+  params.eos_id = greedy.at(3);
+  const auto stopped = generate(model, {{1, 2, 3}}, params).tokens[0];
+  const auto first_eos = std::find(greedy.begin(), greedy.end(), params.eos_id) - greedy.begin();
+  CHECK(std::int64_t(stopped.size()) == first_eos + 1);
+  // Sampling: the same seed gives the same tokens; top_k = 1 is greedy whatever the temperature.
+  params.eos_id = -1;
+  params.sampling.temperature = 1.5;
+  params.sampling.seed = 99;
+  const auto s1 = generate(model, {{1, 2, 3}}, params).tokens[0];
+  const auto s2 = generate(model, {{1, 2, 3}}, params).tokens[0];
+  CHECK(s1 == s2);
+  params.sampling.top_k = 1;
+  CHECK(generate(model, {{1, 2, 3}}, params).tokens[0] == greedy);
+  params.sampling.top_k = 0;
+  params.sampling.top_p = 1e-6;  // nucleus of one token: greedy again
+  CHECK(generate(model, {{1, 2, 3}}, params).tokens[0] == greedy);
 }
