@@ -5,6 +5,7 @@
 
 #include "core/deck.hpp"
 #include "core/error.hpp"
+#include "support.hpp"
 
 using jetmoe::Deck;
 using jetmoe::DeckSchema;
@@ -37,17 +38,9 @@ const DeckSchema& test_schema() {
 
 Deck parse(const std::string& text) { return Deck::from_text(text, "t.deck", test_schema()); }
 
-// The message of the Error that `f` throws; fails the test if it throws nothing or another kind.
 template <class F>
 std::string error_of(F&& f, ErrorKind kind = ErrorKind::Deck) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(int(e.kind()) == int(kind));
-    return e.what();
-  }
-  FAIL("no jetmoe::Error was thrown");
-  return "";
+  return jetmoe::testing::error_of(std::forward<F>(f), kind);
 }
 
 }  // namespace

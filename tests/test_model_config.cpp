@@ -7,24 +7,18 @@
 #include "core/deck.hpp"
 #include "core/error.hpp"
 #include "model/config.hpp"
+#include "support.hpp"
 
 using jetmoe::ModelConfig;
 using Catch::Matchers::Contains;
 
 namespace {
 std::string write_temp(const std::string& name, const std::string& text) {
-  const auto path = std::filesystem::temp_directory_path() / ("jetmoe-test-" + name);
-  std::ofstream(path) << text;
-  return path.string();
+  return jetmoe::testing::write_temp_file(name, text);
 }
-std::string input_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const jetmoe::Error& e) {
-    return e.what();
-  }
-  FAIL("no error");
-  return "";
+// Config-file problems are input errors; deck-key problems are deck errors.
+std::string input_error(const std::function<void()>& f, jetmoe::ErrorKind kind = jetmoe::ErrorKind::Input) {
+  return jetmoe::testing::error_of(f, kind);
 }
 }  // namespace
 
@@ -76,6 +70,12 @@ TEST_CASE("HF config.json errors name the file and key", "[unit][model]") {
              Contains("type.json: key 'hidden_size' must be an integer, found \"big\""));
   const std::string llama = write_temp("llama.json", R"({"model_type": "llama"})");
   CHECK_THAT(input_error([&] { ModelConfig::from_hf_config(llama, {}); }), Contains("model_type is 'llama', expected 'jetmoe'"));
+  // transformers >= 5 nests rope_theta in rope_parameters; other RoPE types are not JetMoE's.
+  const std::string rope = write_temp("rope.json", R"({"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}})");
+  CHECK(ModelConfig::from_hf_config(rope, ModelConfig::preset("tiny")).rope_theta == 500.0);
+  const std::string yarn = write_temp("yarn.json", R"({"rope_parameters": {"rope_type": "yarn", "rope_theta": 500.0}})");
+  CHECK_THAT(input_error([&] { ModelConfig::from_hf_config(yarn, {}); }),
+             Contains("yarn.json: rope_parameters.rope_type is \"yarn\"; JetMoE uses plain RoPE"));
   const std::string heads = write_temp("heads.json", R"({"num_key_value_heads": 4, "moe_top_k": 2, "num_attention_heads": 6})");
   CHECK_THAT(input_error([&] { ModelConfig::from_hf_config(heads, ModelConfig::preset("tiny")); }),
              Contains("num_attention_heads is 6, expected num_key_value_heads x top_k = 8"));
@@ -90,11 +90,12 @@ TEST_CASE("model from deck: preset, then config, then keys", "[unit][model]") {
   CHECK(c.vocab_size == ModelConfig::preset("tiny").vocab_size);
 
   auto none = jetmoe::Deck::from_text("<model>\npreset = none\nvocab_size = 10\n", "n.deck");
-  CHECK_THAT(input_error([&] { ModelConfig::from_deck(none); }),
+  CHECK_THAT(input_error([&] { ModelConfig::from_deck(none); }, jetmoe::ErrorKind::Deck),
              Contains("<model>/hidden_size: not set, and model/preset = none gives no value"));
   auto odd = jetmoe::Deck::from_text("<model>\nhead_dim = 7\n", "o.deck");
-  CHECK_THAT(input_error([&] { ModelConfig::from_deck(odd); }), Contains("o.deck:2: <model>/head_dim: must be even"));
+  CHECK_THAT(input_error([&] { ModelConfig::from_deck(odd); }, jetmoe::ErrorKind::Deck),
+             Contains("o.deck:2: <model>/head_dim: must be even"));
   auto missing = jetmoe::Deck::from_text("<model>\nconfig = /nonexistent.json\n", "c.deck");
-  CHECK_THAT(input_error([&] { ModelConfig::from_deck(missing); }),
+  CHECK_THAT(input_error([&] { ModelConfig::from_deck(missing); }, jetmoe::ErrorKind::Deck),
              Contains("c.deck:2: <model>/config: file '/nonexistent.json' does not exist"));
 }

@@ -22,6 +22,7 @@
 #include "core/bf16.hpp"
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
+#include "support.hpp"
 
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
@@ -95,17 +96,9 @@ std::string patched(const TempDir& dir, const std::string& name, const std::stri
   return path;
 }
 
-// The message of the jetmoe::Error that `f` throws; fails the test if it throws nothing or another kind.
 template <class F>
 std::string error_of(F&& f, ErrorKind kind = ErrorKind::Input) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(int(e.kind()) == int(kind));
-    return e.what();
-  }
-  FAIL("no jetmoe::Error was thrown");
-  return "";
+  return jetmoe::testing::error_of(std::forward<F>(f), kind);
 }
 std::string open_error(const std::string& path) {
   return error_of([&] { SafetensorsFile::open(path); });
