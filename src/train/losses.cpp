@@ -1,0 +1,124 @@
+#include "train/losses.hpp"
+
+#include <string>
+
+#include "core/error.hpp"
+#include "core/kokkos_compat.hpp"
+
+namespace jetmoe {
+
+using Policy2 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
+
+void shift_labels(const IntView2& labels, const IntView1& targets) {
+  const std::int64_t B = std::int64_t(labels.extent(0)), T = std::int64_t(labels.extent(1));
+  JETMOE_ASSERT(targets.extent(0) == std::size_t(B * T), "shift_labels: shapes");
+  Kokkos::parallel_for(
+      "shift_labels", Policy2({0, 0}, {B, T}), KOKKOS_LAMBDA(std::int64_t b, std::int64_t t) {
+        targets(b * T + t) = t + 1 < T ? labels(b, t + 1) : ignore_index;
+      });
+}
+
+CrossEntropy cross_entropy(const View2& logits, const IntView1& targets, const View2& dlogits, double grad_scale) {
+  const std::int64_t N = std::int64_t(logits.extent(0)), V = std::int64_t(logits.extent(1));
+  JETMOE_ASSERT(targets.extent(0) == logits.extent(0), "cross_entropy: shapes");
+  const bool grad = dlogits.extent(0) == logits.extent(0);
+  JETMOE_ASSERT(!grad || dlogits.extent(1) == logits.extent(1), "cross_entropy: gradient shape");
+
+  std::int64_t count = 0, bad = 0;
+  Kokkos::parallel_reduce(
+      "ce_count", Range(0, N),
+      KOKKOS_LAMBDA(std::int64_t t, std::int64_t & c, std::int64_t & b) {
+        const std::int32_t y = targets(t);
+        if (y == ignore_index) return;
+        if (y < 0 || y >= V) ++b;
+        else ++c;
+      },
+      count, bad);
+  if (bad) fail(ErrorKind::Input, std::to_string(bad) + " target token id(s) outside [0, " + std::to_string(V) + ")");
+
+  // Per row: lse = max + log sum exp(x - max); loss_t = lse - x[y]; grad = (softmax - onehot) * scale / count.
+  const double row_scale = count > 0 ? grad_scale / double(count) : 0.0;
+  double total = 0;
+  Kokkos::parallel_reduce(
+      "cross_entropy", Range(0, N),
+      KOKKOS_LAMBDA(std::int64_t t, double& sum) {
+        const std::int32_t y = targets(t);
+        if (y == ignore_index) {
+          if (grad)
+            for (std::int64_t v = 0; v < V; ++v) dlogits(t, v) = 0.0f;
+          return;
+        }
+        double m = logits(t, 0);
+        for (std::int64_t v = 1; v < V; ++v) m = logits(t, v) > m ? double(logits(t, v)) : m;
+        double z = 0;
+        for (std::int64_t v = 0; v < V; ++v) z += kmath::exp(double(logits(t, v)) - m);
+        const double lse = m + kmath::log(z);
+        sum += lse - double(logits(t, y));
+        if (grad)
+          for (std::int64_t v = 0; v < V; ++v)
+            dlogits(t, v) = float((kmath::exp(double(logits(t, v)) - lse) - (v == y ? 1.0 : 0.0)) * row_scale);
+      },
+      total);
+  return CrossEntropy{count > 0 ? total / double(count) : 0.0, count};
+}
+
+RouterAux router_aux_loss(const View2& logits, const IntView2& experts, double coef_switch, double coef_z,
+                          const View2& dlogits) {
+  const std::int64_t N = std::int64_t(logits.extent(0)), E = std::int64_t(logits.extent(1)),
+                     k = std::int64_t(experts.extent(1));
+  JETMOE_ASSERT(experts.extent(0) == logits.extent(0), "router_aux_loss: shapes");
+  const bool grad = dlogits.extent(0) == logits.extent(0);
+  if (N == 0) return RouterAux{};
+
+  // f_e: share of the N*k choices (constant). P_e = mean_t p_te. Both small [E] host arrays, reduced
+  // in a fixed order for determinism.
+  Kokkos::View<double*, Kokkos::HostSpace> f("aux_f", E), P("aux_P", E);
+  {
+    View2 probs("aux_probs", N, E);
+    View1 lse("aux_lse", N);
+    Kokkos::parallel_for(
+        "aux_softmax", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
+          double m = logits(t, 0);
+          for (std::int64_t e = 1; e < E; ++e) m = logits(t, e) > m ? double(logits(t, e)) : m;
+          double z = 0;
+          for (std::int64_t e = 0; e < E; ++e) z += kmath::exp(double(logits(t, e)) - m);
+          const double l = m + kmath::log(z);
+          lse(t) = float(l);
+          for (std::int64_t e = 0; e < E; ++e) probs(t, e) = float(kmath::exp(double(logits(t, e)) - l));
+        });
+    auto hp = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), probs);
+    auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lse);
+    auto he = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), experts);
+    double z_sum = 0;
+    for (std::int64_t t = 0; t < N; ++t) {
+      for (std::int64_t e = 0; e < E; ++e) P(e) += hp(t, e);
+      for (std::int64_t j = 0; j < k; ++j) f(he(t, j)) += 1.0;
+      z_sum += double(hl(t)) * double(hl(t));
+    }
+    RouterAux out;
+    for (std::int64_t e = 0; e < E; ++e) {
+      P(e) /= double(N);
+      f(e) /= double(N * k);
+      out.switch_loss += double(E) * P(e) * f(e);
+    }
+    out.z_loss = z_sum / double(N);
+    if (!grad) return out;
+
+    // d switch / dX_te = (E/N) * p_te * (f_e - sum_m p_tm f_m);   d z / dX_te = (2/N) * lse_t * p_te.
+    Kokkos::View<double*, MemSpace> fd("aux_f_device", E);
+    Kokkos::deep_copy(fd, f);
+    const double a = coef_switch * double(E) / double(N), b = coef_z * 2.0 / double(N);
+    Kokkos::parallel_for(
+        "aux_backward", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
+          double pf = 0;
+          for (std::int64_t e = 0; e < E; ++e) pf += double(probs(t, e)) * fd(e);
+          for (std::int64_t e = 0; e < E; ++e) {
+            const double p = probs(t, e);
+            dlogits(t, e) += float(a * p * (fd(e) - pf) + b * double(lse(t)) * p);
+          }
+        });
+    return out;
+  }
+}
+
+}  // namespace jetmoe
