@@ -59,7 +59,9 @@ TEST_CASE("rope rotates half-split pairs by position times inverse frequency", "
     for (int t = 0; t < T; ++t) hp(b, t) = 7 * b + 3 * t;  // includes position 0
   Kokkos::deep_copy(pos, hp);
   const auto before = to_host(x);
-  rope_forward(x, pos, 500.0);
+  View3 cos("cos", B, T, d / 2), sin("sin", B, T, d / 2);
+  rope_tables(pos, 500.0, d, cos, sin);
+  rope_forward(x, cos, sin);
   const auto after = to_host(x);
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < T; ++t)
@@ -74,7 +76,9 @@ TEST_CASE("rope rotates half-split pairs by position times inverse frequency", "
 }
 
 TEST_CASE("attention: causal softmax with tiled shared K/V heads and left padding", "[unit][layers]") {
-  const int B = 2, T = 6, Hkv = 2, k = 3, Hq = Hkv * k, d = 4, past = 2, Tk = past + T;
+  // T < 8 takes the direct (decoding) kernel, T >= 8 the blocked GEMM (prefill) path.
+  const int T = GENERATE(6, 40);
+  const int B = 2, Hkv = 2, k = 3, Hq = Hkv * k, d = 4, past = 2, Tk = past + T;
   View4 q("q", B, T, Hq, d), kc("k", B, Tk, Hkv, d), vc("v", B, Tk, Hkv, d), out("out", B, T, Hq, d);
   View3 lse("lse", B, Hq, T);
   IntView1 start("start", B);

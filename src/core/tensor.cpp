@@ -1,5 +1,6 @@
 #include "core/tensor.hpp"
 
+#include <KokkosBlas2_gemv.hpp>
 #include <KokkosBlas3_gemm.hpp>
 
 #include "core/error.hpp"
@@ -13,6 +14,11 @@ void check(bool ok, const char* what) { JETMOE_ASSERT(ok, what); }
 void linear(const View2& x, const View2& w, const View2& y, float beta) {
   check(x.extent(1) == w.extent(1) && y.extent(0) == x.extent(0) && y.extent(1) == w.extent(0), "linear: shapes");
   if (x.extent(0) == 0 || w.extent(0) == 0) return;
+  if (x.extent(0) == 1) {
+    // One row (decoding one token): a matrix-vector product reads W once; GEMM would also pack it.
+    KokkosBlas::gemv("N", 1.0f, w, Kokkos::subview(x, 0, Kokkos::ALL()), beta, Kokkos::subview(y, 0, Kokkos::ALL()));
+    return;
+  }
   KokkosBlas::gemm("N", "T", 1.0f, x, w, beta, y);
 }
 

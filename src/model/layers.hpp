@@ -13,10 +13,14 @@ void embedding_forward(const IntView1& ids, const View2& emb, const View2& x);
 // y = w * (x * rsqrt(mean(x^2) + eps))           x, y [N, D], w [D]; rstd [N] (optional, for backward)
 void rmsnorm_forward(const View2& x, const View1& w, float eps, const View2& y, const View1& rstd = View1());
 
-// Half-split (NeoX) rotary embedding in place on x [B, T, heads, d] at positions pos [B, T]:
-// for i < d/2: (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s), angle = pos * theta^(-2i/d),
-// computed in fp32 as HF does.
-void rope_forward(const View4& x, const IntView2& pos, double theta);
+// RoPE angles for positions pos [B, T]: cos, sin [B, T, d/2] with angle = pos * theta^(-2i/d), in
+// fp32 as HF computes them (inv_freq in fp32, then the product). Computed once per forward pass and
+// shared by every layer and head.
+void rope_tables(const IntView2& pos, double theta, std::int64_t head_dim, const View3& cos, const View3& sin);
+
+// Half-split (NeoX) rotary embedding in place on x [B, T, heads, d]:
+// for i < d/2: (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s).
+void rope_forward(const View4& x, const View3& cos, const View3& sin);
 
 // Causal attention with shared K/V: query head i uses K/V head i mod H_kv (tiled, not interleaved).
 //   q [B, Tq, Hq, d]; k, v [B, Tk, H_kv, d] (a KV cache: rows [0, past + Tq) valid);

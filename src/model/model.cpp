@@ -78,6 +78,8 @@ void Model::forward(const IntView2& ids, const IntView2& positions, const IntVie
   View4 q("q", B, T, Hq, d), k_new("k_new", B, T, H, d), attn_out("attn_out", B, T, Hq, d);
 
   embedding_forward(flat_ids, weights_.embed, x);
+  View3 rope_cos("rope_cos", B, T, d / 2), rope_sin("rope_sin", B, T, d / 2);
+  rope_tables(positions, c.rope_theta, d, rope_cos, rope_sin);
 
   for (std::size_t layer = 0; layer < weights_.layers.size(); ++layer) {
     const LayerWeights& w = weights_.layers[layer];
@@ -104,8 +106,8 @@ void Model::forward(const IntView2& ids, const IntView2& positions, const IntVie
             k_new(n / T, n % T, a / d, a % d) = kv(n, a);
             vc(n / T, past + n % T, a / d, a % d) = kv(n, A + a);
           });
-      rope_forward(q, positions, c.rope_theta);
-      rope_forward(k_new, positions, c.rope_theta);
+      rope_forward(q, rope_cos, rope_sin);
+      rope_forward(k_new, rope_cos, rope_sin);
       Kokkos::parallel_for(
           "append_k", Policy2({0, 0}, {N, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t a) {
             kc(n / T, past + n % T, a / d, a % d) = k_new(n / T, n % T, a / d, a % d);
