@@ -8,13 +8,14 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.hpp"
 #include "io/chat_template.hpp"
 #include "io/tokenizer.hpp"
+#include "support.hpp"
 
-using jetmoe::Error;
 using jetmoe::ErrorKind;
 using jetmoe::io::ChatMessage;
 using jetmoe::io::Span;
@@ -71,23 +72,14 @@ bool valid_utf8(const std::string& s) {
 
 Ids slice(const Ids& ids, Span s) { return Ids(ids.begin() + long(s.begin), ids.begin() + long(s.end)); }
 
-std::string write_temp(const std::string& name, const std::string& bytes) {
-  const auto path = std::filesystem::temp_directory_path() / ("jetmoe-test-tokenizer-" + name);
-  std::ofstream(path, std::ios::binary) << bytes;
-  return path.string();
+// Every error these tests expect is a user's input error.
+template <class F>
+std::string error_of(F&& f) {
+  return jetmoe::testing::error_of(std::forward<F>(f), ErrorKind::Input);
 }
 
-// The message of the jetmoe::Error(kind) that `f` throws; fails the test if there is none.
-template <class F>
-std::string error_of(F&& f, ErrorKind kind = ErrorKind::Input) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(int(e.kind()) == int(kind));
-    return e.what();
-  }
-  FAIL("no jetmoe::Error was thrown");
-  return "";
+std::string write_temp(const std::string& name, const std::string& bytes) {
+  return jetmoe::testing::write_temp_file("tokenizer-" + name, bytes);
 }
 
 }  // namespace
