@@ -58,16 +58,19 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
   std::vector<bool> done(static_cast<std::size_t>(B), false);
   std::vector<std::int32_t> next(static_cast<std::size_t>(B));
 
+  View2 last_rows("last_rows", B, V);
   auto choose = [&](const View2& logits, std::int64_t rows_per_seq) {
-    // The last row of each sequence, on the host.
-    auto last = Kokkos::subview(logits, Kokkos::ALL(), Kokkos::ALL());
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), last);
+    // Only the last row of each sequence goes to the host.
+    Kokkos::parallel_for(
+        "last_rows", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>({0, 0}, {B, V}),
+        KOKKOS_LAMBDA(std::int64_t b, std::int64_t v) { last_rows(b, v) = logits((b + 1) * rows_per_seq - 1, v); });
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), last_rows);
     for (std::int64_t b = 0; b < B; ++b) {
       if (done[b]) {
         next[b] = params.pad_id;
         continue;
       }
-      next[b] = sampler.next(&host((b + 1) * rows_per_seq - 1, 0), V);
+      next[b] = sampler.next(&host(b, 0), V);
       result.tokens[b].push_back(next[b]);
       ++result.generated_tokens;
       if (on_token) on_token(std::size_t(b), next[b]);
