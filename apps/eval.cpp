@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
+#include "io/atomic_file.hpp"
 #include "io/npy.hpp"
 #include "model/load.hpp"
 #include "model/model.hpp"
@@ -127,15 +128,11 @@ void perplexity(const Deck& deck, Model& model, const io::Tokenizer& tok) {
             std::exp(mean), mean, (long long)predicted, (long long)window);
   const std::string out = output_path(deck);
   fs::create_directories(fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path());
-  const std::string tmp = out + ".tmp";
-  {
-    std::ofstream o(tmp);
-    o << "{\n  \"task\": \"perplexity\",\n  \"input\": \"" << input << "\",\n  \"tokens_predicted\": " << predicted
-      << ",\n  \"mean_nll\": " << mean << ",\n  \"perplexity\": " << std::exp(mean) << ",\n  \"context\": " << window
-      << "\n}\n";
-    if (!o) fail(ErrorKind::Input, out + ": cannot write");
-  }
-  fs::rename(tmp, out);
+  std::ostringstream json;
+  json << "{\n  \"task\": \"perplexity\",\n  \"input\": \"" << input << "\",\n  \"tokens_predicted\": " << predicted
+       << ",\n  \"mean_nll\": " << mean << ",\n  \"perplexity\": " << std::exp(mean) << ",\n  \"context\": " << window
+       << "\n}\n";
+  io::write_text_atomically(out, json.str());
   log::info("wrote %s", out.c_str());
 }
 

@@ -4,12 +4,12 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 #include "core/bf16.hpp"
 #include "core/error.hpp"
 #include "core/profiling.hpp"
+#include "io/atomic_file.hpp"
 #include "io/safetensors.hpp"
 
 namespace jetmoe {
@@ -121,18 +121,7 @@ void save_hf_checkpoint(const std::string& directory, const ModelConfig& c, cons
   j["bos_token_id"] = c.bos_token_id;
   j["eos_token_id"] = c.eos_token_id;
   j["torch_dtype"] = torch_dtype;
-  const fs::path cfg = fs::path(directory) / "config.json";
-  const fs::path tmp = cfg.string() + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(2) << "\n";
-    if (!out) {
-      fs::remove(tmp, ec);
-      fail(ErrorKind::Input, cfg.string() + ": cannot write");
-    }
-  }
-  fs::rename(tmp, cfg, ec);
-  if (ec) fail(ErrorKind::Input, cfg.string() + ": cannot write: " + ec.message());
+  io::write_text_atomically((fs::path(directory) / "config.json").string(), j.dump(2) + "\n");
 }
 
 }  // namespace jetmoe
