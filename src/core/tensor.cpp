@@ -11,7 +11,9 @@ namespace {
 void check(bool ok, const char* what) { JETMOE_ASSERT(ok, what); }
 }  // namespace
 
-void linear(const View2& x, const View2& w, const View2& y, float beta) {
+template <class R>
+void linear(const Mat<R>& x, const Mat<R>& w, const Mat<R>& y, double beta_) {
+  const R beta = R(beta_);
   check(x.extent(1) == w.extent(1) && y.extent(0) == x.extent(0) && y.extent(1) == w.extent(0), "linear: shapes");
   if (x.extent(0) == 0 || w.extent(0) == 0) return;
   // Few rows (decoding): matrix-vector products read W once each; GEMM would also pack W on every call.
@@ -21,33 +23,45 @@ void linear(const View2& x, const View2& w, const View2& y, float beta) {
   const std::size_t M = x.extent(0), N = w.extent(0), K = w.extent(1);
   const bool small_w = N * K <= (std::size_t(2) << 20);  // <= 8 MB: stays in cache across the M calls
   if ((M == 1 || (M <= 4 && small_w)) && w.stride(0) == K && x.stride(1) == 1 && y.stride(1) == 1) {
-    using LeftMatrix = Kokkos::View<const float**, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-    using LeftIn = Kokkos::View<const float*, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-    using LeftOut = Kokkos::View<float*, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+    using LeftMatrix = Kokkos::View<const R**, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+    using LeftIn = Kokkos::View<const R*, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+    using LeftOut = Kokkos::View<R*, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
     const LeftMatrix wt(w.data(), K, N);
     for (std::size_t m = 0; m < M; ++m)
-      KokkosBlas::gemv("T", 1.0f, wt, LeftIn(x.data() + m * x.stride(0), K), beta, LeftOut(y.data() + m * y.stride(0), N));
+      KokkosBlas::gemv("T", R(1), wt, LeftIn(x.data() + m * x.stride(0), K), beta, LeftOut(y.data() + m * y.stride(0), N));
     return;
   }
-  KokkosBlas::gemm("N", "T", 1.0f, x, w, beta, y);
+  KokkosBlas::gemm("N", "T", R(1), x, w, beta, y);
 }
 
-void matmul_nn(const View2& x, const View2& w, const View2& y, float beta) {
+template <class R>
+void matmul_nn(const Mat<R>& x, const Mat<R>& w, const Mat<R>& y, double beta_) {
+  const R beta = R(beta_);
   check(x.extent(1) == w.extent(0) && y.extent(0) == x.extent(0) && y.extent(1) == w.extent(1), "matmul_nn: shapes");
   if (x.extent(0) == 0 || w.extent(1) == 0) return;
-  KokkosBlas::gemm("N", "N", 1.0f, x, w, beta, y);
+  KokkosBlas::gemm("N", "N", R(1), x, w, beta, y);
 }
 
-void matmul_tn(const View2& x, const View2& w, const View2& y, float beta) {
+template <class R>
+void matmul_tn(const Mat<R>& x, const Mat<R>& w, const Mat<R>& y, double beta_) {
+  const R beta = R(beta_);
   check(x.extent(0) == w.extent(0) && y.extent(0) == x.extent(1) && y.extent(1) == w.extent(1), "matmul_tn: shapes");
   if (y.extent(0) == 0 || y.extent(1) == 0) return;
   if (x.extent(0) == 0) {  // empty sum: y = beta * y
-    Kokkos::View<float**, Kokkos::LayoutRight, MemSpace> yy = y;
+    Mat<R> yy = y;
     Kokkos::parallel_for("matmul_tn_scale", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>({0, 0}, {y.extent(0), y.extent(1)}),
                          KOKKOS_LAMBDA(int i, int j) { yy(i, j) *= beta; });
     return;
   }
-  KokkosBlas::gemm("T", "N", 1.0f, x, w, beta, y);
+  KokkosBlas::gemm("T", "N", R(1), x, w, beta, y);
 }
+
+#define JETMOE_INSTANTIATE(R)                                                       \
+  template void linear<R>(const Mat<R>&, const Mat<R>&, const Mat<R>&, double);     \
+  template void matmul_nn<R>(const Mat<R>&, const Mat<R>&, const Mat<R>&, double);  \
+  template void matmul_tn<R>(const Mat<R>&, const Mat<R>&, const Mat<R>&, double);
+JETMOE_INSTANTIATE(float)
+JETMOE_INSTANTIATE(double)
+#undef JETMOE_INSTANTIATE
 
 }  // namespace jetmoe

@@ -16,26 +16,45 @@ using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
 using Range = Kokkos::RangePolicy<ExecSpace>;
 
-using View1 = Kokkos::View<float*, Kokkos::LayoutRight, MemSpace>;
-using View2 = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
-using View3 = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
-using View4 = Kokkos::View<float****, Kokkos::LayoutRight, MemSpace>;
+// Views of scalar R: the model runs in float; the training code is also instantiated in double so that
+// finite-difference gradient checks can run in double precision.
+template <class R> using Vec = Kokkos::View<R*, Kokkos::LayoutRight, MemSpace>;
+template <class R> using Mat = Kokkos::View<R**, Kokkos::LayoutRight, MemSpace>;
+template <class R> using Ten3 = Kokkos::View<R***, Kokkos::LayoutRight, MemSpace>;
+template <class R> using Ten4 = Kokkos::View<R****, Kokkos::LayoutRight, MemSpace>;
+using View1 = Vec<float>;
+using View2 = Mat<float>;
+using View3 = Ten3<float>;
+using View4 = Ten4<float>;
 using IntView1 = Kokkos::View<std::int32_t*, Kokkos::LayoutRight, MemSpace>;
 using IntView2 = Kokkos::View<std::int32_t**, Kokkos::LayoutRight, MemSpace>;
 using IndexView1 = Kokkos::View<std::int64_t*, Kokkos::LayoutRight, MemSpace>;
 
 // Rows [begin, end) of a row-major matrix: contiguous, still LayoutRight.
-inline View2 rows(const View2& m, std::int64_t begin, std::int64_t end) {
+template <class R>
+Mat<R> rows(const Mat<R>& m, std::int64_t begin, std::int64_t end) {
   return Kokkos::subview(m, std::make_pair(begin, end), Kokkos::ALL());
 }
 // Expert e of an [E, out, in] weight.
-inline View2 expert(const View3& w, std::int64_t e) { return Kokkos::subview(w, e, Kokkos::ALL(), Kokkos::ALL()); }
+template <class R>
+Mat<R> expert(const Ten3<R>& w, std::int64_t e) {
+  return Kokkos::subview(w, e, Kokkos::ALL(), Kokkos::ALL());
+}
+// A contiguous view seen as a flat array.
+template <class V>
+Vec<typename V::value_type> flat(const V& v) {
+  return Vec<typename V::value_type>(v.data(), v.size());
+}
 
+// Instantiated for R = float and double.
 // y = beta * y + x * W^T   (x [M, K], W [N, K], y [M, N]): a linear layer without bias.
-void linear(const View2& x, const View2& w, const View2& y, float beta = 0.0f);
+template <class R>
+void linear(const Mat<R>& x, const Mat<R>& w, const Mat<R>& y, double beta = 0.0);
 // y = beta * y + x * W     (x [M, K], W [K, N], y [M, N]).
-void matmul_nn(const View2& x, const View2& w, const View2& y, float beta = 0.0f);
+template <class R>
+void matmul_nn(const Mat<R>& x, const Mat<R>& w, const Mat<R>& y, double beta = 0.0);
 // y = beta * y + x^T * W   (x [K, M], W [K, N], y [M, N]): weight gradients.
-void matmul_tn(const View2& x, const View2& w, const View2& y, float beta = 0.0f);
+template <class R>
+void matmul_tn(const Mat<R>& x, const Mat<R>& w, const Mat<R>& y, double beta = 0.0);
 
 }  // namespace jetmoe

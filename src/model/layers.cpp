@@ -1,5 +1,8 @@
 #include "model/layers.hpp"
 
+#include <algorithm>
+#include <vector>
+
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
 
@@ -8,7 +11,8 @@ namespace jetmoe {
 using Policy2 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
 using Policy3 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>;
 
-void embedding_forward(const IntView1& ids, const View2& emb, const View2& x) {
+template <class R>
+void embedding_forward(const IntView1& ids, const Mat<R>& emb, const Mat<R>& x) {
   const std::int64_t N = std::int64_t(x.extent(0)), D = std::int64_t(x.extent(1));
   JETMOE_ASSERT(ids.extent(0) == x.extent(0) && emb.extent(1) == x.extent(1), "embedding_forward: shapes");
   Kokkos::parallel_for(
@@ -16,22 +20,87 @@ void embedding_forward(const IntView1& ids, const View2& emb, const View2& x) {
       KOKKOS_LAMBDA(std::int64_t t, std::int64_t c) { x(t, c) = emb(ids(t), c); });
 }
 
-void rmsnorm_forward(const View2& x, const View1& w, float eps, const View2& y, const View1& rstd) {
+template <class R>
+void embedding_backward(const IntView1& ids, const Mat<R>& dx, const Mat<R>& demb) {
+  const std::int64_t N = std::int64_t(dx.extent(0)), D = std::int64_t(dx.extent(1)), V = std::int64_t(demb.extent(0));
+  JETMOE_ASSERT(ids.extent(0) == dx.extent(0) && demb.extent(1) == dx.extent(1), "embedding_backward: shapes");
+  // Tokens grouped by id (a counting sort on the host, tokens ascending within an id), then one
+  // thread per (distinct id, column) sums its tokens in order: deterministic, no atomics.
+  auto h_ids = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ids);
+  std::vector<std::int64_t> count(std::size_t(V) + 1, 0);
+  for (std::int64_t t = 0; t < N; ++t) ++count[std::size_t(h_ids(t)) + 1];
+  std::vector<std::int32_t> distinct;
+  for (std::int64_t v = 0; v < V; ++v)
+    if (count[std::size_t(v) + 1] > 0) distinct.push_back(std::int32_t(v));
+  for (std::int64_t v = 0; v < V; ++v) count[std::size_t(v) + 1] += count[std::size_t(v)];
+  const std::int64_t U = std::int64_t(distinct.size());
+  IntView1 order("emb_order", std::size_t(N)), ids_u("emb_distinct", std::size_t(U)), start("emb_start", std::size_t(U + 1));
+  auto h_order = Kokkos::create_mirror_view(order);
+  auto h_u = Kokkos::create_mirror_view(ids_u);
+  auto h_start = Kokkos::create_mirror_view(start);
+  {
+    std::vector<std::int64_t> next(count.begin(), count.end() - 1);
+    for (std::int64_t t = 0; t < N; ++t) h_order(next[std::size_t(h_ids(t))]++) = std::int32_t(t);
+    for (std::int64_t u = 0; u < U; ++u) {
+      h_u(u) = distinct[std::size_t(u)];
+      h_start(u) = std::int32_t(count[std::size_t(distinct[std::size_t(u)])]);
+    }
+    h_start(U) = std::int32_t(N);
+  }
+  Kokkos::deep_copy(order, h_order);
+  Kokkos::deep_copy(ids_u, h_u);
+  Kokkos::deep_copy(start, h_start);
+  Kokkos::parallel_for(
+      "embedding_backward", Policy2({0, 0}, {U, D}), KOKKOS_LAMBDA(std::int64_t u, std::int64_t c) {
+        R acc = 0;
+        for (std::int32_t i = start(u); i < start(u + 1); ++i) acc += dx(order(i), c);
+        demb(ids_u(u), c) += acc;
+      });
+}
+
+template <class R>
+void rmsnorm_forward(const Mat<R>& x, const Vec<R>& w, double eps_, const Mat<R>& y, const Vec<R>& rstd) {
+  const R eps = R(eps_);
   const std::int64_t N = std::int64_t(x.extent(0)), D = std::int64_t(x.extent(1));
   JETMOE_ASSERT(w.extent(0) == x.extent(1) && y.extent(0) == x.extent(0) && y.extent(1) == x.extent(1),
                 "rmsnorm_forward: shapes");
   const bool keep = rstd.extent(0) == x.extent(0);
   Kokkos::parallel_for(
       "rmsnorm_forward", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
-        float ss = 0.0f;
+        R ss = 0;
         for (std::int64_t c = 0; c < D; ++c) ss += x(t, c) * x(t, c);
-        const float r = 1.0f / kmath::sqrt(ss / float(D) + eps);
+        const R r = R(1) / kmath::sqrt(ss / R(D) + eps);
         for (std::int64_t c = 0; c < D; ++c) y(t, c) = w(c) * (x(t, c) * r);
         if (keep) rstd(t) = r;
       });
 }
 
-void rope_tables(const IntView2& pos, double theta, std::int64_t head_dim, const View3& cos, const View3& sin) {
+template <class R>
+void rmsnorm_backward(const Mat<R>& x, const Vec<R>& w, const Vec<R>& rstd, const Mat<R>& dy, const Mat<R>& dx,
+                      const Vec<R>& dw) {
+  const std::int64_t N = std::int64_t(x.extent(0)), D = std::int64_t(x.extent(1));
+  JETMOE_ASSERT(w.extent(0) == x.extent(1) && rstd.extent(0) == x.extent(0) && dy.extent(0) == x.extent(0) &&
+                    dy.extent(1) == x.extent(1) && dx.extent(0) == x.extent(0) && dx.extent(1) == x.extent(1) &&
+                    dw.extent(0) == w.extent(0),
+                "rmsnorm_backward: shapes");
+  Kokkos::parallel_for(
+      "rmsnorm_backward", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
+        const R r = rstd(t);
+        R s = 0;
+        for (std::int64_t c = 0; c < D; ++c) s += w(c) * dy(t, c) * x(t, c);
+        const R coef = r * r * r * s / R(D);
+        for (std::int64_t c = 0; c < D; ++c) dx(t, c) += r * w(c) * dy(t, c) - x(t, c) * coef;
+      });
+  Kokkos::parallel_for(
+      "rmsnorm_backward_weight", Range(0, D), KOKKOS_LAMBDA(std::int64_t c) {
+        R acc = 0;
+        for (std::int64_t t = 0; t < N; ++t) acc += dy(t, c) * x(t, c) * rstd(t);
+        dw(c) += acc;
+      });
+}
+
+template <class R>
+void rope_tables(const IntView2& pos, double theta, std::int64_t head_dim, const Ten3<R>& cos, const Ten3<R>& sin) {
   const std::int64_t B = std::int64_t(pos.extent(0)), T = std::int64_t(pos.extent(1)), half = head_dim / 2;
   JETMOE_ASSERT(head_dim % 2 == 0 && cos.extent(0) == pos.extent(0) && cos.extent(1) == pos.extent(1) &&
                     std::int64_t(cos.extent(2)) == half && sin.extent(2) == cos.extent(2),
@@ -42,12 +111,13 @@ void rope_tables(const IntView2& pos, double theta, std::int64_t head_dim, const
         // As HF: inv_freq = 1 / base^(2i/d) in fp32, angle = pos * inv_freq in fp32.
         const float inv_freq = 1.0f / kmath::pow(base, float(2 * i) / float(2 * half));
         const float angle = float(pos(b, t)) * inv_freq;
-        cos(b, t, i) = kmath::cos(angle);
-        sin(b, t, i) = kmath::sin(angle);
+        cos(b, t, i) = R(kmath::cos(angle));
+        sin(b, t, i) = R(kmath::sin(angle));
       });
 }
 
-void rope_forward(const View4& x, const View3& cos, const View3& sin) {
+template <class R>
+void rope_forward(const Ten4<R>& x, const Ten3<R>& cos, const Ten3<R>& sin) {
   const std::int64_t B = std::int64_t(x.extent(0)), T = std::int64_t(x.extent(1)), H = std::int64_t(x.extent(2)),
                      d = std::int64_t(x.extent(3));
   const std::int64_t half = d / 2;
@@ -57,10 +127,29 @@ void rope_forward(const View4& x, const View3& cos, const View3& sin) {
   Kokkos::parallel_for(
       "rope_forward", Policy3({0, 0, 0}, {B, T, H}), KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t h) {
         for (std::int64_t i = 0; i < half; ++i) {
-          const float c = cos(b, t, i), s = sin(b, t, i);
-          const float x1 = x(b, t, h, i), x2 = x(b, t, h, i + half);
+          const R c = cos(b, t, i), s = sin(b, t, i);
+          const R x1 = x(b, t, h, i), x2 = x(b, t, h, i + half);
           x(b, t, h, i) = x1 * c - x2 * s;
           x(b, t, h, i + half) = x2 * c + x1 * s;
+        }
+      });
+}
+
+template <class R>
+void rope_backward(const Ten4<R>& x, const Ten3<R>& cos, const Ten3<R>& sin) {
+  const std::int64_t B = std::int64_t(x.extent(0)), T = std::int64_t(x.extent(1)), H = std::int64_t(x.extent(2)),
+                     d = std::int64_t(x.extent(3));
+  const std::int64_t half = d / 2;
+  JETMOE_ASSERT(d % 2 == 0 && cos.extent(0) == x.extent(0) && cos.extent(1) == x.extent(1) &&
+                    std::int64_t(cos.extent(2)) == half,
+                "rope_backward: shapes");
+  Kokkos::parallel_for(
+      "rope_backward", Policy3({0, 0, 0}, {B, T, H}), KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t h) {
+        for (std::int64_t i = 0; i < half; ++i) {
+          const R c = cos(b, t, i), s = sin(b, t, i);
+          const R g1 = x(b, t, h, i), g2 = x(b, t, h, i + half);
+          x(b, t, h, i) = g1 * c + g2 * s;
+          x(b, t, h, i + half) = g2 * c - g1 * s;
         }
       });
 }
@@ -68,32 +157,33 @@ void rope_forward(const View4& x, const View3& cos, const View3& sin) {
 namespace {
 
 // One query at a time against its keys, online softmax: for decoding (few queries per sequence).
-void attention_direct(const View4& q, const View4& k, const View4& v, std::int64_t past, const IntView1& key_start,
-                      const View4& out, const View3& lse) {
+template <class R>
+void attention_direct(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std::int64_t past, const IntView1& key_start,
+                      const Ten4<R>& out, const Ten3<R>& lse) {
   const std::int64_t B = std::int64_t(q.extent(0)), Tq = std::int64_t(q.extent(1)), Hq = std::int64_t(q.extent(2)),
                      d = std::int64_t(q.extent(3)), Hkv = std::int64_t(k.extent(2));
   const bool has_start = key_start.extent(0) == q.extent(0);
   const bool keep_lse = lse.extent(0) == q.extent(0);
-  const float scale = 1.0f / kmath::sqrt(float(d));
+  const R scale = R(1) / kmath::sqrt(R(d));
   Kokkos::parallel_for(
       "attention_forward", Policy3({0, 0, 0}, {B, Hq, Tq}), KOKKOS_LAMBDA(std::int64_t b, std::int64_t i, std::int64_t t) {
         const std::int64_t h = i % Hkv;  // tiled K/V heads
         const std::int64_t first = has_start ? std::int64_t(key_start(b)) : 0;
         const std::int64_t last = past + t;  // inclusive
-        for (std::int64_t c = 0; c < d; ++c) out(b, t, i, c) = 0.0f;
-        float running_max = -3.0e38f, running_sum = 0.0f;
+        for (std::int64_t c = 0; c < d; ++c) out(b, t, i, c) = 0;
+        R running_max = R(-3.0e38), running_sum = 0;
         for (std::int64_t s = first; s <= last; ++s) {
-          float score = 0.0f;
+          R score = 0;
           for (std::int64_t c = 0; c < d; ++c) score += q(b, t, i, c) * k(b, s, h, c);
           score *= scale;
-          const float new_max = score > running_max ? score : running_max;
-          const float correction = kmath::exp(running_max - new_max);
-          const float p = kmath::exp(score - new_max);
+          const R new_max = score > running_max ? score : running_max;
+          const R correction = kmath::exp(running_max - new_max);
+          const R p = kmath::exp(score - new_max);
           running_sum = running_sum * correction + p;
           for (std::int64_t c = 0; c < d; ++c) out(b, t, i, c) = out(b, t, i, c) * correction + p * v(b, s, h, c);
           running_max = new_max;
         }
-        const float inv = running_sum > 0.0f ? 1.0f / running_sum : 0.0f;
+        const R inv = running_sum > R(0) ? R(1) / running_sum : R(0);
         for (std::int64_t c = 0; c < d; ++c) out(b, t, i, c) *= inv;
         if (keep_lse) lse(b, i, t) = running_max + kmath::log(running_sum);
       });
@@ -103,18 +193,19 @@ void attention_direct(const View4& q, const View4& k, const View4& v, std::int64
 // block of queries become one matrix [rows, d]; scores = Q K^T and out = P V are two GEMMs (the
 // vendor BLAS), with the masked softmax between them. Scores are held for a block of query rows at a
 // time (at most ~16M floats), never for the whole sequence at once.
-void attention_blocked(const View4& q, const View4& k, const View4& v, std::int64_t past, const IntView1& key_start,
-                       const View4& out, const View3& lse) {
+template <class R>
+void attention_blocked(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std::int64_t past, const IntView1& key_start,
+                       const Ten4<R>& out, const Ten3<R>& lse) {
   const std::int64_t B = std::int64_t(q.extent(0)), Tq = std::int64_t(q.extent(1)), Hq = std::int64_t(q.extent(2)),
                      d = std::int64_t(q.extent(3)), Hkv = std::int64_t(k.extent(2)), slots = Hq / Hkv;
   const std::int64_t Tk = past + Tq;
   const bool has_start = key_start.extent(0) == q.extent(0);
   const bool keep_lse = lse.extent(0) == q.extent(0);
-  const float scale = 1.0f / kmath::sqrt(float(d));
+  const R scale = R(1) / kmath::sqrt(R(d));
   const std::int64_t block_t = std::max<std::int64_t>(1, std::min<std::int64_t>(Tq, (std::int64_t(1) << 24) / (Tk * slots)));
-  View2 keys("attn_keys", Tk, d), values("attn_values", Tk, d);
-  View2 queries("attn_queries", block_t * slots, d), context("attn_context", block_t * slots, d);
-  View1 score_storage(Kokkos::view_alloc("attn_scores", Kokkos::WithoutInitializing), std::size_t(block_t * slots * Tk));
+  Mat<R> keys("attn_keys", Tk, d), values("attn_values", Tk, d);
+  Mat<R> queries("attn_queries", block_t * slots, d), context("attn_context", block_t * slots, d);
+  Vec<R> score_storage(Kokkos::view_alloc("attn_scores", Kokkos::WithoutInitializing), std::size_t(block_t * slots * Tk));
   auto starts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), has_start ? key_start : IntView1("zero_start", B));
   for (std::int64_t b = 0; b < B; ++b) {
     const std::int64_t first = starts(b);
@@ -128,27 +219,27 @@ void attention_blocked(const View4& q, const View4& k, const View4& v, std::int6
         const std::int64_t nt = std::min(block_t, Tq - t0), rows_n = nt * slots;
         // Keys visible to the block: [first, past + t0 + nt).
         const std::int64_t key_end = past + t0 + nt;
-        const View2 qb = rows(queries, 0, rows_n), cb = rows(context, 0, rows_n);
+        const Mat<R> qb = rows(queries, 0, rows_n), cb = rows(context, 0, rows_n);
         Kokkos::parallel_for(
             "attn_gather_q", Policy2({0, 0}, {rows_n, d}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t c) {
               qb(r, c) = q(b, t0 + r / slots, (r % slots) * Hkv + h, c);
             });
         // scores = Q K^T over the visible keys (a contiguous leading block of rows of `keys`).
-        const View2 kvis = rows(keys, 0, key_end), vvis = rows(values, 0, key_end);
-        const View2 sc(score_storage.data(), rows_n, key_end);  // contiguous [rows_n, key_end]
+        const Mat<R> kvis = rows(keys, 0, key_end), vvis = rows(values, 0, key_end);
+        const Mat<R> sc(score_storage.data(), rows_n, key_end);  // contiguous [rows_n, key_end]
         linear(qb, kvis, sc);
         Kokkos::parallel_for(
             "attn_softmax", Range(0, rows_n), KOKKOS_LAMBDA(std::int64_t r) {
               const std::int64_t last = past + t0 + r / slots;  // inclusive
-              float m = -3.0e38f;
+              R m = R(-3.0e38);
               for (std::int64_t s = first; s <= last; ++s) m = kmath::fmax(m, sc(r, s) * scale);
-              float z = 0.0f;
+              R z = 0;
               for (std::int64_t s = 0; s < key_end; ++s) {
-                const float p = (s >= first && s <= last) ? kmath::exp(sc(r, s) * scale - m) : 0.0f;
+                const R p = (s >= first && s <= last) ? kmath::exp(sc(r, s) * scale - m) : R(0);
                 sc(r, s) = p;
                 z += p;
               }
-              const float inv = z > 0.0f ? 1.0f / z : 0.0f;
+              const R inv = z > R(0) ? R(1) / z : R(0);
               for (std::int64_t s = 0; s < key_end; ++s) sc(r, s) *= inv;
               if (keep_lse) lse(b, (r % slots) * Hkv + h, t0 + r / slots) = m + kmath::log(z);
             });
@@ -164,8 +255,9 @@ void attention_blocked(const View4& q, const View4& k, const View4& v, std::int6
 
 }  // namespace
 
-void attention_forward(const View4& q, const View4& k, const View4& v, std::int64_t past, const IntView1& key_start,
-                       const View4& out, const View3& lse) {
+template <class R>
+void attention_forward(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std::int64_t past,
+                       const IntView1& key_start, const Ten4<R>& out, const Ten3<R>& lse) {
   const std::int64_t Tq = std::int64_t(q.extent(1)), Hq = std::int64_t(q.extent(2)), d = std::int64_t(q.extent(3)),
                      Hkv = std::int64_t(k.extent(2));
   JETMOE_ASSERT(k.extent(0) == q.extent(0) && k.extent(3) == q.extent(3) && v.extent(2) == k.extent(2) &&
@@ -176,20 +268,147 @@ void attention_forward(const View4& q, const View4& k, const View4& v, std::int6
   else attention_blocked(q, k, v, past, key_start, out, lse);
 }
 
-void swiglu_forward(const View2& z, const View2& h) {
+template <class R>
+void attention_backward(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, const Ten4<R>& out,
+                        const Ten3<R>& lse, const Ten4<R>& dout, const Ten4<R>& dq, const Ten4<R>& dk,
+                        const Ten4<R>& dv) {
+  const std::int64_t B = std::int64_t(q.extent(0)), T = std::int64_t(q.extent(1)), Hq = std::int64_t(q.extent(2)),
+                     d = std::int64_t(q.extent(3)), Hkv = std::int64_t(k.extent(2)), slots = Hq / Hkv;
+  JETMOE_ASSERT(k.extent(0) == q.extent(0) && std::int64_t(k.extent(1)) == T && k.extent(3) == q.extent(3) &&
+                    v.extent(2) == k.extent(2) && Hq % Hkv == 0 && lse.extent(1) == q.extent(2) &&
+                    lse.extent(2) == q.extent(1) && dq.extent(2) == q.extent(2) && dk.extent(2) == k.extent(2),
+                "attention_backward: shapes");
+  const R scale = R(1) / kmath::sqrt(R(d));
+  // Per (sequence b, K/V head h): the k query heads on h over a block of query positions are one
+  // matrix of rows r = (t - t0) * slots + j, as in the forward. With P = exp(S scale - lse):
+  //   dV += P^T dO,  dP = dO V^T,  dS = P (dP - rowsum(dO o O)) scale,  dQ = dS K,  dK += dS^T Q.
+  const std::int64_t block_t = std::max<std::int64_t>(1, std::min<std::int64_t>(T, (std::int64_t(1) << 22) / (T * slots)));
+  const std::int64_t max_rows = block_t * slots;
+  Mat<R> keys("attn_keys", T, d), values("attn_values", T, d), dkeys("attn_dkeys", T, d), dvalues("attn_dvalues", T, d);
+  Mat<R> queries("attn_queries", max_rows, d), douts("attn_douts", max_rows, d), dqueries("attn_dqueries", max_rows, d);
+  Vec<R> delta_storage("attn_delta", max_rows), lse_storage("attn_lse", max_rows);
+  Vec<R> p_storage(Kokkos::view_alloc("attn_probs", Kokkos::WithoutInitializing), std::size_t(max_rows * T));
+  Vec<R> dp_storage(Kokkos::view_alloc("attn_dprobs", Kokkos::WithoutInitializing), std::size_t(max_rows * T));
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t h = 0; h < Hkv; ++h) {
+      Kokkos::parallel_for(
+          "attn_bwd_gather_kv", Policy2({0, 0}, {T, d}), KOKKOS_LAMBDA(std::int64_t s, std::int64_t c) {
+            keys(s, c) = k(b, s, h, c);
+            values(s, c) = v(b, s, h, c);
+            dkeys(s, c) = 0;
+            dvalues(s, c) = 0;
+          });
+      for (std::int64_t t0 = 0; t0 < T; t0 += block_t) {
+        const std::int64_t nt = std::min(block_t, T - t0), rows_n = nt * slots, key_end = t0 + nt;
+        const Mat<R> qb = rows(queries, 0, rows_n), gb = rows(douts, 0, rows_n), dqb = rows(dqueries, 0, rows_n);
+        const Vec<R> delta = delta_storage, lse_b = lse_storage;
+        Kokkos::parallel_for(
+            "attn_bwd_gather_q", Range(0, rows_n), KOKKOS_LAMBDA(std::int64_t r) {
+              const std::int64_t t = t0 + r / slots, i = (r % slots) * Hkv + h;
+              R acc = 0;
+              for (std::int64_t c = 0; c < d; ++c) {
+                qb(r, c) = q(b, t, i, c);
+                gb(r, c) = dout(b, t, i, c);
+                acc += dout(b, t, i, c) * out(b, t, i, c);
+              }
+              delta(r) = acc;
+              lse_b(r) = lse(b, i, t);
+            });
+        const Mat<R> kvis = rows(keys, 0, key_end), vvis = rows(values, 0, key_end);
+        const Mat<R> dkvis = rows(dkeys, 0, key_end), dvvis = rows(dvalues, 0, key_end);
+        const Mat<R> p(p_storage.data(), rows_n, key_end), dp(dp_storage.data(), rows_n, key_end);
+        linear(qb, kvis, p);
+        Kokkos::parallel_for(
+            "attn_bwd_probs", Policy2({0, 0}, {rows_n, key_end}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t s) {
+              const std::int64_t last = t0 + r / slots;
+              p(r, s) = s <= last ? kmath::exp(p(r, s) * scale - lse_b(r)) : R(0);
+            });
+        matmul_tn(p, gb, dvvis, 1.0);
+        linear(gb, vvis, dp);
+        Kokkos::parallel_for(
+            "attn_bwd_dscores", Policy2({0, 0}, {rows_n, key_end}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t s) {
+              dp(r, s) = p(r, s) * (dp(r, s) - delta(r)) * scale;
+            });
+        matmul_nn(dp, kvis, dqb);
+        matmul_tn(dp, qb, dkvis, 1.0);
+        Kokkos::parallel_for(
+            "attn_bwd_scatter_q", Policy2({0, 0}, {rows_n, d}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t c) {
+              dq(b, t0 + r / slots, (r % slots) * Hkv + h, c) = dqb(r, c);
+            });
+      }
+      Kokkos::parallel_for(
+          "attn_bwd_scatter_kv", Policy2({0, 0}, {T, d}), KOKKOS_LAMBDA(std::int64_t s, std::int64_t c) {
+            dk(b, s, h, c) = dkeys(s, c);
+            dv(b, s, h, c) = dvalues(s, c);
+          });
+    }
+  }
+}
+
+template <class R>
+void swiglu_forward(const Mat<R>& z, const Mat<R>& h) {
   const std::int64_t M = std::int64_t(h.extent(0)), F = std::int64_t(h.extent(1));
   JETMOE_ASSERT(z.extent(0) == h.extent(0) && z.extent(1) == 2 * h.extent(1), "swiglu_forward: shapes");
   Kokkos::parallel_for(
       "swiglu_forward", Policy2({0, 0}, {M, F}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t c) {
-        const float a = z(r, c), g = z(r, c + F);
-        h(r, c) = a / (1.0f + kmath::exp(-a)) * g;
+        const R a = z(r, c), g = z(r, c + F);
+        h(r, c) = a / (R(1) + kmath::exp(-a)) * g;
       });
 }
 
-void add_inplace(const View2& x, const View2& y) {
+template <class R>
+void swiglu_backward(const Mat<R>& z, const Mat<R>& dh, const Mat<R>& dz) {
+  const std::int64_t M = std::int64_t(dh.extent(0)), F = std::int64_t(dh.extent(1));
+  JETMOE_ASSERT(z.extent(0) == dh.extent(0) && z.extent(1) == 2 * dh.extent(1) && dz.extent(0) == z.extent(0) &&
+                    dz.extent(1) == z.extent(1),
+                "swiglu_backward: shapes");
+  Kokkos::parallel_for(
+      "swiglu_backward", Policy2({0, 0}, {M, F}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t c) {
+        const R a = z(r, c), g = z(r, c + F), sig = R(1) / (R(1) + kmath::exp(-a));
+        dz(r, c) = dh(r, c) * g * sig * (R(1) + a * (R(1) - sig));
+        dz(r, c + F) = dh(r, c) * a * sig;
+      });
+}
+
+template <class R>
+void add_inplace(const Mat<R>& x, const Mat<R>& y) {
   const std::int64_t N = std::int64_t(x.extent(0)), D = std::int64_t(x.extent(1));
   Kokkos::parallel_for(
       "add_inplace", Policy2({0, 0}, {N, D}), KOKKOS_LAMBDA(std::int64_t t, std::int64_t c) { x(t, c) += y(t, c); });
 }
+
+template <class R>
+void bias_backward(const Mat<R>& dy, const Vec<R>& db) {
+  const std::int64_t N = std::int64_t(dy.extent(0)), D = std::int64_t(dy.extent(1));
+  JETMOE_ASSERT(db.extent(0) == dy.extent(1), "bias_backward: shapes");
+  Kokkos::parallel_for(
+      "bias_backward", Range(0, D), KOKKOS_LAMBDA(std::int64_t c) {
+        R acc = 0;
+        for (std::int64_t t = 0; t < N; ++t) acc += dy(t, c);
+        db(c) += acc;
+      });
+}
+
+#define JETMOE_INSTANTIATE(R)                                                                                      \
+  template void embedding_forward<R>(const IntView1&, const Mat<R>&, const Mat<R>&);                              \
+  template void embedding_backward<R>(const IntView1&, const Mat<R>&, const Mat<R>&);                             \
+  template void rmsnorm_forward<R>(const Mat<R>&, const Vec<R>&, double, const Mat<R>&, const Vec<R>&);           \
+  template void rmsnorm_backward<R>(const Mat<R>&, const Vec<R>&, const Vec<R>&, const Mat<R>&, const Mat<R>&,    \
+                                    const Vec<R>&);                                                               \
+  template void rope_tables<R>(const IntView2&, double, std::int64_t, const Ten3<R>&, const Ten3<R>&);             \
+  template void rope_forward<R>(const Ten4<R>&, const Ten3<R>&, const Ten3<R>&);                                  \
+  template void rope_backward<R>(const Ten4<R>&, const Ten3<R>&, const Ten3<R>&);                                 \
+  template void attention_forward<R>(const Ten4<R>&, const Ten4<R>&, const Ten4<R>&, std::int64_t,                \
+                                     const IntView1&, const Ten4<R>&, const Ten3<R>&);                            \
+  template void attention_backward<R>(const Ten4<R>&, const Ten4<R>&, const Ten4<R>&, const Ten4<R>&,             \
+                                      const Ten3<R>&, const Ten4<R>&, const Ten4<R>&, const Ten4<R>&,             \
+                                      const Ten4<R>&);                                                            \
+  template void swiglu_forward<R>(const Mat<R>&, const Mat<R>&);                                                  \
+  template void swiglu_backward<R>(const Mat<R>&, const Mat<R>&, const Mat<R>&);                                  \
+  template void add_inplace<R>(const Mat<R>&, const Mat<R>&);                                                      \
+  template void bias_backward<R>(const Mat<R>&, const Vec<R>&);
+JETMOE_INSTANTIATE(float)
+JETMOE_INSTANTIATE(double)
+#undef JETMOE_INSTANTIATE
 
 }  // namespace jetmoe

@@ -1,19 +1,17 @@
 #include "model/weights.hpp"
 
+#include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
 
 namespace jetmoe {
 
 namespace {
 
-View1 flat_of(const View1& v) { return v; }
-View1 flat_of(const View2& v) { return View1(v.data(), v.size()); }
-View1 flat_of(const View3& v) { return View1(v.data(), v.size()); }
-
-std::vector<std::int64_t> shape_of(const View1& v) { return {std::int64_t(v.extent(0))}; }
-std::vector<std::int64_t> shape_of(const View2& v) { return {std::int64_t(v.extent(0)), std::int64_t(v.extent(1))}; }
-std::vector<std::int64_t> shape_of(const View3& v) {
-  return {std::int64_t(v.extent(0)), std::int64_t(v.extent(1)), std::int64_t(v.extent(2))};
+template <class V>
+std::vector<std::int64_t> shape_of(const V& v) {
+  std::vector<std::int64_t> s;
+  for (int i = 0; i < int(V::rank); ++i) s.push_back(std::int64_t(v.extent(i)));
+  return s;
 }
 
 // SplitMix64: a counter-based hash, so element i of tensor s gets the same number on every backend.
@@ -24,7 +22,8 @@ KOKKOS_INLINE_FUNCTION std::uint64_t mix(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
-void fill_normal(const View1& v, std::uint64_t stream, double stddev) {
+template <class R>
+void fill_normal(const Vec<R>& v, std::uint64_t stream, double stddev) {
   const float sd = float(stddev);
   Kokkos::parallel_for(
       "init_normal", Range(0, std::int64_t(v.extent(0))), KOKKOS_LAMBDA(std::int64_t i) {
@@ -34,19 +33,24 @@ void fill_normal(const View1& v, std::uint64_t stream, double stddev) {
         const double u1 = (double(a >> 11) + 1.0) * (1.0 / 9007199254740992.0);
         const double u2 = double(b >> 11) * (1.0 / 9007199254740992.0);
         const double r = kmath::sqrt(-2.0 * kmath::log(u1));
-        v(i) = float(r * kmath::cos(6.283185307179586 * u2)) * sd;
+        v(i) = R(float(r * kmath::cos(6.283185307179586 * u2)) * sd);
       });
 }
 
 }  // namespace
 
-ModelWeights::ModelWeights(const ModelConfig& c) {
+template <class R>
+ModelWeightsT<R>::ModelWeightsT(const ModelConfig& c, bool zeros) {
+  using View1 = Vec<R>;
+  using View2 = Mat<R>;
+  using View3 = Ten3<R>;
   const std::int64_t V = c.vocab_size, D = c.hidden_size, A = c.attention_width(), E = c.num_experts,
                      F = c.ffn_hidden_size;
+  const R norm_value = zeros ? R(0) : R(1);
   embed = View2("embed_tokens", V, D);
   lm_head = c.tie_word_embeddings ? embed : View2("lm_head", V, D);
   final_norm = View1("norm", D);
-  Kokkos::deep_copy(final_norm, 1.0f);
+  Kokkos::deep_copy(final_norm, norm_value);
   layers.resize(std::size_t(c.num_layers));
   for (auto& l : layers) {
     l.input_norm = View1("input_layernorm", D);
@@ -60,19 +64,20 @@ ModelWeights::ModelWeights(const ModelConfig& c) {
     l.moe_in = View3("moe_input_linear", E, 2 * F, D);
     l.moe_out = View3("moe_output_linear", E, D, F);
     l.moe_bias = View1("moe_bias", D);
-    Kokkos::deep_copy(l.input_norm, 1.0f);
-    Kokkos::deep_copy(l.post_norm, 1.0f);
+    Kokkos::deep_copy(l.input_norm, norm_value);
+    Kokkos::deep_copy(l.post_norm, norm_value);
   }
 }
 
-std::vector<NamedTensor> ModelWeights::named(const ModelConfig& c) const {
-  std::vector<NamedTensor> out;
+template <class R>
+std::vector<NamedTensorT<R>> ModelWeightsT<R>::named(const ModelConfig& c) const {
+  std::vector<NamedTensorT<R>> out;
   auto add = [&](const std::string& name, const auto& view, bool decays) {
-    out.push_back(NamedTensor{name, shape_of(view), flat_of(view), decays});
+    out.push_back(NamedTensorT<R>{name, shape_of(view), flat(view), decays});
   };
   add("model.embed_tokens.weight", embed, true);
   for (std::size_t i = 0; i < layers.size(); ++i) {
-    const LayerWeights& l = layers[i];
+    const LayerWeightsT<R>& l = layers[i];
     const std::string p = "model.layers." + std::to_string(i) + ".";
     add(p + "input_layernorm.weight", l.input_norm, false);
     add(p + "self_attention.experts.router.layer.weight", l.moa_router, true);
@@ -91,17 +96,38 @@ std::vector<NamedTensor> ModelWeights::named(const ModelConfig& c) const {
   return out;
 }
 
-void ModelWeights::init_random(const ModelConfig& c, std::uint64_t seed) {
+template <class R>
+void ModelWeightsT<R>::init_random(const ModelConfig& c, std::uint64_t seed) {
   std::uint64_t stream = 0;
-  for (const NamedTensor& t : named(c)) {
+  for (const NamedTensorT<R>& t : named(c)) {
     ++stream;
     if (!t.decays) {  // norms are 1, biases 0
       const bool is_norm = t.name.find("norm") != std::string::npos;
-      Kokkos::deep_copy(t.flat, is_norm ? 1.0f : 0.0f);
+      Kokkos::deep_copy(t.flat, is_norm ? R(1) : R(0));
       continue;
     }
     fill_normal(t.flat, mix(seed) ^ mix(stream * 0x100000001b3ull), c.initializer_range);
   }
 }
+
+template <class Dst, class Src>
+void copy_weights(const ModelConfig& c, const ModelWeightsT<Src>& src, const ModelWeightsT<Dst>& dst) {
+  const auto s = src.named(c);
+  const auto d = dst.named(c);
+  JETMOE_ASSERT(s.size() == d.size(), "copy_weights: different models");
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    JETMOE_ASSERT(s[i].shape == d[i].shape, "copy_weights: shapes of " + s[i].name);
+    const Vec<Src> from = s[i].flat;
+    const Vec<Dst> to = d[i].flat;
+    Kokkos::parallel_for(
+        "copy_weights", Range(0, std::int64_t(from.extent(0))), KOKKOS_LAMBDA(std::int64_t j) { to(j) = Dst(from(j)); });
+  }
+}
+
+template struct ModelWeightsT<float>;
+template struct ModelWeightsT<double>;
+template void copy_weights<float, float>(const ModelConfig&, const ModelWeightsT<float>&, const ModelWeightsT<float>&);
+template void copy_weights<double, float>(const ModelConfig&, const ModelWeightsT<float>&, const ModelWeightsT<double>&);
+template void copy_weights<float, double>(const ModelConfig&, const ModelWeightsT<double>&, const ModelWeightsT<float>&);
 
 }  // namespace jetmoe

@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
 #include "core/profiling.hpp"
+#include "model/layers.hpp"
 
 namespace jetmoe {
 
@@ -18,7 +19,8 @@ void ensure(V& v, const char* label, std::size_t n0, std::size_t n1 = 0) {
 }
 }  // namespace
 
-void route(const View2& x, const View2& router_weight, int top_k, Routing& r) {
+template <class R>
+void route(const Mat<R>& x, const Mat<R>& router_weight, int top_k, RoutingT<R>& r) {
   const std::int64_t N = std::int64_t(x.extent(0));
   const int E = int(router_weight.extent(0));
   JETMOE_ASSERT(top_k >= 1 && top_k <= E, "route: top_k out of range");
@@ -28,29 +30,29 @@ void route(const View2& x, const View2& router_weight, int top_k, Routing& r) {
   ensure(r.gates, "router_gates", N, top_k);
   linear(x, router_weight, r.logits);
 
-  const View2 logits = r.logits, gates = r.gates;
+  const Mat<R> logits = r.logits, gates = r.gates;
   const IntView2 experts = r.experts;
   Kokkos::parallel_for(
       "router_topk", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
         // Selection by repeated arg-max: E is small (8), k smaller.
-        float chosen_max = 0.0f;
+        R chosen_max = 0;
         for (int j = 0; j < top_k; ++j) {
           int best = -1;
-          float best_v = 0.0f;
+          R best_v = 0;
           for (int e = 0; e < E; ++e) {
             bool taken = false;
             for (int m = 0; m < j; ++m) taken = taken || experts(t, m) == e;
             if (taken) continue;
-            const float v = logits(t, e);
+            const R v = logits(t, e);
             if (best < 0 || v > best_v) best = e, best_v = v;  // '>' keeps the lower index on ties
           }
           experts(t, j) = best;
           gates(t, j) = best_v;
           if (j == 0) chosen_max = best_v;
         }
-        float sum = 0.0f;
+        R sum = 0;
         for (int j = 0; j < top_k; ++j) {
-          const float g = kmath::exp(gates(t, j) - chosen_max);
+          const R g = kmath::exp(gates(t, j) - chosen_max);
           gates(t, j) = g;
           sum += g;
         }
@@ -91,7 +93,8 @@ void route(const View2& x, const View2& router_weight, int top_k, Routing& r) {
   JETMOE_ASSERT(offset == NK, "route: every assignment is dispatched");
 }
 
-void gather_rows(const View2& src, const IntView1& sorted_token, const View2& dst) {
+template <class R>
+void gather_rows(const Mat<R>& src, const IntView1& sorted_token, const Mat<R>& dst) {
   const std::int64_t rows_out = std::int64_t(dst.extent(0)), C = std::int64_t(dst.extent(1));
   JETMOE_ASSERT(src.extent(1) == dst.extent(1) && sorted_token.extent(0) == dst.extent(0), "gather_rows: shapes");
   Kokkos::parallel_for(
@@ -99,18 +102,82 @@ void gather_rows(const View2& src, const IntView1& sorted_token, const View2& ds
       KOKKOS_LAMBDA(std::int64_t row, std::int64_t c) { dst(row, c) = src(sorted_token(row), c); });
 }
 
-void combine_experts(const View2& expert_out, const Routing& r, const View1& bias, const View2& out) {
+template <class R>
+void gather_rows_backward(const Mat<R>& ddst, const RoutingT<R>& r, const Mat<R>& dsrc) {
+  const std::int64_t N = std::int64_t(dsrc.extent(0)), C = std::int64_t(dsrc.extent(1));
+  const int k = int(r.position.extent(1));
+  JETMOE_ASSERT(ddst.extent(1) == dsrc.extent(1) && r.position.extent(0) == dsrc.extent(0) &&
+                    ddst.extent(0) == dsrc.extent(0) * std::size_t(k),
+                "gather_rows_backward: shapes");
+  const IntView2 position = r.position;
+  Kokkos::parallel_for(
+      "gather_rows_backward", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>({0, 0}, {N, C}),
+      KOKKOS_LAMBDA(std::int64_t t, std::int64_t c) {
+        R acc = 0;
+        for (int j = 0; j < k; ++j) acc += ddst(position(t, j), c);
+        dsrc(t, c) += acc;
+      });
+}
+
+template <class R>
+void combine_experts(const Mat<R>& expert_out, const RoutingT<R>& r, const Vec<R>& bias, const Mat<R>& out) {
   const std::int64_t N = std::int64_t(out.extent(0)), C = std::int64_t(out.extent(1));
   const int k = int(r.gates.extent(1));
   const IntView2 position = r.position;
-  const View2 gates = r.gates;
+  const Mat<R> gates = r.gates;
   Kokkos::parallel_for(
       "combine_experts", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>({0, 0}, {N, C}),
       KOKKOS_LAMBDA(std::int64_t t, std::int64_t c) {
-        float acc = 0.0f;
+        R acc = 0;
         for (int j = 0; j < k; ++j) acc += gates(t, j) * expert_out(position(t, j), c);
         out(t, c) = acc + bias(c);
       });
 }
+
+template <class R>
+void combine_experts_backward(const Mat<R>& expert_out, const RoutingT<R>& r, const Mat<R>& dout,
+                              const Mat<R>& dexpert_out, const Mat<R>& dlogits, const Vec<R>& dbias) {
+  const std::int64_t N = std::int64_t(dout.extent(0)), C = std::int64_t(dout.extent(1)),
+                     E = std::int64_t(r.logits.extent(1));
+  const int k = int(r.gates.extent(1));
+  JETMOE_ASSERT(expert_out.extent(0) == dout.extent(0) * std::size_t(k) && expert_out.extent(1) == dout.extent(1) &&
+                    dexpert_out.extent(0) == expert_out.extent(0) && dexpert_out.extent(1) == expert_out.extent(1) &&
+                    dlogits.extent(0) == dout.extent(0) && std::int64_t(dlogits.extent(1)) == E &&
+                    dbias.extent(0) == dout.extent(1),
+                "combine_experts_backward: shapes");
+  const IntView2 position = r.position, experts = r.experts;
+  const IntView1 sorted_token = r.sorted_token, sorted_slot = r.sorted_slot;
+  const Mat<R> gates = r.gates;
+  Kokkos::parallel_for(
+      "combine_backward_rows", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>({0, 0}, {N * k, C}),
+      KOKKOS_LAMBDA(std::int64_t row, std::int64_t c) {
+        const std::int64_t t = sorted_token(row);
+        dexpert_out(row, c) = gates(t, sorted_slot(row)) * dout(t, c);
+      });
+  Kokkos::parallel_for(
+      "combine_backward_gates", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
+        auto dgate = [&](int j) {
+          R acc = 0;
+          for (std::int64_t c = 0; c < C; ++c) acc += dout(t, c) * expert_out(position(t, j), c);
+          return acc;
+        };
+        R weighted = 0;
+        for (int j = 0; j < k; ++j) weighted += gates(t, j) * dgate(j);
+        for (std::int64_t e = 0; e < E; ++e) dlogits(t, e) = 0;
+        for (int j = 0; j < k; ++j) dlogits(t, experts(t, j)) = gates(t, j) * (dgate(j) - weighted);
+      });
+  bias_backward(dout, dbias);
+}
+
+#define JETMOE_INSTANTIATE(R)                                                                                    \
+  template void route<R>(const Mat<R>&, const Mat<R>&, int, RoutingT<R>&);                                     \
+  template void gather_rows<R>(const Mat<R>&, const IntView1&, const Mat<R>&);                                  \
+  template void gather_rows_backward<R>(const Mat<R>&, const RoutingT<R>&, const Mat<R>&);                      \
+  template void combine_experts<R>(const Mat<R>&, const RoutingT<R>&, const Vec<R>&, const Mat<R>&);            \
+  template void combine_experts_backward<R>(const Mat<R>&, const RoutingT<R>&, const Mat<R>&, const Mat<R>&,    \
+                                            const Mat<R>&, const Vec<R>&);
+JETMOE_INSTANTIATE(float)
+JETMOE_INSTANTIATE(double)
+#undef JETMOE_INSTANTIATE
 
 }  // namespace jetmoe

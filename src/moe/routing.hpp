@@ -14,10 +14,11 @@
 
 namespace jetmoe {
 
-struct Routing {
-  View2 logits;        // [N, E] router logits
+template <class R>
+struct RoutingT {
+  Mat<R> logits;       // [N, E] router logits
   IntView2 experts;    // [N, k] chosen experts, descending logit
-  View2 gates;         // [N, k] softmax over the chosen logits
+  Mat<R> gates;        // [N, k] softmax over the chosen logits
   // Dispatch plan.
   IntView1 sorted_token;              // [N*k] token of each grouped row
   IntView1 sorted_slot;               // [N*k] slot of each grouped row
@@ -25,13 +26,31 @@ struct Routing {
   std::vector<std::int64_t> offsets;  // [E+1] host copy: expert e owns rows [offsets[e], offsets[e+1])
 };
 
+using Routing = RoutingT<float>;
+
+// Every function is instantiated for R = float and R = double.
 // x [N, D], router_weight [E, D]; fills every field of `r` (allocating views as needed).
-void route(const View2& x, const View2& router_weight, int top_k, Routing& r);
+template <class R>
+void route(const Mat<R>& x, const Mat<R>& router_weight, int top_k, RoutingT<R>& r);
 
 // dst[row] = src[sorted_token[row]]  (src [N, C], dst [N*k, C]).
-void gather_rows(const View2& src, const IntView1& sorted_token, const View2& dst);
+template <class R>
+void gather_rows(const Mat<R>& src, const IntView1& sorted_token, const Mat<R>& dst);
+// Its transpose: dsrc[t] += sum_j dst_grad[position[t, j]]  (slots summed in order).
+template <class R>
+void gather_rows_backward(const Mat<R>& ddst, const RoutingT<R>& r, const Mat<R>& dsrc);
 
 // out[t] = sum_j gates[t, j] * expert_out[position[t, j]] + bias   (out [N, C]; slots summed in order).
-void combine_experts(const View2& expert_out, const Routing& r, const View1& bias, const View2& out);
+template <class R>
+void combine_experts(const Mat<R>& expert_out, const RoutingT<R>& r, const Vec<R>& bias, const Mat<R>& out);
+// Backward of combine_experts and of the gate softmax, from dout [N, C]:
+//   dexpert_out[position[t, j]] = gates[t, j] dout[t]                                   (written)
+//   dgate_j = <dout[t], expert_out[position[t, j]]>,
+//   dlogits[t, experts[t, j]] = g_j (dgate_j - sum_m g_m dgate_m), 0 for unchosen experts (written)
+//   dbias += sum_t dout[t]
+// The router's own gradient then follows from dlogits (plus the auxiliary losses).
+template <class R>
+void combine_experts_backward(const Mat<R>& expert_out, const RoutingT<R>& r, const Mat<R>& dout,
+                              const Mat<R>& dexpert_out, const Mat<R>& dlogits, const Vec<R>& dbias);
 
 }  // namespace jetmoe

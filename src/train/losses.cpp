@@ -18,7 +18,8 @@ void shift_labels(const IntView2& labels, const IntView1& targets) {
       });
 }
 
-CrossEntropy cross_entropy(const View2& logits, const IntView1& targets, const View2& dlogits, double grad_scale) {
+template <class R>
+CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const Mat<R>& dlogits, double grad_scale) {
   const std::int64_t N = std::int64_t(logits.extent(0)), V = std::int64_t(logits.extent(1));
   JETMOE_ASSERT(targets.extent(0) == logits.extent(0), "cross_entropy: shapes");
   const bool grad = dlogits.extent(0) == logits.extent(0);
@@ -45,7 +46,7 @@ CrossEntropy cross_entropy(const View2& logits, const IntView1& targets, const V
         const std::int32_t y = targets(t);
         if (y == ignore_index) {
           if (grad)
-            for (std::int64_t v = 0; v < V; ++v) dlogits(t, v) = 0.0f;
+            for (std::int64_t v = 0; v < V; ++v) dlogits(t, v) = 0;
           return;
         }
         double m = logits(t, 0);
@@ -56,14 +57,15 @@ CrossEntropy cross_entropy(const View2& logits, const IntView1& targets, const V
         sum += lse - double(logits(t, y));
         if (grad)
           for (std::int64_t v = 0; v < V; ++v)
-            dlogits(t, v) = float((kmath::exp(double(logits(t, v)) - lse) - (v == y ? 1.0 : 0.0)) * row_scale);
+            dlogits(t, v) = R((kmath::exp(double(logits(t, v)) - lse) - (v == y ? 1.0 : 0.0)) * row_scale);
       },
       total);
   return CrossEntropy{count > 0 ? total / double(count) : 0.0, count};
 }
 
-RouterAux router_aux_loss(const View2& logits, const IntView2& experts, double coef_switch, double coef_z,
-                          const View2& dlogits) {
+template <class R>
+RouterAux router_aux_loss(const Mat<R>& logits, const IntView2& experts, double coef_switch, double coef_z,
+                          const Mat<R>& dlogits) {
   const std::int64_t N = std::int64_t(logits.extent(0)), E = std::int64_t(logits.extent(1)),
                      k = std::int64_t(experts.extent(1));
   JETMOE_ASSERT(experts.extent(0) == logits.extent(0), "router_aux_loss: shapes");
@@ -74,8 +76,8 @@ RouterAux router_aux_loss(const View2& logits, const IntView2& experts, double c
   // in a fixed order for determinism.
   Kokkos::View<double*, Kokkos::HostSpace> f("aux_f", E), P("aux_P", E);
   {
-    View2 probs("aux_probs", N, E);
-    View1 lse("aux_lse", N);
+    Mat<R> probs("aux_probs", N, E);
+    Vec<R> lse("aux_lse", N);
     Kokkos::parallel_for(
         "aux_softmax", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
           double m = logits(t, 0);
@@ -83,8 +85,8 @@ RouterAux router_aux_loss(const View2& logits, const IntView2& experts, double c
           double z = 0;
           for (std::int64_t e = 0; e < E; ++e) z += kmath::exp(double(logits(t, e)) - m);
           const double l = m + kmath::log(z);
-          lse(t) = float(l);
-          for (std::int64_t e = 0; e < E; ++e) probs(t, e) = float(kmath::exp(double(logits(t, e)) - l));
+          lse(t) = R(l);
+          for (std::int64_t e = 0; e < E; ++e) probs(t, e) = R(kmath::exp(double(logits(t, e)) - l));
         });
     auto hp = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), probs);
     auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lse);
@@ -114,11 +116,16 @@ RouterAux router_aux_loss(const View2& logits, const IntView2& experts, double c
           for (std::int64_t e = 0; e < E; ++e) pf += double(probs(t, e)) * fd(e);
           for (std::int64_t e = 0; e < E; ++e) {
             const double p = probs(t, e);
-            dlogits(t, e) += float(a * p * (fd(e) - pf) + b * double(lse(t)) * p);
+            dlogits(t, e) += R(a * p * (fd(e) - pf) + b * double(lse(t)) * p);
           }
         });
     return out;
   }
 }
+
+template CrossEntropy cross_entropy<float>(const Mat<float>&, const IntView1&, const Mat<float>&, double);
+template CrossEntropy cross_entropy<double>(const Mat<double>&, const IntView1&, const Mat<double>&, double);
+template RouterAux router_aux_loss<float>(const Mat<float>&, const IntView2&, double, double, const Mat<float>&);
+template RouterAux router_aux_loss<double>(const Mat<double>&, const IntView2&, double, double, const Mat<double>&);
 
 }  // namespace jetmoe

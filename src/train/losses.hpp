@@ -28,7 +28,9 @@ struct CrossEntropy {
 // logits [N, V], targets [N]. When dlogits is allocated ([N, V]) it receives
 // grad_scale * d(loss)/d(logits) (so grad_scale = 1 gives the gradient of the mean). A target
 // outside [0, V) other than ignore_index is an ErrorKind::Input.
-CrossEntropy cross_entropy(const View2& logits, const IntView1& targets, const View2& dlogits = View2(),
+// Instantiated for R = float and double.
+template <class R>
+CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const Mat<R>& dlogits = Mat<R>(),
                            double grad_scale = 1.0);
 
 struct RouterAux {
@@ -38,7 +40,8 @@ struct RouterAux {
 
 // logits [N, E] (router logits), experts [N, k] (the choices the forward pass made). When dlogits is
 // allocated, adds coef_switch * d(switch)/dX + coef_z * d(z)/dX to it (accumulates).
-RouterAux router_aux_loss(const View2& logits, const IntView2& experts, double coef_switch, double coef_z,
-                          const View2& dlogits = View2());
+template <class R>
+RouterAux router_aux_loss(const Mat<R>& logits, const IntView2& experts, double coef_switch, double coef_z,
+                          const Mat<R>& dlogits = Mat<R>());
 
 }  // namespace jetmoe

@@ -1,0 +1,318 @@
+#include "train/network.hpp"
+
+#include <string>
+
+#include "core/error.hpp"
+#include "core/profiling.hpp"
+#include "model/layers.hpp"
+#include "train/losses.hpp"
+
+namespace jetmoe {
+
+using Policy2 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
+using Policy3 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>;
+
+namespace {
+
+// Per-expert GEMMs over the grouped rows: out[block e] = in[block e] * W[e]^T.
+template <class R>
+void expert_linear(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets, const Mat<R>& out) {
+  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+    if (offsets[e + 1] == offsets[e]) continue;
+    linear(rows(in, offsets[e], offsets[e + 1]), expert(w, std::int64_t(e)), rows(out, offsets[e], offsets[e + 1]));
+  }
+}
+
+// Its backward: din[block e] = dout[block e] * W[e];  dW[e] += dout[block e]^T * in[block e].
+template <class R>
+void expert_linear_backward(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets,
+                            const Mat<R>& dout, const Mat<R>& din, const Ten3<R>& dw) {
+  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+    if (offsets[e + 1] == offsets[e]) continue;
+    const Mat<R> g = rows(dout, offsets[e], offsets[e + 1]);
+    matmul_nn(g, expert(w, std::int64_t(e)), rows(din, offsets[e], offsets[e + 1]));
+    matmul_tn(g, rows(in, offsets[e], offsets[e + 1]), expert(dw, std::int64_t(e)), 1.0);
+  }
+}
+
+}  // namespace
+
+template <class R>
+Network<R>::Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute)
+    : config_(config), coef_switch_(coef_switch), coef_z_(coef_z), recompute_(recompute) {
+  config_.validate("model");
+}
+
+template <class R>
+void Network<R>::allocate(std::int64_t B, std::int64_t T) {
+  if (B == B_ && T == T_) return;
+  const ModelConfig& c = config_;
+  const std::size_t N = std::size_t(B * T), D = std::size_t(c.hidden_size), H = std::size_t(c.num_kv_heads),
+                    d = std::size_t(c.head_dim), A = std::size_t(c.attention_width()), k = std::size_t(c.top_k),
+                    F = std::size_t(c.ffn_hidden_size), V = std::size_t(c.vocab_size), E = std::size_t(c.num_experts);
+  const std::size_t L = std::size_t(c.num_layers), NK = N * k, Hq = H * k;
+  flat_ids_ = IntView1("flat_ids", N);
+  rope_cos_ = Ten3<R>("rope_cos", B, T, d / 2);
+  rope_sin_ = Ten3<R>("rope_sin", B, T, d / 2);
+  {
+    IntView2 positions("positions", B, T);
+    Kokkos::parallel_for(
+        "positions", Policy2({0, 0}, {B, T}),
+        KOKKOS_LAMBDA(std::int64_t b, std::int64_t t) { positions(b, t) = std::int32_t(t); });
+    rope_tables(positions, c.rope_theta, c.head_dim, rope_cos_, rope_sin_);
+  }
+  x_.assign(L + 1, Mat<R>());
+  for (auto& x : x_) x = Mat<R>("block_input", N, D);
+  blocks_.assign(recompute_ ? 1 : L, Block());
+  for (Block& a : blocks_) {
+    a.rstd1 = Vec<R>("rstd_attention", N);
+    a.rstd2 = Vec<R>("rstd_mlp", N);
+    a.q = Ten4<R>("q", B, T, Hq, d);
+    a.k = Ten4<R>("k", B, T, H, d);
+    a.v = Ten4<R>("v", B, T, H, d);
+    a.attn = Ten4<R>("attention", B, T, Hq, d);
+    a.lse = Ten3<R>("attention_lse", B, Hq, T);
+    a.y_attn = Mat<R>("moa_expert_out", NK, D);
+    a.x_mid = Mat<R>("mid_block", N, D);
+    a.z = Mat<R>("swiglu_in", NK, 2 * F);
+    a.y_mlp = Mat<R>("moe_expert_out", NK, D);
+  }
+  rstd_final_ = Vec<R>("rstd_final", N);
+  logits_ = Mat<R>("logits", N, V);
+  dlogits_ = Mat<R>("dlogits", N, V);
+  u_ = Mat<R>("normed", N, D);
+  tmp_ = Mat<R>("block_out", N, D);
+  gathered_ = Mat<R>("gathered", NK, D);
+  q_sorted_ = Mat<R>("q_sorted", NK, A);
+  o_sorted_ = Mat<R>("o_sorted", NK, A);
+  kv_ = Mat<R>("kv", N, 2 * A);
+  h_ = Mat<R>("swiglu_out", NK, F);
+  dx_ = Mat<R>("d_hidden", N, D);
+  du_ = Mat<R>("d_normed", N, D);
+  dgathered_ = Mat<R>("d_gathered", NK, D);
+  dy_sorted_ = Mat<R>("d_expert_out", NK, D);
+  drouter_ = Mat<R>("d_router_logits", N, E);
+  dq_sorted_ = Mat<R>("d_q_sorted", NK, A);
+  do_sorted_ = Mat<R>("d_o_sorted", NK, A);
+  dkv_ = Mat<R>("d_kv", N, 2 * A);
+  dh_ = Mat<R>("d_swiglu_out", NK, F);
+  dz_ = Mat<R>("d_swiglu_in", NK, 2 * F);
+  dattn_ = Ten4<R>("d_attention", B, T, Hq, d);
+  dq_ = Ten4<R>("d_q", B, T, Hq, d);
+  dk_ = Ten4<R>("d_k", B, T, H, d);
+  dv_ = Ten4<R>("d_v", B, T, H, d);
+  B_ = B, T_ = T;
+}
+
+template <class R>
+void Network<R>::block_forward(const LayerWeightsT<R>& w, const Mat<R>& x_in, Block& a, const Mat<R>& x_out) {
+  const ModelConfig& c = config_;
+  const std::int64_t T = T_, N = B_ * T_, H = c.num_kv_heads, d = c.head_dim, A = c.attention_width(), k = c.top_k;
+  const Mat<R> u = u_, q_sorted = q_sorted_, o_sorted = o_sorted_, kv = kv_;
+  // ---- Mixture of attention heads ------------------------------------------------------------------
+  rmsnorm_forward(x_in, w.input_norm, c.block_norm_eps, u, a.rstd1);
+  route(u, w.moa_router, int(k), a.moa);
+  gather_rows(u, a.moa.sorted_token, gathered_);
+  expert_linear(gathered_, w.moa_q, a.moa.offsets, q_sorted);
+  {
+    const IntView2 pos = a.moa.position;
+    const Ten4<R> q = a.q, kk = a.k, v = a.v;
+    // Query head i = slot j * H + h (slot j: the j-th ranked expert).
+    Kokkos::parallel_for(
+        "scatter_queries", Policy3({0, 0, 0}, {N, k, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t j, std::int64_t i) {
+          q(n / T, n % T, j * H + i / d, i % d) = q_sorted(pos(n, j), i);
+        });
+    linear(u, w.kv_proj, kv);
+    Kokkos::parallel_for(
+        "split_kv", Policy2({0, 0}, {N, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t i) {
+          kk(n / T, n % T, i / d, i % d) = kv(n, i);
+          v(n / T, n % T, i / d, i % d) = kv(n, A + i);
+        });
+  }
+  rope_forward(a.q, rope_cos_, rope_sin_);
+  rope_forward(a.k, rope_cos_, rope_sin_);
+  attention_forward(a.q, a.k, a.v, 0, IntView1(), a.attn, a.lse);
+  {
+    const IntView1 tok = a.moa.sorted_token, slot = a.moa.sorted_slot;
+    const Ten4<R> attn = a.attn;
+    Kokkos::parallel_for(
+        "gather_attention", Policy2({0, 0}, {N * k, A}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t i) {
+          const std::int64_t n = tok(r);
+          o_sorted(r, i) = attn(n / T, n % T, slot(r) * H + i / d, i % d);
+        });
+  }
+  expert_linear(o_sorted, w.moa_o, a.moa.offsets, a.y_attn);
+  combine_experts(a.y_attn, a.moa, w.moa_bias, tmp_);
+  Kokkos::deep_copy(a.x_mid, x_in);
+  add_inplace(a.x_mid, tmp_);
+
+  // ---- Mixture of experts MLP -----------------------------------------------------------------------
+  rmsnorm_forward(a.x_mid, w.post_norm, c.block_norm_eps, u, a.rstd2);
+  route(u, w.moe_router, int(k), a.moe);
+  gather_rows(u, a.moe.sorted_token, gathered_);
+  expert_linear(gathered_, w.moe_in, a.moe.offsets, a.z);
+  swiglu_forward(a.z, h_);
+  expert_linear(h_, w.moe_out, a.moe.offsets, a.y_mlp);
+  if (x_out.data() == nullptr) return;  // recomputation for the backward pass: the output is not needed
+  combine_experts(a.y_mlp, a.moe, w.moe_bias, tmp_);
+  Kokkos::deep_copy(x_out, a.x_mid);
+  add_inplace(x_out, tmp_);
+}
+
+template <class R>
+void Network<R>::block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, const Block& a, const Mat<R>& dx,
+                                LayerWeightsT<R>& g, double aux_scale, LossTerms& terms) {
+  const ModelConfig& c = config_;
+  const std::int64_t T = T_, N = B_ * T_, H = c.num_kv_heads, d = c.head_dim, A = c.attention_width(), k = c.top_k;
+  const Mat<R> u = u_, du = du_, dkv = dkv_, dq_sorted = dq_sorted_, do_sorted = do_sorted_, o_sorted = o_sorted_;
+  const double cs = coef_switch_ * aux_scale, cz = coef_z_ * aux_scale;
+
+  // ---- MoE MLP: x_out = x_mid + combine(y_mlp) + bias ------------------------------------------------
+  combine_experts_backward(a.y_mlp, a.moe, dx, dy_sorted_, drouter_, g.moe_bias);
+  {
+    const RouterAux aux = router_aux_loss(a.moe.logits, a.moe.experts, cs, cz, drouter_);
+    terms.switch_loss += aux.switch_loss, terms.z_loss += aux.z_loss;
+  }
+  rmsnorm_forward(a.x_mid, w.post_norm, c.block_norm_eps, u);  // recomputed
+  gather_rows(u, a.moe.sorted_token, gathered_);
+  swiglu_forward(a.z, h_);
+  expert_linear_backward(h_, w.moe_out, a.moe.offsets, dy_sorted_, dh_, g.moe_out);
+  swiglu_backward(a.z, dh_, dz_);
+  expert_linear_backward(gathered_, w.moe_in, a.moe.offsets, dz_, dgathered_, g.moe_in);
+  Kokkos::deep_copy(du, R(0));
+  gather_rows_backward(dgathered_, a.moe, du);
+  matmul_nn(drouter_, w.moe_router, du, 1.0);
+  matmul_tn(drouter_, u, g.moe_router, 1.0);
+  rmsnorm_backward(a.x_mid, w.post_norm, a.rstd2, du, dx, g.post_norm);  // dx: now d x_mid
+
+  // ---- MoA: x_mid = x_in + combine(y_attn) + bias ----------------------------------------------------
+  combine_experts_backward(a.y_attn, a.moa, dx, dy_sorted_, drouter_, g.moa_bias);
+  {
+    const RouterAux aux = router_aux_loss(a.moa.logits, a.moa.experts, cs, cz, drouter_);
+    terms.switch_loss += aux.switch_loss, terms.z_loss += aux.z_loss;
+  }
+  {
+    const IntView1 tok = a.moa.sorted_token, slot = a.moa.sorted_slot;
+    const Ten4<R> attn = a.attn;
+    Kokkos::parallel_for(
+        "gather_attention", Policy2({0, 0}, {N * k, A}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t i) {
+          const std::int64_t n = tok(r);
+          o_sorted(r, i) = attn(n / T, n % T, slot(r) * H + i / d, i % d);
+        });
+  }
+  expert_linear_backward(o_sorted, w.moa_o, a.moa.offsets, dy_sorted_, do_sorted, g.moa_o);
+  {
+    // Every (token, query head) comes from exactly one grouped row: a scatter, no sums.
+    const IntView2 pos = a.moa.position;
+    const Ten4<R> dattn = dattn_;
+    Kokkos::parallel_for(
+        "scatter_d_attention", Policy3({0, 0, 0}, {N, k, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t j, std::int64_t i) {
+          dattn(n / T, n % T, j * H + i / d, i % d) = do_sorted(pos(n, j), i);
+        });
+  }
+  attention_backward(a.q, a.k, a.v, a.attn, a.lse, dattn_, dq_, dk_, dv_);
+  rope_backward(dq_, rope_cos_, rope_sin_);
+  rope_backward(dk_, rope_cos_, rope_sin_);
+  {
+    const IntView2 pos = a.moa.position;
+    const Ten4<R> dq = dq_, dk = dk_, dv = dv_;
+    Kokkos::parallel_for(
+        "gather_d_queries", Policy3({0, 0, 0}, {N, k, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t j, std::int64_t i) {
+          dq_sorted(pos(n, j), i) = dq(n / T, n % T, j * H + i / d, i % d);
+        });
+    Kokkos::parallel_for(
+        "join_d_kv", Policy2({0, 0}, {N, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t i) {
+          dkv(n, i) = dk(n / T, n % T, i / d, i % d);
+          dkv(n, A + i) = dv(n / T, n % T, i / d, i % d);
+        });
+  }
+  rmsnorm_forward(x_in, w.input_norm, c.block_norm_eps, u);  // recomputed
+  gather_rows(u, a.moa.sorted_token, gathered_);
+  expert_linear_backward(gathered_, w.moa_q, a.moa.offsets, dq_sorted, dgathered_, g.moa_q);
+  Kokkos::deep_copy(du, R(0));
+  gather_rows_backward(dgathered_, a.moa, du);
+  matmul_nn(dkv, w.kv_proj, du, 1.0);
+  matmul_tn(dkv, u, g.kv_proj, 1.0);
+  matmul_nn(drouter_, w.moa_router, du, 1.0);
+  matmul_tn(drouter_, u, g.moa_router, 1.0);
+  rmsnorm_backward(x_in, w.input_norm, a.rstd1, du, dx, g.input_norm);  // dx: now d x_in
+}
+
+template <class R>
+LossTerms Network<R>::run(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
+                          ModelWeightsT<R>* grads, double ce_scale, double aux_scale) {
+  const ModelConfig& c = config_;
+  const std::int64_t B = std::int64_t(ids.extent(0)), T = std::int64_t(ids.extent(1)), N = B * T, V = c.vocab_size;
+  const std::int64_t L = c.num_layers;
+  if (T > c.max_position_embeddings)
+    fail(ErrorKind::Input, "sequence length " + std::to_string(T) + " exceeds the model's context (" +
+                               std::to_string(c.max_position_embeddings) + " positions)");
+  JETMOE_ASSERT(targets.extent(0) == std::size_t(N), "Network::run: targets shape");
+  JETMOE_ASSERT(std::int64_t(w.layers.size()) == L, "Network::run: weights do not match the configuration");
+  allocate(B, T);
+  {
+    std::int64_t bad = 0;
+    const IntView1 flat_ids = flat_ids_;
+    Kokkos::parallel_reduce(
+        "flatten_ids", Policy2({0, 0}, {B, T}),
+        KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t & n) {
+          const std::int32_t id = ids(b, t);
+          flat_ids(b * T + t) = id;
+          n += (id < 0 || id >= V);
+        },
+        bad);
+    if (bad) fail(ErrorKind::Input, std::to_string(bad) + " token id(s) outside the model's vocabulary [0, " +
+                                        std::to_string(V) + ")");
+  }
+  LossTerms terms;
+  {
+    Region region("forward");
+    embedding_forward(flat_ids_, w.embed, x_[0]);
+    for (std::int64_t l = 0; l < L; ++l) {
+      Block& a = blocks_[recompute_ ? 0 : std::size_t(l)];
+      block_forward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, x_[std::size_t(l) + 1]);
+      if (!grads) {  // no backward pass: the router losses are reported from here
+        for (const RoutingT<R>* r : {&a.moa, &a.moe}) {
+          const RouterAux aux = router_aux_loss(r->logits, r->experts, 0.0, 0.0);
+          terms.switch_loss += aux.switch_loss, terms.z_loss += aux.z_loss;
+        }
+      }
+    }
+    rmsnorm_forward(x_[std::size_t(L)], w.final_norm, c.rms_norm_eps, u_, rstd_final_);
+    Region head("lm_head");
+    linear(u_, w.lm_head, logits_);
+  }
+  {
+    Region region("loss");
+    std::int64_t count = 0;
+    Kokkos::parallel_reduce(
+        "count_targets", Range(0, N), KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; },
+        count);
+    const CrossEntropy ce = cross_entropy(logits_, targets, grads ? dlogits_ : Mat<R>(), ce_scale * double(count));
+    terms.ce_sum = ce.loss * double(ce.count);
+    terms.count = ce.count;
+  }
+  if (!grads) return terms;
+
+  Region region("backward");
+  ModelWeightsT<R>& g = *grads;
+  {
+    Region head("lm_head");
+    matmul_nn(dlogits_, w.lm_head, du_);
+    matmul_tn(dlogits_, u_, g.lm_head, 1.0);
+  }
+  Kokkos::deep_copy(dx_, R(0));
+  rmsnorm_backward(x_[std::size_t(L)], w.final_norm, rstd_final_, du_, dx_, g.final_norm);
+  for (std::int64_t l = L - 1; l >= 0; --l) {
+    Block& a = blocks_[recompute_ ? 0 : std::size_t(l)];
+    if (recompute_) block_forward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, Mat<R>());
+    block_backward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, dx_, g.layers[std::size_t(l)], aux_scale, terms);
+  }
+  embedding_backward(flat_ids_, dx_, g.embed);
+  return terms;
+}
+
+template class Network<float>;
+template class Network<double>;
+
+}  // namespace jetmoe

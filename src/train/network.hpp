@@ -1,0 +1,79 @@
+#pragma once
+// The model as the trainer sees it: a forward pass over full sequences that keeps what the backward
+// pass needs, and the hand-written backward pass of every op (jetmoe-spec.md sections 3 and 4), with
+// the cross-entropy and the original JetMoE router losses. Instantiated for R = float (training) and
+// R = double (finite-difference gradient checks).
+//
+// Activation memory: per block the input and the mid-block residual [N, D], both routings, q/k/v after
+// RoPE, the attention output and its log-sum-exp, the experts' outputs before the gates and the SwiGLU
+// input z; everything else (norm outputs, gathered rows, the SwiGLU output) is recomputed in the
+// backward pass. With `recompute`, only each block's input is kept and the block's forward runs again
+// during the backward pass (one block's activations live at a time).
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.hpp"
+#include "model/config.hpp"
+#include "model/weights.hpp"
+#include "moe/routing.hpp"
+
+namespace jetmoe {
+
+struct LossTerms {
+  double ce_sum = 0;          // sum of the token cross-entropies over counted targets
+  std::int64_t count = 0;     // targets that are not ignore_index
+  double switch_loss = 0;     // switch load-balancing loss, summed over the 2L routers
+  double z_loss = 0;          // router z-loss, summed over the 2L routers
+  double ce() const { return count > 0 ? ce_sum / double(count) : 0.0; }
+};
+
+template <class R>
+class Network {
+ public:
+  // coef_switch, coef_z: weights of each router's switch and z losses (0.01 and 0.001 in the paper).
+  Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute = false);
+
+  // ids [B, T] token ids; targets [B*T] (row b*T + t: the label predicted at (b, t), or ignore_index).
+  // Runs the forward pass and returns the loss terms. With `grads`, also runs the backward pass and
+  // ADDS to *grads the gradient of
+  //     ce_scale * ce_sum + aux_scale * sum over routers (coef_switch * switch + coef_z * z)
+  // (ce_scale = 1/count gives HF's mean loss; accumulation over micro-batches divides by the global
+  // count). Tokens attend causally within each row of `ids`, from position 0.
+  LossTerms run(const ModelWeightsT<R>& weights, const IntView2& ids, const IntView1& targets,
+                ModelWeightsT<R>* grads = nullptr, double ce_scale = 1.0, double aux_scale = 1.0);
+
+  // The logits of the last run ([B*T, V]).
+  const Mat<R>& logits() const { return logits_; }
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  struct Block {  // what one block keeps for its backward pass
+    Vec<R> rstd1, rstd2;
+    RoutingT<R> moa, moe;
+    Ten4<R> q, k, v, attn;  // q, k after RoPE
+    Ten3<R> lse;
+    Mat<R> y_attn, x_mid, z, y_mlp;
+  };
+  void allocate(std::int64_t B, std::int64_t T);
+  void block_forward(const LayerWeightsT<R>& w, const Mat<R>& x_in, Block& a, const Mat<R>& x_out);
+  // dx: gradient of the block output in, of the block input out.
+  void block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, const Block& a, const Mat<R>& dx,
+                      LayerWeightsT<R>& g, double aux_scale, LossTerms& terms);
+
+  ModelConfig config_;
+  double coef_switch_, coef_z_;
+  bool recompute_;
+  std::int64_t B_ = 0, T_ = 0;
+  IntView1 flat_ids_;
+  Ten3<R> rope_cos_, rope_sin_;
+  std::vector<Mat<R>> x_;      // block inputs [L + 1][N, D]; x_[L] enters the final norm
+  std::vector<Block> blocks_;  // L blocks, or one scratch block with `recompute`
+  Vec<R> rstd_final_;
+  Mat<R> logits_, dlogits_;
+  // Workspaces shared by the blocks.
+  Mat<R> u_, tmp_, gathered_, q_sorted_, o_sorted_, kv_, h_;
+  Mat<R> dx_, du_, dgathered_, dy_sorted_, drouter_, dq_sorted_, do_sorted_, dkv_, dh_, dz_;
+  Ten4<R> dattn_, dq_, dk_, dv_;
+};
+
+}  // namespace jetmoe
