@@ -22,18 +22,6 @@ Model::Model(const ModelConfig& config, ModelWeights weights) : config_(config),
   config_.validate("model");
 }
 
-namespace {
-
-// Per-expert GEMMs over the grouped rows: out[block e] = in[block e] * W[e]^T.
-void expert_linear(const View2& in, const View3& w, const std::vector<std::int64_t>& offsets, const View2& out) {
-  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
-    if (offsets[e + 1] == offsets[e]) continue;
-    linear(rows(in, offsets[e], offsets[e + 1]), expert(w, std::int64_t(e)), rows(out, offsets[e], offsets[e + 1]));
-  }
-}
-
-}  // namespace
-
 void Model::forward(const IntView2& ids, KvCache& cache, const View2& logits) {
   const std::int64_t B = std::int64_t(ids.extent(0)), T = std::int64_t(ids.extent(1)), past = cache.length;
   IntView2 positions("positions", B, T);

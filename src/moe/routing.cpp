@@ -120,6 +120,25 @@ void gather_rows_backward(const Mat<R>& ddst, const RoutingT<R>& r, const Mat<R>
 }
 
 template <class R>
+void expert_linear(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets, const Mat<R>& out) {
+  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+    if (offsets[e + 1] == offsets[e]) continue;
+    linear(rows(in, offsets[e], offsets[e + 1]), expert(w, std::int64_t(e)), rows(out, offsets[e], offsets[e + 1]));
+  }
+}
+
+template <class R>
+void expert_linear_backward(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets,
+                            const Mat<R>& dout, const Mat<R>& din, const Ten3<R>& dw) {
+  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+    if (offsets[e + 1] == offsets[e]) continue;
+    const Mat<R> g = rows(dout, offsets[e], offsets[e + 1]);
+    matmul_nn(g, expert(w, std::int64_t(e)), rows(din, offsets[e], offsets[e + 1]));
+    matmul_tn(g, rows(in, offsets[e], offsets[e + 1]), expert(dw, std::int64_t(e)), 1.0);
+  }
+}
+
+template <class R>
 void combine_experts(const Mat<R>& expert_out, const RoutingT<R>& r, const Vec<R>& bias, const Mat<R>& out) {
   const std::int64_t N = std::int64_t(out.extent(0)), C = std::int64_t(out.extent(1));
   const int k = int(r.gates.extent(1));
@@ -173,6 +192,9 @@ void combine_experts_backward(const Mat<R>& expert_out, const RoutingT<R>& r, co
   template void route<R>(const Mat<R>&, const Mat<R>&, int, RoutingT<R>&);                                     \
   template void gather_rows<R>(const Mat<R>&, const IntView1&, const Mat<R>&);                                  \
   template void gather_rows_backward<R>(const Mat<R>&, const RoutingT<R>&, const Mat<R>&);                      \
+  template void expert_linear<R>(const Mat<R>&, const Ten3<R>&, const std::vector<std::int64_t>&, const Mat<R>&);    \
+  template void expert_linear_backward<R>(const Mat<R>&, const Ten3<R>&, const std::vector<std::int64_t>&,         \
+                                          const Mat<R>&, const Mat<R>&, const Ten3<R>&);                          \
   template void combine_experts<R>(const Mat<R>&, const RoutingT<R>&, const Vec<R>&, const Mat<R>&);            \
   template void combine_experts_backward<R>(const Mat<R>&, const RoutingT<R>&, const Mat<R>&, const Mat<R>&,    \
                                             const Mat<R>&, const Vec<R>&);

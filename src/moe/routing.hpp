@@ -40,6 +40,15 @@ void gather_rows(const Mat<R>& src, const IntView1& sorted_token, const Mat<R>& 
 template <class R>
 void gather_rows_backward(const Mat<R>& ddst, const RoutingT<R>& r, const Mat<R>& dsrc);
 
+// The grouped expert GEMMs: out[block e] = in[block e] W[e]^T over each expert's rows
+// [offsets[e], offsets[e+1]) (W [E, out, in]), one vendor GEMM per non-empty expert.
+template <class R>
+void expert_linear(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets, const Mat<R>& out);
+// Its backward: din[block e] = dout[block e] W[e] (written);  dW[e] += dout[block e]^T in[block e].
+template <class R>
+void expert_linear_backward(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets,
+                            const Mat<R>& dout, const Mat<R>& din, const Ten3<R>& dw);
+
 // out[t] = sum_j gates[t, j] * expert_out[position[t, j]] + bias   (out [N, C]; slots summed in order).
 template <class R>
 void combine_experts(const Mat<R>& expert_out, const RoutingT<R>& r, const Vec<R>& bias, const Mat<R>& out);

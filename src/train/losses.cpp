@@ -49,15 +49,18 @@ CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const 
             for (std::int64_t v = 0; v < V; ++v) dlogits(t, v) = 0;
           return;
         }
-        double m = logits(t, 0);
-        for (std::int64_t v = 1; v < V; ++v) m = logits(t, v) > m ? double(logits(t, v)) : m;
+        // Exponentials in the logits' precision, sums and the log-sum-exp in double.
+        R m = logits(t, 0);
+        for (std::int64_t v = 1; v < V; ++v) m = logits(t, v) > m ? logits(t, v) : m;
         double z = 0;
-        for (std::int64_t v = 0; v < V; ++v) z += kmath::exp(double(logits(t, v)) - m);
-        const double lse = m + kmath::log(z);
+        for (std::int64_t v = 0; v < V; ++v) z += double(kmath::exp(logits(t, v) - m));
+        const double lse = double(m) + kmath::log(z);
         sum += lse - double(logits(t, y));
-        if (grad)
-          for (std::int64_t v = 0; v < V; ++v)
-            dlogits(t, v) = R((kmath::exp(double(logits(t, v)) - lse) - (v == y ? 1.0 : 0.0)) * row_scale);
+        if (grad) {
+          const R shift = R(lse), scale = R(row_scale);
+          for (std::int64_t v = 0; v < V; ++v) dlogits(t, v) = kmath::exp(logits(t, v) - shift) * scale;
+          dlogits(t, y) -= scale;
+        }
       },
       total);
   return CrossEntropy{count > 0 ? total / double(count) : 0.0, count};

@@ -12,30 +12,12 @@ namespace jetmoe {
 using Policy2 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
 using Policy3 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>;
 
-namespace {
-
-// Per-expert GEMMs over the grouped rows: out[block e] = in[block e] * W[e]^T.
-template <class R>
-void expert_linear(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets, const Mat<R>& out) {
-  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
-    if (offsets[e + 1] == offsets[e]) continue;
-    linear(rows(in, offsets[e], offsets[e + 1]), expert(w, std::int64_t(e)), rows(out, offsets[e], offsets[e + 1]));
-  }
+double training_flops_per_token(const ModelConfig& c, std::int64_t seq_len) {
+  const double embedding_gather = c.tie_word_embeddings ? 0.0 : double(c.vocab_size) * double(c.hidden_size);
+  const double matmul_params = double(c.active_parameter_count()) - embedding_gather;
+  return 6.0 * matmul_params +
+         6.0 * double(c.num_layers) * double(c.num_attention_heads()) * double(c.head_dim) * double(seq_len + 1);
 }
-
-// Its backward: din[block e] = dout[block e] * W[e];  dW[e] += dout[block e]^T * in[block e].
-template <class R>
-void expert_linear_backward(const Mat<R>& in, const Ten3<R>& w, const std::vector<std::int64_t>& offsets,
-                            const Mat<R>& dout, const Mat<R>& din, const Ten3<R>& dw) {
-  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
-    if (offsets[e + 1] == offsets[e]) continue;
-    const Mat<R> g = rows(dout, offsets[e], offsets[e + 1]);
-    matmul_nn(g, expert(w, std::int64_t(e)), rows(din, offsets[e], offsets[e + 1]));
-    matmul_tn(g, rows(in, offsets[e], offsets[e + 1]), expert(dw, std::int64_t(e)), 1.0);
-  }
-}
-
-}  // namespace
 
 template <class R>
 Network<R>::Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute)

@@ -27,6 +27,11 @@ struct LossTerms {
   double ce() const { return count > 0 ? ce_sum / double(count) : 0.0; }
 };
 
+// Model FLOPs per trained token (forward + backward = 3 x forward): 6 x the active parameters that
+// multiply (the embedding gather excluded, the LM head included) + 6 L Hq d (T + 1) for causal
+// attention over sequences of T tokens. The numerator of MFU.
+double training_flops_per_token(const ModelConfig& config, std::int64_t seq_len);
+
 template <class R>
 class Network {
  public:
