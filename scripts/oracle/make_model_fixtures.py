@@ -22,6 +22,31 @@ reference.safetensors with what HF computes from exactly those weights:
   grad.<param name>    float32              d loss / d param for every parameter of model.named_parameters()
                                             (tied head: only model.embed_tokens.weight, holding both gradients)
 
+and, for the same labelled batch, the ORIGINAL JetMoE router losses (docs/jetmoe-spec.md section 4, "Original JetMoE
+code"), computed per router from its fp32 logits X [N=B*T, E] (train mode, padding not masked):
+    p = softmax(X), P_e = mean_t p_te, f_e = #{(t, slot): top-k(X_t) picks e} / (N*k) (a constant, no gradient),
+    switch = E * sum_e P_e f_e,  z = mean_t logsumexp(X_t)^2
+  aux.switch           float32 [1]          sum of switch over the 2L routers (layer 0 MoA, layer 0 MoE, layer 1 ...)
+  aux.z                float32 [1]          sum of z over the 2L routers
+  aux.switch_per_router, aux.z_per_router
+                       float32 [L, 2]       the per-router terms ([:, 0] MoA, [:, 1] MoE)
+  aux.coef_switch, aux.coef_z
+                       float32 [1]          0.01 and 0.001
+  loss_total           float32 [1]          loss + coef_switch * aux.switch + coef_z * aux.z
+  grad_total.<param>   float32              d loss_total / d param (same names as grad.<param>)
+
+For "base" and "untied" only, adamw.safetensors holds a 10-step AdamW training trajectory from the fixture's
+weights (adamw_trajectory below; definitions also in its metadata key "oracle", a JSON string):
+  batch.input_ids, batch.labels  int64 [10, 2, B, T]   step s, micro-batch m (labels: ids with 1..3 entries -100)
+  micro.loss / micro.ce / micro.switch / micro.z       float32 [10, 2]   per micro-batch: CE + 0.01 sw + 0.001 z,
+                                                      HF CE (mean over that micro-batch's targets), summed aux terms
+  step.loss / step.ce / step.switch / step.z          float32 [10]      means over the 2 micro-batches
+  step.grad_norm       float32 [10]         clip_grad_norm_'s pre-clip total norm of the accumulated gradient
+  step.lr              float64 [10]         WSD learning rate used by step s
+  hparams              float64 [13]         peak, beta1, beta2, eps, wd, max_norm, coef_switch, coef_z, W, D, total,
+                                            r0, rf (ADAMW_HPARAMS)
+  final.<param name>   float32              every parameter after the 10 optimizer steps
+
 Run with the venv described in README.md:  /opt/oracle-venv/bin/python scripts/oracle/make_model_fixtures.py
 """
 
@@ -36,7 +61,7 @@ import sys
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 import transformers
 from transformers import GenerationConfig, JetMoeConfig, JetMoeForCausalLM
@@ -47,6 +72,33 @@ DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures", "models")
 B = 2            # batch
 N_NEW = 6        # generated tokens
 INIT_STD = 0.2   # std of every matrix and the embedding (much larger than initializer_range=0.01 on purpose)
+
+# Original JetMoE aux loss (spec section 0/4): loss = CE + 0.01 * sum_routers switch + 0.001 * sum_routers z
+AUX_COEF_SWITCH = 0.01
+AUX_COEF_Z = 0.001
+
+# The AdamW trajectory (adamw.safetensors) of the variants in ADAMW_VARIANTS. The order of these fields is the order
+# of the float64 `hparams` vector.
+ADAMW_VARIANTS = ("base", "untied")
+ADAMW_STEPS = 10
+ADAMW_MICRO = 2     # micro-batches per step (gradient accumulation, mean)
+ADAMW_HPARAMS = [
+    ("peak", 1e-3, "peak learning rate of the WSD schedule"),
+    ("beta1", 0.9, "AdamW beta1"),
+    ("beta2", 0.95, "AdamW beta2"),
+    ("eps", 1e-8, "AdamW eps (added to sqrt(v_hat))"),
+    ("wd", 0.1, "decoupled weight decay of the ndim>=2 group (matrices, embedding, untied lm_head); 0 for ndim==1"),
+    # max_norm: the spec default 1.0 would clip every step here (pre-clip norms 4.3 .. 7.2); 5.85 clips some steps and
+    # not others (base: 8 of 10, untied: 2 of 10), every norm at least 2% away from it
+    ("max_norm", 5.85, "clip_grad_norm_ max_norm over all parameters: g *= min(1, max_norm / (norm + 1e-6))"),
+    ("coef_switch", AUX_COEF_SWITCH, "weight of the summed switch (load-balancing) terms"),
+    ("coef_z", AUX_COEF_Z, "weight of the summed z terms"),
+    ("W", 3.0, "WSD warmup steps"),
+    ("D", 4.0, "WSD decay steps"),
+    ("total", float(ADAMW_STEPS), "total steps"),
+    ("r0", 0.1, "WSD initial ratio: lr(0) = r0 * peak"),
+    ("rf", 0.1, "WSD final ratio: lr = peak * rf ** ((s - (total - D)) / D) in the decay"),
+]
 
 # Variants that build a model of their own. T is the prompt length. Every value is a today's-HF JetMoeConfig key,
 # except T and seed.
@@ -135,6 +187,71 @@ def disable_eos(model):
                                                do_sample=False, use_cache=True)
 
 
+def capture_routers(model):
+    """Forward hooks that record every router's fp32 logits (output 4 of JetMoeTopKGating), KEPT in the autograd
+    graph, under (layer, 0 = MoA / 1 = MoE). Returns (store, hooks); each router must fire once per forward."""
+    store, hooks = {}, []
+
+    def put(key, o):
+        assert key not in store, f"router {key} called twice in one forward"
+        assert o[4].dtype == torch.float32
+        store[key] = o[4]
+
+    for l, layer in enumerate(model.model.layers):
+        hooks.append(layer.self_attention.experts.router.register_forward_hook(
+            lambda m, i, o, l=l: put((l, 0), o)))
+        hooks.append(layer.mlp.router.register_forward_hook(lambda m, i, o, l=l: put((l, 1), o)))
+    return store, hooks
+
+
+def router_aux_terms(X, k):
+    """Original JetMoE router loss terms of one router, X = fp32 logits [N, E] over all N = B*T tokens (no padding
+    mask). Returns (switch, z), 0-dim tensors in the graph of X."""
+    N, E = X.shape
+    p = torch.softmax(X, dim=1)
+    P = p.mean(dim=0)                                                   # [E] mean router probability
+    idx = torch.topk(X.detach(), k, dim=1).indices                      # top-k of the logits
+    f = torch.bincount(idx.reshape(-1), minlength=E).to(X.dtype) / (N * k)   # constant: no gradient
+    switch = E * (P * f).sum()
+    z = torch.logsumexp(X, dim=1).square().mean()
+    return switch, z
+
+
+def aux_loss(store, L, k):
+    """Sums of the switch and z terms over the 2L routers in the order (0, MoA), (0, MoE), (1, MoA), ...;
+    plus the per-router values [L, 2] (detached)."""
+    assert sorted(store) == [(l, j) for l in range(L) for j in (0, 1)], sorted(store)
+    switch_sum = z_sum = None
+    per_s, per_z = torch.zeros(L, 2), torch.zeros(L, 2)
+    for l in range(L):
+        for j in (0, 1):
+            sw, z = router_aux_terms(store[(l, j)], k)
+            per_s[l, j], per_z[l, j] = sw.detach(), z.detach()
+            switch_sum = sw if switch_sum is None else switch_sum + sw
+            z_sum = z if z_sum is None else z_sum + z
+    return switch_sum, z_sum, per_s, per_z
+
+
+def check_aux_gradient(store, k, coef_s, coef_z):
+    """The closed-form router-logit gradient of coef_s*switch + coef_z*z (spec section 4 "Gradients") equals autograd:
+    dX_te = p_te * (G_e - sum_e' p_te' G_e') + coef_z * (2/N) * lse_t * p_te,  G_e = coef_s * E * f_e / N."""
+    worst = 0.0
+    for X in store.values():
+        Xd = X.detach().double().requires_grad_(True)
+        sw, z = router_aux_terms(Xd, k)
+        (g_auto,) = torch.autograd.grad(coef_s * sw + coef_z * z, Xd)
+        N, E = Xd.shape
+        with torch.no_grad():
+            p = torch.softmax(Xd, 1)
+            f = torch.bincount(torch.topk(Xd, k, dim=1).indices.reshape(-1), minlength=E).double() / (N * k)
+            G = coef_s * E * f / N
+            g = p * (G[None, :] - (p * G[None, :]).sum(1, keepdim=True)) \
+                + coef_z * 2.0 / N * torch.logsumexp(Xd, 1, keepdim=True) * p
+        worst = max(worst, ((g - g_auto).abs().max() / g_auto.abs().max()).item())
+    assert worst < 1e-12, worst
+    return worst
+
+
 def compute_reference(model, input_ids):
     """Everything HF computes for the fixture; model must be float32."""
     cfg = model.config
@@ -212,7 +329,184 @@ def compute_reference(model, input_ids):
         assert p.grad is not None, name
         ref[f"grad.{name}"] = p.grad.float().clone()
     model.zero_grad(set_to_none=True)
+
+    # --- the same batch again with the original JetMoE aux loss (a separate pass, so the CE-only keys above stay as
+    #     they were): loss_total = CE + coef_s * sum_routers switch + coef_z * sum_routers z
+    model.train()
+    store, hooks = capture_routers(model)
+    out = model(input_ids, labels=labels, use_cache=False)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(out.loss.detach().reshape(1), ref["loss"]), "second training pass: CE differs"
+    for (l, j), X in store.items():
+        assert torch.equal(X.detach(), ref[f"router_logits.{l}.{('attn', 'mlp')[j]}"]), (l, j)
+    switch, z, per_s, per_z = aux_loss(store, L, cfg.num_experts_per_tok)
+    total = out.loss + AUX_COEF_SWITCH * switch + AUX_COEF_Z * z
+    stats["aux_grad_closed_form"] = check_aux_gradient(store, cfg.num_experts_per_tok, AUX_COEF_SWITCH, AUX_COEF_Z)
+    total.backward()
+    model.eval()
+    ref["aux.switch"] = switch.detach().float().reshape(1).clone()
+    ref["aux.z"] = z.detach().float().reshape(1).clone()
+    ref["aux.switch_per_router"] = per_s
+    ref["aux.z_per_router"] = per_z
+    ref["aux.coef_switch"] = torch.tensor([AUX_COEF_SWITCH], dtype=torch.float32)
+    ref["aux.coef_z"] = torch.tensor([AUX_COEF_Z], dtype=torch.float32)
+    ref["loss_total"] = total.detach().float().reshape(1).clone()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        ref[f"grad_total.{name}"] = p.grad.float().clone()
+    model.zero_grad(set_to_none=True)
     return ref, stats
+
+
+# ----------------------------------------------------------------------------------------------- AdamW trajectory
+def wsd_lr(s, hp):
+    """WSD learning rate of step s = 0 .. total-1 (set before optimizer.step() of step s)."""
+    peak, W, D, total, r0, rf = hp["peak"], int(hp["W"]), int(hp["D"]), int(hp["total"]), hp["r0"], hp["rf"]
+    if s < W:
+        return peak * (r0 + (1.0 - r0) * s / W)
+    if s < total - D:
+        return peak
+    return peak * rf ** ((s - (total - D)) / D)
+
+
+def adamw_batches(v):
+    """Token ids [steps, micro, B, T] from a fixed generator; labels = ids with 1..3 positions per micro-batch set to
+    -100 (never column 0, which is no target anyway), so micro-batches have different target counts."""
+    gen = torch.Generator().manual_seed(v["seed"] + 500)
+    T, V = v["T"], v["vocab_size"]
+    ids = torch.randint(0, V, (ADAMW_STEPS, ADAMW_MICRO, B, T), generator=gen, dtype=torch.int64)
+    labels = ids.clone()
+    for s in range(ADAMW_STEPS):
+        for m in range(ADAMW_MICRO):
+            n_ign = int(torch.randint(1, 4, (1,), generator=gen))
+            for q in torch.randperm(B * (T - 1), generator=gen)[:n_ign].tolist():
+                labels[s, m, q // (T - 1), 1 + q % (T - 1)] = -100
+    return ids, labels
+
+
+def manual_clip_and_adamw(params, decay_flags, state, step, lr, hp):
+    """The same clip + AdamW as torch's single-tensor CPU path, written out op by op (to document it and to check
+    that we know it): fp32 tensors, Python-double scalars."""
+    with torch.no_grad():
+        norms = [torch.linalg.vector_norm(p.grad, 2) for p in params]
+        total = torch.linalg.vector_norm(torch.stack(norms), 2)
+        coef = torch.clamp(hp["max_norm"] / (total + 1e-6), max=1.0)
+        for p in params:
+            p.grad.mul_(coef)
+        b1, b2, eps = hp["beta1"], hp["beta2"], hp["eps"]
+        t = step + 1
+        for p, dec in zip(params, decay_flags):
+            m, vv = state.setdefault(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+            if dec:
+                p.mul_(1.0 - lr * hp["wd"])
+            m.lerp_(p.grad, 1.0 - b1)
+            vv.mul_(b2).addcmul_(p.grad, p.grad, value=1.0 - b2)
+            step_size = lr / (1.0 - b1 ** t)
+            denom = (vv.sqrt() / (1.0 - b2 ** t) ** 0.5).add_(eps)
+            p.addcdiv_(m, denom, value=-step_size)
+    return total
+
+
+def adamw_trajectory(d, v, hp, manual=False):
+    """10 AdamW steps from the fixture's weights (as from_pretrained loads them), fp32, train() mode. Returns the
+    tensors of adamw.safetensors. manual=True: the hand-written clip + AdamW instead of torch's."""
+    model = JetMoeForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").train()
+    L, k = model.config.num_hidden_layers, model.config.num_experts_per_tok
+    named = list(model.named_parameters())   # tied head: lm_head.weight is not listed (same tensor as the embedding)
+    params = [p for _, p in named]
+    decay_flags = [p.ndim >= 2 for p in params]
+    assert all(p.ndim in (1, 2, 3) for p in params)
+    opt = None
+    if not manual:
+        opt = torch.optim.AdamW(
+            [{"params": [p for p, dflag in zip(params, decay_flags) if dflag], "weight_decay": hp["wd"]},
+             {"params": [p for p, dflag in zip(params, decay_flags) if not dflag], "weight_decay": 0.0}],
+            lr=hp["peak"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False, fused=False)
+    state = {}
+    ids, labels = adamw_batches(v)
+    S, M = ADAMW_STEPS, ADAMW_MICRO
+    rec = {k_: torch.zeros(S, M) for k_ in ("micro.loss", "micro.ce", "micro.switch", "micro.z")}
+    grad_norm, lrs = torch.zeros(S), torch.zeros(S, dtype=torch.float64)   # lr: the exact Python double used
+    for s in range(S):
+        model.zero_grad(set_to_none=True)
+        for m in range(M):
+            store, hooks = capture_routers(model)
+            out = model(ids[s, m], labels=labels[s, m], use_cache=False)
+            for h in hooks:
+                h.remove()
+            switch, z, _, _ = aux_loss(store, L, k)
+            loss = out.loss + hp["coef_switch"] * switch + hp["coef_z"] * z
+            (loss / M).backward()
+            for key, val in (("loss", loss), ("ce", out.loss), ("switch", switch), ("z", z)):
+                rec[f"micro.{key}"][s, m] = val.detach()
+        lr = wsd_lr(s, hp)
+        lrs[s] = lr
+        if manual:
+            grad_norm[s] = manual_clip_and_adamw(params, decay_flags, state, s, lr, hp)
+        else:
+            grad_norm[s] = torch.nn.utils.clip_grad_norm_(params, hp["max_norm"])
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.step()
+    out = {"batch.input_ids": ids, "batch.labels": labels, "step.lr": lrs, "step.grad_norm": grad_norm,
+           "hparams": torch.tensor([val for _, val, _ in ADAMW_HPARAMS], dtype=torch.float64)}
+    for key in ("loss", "ce", "switch", "z"):
+        out[f"step.{key}"] = rec[f"micro.{key}"].mean(dim=1)
+    out.update(rec)
+    for name, p in named:
+        out[f"final.{name}"] = p.detach().clone()
+    return out
+
+
+def adamw_metadata(variant):
+    fields = [{"name": n, "value": val, "meaning": what} for n, val, what in ADAMW_HPARAMS]
+    return {"variant": variant, "torch": torch.__version__, "transformers": transformers.__version__,
+            "generator": "scripts/oracle/make_model_fixtures.py", "hparams_fields": fields,
+            "micro_batches": ADAMW_MICRO, "steps": ADAMW_STEPS,
+            "loss": "per micro-batch: HF CE (mean over its targets != -100) + coef_switch * sum_routers switch + "
+                    "coef_z * sum_routers z (original JetMoE form on that micro-batch); backward of loss / micro_batches",
+            "clip": "torch.nn.utils.clip_grad_norm_(all parameters, max_norm): per-tensor 2-norms, 2-norm of those; "
+                    "g *= min(1, max_norm / (norm + 1e-6)); step.grad_norm is the pre-clip norm",
+            "optimizer": "torch.optim.AdamW(foreach=False, fused=False), groups: ndim>=2 weight_decay=wd, ndim==1 0; "
+                         "p *= 1 - lr*wd; m = lerp(m, g, 1-beta1); v = beta2*v + (1-beta2)*g*g; "
+                         "p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps), t = step + 1",
+            "lr": "WSD, step s: s<W: peak*(r0+(1-r0)*s/W); W<=s<total-D: peak; else peak*rf**((s-(total-D))/D)",
+            "mode": "float32, train() (dropout 0), eager attention, 1 thread, deterministic algorithms"}
+
+
+def make_adamw(d, variant, v):
+    hp = {n: val for n, val, _ in ADAMW_HPARAMS}
+    ref = adamw_trajectory(d, v, hp)
+    meta = {"oracle": json.dumps(adamw_metadata(variant), sort_keys=True)}
+    blob = save({k_: t.contiguous() for k_, t in ref.items()}, metadata=meta)
+    # determinism: a second run from scratch gives the same bytes
+    again = save({k_: t.contiguous() for k_, t in adamw_trajectory(d, v, hp).items()}, metadata=meta)
+    assert blob == again, f"{variant}: the AdamW trajectory is not deterministic"
+    clipped = int((ref["step.grad_norm"] > hp["max_norm"]).sum())
+    assert 0 < clipped < ADAMW_STEPS, f"{variant}: max_norm {hp['max_norm']} clips {clipped} of {ADAMW_STEPS} steps"
+    # the hand-written clip + AdamW reproduces torch's
+    man = adamw_trajectory(d, v, hp, manual=True)
+    diff = max((man[k_] - ref[k_]).abs().max().item() for k_ in ref if k_.startswith("final."))
+    diff = max(diff, (man["step.grad_norm"] - ref["step.grad_norm"]).abs().max().item())
+    assert diff < 1e-6, f"{variant}: manual AdamW differs from torch's by {diff}"
+    with open(os.path.join(d, "adamw.safetensors"), "wb") as f:
+        f.write(blob)
+    init = load_file(os.path.join(d, "model.safetensors"))
+    moved = max((ref[k_] - init[k_[6:]]).abs().max().item() for k_ in ref if k_.startswith("final."))
+    return ref, hp, {"manual_vs_torch": diff, "max_param_change": moved}
+
+
+def print_trajectory(variant, ref, hp, st):
+    log(f"\nAdamW trajectory of {variant} (peak {hp['peak']:g}, max_norm {hp['max_norm']:g}, "
+        f"{ADAMW_MICRO} micro-batches/step; manual AdamW vs torch: max |diff| {st['manual_vs_torch']:.1e}; "
+        f"max |final - initial| {st['max_param_change']:.2e})")
+    log(f"{'step':>4}{'lr':>11}{'loss':>10}{'ce':>10}{'switch':>10}{'z':>10}{'grad_norm':>11}  clipped")
+    for s in range(ADAMW_STEPS):
+        gn = ref["step.grad_norm"][s].item()
+        log(f"{s:>4}{ref['step.lr'][s].item():>11.3e}{ref['step.loss'][s].item():>10.5f}"
+            f"{ref['step.ce'][s].item():>10.5f}{ref['step.switch'][s].item():>10.5f}{ref['step.z'][s].item():>10.5f}"
+            f"{gn:>11.5f}  {'yes' if gn > hp['max_norm'] else 'no'}")
 
 
 def save_model(model, d, **kw):
@@ -295,7 +589,7 @@ def summary_row(name, d, ref, stats):
     return dict(name=name, kB=size / 1024, V=lg.shape[-1], T=ref["input_ids"].shape[1],
                 sets=f"{len(pairs)}/{2 * L * math.comb(E, k)}", logit_std=lg.std().item(), loss=ref["loss"].item(),
                 new=" ".join(str(x) for x in ref["greedy_ids"][0, -N_NEW:].tolist()),
-                inc_full=stats["inc_vs_full"])
+                inc_full=stats["inc_vs_full"], aux_grad=stats["aux_grad_closed_form"])
 
 
 def main():
@@ -309,7 +603,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}")
 
-    rows = []
+    rows, trajectories = [], []
     base_model = base_ids = None
     for name, v in VARIANTS.items():
         model, ids = build(v)
@@ -320,6 +614,8 @@ def main():
         ref, stats = compute_reference(model, ids)
         save_reference(ref, d, name)
         rows.append(summary_row(name, d, ref, stats))
+        if name in ADAMW_VARIANTS:
+            trajectories.append((name,) + make_adamw(d, name, v))
         if name == "base":
             base_model, base_ids, base_ref, base_stats = model, ids, ref, stats
 
@@ -375,6 +671,17 @@ def main():
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(args.out) for f in fs)
     log(f"total {total / 1024:.1f} kB in {args.out}")
     log("routing sets = distinct (layer, router, chosen-expert set) over the 2*T prompt tokens / all possible")
+
+    log("")
+    log(f"{'fixture':<14}{'loss_total':>11}{'aux.switch':>11}{'aux.z':>10}{'routers':>8}"
+        f"{'switch/router':>14}{'|aux grad - closed form|':>26}")
+    for r in rows:
+        ref = load_file(os.path.join(args.out, r["name"], "reference.safetensors"))
+        nr = ref["aux.switch_per_router"].numel()
+        log(f"{r['name']:<14}{ref['loss_total'].item():>11.5f}{ref['aux.switch'].item():>11.5f}"
+            f"{ref['aux.z'].item():>10.5f}{nr:>8}{ref['aux.switch'].item() / nr:>14.4f}{r['aux_grad']:>26.1e}")
+    for name, ref, hp, st in trajectories:
+        print_trajectory(name, ref, hp, st)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ model.safetensors.index.json; F32, BF16, F16, I64) by parsing the format itself,
     python3 scripts/oracle/numpy_reference.py base top1       # some of them
     python3 scripts/oracle/numpy_reference.py --mutations     # which fixture catches which deliberate mistake
     python3 scripts/oracle/numpy_reference.py --grads         # finite differences against the stored gradients
+                                                              # (grad.* of the CE loss and grad_total.* of loss_total)
 
 The maths, per block (pre-norm, two residual adds), for N = B*T tokens:
     u      = RMSNorm(x; eps=1e-6) * w_in                        (block norms: eps fixed at 1e-6, as HF builds them)
@@ -27,6 +28,11 @@ The maths, per block (pre-norm, two residual adds), for N = B*T tokens:
     mlp    = sum_j g'_j * (h_j W_out[e'_j]^T) + b_mlp
     x     += mlp
   final:  RMSNorm(x; eps=config.rms_norm_eps) * w_final, logits = h E^T (tied) or h W_lm^T (untied).
+
+Aux loss, the original JetMoE form (spec section 4), per router with logits X [N, E] over all N = B*T tokens:
+    p = softmax(X), P_e = mean_t p_te, f_e = #{(t, slot): e among the top-k of X_t} / (N k),
+    switch = E sum_e P_e f_e,  z = mean_t logsumexp(X_t)^2;   summed over the 2L routers;
+    loss_total = CE + coef_switch * sum switch + coef_z * sum z   (coefficients 0.01, 0.001, stored in the fixture)
 """
 
 import json
@@ -289,6 +295,65 @@ def cross_entropy(logits, labels):
     return float(np.mean(lse - lg[np.arange(len(tg)), tg]))
 
 
+def router_aux(X, k):
+    """(switch, z) of one router, logits X [N, E], in float64."""
+    N, E = X.shape
+    m = X.max(axis=1, keepdims=True)
+    ex = np.exp(X - m)
+    p = ex / ex.sum(axis=1, keepdims=True)
+    lse = (m + np.log(ex.sum(axis=1, keepdims=True)))[:, 0]
+    chosen = np.argsort(-X, axis=1, kind="stable")[:, :k]
+    f = np.bincount(chosen.reshape(-1), minlength=E) / (N * k)
+    return float(E * np.sum(p.mean(axis=0) * f)), float(np.mean(lse ** 2))
+
+
+def aux_sums(router_logits, num_layers, k):
+    """Sums of switch and z over the 2L routers (order: layer 0 MoA, layer 0 MoE, layer 1 MoA, ...)."""
+    sw = z = 0.0
+    for l in range(num_layers):
+        for kind in ("attn", "mlp"):
+            a, b = router_aux(router_logits[f"router_logits.{l}.{kind}"], k)
+            sw, z = sw + a, z + b
+    return sw, z
+
+
+def total_loss(m, ids, labels, coef_switch, coef_z):
+    """(loss_total, ce, switch, z) of one labelled batch."""
+    out = m.forward(ids)
+    ce = cross_entropy(out["logits"], labels)
+    sw, z = aux_sums(out["router_logits"], m.c["num_layers"], m.c["top_k"])
+    return ce + coef_switch * sw + coef_z * z, ce, sw, z
+
+
+def wsd_lr(s, peak, W, D, total, r0, rf):
+    if s < W:
+        return peak * (r0 + (1.0 - r0) * s / W)
+    if s < total - D:
+        return peak
+    return peak * rf ** ((s - (total - D)) / D)
+
+
+def check_adamw(name, m):
+    """adamw.safetensors (where present): the step-0 micro-batch losses from the initial weights, the lr schedule
+    from hparams, and step.* = mean over micro-batches. Returns the worst relative difference (None: no file)."""
+    path = os.path.join(FIXTURES, name, "adamw.safetensors")
+    if not os.path.exists(path):
+        return None
+    a = read_safetensors(path)
+    peak, b1, b2, eps, wd, max_norm, cs, cz, W, D, total, r0, rf = a["hparams"].tolist()
+    worst = 0.0
+    for mb in range(a["batch.input_ids"].shape[1]):
+        lt, ce, sw, z = total_loss(m, a["batch.input_ids"][0, mb], a["batch.labels"][0, mb], cs, cz)
+        for key, val in (("loss", lt), ("ce", ce), ("switch", sw), ("z", z)):
+            ref = float(a[f"micro.{key}"][0, mb])
+            worst = max(worst, abs(val - ref) / abs(ref))
+    lr = np.array([wsd_lr(s, peak, int(W), int(D), int(total), r0, rf) for s in range(int(total))])
+    worst = max(worst, rel(lr, a["step.lr"].astype(np.float64)))
+    for key in ("loss", "ce", "switch", "z"):
+        worst = max(worst, rel(a[f"micro.{key}"].astype(np.float64).mean(axis=1), a[f"step.{key}"]))
+    return worst
+
+
 # ----------------------------------------------------------------------------------------------- checking
 def rel(a, b):
     """max |a-b| / max |b|"""
@@ -326,6 +391,14 @@ def check(name):
     r["greedy_margin"] = float((srt[..., 0] - srt[..., 1]).min())
     loss = cross_entropy(out["logits"], ref["labels"])
     r["loss"] = abs(loss - float(ref["loss"][0])) / abs(float(ref["loss"][0]))
+    # original-form aux loss from the NumPy router logits (the labelled batch uses the same input_ids)
+    sw, z = aux_sums(out["router_logits"], m.c["num_layers"], k)
+    cs, cz = float(ref["aux.coef_switch"][0]), float(ref["aux.coef_z"][0])
+    r["switch"] = abs(sw - float(ref["aux.switch"][0])) / abs(float(ref["aux.switch"][0]))
+    r["z"] = abs(z - float(ref["aux.z"][0])) / abs(float(ref["aux.z"][0]))
+    lt = loss + cs * sw + cz * z
+    r["loss_total"] = abs(lt - float(ref["loss_total"][0])) / abs(float(ref["loss_total"][0]))
+    r["adamw"] = check_adamw(name, m)
     return r
 
 
@@ -345,32 +418,43 @@ def mutation_table(names):
 
 
 def grad_check(names, per_param=2, seed=0):
-    """Central differences (float64) of the NumPy CE loss against the stored HF gradients, a few entries of every
-    parameter. Prints max |fd - grad| / max |grad of that parameter| per fixture."""
+    """Central differences (float64) of the NumPy losses against the stored HF gradients, a few entries of every
+    parameter: the CE loss against grad.*, loss_total (CE + aux) against grad_total.*. Prints max |fd - grad| /
+    max |grad of that parameter| per fixture."""
     rng = np.random.default_rng(seed)
     worst_all = 0.0
     for name in names:
         d = os.path.join(FIXTURES, name)
         ref = read_safetensors(os.path.join(d, "reference.safetensors"))
         m = JetMoe(d)
-        worst, zero = 0.0, []
-        for key in sorted(k for k in ref if k.startswith("grad.")):
-            pname, g = key[5:], ref[key]
-            scale = float(np.abs(g).max())
-            if scale == 0.0:
-                zero.append(pname)
-            W = m.w[pname]
-            for _ in range(per_param):
-                idx = tuple(int(rng.integers(0, n)) for n in g.shape)
-                old, h = W[idx], 1e-6
-                W[idx] = old + h
-                lp = cross_entropy(m.forward(ref["input_ids"])["logits"], ref["labels"])
-                W[idx] = old - h
-                lm = cross_entropy(m.forward(ref["input_ids"])["logits"], ref["labels"])
-                W[idx] = old
-                worst = max(worst, abs((lp - lm) / (2 * h) - g[idx]) / max(scale, 1e-12))
-        worst_all = max(worst_all, worst)
-        print(f"{name:<14} max|fd-grad|/max|grad| {worst:.1e}" + (f"   all-zero grads: {', '.join(zero)}" if zero else ""))
+        cs, cz = float(ref["aux.coef_switch"][0]), float(ref["aux.coef_z"][0])
+        losses = {
+            "grad.": lambda: cross_entropy(m.forward(ref["input_ids"])["logits"], ref["labels"]),
+            "grad_total.": lambda: total_loss(m, ref["input_ids"], ref["labels"], cs, cz)[0],
+        }
+        line = f"{name:<14}"
+        for prefix, fn in losses.items():
+            worst, zero = 0.0, []
+            for key in sorted(k for k in ref if k.startswith(prefix)):
+                pname, g = key[len(prefix):], ref[key]
+                scale = float(np.abs(g).max())
+                if scale == 0.0:
+                    zero.append(pname)
+                W = m.w[pname]
+                for _ in range(per_param):
+                    idx = tuple(int(rng.integers(0, n)) for n in g.shape)
+                    old, h = W[idx], 1e-6
+                    W[idx] = old + h
+                    lp = fn()
+                    W[idx] = old - h
+                    lm = fn()
+                    W[idx] = old
+                    worst = max(worst, abs((lp - lm) / (2 * h) - g[idx]) / max(scale, 1e-12))
+            worst_all = max(worst_all, worst)
+            line += f"  {prefix + '*':<12} max|fd-grad|/max|grad| {worst:.1e}"
+            if zero:
+                line += f" (all-zero: {', '.join(zero)})"
+        print(line)
     return worst_all
 
 
@@ -383,17 +467,20 @@ def main(argv):
         mutation_table(names)
         return 0
     names = argv or sorted(n for n in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, n)))
-    cols = ["logits", "hidden", "prenorm", "router", "incremental", "loss"]
-    print(f"{'fixture':<14}" + "".join(f"{c:>12}" for c in cols) + f"{'routing':>9}{'greedy':>8}"
+    cols = ["logits", "hidden", "prenorm", "router", "incremental", "loss", "switch", "z", "loss_total"]
+    print(f"{'fixture':<14}" + "".join(f"{c:>12}" for c in cols) + f"{'adamw':>10}{'routing':>9}{'greedy':>8}"
           f"{'min route gap':>15}{'min greedy margin':>19}")
-    print("  (columns: max|numpy-HF| / max|HF|; numpy in float64 from the stored weights)")
+    print("  (columns: max|numpy-HF| / max|HF|; numpy in float64 from the stored weights; switch, z: the sums over all"
+          " routers of the original JetMoE aux terms; adamw: step-0 micro-batch losses, lr schedule and step means of"
+          " adamw.safetensors, '-' where there is none)")
     worst = 0.0
     ok = True
     for n in names:
         r = check(n)
-        worst = max(worst, *(r[c] for c in cols))
+        worst = max(worst, *(r[c] for c in cols), r["adamw"] or 0.0)
         ok &= r["same_routing"] and r["greedy_equal"]
         print(f"{n:<14}" + "".join(f"{r[c]:>12.2e}" for c in cols)
+              + (f"{r['adamw']:>10.2e}" if r["adamw"] is not None else f"{'-':>10}")
               + f"{'same' if r['same_routing'] else 'DIFF':>9}{'same' if r['greedy_equal'] else 'DIFF':>8}"
               + f"{r['route_gap']:>15.2e}{r['greedy_margin']:>19.2e}")
     print(f"worst relative difference {worst:.2e}")
