@@ -1,11 +1,13 @@
-// jetmoe-convert: checkpoint conversion. This version converts Hugging Face checkpoints (single,
-// sharded, bf16/fp16/fp32, old or new config keys) into a fresh Hugging Face checkpoint of the dtype
-// asked for; jetmoe HDF5 checkpoints arrive with training.
+// jetmoe-convert: checkpoint conversion between Hugging Face checkpoints (single, sharded,
+// bf16/fp16/fp32, old or new config keys) and jetmoe HDF5 checkpoints (their /params), in the dtype
+// asked for. An HDF5 output holds the parameters only (no optimizer state), with the model config and
+// the deck.
 #include <filesystem>
 
 #include "core/app.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "io/checkpoint.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "model/load.hpp"
 #include "parallel/comm.hpp"
@@ -19,7 +21,9 @@ int main(int argc, char** argv) {
                              /*takes_restart=*/false,
                              "Examples:\n"
                              "  jetmoe-convert -i inputs/tiny.deck convert/input=/models/jetmoe-8b convert/output=export/jetmoe-8b-fp32 "
-                             "convert/dtype=fp32"};
+                             "convert/dtype=fp32\n"
+                             "  jetmoe-convert -i inputs/tiny.deck convert/input=/models/jetmoe-8b convert/output=jetmoe-8b.h5 "
+                             "convert/to=hdf5 convert/dtype=fp32"};
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const Deck& deck = ctx.deck;
@@ -29,22 +33,53 @@ int main(int argc, char** argv) {
     const std::string dtype = deck.get_string("convert", "dtype");
     if (fs::path(input).lexically_normal() == fs::path(output).lexically_normal())
       deck.fail_value("convert", "output", "is the same as convert/input");
-    if (to == "hdf5") deck.fail_value("convert", "to", "jetmoe HDF5 checkpoints are not part of this version yet (see README, 'Status')");
+    if (to == "hdf5" && fs::path(output).extension() != ".h5")
+      deck.fail_value("convert", "output", "a jetmoe HDF5 checkpoint is a file named *.h5, found '" + output + "'");
     if (ctx.command_line.check_only) {
       log::info("deck is valid.");
       return;
     }
     if (!fs::exists(input)) deck.fail_value("convert", "input", "'" + input + "' does not exist");
-    if (fs::path(input).extension() == ".h5")
-      deck.fail_value("convert", "input", "jetmoe HDF5 checkpoints are not part of this version yet (see README, 'Status')");
-    if (fs::exists(output) && !fs::is_empty(output))
+    if (to == "hdf5") {
+      if (fs::exists(output)) deck.fail_value("convert", "output", "'" + output + "' exists; choose a new file name");
+    } else if (fs::exists(output) && !fs::is_empty(output)) {
       deck.fail_value("convert", "output", "'" + output + "' exists and is not empty; choose a new directory");
+    }
     if (!ctx.comm.is_root()) return;
-    // The shape comes from the input's config.json; deck <model> keys may not contradict it.
+
+    // The shape comes from the input (config.json, or the config stored in a jetmoe checkpoint);
+    // deck <model> keys may not contradict it.
+    const bool from_checkpoint = fs::path(input).extension() == ".h5" && !fs::is_directory(input);
     const std::string dir = fs::is_directory(input) ? input : fs::path(input).parent_path().string();
-    const ModelConfig config = load_hf_config(dir);
-    log::info("model: %s", config.summary().c_str());
-    const ModelWeights weights = load_hf_weights(input, config);
+    ModelConfig config;
+    ModelWeights weights;
+    CheckpointMeta meta;
+    if (from_checkpoint) {
+      const CheckpointReader checkpoint(input);
+      const std::string where = input + ":/meta/model_config_json";
+      config = ModelConfig::from_hf_config_text(checkpoint.meta().model_config_json, where, ModelConfig{});
+      config.validate(where);
+      log::info("model: %s", config.summary().c_str());
+      weights = read_checkpoint_params(checkpoint, config);
+      meta.step = checkpoint.meta().step, meta.tokens_seen = checkpoint.meta().tokens_seen;
+    } else {
+      config = load_hf_config(dir);
+      log::info("model: %s", config.summary().c_str());
+      weights = load_hf_weights(input, config);
+    }
+
+    if (to == "hdf5") {
+      const CheckpointDType stored = dtype == "fp32" ? CheckpointDType::F32 : dtype == "fp16" ? CheckpointDType::F16 : CheckpointDType::BF16;
+      const char* torch_dtype = dtype == "fp32" ? "float32" : dtype == "fp16" ? "float16" : "bfloat16";
+      meta.model_config_json = hf_config_json(config, torch_dtype);
+      meta.deck_text = deck.effective_text();
+      meta.run_name = deck.get_string("job", "name");
+      std::vector<std::vector<float>> storage;
+      write_checkpoint(output, meta, {{"params", checkpoint_tensors(config, weights, storage, stored)}});
+      log::info("wrote %s (jetmoe HDF5 checkpoint, parameters only, %s, step %lld)", output.c_str(), dtype.c_str(),
+                static_cast<long long>(meta.step));
+      return;
+    }
     save_hf_checkpoint(output, config, weights, dtype);
     for (const char* extra : {"tokenizer.model", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"})
       if (fs::exists(fs::path(dir) / extra)) fs::copy_file(fs::path(dir) / extra, fs::path(output) / extra);

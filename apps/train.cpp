@@ -7,6 +7,7 @@
 #include "model/config.hpp"
 #include "parallel/comm.hpp"
 #include "train/config.hpp"
+#include "train/trainer.hpp"
 
 int main(int argc, char** argv) {
   const jetmoe::AppSpec spec{
@@ -16,8 +17,9 @@ int main(int argc, char** argv) {
       /*takes_restart=*/true,
       "Examples:\n"
       "  jetmoe-train -i inputs/tiny.deck\n"
-      "  mpirun -n 4 jetmoe-train -i inputs/tiny.deck parallel/pipeline_stages=2 parallel/data_parallel=2\n"
-      "  jetmoe-train -i inputs/tiny.deck -r runs/tiny/checkpoints/step-000500.h5"};
+      "  jetmoe-train -i inputs/tiny.deck optimizer/lr=1e-3 job/output_dir=runs/lr1e-3\n"
+      "  jetmoe-train -i inputs/tiny.deck -r runs/tiny/checkpoints/step-000000100.h5\n"
+      "SIGTERM, SIGINT or SIGUSR1 make it write a checkpoint after the current step and exit with status 0."};
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const ModelConfig model = ModelConfig::from_deck(ctx.deck);
@@ -32,6 +34,8 @@ int main(int argc, char** argv) {
               (long long)run.data_parallel, (long long)run.pipeline_stages);
     log::info("deck is valid.");
     if (ctx.command_line.check_only) return;
-    log::info("this build stops here: the training loop is not part of this version yet (see README, 'Status').");
+    install_stop_handlers();
+    const TrainOutcome outcome = run_training(ctx.deck, ctx.comm, ctx.command_line.restart);
+    log::info(outcome == TrainOutcome::Finished ? "training finished." : "training stopped; restart with -r.");
   });
 }

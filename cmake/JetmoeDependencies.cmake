@@ -91,6 +91,10 @@ else()
   target_link_libraries(jetmoe::sentencepiece INTERFACE ${SENTENCEPIECE_LIBRARY})
 endif()
 
+# ---- zlib (gzip-compressed corpora in jetmoe-prepare) and threads (its tokenising workers) ---------
+find_package(ZLIB REQUIRED)
+find_package(Threads REQUIRED)
+
 # ---- nlohmann-json (safetensors headers, HF config.json) -----------------------------------------
 find_package(nlohmann_json 3 REQUIRED)
 

@@ -15,6 +15,7 @@ packages=(
   libhdf5-openmpi-dev                              # parallel HDF5 (checkpoints)
   libsentencepiece-dev sentencepiece               # tokenizer
   nlohmann-json3-dev                               # safetensors headers, config.json
+  zlib1g-dev                                       # gzip-compressed corpora (jetmoe-prepare)
   catch2                                           # Catch2 v2 (tests)
 )
 

@@ -20,6 +20,10 @@ DeckSchema make_standard_schema() {
     b.path("output_dir", "runs", "Directory for the run's outputs (metrics, checkpoints, samples).");
     b.choice("log_level", "info", {"debug", "info", "warn", "error"}, "Least severe message printed.");
     b.integer("progress_interval", 10, "Steps between progress lines.").at_least(1);
+    b.real("peak_gflops", 0.0,
+           "Peak GFLOP/s per rank that MFU is relative to (0: measured at start-up as the best of three 1024^3 "
+           "SGEMMs on the rank).")
+        .at_least(0);
   }
   {
     auto& b = s.block("model",
@@ -88,6 +92,8 @@ DeckSchema make_standard_schema() {
     b.integer("eval_batches", 8, "Micro-batches per validation evaluation.").at_least(1);
     b.choice("nonfinite_loss", "stop", {"stop", "skip"}, "On a NaN/Inf loss: stop with an error, or skip the step.");
     b.boolean("recompute", false, "Recompute activations in backward instead of storing them.");
+    b.string("sample_prompt", "The", "Prompt of the sample generated at the end of training (needs <tokenizer>/model).");
+    b.integer("sample_tokens", 48, "Tokens of that sample (0: no sample).").at_least(0);
   }
   {
     auto& b = s.block("optimizer", "AdamW with decoupled weight decay (none on norms and biases).", {train});
@@ -157,10 +163,20 @@ DeckSchema make_standard_schema() {
   }
   {
     auto& b = s.block("prepare", "Tokenising corpora into shards.", {prepare});
-    b.string_list("inputs", std::nullopt, "Corpora as `name=path` entries (plain text, jsonl, optionally .gz); the name is the source name used by data/phase1_mixture.");
+    b.string_list("inputs", std::nullopt,
+                  "Corpora as `name=path` entries; a path is a file or a directory of files (plain text, `.jsonl`, "
+                  "either optionally `.gz`); the name is the source name used by data/phase1_mixture.");
     b.path("output_dir", "data/prepared", "Where the shards go (one subdirectory per source).");
     b.string("text_field", "text", "Field holding the text in jsonl input.");
-    b.real("validation_fraction", 0.01, "Fraction of documents held out for validation.").at_least(0).less_than(1);
+    b.real("validation_fraction", 0.01,
+           "Fraction of documents held out for validation (chosen by a hash of the text and job/seed).")
+        .at_least(0).less_than(1);
+    b.choice("text_documents", "blank-line", {"blank-line", "file"},
+             "Documents in plain-text input: separated by blank lines, or one per file (jsonl: one per line).");
+    b.boolean("eos_between_documents", true, "Append `</s>` to every document, so packed documents are separated.");
+    b.integer("jobs", 0, "Tokenising threads (0: every hardware thread); the output does not depend on it.")
+        .at_least(0);
+    b.boolean("overwrite", false, "Replace sources that output_dir already holds (otherwise an error).");
   }
   {
     auto& b = s.block("convert", "Checkpoint conversion.", {convert});

@@ -7,9 +7,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "core/deck.hpp"
 #include "core/error.hpp"
+#include "io/checkpoint.hpp"
 
 namespace jetmoe {
 
@@ -80,9 +82,14 @@ ModelConfig ModelConfig::preset(const std::string& name) {
 ModelConfig ModelConfig::from_hf_config(const std::string& path, const ModelConfig& base) {
   std::ifstream in(path);
   if (!in) input_error(path, std::string("cannot open model config: ") + std::strerror(errno));
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return from_hf_config_text(text, path, base);
+}
+
+ModelConfig ModelConfig::from_hf_config_text(const std::string& text, const std::string& path, const ModelConfig& base) {
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     input_error(path, std::string("not valid JSON: ") + e.what());
   }
@@ -163,6 +170,11 @@ ModelConfig ModelConfig::from_deck(const Deck& deck) {
     if (std::filesystem::is_directory(*weights) && std::filesystem::exists(cfg)) {
       c = from_hf_config(cfg.string(), c);
       where = cfg.string() + " with " + where;
+    } else if (std::filesystem::path(*weights).extension() == ".h5" && std::filesystem::is_regular_file(*weights)) {
+      // A jetmoe checkpoint carries the config.json of the model it holds.
+      const std::string in_checkpoint = *weights + ":/meta/model_config_json";
+      c = from_hf_config_text(CheckpointReader(*weights).meta().model_config_json, in_checkpoint, c);
+      where = in_checkpoint + " with " + where;
     }
   }
 

@@ -40,7 +40,11 @@ struct ModelConfig {
   // Reads a Hugging Face config.json on top of `base`. Unknown keys are ignored (HF writes many);
   // known keys of the wrong type are an ErrorKind::Input naming the file and key.
   static ModelConfig from_hf_config(const std::string& path, const ModelConfig& base);
-  // preset -> config.json (model/config, or model/weights/config.json) -> <model> keys; validated.
+  // The same from config.json text; `where` names its origin in errors (a file, or a checkpoint's
+  // /meta/model_config_json).
+  static ModelConfig from_hf_config_text(const std::string& text, const std::string& where, const ModelConfig& base);
+  // preset -> config.json (model/config, or model/weights/config.json, or the model_config_json of a
+  // jetmoe checkpoint model/weights = FILE.h5) -> <model> keys; validated.
   static ModelConfig from_deck(const Deck& deck);
 
   std::string summary() const;  // one line: "L=24 D=2048 E=8 k=2 ... 8.52B parameters, 2.27B active"

@@ -67,6 +67,30 @@ ModelWeights load_hf_weights(const std::string& path, const ModelConfig& config)
   return weights;
 }
 
+std::string hf_config_json(const ModelConfig& c, const std::string& torch_dtype) {
+  nlohmann::ordered_json j;
+  j["architectures"] = {"JetMoeForCausalLM"};
+  j["model_type"] = "jetmoe";
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["kv_channels"] = c.head_dim;
+  j["num_local_experts"] = c.num_experts;
+  j["num_experts_per_tok"] = c.top_k;
+  j["intermediate_size"] = c.ffn_hidden_size;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["rope_theta"] = c.rope_theta;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["initializer_range"] = c.initializer_range;
+  j["activation_function"] = "silu";
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["bos_token_id"] = c.bos_token_id;
+  j["eos_token_id"] = c.eos_token_id;
+  j["torch_dtype"] = torch_dtype;
+  return j.dump(2) + "\n";
+}
+
 void save_hf_checkpoint(const std::string& directory, const ModelConfig& c, const ModelWeights& weights,
                         const std::string& dtype) {
   Region region("save_hf_checkpoint");
@@ -101,27 +125,7 @@ void save_hf_checkpoint(const std::string& directory, const ModelConfig& c, cons
   }
   io::write_safetensors((fs::path(directory) / "model.safetensors").string(), tensors, {{"format", "pt"}});
 
-  nlohmann::ordered_json j;
-  j["architectures"] = {"JetMoeForCausalLM"};
-  j["model_type"] = "jetmoe";
-  j["vocab_size"] = c.vocab_size;
-  j["hidden_size"] = c.hidden_size;
-  j["num_hidden_layers"] = c.num_layers;
-  j["num_key_value_heads"] = c.num_kv_heads;
-  j["kv_channels"] = c.head_dim;
-  j["num_local_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.top_k;
-  j["intermediate_size"] = c.ffn_hidden_size;
-  j["max_position_embeddings"] = c.max_position_embeddings;
-  j["rope_theta"] = c.rope_theta;
-  j["rms_norm_eps"] = c.rms_norm_eps;
-  j["initializer_range"] = c.initializer_range;
-  j["activation_function"] = "silu";
-  j["tie_word_embeddings"] = c.tie_word_embeddings;
-  j["bos_token_id"] = c.bos_token_id;
-  j["eos_token_id"] = c.eos_token_id;
-  j["torch_dtype"] = torch_dtype;
-  io::write_text_atomically((fs::path(directory) / "config.json").string(), j.dump(2) + "\n");
+  io::write_text_atomically((fs::path(directory) / "config.json").string(), hf_config_json(c, torch_dtype));
 }
 
 }  // namespace jetmoe

@@ -18,6 +18,10 @@ ModelWeights load_hf_weights(const std::string& path, const ModelConfig& config)
 // The ModelConfig of an HF checkpoint directory (its config.json).
 ModelConfig load_hf_config(const std::string& directory);
 
+// The config.json text transformers reads for `config` ("architectures", "model_type", HF key names);
+// `torch_dtype` is "float32", "bfloat16" or "float16". ModelConfig::from_hf_config reads it back.
+std::string hf_config_json(const ModelConfig& config, const std::string& torch_dtype);
+
 // Writes config.json and model.safetensors (dtype "bf16", "fp16" or "fp32") into `directory`
 // (created if needed); each file is written atomically.
 void save_hf_checkpoint(const std::string& directory, const ModelConfig& config, const ModelWeights& weights,

@@ -1,10 +1,12 @@
 #include "model/load.hpp"
 
 #include <filesystem>
+#include <set>
 
 #include "core/deck.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/profiling.hpp"
 #include "model/hf_checkpoint.hpp"
 
 namespace jetmoe {
@@ -15,13 +17,15 @@ LoadedModel load_model(const Deck& deck) {
   LoadedModel m{ModelConfig::from_deck(deck), ModelWeights(), ""};
   if (const auto weights = deck.find_string("model", "weights")) {
     if (!fs::exists(*weights)) deck.fail_value("model", "weights", "'" + *weights + "' does not exist");
-    const bool hdf5 = fs::path(*weights).extension() == ".h5";
-    if (hdf5)
-      deck.fail_value("model", "weights", "'" + *weights + "' is a jetmoe HDF5 checkpoint; this version reads Hugging Face "
-                                          "safetensors checkpoints only");
     log::info("loading weights from %s", weights->c_str());
-    m.weights = load_hf_weights(*weights, m.config);
-    m.source = *weights;
+    if (fs::path(*weights).extension() == ".h5" && !fs::is_directory(*weights)) {
+      const CheckpointReader checkpoint(*weights);
+      m.weights = read_checkpoint_params(checkpoint, m.config);
+      m.source = *weights + " (jetmoe checkpoint, step " + std::to_string(checkpoint.meta().step) + ")";
+    } else {
+      m.weights = load_hf_weights(*weights, m.config);
+      m.source = *weights;
+    }
   } else {
     const std::int64_t seed = deck.get_int("job", "seed");
     m.weights = ModelWeights(m.config);
@@ -29,6 +33,48 @@ LoadedModel load_model(const Deck& deck) {
     m.source = "random initialisation (seed " + std::to_string(seed) + ")";
   }
   return m;
+}
+
+ModelWeights read_checkpoint_params(const CheckpointReader& checkpoint, const ModelConfig& config) {
+  Region region("read_checkpoint_params");
+  ModelWeights weights(config);
+  std::set<std::string> expected;
+  for (const NamedTensor& t : weights.named(config)) {
+    expected.insert(t.name);
+    auto host = Kokkos::create_mirror_view(t.flat);
+    checkpoint.read("params", t.name, t.shape, host.data());
+    Kokkos::deep_copy(t.flat, host);
+  }
+  std::vector<std::string> unexpected;
+  for (const std::string& name : checkpoint.names("params"))
+    if (!expected.count(name)) unexpected.push_back(name);
+  if (!unexpected.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < unexpected.size() && i < 5; ++i) list += (i ? ", '" : "'") + unexpected[i] + "'";
+    if (unexpected.size() > 5) list += " and " + std::to_string(unexpected.size() - 5) + " more";
+    fail(ErrorKind::Input, checkpoint.path() + ": " + std::to_string(unexpected.size()) +
+                               " unexpected tensor(s) in /params for this JetMoE configuration: " + list +
+                               " (does the model configuration match the checkpoint?)");
+  }
+  return weights;
+}
+
+std::vector<CheckpointTensor> checkpoint_tensors(const ModelConfig& config, const ModelWeights& weights,
+                                                 std::vector<std::vector<float>>& storage, CheckpointDType stored_as) {
+  const std::vector<NamedTensor> named = weights.named(config);
+  storage.assign(named.size(), {});
+  std::vector<CheckpointTensor> tensors;
+  using Space = Vec<float>::memory_space;
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    const float* data = named[i].flat.data();
+    if (!Kokkos::SpaceAccessibility<Kokkos::HostSpace, Space>::accessible) {  // device memory: copy to the host
+      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+      storage[i].assign(host.data(), host.data() + host.size());
+      data = storage[i].data();
+    }
+    tensors.push_back({named[i].name, named[i].shape, data, stored_as});
+  }
+  return tensors;
 }
 
 std::optional<io::Tokenizer> load_tokenizer(const Deck& deck, const ModelConfig& config, bool required) {

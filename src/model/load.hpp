@@ -3,7 +3,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "io/checkpoint.hpp"
 #include "io/tokenizer.hpp"
 #include "model/config.hpp"
 #include "model/weights.hpp"
@@ -18,10 +20,23 @@ struct LoadedModel {
   std::string source;  // "jetmoe/jetmoe-8b (safetensors)" or "random initialisation (seed N)"
 };
 
-// <model>: shape from preset/config/keys (config.json next to model/weights wins over the preset);
-// weights from model/weights (a Hugging Face checkpoint directory or .safetensors file) or random
+// <model>: shape from preset/config/keys (config.json next to model/weights, or the config stored in
+// a jetmoe checkpoint, wins over the preset); weights from model/weights (a Hugging Face checkpoint
+// directory or .safetensors file, or a jetmoe HDF5 checkpoint FILE.h5: its /params) or random
 // initialisation from job/seed.
 LoadedModel load_model(const Deck& deck);
+
+// The /params group of a jetmoe HDF5 checkpoint as the weights of `config`. A missing tensor, a
+// wrong shape, a bad checksum or a tensor `config` does not have is one ErrorKind::Input naming the
+// file and the tensor.
+ModelWeights read_checkpoint_params(const CheckpointReader& checkpoint, const ModelConfig& config);
+
+// Every parameter as a CheckpointTensor for write_checkpoint (group "params"; the same names and
+// shapes fit the AdamW moments). The tensors point into `weights` when it is host-accessible, else
+// into host copies kept in `storage`; both must outlive the tensors.
+std::vector<CheckpointTensor> checkpoint_tensors(const ModelConfig& config, const ModelWeights& weights,
+                                                 std::vector<std::vector<float>>& storage,
+                                                 CheckpointDType stored_as = CheckpointDType::F32);
 
 // <tokenizer>/model, else tokenizer.model next to model/weights; nullopt when neither exists and
 // `required` is false. A tokenizer with more pieces than the model has embeddings is an error.

@@ -1,0 +1,101 @@
+#pragma once
+// jetmoe training checkpoints: one HDF5 file per checkpoint (docs/user-guide.md, "Checkpoints").
+//
+//   /                      attributes format_version (int32 = 1), step, tokens_seen (int64), run_name,
+//                          written_by (strings), checksum_algorithm ("CRC-64/XZ")
+//   /meta/deck_text        the effective deck (string dataset)
+//   /meta/model_config_json  the model shape as the config.json jetmoe-convert writes
+//   /meta/rng_state, /meta/data_state   uint64 [n], opaque to this layer
+//   /meta/scalars          one float64 attribute per entry (last loss, ...)
+//   /<group>/<name>        one dataset per tensor, e.g. /params/model.layers.0.mlp.bias,
+//                          /adam_m/..., /adam_v/...; float32 (or bf16/fp16 for exports), row-major
+// Every dataset carries an attribute `crc64`: CRC-64/XZ of its raw little-endian bytes as stored.
+//
+// A tensor is one contiguous dataset addressed by name, so a later parallel writer can create all
+// datasets collectively and let each pipeline stage write the ones it owns. Today one process writes.
+//
+// Writes are atomic: PATH.tmp in the same directory, flushed and fsync'ed, then renamed over PATH.
+// Every error a user can meet (not HDF5, truncated, unknown version, missing tensor, wrong shape,
+// checksum mismatch) is one ErrorKind::Input line naming the file and the tensor.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace jetmoe {
+
+inline constexpr int kCheckpointFormatVersion = 1;
+
+// How a tensor is stored on disk; data in memory is always float32. Training checkpoints use F32
+// (bit-exact restart); BF16/FP16 (round to nearest even) are for smaller exports.
+enum class CheckpointDType { F32, BF16, F16 };
+
+struct CheckpointTensor {
+  std::string name;                  // dataset name: anything but '/' (HF names contain dots)
+  std::vector<std::int64_t> shape;   // row-major; {} is a scalar (one element)
+  const float* data;                 // host pointer, product(shape) floats
+  CheckpointDType stored_as = CheckpointDType::F32;
+};
+
+struct CheckpointMeta {
+  std::int64_t step = 0, tokens_seen = 0;
+  std::vector<std::uint64_t> rng_state, data_state;  // opaque
+  std::string deck_text, model_config_json, run_name;
+  std::map<std::string, double> scalars;  // e.g. last loss; optional extras
+};
+
+using CheckpointGroups = std::vector<std::pair<std::string, std::vector<CheckpointTensor>>>;
+
+// Writes `path` atomically (see above). Group and tensor names must be non-empty, without '/', and
+// unique; group "meta" is reserved. On any failure PATH.tmp is removed, an existing PATH is untouched,
+// and the error names the file and what failed (for example the disk being full).
+void write_checkpoint(const std::string& path, const CheckpointMeta& meta, const CheckpointGroups& groups);
+
+class CheckpointReader {
+ public:
+  // Opens and validates: HDF5 signature, format_version, the required metadata (whose checksums are
+  // checked here). Tensors are read and checked on demand.
+  explicit CheckpointReader(const std::string& path);
+  ~CheckpointReader();
+  CheckpointReader(CheckpointReader&&) noexcept;
+  CheckpointReader& operator=(CheckpointReader&&) noexcept;
+  CheckpointReader(const CheckpointReader&) = delete;
+  CheckpointReader& operator=(const CheckpointReader&) = delete;
+
+  const std::string& path() const { return path_; }
+  const CheckpointMeta& meta() const { return meta_; }
+  bool has(const std::string& group, const std::string& name) const;
+  // Tensor names of a group in the order they were written; empty when the group does not exist.
+  std::vector<std::string> names(const std::string& group) const;
+  // The stored shape of a tensor; error when it does not exist.
+  std::vector<std::int64_t> shape(const std::string& group, const std::string& name) const;
+  // Reads into `out` (host, product(shape) floats), converting bf16/fp16 to float. Errors (naming the
+  // file, group/tensor, expected vs found) on a missing tensor, shape mismatch, unreadable data
+  // (truncated file) or checksum mismatch.
+  void read(const std::string& group, const std::string& name, const std::vector<std::int64_t>& shape,
+            float* out) const;
+
+ private:
+  struct File;
+  std::string path_;
+  std::unique_ptr<File> file_;
+  CheckpointMeta meta_;
+};
+
+// Checkpoint file naming and retention in a directory.
+std::string checkpoint_name(std::int64_t step);  // "step-000000300.h5"
+// The complete checkpoint (step-N.h5, never *.tmp) with the largest step in `dir`, as a path in `dir`;
+// nullopt when there is none or `dir` does not exist.
+std::optional<std::string> latest_checkpoint(const std::string& dir);
+// Deletes the oldest complete checkpoints beyond the newest `keep_last` (at least 1 is always kept);
+// *.tmp files and files not named like checkpoints are left alone.
+void prune_checkpoints(const std::string& dir, int keep_last);
+
+// CRC-64/XZ (ECMA-182 polynomial, reflected, init and xorout all ones) of `size` bytes, continuing
+// from `crc` (0 for a fresh sum). crc64("123456789") = 0x995dc9bbdf1939fa.
+std::uint64_t crc64(const void* data, std::size_t size, std::uint64_t crc = 0);
+
+}  // namespace jetmoe

@@ -1,0 +1,464 @@
+#include "train/trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "core/deck.hpp"
+#include "core/error.hpp"
+#include "core/kokkos_compat.hpp"
+#include "core/log.hpp"
+#include "core/profiling.hpp"
+#include "data/sampler.hpp"
+#include "infer/generate.hpp"
+#include "io/atomic_file.hpp"
+#include "io/checkpoint.hpp"
+#include "model/hf_checkpoint.hpp"
+#include "model/load.hpp"
+#include "model/model.hpp"
+#include "parallel/comm.hpp"
+#include "train/config.hpp"
+#include "train/losses.hpp"
+#include "train/network.hpp"
+#include "train/optimizer.hpp"
+
+namespace jetmoe {
+
+namespace fs = std::filesystem;
+
+// ---- stop requests (SIGTERM from Slurm before the time limit or on preemption, Ctrl-C) ---------------
+
+namespace {
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal != 0 && sig == SIGINT) std::_Exit(130);  // a second Ctrl-C: leave now
+  g_stop_signal = sig;
+}
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
+}
+bool stop_requested() { return g_stop_signal != 0; }
+void request_stop() { g_stop_signal = SIGTERM; }
+void clear_stop_request() { g_stop_signal = 0; }
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The best of a few 1024^3 SGEMMs: the reference "peak" of MFU on a CPU, where no data sheet is at hand.
+double measure_gemm_gflops() {
+  const std::int64_t n = 1024;
+  View2 a("peak_a", n, n), b("peak_b", n, n), c("peak_c", n, n);
+  Kokkos::deep_copy(a, 0.5f);
+  Kokkos::deep_copy(b, 0.25f);
+  linear(a, b, c);
+  fence("peak");
+  double best = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    const auto t0 = Clock::now();
+    linear(a, b, c);
+    fence("peak");
+    best = std::min(best, seconds_since(t0));
+  }
+  return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+}
+
+std::string format_duration(double s) {
+  char buf[32];
+  if (!std::isfinite(s) || s < 0) return "?";
+  const long long t = (long long)(s + 0.5);
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", t / 3600, t / 60 % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%lldm%02llds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%llds", t);
+  return buf;
+}
+
+std::string resolve(const std::string& base, const std::string& path) {
+  return fs::path(path).is_absolute() ? path : (fs::path(base) / path).string();
+}
+
+// A flat [B, T+1] host token buffer as inputs [B, T] and shifted targets [B*T].
+void split_sequences(const std::vector<std::int32_t>& tokens, std::int64_t B, std::int64_t T, const IntView2& ids,
+                     const IntView1& targets) {
+  auto hi = Kokkos::create_mirror_view(ids);
+  auto ht = Kokkos::create_mirror_view(targets);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t t = 0; t < T; ++t) {
+      hi(b, t) = tokens[std::size_t(b * (T + 1) + t)];
+      ht(b * T + t) = tokens[std::size_t(b * (T + 1) + t + 1)];
+    }
+  Kokkos::deep_copy(ids, hi);
+  Kokkos::deep_copy(targets, ht);
+}
+
+std::string fmt_g(double v, int digits = 6) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+  return buf;
+}
+
+// A <data> mixture key: the deck's list, or empty (every source by its token count) when unset.
+WeightList deck_weights(const Deck& deck, const std::string& key) {
+  return deck.is_set("data", key) ? deck.get_weights("data", key) : WeightList{};
+}
+
+class Trainer {
+ public:
+  Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>& restart);
+  TrainOutcome run();
+
+ private:
+  void restore(const std::string& path);
+  std::string save_checkpoint();
+  double validation_loss();
+  void log_progress(double ce, double switch_loss, double z_loss, double lr, double grad_norm, double window_s,
+                    std::int64_t window_steps);
+  void append_metrics(const std::string& line);
+  void finish();
+
+  Deck& deck_;
+  const Comm& comm_;
+  ModelConfig config_;
+  TrainConfig run_;
+  std::string name_, output_dir_, checkpoint_dir_, metrics_path_;
+  std::uint64_t seed_;
+  std::int64_t progress_interval_, eval_interval_, eval_batches_, checkpoint_interval_, keep_last_;
+  bool skip_nonfinite_;
+  ModelWeights params_, grads_;
+  AdamW adam_;
+  LrSchedule schedule_;
+  Network<float> net_;
+  std::unique_ptr<DataSampler> train_data_;
+  std::int64_t step_ = 0, tokens_seen_ = 0, skipped_steps_ = 0;
+  double flops_per_token_ = 0, peak_gflops_ = 0;
+  std::string last_checkpoint_;
+  std::int64_t last_checkpoint_step_ = -1;
+  std::optional<io::Tokenizer> tokenizer_;
+  std::string model_source_;
+};
+
+Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>& restart)
+    : deck_(deck),
+      comm_(comm),
+      config_(ModelConfig::from_deck(deck)),
+      run_(TrainConfig::from_deck(deck, config_, comm.size())),
+      adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}),
+      schedule_(LrSchedule::from(run_)),
+      net_(config_, run_.load_balance_coef, run_.z_loss_coef, deck.get_bool("train", "recompute")) {
+  if (run_.mode != "pretrain")
+    deck.fail_value("train", "mode", "'" + run_.mode + "' training is not part of this version yet (pretrain is)");
+  if (run_.precision != "fp32")
+    deck.fail_value("train", "precision", "'" + run_.precision + "' needs the CUDA build (issue 6); use fp32 on CPUs");
+  if (run_.pipeline_stages * run_.data_parallel != 1)
+    deck.fail_value("parallel", "pipeline_stages", "multi-rank training is not part of this version yet; run on 1 rank");
+  name_ = deck.get_string("job", "name");
+  seed_ = std::uint64_t(deck.get_int("job", "seed"));
+  output_dir_ = deck.get_string("job", "output_dir");
+  checkpoint_dir_ = resolve(output_dir_, deck.get_string("checkpoint", "dir"));
+  metrics_path_ = (fs::path(output_dir_) / "metrics.jsonl").string();
+  progress_interval_ = deck.get_int("job", "progress_interval");
+  eval_interval_ = deck.get_int("train", "eval_interval");
+  eval_batches_ = deck.get_int("train", "eval_batches");
+  checkpoint_interval_ = deck.get_int("checkpoint", "interval");
+  keep_last_ = deck.get_int("checkpoint", "keep_last");
+  skip_nonfinite_ = deck.get_string("train", "nonfinite_loss") == "skip";
+
+  // Data first: the cheapest thing to get wrong (missing prepare step, vocabulary mismatch).
+  train_data_ = std::make_unique<DataSampler>(deck.get_string("data", "dir"), Split::Train, run_.seq_len + 1,
+                                              config_.vocab_size, deck_weights(deck, "phase1_mixture"),
+                                              deck_weights(deck, "phase2_mixture"), seed_);
+
+  LoadedModel initial = load_model(deck);
+  params_ = std::move(initial.weights);
+  model_source_ = initial.source;
+  grads_ = ModelWeights(config_, /*zeros=*/true);
+  tokenizer_ = load_tokenizer(deck, config_, /*required=*/false);
+
+  fs::create_directories(output_dir_);
+  fs::create_directories(checkpoint_dir_);
+  if (restart) restore(*restart);
+  else io::write_text_atomically(metrics_path_, "");
+  io::write_text_atomically((fs::path(output_dir_) / (name_ + ".deck")).string(),
+                            deck.effective_text("effective deck of run '" + name_ + "'"));
+
+  flops_per_token_ = training_flops_per_token(config_, run_.seq_len);
+  const double peak = deck.get_real("job", "peak_gflops");
+  peak_gflops_ = peak > 0 ? peak : measure_gemm_gflops();
+  log::info("weights: %s", model_source_.c_str());
+  log::info("data:");
+  log::text(train_data_->describe());
+  log::info("run: %lld steps of %lld tokens (%lld sequences x %lld tokens x %lld accumulation), %s schedule in %s, "
+            "peak lr %g",
+            (long long)run_.total_steps, (long long)run_.global_batch_tokens, (long long)run_.micro_batch_size,
+            (long long)run_.seq_len, (long long)run_.grad_accum_steps, run_.schedule.c_str(),
+            run_.schedule_unit.c_str(), run_.lr);
+  log::info("MFU reference: %.1f GFLOP/s (%s); %.3f GFLOP per trained token", peak_gflops_,
+            peak > 0 ? "job/peak_gflops" : "measured 1024^3 SGEMM on this rank", flops_per_token_ / 1e9);
+}
+
+TrainOutcome Trainer::run() {
+  const std::int64_t B = run_.micro_batch_size, T = run_.seq_len, accum = run_.grad_accum_steps;
+  const std::int64_t step_tokens = run_.global_batch_tokens;
+  IntView2 ids("ids", B, T);
+  IntView1 targets("targets", B * T);
+  std::vector<std::int32_t> tokens;
+  const std::int64_t first_step = step_;
+  if (first_step >= run_.total_steps) {
+    log::info("the checkpoint is already at step %lld of %lld: nothing to train", (long long)step_,
+              (long long)run_.total_steps);
+    finish();
+    return TrainOutcome::Finished;
+  }
+  log::info("training from step %lld to %lld", (long long)first_step, (long long)run_.total_steps);
+  if (eval_interval_ > 0 && first_step == 0) {
+    const double v = validation_loss();
+    log::info("step %lld: validation loss %.4f (perplexity %.2f)", 0LL, v, std::exp(v));
+    append_metrics("{\"type\": \"eval\", \"step\": 0, \"tokens\": 0, \"val_loss\": " + fmt_g(v, 9) + "}");
+  }
+  auto window_start = Clock::now();
+  std::int64_t window_steps = 0;
+  const auto run_start = Clock::now();
+  while (step_ < run_.total_steps) {
+    const std::int64_t position = run_.schedule_unit == "tokens" ? tokens_seen_ : step_;
+    const double lr = schedule_.lr(position);
+    const int phase = schedule_.phase(position);
+    zero_gradients(config_, grads_);
+    double ce_sum = 0, switch_sum = 0, z_sum = 0;
+    std::int64_t count = 0;
+    {
+      Region region("step");
+      for (std::int64_t m = 0; m < accum; ++m) {
+        tokens.clear();
+        {
+          Region data("data");
+          train_data_->next(B, phase, tokens);
+          split_sequences(tokens, B, T, ids, targets);
+        }
+        // Every target counts in pretraining: the global mean over B*T*accum tokens.
+        const LossTerms terms = net_.run(params_, ids, targets, &grads_, 1.0 / double(B * T * accum), 1.0 / double(accum));
+        ce_sum += terms.ce_sum, count += terms.count;
+        switch_sum += terms.switch_loss, z_sum += terms.z_loss;
+      }
+    }
+    const double ce = ce_sum / double(std::max<std::int64_t>(1, count));
+    const double switch_loss = switch_sum / double(accum), z_loss = z_sum / double(accum);
+    const double grad_norm = global_grad_norm(config_, grads_);
+    const bool finite = std::isfinite(ce) && std::isfinite(switch_loss) && std::isfinite(z_loss) && std::isfinite(grad_norm);
+    if (!finite) {
+      const std::string what = "non-finite " + std::string(std::isfinite(ce) ? "gradient norm" : "loss") + " (loss " +
+                               fmt_g(ce) + ", grad norm " + fmt_g(grad_norm) + ") at step " + std::to_string(step_ + 1);
+      if (!skip_nonfinite_)
+        fail(ErrorKind::Numerics, what + "; stopping (train/nonfinite_loss = skip skips such steps)" +
+                                      (last_checkpoint_.empty() ? "" : "; the last checkpoint is " + last_checkpoint_));
+      ++skipped_steps_;
+      log::warn("%s: step skipped, parameters unchanged (%lld skipped so far)", what.c_str(), (long long)skipped_steps_);
+    } else {
+      const double factor = clip_factor(grad_norm, run_.grad_clip);
+      if (factor < 1.0) scale_gradients(config_, grads_, factor);
+      adam_.step(params_, grads_, lr);
+    }
+    ++step_;
+    tokens_seen_ += step_tokens;
+    ++window_steps;
+    {
+      std::ostringstream line;
+      line << "{\"type\": \"train\", \"step\": " << step_ << ", \"tokens\": " << tokens_seen_
+           << ", \"loss\": " << fmt_g(ce + run_.load_balance_coef * switch_loss + run_.z_loss_coef * z_loss, 9)
+           << ", \"ce\": " << fmt_g(ce, 9) << ", \"switch\": " << fmt_g(switch_loss, 9) << ", \"z\": " << fmt_g(z_loss, 9)
+           << ", \"lr\": " << fmt_g(lr, 9) << ", \"grad_norm\": " << fmt_g(grad_norm, 9) << ", \"phase\": " << phase
+           << ", \"skipped\": " << (finite ? "false" : "true") << ", \"elapsed_s\": " << fmt_g(seconds_since(run_start), 6)
+           << "}";
+      append_metrics(line.str());
+    }
+    if (step_ % progress_interval_ == 0 || step_ == run_.total_steps || step_ == first_step + 1) {
+      log_progress(ce, switch_loss, z_loss, lr, grad_norm, seconds_since(window_start), window_steps);
+      window_start = Clock::now();
+      window_steps = 0;
+    }
+    if (eval_interval_ > 0 && (step_ % eval_interval_ == 0 || step_ == run_.total_steps)) {
+      const double v = validation_loss();
+      log::info("step %lld: validation loss %.4f (perplexity %.2f)", (long long)step_, v, std::exp(v));
+      append_metrics("{\"type\": \"eval\", \"step\": " + std::to_string(step_) + ", \"tokens\": " +
+                     std::to_string(tokens_seen_) + ", \"val_loss\": " + fmt_g(v, 9) + "}");
+      window_start = Clock::now();  // keep evaluation out of the training throughput
+      window_steps = 0;
+    }
+    if (checkpoint_interval_ > 0 && step_ % checkpoint_interval_ == 0 && step_ < run_.total_steps) save_checkpoint();
+    if (stop_requested()) {
+      const std::string path = save_checkpoint();
+      log::info("stop requested (signal): checkpoint %s written at step %lld of %lld; continue with -r %s",
+                path.c_str(), (long long)step_, (long long)run_.total_steps, path.c_str());
+      return TrainOutcome::Stopped;
+    }
+  }
+  finish();
+  return TrainOutcome::Finished;
+}
+
+void Trainer::log_progress(double ce, double switch_loss, double z_loss, double lr, double grad_norm, double window_s,
+                           std::int64_t window_steps) {
+  const double tokens_per_s = double(window_steps * run_.global_batch_tokens) / std::max(window_s, 1e-9);
+  const double mfu = tokens_per_s * flops_per_token_ / (peak_gflops_ * 1e9);
+  const double eta = double(run_.total_steps - step_) * window_s / double(std::max<std::int64_t>(1, window_steps));
+  const double aux = run_.load_balance_coef * switch_loss + run_.z_loss_coef * z_loss;
+  log::info("step %*lld/%lld | loss %.4f | aux %.4f (switch %.3f, z %.3f) | lr %.3e | grad norm %.3f | %.0f tok/s | "
+            "MFU %.1f%% | ETA %s",
+            int(std::to_string(run_.total_steps).size()), (long long)step_, (long long)run_.total_steps, ce, aux,
+            switch_loss, z_loss, lr, grad_norm, tokens_per_s, 100.0 * mfu, format_duration(eta).c_str());
+}
+
+void Trainer::append_metrics(const std::string& line) {
+  std::ofstream out(metrics_path_, std::ios::app);
+  out << line << "\n";
+  if (!out) fail(ErrorKind::Input, metrics_path_ + ": cannot append to the metrics file");
+}
+
+double Trainer::validation_loss() {
+  Region region("validation");
+  const std::int64_t B = run_.micro_batch_size, T = run_.seq_len;
+  // A fresh sampler each time: the same validation sequences at every evaluation.
+  DataSampler data(deck_.get_string("data", "dir"), Split::Validation, T + 1, config_.vocab_size,
+                   deck_weights(deck_, "phase1_mixture"), deck_weights(deck_, "phase2_mixture"), seed_);
+  IntView2 ids("val_ids", B, T);
+  IntView1 targets("val_targets", B * T);
+  std::vector<std::int32_t> tokens;
+  double ce_sum = 0;
+  std::int64_t count = 0;
+  for (std::int64_t i = 0; i < eval_batches_; ++i) {
+    tokens.clear();
+    data.next(B, 1, tokens);
+    split_sequences(tokens, B, T, ids, targets);
+    const LossTerms terms = net_.run(params_, ids, targets);
+    ce_sum += terms.ce_sum, count += terms.count;
+  }
+  return ce_sum / double(std::max<std::int64_t>(1, count));
+}
+
+std::string Trainer::save_checkpoint() {
+  if (last_checkpoint_step_ == step_) return last_checkpoint_;
+  Region region("checkpoint");
+  const auto t0 = Clock::now();
+  std::vector<Kokkos::View<float*, Kokkos::HostSpace>> keep;
+  auto group = [&](const ModelWeights& w) {
+    std::vector<CheckpointTensor> out;
+    for (const NamedTensor& t : w.named(config_)) {
+      keep.push_back(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), t.flat));
+      out.push_back(CheckpointTensor{t.name, t.shape, keep.back().data()});
+    }
+    return out;
+  };
+  CheckpointMeta meta;
+  meta.step = step_;
+  meta.tokens_seen = tokens_seen_;
+  meta.rng_state = {seed_};
+  meta.data_state = train_data_->state();
+  meta.deck_text = deck_.effective_text("deck of run '" + name_ + "'");
+  meta.model_config_json = hf_config_json(config_, "float32");
+  meta.run_name = name_;
+  meta.scalars["adam_steps"] = double(adam_.steps());
+  meta.scalars["skipped_steps"] = double(skipped_steps_);
+  meta.scalars["seq_len"] = double(run_.seq_len);
+  meta.scalars["global_batch_tokens"] = double(run_.global_batch_tokens);
+  const std::string path = (fs::path(checkpoint_dir_) / checkpoint_name(step_)).string();
+  write_checkpoint(path, meta, {{"params", group(params_)}, {"adam_m", group(adam_.exp_avg())}, {"adam_v", group(adam_.exp_avg_sq())}});
+  prune_checkpoints(checkpoint_dir_, int(keep_last_));
+  log::info("checkpoint %s (step %lld, %.1f MB, %.2f s)", path.c_str(), (long long)step_,
+            double(fs::file_size(path)) / 1e6, seconds_since(t0));
+  last_checkpoint_ = path;
+  last_checkpoint_step_ = step_;
+  return path;
+}
+
+void Trainer::restore(const std::string& path) {
+  Region region("restore");
+  CheckpointReader reader(path);
+  const CheckpointMeta& meta = reader.meta();
+  auto expect_same = [&](const char* key, double ours) {
+    const auto it = meta.scalars.find(key);
+    if (it == meta.scalars.end() || it->second != ours)
+      fail(ErrorKind::Input, path + ": the checkpoint was written with " + key + " = " +
+                                 (it == meta.scalars.end() ? std::string("(missing)") : fmt_g(it->second, 12)) +
+                                 ", this deck has " + fmt_g(ours, 12) +
+                                 "; an exact restart needs the same value");
+  };
+  expect_same("seq_len", double(run_.seq_len));
+  expect_same("global_batch_tokens", double(run_.global_batch_tokens));
+  auto load = [&](const char* group, const ModelWeights& w) {
+    for (const NamedTensor& t : w.named(config_)) {
+      auto h = Kokkos::create_mirror_view(t.flat);
+      reader.read(group, t.name, t.shape, h.data());
+      Kokkos::deep_copy(t.flat, h);
+    }
+  };
+  load("params", params_);
+  load("adam_m", adam_.exp_avg());
+  load("adam_v", adam_.exp_avg_sq());
+  train_data_->restore(meta.data_state);
+  step_ = meta.step;
+  tokens_seen_ = meta.tokens_seen;
+  adam_.set_steps(std::int64_t(meta.scalars.count("adam_steps") ? meta.scalars.at("adam_steps") : double(meta.step)));
+  skipped_steps_ = std::int64_t(meta.scalars.count("skipped_steps") ? meta.scalars.at("skipped_steps") : 0.0);
+  last_checkpoint_ = path;
+  last_checkpoint_step_ = step_;
+  model_source_ = "checkpoint " + path;
+  // The metrics file continues from the checkpoint: lines of later steps (a run that went further
+  // before it stopped) are dropped, so the file reads as one uninterrupted run.
+  std::string kept;
+  {
+    std::ifstream in(metrics_path_);
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto at = line.find("\"step\": ");
+      if (at == std::string::npos) continue;
+      if (std::stoll(line.substr(at + 8)) <= step_) kept += line + "\n";
+    }
+  }
+  io::write_text_atomically(metrics_path_, kept);
+  log::info("restarted from %s: step %lld, %lld tokens seen", path.c_str(), (long long)step_, (long long)tokens_seen_);
+}
+
+void Trainer::finish() {
+  const std::string path = save_checkpoint();
+  const std::string final_dir = (fs::path(output_dir_) / "final").string();
+  save_hf_checkpoint(final_dir, config_, params_, "fp32");
+  log::info("final model: %s (Hugging Face format; checkpoint %s)", final_dir.c_str(), path.c_str());
+  const std::int64_t sample_tokens = deck_.get_int("train", "sample_tokens");
+  if (sample_tokens == 0) return;
+  if (!tokenizer_) {
+    log::info("no tokenizer (<tokenizer>/model): no sample generation");
+    return;
+  }
+  Region region("sample");
+  const std::string prompt = deck_.get_string("train", "sample_prompt");
+  Model model(config_, params_);
+  GenerationParams gp;
+  gp.max_new_tokens = sample_tokens;
+  gp.eos_id = tokenizer_->eos_id();
+  gp.pad_id = tokenizer_->pad_id();
+  gp.sampling.temperature = 0.8;
+  gp.sampling.top_k = 40;
+  gp.sampling.seed = seed_;
+  const GenerationResult r = generate(model, {tokenizer_->encode(prompt, true, false)}, gp);
+  log::info("sample (temperature 0.8, top-k 40):\n%s%s\n", prompt.c_str(), tokenizer_->decode(r.tokens[0]).c_str());
+}
+
+}  // namespace
+
+TrainOutcome run_training(Deck& deck, const Comm& comm, const std::optional<std::string>& restart) {
+  Trainer trainer(deck, comm, restart);
+  return trainer.run();
+}
+
+}  // namespace jetmoe

@@ -1,0 +1,199 @@
+// The training loop end to end on a micro model and a corpus prepared in the test: exact restart from
+// a checkpoint, a stop signal, non-finite losses, and restarts from checkpoints that do not fit.
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/deck.hpp"
+#include "data/prepare.hpp"
+#include "io/checkpoint.hpp"
+#include "io/tokenizer.hpp"
+#include "model/config.hpp"
+#include "model/weights.hpp"
+#include "parallel/comm.hpp"
+#include "support.hpp"
+#include "train/trainer.hpp"
+
+using namespace jetmoe;
+using jetmoe::testing::read_bytes;
+using jetmoe::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kTokenizer = std::string(JETMOE_SOURCE_DIR) + "/tests/fixtures/tokenizer/tokenizer.model";
+
+// A small corpus of two sources, prepared with the fixture tokenizer (vocabulary 400).
+void prepare_corpus(const TempDir& tmp) {
+  std::ostringstream prose, code;
+  const char* words[] = {"the", "river", "runs", "to", "a", "sea", "of", "light", "and", "stone", "under", "sky"};
+  for (int d = 0; d < 60; ++d) {
+    for (int w = 0; w < 40; ++w) prose << words[(d * 7 + w * w + w) % 12] << (w % 9 == 8 ? ".\n" : " ");
+    prose << "\n\n";
+    code << "{\"text\": \"int f" << d << "(int x) { return x * " << d << " + " << (d % 5) << "; }\"}\n";
+  }
+  fs::create_directories(tmp / "in");
+  std::ofstream(tmp / "in/prose.txt") << prose.str();
+  std::ofstream(tmp / "in/code.jsonl") << code.str();
+  data::PrepareSettings s;
+  s.output_dir = tmp / "data";
+  s.tokenizer_model = kTokenizer;
+  s.validation_fraction = 0.2;
+  data::prepare_corpora({{"prose", tmp / "in/prose.txt"}, {"code", tmp / "in/code.jsonl"}}, io::Tokenizer(kTokenizer), s);
+}
+
+Deck micro_deck(const TempDir& tmp, const std::string& run, const std::vector<std::string>& overrides = {}) {
+  std::ostringstream d;
+  d << "<job>\nname = micro\nseed = 7\noutput_dir = " << (tmp / run) << "\nprogress_interval = 2\npeak_gflops = 10\n"
+    << "<model>\npreset = none\nvocab_size = 400\nhidden_size = 24\nnum_layers = 2\nnum_kv_heads = 2\nhead_dim = 6\n"
+    << "num_experts = 4\ntop_k = 2\nffn_hidden_size = 20\nmax_position_embeddings = 64\nrope_theta = 10000\n"
+    << "rms_norm_eps = 1e-5\ntie_word_embeddings = true\ninitializer_range = 0.02\n"
+    << "<tokenizer>\nmodel = " << kTokenizer << "\n"
+    << "<data>\ndir = " << (tmp / "data") << "\nphase1_mixture = prose:0.7, code:0.3\nphase2_mixture = prose:0.4, code:0.6\n"
+    << "<train>\nseq_len = 16\nmicro_batch_size = 4\nglobal_batch_tokens = 128\neval_interval = 3\neval_batches = 1\n"
+    << "sample_tokens = 4\n"
+    << "<optimizer>\nlr = 3e-3\n"
+    << "<schedule>\ntype = wsd\ntotal = 6\nwarmup = 2\ndecay = 2\n"
+    << "<checkpoint>\ninterval = 3\nkeep_last = 5\n";
+  Deck deck = Deck::from_text(d.str(), "micro.deck");
+  for (const auto& o : overrides) deck.apply_override(o);
+  return deck;
+}
+
+TrainOutcome train(const TempDir& tmp, const std::string& run, const std::vector<std::string>& overrides = {},
+                   const std::optional<std::string>& restart = std::nullopt) {
+  Deck deck = micro_deck(tmp, run, overrides);
+  return run_training(deck, Comm::world(), restart);
+}
+
+// Every tensor of every group of two checkpoints is bit-identical, and so are step and tokens.
+void require_identical(const std::string& a, const std::string& b) {
+  const CheckpointReader ra(a), rb(b);
+  REQUIRE(ra.meta().step == rb.meta().step);
+  REQUIRE(ra.meta().tokens_seen == rb.meta().tokens_seen);
+  REQUIRE(ra.meta().data_state == rb.meta().data_state);
+  for (const char* group : {"params", "adam_m", "adam_v"}) {
+    const auto names = ra.names(group);
+    REQUIRE(!names.empty());
+    REQUIRE(names == rb.names(group));
+    for (const auto& name : names) {
+      INFO(group << "/" << name);
+      const auto shape = ra.shape(group, name);
+      std::int64_t n = 1;
+      for (auto s : shape) n *= s;
+      std::vector<float> x(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
+      ra.read(group, name, shape, x.data());
+      rb.read(group, name, shape, y.data());
+      REQUIRE(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
+std::vector<std::string> lines_of(const std::string& path, const std::string& type) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find("\"type\": \"" + type + "\"") != std::string::npos)
+      out.push_back(line.substr(0, line.find(", \"elapsed_s\"")));  // wall times differ between runs
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("training restarts from a checkpoint bit for bit", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  REQUIRE(train(tmp, "a") == TrainOutcome::Finished);
+  const std::string a3 = tmp / "a/checkpoints/step-000000003.h5", a6 = tmp / "a/checkpoints/step-000000006.h5";
+  REQUIRE(fs::exists(a3));
+  REQUIRE(fs::exists(a6));
+  REQUIRE(fs::exists(tmp / "a/final/model.safetensors"));
+  const auto a_train = lines_of(tmp / "a/metrics.jsonl", "train");
+  REQUIRE(a_train.size() == 6);
+  // The validation loss falls over six steps on this repetitive corpus (evaluated at steps 0, 3, 6).
+  const auto evals = lines_of(tmp / "a/metrics.jsonl", "eval");
+  REQUIRE(evals.size() == 3);
+  auto val = [](const std::string& line) { return std::stod(line.substr(line.find("\"val_loss\": ") + 12)); };
+  CHECK(val(evals[2]) < val(evals[1]));
+  CHECK(val(evals[1]) < val(evals[0]));
+
+  // Six steps straight = three steps, restart, three more: parameters, AdamW moments, data position.
+  REQUIRE(train(tmp, "b", {}, a3) == TrainOutcome::Finished);
+  require_identical(a6, tmp / "b/checkpoints/step-000000006.h5");
+  // b's directory had no metrics before: it holds the three steps it ran, equal to a's last three.
+  const auto b_train = lines_of(tmp / "b/metrics.jsonl", "train");
+  CHECK(b_train == std::vector<std::string>(a_train.begin() + 3, a_train.end()));
+
+  // Same deck, same seed: a second straight run is identical too (determinism).
+  REQUIRE(train(tmp, "again") == TrainOutcome::Finished);
+  require_identical(a6, tmp / "again/checkpoints/step-000000006.h5");
+  CHECK(lines_of(tmp / "again/metrics.jsonl", "train") == a_train);
+  CHECK(lines_of(tmp / "again/metrics.jsonl", "eval") == lines_of(tmp / "a/metrics.jsonl", "eval"));
+}
+
+TEST_CASE("a stop signal writes a checkpoint after the step; the restart finishes the same run", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  REQUIRE(train(tmp, "straight") == TrainOutcome::Finished);
+  install_stop_handlers();
+  std::raise(SIGTERM);  // as Slurm does before the time limit
+  REQUIRE(stop_requested());
+  REQUIRE(train(tmp, "stopped") == TrainOutcome::Stopped);
+  clear_stop_request();
+  const std::string stopped = tmp / "stopped/checkpoints/step-000000001.h5";
+  REQUIRE(fs::exists(stopped));
+  CHECK(lines_of(tmp / "stopped/metrics.jsonl", "train").size() == 1);
+  // Restart in the same directory: the metrics file goes on from step 1.
+  REQUIRE(train(tmp, "stopped", {}, stopped) == TrainOutcome::Finished);
+  require_identical(tmp / "straight/checkpoints/step-000000006.h5", tmp / "stopped/checkpoints/step-000000006.h5");
+  CHECK(lines_of(tmp / "stopped/metrics.jsonl", "train") == lines_of(tmp / "straight/metrics.jsonl", "train"));
+  std::signal(SIGTERM, SIG_DFL);
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGUSR1, SIG_DFL);
+}
+
+TEST_CASE("a non-finite loss stops the run naming the step, or is skipped when the deck says so", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  // A learning rate of 1e30 sends the weights to infinity after the first update.
+  const std::string message = testing::error_of([&] { train(tmp, "nan", {"optimizer/lr=1e30"}); }, ErrorKind::Numerics);
+  CHECK_THAT(message, Catch::Matchers::Contains("non-finite") && Catch::Matchers::Contains("at step 2") &&
+                          Catch::Matchers::Contains("nonfinite_loss = skip"));
+  REQUIRE(train(tmp, "skip", {"optimizer/lr=1e30", "train/nonfinite_loss=skip", "train/sample_tokens=0",
+                              "train/eval_interval=0"}) == TrainOutcome::Finished);
+  const auto lines = lines_of(tmp / "skip/metrics.jsonl", "train");
+  REQUIRE(lines.size() == 6);
+  CHECK(lines[0].find("\"skipped\": false") != std::string::npos);
+  for (std::size_t i = 1; i < lines.size(); ++i) CHECK(lines[i].find("\"skipped\": true") != std::string::npos);
+}
+
+TEST_CASE("restarting from a checkpoint that does not fit is one clear error", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  REQUIRE(train(tmp, "a", {"schedule/total=3", "schedule/decay=1", "train/sample_tokens=0"}) == TrainOutcome::Finished);
+  const std::string ckpt = tmp / "a/checkpoints/step-000000003.h5";
+  REQUIRE(fs::exists(ckpt));
+  const std::string before = read_bytes(ckpt);
+  // Another model width: the first tensor read names itself and both shapes.
+  CHECK_THAT(testing::error_of([&] { train(tmp, "wide", {"model/hidden_size=32"}, ckpt); }, ErrorKind::Input),
+             Catch::Matchers::Contains("model.embed_tokens.weight") && Catch::Matchers::Contains("[400, 32]") &&
+                 Catch::Matchers::Contains("[400, 24]"));
+  // Another sequence length: the data position would not mean the same.
+  CHECK_THAT(testing::error_of([&] { train(tmp, "seq", {"train/seq_len=8"}, ckpt); }, ErrorKind::Input),
+             Catch::Matchers::Contains("seq_len = 16") && Catch::Matchers::Contains("this deck has 8"));
+  // A truncated copy.
+  {
+    std::ofstream(tmp / "cut.h5", std::ios::binary) << before.substr(0, before.size() / 2);
+  }
+  CHECK_THAT(testing::error_of([&] { train(tmp, "cut", {}, tmp / "cut.h5"); }, ErrorKind::Input),
+             Catch::Matchers::Contains("cut.h5"));
+  // None of this touched the checkpoint.
+  CHECK(read_bytes(ckpt) == before);
+}
