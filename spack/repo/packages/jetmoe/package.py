@@ -83,6 +83,7 @@ class Jetmoe(CMakePackage, CudaPackage):
     depends_on("cxx", type="build")
     depends_on("cmake@3.21:", type="build")
     depends_on("pkgconfig", type="build")  # SentencePiece is found through pkg-config first
+    depends_on("zlib-api")  # jetmoe-prepare reads .gz corpora
 
     # ---- Kokkos and Kokkos Kernels -------------------------------------------------------------
     # 4.7.01 is the first Kokkos whose CUDA backend supports CUDA 13. Kokkos Kernels pins the
