@@ -75,10 +75,19 @@ DeckSchema make_standard_schema() {
         .unset_means("every source in data/dir, weighted by its token count.");
     b.weight_list("phase2_mixture", std::nullopt, "Source weights during the decay phase.")
         .unset_means("the phase 1 mixture.");
+    b.path("chat_train", std::nullopt,
+           "train/mode = sft: jsonl of {\"messages\": [{\"role\", \"content\"}, ...]}; dpo: jsonl of "
+           "{\"prompt\", \"chosen\", \"rejected\"} (strings or message lists). Rendered with the Zephyr chat "
+           "template; the loss covers assistant tokens only.")
+        .unset_means("none (required for sft and dpo).");
+    b.path("chat_validation", std::nullopt, "Validation file in the format of chat_train (sft, dpo).")
+        .unset_means("no validation.");
   }
   {
     auto& b = s.block("train", "The training run.", {train});
-    b.choice("mode", "pretrain", {"pretrain", "sft", "dpo"}, "Objective: language modelling, SFT or DPO.");
+    b.choice("mode", "pretrain", {"pretrain", "sft", "dpo"},
+             "Objective: language modelling on <data>/dir, SFT or DPO on <data>/chat_train. For dpo, "
+             "micro_batch_size and global_batch_tokens count preference pairs (each pair is two sequences).");
     b.integer("seq_len", 256, "Tokens per sequence.").at_least(2);
     b.integer("micro_batch_size", 8, "Sequences per forward/backward pass.").at_least(1);
     b.integer("global_batch_tokens", 16384,
@@ -112,6 +121,8 @@ DeckSchema make_standard_schema() {
     b.choice("unit", "steps", {"steps", "tokens"}, "Unit of total, warmup and decay.");
     b.integer("total", 1000, "Length of the run.").at_least(1);
     b.integer("warmup", 100, "Warmup length.").at_least(0);
+    b.real("warmup_ratio", std::nullopt, "Warmup as a fraction of total (replaces warmup; e.g. 0.1 for the alignment recipes).")
+        .at_least(0).at_most(1).unset_means("schedule/warmup.");
     b.integer("decay", 200, "Decay length (wsd: the final phase).").at_least(0);
     b.real("initial_ratio", 0.1, "Learning rate at step 0 as a fraction of the peak.").at_least(0).at_most(1);
     b.real("final_ratio", 0.1, "Learning rate at the end as a fraction of the peak.").at_least(0).at_most(1);

@@ -1,5 +1,7 @@
 #include "train/config.hpp"
 
+#include <cmath>
+
 #include "core/deck.hpp"
 #include "model/config.hpp"
 
@@ -25,6 +27,11 @@ TrainConfig TrainConfig::from_deck(const Deck& deck, const ModelConfig& model, i
   t.total = deck.get_int("schedule", "total");
   t.warmup = deck.get_int("schedule", "warmup");
   t.decay = deck.get_int("schedule", "decay");
+  if (deck.is_set("schedule", "warmup_ratio")) {
+    if (deck.is_set("schedule", "warmup"))
+      deck.fail_value("schedule", "warmup_ratio", "set schedule/warmup or schedule/warmup_ratio, not both");
+    t.warmup = std::int64_t(std::llround(deck.get_real("schedule", "warmup_ratio") * double(t.total)));
+  }
   t.initial_ratio = deck.get_real("schedule", "initial_ratio");
   t.final_ratio = deck.get_real("schedule", "final_ratio");
   t.pipeline_stages = deck.get_int("parallel", "pipeline_stages");

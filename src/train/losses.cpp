@@ -66,6 +66,74 @@ CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const 
   return CrossEntropy{count > 0 ? total / double(count) : 0.0, count};
 }
 
+namespace {
+// Targets outside [0, V) other than ignore_index are an input error.
+void check_targets(const IntView1& targets, std::int64_t V) {
+  std::int64_t bad = 0;
+  Kokkos::parallel_reduce(
+      "ce_check", Range(0, std::int64_t(targets.extent(0))),
+      KOKKOS_LAMBDA(std::int64_t t, std::int64_t & b) {
+        const std::int32_t y = targets(t);
+        b += (y != ignore_index && (y < 0 || y >= V));
+      },
+      bad);
+  if (bad) fail(ErrorKind::Input, std::to_string(bad) + " target token id(s) outside [0, " + std::to_string(V) + ")");
+}
+}  // namespace
+
+template <class R>
+std::vector<double> cross_entropy_rows(const Mat<R>& logits, const IntView1& targets) {
+  const std::int64_t N = std::int64_t(logits.extent(0)), V = std::int64_t(logits.extent(1));
+  JETMOE_ASSERT(targets.extent(0) == logits.extent(0), "cross_entropy_rows: shapes");
+  check_targets(targets, V);
+  Kokkos::View<double*, MemSpace> rows("ce_rows", N);
+  Kokkos::parallel_for(
+      "cross_entropy_rows", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
+        const std::int32_t y = targets(t);
+        if (y == ignore_index) {
+          rows(t) = 0;
+          return;
+        }
+        R m = logits(t, 0);
+        for (std::int64_t v = 1; v < V; ++v) m = logits(t, v) > m ? logits(t, v) : m;
+        double z = 0;
+        for (std::int64_t v = 0; v < V; ++v) z += double(kmath::exp(logits(t, v) - m));
+        rows(t) = double(m) + kmath::log(z) - double(logits(t, y));
+      });
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows);
+  return std::vector<double>(h.data(), h.data() + N);
+}
+
+template <class R>
+void cross_entropy_backward(const Mat<R>& logits, const IntView1& targets, const std::vector<double>& weights,
+                            const Mat<R>& dlogits) {
+  const std::int64_t N = std::int64_t(logits.extent(0)), V = std::int64_t(logits.extent(1));
+  JETMOE_ASSERT(targets.extent(0) == logits.extent(0) && weights.size() == logits.extent(0) &&
+                    dlogits.extent(0) == logits.extent(0) && dlogits.extent(1) == logits.extent(1),
+                "cross_entropy_backward: shapes");
+  Kokkos::View<double*, MemSpace> w("ce_weights", N);
+  {
+    auto h = Kokkos::create_mirror_view(w);
+    for (std::int64_t t = 0; t < N; ++t) h(t) = weights[std::size_t(t)];
+    Kokkos::deep_copy(w, h);
+  }
+  Kokkos::parallel_for(
+      "cross_entropy_backward", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
+        const std::int32_t y = targets(t);
+        if (y == ignore_index || w(t) == 0.0) {
+          for (std::int64_t v = 0; v < V; ++v) dlogits(t, v) = 0;
+          return;
+        }
+        R m = logits(t, 0);
+        for (std::int64_t v = 1; v < V; ++v) m = logits(t, v) > m ? logits(t, v) : m;
+        double z = 0;
+        for (std::int64_t v = 0; v < V; ++v) z += double(kmath::exp(logits(t, v) - m));
+        const R shift = R(double(m) + kmath::log(z)), scale = R(w(t));
+        for (std::int64_t v = 0; v < V; ++v) dlogits(t, v) = kmath::exp(logits(t, v) - shift) * scale;
+        dlogits(t, y) -= scale;
+      });
+}
+
 template <class R>
 RouterAux router_aux_loss(const Mat<R>& logits, const IntView2& experts, double coef_switch, double coef_z,
                           const Mat<R>& dlogits) {
@@ -128,6 +196,11 @@ RouterAux router_aux_loss(const Mat<R>& logits, const IntView2& experts, double 
 
 template CrossEntropy cross_entropy<float>(const Mat<float>&, const IntView1&, const Mat<float>&, double);
 template CrossEntropy cross_entropy<double>(const Mat<double>&, const IntView1&, const Mat<double>&, double);
+template std::vector<double> cross_entropy_rows<float>(const Mat<float>&, const IntView1&);
+template std::vector<double> cross_entropy_rows<double>(const Mat<double>&, const IntView1&);
+template void cross_entropy_backward<float>(const Mat<float>&, const IntView1&, const std::vector<double>&, const Mat<float>&);
+template void cross_entropy_backward<double>(const Mat<double>&, const IntView1&, const std::vector<double>&,
+                                             const Mat<double>&);
 template RouterAux router_aux_loss<float>(const Mat<float>&, const IntView2&, double, double, const Mat<float>&);
 template RouterAux router_aux_loss<double>(const Mat<double>&, const IntView2&, double, double, const Mat<double>&);
 

@@ -10,6 +10,7 @@
 //   z      = mean_t (logsumexp_e X_te)^2 (stable log-sum-exp)
 // and the model adds load_balance_coef * switch + z_loss_coef * z for every router (2 per block).
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.hpp"
 
@@ -32,6 +33,16 @@ struct CrossEntropy {
 template <class R>
 CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const Mat<R>& dlogits = Mat<R>(),
                            double grad_scale = 1.0);
+
+// The same per row, for losses that weigh tokens differently (SFT over many sequences, DPO):
+// loss_t = logsumexp(logits[t]) - logits[t, target_t], 0 for ignore_index (host vector [N]).
+template <class R>
+std::vector<double> cross_entropy_rows(const Mat<R>& logits, const IntView1& targets);
+// dlogits[t] = weights[t] (softmax(logits[t]) - onehot(target_t)) = weights[t] d loss_t / d logits[t];
+// rows with ignore_index get zeros.
+template <class R>
+void cross_entropy_backward(const Mat<R>& logits, const IntView1& targets, const std::vector<double>& weights,
+                            const Mat<R>& dlogits);
 
 struct RouterAux {
   double switch_loss = 0;  // E * sum_e P_e f_e

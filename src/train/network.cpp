@@ -221,15 +221,13 @@ void Network<R>::block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, c
 }
 
 template <class R>
-LossTerms Network<R>::run(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
-                          ModelWeightsT<R>* grads, double ce_scale, double aux_scale) {
+LossTerms Network<R>::forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads) {
   const ModelConfig& c = config_;
-  const std::int64_t B = std::int64_t(ids.extent(0)), T = std::int64_t(ids.extent(1)), N = B * T, V = c.vocab_size;
+  const std::int64_t B = std::int64_t(ids.extent(0)), T = std::int64_t(ids.extent(1)), V = c.vocab_size;
   const std::int64_t L = c.num_layers;
   if (T > c.max_position_embeddings)
     fail(ErrorKind::Input, "sequence length " + std::to_string(T) + " exceeds the model's context (" +
                                std::to_string(c.max_position_embeddings) + " positions)");
-  JETMOE_ASSERT(targets.extent(0) == std::size_t(N), "Network::run: targets shape");
   JETMOE_ASSERT(std::int64_t(w.layers.size()) == L, "Network::run: weights do not match the configuration");
   allocate(B, T);
   {
@@ -247,37 +245,28 @@ LossTerms Network<R>::run(const ModelWeightsT<R>& w, const IntView2& ids, const 
                                         std::to_string(V) + ")");
   }
   LossTerms terms;
-  {
-    Region region("forward");
-    embedding_forward(flat_ids_, w.embed, x_[0]);
-    for (std::int64_t l = 0; l < L; ++l) {
-      Block& a = blocks_[recompute_ ? 0 : std::size_t(l)];
-      block_forward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, x_[std::size_t(l) + 1]);
-      if (!grads) {  // no backward pass: the router losses are reported from here
-        for (const RoutingT<R>* r : {&a.moa, &a.moe}) {
-          const RouterAux aux = router_aux_loss(r->logits, r->experts, 0.0, 0.0);
-          terms.switch_loss += aux.switch_loss, terms.z_loss += aux.z_loss;
-        }
+  Region region("forward");
+  embedding_forward(flat_ids_, w.embed, x_[0]);
+  for (std::int64_t l = 0; l < L; ++l) {
+    Block& a = blocks_[recompute_ ? 0 : std::size_t(l)];
+    block_forward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, x_[std::size_t(l) + 1]);
+    if (!with_grads) {  // no backward pass: the router losses are reported from here
+      for (const RoutingT<R>* r : {&a.moa, &a.moe}) {
+        const RouterAux aux = router_aux_loss(r->logits, r->experts, 0.0, 0.0);
+        terms.switch_loss += aux.switch_loss, terms.z_loss += aux.z_loss;
       }
     }
-    rmsnorm_forward(x_[std::size_t(L)], w.final_norm, c.rms_norm_eps, u_, rstd_final_);
-    Region head("lm_head");
-    linear(u_, w.lm_head, logits_);
   }
-  {
-    Region region("loss");
-    std::int64_t count = 0;
-    Kokkos::parallel_reduce(
-        "count_targets", Range(0, N), KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; },
-        count);
-    const CrossEntropy ce = cross_entropy(logits_, targets, grads ? dlogits_ : Mat<R>(), ce_scale * double(count));
-    terms.ce_sum = ce.loss * double(ce.count);
-    terms.count = ce.count;
-  }
-  if (!grads) return terms;
+  rmsnorm_forward(x_[std::size_t(L)], w.final_norm, c.rms_norm_eps, u_, rstd_final_);
+  Region head("lm_head");
+  linear(u_, w.lm_head, logits_);
+  return terms;
+}
 
+template <class R>
+void Network<R>::backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms) {
   Region region("backward");
-  ModelWeightsT<R>& g = *grads;
+  const std::int64_t L = config_.num_layers;
   {
     Region head("lm_head");
     matmul_nn(dlogits_, w.lm_head, du_);
@@ -291,6 +280,46 @@ LossTerms Network<R>::run(const ModelWeightsT<R>& w, const IntView2& ids, const 
     block_backward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, dx_, g.layers[std::size_t(l)], aux_scale, terms);
   }
   embedding_backward(flat_ids_, dx_, g.embed);
+}
+
+template <class R>
+LossTerms Network<R>::run(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
+                          ModelWeightsT<R>* grads, double ce_scale, double aux_scale) {
+  JETMOE_ASSERT(targets.extent(0) == ids.extent(0) * ids.extent(1), "Network::run: targets shape");
+  LossTerms terms = forward(w, ids, grads != nullptr);
+  {
+    Region region("loss");
+    const std::int64_t N = std::int64_t(targets.extent(0));
+    std::int64_t count = 0;
+    Kokkos::parallel_reduce(
+        "count_targets", Range(0, N), KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; },
+        count);
+    const CrossEntropy ce = cross_entropy(logits_, targets, grads ? dlogits_ : Mat<R>(), ce_scale * double(count));
+    terms.ce_sum = ce.loss * double(ce.count);
+    terms.count = ce.count;
+  }
+  if (grads) backward(w, *grads, aux_scale, terms);
+  return terms;
+}
+
+template <class R>
+LossTerms Network<R>::run_weighted(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
+                                   ModelWeightsT<R>* grads, const RowWeights& weigh, double aux_scale) {
+  JETMOE_ASSERT(targets.extent(0) == ids.extent(0) * ids.extent(1), "Network::run_weighted: targets shape");
+  LossTerms terms = forward(w, ids, grads != nullptr);
+  std::vector<double> weights;
+  {
+    Region region("loss");
+    row_losses_ = cross_entropy_rows(logits_, targets);
+    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), targets);
+    for (std::size_t t = 0; t < row_losses_.size(); ++t)
+      if (h(t) != ignore_index) terms.ce_sum += row_losses_[t], ++terms.count;
+    if (!grads) return terms;
+    weights.assign(row_losses_.size(), 0.0);
+    weigh(row_losses_, weights);
+    cross_entropy_backward(logits_, targets, weights, dlogits_);
+  }
+  backward(w, *grads, aux_scale, terms);
   return terms;
 }
 

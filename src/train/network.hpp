@@ -10,6 +10,7 @@
 // backward pass. With `recompute`, only each block's input is kept and the block's forward runs again
 // during the backward pass (one block's activations live at a time).
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/tensor.hpp"
@@ -47,6 +48,16 @@ class Network {
   LossTerms run(const ModelWeightsT<R>& weights, const IntView2& ids, const IntView1& targets,
                 ModelWeightsT<R>* grads = nullptr, double ce_scale = 1.0, double aux_scale = 1.0);
 
+  // The same with per-token weights chosen after the forward pass: `weigh(row_loss, weights)` gets the
+  // per-row cross-entropies loss_t = -log p(target_t) (0 for ignore_index) and sets weights[t]; the
+  // backward pass then differentiates sum_t weights[t] loss_t + aux_scale * (router losses). Used by
+  // SFT and DPO (whose weights depend on whole sequences). Without grads, only the forward pass runs.
+  using RowWeights = std::function<void(const std::vector<double>& row_loss, std::vector<double>& weights)>;
+  LossTerms run_weighted(const ModelWeightsT<R>& weights, const IntView2& ids, const IntView1& targets,
+                         ModelWeightsT<R>* grads, const RowWeights& weigh, double aux_scale = 1.0);
+  // The per-row cross-entropies of the last run_weighted.
+  const std::vector<double>& row_losses() const { return row_losses_; }
+
   // The logits of the last run ([B*T, V]).
   const Mat<R>& logits() const { return logits_; }
   const ModelConfig& config() const { return config_; }
@@ -60,6 +71,8 @@ class Network {
     Mat<R> y_attn, x_mid, z, y_mlp;
   };
   void allocate(std::int64_t B, std::int64_t T);
+  LossTerms forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads);
+  void backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms);
   void block_forward(const LayerWeightsT<R>& w, const Mat<R>& x_in, Block& a, const Mat<R>& x_out);
   // dx: gradient of the block output in, of the block input out.
   void block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, const Block& a, const Mat<R>& dx,
@@ -75,6 +88,7 @@ class Network {
   std::vector<Block> blocks_;  // L blocks, or one scratch block with `recompute`
   Vec<R> rstd_final_;
   Mat<R> logits_, dlogits_;
+  std::vector<double> row_losses_;
   // Workspaces shared by the blocks.
   Mat<R> u_, tmp_, gathered_, q_sorted_, o_sorted_, kv_, h_;
   Mat<R> dx_, du_, dgathered_, dy_sorted_, drouter_, dq_sorted_, do_sorted_, dkv_, dh_, dz_;

@@ -14,6 +14,7 @@
 #include "core/kokkos_compat.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
+#include "data/chat.hpp"
 #include "data/sampler.hpp"
 #include "infer/generate.hpp"
 #include "io/atomic_file.hpp"
@@ -23,6 +24,7 @@
 #include "model/model.hpp"
 #include "parallel/comm.hpp"
 #include "train/config.hpp"
+#include "train/dpo.hpp"
 #include "train/losses.hpp"
 #include "train/network.hpp"
 #include "train/optimizer.hpp"
@@ -114,6 +116,14 @@ WeightList deck_weights(const Deck& deck, const std::string& key) {
   return deck.is_set("data", key) ? deck.get_weights("data", key) : WeightList{};
 }
 
+// What one optimizer step measured, summed over its micro-batches.
+struct StepStats {
+  double ce_sum = 0, switch_loss = 0, z_loss = 0;  // router losses: mean over micro-batches
+  std::int64_t count = 0;                          // counted targets
+  DpoStats dpo;                                    // DPO: sums over the step's pairs
+  double ce() const { return count > 0 ? ce_sum / double(count) : 0.0; }
+};
+
 class Trainer {
  public:
   Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>& restart);
@@ -122,9 +132,9 @@ class Trainer {
  private:
   void restore(const std::string& path);
   std::string save_checkpoint();
+  StepStats accumulate(int phase);
   double validation_loss();
-  void log_progress(double ce, double switch_loss, double z_loss, double lr, double grad_norm, double window_s,
-                    std::int64_t window_steps);
+  void log_progress(const StepStats& st, double lr, double grad_norm, double window_s, std::int64_t window_steps);
   void append_metrics(const std::string& line);
   void finish();
 
@@ -140,7 +150,17 @@ class Trainer {
   AdamW adam_;
   LrSchedule schedule_;
   Network<float> net_;
-  std::unique_ptr<DataSampler> train_data_;
+  std::unique_ptr<DataSampler> train_data_;                       // pretrain
+  std::vector<data::ChatExample> sft_, sft_validation_;           // sft
+  std::vector<data::PreferenceExample> pairs_, pairs_validation_;  // dpo
+  std::unique_ptr<data::ExampleOrder> order_;                     // sft, dpo
+  ModelWeights ref_params_;                                       // dpo: the frozen reference
+  std::unique_ptr<Network<float>> ref_net_;
+  double dpo_beta_ = 0.1, dpo_smoothing_ = 0;
+  std::int64_t rows_ = 0;  // sequences per micro-batch (2 x micro_batch_size for DPO: chosen, then rejected)
+  IntView2 ids_;
+  IntView1 targets_;
+  std::vector<std::int32_t> tokens_;
   std::int64_t step_ = 0, tokens_seen_ = 0, skipped_steps_ = 0;
   double flops_per_token_ = 0, peak_gflops_ = 0;
   std::string last_checkpoint_;
@@ -157,8 +177,6 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}),
       schedule_(LrSchedule::from(run_)),
       net_(config_, run_.load_balance_coef, run_.z_loss_coef, deck.get_bool("train", "recompute")) {
-  if (run_.mode != "pretrain")
-    deck.fail_value("train", "mode", "'" + run_.mode + "' training is not part of this version yet (pretrain is)");
   if (run_.precision != "fp32")
     deck.fail_value("train", "precision", "'" + run_.precision + "' needs the CUDA build (issue 6); use fp32 on CPUs");
   if (run_.pipeline_stages * run_.data_parallel != 1)
@@ -175,16 +193,54 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   keep_last_ = deck.get_int("checkpoint", "keep_last");
   skip_nonfinite_ = deck.get_string("train", "nonfinite_loss") == "skip";
 
-  // Data first: the cheapest thing to get wrong (missing prepare step, vocabulary mismatch).
-  train_data_ = std::make_unique<DataSampler>(deck.get_string("data", "dir"), Split::Train, run_.seq_len + 1,
-                                              config_.vocab_size, deck_weights(deck, "phase1_mixture"),
-                                              deck_weights(deck, "phase2_mixture"), seed_);
+  const bool chat = run_.mode != "pretrain";
+  tokenizer_ = load_tokenizer(deck, config_, /*required=*/chat);
+  // Data first: the cheapest thing to get wrong (missing prepare step, vocabulary mismatch, bad lines).
+  rows_ = run_.mode == "dpo" ? 2 * run_.micro_batch_size : run_.micro_batch_size;
+  if (!chat) {
+    train_data_ = std::make_unique<DataSampler>(deck.get_string("data", "dir"), Split::Train, run_.seq_len + 1,
+                                                config_.vocab_size, deck_weights(deck, "phase1_mixture"),
+                                                deck_weights(deck, "phase2_mixture"), seed_);
+  } else {
+    const auto file = deck.find_string("data", "chat_train");
+    if (!file) deck.fail_value("data", "chat_train", "train/mode = " + run_.mode + " needs a jsonl file of " +
+                                                         (run_.mode == "sft" ? "conversations" : "preference pairs"));
+    const auto validation = deck.find_string("data", "chat_validation");
+    data::ChatReadReport report;
+    std::int64_t examples = 0;
+    if (run_.mode == "sft") {
+      sft_ = data::read_sft_jsonl(*file, *tokenizer_, run_.seq_len, &report);
+      if (validation) sft_validation_ = data::read_sft_jsonl(*validation, *tokenizer_, run_.seq_len);
+      examples = std::int64_t(sft_.size());
+    } else {
+      pairs_ = data::read_preference_jsonl(*file, *tokenizer_, run_.seq_len, &report);
+      if (validation) pairs_validation_ = data::read_preference_jsonl(*validation, *tokenizer_, run_.seq_len);
+      examples = std::int64_t(pairs_.size());
+      dpo_beta_ = deck.get_real("dpo", "beta");
+      dpo_smoothing_ = deck.get_real("dpo", "label_smoothing");
+    }
+    order_ = std::make_unique<data::ExampleOrder>(examples, seed_);
+    const double per_step = double(run_.micro_batch_size * run_.grad_accum_steps);
+    log::info("data: %s: %lld %s (%lld lines, %lld cut at %lld tokens, %lld dropped without a response token); "
+              "%lld steps = %.2f epochs",
+              file->c_str(), (long long)examples, run_.mode == "sft" ? "conversations" : "preference pairs",
+              (long long)report.lines, (long long)report.truncated, (long long)run_.seq_len,
+              (long long)report.dropped, (long long)run_.total_steps,
+              double(run_.total_steps) * per_step / double(examples));
+  }
 
   LoadedModel initial = load_model(deck);
   params_ = std::move(initial.weights);
   model_source_ = initial.source;
   grads_ = ModelWeights(config_, /*zeros=*/true);
-  tokenizer_ = load_tokenizer(deck, config_, /*required=*/false);
+  if (run_.mode == "dpo") {
+    // The reference is the starting model (model/weights), frozen: a copy that restarts reload the same way.
+    ref_params_ = ModelWeights(config_);
+    copy_weights(config_, params_, ref_params_);
+    ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0);
+  }
+  ids_ = IntView2("ids", rows_, run_.seq_len);
+  targets_ = IntView1("targets", rows_ * run_.seq_len);
 
   fs::create_directories(output_dir_);
   fs::create_directories(checkpoint_dir_);
@@ -197,8 +253,10 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   const double peak = deck.get_real("job", "peak_gflops");
   peak_gflops_ = peak > 0 ? peak : measure_gemm_gflops();
   log::info("weights: %s", model_source_.c_str());
-  log::info("data:");
-  log::text(train_data_->describe());
+  if (train_data_) {
+    log::info("data:");
+    log::text(train_data_->describe());
+  }
   log::info("run: %lld steps of %lld tokens (%lld sequences x %lld tokens x %lld accumulation), %s schedule in %s, "
             "peak lr %g",
             (long long)run_.total_steps, (long long)run_.global_batch_tokens, (long long)run_.micro_batch_size,
@@ -208,12 +266,93 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
             peak > 0 ? "job/peak_gflops" : "measured 1024^3 SGEMM on this rank", flops_per_token_ / 1e9);
 }
 
-TrainOutcome Trainer::run() {
+StepStats Trainer::accumulate(int phase) {
   const std::int64_t B = run_.micro_batch_size, T = run_.seq_len, accum = run_.grad_accum_steps;
-  const std::int64_t step_tokens = run_.global_batch_tokens;
-  IntView2 ids("ids", B, T);
-  IntView1 targets("targets", B * T);
-  std::vector<std::int32_t> tokens;
+  StepStats st;
+  auto upload = [&](const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& targets) {
+    auto hi = Kokkos::create_mirror_view(ids_);
+    auto ht = Kokkos::create_mirror_view(targets_);
+    for (std::size_t i = 0; i < ids.size(); ++i) hi.data()[i] = ids[i], ht(i) = targets[i];
+    Kokkos::deep_copy(ids_, hi);
+    Kokkos::deep_copy(targets_, ht);
+  };
+  if (run_.mode == "pretrain") {
+    for (std::int64_t m = 0; m < accum; ++m) {
+      tokens_.clear();
+      {
+        Region data("data");
+        train_data_->next(B, phase, tokens_);
+        split_sequences(tokens_, B, T, ids_, targets_);
+      }
+      // Every target counts in pretraining: the global mean over B*T*accum tokens.
+      const LossTerms t = net_.run(params_, ids_, targets_, &grads_, 1.0 / double(B * T * accum), 1.0 / double(accum));
+      st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
+    }
+  } else if (run_.mode == "sft") {
+    // Draw the whole step first: the loss is the mean over every assistant token of the global batch.
+    std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(accum)), targets(static_cast<std::size_t>(accum));
+    std::int64_t total = 0;
+    for (std::int64_t m = 0; m < accum; ++m) {
+      std::vector<const data::ChatExample*> batch;
+      for (std::int64_t b = 0; b < B; ++b) batch.push_back(&sft_[std::size_t(order_->next())]);
+      data::pad_batch(batch, T, tokenizer_->pad_id(), ids[std::size_t(m)], targets[std::size_t(m)]);
+      for (std::int32_t y : targets[std::size_t(m)]) total += y != ignore_index;
+    }
+    for (std::int64_t m = 0; m < accum; ++m) {
+      upload(ids[std::size_t(m)], targets[std::size_t(m)]);
+      const LossTerms t = net_.run(params_, ids_, targets_, &grads_, 1.0 / double(std::max<std::int64_t>(1, total)),
+                                   1.0 / double(accum));
+      st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
+    }
+  } else {  // dpo
+    const double pairs = double(B * accum);
+    std::vector<std::int32_t> ids, targets;
+    for (std::int64_t m = 0; m < accum; ++m) {
+      std::vector<const data::ChatExample*> batch(std::size_t(2 * B));
+      for (std::int64_t b = 0; b < B; ++b) {
+        const data::PreferenceExample& p = pairs_[std::size_t(order_->next())];
+        batch[std::size_t(b)] = &p.chosen;
+        batch[std::size_t(B + b)] = &p.rejected;
+      }
+      data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
+      upload(ids, targets);
+      // Sequence log-probabilities: minus the summed token cross-entropies over the response.
+      auto sequence_logp = [&](const std::vector<double>& rows) {
+        std::vector<double> lp(std::size_t(2 * B), 0.0);
+        for (std::size_t i = 0; i < rows.size(); ++i) lp[i / std::size_t(T)] -= rows[i];
+        return lp;
+      };
+      std::vector<double> ref;
+      {
+        Region region("reference");
+        ref_net_->run_weighted(ref_params_, ids_, targets_, nullptr, {});
+        ref = sequence_logp(ref_net_->row_losses());
+      }
+      const LossTerms t = net_.run_weighted(
+          params_, ids_, targets_, &grads_,
+          [&](const std::vector<double>& rows, std::vector<double>& w) {
+            const std::vector<double> pol = sequence_logp(rows);
+            for (std::int64_t b = 0; b < B; ++b) {
+              const DpoPair pair = dpo_pair(pol[std::size_t(b)], pol[std::size_t(B + b)], ref[std::size_t(b)],
+                                            ref[std::size_t(B + b)], dpo_beta_, dpo_smoothing_);
+              st.dpo.add(pair);
+              // d loss / d row_loss = -(d loss / d logp) on the response tokens of each sequence.
+              for (std::int64_t t = 0; t < T; ++t) {
+                w[std::size_t(b * T + t)] = -pair.d_chosen / pairs;
+                w[std::size_t((B + b) * T + t)] = -pair.d_rejected / pairs;
+              }
+            }
+          },
+          1.0 / double(accum));
+      st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
+    }
+  }
+  st.switch_loss /= double(accum), st.z_loss /= double(accum);
+  return st;
+}
+
+TrainOutcome Trainer::run() {
+  const std::int64_t step_tokens = rows_ * run_.seq_len * run_.grad_accum_steps;
   const std::int64_t first_step = step_;
   if (first_step >= run_.total_steps) {
     log::info("the checkpoint is already at step %lld of %lld: nothing to train", (long long)step_,
@@ -221,10 +360,11 @@ TrainOutcome Trainer::run() {
     finish();
     return TrainOutcome::Finished;
   }
+  const bool evaluate = eval_interval_ > 0 && (run_.mode == "pretrain" || !sft_validation_.empty() || !pairs_validation_.empty());
   log::info("training from step %lld to %lld", (long long)first_step, (long long)run_.total_steps);
-  if (eval_interval_ > 0 && first_step == 0) {
+  if (evaluate && first_step == 0) {
     const double v = validation_loss();
-    log::info("step %lld: validation loss %.4f (perplexity %.2f)", 0LL, v, std::exp(v));
+    log::info("step 0: validation loss %.4f", v);
     append_metrics("{\"type\": \"eval\", \"step\": 0, \"tokens\": 0, \"val_loss\": " + fmt_g(v, 9) + "}");
   }
   auto window_start = Clock::now();
@@ -235,30 +375,19 @@ TrainOutcome Trainer::run() {
     const double lr = schedule_.lr(position);
     const int phase = schedule_.phase(position);
     zero_gradients(config_, grads_);
-    double ce_sum = 0, switch_sum = 0, z_sum = 0;
-    std::int64_t count = 0;
+    StepStats st;
     {
       Region region("step");
-      for (std::int64_t m = 0; m < accum; ++m) {
-        tokens.clear();
-        {
-          Region data("data");
-          train_data_->next(B, phase, tokens);
-          split_sequences(tokens, B, T, ids, targets);
-        }
-        // Every target counts in pretraining: the global mean over B*T*accum tokens.
-        const LossTerms terms = net_.run(params_, ids, targets, &grads_, 1.0 / double(B * T * accum), 1.0 / double(accum));
-        ce_sum += terms.ce_sum, count += terms.count;
-        switch_sum += terms.switch_loss, z_sum += terms.z_loss;
-      }
+      st = accumulate(phase);
     }
-    const double ce = ce_sum / double(std::max<std::int64_t>(1, count));
-    const double switch_loss = switch_sum / double(accum), z_loss = z_sum / double(accum);
+    const DpoStats dpo = st.dpo.mean();
+    const double loss = run_.mode == "dpo" ? dpo.loss : st.ce();
     const double grad_norm = global_grad_norm(config_, grads_);
-    const bool finite = std::isfinite(ce) && std::isfinite(switch_loss) && std::isfinite(z_loss) && std::isfinite(grad_norm);
+    const bool finite = std::isfinite(loss) && std::isfinite(st.switch_loss) && std::isfinite(st.z_loss) &&
+                        std::isfinite(grad_norm);
     if (!finite) {
-      const std::string what = "non-finite " + std::string(std::isfinite(ce) ? "gradient norm" : "loss") + " (loss " +
-                               fmt_g(ce) + ", grad norm " + fmt_g(grad_norm) + ") at step " + std::to_string(step_ + 1);
+      const std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient norm" : "loss") + " (loss " +
+                               fmt_g(loss) + ", grad norm " + fmt_g(grad_norm) + ") at step " + std::to_string(step_ + 1);
       if (!skip_nonfinite_)
         fail(ErrorKind::Numerics, what + "; stopping (train/nonfinite_loss = skip skips such steps)" +
                                       (last_checkpoint_.empty() ? "" : "; the last checkpoint is " + last_checkpoint_));
@@ -275,21 +404,26 @@ TrainOutcome Trainer::run() {
     {
       std::ostringstream line;
       line << "{\"type\": \"train\", \"step\": " << step_ << ", \"tokens\": " << tokens_seen_
-           << ", \"loss\": " << fmt_g(ce + run_.load_balance_coef * switch_loss + run_.z_loss_coef * z_loss, 9)
-           << ", \"ce\": " << fmt_g(ce, 9) << ", \"switch\": " << fmt_g(switch_loss, 9) << ", \"z\": " << fmt_g(z_loss, 9)
-           << ", \"lr\": " << fmt_g(lr, 9) << ", \"grad_norm\": " << fmt_g(grad_norm, 9) << ", \"phase\": " << phase
+           << ", \"loss\": " << fmt_g(loss + run_.load_balance_coef * st.switch_loss + run_.z_loss_coef * st.z_loss, 9)
+           << ", \"ce\": " << fmt_g(st.ce(), 9) << ", \"switch\": " << fmt_g(st.switch_loss, 9)
+           << ", \"z\": " << fmt_g(st.z_loss, 9);
+      if (run_.mode == "dpo")
+        line << ", \"dpo_loss\": " << fmt_g(dpo.loss, 9) << ", \"reward_accuracy\": " << fmt_g(dpo.accuracy, 9)
+             << ", \"reward_margin\": " << fmt_g(dpo.margin, 9) << ", \"chosen_reward\": " << fmt_g(dpo.chosen_reward, 9)
+             << ", \"rejected_reward\": " << fmt_g(dpo.rejected_reward, 9);
+      line << ", \"lr\": " << fmt_g(lr, 9) << ", \"grad_norm\": " << fmt_g(grad_norm, 9) << ", \"phase\": " << phase
            << ", \"skipped\": " << (finite ? "false" : "true") << ", \"elapsed_s\": " << fmt_g(seconds_since(run_start), 6)
            << "}";
       append_metrics(line.str());
     }
     if (step_ % progress_interval_ == 0 || step_ == run_.total_steps || step_ == first_step + 1) {
-      log_progress(ce, switch_loss, z_loss, lr, grad_norm, seconds_since(window_start), window_steps);
+      log_progress(st, lr, grad_norm, seconds_since(window_start), window_steps);
       window_start = Clock::now();
       window_steps = 0;
     }
-    if (eval_interval_ > 0 && (step_ % eval_interval_ == 0 || step_ == run_.total_steps)) {
+    if (evaluate && (step_ % eval_interval_ == 0 || step_ == run_.total_steps)) {
       const double v = validation_loss();
-      log::info("step %lld: validation loss %.4f (perplexity %.2f)", (long long)step_, v, std::exp(v));
+      log::info("step %lld: validation loss %.4f", (long long)step_, v);
       append_metrics("{\"type\": \"eval\", \"step\": " + std::to_string(step_) + ", \"tokens\": " +
                      std::to_string(tokens_seen_) + ", \"val_loss\": " + fmt_g(v, 9) + "}");
       window_start = Clock::now();  // keep evaluation out of the training throughput
@@ -307,16 +441,25 @@ TrainOutcome Trainer::run() {
   return TrainOutcome::Finished;
 }
 
-void Trainer::log_progress(double ce, double switch_loss, double z_loss, double lr, double grad_norm, double window_s,
+void Trainer::log_progress(const StepStats& st, double lr, double grad_norm, double window_s,
                            std::int64_t window_steps) {
-  const double tokens_per_s = double(window_steps * run_.global_batch_tokens) / std::max(window_s, 1e-9);
+  const double step_tokens = double(rows_ * run_.seq_len * run_.grad_accum_steps);
+  const double tokens_per_s = double(window_steps) * step_tokens / std::max(window_s, 1e-9);
   const double mfu = tokens_per_s * flops_per_token_ / (peak_gflops_ * 1e9);
   const double eta = double(run_.total_steps - step_) * window_s / double(std::max<std::int64_t>(1, window_steps));
-  const double aux = run_.load_balance_coef * switch_loss + run_.z_loss_coef * z_loss;
-  log::info("step %*lld/%lld | loss %.4f | aux %.4f (switch %.3f, z %.3f) | lr %.3e | grad norm %.3f | %.0f tok/s | "
+  const double aux = run_.load_balance_coef * st.switch_loss + run_.z_loss_coef * st.z_loss;
+  char head[160];
+  if (run_.mode == "dpo") {
+    const DpoStats d = st.dpo.mean();
+    std::snprintf(head, sizeof head, "dpo loss %.4f | reward acc %.3f margin %.4f (chosen %.4f, rejected %.4f)", d.loss,
+                  d.accuracy, d.margin, d.chosen_reward, d.rejected_reward);
+  } else {
+    std::snprintf(head, sizeof head, "loss %.4f", st.ce());
+  }
+  log::info("step %*lld/%lld | %s | aux %.4f (switch %.3f, z %.3f) | lr %.3e | grad norm %.3f | %.0f tok/s | "
             "MFU %.1f%% | ETA %s",
-            int(std::to_string(run_.total_steps).size()), (long long)step_, (long long)run_.total_steps, ce, aux,
-            switch_loss, z_loss, lr, grad_norm, tokens_per_s, 100.0 * mfu, format_duration(eta).c_str());
+            int(std::to_string(run_.total_steps).size()), (long long)step_, (long long)run_.total_steps, head, aux,
+            st.switch_loss, st.z_loss, lr, grad_norm, tokens_per_s, 100.0 * mfu, format_duration(eta).c_str());
 }
 
 void Trainer::append_metrics(const std::string& line) {
@@ -328,22 +471,65 @@ void Trainer::append_metrics(const std::string& line) {
 double Trainer::validation_loss() {
   Region region("validation");
   const std::int64_t B = run_.micro_batch_size, T = run_.seq_len;
-  // A fresh sampler each time: the same validation sequences at every evaluation.
-  DataSampler data(deck_.get_string("data", "dir"), Split::Validation, T + 1, config_.vocab_size,
-                   deck_weights(deck_, "phase1_mixture"), deck_weights(deck_, "phase2_mixture"), seed_);
-  IntView2 ids("val_ids", B, T);
-  IntView1 targets("val_targets", B * T);
-  std::vector<std::int32_t> tokens;
   double ce_sum = 0;
   std::int64_t count = 0;
-  for (std::int64_t i = 0; i < eval_batches_; ++i) {
-    tokens.clear();
-    data.next(B, 1, tokens);
-    split_sequences(tokens, B, T, ids, targets);
-    const LossTerms terms = net_.run(params_, ids, targets);
-    ce_sum += terms.ce_sum, count += terms.count;
+  std::vector<std::int32_t> ids, targets;
+  auto upload = [&]() {
+    auto hi = Kokkos::create_mirror_view(ids_);
+    auto ht = Kokkos::create_mirror_view(targets_);
+    for (std::size_t i = 0; i < ids.size(); ++i) hi.data()[i] = ids[i], ht(i) = targets[i];
+    Kokkos::deep_copy(ids_, hi);
+    Kokkos::deep_copy(targets_, ht);
+  };
+  if (run_.mode == "pretrain") {
+    // A fresh sampler each time: the same validation sequences at every evaluation.
+    DataSampler data(deck_.get_string("data", "dir"), Split::Validation, T + 1, config_.vocab_size,
+                     deck_weights(deck_, "phase1_mixture"), deck_weights(deck_, "phase2_mixture"), seed_);
+    for (std::int64_t i = 0; i < eval_batches_; ++i) {
+      tokens_.clear();
+      data.next(B, 1, tokens_);
+      split_sequences(tokens_, B, T, ids_, targets_);
+      const LossTerms terms = net_.run(params_, ids_, targets_);
+      ce_sum += terms.ce_sum, count += terms.count;
+    }
+    return ce_sum / double(std::max<std::int64_t>(1, count));
   }
-  return ce_sum / double(std::max<std::int64_t>(1, count));
+  if (run_.mode == "sft") {  // the first eval_batches micro-batches of the validation file, in order
+    const std::size_t n = std::min(sft_validation_.size(), std::size_t(eval_batches_ * B));
+    for (std::size_t i = 0; i < n; i += std::size_t(B)) {
+      std::vector<const data::ChatExample*> batch;
+      for (std::size_t j = 0; j < std::size_t(B); ++j) batch.push_back(&sft_validation_[(i + j) % sft_validation_.size()]);
+      data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
+      upload();
+      const LossTerms terms = net_.run(params_, ids_, targets_);
+      ce_sum += terms.ce_sum, count += terms.count;
+    }
+    return ce_sum / double(std::max<std::int64_t>(1, count));
+  }
+  // dpo: the DPO loss over the first eval_batches micro-batches of validation pairs
+  DpoStats stats;
+  const std::size_t n = std::min(pairs_validation_.size(), std::size_t(eval_batches_ * B));
+  for (std::size_t i = 0; i < n; i += std::size_t(B)) {
+    std::vector<const data::ChatExample*> batch(std::size_t(2 * B));
+    for (std::size_t j = 0; j < std::size_t(B); ++j) {
+      const auto& p = pairs_validation_[(i + j) % pairs_validation_.size()];
+      batch[j] = &p.chosen;
+      batch[std::size_t(B) + j] = &p.rejected;
+    }
+    data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
+    upload();
+    std::vector<double> lp[2] = {std::vector<double>(std::size_t(2 * B)), std::vector<double>(std::size_t(2 * B))};
+    ref_net_->run_weighted(ref_params_, ids_, targets_, nullptr, {});
+    for (std::size_t r = 0; r < ref_net_->row_losses().size(); ++r) lp[0][r / std::size_t(T)] -= ref_net_->row_losses()[r];
+    net_.run_weighted(params_, ids_, targets_, nullptr, {});
+    for (std::size_t r = 0; r < net_.row_losses().size(); ++r) lp[1][r / std::size_t(T)] -= net_.row_losses()[r];
+    for (std::size_t j = 0; j < std::size_t(B); ++j)
+      stats.add(dpo_pair(lp[1][j], lp[1][std::size_t(B) + j], lp[0][j], lp[0][std::size_t(B) + j], dpo_beta_,
+                         dpo_smoothing_));
+  }
+  const DpoStats m = stats.mean();
+  log::info("validation: reward accuracy %.3f, margin %.4f over %lld pairs", m.accuracy, m.margin, (long long)m.pairs);
+  return m.loss;
 }
 
 std::string Trainer::save_checkpoint() {
@@ -363,13 +549,14 @@ std::string Trainer::save_checkpoint() {
   meta.step = step_;
   meta.tokens_seen = tokens_seen_;
   meta.rng_state = {seed_};
-  meta.data_state = train_data_->state();
+  meta.data_state = train_data_ ? train_data_->state() : std::vector<std::uint64_t>{order_->position()};
   meta.deck_text = deck_.effective_text("deck of run '" + name_ + "'");
   meta.model_config_json = hf_config_json(config_, "float32");
   meta.run_name = name_;
   meta.scalars["adam_steps"] = double(adam_.steps());
   meta.scalars["skipped_steps"] = double(skipped_steps_);
   meta.scalars["seq_len"] = double(run_.seq_len);
+  meta.scalars["mode"] = run_.mode == "pretrain" ? 0.0 : run_.mode == "sft" ? 1.0 : 2.0;
   meta.scalars["global_batch_tokens"] = double(run_.global_batch_tokens);
   const std::string path = (fs::path(checkpoint_dir_) / checkpoint_name(step_)).string();
   write_checkpoint(path, meta, {{"params", group(params_)}, {"adam_m", group(adam_.exp_avg())}, {"adam_v", group(adam_.exp_avg_sq())}});
@@ -393,6 +580,15 @@ void Trainer::restore(const std::string& path) {
                                  ", this deck has " + fmt_g(ours, 12) +
                                  "; an exact restart needs the same value");
   };
+  {
+    const char* modes[] = {"pretrain", "sft", "dpo"};
+    const auto it = meta.scalars.find("mode");
+    const std::string theirs = it == meta.scalars.end() ? "pretrain" : modes[int(it->second) % 3];
+    if (theirs != run_.mode)
+      fail(ErrorKind::Input, path + ": a checkpoint of a " + theirs + " run cannot continue as train/mode = " +
+                                 run_.mode + "; to start " + run_.mode + " from its weights, set model/weights = " +
+                                 path + " instead of -r");
+  }
   expect_same("seq_len", double(run_.seq_len));
   expect_same("global_batch_tokens", double(run_.global_batch_tokens));
   auto load = [&](const char* group, const ModelWeights& w) {
@@ -405,7 +601,14 @@ void Trainer::restore(const std::string& path) {
   load("params", params_);
   load("adam_m", adam_.exp_avg());
   load("adam_v", adam_.exp_avg_sq());
-  train_data_->restore(meta.data_state);
+  if (train_data_) {
+    train_data_->restore(meta.data_state);
+  } else {
+    if (meta.data_state.size() != 1)
+      fail(ErrorKind::Input, path + ": the checkpoint's data position is not one of " + run_.mode +
+                                 " data (it holds " + std::to_string(meta.data_state.size()) + " values)");
+    order_->set_position(meta.data_state[0]);
+  }
   step_ = meta.step;
   tokens_seen_ = meta.tokens_seen;
   adam_.set_steps(std::int64_t(meta.scalars.count("adam_steps") ? meta.scalars.at("adam_steps") : double(meta.step)));
