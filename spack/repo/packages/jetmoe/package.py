@@ -29,7 +29,14 @@ JETMOE_CUDA_ARCHES = ("75", "80", "86", "87", "89", "90", "100", "120")
 JETMOE_APPS = ("jetmoe-train", "jetmoe-generate", "jetmoe-eval", "jetmoe-prepare", "jetmoe-convert")
 
 #: Input decks installed to share/jetmoe/inputs/.
-JETMOE_DECKS = ("tiny.deck", "jetmoe-8b.deck")
+JETMOE_DECKS = (
+    "tiny.deck",
+    "prepare-tiny.deck",
+    "jetmoe-8b.deck",
+    "jetmoe-8b-sft.deck",
+    "jetmoe-8b-dpo.deck",
+    "jetmoe-8b-generate.deck",
+)
 
 
 def _base_cuda_arch(arch):
