@@ -2,6 +2,7 @@
 // a checkpoint, a stop signal, non-finite losses, and restarts from checkpoints that do not fit.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -196,4 +197,40 @@ TEST_CASE("restarting from a checkpoint that does not fit is one clear error", "
              Catch::Matchers::Contains("cut.h5"));
   // None of this touched the checkpoint.
   CHECK(read_bytes(ckpt) == before);
+}
+
+TEST_CASE("data-parallel training follows the single-rank loss trajectory", "[mpi][train]") {
+  const Comm world = Comm::world();
+  TempDir tmp;  // one per rank: each rank prepares the same corpus; rank 0 writes the run's files
+  prepare_corpus(tmp);
+  // Global batch 128 tokens = 2 sequences x 16 tokens x accumulation x data_parallel.
+  const std::vector<std::string> common = {"train/micro_batch_size=2", "train/sample_tokens=0"};
+  if (world.is_root()) {
+    Deck single = micro_deck(tmp, "single", common);
+    REQUIRE(run_training(single, Comm::self(), std::nullopt) == TrainOutcome::Finished);
+  }
+  world.barrier();
+  std::vector<std::string> dp = common;
+  dp.push_back("parallel/data_parallel=" + std::to_string(world.size()));
+  Deck deck = micro_deck(tmp, "dp", dp);
+  REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
+  if (!world.is_root()) return;
+  auto values = [&](const std::string& run, const std::string& key) {
+    std::vector<double> out;
+    std::ifstream in(tmp / (run + "/metrics.jsonl"));
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto at = line.find("\"" + key + "\": ");
+      if (at != std::string::npos) out.push_back(std::stod(line.substr(at + key.size() + 4)));
+    }
+    return out;
+  };
+  for (const char* key : {"loss", "ce", "switch", "z", "grad_norm", "val_loss"}) {
+    INFO(key << " at " << world.size() << " ranks");
+    const auto a = values("single", key), b = values("dp", key);
+    REQUIRE(a.size() == b.size());
+    REQUIRE(!a.empty());
+    for (std::size_t i = 0; i < a.size(); ++i) CHECK(std::fabs(a[i] - b[i]) <= 1e-4 * std::fabs(a[i]));
+  }
+  CHECK(values("dp", "tokens") == values("single", "tokens"));
 }

@@ -1,5 +1,6 @@
 #include "parallel/comm.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace jetmoe {
@@ -30,6 +31,14 @@ Comm Comm::world() {
   return c;
 }
 
+Comm Comm::self() {
+  Comm c;
+  c.comm_ = MPI_COMM_SELF;
+  MPI_Comm_rank(c.comm_, &c.rank_);
+  MPI_Comm_size(c.comm_, &c.size_);
+  return c;
+}
+
 namespace {
 template <class T>
 T reduce(MPI_Comm comm, T v, MPI_Datatype type, MPI_Op op) {
@@ -44,6 +53,21 @@ double Comm::min(double v) const { return reduce(comm_, v, MPI_DOUBLE, MPI_MIN);
 double Comm::sum(double v) const { return reduce(comm_, v, MPI_DOUBLE, MPI_SUM); }
 int Comm::max(int v) const { return reduce(comm_, v, MPI_INT, MPI_MAX); }
 int Comm::min(int v) const { return reduce(comm_, v, MPI_INT, MPI_MIN); }
+std::int64_t Comm::sum(std::int64_t v) const { return reduce(comm_, v, MPI_INT64_T, MPI_SUM); }
+namespace {
+template <class T>
+void sum_chunks(MPI_Comm comm, T* data, std::size_t n, MPI_Datatype type) {
+  constexpr std::size_t chunk = std::size_t(1) << 30;  // MPI counts are int
+  for (std::size_t i = 0; i < n; i += chunk)
+    MPI_Allreduce(MPI_IN_PLACE, data + i, int(std::min(chunk, n - i)), type, MPI_SUM, comm);
+}
+}  // namespace
+void Comm::sum_in_place(float* data, std::size_t n) const {
+  if (size_ > 1) sum_chunks(comm_, data, n, MPI_FLOAT);
+}
+void Comm::sum_in_place(double* data, std::size_t n) const {
+  if (size_ > 1) sum_chunks(comm_, data, n, MPI_DOUBLE);
+}
 void Comm::barrier() const { MPI_Barrier(comm_); }
 void Comm::abort(int exit_code) const {
   MPI_Abort(comm_, exit_code);
@@ -66,6 +90,10 @@ std::string mpi_library_version() {
 MpiSession::MpiSession(int*, char***) {}
 MpiSession::~MpiSession() {}
 Comm Comm::world() { return Comm(); }
+Comm Comm::self() { return Comm(); }
+std::int64_t Comm::sum(std::int64_t v) const { return v; }
+void Comm::sum_in_place(float*, std::size_t) const {}
+void Comm::sum_in_place(double*, std::size_t) const {}
 double Comm::max(double v) const { return v; }
 double Comm::min(double v) const { return v; }
 double Comm::sum(double v) const { return v; }

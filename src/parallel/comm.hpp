@@ -7,6 +7,8 @@
 #include <mpi.h>
 #endif
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace jetmoe {
@@ -26,6 +28,8 @@ class MpiSession {
 class Comm {
  public:
   static Comm world();
+  // This process alone (a one-rank communicator, e.g. for a single-rank reference inside an MPI job).
+  static Comm self();
   int rank() const { return rank_; }
   int size() const { return size_; }
   bool is_root() const { return rank_ == 0; }
@@ -35,6 +39,10 @@ class Comm {
   double sum(double v) const;
   int max(int v) const;
   int min(int v) const;
+  std::int64_t sum(std::int64_t v) const;
+  // Element-wise sums over the ranks, in place (every rank gets the same result).
+  void sum_in_place(float* data, std::size_t n) const;
+  void sum_in_place(double* data, std::size_t n) const;
   void barrier() const;
   // Ends every rank of the job (MPI_Abort); a plain exit without MPI.
   [[noreturn]] void abort(int exit_code) const;

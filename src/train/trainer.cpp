@@ -179,8 +179,9 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       net_(config_, run_.load_balance_coef, run_.z_loss_coef, deck.get_bool("train", "recompute")) {
   if (run_.precision != "fp32")
     deck.fail_value("train", "precision", "'" + run_.precision + "' needs the CUDA build (issue 6); use fp32 on CPUs");
-  if (run_.pipeline_stages * run_.data_parallel != 1)
-    deck.fail_value("parallel", "pipeline_stages", "multi-rank training is not part of this version yet; run on 1 rank");
+  if (run_.pipeline_stages != 1)
+    deck.fail_value("parallel", "pipeline_stages",
+                    "pipeline parallelism is not part of this version yet; use parallel/data_parallel for several ranks");
   name_ = deck.get_string("job", "name");
   seed_ = std::uint64_t(deck.get_int("job", "seed"));
   output_dir_ = deck.get_string("job", "output_dir");
@@ -242,16 +243,19 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   ids_ = IntView2("ids", rows_, run_.seq_len);
   targets_ = IntView1("targets", rows_ * run_.seq_len);
 
-  fs::create_directories(output_dir_);
-  fs::create_directories(checkpoint_dir_);
+  if (comm_.is_root()) {  // rank 0 writes every file of the run
+    fs::create_directories(output_dir_);
+    fs::create_directories(checkpoint_dir_);
+  }
   if (restart) restore(*restart);
-  else io::write_text_atomically(metrics_path_, "");
-  io::write_text_atomically((fs::path(output_dir_) / (name_ + ".deck")).string(),
-                            deck.effective_text("effective deck of run '" + name_ + "'"));
+  else if (comm_.is_root()) io::write_text_atomically(metrics_path_, "");
+  if (comm_.is_root())
+    io::write_text_atomically((fs::path(output_dir_) / (name_ + ".deck")).string(),
+                              deck.effective_text("effective deck of run '" + name_ + "'"));
 
   flops_per_token_ = training_flops_per_token(config_, run_.seq_len);
   const double peak = deck.get_real("job", "peak_gflops");
-  peak_gflops_ = peak > 0 ? peak : measure_gemm_gflops();
+  peak_gflops_ = peak > 0 ? peak : comm_.sum(measure_gemm_gflops()) / double(comm_.size());
   log::info("weights: %s", model_source_.c_str());
   if (train_data_) {
     log::info("data:");
@@ -263,11 +267,15 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
             (long long)run_.seq_len, (long long)run_.grad_accum_steps, run_.schedule.c_str(),
             run_.schedule_unit.c_str(), run_.lr);
   log::info("MFU reference: %.1f GFLOP/s (%s); %.3f GFLOP per trained token", peak_gflops_,
-            peak > 0 ? "job/peak_gflops" : "measured 1024^3 SGEMM on this rank", flops_per_token_ / 1e9);
+            peak > 0 ? "job/peak_gflops" : "measured 1024^3 SGEMM, mean over ranks", flops_per_token_ / 1e9);
 }
 
 StepStats Trainer::accumulate(int phase) {
+  // Every rank draws the whole step of all data-parallel ranks (the same stream everywhere, so the data
+  // position in a checkpoint does not depend on the layout) and trains on its own slice: micro-batches
+  // rank * accum ... (rank + 1) * accum - 1 of the step.
   const std::int64_t B = run_.micro_batch_size, T = run_.seq_len, accum = run_.grad_accum_steps;
+  const std::int64_t dp = run_.data_parallel, first = std::int64_t(comm_.rank()) * accum, all = accum * dp;
   StepStats st;
   auto upload = [&](const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& targets) {
     auto hi = Kokkos::create_mirror_view(ids_);
@@ -277,40 +285,45 @@ StepStats Trainer::accumulate(int phase) {
     Kokkos::deep_copy(targets_, ht);
   };
   if (run_.mode == "pretrain") {
+    tokens_.clear();
+    {
+      Region data("data");
+      train_data_->next(B * all, phase, tokens_);
+    }
+    std::vector<std::int32_t> slice;
     for (std::int64_t m = 0; m < accum; ++m) {
-      tokens_.clear();
-      {
-        Region data("data");
-        train_data_->next(B, phase, tokens_);
-        split_sequences(tokens_, B, T, ids_, targets_);
-      }
-      // Every target counts in pretraining: the global mean over B*T*accum tokens.
-      const LossTerms t = net_.run(params_, ids_, targets_, &grads_, 1.0 / double(B * T * accum), 1.0 / double(accum));
+      const auto begin = tokens_.begin() + std::ptrdiff_t((first + m) * B * (T + 1));
+      slice.assign(begin, begin + std::ptrdiff_t(B * (T + 1)));
+      split_sequences(slice, B, T, ids_, targets_);
+      // Every target counts in pretraining: the global mean over B*T*accum*dp tokens.
+      const LossTerms t = net_.run(params_, ids_, targets_, &grads_, 1.0 / double(B * T * all), 1.0 / double(all));
       st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
     }
   } else if (run_.mode == "sft") {
     // Draw the whole step first: the loss is the mean over every assistant token of the global batch.
-    std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(accum)), targets(static_cast<std::size_t>(accum));
+    std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(all)), targets(static_cast<std::size_t>(all));
     std::int64_t total = 0;
-    for (std::int64_t m = 0; m < accum; ++m) {
+    for (std::int64_t m = 0; m < all; ++m) {
       std::vector<const data::ChatExample*> batch;
       for (std::int64_t b = 0; b < B; ++b) batch.push_back(&sft_[std::size_t(order_->next())]);
       data::pad_batch(batch, T, tokenizer_->pad_id(), ids[std::size_t(m)], targets[std::size_t(m)]);
       for (std::int32_t y : targets[std::size_t(m)]) total += y != ignore_index;
     }
-    for (std::int64_t m = 0; m < accum; ++m) {
+    for (std::int64_t m = first; m < first + accum; ++m) {
       upload(ids[std::size_t(m)], targets[std::size_t(m)]);
       const LossTerms t = net_.run(params_, ids_, targets_, &grads_, 1.0 / double(std::max<std::int64_t>(1, total)),
-                                   1.0 / double(accum));
+                                   1.0 / double(all));
       st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
     }
   } else {  // dpo
-    const double pairs = double(B * accum);
+    const double pairs = double(B * all);
+    std::vector<std::int64_t> picks;
+    for (std::int64_t i = 0; i < B * all; ++i) picks.push_back(order_->next());
     std::vector<std::int32_t> ids, targets;
     for (std::int64_t m = 0; m < accum; ++m) {
       std::vector<const data::ChatExample*> batch(std::size_t(2 * B));
       for (std::int64_t b = 0; b < B; ++b) {
-        const data::PreferenceExample& p = pairs_[std::size_t(order_->next())];
+        const data::PreferenceExample& p = pairs_[std::size_t(picks[std::size_t((first + m) * B + b)])];
         batch[std::size_t(b)] = &p.chosen;
         batch[std::size_t(B + b)] = &p.rejected;
       }
@@ -343,16 +356,31 @@ StepStats Trainer::accumulate(int phase) {
               }
             }
           },
-          1.0 / double(accum));
+          1.0 / double(all));
       st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
     }
   }
-  st.switch_loss /= double(accum), st.z_loss /= double(accum);
+  if (dp > 1) {
+    Region region("allreduce");
+    for (const NamedTensor& g : grads_.named(config_)) {
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g.flat);
+      comm_.sum_in_place(h.data(), h.size());
+      Kokkos::deep_copy(g.flat, h);
+    }
+    double sums[8] = {st.ce_sum, st.switch_loss, st.z_loss, st.dpo.loss, st.dpo.accuracy, st.dpo.margin,
+                      st.dpo.chosen_reward, st.dpo.rejected_reward};
+    comm_.sum_in_place(sums, 8);
+    st.ce_sum = sums[0], st.switch_loss = sums[1], st.z_loss = sums[2], st.dpo.loss = sums[3];
+    st.dpo.accuracy = sums[4], st.dpo.margin = sums[5], st.dpo.chosen_reward = sums[6], st.dpo.rejected_reward = sums[7];
+    st.count = comm_.sum(st.count);
+    st.dpo.pairs = comm_.sum(st.dpo.pairs);
+  }
+  st.switch_loss /= double(all), st.z_loss /= double(all);
   return st;
 }
 
 TrainOutcome Trainer::run() {
-  const std::int64_t step_tokens = rows_ * run_.seq_len * run_.grad_accum_steps;
+  const std::int64_t step_tokens = rows_ * run_.seq_len * run_.grad_accum_steps * run_.data_parallel;
   const std::int64_t first_step = step_;
   if (first_step >= run_.total_steps) {
     log::info("the checkpoint is already at step %lld of %lld: nothing to train", (long long)step_,
@@ -430,7 +458,8 @@ TrainOutcome Trainer::run() {
       window_steps = 0;
     }
     if (checkpoint_interval_ > 0 && step_ % checkpoint_interval_ == 0 && step_ < run_.total_steps) save_checkpoint();
-    if (stop_requested()) {
+    // A signal may reach the ranks at different steps: they stop together after the first rank saw one.
+    if (comm_.max(stop_requested() ? 1 : 0) != 0) {
       const std::string path = save_checkpoint();
       log::info("stop requested (signal): checkpoint %s written at step %lld of %lld; continue with -r %s",
                 path.c_str(), (long long)step_, (long long)run_.total_steps, path.c_str());
@@ -443,9 +472,9 @@ TrainOutcome Trainer::run() {
 
 void Trainer::log_progress(const StepStats& st, double lr, double grad_norm, double window_s,
                            std::int64_t window_steps) {
-  const double step_tokens = double(rows_ * run_.seq_len * run_.grad_accum_steps);
+  const double step_tokens = double(rows_ * run_.seq_len * run_.grad_accum_steps * run_.data_parallel);
   const double tokens_per_s = double(window_steps) * step_tokens / std::max(window_s, 1e-9);
-  const double mfu = tokens_per_s * flops_per_token_ / (peak_gflops_ * 1e9);
+  const double mfu = tokens_per_s * flops_per_token_ / (peak_gflops_ * 1e9 * double(comm_.size()));
   const double eta = double(run_.total_steps - step_) * window_s / double(std::max<std::int64_t>(1, window_steps));
   const double aux = run_.load_balance_coef * st.switch_loss + run_.z_loss_coef * st.z_loss;
   char head[160];
@@ -463,6 +492,7 @@ void Trainer::log_progress(const StepStats& st, double lr, double grad_norm, dou
 }
 
 void Trainer::append_metrics(const std::string& line) {
+  if (!comm_.is_root()) return;
   std::ofstream out(metrics_path_, std::ios::app);
   out << line << "\n";
   if (!out) fail(ErrorKind::Input, metrics_path_ + ": cannot append to the metrics file");
@@ -488,15 +518,17 @@ double Trainer::validation_loss() {
     for (std::int64_t i = 0; i < eval_batches_; ++i) {
       tokens_.clear();
       data.next(B, 1, tokens_);
+      if (i % comm_.size() != comm_.rank()) continue;  // micro-batches shared out over the ranks
       split_sequences(tokens_, B, T, ids_, targets_);
       const LossTerms terms = net_.run(params_, ids_, targets_);
       ce_sum += terms.ce_sum, count += terms.count;
     }
-    return ce_sum / double(std::max<std::int64_t>(1, count));
+    return comm_.sum(ce_sum) / double(std::max<std::int64_t>(1, comm_.sum(count)));
   }
   if (run_.mode == "sft") {  // the first eval_batches micro-batches of the validation file, in order
     const std::size_t n = std::min(sft_validation_.size(), std::size_t(eval_batches_ * B));
     for (std::size_t i = 0; i < n; i += std::size_t(B)) {
+      if ((i / std::size_t(B)) % std::size_t(comm_.size()) != std::size_t(comm_.rank())) continue;
       std::vector<const data::ChatExample*> batch;
       for (std::size_t j = 0; j < std::size_t(B); ++j) batch.push_back(&sft_validation_[(i + j) % sft_validation_.size()]);
       data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
@@ -504,12 +536,13 @@ double Trainer::validation_loss() {
       const LossTerms terms = net_.run(params_, ids_, targets_);
       ce_sum += terms.ce_sum, count += terms.count;
     }
-    return ce_sum / double(std::max<std::int64_t>(1, count));
+    return comm_.sum(ce_sum) / double(std::max<std::int64_t>(1, comm_.sum(count)));
   }
   // dpo: the DPO loss over the first eval_batches micro-batches of validation pairs
   DpoStats stats;
   const std::size_t n = std::min(pairs_validation_.size(), std::size_t(eval_batches_ * B));
   for (std::size_t i = 0; i < n; i += std::size_t(B)) {
+    if ((i / std::size_t(B)) % std::size_t(comm_.size()) != std::size_t(comm_.rank())) continue;
     std::vector<const data::ChatExample*> batch(std::size_t(2 * B));
     for (std::size_t j = 0; j < std::size_t(B); ++j) {
       const auto& p = pairs_validation_[(i + j) % pairs_validation_.size()];
@@ -527,6 +560,10 @@ double Trainer::validation_loss() {
       stats.add(dpo_pair(lp[1][j], lp[1][std::size_t(B) + j], lp[0][j], lp[0][std::size_t(B) + j], dpo_beta_,
                          dpo_smoothing_));
   }
+  double sums[5] = {stats.loss, stats.accuracy, stats.margin, stats.chosen_reward, stats.rejected_reward};
+  comm_.sum_in_place(sums, 5);
+  stats.loss = sums[0], stats.accuracy = sums[1], stats.margin = sums[2], stats.chosen_reward = sums[3];
+  stats.rejected_reward = sums[4], stats.pairs = comm_.sum(stats.pairs);
   const DpoStats m = stats.mean();
   log::info("validation: reward accuracy %.3f, margin %.4f over %lld pairs", m.accuracy, m.margin, (long long)m.pairs);
   return m.loss;
@@ -559,9 +596,15 @@ std::string Trainer::save_checkpoint() {
   meta.scalars["mode"] = run_.mode == "pretrain" ? 0.0 : run_.mode == "sft" ? 1.0 : 2.0;
   meta.scalars["global_batch_tokens"] = double(run_.global_batch_tokens);
   const std::string path = (fs::path(checkpoint_dir_) / checkpoint_name(step_)).string();
-  write_checkpoint(path, meta, {{"params", group(params_)}, {"adam_m", group(adam_.exp_avg())}, {"adam_v", group(adam_.exp_avg_sq())}});
-  prune_checkpoints(checkpoint_dir_, int(keep_last_));
-  log::info("checkpoint %s (step %lld, %.1f MB, %.2f s)", path.c_str(), (long long)step_,
+  // Data-parallel replicas hold the same parameters and moments: rank 0 writes, the others wait. An
+  // error on rank 0 ends the job (the app frame aborts every rank).
+  if (comm_.is_root()) {
+    write_checkpoint(path, meta,
+                     {{"params", group(params_)}, {"adam_m", group(adam_.exp_avg())}, {"adam_v", group(adam_.exp_avg_sq())}});
+    prune_checkpoints(checkpoint_dir_, int(keep_last_));
+  }
+  comm_.barrier();
+  if (comm_.is_root()) log::info("checkpoint %s (step %lld, %.1f MB, %.2f s)", path.c_str(), (long long)step_,
             double(fs::file_size(path)) / 1e6, seconds_since(t0));
   last_checkpoint_ = path;
   last_checkpoint_step_ = step_;
@@ -628,12 +671,13 @@ void Trainer::restore(const std::string& path) {
       if (std::stoll(line.substr(at + 8)) <= step_) kept += line + "\n";
     }
   }
-  io::write_text_atomically(metrics_path_, kept);
+  if (comm_.is_root()) io::write_text_atomically(metrics_path_, kept);
   log::info("restarted from %s: step %lld, %lld tokens seen", path.c_str(), (long long)step_, (long long)tokens_seen_);
 }
 
 void Trainer::finish() {
   const std::string path = save_checkpoint();
+  if (!comm_.is_root()) return;  // the replicas are identical: rank 0 exports and samples
   const std::string final_dir = (fs::path(output_dir_) / "final").string();
   save_hf_checkpoint(final_dir, config_, params_, "fp32");
   log::info("final model: %s (Hugging Face format; checkpoint %s)", final_dir.c_str(), path.c_str());
