@@ -248,6 +248,7 @@ TokenShardWriter::~TokenShardWriter() {
 }
 
 void TokenShardWriter::write_bytes(const void* data, std::size_t size) {
+  if (size == 0) return;  // an empty buffer may have no storage (fwrite wants a valid pointer)
   if (std::fwrite(data, 1, size, bin_) != size) input_error(bin_path_ + ": cannot write: " + std::strerror(errno));
 }
 
