@@ -233,4 +233,11 @@ TEST_CASE("data-parallel training follows the single-rank loss trajectory", "[mp
     for (std::size_t i = 0; i < a.size(); ++i) CHECK(std::fabs(a[i] - b[i]) <= 1e-4 * std::fabs(a[i]));
   }
   CHECK(values("dp", "tokens") == values("single", "tokens"));
+
+  // A checkpoint written at this rank count restarts on one rank and finishes the same run.
+  Deck re = micro_deck(tmp, "re", common);
+  REQUIRE(run_training(re, Comm::self(), tmp / "dp/checkpoints/step-000000003.h5") == TrainOutcome::Finished);
+  const auto a = values("dp", "loss"), b = values("re", "loss");
+  REQUIRE(b.size() == 3);
+  for (std::size_t i = 0; i < b.size(); ++i) CHECK(std::fabs(a[a.size() - 3 + i] - b[i]) <= 1e-4 * std::fabs(b[i]));
 }
