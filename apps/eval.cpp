@@ -2,12 +2,14 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "core/app.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
+#include "eval/multiple_choice.hpp"
 #include "io/atomic_file.hpp"
 #include "io/npy.hpp"
 #include "model/load.hpp"
@@ -136,6 +138,45 @@ void perplexity(const Deck& deck, Model& model, const io::Tokenizer& tok) {
   log::info("wrote %s", out.c_str());
 }
 
+// The question files are read (and every row checked) before the model is loaded.
+struct McInputs {
+  eval::McFile file;
+  std::optional<eval::McFile> pool;
+};
+
+McInputs read_mc_inputs(const Deck& deck) {
+  const eval::McFormat format = eval::parse_mc_format(deck.get_string("eval", "format"));
+  McInputs in{eval::read_mc_jsonl(deck.get_string("eval", "input"), format), {}};
+  std::string pool_text;
+  if (const auto pool = deck.find_string("eval", "fewshot_input")) {
+    if (!fs::exists(*pool)) deck.fail_value("eval", "fewshot_input", "'" + *pool + "' does not exist");
+    in.pool = eval::read_mc_jsonl(*pool, in.file.format);
+    pool_text = ", few-shot pool " + in.pool->path + " (" + std::to_string(in.pool->docs.size()) + ")";
+  }
+  log::info("%s: %zu %s questions%s", in.file.path.c_str(), in.file.docs.size(),
+            eval::mc_format_name(in.file.format).c_str(), pool_text.c_str());
+  return in;
+}
+
+void multiple_choice(const Deck& deck, Model& model, const io::Tokenizer& tok, const McInputs& in,
+                     const std::string& model_source) {
+  eval::McOptions options;
+  options.num_fewshot = deck.get_int("eval", "num_fewshot");
+  options.fewshot_seed = std::uint64_t(deck.get_int("eval", "fewshot_seed"));
+  options.fewshot_pool = in.pool ? &*in.pool : nullptr;
+  options.limit = deck.get_int("eval", "limit");
+  options.batch_size = deck.get_int("eval", "batch_size");
+  options.add_bos = deck.get_bool("tokenizer", "add_bos");
+  const eval::McReport report = eval::evaluate_mc(model, tok, in.file, options);
+  log::info("%zu questions, %zu log-likelihood requests, %lld-shot:", report.docs.size(), report.requests.size(),
+            (long long)(in.file.format == eval::McFormat::TruthfulQaMc ? 0 : options.num_fewshot));
+  log::text(eval::mc_results_table(report));
+  const std::string out = output_path(deck);
+  fs::create_directories(fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path());
+  io::write_text_atomically(out, eval::mc_results_json(report, in.file, options, model_source));
+  log::info("wrote %s", out.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -145,6 +186,8 @@ int main(int argc, char** argv) {
                              /*takes_restart=*/false,
                              "Examples:\n"
                              "  jetmoe-eval -i inputs/tiny.deck model/weights=/models/jetmoe-8b eval/task=perplexity eval/input=valid.txt\n"
+                             "  jetmoe-eval -i inputs/tiny.deck model/weights=/models/jetmoe-8b eval/task=multiple-choice "
+                             "eval/input=hellaswag.jsonl eval/num_fewshot=10 eval/fewshot_input=hellaswag_train.jsonl\n"
                              "  jetmoe-eval -i inputs/tiny.deck model/weights=/models/jetmoe-8b eval/task=logits eval/input=ids.txt "
                              "eval/output=logits.npy"};
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
@@ -159,15 +202,16 @@ int main(int argc, char** argv) {
       return;
     }
     if (!fs::exists(input)) deck.fail_value("eval", "input", "'" + input + "' does not exist");
-    if (task == "multiple-choice")
-      fail(ErrorKind::Input, "eval/task = multiple-choice is not part of this version yet (see README, 'Status')");
+    std::optional<McInputs> mc;
+    if (task == "multiple-choice") mc = read_mc_inputs(deck);
     LoadedModel loaded = load_model(deck);
     log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());
-    auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/task == "perplexity");
+    auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/task != "logits");
     Model model(loaded.config, std::move(loaded.weights));
     if (!ctx.comm.is_root()) return;  // evaluation runs on rank 0
     Region region(task);
     if (task == "logits") dump_logits(deck, model);
+    else if (mc) multiple_choice(deck, model, *tokenizer, *mc, loaded.source);
     else perplexity(deck, model, *tokenizer);
   });
 }

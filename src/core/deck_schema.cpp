@@ -164,8 +164,15 @@ DeckSchema make_standard_schema() {
            "Text file (perplexity), task jsonl (multiple-choice), or for `logits` a text file of token ids, one "
            "sequence per line, all of the same length.");
     b.choice("format", "auto", {"auto", "hellaswag", "arc", "mmlu", "winogrande", "truthfulqa-mc"},
-             "Multiple-choice file format.");
-    b.integer("num_fewshot", 0, "Few-shot examples per question.").at_least(0);
+             "Multiple-choice file format (rows as the HF datasets publish them); `auto` tells it from the fields of "
+             "the first row.");
+    b.integer("num_fewshot", 0, "Few-shot examples per question (truthfulqa-mc: always 0, as in lm-eval).").at_least(0);
+    b.path("fewshot_input", std::nullopt,
+           "jsonl in the format of `input` that few-shot examples are drawn from (lm-eval's train/dev split).")
+        .unset_means("`input` itself, leaving out the question being asked.");
+    b.integer("fewshot_seed", 1234, "Seed of the few-shot draws (lm-eval's fewshot_random_seed; Python's random.Random).")
+        .at_least(0);
+    b.integer("limit", 0, "Questions evaluated per task (0: all), as lm-eval's --limit.").at_least(0);
     b.integer("context", 0, "Tokens per evaluated window for perplexity (0: the model's context length).").at_least(0);
     b.integer("batch_size", 4, "Sequences per forward pass.").at_least(1);
     b.path("output", "eval.json",
