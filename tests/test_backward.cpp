@@ -134,6 +134,11 @@ TEST_CASE("backward equals finite differences in double precision for every para
   SECTION("tied head, 4 experts top-2, blocked attention") { finite_difference_check({small_config(4, 2, true), 2, 11}, false); }
   SECTION("untied head, 3 experts top-1, direct attention") { finite_difference_check({small_config(3, 1, false), 3, 5}, false); }
   SECTION("5 experts top-3, recomputed activations") { finite_difference_check({small_config(5, 3, true), 2, 9}, true); }
+  SECTION("blocked attention over several query blocks") {
+    ModelConfig c = small_config(4, 2, true);
+    c.max_position_embeddings = 160;
+    finite_difference_check({c, 1, 150}, false);
+  }
 }
 
 TEST_CASE("recomputing activations gives bit-identical gradients", "[unit][backward]") {

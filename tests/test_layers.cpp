@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "core/fast_exp.hpp"
 #include "model/layers.hpp"
 #include "moe/routing.hpp"
 
@@ -31,6 +32,31 @@ std::vector<float> to_host(const V& v) {
 
 double rel_err(double a, double b) { return std::fabs(a - b) / std::max(1e-6, std::fabs(b)); }
 }  // namespace
+
+TEST_CASE("fast_exp: within 2 ulp of the exact exponential, saturating outside float's range", "[unit][layers]") {
+  // Arguments spaced 0.1% apart over [-87.3, 88.3] (and densely near 0) against exp in double, in ulps
+  // of the correctly rounded result.
+  double worst = 0;
+  std::uint32_t checked = 0;
+  for (float x = -87.3f; x < 88.3f; x = std::nextafter(x + 1e-3f * std::abs(x) + 1e-4f, 100.0f)) {
+    const double exact = std::exp(double(x));
+    const float rounded = float(exact);
+    const double ulp = double(std::nextafter(rounded, INFINITY)) - double(rounded);
+    worst = std::max(worst, std::abs(double(fast_exp(x)) - exact) / ulp);
+    ++checked;
+  }
+  INFO("checked " << checked << " arguments");
+  CHECK(checked > 10000);
+  CHECK(worst <= 2.0);
+  CHECK(fast_exp(0.0f) == 1.0f);
+  // Below the range: at most 2^-126 (what a softmax adds for a masked or hopeless entry); above: huge.
+  CHECK(fast_exp(-1000.0f) <= std::ldexp(1.0f, -126));
+  CHECK(fast_exp(-INFINITY) <= std::ldexp(1.0f, -126));
+  CHECK(fast_exp(100.0f) > 1e38f);
+  CHECK(std::isnan(fast_exp(NAN)));
+  // Double keeps the library exponential (the finite-difference checks run in double).
+  CHECK(fast_exp(0.5) == std::exp(0.5));
+}
 
 TEST_CASE("rmsnorm forward matches the definition", "[unit][layers]") {
   const int N = 5, D = 37;
@@ -76,8 +102,9 @@ TEST_CASE("rope rotates half-split pairs by position times inverse frequency", "
 }
 
 TEST_CASE("attention: causal softmax with tiled shared K/V heads and left padding", "[unit][layers]") {
-  // T < 8 takes the direct (decoding) kernel, T >= 8 the blocked GEMM (prefill) path.
-  const int T = GENERATE(6, 40);
+  // T < 8 takes the direct (decoding) kernel, T >= 8 the blocked GEMM (prefill) path; T = 150 spans
+  // several query blocks, each multiplying only the keys it can see.
+  const int T = GENERATE(6, 40, 150);
   const int B = 2, Hkv = 2, k = 3, Hq = Hkv * k, d = 4, past = 2, Tk = past + T;
   View4 q("q", B, T, Hq, d), kc("k", B, Tk, Hkv, d), vc("v", B, Tk, Hkv, d), out("out", B, T, Hq, d);
   View3 lse("lse", B, Hq, T);

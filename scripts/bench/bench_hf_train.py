@@ -226,6 +226,7 @@ def main():
         "peak_rss_mb": peak, "rss_at_start_mib": rss_start, "rss_after_import_mib": rss_after_import,
         "rss_after_setup_mib": rss_after_setup, "setup_seconds": setup_seconds,
         "loss_first": losses[0]["loss"], "loss_last": losses[-1]["loss"], "per_step": losses,
+        "process_cpu_seconds": cpu_seconds(),
         "environment": env,
     }
     if args.json_out:

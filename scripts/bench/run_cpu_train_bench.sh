@@ -1,53 +1,158 @@
 #!/usr/bin/env bash
 # CPU training benchmark, side by side in one invocation: jetmoe (bench/bench_train.cpp) against Hugging Face
 # transformers' JetMoeForCausalLM + torch.optim.AdamW (scripts/bench/bench_hf_train.py): same preset, batch,
-# sequence length, thread count and step definition (forward, CE + original JetMoE router losses, backward,
-# clipping, AdamW); each run in its own process so that its peak RSS is its own. Prints the comparison
-# (scripts/bench/compare_train.py) and writes every raw number to bench/results/<date>-<rev>-train/.
+# sequence length, thread count and step definition (zero grads, forward, CE + original JetMoE router losses,
+# backward, clip_grad_norm_ 1.0, AdamW 0.9/0.95/wd 0.1); each run in its own process so that its peak RSS is its
+# own. Prints the comparison (scripts/bench/compare_train.py) and writes every raw number to
+# bench/results/<date>-<time>-<rev>-train/.
 #
-#   scripts/bench/run_cpu_train_bench.sh
-#   THREADS="1 2" CASES="tiny:8:128 small:1:256 small:4:256" STEPS=4 scripts/bench/run_cpu_train_bench.sh
+#   scripts/bench/run_cpu_train_bench.sh                         # about 10 minutes on the 2-core machine
+#   THREADS=1 CASES="small:4:256" STEPS=3 scripts/bench/run_cpu_train_bench.sh
+#   EXTRA_BUILDS="k4-openmp:build-bench-k4" scripts/bench/run_cpu_train_bench.sh   # also a Kokkos 4 OpenMP build
 #
-# Settings (environment): THREADS ("1 2"), CASES ("tiny:8:128 small:1:256 small:4:256": preset:batch:seq_len),
-# STEPS (4 timed steps), WARMUP (1), BUILD_DIR (build), PYTHON (/opt/oracle-venv/bin/python),
-# RESULTS (bench/results/<date>-<time>-<rev>-train). OPENBLAS_CORETYPE is left as set by the caller and recorded.
+# Settings (environment):
+#   THREADS ("1 2")                 OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = torch threads
+#   CASES ("small:1:256 small:4:256 tiny:8:128")   preset:batch:seq_len
+#   STEPS (4) timed steps after WARMUP (1) untimed ones, per run
+#   CORETYPES ("default")           OPENBLAS_CORETYPE for our runs; "default" leaves it unset (OpenBLAS detects)
+#   ATTNS ("sdpa")                  transformers attention implementations ("eager sdpa" for both)
+#   ADAMWS ("default")              torch.optim.AdamW implementations ("default fused" for both)
+#   BUILD_DIR (/tmp/build-bench)    where jetmoe-bench-train is built (Release, Debian Kokkos)
+#   EXTRA_BUILDS ("")               more of ours, "name:dir ..." of existing build directories (e.g. Kokkos 4
+#                                   OpenMP); each runs with OMP_NUM_THREADS = t and OPENBLAS_NUM_THREADS = BLAS_T
+#                                   (default 1: a threaded Kokkos and threaded OpenBLAS oversubscribe the cores)
+#   PROFILE (1)                     one kernel-profiled step in our first run of each case (its own process,
+#                                   after the timed ones; not part of the numbers)
+#   PYTHON (/opt/oracle-venv/bin/python), RESULTS (bench/results/<date>-<time>-<rev>-train),
+#   QUIET_WAIT (120: seconds to wait for an idle machine before each run), REVISION (default: git HEAD)
 set -euo pipefail
+
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 THREADS="${THREADS:-1 2}"
-CASES="${CASES:-tiny:8:128 small:1:256 small:4:256}"
+CASES="${CASES:-small:1:256 small:4:256 tiny:8:128}"
 STEPS="${STEPS:-4}"
 WARMUP="${WARMUP:-1}"
-BUILD_DIR="${BUILD_DIR:-$REPO/build}"
+CORETYPES="${CORETYPES:-default}"
+ATTNS="${ATTNS:-sdpa}"
+ADAMWS="${ADAMWS:-default}"
+BUILD_DIR="${BUILD_DIR:-/tmp/build-bench}"
+EXTRA_BUILDS="${EXTRA_BUILDS:-}"
+BLAS_T="${BLAS_T:-1}"
+PROFILE="${PROFILE:-1}"
 PYTHON="${PYTHON:-/opt/oracle-venv/bin/python}"
-REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+REV="${REVISION:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+MODIFIED="$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' (modified)')"
 RESULTS="${RESULTS:-$REPO/bench/results/$(date +%Y%m%d-%H%M%S)-$REV-train}"
-BIN="$BUILD_DIR/bench/jetmoe-bench-train"
-[[ -x $BIN ]] || { echo "run_cpu_train_bench.sh: $BIN is missing: build first (scripts/build.sh)" >&2; exit 1; }
+
+say() { printf '\n==> %s\n' "$*"; }
+# The machine is shared: wait (up to QUIET_WAIT s) until the CPUs are idle (< 15% busy over 2 s) before each run,
+# and record in conditions.txt how busy the machine was while it ran (compare_train.py subtracts the run's own CPU).
+cpu_jiffies() {  # total, busy (not idle, iowait or steal), steal: clock ticks, all CPUs
+  awk '/^cpu /{t=0; for(i=2;i<=9;i++) t+=$i; print t, t-$5-$6-$9, $9}' /proc/stat
+}
+busy_fraction() {
+  local a b
+  a=$(cpu_jiffies); sleep "$1"; b=$(cpu_jiffies)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); dt = y[1] - x[1];
+    printf "%.2f\n", (dt > 0) ? (y[2] - x[2]) / dt : 0 }'
+}
+wait_quiet() {
+  local waited=0 busy
+  while :; do
+    busy=$(busy_fraction 2)
+    if awk -v f="$busy" 'BEGIN { exit !(f < 0.15) }'; then break; fi
+    if (( waited >= ${QUIET_WAIT:-120} )); then
+      echo "run_cpu_train_bench.sh: the machine is still busy (${busy} of the CPUs) after ${waited} s; running anyway" >&2
+      break
+    fi
+    sleep 8; waited=$((waited + 10))
+  done
+}
+measure() {  # measure TAG COMMAND...
+  local tag=$1; shift
+  wait_quiet
+  local before after load0 t0 t1
+  before=$(cpu_jiffies); load0=$(cut -d' ' -f1 /proc/loadavg); t0=$(date +%s.%N)
+  "$@"
+  after=$(cpu_jiffies); t1=$(date +%s.%N)
+  awk -v tag="$tag" -v l0="$load0" -v l1="$(cut -d' ' -f1 /proc/loadavg)" -v b="$before" -v a="$after" \
+      -v w="$(awk -v t0="$t0" -v t1="$t1" 'BEGIN { print t1 - t0 }')" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(b, x, " "); split(a, y, " "); dt = y[1] - x[1];
+    steal = (dt > 0) ? 100 * (y[3] - x[3]) / dt : 0;
+    printf "%s wall_s=%.2f busy_cpu_s=%.2f steal_pct=%.1f load=%s->%s\n", tag, w, (y[2] - x[2]) / hz, steal, l0, l1
+  }' >> "$RESULTS/conditions.txt"
+}
+
+say "building jetmoe-bench-train in $BUILD_DIR"
+if [[ ! -f "$BUILD_DIR/build.ninja" && ! -f "$BUILD_DIR/Makefile" ]]; then
+  generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  cmake -S "$REPO" -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DJETMOE_ENABLE_TESTS=OFF >/dev/null
+fi
+nice cmake --build "$BUILD_DIR" -j2 --target jetmoe-bench-train
+builds=("serial:$BUILD_DIR")
+for eb in $EXTRA_BUILDS; do
+  dir="${eb#*:}"; [[ "$dir" = /* ]] || dir="$REPO/$dir"
+  [[ -x "$dir/bench/jetmoe-bench-train" ]] || { echo "run_cpu_train_bench.sh: $dir/bench/jetmoe-bench-train is missing" >&2; exit 1; }
+  builds+=("${eb%%:*}:$dir")
+done
 "$PYTHON" -c "import torch, transformers" 2>/dev/null ||
-  { echo "run_cpu_train_bench.sh: $PYTHON lacks torch/transformers (pip install -r scripts/oracle/requirements.txt)" >&2; exit 1; }
+  { echo "run_cpu_train_bench.sh: $PYTHON lacks torch/transformers (scripts/oracle/requirements.txt)" >&2; exit 1; }
+
 mkdir -p "$RESULTS"
 {
-  echo "revision: $REV"
   echo "date: $(date -Is)"
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') ($(nproc) cores)"
-  echo "OPENBLAS_CORETYPE: ${OPENBLAS_CORETYPE:-unset (detected)}"
-  echo "ours: $("$REPO/build/apps/jetmoe-train" --version 2>/dev/null | grep -E 'Kokkos|BLAS|build' | tr '\n' ' ')"
+  echo "host: $(uname -n) $(uname -r)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores online"
+  echo "revision: $REV$MODIFIED"
+  echo "settings: THREADS='$THREADS' CASES='$CASES' STEPS=$STEPS WARMUP=$WARMUP CORETYPES='$CORETYPES' ATTNS='$ATTNS' ADAMWS='$ADAMWS' EXTRA_BUILDS='$EXTRA_BUILDS' BLAS_T=$BLAS_T"
+  echo "OPENBLAS_CORETYPE of the caller: ${OPENBLAS_CORETYPE:-unset (detected)}"
   echo "peer: $("$PYTHON" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
-  echo "loadavg before: $(cat /proc/loadavg)"
-} > "$RESULTS/conditions.txt"
-cat "$RESULTS/conditions.txt"
-for threads in $THREADS; do
-  export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$RESULTS/environment.txt"
+
+for t in $THREADS; do
   for case in $CASES; do
     IFS=: read -r preset batch seq <<<"$case"
-    tag="$preset-b$batch-t$seq-th$threads"
-    echo "==> $tag: jetmoe"
-    "$BIN" --preset "$preset" --batch "$batch" --seq-len "$seq" --steps "$STEPS" --warmup "$WARMUP" \
-      --json "$RESULTS/jetmoe-$tag.json" > "$RESULTS/jetmoe-$tag.txt"
-    echo "==> $tag: transformers"
-    (cd "$REPO/scripts/bench" && "$PYTHON" bench_hf_train.py --preset "$preset" --batch "$batch" --seq-len "$seq" \
-      --steps "$STEPS" --warmup "$WARMUP" --threads "$threads" --json-out "$RESULTS/hf-$tag.json") > "$RESULTS/hf-$tag.txt"
+    name="$preset-b$batch-s$seq-t$t"
+    args=(--preset "$preset" --batch "$batch" --seq-len "$seq" --steps "$STEPS" --warmup "$WARMUP")
+    first=1
+    for build in "${builds[@]}"; do
+      bname="${build%%:*}" bdir="${build#*:}"
+      # Serial Kokkos: only OpenBLAS threads. A threaded Kokkos gets the t threads, OpenBLAS BLAS_T.
+      if [[ "$bname" == serial ]]; then
+        threads=(OMP_NUM_THREADS="$t" MKL_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t")
+      else
+        threads=(OMP_NUM_THREADS="$t" MKL_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$BLAS_T" OMP_PROC_BIND=false)
+      fi
+      for ct in $CORETYPES; do
+        variant="$bname"; [[ "$ct" != default ]] && variant="$bname-$ct"
+        tag="jetmoe-$variant-$name"
+        say "$tag (load $(cut -d' ' -f1 /proc/loadavg))"
+        ctenv=(env -u OPENBLAS_CORETYPE)
+        [[ "$ct" != default ]] && ctenv=(env OPENBLAS_CORETYPE="$ct")
+        extra=()
+        [[ "$PROFILE" == 1 && $first == 1 ]] && extra=(--profile-kernels)
+        measure "$tag" "${ctenv[@]}" "${threads[@]}" "$bdir/bench/jetmoe-bench-train" "${args[@]}" "${extra[@]}" \
+          --json "$RESULTS/$tag.json" | tee "$RESULTS/$tag.txt"
+        first=0
+      done
+    done
+    for attn in $ATTNS; do
+      for adamw in $ADAMWS; do
+        variant="$attn"; [[ "$adamw" != default ]] && variant="$attn-$adamw"
+        tag="hf-$variant-$name"
+        say "$tag (load $(cut -d' ' -f1 /proc/loadavg))"
+        measure "$tag" env -u OPENBLAS_CORETYPE OMP_NUM_THREADS="$t" MKL_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t" \
+          "$PYTHON" "$REPO/scripts/bench/bench_hf_train.py" "${args[@]}" --threads "$t" --attn "$attn" --adamw "$adamw" \
+          --json-out "$RESULTS/$tag.json" 2> >(grep -v 'Loading weights' >&2) | tee "$RESULTS/$tag.txt"
+      done
+    done
   done
 done
-echo "loadavg after: $(cat /proc/loadavg)" >> "$RESULTS/conditions.txt"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS/environment.txt"
+
+say "side by side"
 "$PYTHON" "$REPO/scripts/bench/compare_train.py" "$RESULTS" | tee "$RESULTS/summary.md"
+echo
+echo "raw results: $RESULTS"

@@ -4,12 +4,23 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/fast_exp.hpp"
 #include "core/kokkos_compat.hpp"
 
 namespace jetmoe {
 
 using Policy2 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
 using Policy3 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>;
+
+namespace {
+// Host backends give each thread a block of this many columns in the column reductions below, so
+// that the inner loop runs along rows of contiguous memory (and vectorises); a device takes one
+// column per thread. Each column is summed over rows in order either way: the same bits.
+constexpr bool host_memory = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+constexpr std::int64_t column_block = host_memory ? 64 : 1;
+// Query positions per block of the GEMM-based attention (forward and backward).
+constexpr std::int64_t attention_query_block = 64;
+}  // namespace
 
 template <class R>
 void embedding_forward(const IntView1& ids, const Mat<R>& emb, const Mat<R>& x) {
@@ -91,11 +102,18 @@ void rmsnorm_backward(const Mat<R>& x, const Vec<R>& w, const Vec<R>& rstd, cons
         const R coef = r * r * r * s / R(D);
         for (std::int64_t c = 0; c < D; ++c) dx(t, c) += r * w(c) * dy(t, c) - x(t, c) * coef;
       });
+  const std::int64_t cb = column_block;
   Kokkos::parallel_for(
-      "rmsnorm_backward_weight", Range(0, D), KOKKOS_LAMBDA(std::int64_t c) {
-        R acc = 0;
-        for (std::int64_t t = 0; t < N; ++t) acc += dy(t, c) * x(t, c) * rstd(t);
-        dw(c) += acc;
+      "rmsnorm_backward_weight", Range(0, (D + cb - 1) / cb), KOKKOS_LAMBDA(std::int64_t block) {
+        const std::int64_t c0 = block * cb, n = D - c0 < cb ? D - c0 : cb;
+        R acc[column_block] = {};
+        for (std::int64_t t = 0; t < N; ++t) {
+          const R r = rstd(t);
+          const R* const dyt = &dy(t, c0);
+          const R* const xt = &x(t, c0);
+          for (std::int64_t i = 0; i < n; ++i) acc[i] += dyt[i] * xt[i] * r;
+        }
+        for (std::int64_t i = 0; i < n; ++i) dw(c0 + i) += acc[i];
       });
 }
 
@@ -156,6 +174,36 @@ void rope_backward(const Ten4<R>& x, const Ten3<R>& cos, const Ten3<R>& sin) {
 
 namespace {
 
+// Over row[begin, end): m = max(row * scale), row <- exp(row * scale - m), sum = the sum of those
+// (8 interleaved lanes added in a fixed order: independent chains the compiler vectorises).
+template <class R>
+struct RowMaxSum {
+  R max, sum;
+};
+template <class R>
+KOKKOS_INLINE_FUNCTION RowMaxSum<R> softmax_in_place(R* row, std::int64_t begin, std::int64_t end, R scale) {
+  constexpr int lanes = 8;
+  R mx[lanes], acc[lanes];
+  for (int l = 0; l < lanes; ++l) mx[l] = R(-3.0e38), acc[l] = 0;
+  std::int64_t s = begin;
+  for (; s + lanes <= end; s += lanes)
+    for (int l = 0; l < lanes; ++l) {
+      const R v = row[s + l] * scale;
+      mx[l] = v > mx[l] ? v : mx[l];
+    }
+  for (int l = 0; s < end; ++s, ++l) {
+    const R v = row[s] * scale;
+    mx[l] = v > mx[l] ? v : mx[l];
+  }
+  R m = mx[0];
+  for (int l = 1; l < lanes; ++l) m = mx[l] > m ? mx[l] : m;
+  for (s = begin; s < end; ++s) row[s] = fast_exp(row[s] * scale - m);
+  for (s = begin; s + lanes <= end; s += lanes)
+    for (int l = 0; l < lanes; ++l) acc[l] += row[s + l];
+  for (int l = 0; s < end; ++s, ++l) acc[l] += row[s];
+  return RowMaxSum<R>{m, ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))};
+}
+
 // One query at a time against its keys, online softmax: for decoding (few queries per sequence).
 template <class R>
 void attention_direct(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std::int64_t past, const IntView1& key_start,
@@ -202,7 +250,10 @@ void attention_blocked(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std
   const bool has_start = key_start.extent(0) == q.extent(0);
   const bool keep_lse = lse.extent(0) == q.extent(0);
   const R scale = R(1) / kmath::sqrt(R(d));
-  const std::int64_t block_t = std::max<std::int64_t>(1, std::min<std::int64_t>(Tq, (std::int64_t(1) << 24) / (Tk * slots)));
+  // Blocks of at most attention_query_block positions: a block multiplies only the keys it can see,
+  // which skips most of the masked upper triangle of the causal score matrix.
+  const std::int64_t block_t = std::max<std::int64_t>(
+      1, std::min({Tq, attention_query_block, (std::int64_t(1) << 24) / (Tk * slots)}));
   Mat<R> keys("attn_keys", Tk, d), values("attn_values", Tk, d);
   Mat<R> queries("attn_queries", block_t * slots, d), context("attn_context", block_t * slots, d);
   Vec<R> score_storage(Kokkos::view_alloc("attn_scores", Kokkos::WithoutInitializing), std::size_t(block_t * slots * Tk));
@@ -231,17 +282,13 @@ void attention_blocked(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std
         Kokkos::parallel_for(
             "attn_softmax", Range(0, rows_n), KOKKOS_LAMBDA(std::int64_t r) {
               const std::int64_t last = past + t0 + r / slots;  // inclusive
-              R m = R(-3.0e38);
-              for (std::int64_t s = first; s <= last; ++s) m = kmath::fmax(m, sc(r, s) * scale);
-              R z = 0;
-              for (std::int64_t s = 0; s < key_end; ++s) {
-                const R p = (s >= first && s <= last) ? kmath::exp(sc(r, s) * scale - m) : R(0);
-                sc(r, s) = p;
-                z += p;
-              }
-              const R inv = z > R(0) ? R(1) / z : R(0);
-              for (std::int64_t s = 0; s < key_end; ++s) sc(r, s) *= inv;
-              if (keep_lse) lse(b, (r % slots) * Hkv + h, t0 + r / slots) = m + kmath::log(z);
+              R* const row = &sc(r, 0);
+              const RowMaxSum<R> ms = softmax_in_place(row, first, last + 1, scale);
+              for (std::int64_t s = 0; s < first; ++s) row[s] = 0;
+              for (std::int64_t s = last + 1; s < key_end; ++s) row[s] = 0;
+              const R inv = ms.sum > R(0) ? R(1) / ms.sum : R(0);
+              for (std::int64_t s = first; s <= last; ++s) row[s] *= inv;
+              if (keep_lse) lse(b, (r % slots) * Hkv + h, t0 + r / slots) = ms.max + kmath::log(ms.sum);
             });
         matmul_nn(sc, vvis, cb);
         Kokkos::parallel_for(
@@ -282,7 +329,8 @@ void attention_backward(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, co
   // Per (sequence b, K/V head h): the k query heads on h over a block of query positions are one
   // matrix of rows r = (t - t0) * slots + j, as in the forward. With P = exp(S scale - lse):
   //   dV += P^T dO,  dP = dO V^T,  dS = P (dP - rowsum(dO o O)) scale,  dQ = dS K,  dK += dS^T Q.
-  const std::int64_t block_t = std::max<std::int64_t>(1, std::min<std::int64_t>(T, (std::int64_t(1) << 22) / (T * slots)));
+  const std::int64_t block_t =
+      std::max<std::int64_t>(1, std::min({T, attention_query_block, (std::int64_t(1) << 22) / (T * slots)}));
   const std::int64_t max_rows = block_t * slots;
   Mat<R> keys("attn_keys", T, d), values("attn_values", T, d), dkeys("attn_dkeys", T, d), dvalues("attn_dvalues", T, d);
   Mat<R> queries("attn_queries", max_rows, d), douts("attn_douts", max_rows, d), dqueries("attn_dqueries", max_rows, d);
@@ -319,15 +367,23 @@ void attention_backward(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, co
         const Mat<R> p(p_storage.data(), rows_n, key_end), dp(dp_storage.data(), rows_n, key_end);
         linear(qb, kvis, p);
         Kokkos::parallel_for(
-            "attn_bwd_probs", Policy2({0, 0}, {rows_n, key_end}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t s) {
+            "attn_bwd_probs", Range(0, rows_n), KOKKOS_LAMBDA(std::int64_t r) {
               const std::int64_t last = t0 + r / slots;
-              p(r, s) = s <= last ? kmath::exp(p(r, s) * scale - lse_b(r)) : R(0);
+              R* const row = &p(r, 0);
+              const R shift = lse_b(r);
+              for (std::int64_t s = 0; s <= last; ++s) row[s] = fast_exp(row[s] * scale - shift);
+              for (std::int64_t s = last + 1; s < key_end; ++s) row[s] = 0;
             });
         matmul_tn(p, gb, dvvis, 1.0);
         linear(gb, vvis, dp);
         Kokkos::parallel_for(
-            "attn_bwd_dscores", Policy2({0, 0}, {rows_n, key_end}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t s) {
-              dp(r, s) = p(r, s) * (dp(r, s) - delta(r)) * scale;
+            "attn_bwd_dscores", Range(0, rows_n), KOKKOS_LAMBDA(std::int64_t r) {
+              const std::int64_t last = t0 + r / slots;  // p is 0 beyond the causal limit
+              R* const drow = &dp(r, 0);
+              const R* const prow = &p(r, 0);
+              const R dr = delta(r);
+              for (std::int64_t s = 0; s <= last; ++s) drow[s] = prow[s] * (drow[s] - dr) * scale;
+              for (std::int64_t s = last + 1; s < key_end; ++s) drow[s] = 0;
             });
         matmul_nn(dp, kvis, dqb);
         matmul_tn(dp, qb, dkvis, 1.0);
@@ -350,9 +406,13 @@ void swiglu_forward(const Mat<R>& z, const Mat<R>& h) {
   const std::int64_t M = std::int64_t(h.extent(0)), F = std::int64_t(h.extent(1));
   JETMOE_ASSERT(z.extent(0) == h.extent(0) && z.extent(1) == 2 * h.extent(1), "swiglu_forward: shapes");
   Kokkos::parallel_for(
-      "swiglu_forward", Policy2({0, 0}, {M, F}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t c) {
-        const R a = z(r, c), g = z(r, c + F);
-        h(r, c) = a / (R(1) + kmath::exp(-a)) * g;
+      "swiglu_forward", Range(0, M), KOKKOS_LAMBDA(std::int64_t r) {
+        const R* const zr = &z(r, 0);
+        R* const hr = &h(r, 0);
+        for (std::int64_t c = 0; c < F; ++c) {
+          const R a = zr[c], g = zr[c + F];
+          hr[c] = a / (R(1) + fast_exp(-a)) * g;
+        }
       });
 }
 
@@ -363,10 +423,15 @@ void swiglu_backward(const Mat<R>& z, const Mat<R>& dh, const Mat<R>& dz) {
                     dz.extent(1) == z.extent(1),
                 "swiglu_backward: shapes");
   Kokkos::parallel_for(
-      "swiglu_backward", Policy2({0, 0}, {M, F}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t c) {
-        const R a = z(r, c), g = z(r, c + F), sig = R(1) / (R(1) + kmath::exp(-a));
-        dz(r, c) = dh(r, c) * g * sig * (R(1) + a * (R(1) - sig));
-        dz(r, c + F) = dh(r, c) * a * sig;
+      "swiglu_backward", Range(0, M), KOKKOS_LAMBDA(std::int64_t r) {
+        const R* const zr = &z(r, 0);
+        const R* const dhr = &dh(r, 0);
+        R* const dzr = &dz(r, 0);
+        for (std::int64_t c = 0; c < F; ++c) {
+          const R a = zr[c], g = zr[c + F], sig = R(1) / (R(1) + fast_exp(-a));
+          dzr[c] = dhr[c] * g * sig * (R(1) + a * (R(1) - sig));
+          dzr[c + F] = dhr[c] * a * sig;
+        }
       });
 }
 
@@ -381,11 +446,16 @@ template <class R>
 void bias_backward(const Mat<R>& dy, const Vec<R>& db) {
   const std::int64_t N = std::int64_t(dy.extent(0)), D = std::int64_t(dy.extent(1));
   JETMOE_ASSERT(db.extent(0) == dy.extent(1), "bias_backward: shapes");
+  const std::int64_t cb = column_block;
   Kokkos::parallel_for(
-      "bias_backward", Range(0, D), KOKKOS_LAMBDA(std::int64_t c) {
-        R acc = 0;
-        for (std::int64_t t = 0; t < N; ++t) acc += dy(t, c);
-        db(c) += acc;
+      "bias_backward", Range(0, (D + cb - 1) / cb), KOKKOS_LAMBDA(std::int64_t block) {
+        const std::int64_t c0 = block * cb, n = D - c0 < cb ? D - c0 : cb;
+        R acc[column_block] = {};
+        for (std::int64_t t = 0; t < N; ++t) {
+          const R* const dyt = &dy(t, c0);
+          for (std::int64_t i = 0; i < n; ++i) acc[i] += dyt[i];
+        }
+        for (std::int64_t i = 0; i < n; ++i) db(c0 + i) += acc[i];
       });
 }
 

@@ -175,15 +175,22 @@ void combine_experts_backward(const Mat<R>& expert_out, const RoutingT<R>& r, co
       });
   Kokkos::parallel_for(
       "combine_backward_gates", Range(0, N), KOKKOS_LAMBDA(std::int64_t t) {
-        auto dgate = [&](int j) {
-          R acc = 0;
-          for (std::int64_t c = 0; c < C; ++c) acc += dout(t, c) * expert_out(position(t, j), c);
-          return acc;
-        };
-        R weighted = 0;
-        for (int j = 0; j < k; ++j) weighted += gates(t, j) * dgate(j);
+        // dgate_j is parked in dlogits(t, experts(t, j)) (the chosen experts are distinct) until the
+        // weighted sum over the slots is known.
         for (std::int64_t e = 0; e < E; ++e) dlogits(t, e) = 0;
-        for (int j = 0; j < k; ++j) dlogits(t, experts(t, j)) = gates(t, j) * (dgate(j) - weighted);
+        R weighted = 0;
+        const R* const g = &dout(t, 0);
+        for (int j = 0; j < k; ++j) {
+          const R* const y = &expert_out(position(t, j), 0);
+          R acc = 0;
+          for (std::int64_t c = 0; c < C; ++c) acc += g[c] * y[c];
+          dlogits(t, experts(t, j)) = acc;
+          weighted += gates(t, j) * acc;
+        }
+        for (int j = 0; j < k; ++j) {
+          R& d = dlogits(t, experts(t, j));
+          d = gates(t, j) * (d - weighted);
+        }
       });
   bias_backward(dout, dbias);
 }

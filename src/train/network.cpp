@@ -12,6 +12,33 @@ namespace jetmoe {
 using Policy2 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
 using Policy3 = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>;
 
+namespace {
+// A [B, T, heads, d] tensor as the matrix [B*T, heads*d] it is in memory: row n = b*T + t, column
+// i*d + c. Query head i = j*H + h (slot j, K/V head h) is then columns [j*A, (j+1)*A) with A = H*d, so
+// moving one token's slot between the expert-grouped rows and the per-token tensors is a row copy.
+template <class R>
+Mat<R> token_rows(const Ten4<R>& x) {
+  return Mat<R>(x.data(), x.extent(0) * x.extent(1), x.extent(2) * x.extent(3));
+}
+// dst[n, j*C + i] = src[position(n, j), i]      src [N*k, C] (expert-grouped rows), dst [N, k*C]
+template <class R>
+void scatter_to_tokens(const char* label, const Mat<R>& src, const IntView2& position, const Mat<R>& dst) {
+  const std::int64_t N = std::int64_t(dst.extent(0)), k = std::int64_t(position.extent(1)), C = std::int64_t(src.extent(1));
+  Kokkos::parallel_for(
+      label, Policy3({0, 0, 0}, {N, k, C}),
+      KOKKOS_LAMBDA(std::int64_t n, std::int64_t j, std::int64_t i) { dst(n, j * C + i) = src(position(n, j), i); });
+}
+// dst[r, i] = src[token(r), slot(r)*C + i]       src [N, k*C], dst [N*k, C]: the inverse row copy
+template <class R>
+void gather_from_tokens(const char* label, const Mat<R>& src, const IntView1& token, const IntView1& slot,
+                        const Mat<R>& dst) {
+  const std::int64_t rows_n = std::int64_t(dst.extent(0)), C = std::int64_t(dst.extent(1));
+  Kokkos::parallel_for(
+      label, Policy2({0, 0}, {rows_n, C}),
+      KOKKOS_LAMBDA(std::int64_t r, std::int64_t i) { dst(r, i) = src(token(r), slot(r) * C + i); });
+}
+}  // namespace
+
 double training_flops_per_token(const ModelConfig& c, std::int64_t seq_len) {
   const double embedding_gather = c.tie_word_embeddings ? 0.0 : double(c.vocab_size) * double(c.hidden_size);
   const double matmul_params = double(c.active_parameter_count()) - embedding_gather;
@@ -67,7 +94,6 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
   gathered_ = Mat<R>("gathered", NK, D);
   q_sorted_ = Mat<R>("q_sorted", NK, A);
   o_sorted_ = Mat<R>("o_sorted", NK, A);
-  kv_ = Mat<R>("kv", N, 2 * A);
   h_ = Mat<R>("swiglu_out", NK, F);
   dx_ = Mat<R>("d_hidden", N, D);
   du_ = Mat<R>("d_normed", N, D);
@@ -76,7 +102,6 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
   drouter_ = Mat<R>("d_router_logits", N, E);
   dq_sorted_ = Mat<R>("d_q_sorted", NK, A);
   do_sorted_ = Mat<R>("d_o_sorted", NK, A);
-  dkv_ = Mat<R>("d_kv", N, 2 * A);
   dh_ = Mat<R>("d_swiglu_out", NK, F);
   dz_ = Mat<R>("d_swiglu_in", NK, 2 * F);
   dattn_ = Ten4<R>("d_attention", B, T, Hq, d);
@@ -89,41 +114,23 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
 template <class R>
 void Network<R>::block_forward(const LayerWeightsT<R>& w, const Mat<R>& x_in, Block& a, const Mat<R>& x_out) {
   const ModelConfig& c = config_;
-  const std::int64_t T = T_, N = B_ * T_, H = c.num_kv_heads, d = c.head_dim, A = c.attention_width(), k = c.top_k;
-  const Mat<R> u = u_, q_sorted = q_sorted_, o_sorted = o_sorted_, kv = kv_;
+  const std::int64_t A = c.attention_width(), k = c.top_k;
+  const Mat<R> u = u_;
   // ---- Mixture of attention heads ------------------------------------------------------------------
   rmsnorm_forward(x_in, w.input_norm, c.block_norm_eps, u, a.rstd1);
   route(u, w.moa_router, int(k), a.moa);
   gather_rows(u, a.moa.sorted_token, gathered_);
-  expert_linear(gathered_, w.moa_q, a.moa.offsets, q_sorted);
-  {
-    const IntView2 pos = a.moa.position;
-    const Ten4<R> q = a.q, kk = a.k, v = a.v;
-    // Query head i = slot j * H + h (slot j: the j-th ranked expert).
-    Kokkos::parallel_for(
-        "scatter_queries", Policy3({0, 0, 0}, {N, k, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t j, std::int64_t i) {
-          q(n / T, n % T, j * H + i / d, i % d) = q_sorted(pos(n, j), i);
-        });
-    linear(u, w.kv_proj, kv);
-    Kokkos::parallel_for(
-        "split_kv", Policy2({0, 0}, {N, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t i) {
-          kk(n / T, n % T, i / d, i % d) = kv(n, i);
-          v(n / T, n % T, i / d, i % d) = kv(n, A + i);
-        });
-  }
+  expert_linear(gathered_, w.moa_q, a.moa.offsets, q_sorted_);
+  // Query head i = slot j * H + h (slot j: the j-th ranked expert).
+  scatter_to_tokens("scatter_queries", q_sorted_, a.moa.position, token_rows(a.q));
+  // K and V straight into their tensors: kv_proj's K rows, then its V rows.
+  linear(u, rows(w.kv_proj, 0, A), token_rows(a.k));
+  linear(u, rows(w.kv_proj, A, 2 * A), token_rows(a.v));
   rope_forward(a.q, rope_cos_, rope_sin_);
   rope_forward(a.k, rope_cos_, rope_sin_);
   attention_forward(a.q, a.k, a.v, 0, IntView1(), a.attn, a.lse);
-  {
-    const IntView1 tok = a.moa.sorted_token, slot = a.moa.sorted_slot;
-    const Ten4<R> attn = a.attn;
-    Kokkos::parallel_for(
-        "gather_attention", Policy2({0, 0}, {N * k, A}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t i) {
-          const std::int64_t n = tok(r);
-          o_sorted(r, i) = attn(n / T, n % T, slot(r) * H + i / d, i % d);
-        });
-  }
-  expert_linear(o_sorted, w.moa_o, a.moa.offsets, a.y_attn);
+  gather_from_tokens("gather_attention", token_rows(a.attn), a.moa.sorted_token, a.moa.sorted_slot, o_sorted_);
+  expert_linear(o_sorted_, w.moa_o, a.moa.offsets, a.y_attn);
   combine_experts(a.y_attn, a.moa, w.moa_bias, tmp_);
   Kokkos::deep_copy(a.x_mid, x_in);
   add_inplace(a.x_mid, tmp_);
@@ -145,8 +152,8 @@ template <class R>
 void Network<R>::block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, const Block& a, const Mat<R>& dx,
                                 LayerWeightsT<R>& g, double aux_scale, LossTerms& terms) {
   const ModelConfig& c = config_;
-  const std::int64_t T = T_, N = B_ * T_, H = c.num_kv_heads, d = c.head_dim, A = c.attention_width(), k = c.top_k;
-  const Mat<R> u = u_, du = du_, dkv = dkv_, dq_sorted = dq_sorted_, do_sorted = do_sorted_, o_sorted = o_sorted_;
+  const std::int64_t A = c.attention_width();
+  const Mat<R> u = u_, du = du_;
   const double cs = coef_switch_ * aux_scale, cz = coef_z_ * aux_scale;
 
   // ---- MoE MLP: x_out = x_mid + combine(y_mlp) + bias ------------------------------------------------
@@ -173,48 +180,25 @@ void Network<R>::block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, c
     const RouterAux aux = router_aux_loss(a.moa.logits, a.moa.experts, cs, cz, drouter_);
     terms.switch_loss += aux.switch_loss, terms.z_loss += aux.z_loss;
   }
-  {
-    const IntView1 tok = a.moa.sorted_token, slot = a.moa.sorted_slot;
-    const Ten4<R> attn = a.attn;
-    Kokkos::parallel_for(
-        "gather_attention", Policy2({0, 0}, {N * k, A}), KOKKOS_LAMBDA(std::int64_t r, std::int64_t i) {
-          const std::int64_t n = tok(r);
-          o_sorted(r, i) = attn(n / T, n % T, slot(r) * H + i / d, i % d);
-        });
-  }
-  expert_linear_backward(o_sorted, w.moa_o, a.moa.offsets, dy_sorted_, do_sorted, g.moa_o);
-  {
-    // Every (token, query head) comes from exactly one grouped row: a scatter, no sums.
-    const IntView2 pos = a.moa.position;
-    const Ten4<R> dattn = dattn_;
-    Kokkos::parallel_for(
-        "scatter_d_attention", Policy3({0, 0, 0}, {N, k, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t j, std::int64_t i) {
-          dattn(n / T, n % T, j * H + i / d, i % d) = do_sorted(pos(n, j), i);
-        });
-  }
+  gather_from_tokens("gather_attention", token_rows(a.attn), a.moa.sorted_token, a.moa.sorted_slot, o_sorted_);
+  expert_linear_backward(o_sorted_, w.moa_o, a.moa.offsets, dy_sorted_, do_sorted_, g.moa_o);
+  // Every (token, query head) comes from exactly one grouped row: a scatter, no sums.
+  scatter_to_tokens("scatter_d_attention", do_sorted_, a.moa.position, token_rows(dattn_));
   attention_backward(a.q, a.k, a.v, a.attn, a.lse, dattn_, dq_, dk_, dv_);
   rope_backward(dq_, rope_cos_, rope_sin_);
   rope_backward(dk_, rope_cos_, rope_sin_);
-  {
-    const IntView2 pos = a.moa.position;
-    const Ten4<R> dq = dq_, dk = dk_, dv = dv_;
-    Kokkos::parallel_for(
-        "gather_d_queries", Policy3({0, 0, 0}, {N, k, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t j, std::int64_t i) {
-          dq_sorted(pos(n, j), i) = dq(n / T, n % T, j * H + i / d, i % d);
-        });
-    Kokkos::parallel_for(
-        "join_d_kv", Policy2({0, 0}, {N, A}), KOKKOS_LAMBDA(std::int64_t n, std::int64_t i) {
-          dkv(n, i) = dk(n / T, n % T, i / d, i % d);
-          dkv(n, A + i) = dv(n / T, n % T, i / d, i % d);
-        });
-  }
+  gather_from_tokens("gather_d_queries", token_rows(dq_), a.moa.sorted_token, a.moa.sorted_slot, dq_sorted_);
   rmsnorm_forward(x_in, w.input_norm, c.block_norm_eps, u);  // recomputed
   gather_rows(u, a.moa.sorted_token, gathered_);
-  expert_linear_backward(gathered_, w.moa_q, a.moa.offsets, dq_sorted, dgathered_, g.moa_q);
+  expert_linear_backward(gathered_, w.moa_q, a.moa.offsets, dq_sorted_, dgathered_, g.moa_q);
   Kokkos::deep_copy(du, R(0));
   gather_rows_backward(dgathered_, a.moa, du);
-  matmul_nn(dkv, w.kv_proj, du, 1.0);
-  matmul_tn(dkv, u, g.kv_proj, 1.0);
+  // kv_proj: its K rows, then its V rows.
+  const Mat<R> dk = token_rows(dk_), dv = token_rows(dv_);
+  matmul_nn(dk, rows(w.kv_proj, 0, A), du, 1.0);
+  matmul_nn(dv, rows(w.kv_proj, A, 2 * A), du, 1.0);
+  matmul_tn(dk, u, rows(g.kv_proj, 0, A), 1.0);
+  matmul_tn(dv, u, rows(g.kv_proj, A, 2 * A), 1.0);
   matmul_nn(drouter_, w.moa_router, du, 1.0);
   matmul_tn(drouter_, u, g.moa_router, 1.0);
   rmsnorm_backward(x_in, w.input_norm, a.rstd1, du, dx, g.input_norm);  // dx: now d x_in

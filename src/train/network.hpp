@@ -90,8 +90,8 @@ class Network {
   Mat<R> logits_, dlogits_;
   std::vector<double> row_losses_;
   // Workspaces shared by the blocks.
-  Mat<R> u_, tmp_, gathered_, q_sorted_, o_sorted_, kv_, h_;
-  Mat<R> dx_, du_, dgathered_, dy_sorted_, drouter_, dq_sorted_, do_sorted_, dkv_, dh_, dz_;
+  Mat<R> u_, tmp_, gathered_, q_sorted_, o_sorted_, h_;
+  Mat<R> dx_, du_, dgathered_, dy_sorted_, drouter_, dq_sorted_, do_sorted_, dh_, dz_;
   Ten4<R> dattn_, dq_, dk_, dv_;
 };
 

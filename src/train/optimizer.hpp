@@ -25,8 +25,10 @@ class AdamW {
  public:
   AdamW(const ModelConfig& config, const AdamWSettings& settings);
 
-  // One update of every parameter with learning rate lr (gradients already clipped).
-  void step(ModelWeights& params, const ModelWeights& grads, double lr);
+  // One update of every parameter with learning rate lr. The update uses grad_scale x the gradient,
+  // the fp32 product scale_gradients would store (pass clip_factor(...) to clip inside the update's
+  // one pass over memory); `grads` itself is not modified.
+  void step(ModelWeights& params, const ModelWeights& grads, double lr, double grad_scale = 1.0);
 
   std::int64_t steps() const { return steps_; }  // updates made (t of the bias corrections)
   void set_steps(std::int64_t t) { steps_ = t; }
@@ -42,7 +44,8 @@ class AdamW {
   std::int64_t steps_ = 0;
 };
 
-// sqrt(sum of squares) of every gradient, accumulated in double in a fixed order.
+// sqrt(sum of squares) of every gradient, accumulated in double in a fixed order (independent of the
+// backend and thread count).
 double global_grad_norm(const ModelConfig& config, const ModelWeights& grads);
 // Multiplies every gradient by `factor`.
 void scale_gradients(const ModelConfig& config, const ModelWeights& grads, double factor);

@@ -350,9 +350,9 @@ StepStats Trainer::accumulate(int phase) {
                                             ref[std::size_t(B + b)], dpo_beta_, dpo_smoothing_);
               st.dpo.add(pair);
               // d loss / d row_loss = -(d loss / d logp) on the response tokens of each sequence.
-              for (std::int64_t t = 0; t < T; ++t) {
-                w[std::size_t(b * T + t)] = -pair.d_chosen / pairs;
-                w[std::size_t((B + b) * T + t)] = -pair.d_rejected / pairs;
+              for (std::int64_t pos = 0; pos < T; ++pos) {
+                w[std::size_t(b * T + pos)] = -pair.d_chosen / pairs;
+                w[std::size_t((B + b) * T + pos)] = -pair.d_rejected / pairs;
               }
             }
           },
