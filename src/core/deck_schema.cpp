@@ -140,9 +140,17 @@ DeckSchema make_standard_schema() {
   }
   {
     auto& b = s.block("parallel", "Rank layout: ranks = pipeline_stages x data_parallel.", {train});
-    b.integer("pipeline_stages", 1, "Pipeline stages (layers split across ranks).").at_least(1);
-    b.integer("data_parallel", 1, "Data-parallel replicas.").at_least(1);
-    b.integer("micro_batches", 0, "Micro-batches in flight per pipeline (0: gradient-accumulation count).").at_least(0);
+    b.integer("pipeline_stages", 1,
+              "Pipeline stages: the layers split across ranks, the embedding on the first stage, the final norm and "
+              "LM head on the last (1F1B schedule).")
+        .at_least(1);
+    b.integer("data_parallel", 1, "Data-parallel replicas (of the whole pipeline).").at_least(1);
+    b.string_list("stage_layers", std::nullopt, "Layers per pipeline stage, e.g. `13, 11` (they must add up to model/num_layers).")
+        .unset_means("as even as possible, the first stages taking one more when the layers do not divide.");
+    b.integer("micro_batches", 0,
+              "Micro-batches per step through the pipeline; 0 or the gradient-accumulation count (global_batch_tokens / "
+              "(micro_batch_size x seq_len x data_parallel)), which it always is.")
+        .at_least(0);
     b.boolean("zero1", false, "Shard the AdamW state over data-parallel ranks (ZeRO-1).");
   }
   {

@@ -40,37 +40,37 @@ void fill_normal(const Vec<R>& v, std::uint64_t stream, double stddev) {
 }  // namespace
 
 template <class R>
-ModelWeightsT<R>::ModelWeightsT(const ModelConfig& c, bool zeros) {
-  using View1 = Vec<R>;
-  using View2 = Mat<R>;
-  using View3 = Ten3<R>;
+ModelWeightsT<R>::ModelWeightsT(const ModelConfig& c, bool zeros, const StageSpan& stage) : span(stage) {
   const std::int64_t V = c.vocab_size, D = c.hidden_size, A = c.attention_width(), E = c.num_experts,
                      F = c.ffn_hidden_size;
   const R norm_value = zeros ? R(0) : R(1);
-  embed = View2("embed_tokens", V, D);
-  lm_head = c.tie_word_embeddings ? embed : View2("lm_head", V, D);
-  final_norm = View1("norm", D);
-  Kokkos::deep_copy(final_norm, norm_value);
+  if (span.holds_embedding(c)) embed = Mat<R>("embed_tokens", V, D);
+  if (span.head) {
+    lm_head = c.tie_word_embeddings ? embed : Mat<R>("lm_head", V, D);
+    final_norm = Vec<R>("norm", D);
+    Kokkos::deep_copy(final_norm, norm_value);
+  }
   layers.resize(std::size_t(c.num_layers));
-  for (auto& l : layers) {
-    l.input_norm = View1("input_layernorm", D);
-    l.moa_router = View2("moa_router", E, D);
-    l.moa_q = View3("moa_input_linear", E, A, D);
-    l.moa_o = View3("moa_output_linear", E, D, A);
-    l.moa_bias = View1("moa_bias", D);
-    l.kv_proj = View2("kv_proj", 2 * A, D);
-    l.post_norm = View1("post_attention_layernorm", D);
-    l.moe_router = View2("moe_router", E, D);
-    l.moe_in = View3("moe_input_linear", E, 2 * F, D);
-    l.moe_out = View3("moe_output_linear", E, D, F);
-    l.moe_bias = View1("moe_bias", D);
+  for (std::int64_t i = span.first_layer; i < span.end(c); ++i) {
+    LayerWeightsT<R>& l = layers[std::size_t(i)];
+    l.input_norm = Vec<R>("input_layernorm", D);
+    l.moa_router = Mat<R>("moa_router", E, D);
+    l.moa_q = Ten3<R>("moa_input_linear", E, A, D);
+    l.moa_o = Ten3<R>("moa_output_linear", E, D, A);
+    l.moa_bias = Vec<R>("moa_bias", D);
+    l.kv_proj = Mat<R>("kv_proj", 2 * A, D);
+    l.post_norm = Vec<R>("post_attention_layernorm", D);
+    l.moe_router = Mat<R>("moe_router", E, D);
+    l.moe_in = Ten3<R>("moe_input_linear", E, 2 * F, D);
+    l.moe_out = Ten3<R>("moe_output_linear", E, D, F);
+    l.moe_bias = Vec<R>("moe_bias", D);
     Kokkos::deep_copy(l.input_norm, norm_value);
     Kokkos::deep_copy(l.post_norm, norm_value);
   }
 }
 
 template <class R>
-std::vector<NamedTensorT<R>> ModelWeightsT<R>::named(const ModelConfig& c) const {
+std::vector<NamedTensorT<R>> ModelWeightsT<R>::named_all(const ModelConfig& c) const {
   std::vector<NamedTensorT<R>> out;
   auto add = [&](const std::string& name, const auto& view, bool decays) {
     out.push_back(NamedTensorT<R>{name, shape_of(view), flat(view), decays});
@@ -97,10 +97,19 @@ std::vector<NamedTensorT<R>> ModelWeightsT<R>::named(const ModelConfig& c) const
 }
 
 template <class R>
+std::vector<NamedTensorT<R>> ModelWeightsT<R>::named(const ModelConfig& c) const {
+  std::vector<NamedTensorT<R>> out;
+  for (NamedTensorT<R>& t : named_all(c))
+    if (t.flat.data() != nullptr) out.push_back(std::move(t));
+  return out;
+}
+
+template <class R>
 void ModelWeightsT<R>::init_random(const ModelConfig& c, std::uint64_t seed) {
   std::uint64_t stream = 0;
-  for (const NamedTensorT<R>& t : named(c)) {
-    ++stream;
+  for (const NamedTensorT<R>& t : named_all(c)) {
+    ++stream;  // numbered over the whole model: a stage's tensors get the whole model's values
+    if (t.flat.data() == nullptr) continue;
     if (!t.decays) {  // norms are 1, biases 0
       const bool is_norm = t.name.find("norm") != std::string::npos;
       Kokkos::deep_copy(t.flat, is_norm ? R(1) : R(0));
@@ -121,6 +130,16 @@ void copy_weights(const ModelConfig& c, const ModelWeightsT<Src>& src, const Mod
     const Vec<Dst> to = d[i].flat;
     Kokkos::parallel_for(
         "copy_weights", Range(0, std::int64_t(from.extent(0))), KOKKOS_LAMBDA(std::int64_t j) { to(j) = Dst(from(j)); });
+  }
+}
+
+void copy_span(const ModelConfig& c, const ModelWeightsT<float>& src, const ModelWeightsT<float>& dst) {
+  const auto from = src.named_all(c);
+  const auto to = dst.named_all(c);
+  for (std::size_t i = 0; i < to.size(); ++i) {
+    if (to[i].flat.data() == nullptr) continue;
+    JETMOE_ASSERT(from[i].flat.data() != nullptr && from[i].shape == to[i].shape, "copy_span: " + to[i].name);
+    Kokkos::deep_copy(to[i].flat, from[i].flat);
   }
 }
 

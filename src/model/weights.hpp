@@ -36,6 +36,20 @@ struct NamedTensorT {
   bool decays;                      // weight decay applies (matrices and embeddings; not norms, biases)
 };
 
+// The part of the model a pipeline stage holds: layers [first_layer, end_layer), the embedding on the
+// first stage, the final norm and the LM head on the last (with tied embeddings the last stage holds
+// its own copy of the embedding as the head, kept equal by summing both copies' gradients). The
+// default span is the whole model.
+struct StageSpan {
+  std::int64_t first_layer = 0, end_layer = -1;  // -1: num_layers
+  bool embedding = true, head = true;
+  std::int64_t end(const ModelConfig& c) const { return end_layer < 0 ? c.num_layers : end_layer; }
+  bool owns_layer(const ModelConfig& c, std::int64_t l) const { return l >= first_layer && l < end(c); }
+  bool whole(const ModelConfig& c) const { return first_layer == 0 && end(c) == c.num_layers && embedding && head; }
+  // Holds model.embed_tokens.weight: as the embedding, or as the tied head.
+  bool holds_embedding(const ModelConfig& c) const { return embedding || (head && c.tie_word_embeddings); }
+};
+
 template <class R>
 struct ModelWeightsT {
   Mat<R> embed;  // model.embed_tokens.weight [V, D]
@@ -43,24 +57,33 @@ struct ModelWeightsT {
   Vec<R> final_norm;  // model.norm.weight [D]
   Mat<R> lm_head;     // lm_head.weight [V, D]; the same view as `embed` when tied
 
-  // Allocates every tensor (norm weights 1, everything else 0; `zeros`: norms 0 too, for gradients).
-  explicit ModelWeightsT(const ModelConfig& config, bool zeros = false);
+  StageSpan span;  // what is allocated; tensors outside it are empty views
+
+  // Allocates every tensor of `span` (norm weights 1, everything else 0; `zeros`: norms 0 too, for
+  // gradients). `layers` always has num_layers entries, indexed by the global layer number.
+  explicit ModelWeightsT(const ModelConfig& config, bool zeros = false, const StageSpan& span = StageSpan());
   ModelWeightsT() = default;
 
   // HF initialisation (jetmoe-spec.md section 0): N(0, initializer_range) for every matrix and the
   // embedding, zeros for the MoA/MoE biases, ones for norms. Deterministic from `seed`, independent
-  // of the backend and thread count (a counter-based generator keyed by tensor and element).
+  // of the backend, the thread count and the span (a counter-based generator keyed by tensor and
+  // element): a stage gets exactly its part of the whole model's initialisation.
   void init_random(const ModelConfig& config, std::uint64_t seed);
 
-  // Every parameter once (the tied head is not listed separately), in checkpoint order.
+  // Every parameter of the span once (the tied head is not listed separately), in checkpoint order.
   std::vector<NamedTensorT<R>> named(const ModelConfig& config) const;
+  // Every parameter of the whole model in checkpoint order; those outside the span have empty views.
+  std::vector<NamedTensorT<R>> named_all(const ModelConfig& config) const;
 };
 
 using LayerWeights = LayerWeightsT<float>;
 using NamedTensor = NamedTensorT<float>;
 using ModelWeights = ModelWeightsT<float>;
 
-// dst = src element by element (same configuration), converting the scalar type.
+// The tensors of dst's span taken from src (by name; src holds at least dst's span).
+void copy_span(const ModelConfig& config, const ModelWeightsT<float>& src, const ModelWeightsT<float>& dst);
+
+// dst = src element by element (same configuration and span), converting the scalar type.
 template <class Dst, class Src>
 void copy_weights(const ModelConfig& config, const ModelWeightsT<Src>& src, const ModelWeightsT<Dst>& dst);
 

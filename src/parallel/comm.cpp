@@ -1,7 +1,11 @@
 #include "parallel/comm.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
+#include <string>
+
+#include "core/error.hpp"
 
 namespace jetmoe {
 
@@ -69,6 +73,67 @@ void Comm::sum_in_place(double* data, std::size_t n) const {
   if (size_ > 1) sum_chunks(comm_, data, n, MPI_DOUBLE);
 }
 void Comm::barrier() const { MPI_Barrier(comm_); }
+void Comm::broadcast(std::string& s, int root) const {
+  long long n = static_cast<long long>(s.size());
+  MPI_Bcast(&n, 1, MPI_LONG_LONG, root, comm_);
+  s.resize(static_cast<std::size_t>(n));
+  if (n > 0) MPI_Bcast(s.data(), int(n), MPI_CHAR, root, comm_);
+}
+
+Comm Comm::split(int color, int key) const {
+  MPI_Comm out = MPI_COMM_NULL;
+  MPI_Comm_split(comm_, color, key, &out);
+  Comm c;
+  c.owned_ = std::shared_ptr<MPI_Comm>(new MPI_Comm(out), [](MPI_Comm* m) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && *m != MPI_COMM_NULL) MPI_Comm_free(m);
+    delete m;
+  });
+  c.comm_ = out;
+  MPI_Comm_rank(out, &c.rank_);
+  MPI_Comm_size(out, &c.size_);
+  return c;
+}
+
+namespace {
+int message_count(std::size_t n) {
+  if (n > std::size_t(INT_MAX))
+    fail(ErrorKind::Internal, "point-to-point message of " + std::to_string(n) + " floats exceeds MPI's int count");
+  return int(n);
+}
+}  // namespace
+
+Request Comm::isend(const float* data, std::size_t n, int dest, int tag) const {
+  Request r;
+  MPI_Isend(data, message_count(n), MPI_FLOAT, dest, tag, comm_, &r.request_);
+  r.active_ = true;
+  return r;
+}
+void Comm::send(const float* data, std::size_t n, int dest, int tag) const {
+  MPI_Send(data, message_count(n), MPI_FLOAT, dest, tag, comm_);
+}
+void Comm::recv(float* data, std::size_t n, int source, int tag) const {
+  MPI_Recv(data, message_count(n), MPI_FLOAT, source, tag, comm_, MPI_STATUS_IGNORE);
+}
+
+Request::Request(Request&& o) noexcept : request_(o.request_), active_(o.active_) {
+  o.request_ = MPI_REQUEST_NULL;
+  o.active_ = false;
+}
+Request& Request::operator=(Request&& o) noexcept {
+  if (this != &o) {
+    wait();
+    request_ = o.request_, active_ = o.active_;
+    o.request_ = MPI_REQUEST_NULL, o.active_ = false;
+  }
+  return *this;
+}
+Request::~Request() { wait(); }
+void Request::wait() {
+  if (active_) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  active_ = false;
+}
 void Comm::abort(int exit_code) const {
   MPI_Abort(comm_, exit_code);
   std::exit(exit_code);
@@ -100,6 +165,25 @@ double Comm::sum(double v) const { return v; }
 int Comm::max(int v) const { return v; }
 int Comm::min(int v) const { return v; }
 void Comm::barrier() const {}
+void Comm::broadcast(std::string&, int) const {}
+Comm Comm::split(int, int) const { return Comm(); }
+Request Comm::isend(const float*, std::size_t, int, int) const {
+  fail(ErrorKind::Internal, "point-to-point messages need MPI (JETMOE_ENABLE_MPI=ON)");
+}
+void Comm::send(const float*, std::size_t, int, int) const {
+  fail(ErrorKind::Internal, "point-to-point messages need MPI (JETMOE_ENABLE_MPI=ON)");
+}
+void Comm::recv(float*, std::size_t, int, int) const {
+  fail(ErrorKind::Internal, "point-to-point messages need MPI (JETMOE_ENABLE_MPI=ON)");
+}
+Request::Request(Request&& o) noexcept : active_(o.active_) { o.active_ = false; }
+Request& Request::operator=(Request&& o) noexcept {
+  active_ = o.active_;
+  o.active_ = false;
+  return *this;
+}
+Request::~Request() {}
+void Request::wait() { active_ = false; }
 void Comm::abort(int exit_code) const { std::exit(exit_code); }
 std::string mpi_library_version() { return "not built (JETMOE_ENABLE_MPI=OFF)"; }
 

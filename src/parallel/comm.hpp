@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace jetmoe {
@@ -23,6 +24,26 @@ class MpiSession {
 
  private:
   bool owns_ = false;
+};
+
+// A point-to-point send in flight (Comm::isend): its buffer stays untouched until wait() returns.
+class Request {
+ public:
+  Request() = default;
+  Request(Request&& o) noexcept;
+  Request& operator=(Request&& o) noexcept;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  ~Request();  // waits
+  void wait();
+  bool active() const { return active_; }
+
+ private:
+  friend class Comm;
+#if JETMOE_HAVE_MPI
+  MPI_Request request_ = MPI_REQUEST_NULL;
+#endif
+  bool active_ = false;
 };
 
 class Comm {
@@ -44,6 +65,16 @@ class Comm {
   void sum_in_place(float* data, std::size_t n) const;
   void sum_in_place(double* data, std::size_t n) const;
   void barrier() const;
+  // Rank `root`'s string on every rank.
+  void broadcast(std::string& s, int root = 0) const;
+  // Ranks calling with the same color form a new communicator, ranked by `key` (every rank of this one
+  // must call). The new communicator is freed when its last copy goes.
+  Comm split(int color, int key) const;
+  // Point to point, float data. isend does not block (the buffer must live until the Request is
+  // waited); send and recv block. Messages between two ranks with the same tag arrive in order.
+  Request isend(const float* data, std::size_t n, int dest, int tag) const;
+  void send(const float* data, std::size_t n, int dest, int tag) const;
+  void recv(float* data, std::size_t n, int source, int tag) const;
   // Ends every rank of the job (MPI_Abort); a plain exit without MPI.
   [[noreturn]] void abort(int exit_code) const;
 
@@ -54,6 +85,7 @@ class Comm {
  private:
 #if JETMOE_HAVE_MPI
   MPI_Comm comm_ = MPI_COMM_WORLD;
+  std::shared_ptr<MPI_Comm> owned_;  // communicators made by split()
 #endif
   int rank_ = 0;
   int size_ = 1;

@@ -1,6 +1,8 @@
 #include "train/config.hpp"
 
 #include <cmath>
+#include <exception>
+#include <string>
 
 #include "core/deck.hpp"
 #include "model/config.hpp"
@@ -36,6 +38,28 @@ TrainConfig TrainConfig::from_deck(const Deck& deck, const ModelConfig& model, i
   t.final_ratio = deck.get_real("schedule", "final_ratio");
   t.pipeline_stages = deck.get_int("parallel", "pipeline_stages");
   t.data_parallel = deck.get_int("parallel", "data_parallel");
+  if (deck.is_set("parallel", "stage_layers")) {
+    for (const std::string& v : deck.get_list("parallel", "stage_layers")) {
+      std::size_t used = 0;
+      long long n = 0;
+      try {
+        n = std::stoll(v, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != v.size() || n < 1)
+        deck.fail_value("parallel", "stage_layers", "'" + v + "' is not a positive layer count (expected e.g. 12, 12)");
+      t.stage_layers.push_back(n);
+    }
+    if (std::int64_t(t.stage_layers.size()) != t.pipeline_stages)
+      deck.fail_value("parallel", "stage_layers", std::to_string(t.stage_layers.size()) + " entries for pipeline_stages = " +
+                                                      std::to_string(t.pipeline_stages) + " (one layer count per stage)");
+    std::int64_t sum = 0;
+    for (std::int64_t n : t.stage_layers) sum += n;
+    if (sum != model.num_layers)
+      deck.fail_value("parallel", "stage_layers", "the stages hold " + std::to_string(sum) + " layers, the model has " +
+                                                      std::to_string(model.num_layers));
+  }
 
   if (t.seq_len > model.max_position_embeddings)
     deck.fail_value("train", "seq_len", std::to_string(t.seq_len) + " exceeds the model's context of " +
@@ -56,6 +80,12 @@ TrainConfig TrainConfig::from_deck(const Deck& deck, const ModelConfig& model, i
     deck.fail_value("parallel", "pipeline_stages", std::to_string(t.pipeline_stages) + " stages for only " +
                                                        std::to_string(model.num_layers) + " layers");
 
+  const std::int64_t micro_batches = deck.get_int("parallel", "micro_batches");
+  if (micro_batches != 0 && micro_batches != t.grad_accum_steps)
+    deck.fail_value("parallel", "micro_batches",
+                    std::to_string(micro_batches) + " micro-batches per step, but train/global_batch_tokens / "
+                    "(micro_batch_size x seq_len x data_parallel) = " + std::to_string(t.grad_accum_steps) +
+                    "; leave it 0 (the pipeline runs every micro-batch of the step) or change the global batch");
   if (t.schedule != "constant" && t.warmup + (t.schedule == "wsd" ? t.decay : 0) > t.total)
     deck.fail_value("schedule", "warmup",
                     "warmup" + std::string(t.schedule == "wsd" ? " + decay = " : " = ") +

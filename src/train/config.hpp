@@ -3,6 +3,7 @@
 // <parallel> and <dpo>, with the checks that involve several keys.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace jetmoe {
 
@@ -20,6 +21,7 @@ struct TrainConfig {
   std::int64_t total = 0, warmup = 0, decay = 0;
   double initial_ratio = 0, final_ratio = 0;
   std::int64_t pipeline_stages = 1, data_parallel = 1;
+  std::vector<std::int64_t> stage_layers;  // parallel/stage_layers (empty: an even split)
   std::int64_t total_steps = 0;  // optimizer steps of the run
 
   // `ranks` is the job's rank count: pipeline_stages x data_parallel must equal it.

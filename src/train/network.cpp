@@ -47,9 +47,61 @@ double training_flops_per_token(const ModelConfig& c, std::int64_t seq_len) {
 }
 
 template <class R>
-Network<R>::Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute)
-    : config_(config), coef_switch_(coef_switch), coef_z_(coef_z), recompute_(recompute) {
+Network<R>::Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute, const StageSpan& span)
+    : config_(config), coef_switch_(coef_switch), coef_z_(coef_z), recompute_(recompute), span_(span) {
   config_.validate("model");
+  first_ = span_.first_layer;
+  layers_ = span_.end(config_) - first_;
+  JETMOE_ASSERT(first_ >= 0 && layers_ >= 0 && first_ + layers_ <= config_.num_layers, "Network: stage span");
+}
+
+template <class R>
+void Network<R>::set_slots(int n) {
+  JETMOE_ASSERT(n >= 1, "Network::set_slots: at least one slot");
+  if (n == slots()) return;
+  slots_.resize(std::size_t(n));
+  if (B_ > 0)
+    for (Slot& s : slots_)
+      if (s.x.empty()) allocate_slot(s);
+}
+
+template <class R>
+void Network<R>::prepare(std::int64_t B, std::int64_t T) {
+  if (T > config_.max_position_embeddings)
+    fail(ErrorKind::Input, "sequence length " + std::to_string(T) + " exceeds the model's context (" +
+                               std::to_string(config_.max_position_embeddings) + " positions)");
+  allocate(B, T);
+}
+
+template <class R>
+void Network<R>::allocate_slot(Slot& a) {
+  const ModelConfig& c = config_;
+  const std::int64_t B = B_, T = T_, N = B * T, D = c.hidden_size, H = c.num_kv_heads, d = c.head_dim,
+                     k = c.top_k, F = c.ffn_hidden_size, V = c.vocab_size, NK = N * k, Hq = H * k;
+  a.flat_ids = IntView1("flat_ids", std::size_t(N));
+  a.x.assign(std::size_t(layers_ + 1), Mat<R>());
+  for (auto& x : a.x) x = Mat<R>("block_input", N, D);
+  a.blocks.assign(recompute_ ? 0 : std::size_t(layers_), Block());
+  auto make = [&](Block& blk) {
+    blk.rstd1 = Vec<R>("rstd_attention", N);
+    blk.rstd2 = Vec<R>("rstd_mlp", N);
+    blk.q = Ten4<R>("q", B, T, Hq, d);
+    blk.k = Ten4<R>("k", B, T, H, d);
+    blk.v = Ten4<R>("v", B, T, H, d);
+    blk.attn = Ten4<R>("attention", B, T, Hq, d);
+    blk.lse = Ten3<R>("attention_lse", B, Hq, T);
+    blk.y_attn = Mat<R>("moa_expert_out", NK, D);
+    blk.x_mid = Mat<R>("mid_block", N, D);
+    blk.z = Mat<R>("swiglu_in", NK, 2 * F);
+    blk.y_mlp = Mat<R>("moe_expert_out", NK, D);
+  };
+  for (Block& blk : a.blocks) make(blk);
+  if (recompute_ && scratch_.q.data() == nullptr) make(scratch_);
+  if (span_.head) {
+    a.rstd_final = Vec<R>("rstd_final", N);
+    a.logits = Mat<R>("logits", N, V);
+    a.dlogits = Mat<R>("dlogits", N, V);
+  }
 }
 
 template <class R>
@@ -58,9 +110,9 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
   const ModelConfig& c = config_;
   const std::size_t N = std::size_t(B * T), D = std::size_t(c.hidden_size), H = std::size_t(c.num_kv_heads),
                     d = std::size_t(c.head_dim), A = std::size_t(c.attention_width()), k = std::size_t(c.top_k),
-                    F = std::size_t(c.ffn_hidden_size), V = std::size_t(c.vocab_size), E = std::size_t(c.num_experts);
-  const std::size_t L = std::size_t(c.num_layers), NK = N * k, Hq = H * k;
-  flat_ids_ = IntView1("flat_ids", N);
+                    F = std::size_t(c.ffn_hidden_size), E = std::size_t(c.num_experts);
+  const std::size_t NK = N * k, Hq = H * k;
+  B_ = B, T_ = T;
   rope_cos_ = Ten3<R>("rope_cos", B, T, d / 2);
   rope_sin_ = Ten3<R>("rope_sin", B, T, d / 2);
   {
@@ -70,25 +122,8 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
         KOKKOS_LAMBDA(std::int64_t b, std::int64_t t) { positions(b, t) = std::int32_t(t); });
     rope_tables(positions, c.rope_theta, c.head_dim, rope_cos_, rope_sin_);
   }
-  x_.assign(L + 1, Mat<R>());
-  for (auto& x : x_) x = Mat<R>("block_input", N, D);
-  blocks_.assign(recompute_ ? 1 : L, Block());
-  for (Block& a : blocks_) {
-    a.rstd1 = Vec<R>("rstd_attention", N);
-    a.rstd2 = Vec<R>("rstd_mlp", N);
-    a.q = Ten4<R>("q", B, T, Hq, d);
-    a.k = Ten4<R>("k", B, T, H, d);
-    a.v = Ten4<R>("v", B, T, H, d);
-    a.attn = Ten4<R>("attention", B, T, Hq, d);
-    a.lse = Ten3<R>("attention_lse", B, Hq, T);
-    a.y_attn = Mat<R>("moa_expert_out", NK, D);
-    a.x_mid = Mat<R>("mid_block", N, D);
-    a.z = Mat<R>("swiglu_in", NK, 2 * F);
-    a.y_mlp = Mat<R>("moe_expert_out", NK, D);
-  }
-  rstd_final_ = Vec<R>("rstd_final", N);
-  logits_ = Mat<R>("logits", N, V);
-  dlogits_ = Mat<R>("dlogits", N, V);
+  scratch_ = Block();
+  for (Slot& a : slots_) allocate_slot(a);
   u_ = Mat<R>("normed", N, D);
   tmp_ = Mat<R>("block_out", N, D);
   gathered_ = Mat<R>("gathered", NK, D);
@@ -108,7 +143,6 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
   dq_ = Ten4<R>("d_q", B, T, Hq, d);
   dk_ = Ten4<R>("d_k", B, T, H, d);
   dv_ = Ten4<R>("d_v", B, T, H, d);
-  B_ = B, T_ = T;
 }
 
 template <class R>
@@ -205,18 +239,16 @@ void Network<R>::block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, c
 }
 
 template <class R>
-LossTerms Network<R>::forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads) {
+LossTerms Network<R>::forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads, int slot) {
   const ModelConfig& c = config_;
-  const std::int64_t B = std::int64_t(ids.extent(0)), T = std::int64_t(ids.extent(1)), V = c.vocab_size;
-  const std::int64_t L = c.num_layers;
-  if (T > c.max_position_embeddings)
-    fail(ErrorKind::Input, "sequence length " + std::to_string(T) + " exceeds the model's context (" +
-                               std::to_string(c.max_position_embeddings) + " positions)");
-  JETMOE_ASSERT(std::int64_t(w.layers.size()) == L, "Network::run: weights do not match the configuration");
-  allocate(B, T);
-  {
+  Slot& s = slots_.at(std::size_t(slot));
+  JETMOE_ASSERT(std::int64_t(w.layers.size()) == c.num_layers, "Network: weights do not match the configuration");
+  JETMOE_ASSERT(B_ > 0, "Network: prepare() before a forward pass");
+  const std::int64_t B = B_, T = T_, V = c.vocab_size;
+  if (span_.embedding) {
+    JETMOE_ASSERT(std::int64_t(ids.extent(0)) == B && std::int64_t(ids.extent(1)) == T, "Network: ids shape");
     std::int64_t bad = 0;
-    const IntView1 flat_ids = flat_ids_;
+    const IntView1 flat_ids = s.flat_ids;
     Kokkos::parallel_reduce(
         "flatten_ids", Policy2({0, 0}, {B, T}),
         KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t & n) {
@@ -230,10 +262,10 @@ LossTerms Network<R>::forward(const ModelWeightsT<R>& w, const IntView2& ids, bo
   }
   LossTerms terms;
   Region region("forward");
-  embedding_forward(flat_ids_, w.embed, x_[0]);
-  for (std::int64_t l = 0; l < L; ++l) {
-    Block& a = blocks_[recompute_ ? 0 : std::size_t(l)];
-    block_forward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, x_[std::size_t(l) + 1]);
+  if (span_.embedding) embedding_forward(s.flat_ids, w.embed, s.x[0]);
+  for (std::int64_t i = 0; i < layers_; ++i) {
+    Block& a = block_of(s, i);
+    block_forward(w.layers[std::size_t(first_ + i)], s.x[std::size_t(i)], a, s.x[std::size_t(i) + 1]);
     if (!with_grads) {  // no backward pass: the router losses are reported from here
       for (const RoutingT<R>* r : {&a.moa, &a.moe}) {
         const RouterAux aux = router_aux_loss(r->logits, r->experts, 0.0, 0.0);
@@ -241,69 +273,101 @@ LossTerms Network<R>::forward(const ModelWeightsT<R>& w, const IntView2& ids, bo
       }
     }
   }
-  rmsnorm_forward(x_[std::size_t(L)], w.final_norm, c.rms_norm_eps, u_, rstd_final_);
-  Region head("lm_head");
-  linear(u_, w.lm_head, logits_);
+  if (span_.head) {
+    rmsnorm_forward(s.x.back(), w.final_norm, c.rms_norm_eps, u_, s.rstd_final);
+    Region head("lm_head");
+    linear(u_, w.lm_head, s.logits);
+  }
   return terms;
 }
 
 template <class R>
-void Network<R>::backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms) {
+double Network<R>::loss(const IntView1& targets, bool with_grads, double ce_scale, int slot, LossTerms& terms) {
+  Region region("loss");
+  Slot& s = slots_.at(std::size_t(slot));
+  const std::int64_t N = std::int64_t(targets.extent(0));
+  JETMOE_ASSERT(N == B_ * T_, "Network: targets shape");
+  std::int64_t count = 0;
+  Kokkos::parallel_reduce(
+      "count_targets", Range(0, N), KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; },
+      count);
+  const CrossEntropy ce = cross_entropy(s.logits, targets, with_grads ? s.dlogits : Mat<R>(), ce_scale * double(count));
+  terms.ce_sum = ce.loss * double(ce.count);
+  terms.count = ce.count;
+  return ce.loss;
+}
+
+template <class R>
+void Network<R>::backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms, int slot) {
   Region region("backward");
-  const std::int64_t L = config_.num_layers;
-  {
-    Region head("lm_head");
-    matmul_nn(dlogits_, w.lm_head, du_);
-    matmul_tn(dlogits_, u_, g.lm_head, 1.0);
+  Slot& s = slots_.at(std::size_t(slot));
+  if (span_.head) {
+    {
+      Region head("lm_head");
+      // The final norm's output again (u_ is a workspace other slots' forward passes overwrite).
+      rmsnorm_forward(s.x.back(), w.final_norm, config_.rms_norm_eps, u_);
+      matmul_tn(s.dlogits, u_, g.lm_head, 1.0);
+      matmul_nn(s.dlogits, w.lm_head, du_);
+    }
+    Kokkos::deep_copy(dx_, R(0));
+    rmsnorm_backward(s.x.back(), w.final_norm, s.rstd_final, du_, dx_, g.final_norm);
   }
-  Kokkos::deep_copy(dx_, R(0));
-  rmsnorm_backward(x_[std::size_t(L)], w.final_norm, rstd_final_, du_, dx_, g.final_norm);
-  for (std::int64_t l = L - 1; l >= 0; --l) {
-    Block& a = blocks_[recompute_ ? 0 : std::size_t(l)];
-    if (recompute_) block_forward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, Mat<R>());
-    block_backward(w.layers[std::size_t(l)], x_[std::size_t(l)], a, dx_, g.layers[std::size_t(l)], aux_scale, terms);
+  for (std::int64_t i = layers_ - 1; i >= 0; --i) {
+    Block& a = block_of(s, i);
+    const LayerWeightsT<R>& wl = w.layers[std::size_t(first_ + i)];
+    if (recompute_) block_forward(wl, s.x[std::size_t(i)], a, Mat<R>());
+    block_backward(wl, s.x[std::size_t(i)], a, dx_, g.layers[std::size_t(first_ + i)], aux_scale, terms);
   }
-  embedding_backward(flat_ids_, dx_, g.embed);
+  if (span_.embedding) embedding_backward(s.flat_ids, dx_, g.embed);
+}
+
+template <class R>
+LossTerms Network<R>::stage_forward(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
+                                    bool with_grads, double ce_scale, int slot) {
+  LossTerms terms = forward(w, ids, with_grads, slot);
+  if (span_.head) loss(targets, with_grads, ce_scale, slot, terms);
+  return terms;
+}
+
+template <class R>
+void Network<R>::stage_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& grads, double aux_scale, LossTerms& terms,
+                                int slot) {
+  backward(w, grads, aux_scale, terms, slot);
 }
 
 template <class R>
 LossTerms Network<R>::run(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
                           ModelWeightsT<R>* grads, double ce_scale, double aux_scale) {
+  JETMOE_ASSERT(span_.whole(config_), "Network::run: the whole model (a stage runs stage_forward/stage_backward)");
   JETMOE_ASSERT(targets.extent(0) == ids.extent(0) * ids.extent(1), "Network::run: targets shape");
-  LossTerms terms = forward(w, ids, grads != nullptr);
-  {
-    Region region("loss");
-    const std::int64_t N = std::int64_t(targets.extent(0));
-    std::int64_t count = 0;
-    Kokkos::parallel_reduce(
-        "count_targets", Range(0, N), KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; },
-        count);
-    const CrossEntropy ce = cross_entropy(logits_, targets, grads ? dlogits_ : Mat<R>(), ce_scale * double(count));
-    terms.ce_sum = ce.loss * double(ce.count);
-    terms.count = ce.count;
-  }
-  if (grads) backward(w, *grads, aux_scale, terms);
+  prepare(std::int64_t(ids.extent(0)), std::int64_t(ids.extent(1)));
+  LossTerms terms = forward(w, ids, grads != nullptr, 0);
+  loss(targets, grads != nullptr, ce_scale, 0, terms);
+  if (grads) backward(w, *grads, aux_scale, terms, 0);
   return terms;
 }
 
 template <class R>
 LossTerms Network<R>::run_weighted(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
                                    ModelWeightsT<R>* grads, const RowWeights& weigh, double aux_scale) {
+  JETMOE_ASSERT(span_.whole(config_), "Network::run_weighted: the whole model");
   JETMOE_ASSERT(targets.extent(0) == ids.extent(0) * ids.extent(1), "Network::run_weighted: targets shape");
-  LossTerms terms = forward(w, ids, grads != nullptr);
+  prepare(std::int64_t(ids.extent(0)), std::int64_t(ids.extent(1)));
+  LossTerms terms = forward(w, ids, grads != nullptr, 0);
   std::vector<double> weights;
   {
     Region region("loss");
-    row_losses_ = cross_entropy_rows(logits_, targets);
+    Slot& s = slots_[0];
+    row_losses_ = cross_entropy_rows(s.logits, targets);
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), targets);
     for (std::size_t t = 0; t < row_losses_.size(); ++t)
       if (h(t) != ignore_index) terms.ce_sum += row_losses_[t], ++terms.count;
     if (!grads) return terms;
     weights.assign(row_losses_.size(), 0.0);
     weigh(row_losses_, weights);
-    cross_entropy_backward(logits_, targets, weights, dlogits_);
+    cross_entropy_backward(s.logits, targets, weights, s.dlogits);
   }
-  backward(w, *grads, aux_scale, terms);
+  backward(w, *grads, aux_scale, terms, 0);
   return terms;
 }
 

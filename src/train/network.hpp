@@ -37,7 +37,9 @@ template <class R>
 class Network {
  public:
   // coef_switch, coef_z: weights of each router's switch and z losses (0.01 and 0.001 in the paper).
-  Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute = false);
+  // `span`: the part of the model this network runs (a pipeline stage; default the whole model).
+  Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute = false,
+          const StageSpan& span = StageSpan());
 
   // ids [B, T] token ids; targets [B*T] (row b*T + t: the label predicted at (b, t), or ignore_index).
   // Runs the forward pass and returns the loss terms. With `grads`, also runs the backward pass and
@@ -59,8 +61,31 @@ class Network {
   const std::vector<double>& row_losses() const { return row_losses_; }
 
   // The logits of the last run ([B*T, V]).
-  const Mat<R>& logits() const { return logits_; }
+  const Mat<R>& logits() const { return slots_.at(0).logits; }
   const ModelConfig& config() const { return config_; }
+  const StageSpan& span() const { return span_; }
+
+  // ---- Pipeline stages ------------------------------------------------------------------------------
+  // A stage keeps the activations of several micro-batches in flight (1F1B: up to stages - stage), one
+  // activation slot each; the workspaces are shared. run() and run_weighted() use slot 0.
+  void set_slots(int n);
+  int slots() const { return int(slots_.size()); }
+  // Sizes everything for micro-batches of [B, T].
+  void prepare(std::int64_t B, std::int64_t T);
+  // The stage's input activation [B*T, D] of a slot: the caller fills it before stage_forward on a
+  // stage without the embedding.
+  const Mat<R>& stage_input(int slot) const { return slots_.at(std::size_t(slot)).x.front(); }
+  // Forward of one micro-batch through the stage; on the last stage also the cross-entropy (scaled as
+  // in run()) and, with_grads, its gradient. ids are read on the first stage, targets on the last.
+  LossTerms stage_forward(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets, bool with_grads,
+                          double ce_scale, int slot);
+  // The stage's output activation [B*T, D] of a slot (what the next stage receives).
+  const Mat<R>& stage_output(int slot) const { return slots_.at(std::size_t(slot)).x.back(); }
+  // The gradient of the stage output: the caller fills it before stage_backward on a stage without the
+  // head; after stage_backward it holds the gradient of the stage input (what the previous stage gets).
+  const Mat<R>& boundary_grad() const { return dx_; }
+  // Backward of the micro-batch in `slot` (after its stage_forward with_grads); adds to grads.
+  void stage_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& grads, double aux_scale, LossTerms& terms, int slot);
 
  private:
   struct Block {  // what one block keeps for its backward pass
@@ -70,9 +95,19 @@ class Network {
     Ten3<R> lse;
     Mat<R> y_attn, x_mid, z, y_mlp;
   };
+  struct Slot {  // one micro-batch's activations
+    IntView1 flat_ids;
+    std::vector<Mat<R>> x;      // block inputs of the stage's layers, then the stage output
+    std::vector<Block> blocks;  // one per layer of the stage (none with `recompute`)
+    Vec<R> rstd_final;
+    Mat<R> logits, dlogits;     // last stage
+  };
   void allocate(std::int64_t B, std::int64_t T);
-  LossTerms forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads);
-  void backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms);
+  void allocate_slot(Slot& s);
+  Block& block_of(Slot& s, std::int64_t i) { return recompute_ ? scratch_ : s.blocks[std::size_t(i)]; }
+  LossTerms forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads, int slot);
+  double loss(const IntView1& targets, bool with_grads, double ce_scale, int slot, LossTerms& terms);
+  void backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms, int slot);
   void block_forward(const LayerWeightsT<R>& w, const Mat<R>& x_in, Block& a, const Mat<R>& x_out);
   // dx: gradient of the block output in, of the block input out.
   void block_backward(const LayerWeightsT<R>& w, const Mat<R>& x_in, const Block& a, const Mat<R>& dx,
@@ -81,13 +116,12 @@ class Network {
   ModelConfig config_;
   double coef_switch_, coef_z_;
   bool recompute_;
+  StageSpan span_;
+  std::int64_t first_ = 0, layers_ = 0;  // the stage's first layer and layer count
   std::int64_t B_ = 0, T_ = 0;
-  IntView1 flat_ids_;
   Ten3<R> rope_cos_, rope_sin_;
-  std::vector<Mat<R>> x_;      // block inputs [L + 1][N, D]; x_[L] enters the final norm
-  std::vector<Block> blocks_;  // L blocks, or one scratch block with `recompute`
-  Vec<R> rstd_final_;
-  Mat<R> logits_, dlogits_;
+  std::vector<Slot> slots_{1};
+  Block scratch_;  // with `recompute`: the one block whose activations live at a time
   std::vector<double> row_losses_;
   // Workspaces shared by the blocks.
   Mat<R> u_, tmp_, gathered_, q_sorted_, o_sorted_, h_;

@@ -21,8 +21,8 @@ std::int64_t blocks_of(std::int64_t n, std::int64_t block) { return (n + block -
 
 }  // namespace
 
-AdamW::AdamW(const ModelConfig& config, const AdamWSettings& settings)
-    : config_(config), s_(settings), m_(config, true), v_(config, true) {}
+AdamW::AdamW(const ModelConfig& config, const AdamWSettings& settings, const StageSpan& span)
+    : config_(config), s_(settings), m_(config, true, span), v_(config, true, span) {}
 
 void AdamW::step(ModelWeights& params, const ModelWeights& grads, double lr, double grad_scale) {
   Region region("optimizer");
@@ -63,12 +63,15 @@ void AdamW::step(ModelWeights& params, const ModelWeights& grads, double lr, dou
 }
 
 double global_grad_norm(const ModelConfig& config, const ModelWeights& grads) {
+  return std::sqrt(grad_sum_of_squares(grads.named(config)));
+}
+
+double grad_sum_of_squares(const std::vector<NamedTensor>& tensors) {
   // Partial sums of squares over fixed blocks of each tensor, each accumulated in double over 8
   // interleaved lanes (independent chains the compiler vectorises), lanes and blocks then added in a
   // fixed order: the result depends neither on the backend nor on the thread count.
   constexpr std::int64_t block = 4096;
   constexpr int lanes = 8;
-  const auto tensors = grads.named(config);
   std::vector<std::int64_t> first_block(tensors.size() + 1, 0);
   for (std::size_t i = 0; i < tensors.size(); ++i)
     first_block[i + 1] = first_block[i] + blocks_of(std::int64_t(tensors[i].flat.extent(0)), block);
@@ -92,7 +95,7 @@ double global_grad_norm(const ModelConfig& config, const ModelWeights& grads) {
   const auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), partial);
   double total = 0;
   for (std::size_t b = 0; b < h.extent(0); ++b) total += h(b);
-  return std::sqrt(total);
+  return total;
 }
 
 void scale_gradients(const ModelConfig& config, const ModelWeights& grads, double factor) {

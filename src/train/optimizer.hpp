@@ -9,6 +9,7 @@
 // and clipping is torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6)).
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "model/config.hpp"
 #include "model/weights.hpp"
@@ -23,7 +24,8 @@ struct AdamWSettings {
 
 class AdamW {
  public:
-  AdamW(const ModelConfig& config, const AdamWSettings& settings);
+  // Moments for the tensors of `span` (a pipeline stage's part of the model; default the whole model).
+  AdamW(const ModelConfig& config, const AdamWSettings& settings, const StageSpan& span = StageSpan());
 
   // One update of every parameter with learning rate lr. The update uses grad_scale x the gradient,
   // the fp32 product scale_gradients would store (pass clip_factor(...) to clip inside the update's
@@ -47,6 +49,9 @@ class AdamW {
 // sqrt(sum of squares) of every gradient, accumulated in double in a fixed order (independent of the
 // backend and thread count).
 double global_grad_norm(const ModelConfig& config, const ModelWeights& grads);
+// The sum of squares of the listed gradients, in the same fixed order (global_grad_norm = sqrt of it
+// over every tensor); pipeline stages add theirs.
+double grad_sum_of_squares(const std::vector<NamedTensor>& tensors);
 // Multiplies every gradient by `factor`.
 void scale_gradients(const ModelConfig& config, const ModelWeights& grads, double factor);
 // The factor clip_grad_norm_ applies: min(1, max_norm / (norm + 1e-6)); 1 when max_norm is 0 (off).

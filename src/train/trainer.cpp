@@ -1,5 +1,6 @@
 #include "train/trainer.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -28,6 +29,7 @@
 #include "train/losses.hpp"
 #include "train/network.hpp"
 #include "train/optimizer.hpp"
+#include "train/pipeline.hpp"
 
 namespace jetmoe {
 
@@ -137,11 +139,18 @@ class Trainer {
   void log_progress(const StepStats& st, double lr, double grad_norm, double window_s, std::int64_t window_steps);
   void append_metrics(const std::string& line);
   void finish();
+  // The whole model on rank 0 from the stages of replica 0 (tensor by tensor); every rank calls it.
+  // Without pipeline stages every rank holds the whole model already and gets `part` back.
+  ModelWeights gather_whole(const ModelWeights& part);
+  double grad_norm();
 
   Deck& deck_;
   const Comm& comm_;
   ModelConfig config_;
   TrainConfig run_;
+  RankLayout layout_;
+  Comm pipe_comm_, dp_comm_, embed_comm_;  // a replica's stages; a stage's replicas; first + last stage (tied)
+  bool sum_embedding_ = false;             // tied embeddings split over the first and last stage
   std::string name_, output_dir_, checkpoint_dir_, metrics_path_;
   std::uint64_t seed_;
   std::int64_t progress_interval_, eval_interval_, eval_batches_, checkpoint_interval_, keep_last_;
@@ -156,6 +165,7 @@ class Trainer {
   std::unique_ptr<data::ExampleOrder> order_;                     // sft, dpo
   ModelWeights ref_params_;                                       // dpo: the frozen reference
   std::unique_ptr<Network<float>> ref_net_;
+  std::unique_ptr<Pipeline> pipeline_;
   double dpo_beta_ = 0.1, dpo_smoothing_ = 0;
   std::int64_t rows_ = 0;  // sequences per micro-batch (2 x micro_batch_size for DPO: chosen, then rejected)
   IntView2 ids_;
@@ -174,14 +184,26 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       comm_(comm),
       config_(ModelConfig::from_deck(deck)),
       run_(TrainConfig::from_deck(deck, config_, comm.size())),
-      adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}),
+      layout_(make_layout(config_, int(run_.pipeline_stages), int(run_.data_parallel), comm.rank(), run_.stage_layers)),
+      adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}, layout_.span()),
       schedule_(LrSchedule::from(run_)),
-      net_(config_, run_.load_balance_coef, run_.z_loss_coef, deck.get_bool("train", "recompute")) {
+      net_(config_, run_.load_balance_coef, run_.z_loss_coef, deck.get_bool("train", "recompute"), layout_.span()) {
   if (run_.precision != "fp32")
     deck.fail_value("train", "precision", "'" + run_.precision + "' needs the CUDA build (issue 6); use fp32 on CPUs");
-  if (run_.pipeline_stages != 1)
+  if (run_.pipeline_stages > 1 && deck.get_string("train", "mode") == "dpo")
     deck.fail_value("parallel", "pipeline_stages",
-                    "pipeline parallelism is not part of this version yet; use parallel/data_parallel for several ranks");
+                    "train/mode = dpo runs on whole-model replicas in this version (pipeline_stages = 1); use "
+                    "parallel/data_parallel for several ranks");
+  if (deck.get_bool("parallel", "zero1"))
+    deck.fail_value("parallel", "zero1", "ZeRO-1 sharding of the AdamW state is not part of this version; set it false");
+  // Every rank of the job calls each split, in the same order.
+  pipe_comm_ = comm_.split(layout_.replica, layout_.stage);
+  dp_comm_ = comm_.split(layout_.stage, layout_.replica);
+  sum_embedding_ = layout_.stages > 1 && config_.tie_word_embeddings;
+  embed_comm_ = comm_.split(sum_embedding_ && (layout_.first() || layout_.last()) ? layout_.replica
+                                                                                   : layout_.replicas + comm_.rank(),
+                            layout_.stage);
+  pipeline_ = std::make_unique<Pipeline>(pipe_comm_, net_, layout_.stage, layout_.stages);
   name_ = deck.get_string("job", "name");
   seed_ = std::uint64_t(deck.get_int("job", "seed"));
   output_dir_ = deck.get_string("job", "output_dir");
@@ -230,10 +252,17 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
               double(run_.total_steps) * per_step / double(examples));
   }
 
-  LoadedModel initial = load_model(deck);
-  params_ = std::move(initial.weights);
-  model_source_ = initial.source;
-  grads_ = ModelWeights(config_, /*zeros=*/true);
+  {
+    LoadedModel initial = load_model(deck);
+    if (layout_.span().whole(config_)) {
+      params_ = std::move(initial.weights);
+    } else {  // this stage's part; the rest is freed here
+      params_ = ModelWeights(config_, false, layout_.span());
+      copy_span(config_, initial.weights, params_);
+    }
+    model_source_ = initial.source;
+  }
+  grads_ = ModelWeights(config_, /*zeros=*/true, layout_.span());
   if (run_.mode == "dpo") {
     // The reference is the starting model (model/weights), frozen: a copy that restarts reload the same way.
     ref_params_ = ModelWeights(config_);
@@ -257,6 +286,14 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   const double peak = deck.get_real("job", "peak_gflops");
   peak_gflops_ = peak > 0 ? peak : comm_.sum(measure_gemm_gflops()) / double(comm_.size());
   log::info("weights: %s", model_source_.c_str());
+  if (comm_.size() > 1) {
+    const double p = double(layout_.stages), m = double(run_.grad_accum_steps);
+    log::info("parallel: %d rank(s) = %d pipeline stage(s) x %d data-parallel replica(s)", comm_.size(), layout_.stages,
+              layout_.replicas);
+    if (layout_.stages > 1)
+      log::info("pipeline: %s; 1F1B over %lld micro-batches per step (ideal bubble (p-1)/(m+p-1) = %.1f%%)",
+                layout_.describe().c_str(), (long long)run_.grad_accum_steps, 100.0 * (p - 1) / (m + p - 1));
+  }
   if (train_data_) {
     log::info("data:");
     log::text(train_data_->describe());
@@ -275,7 +312,7 @@ StepStats Trainer::accumulate(int phase) {
   // position in a checkpoint does not depend on the layout) and trains on its own slice: micro-batches
   // rank * accum ... (rank + 1) * accum - 1 of the step.
   const std::int64_t B = run_.micro_batch_size, T = run_.seq_len, accum = run_.grad_accum_steps;
-  const std::int64_t dp = run_.data_parallel, first = std::int64_t(comm_.rank()) * accum, all = accum * dp;
+  const std::int64_t dp = run_.data_parallel, first = std::int64_t(layout_.replica) * accum, all = accum * dp;
   StepStats st;
   auto upload = [&](const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& targets) {
     auto hi = Kokkos::create_mirror_view(ids_);
@@ -291,14 +328,15 @@ StepStats Trainer::accumulate(int phase) {
       train_data_->next(B * all, phase, tokens_);
     }
     std::vector<std::int32_t> slice;
-    for (std::int64_t m = 0; m < accum; ++m) {
+    const MicroBatchSource load = [&](std::int64_t m) {
       const auto begin = tokens_.begin() + std::ptrdiff_t((first + m) * B * (T + 1));
       slice.assign(begin, begin + std::ptrdiff_t(B * (T + 1)));
       split_sequences(slice, B, T, ids_, targets_);
       // Every target counts in pretraining: the global mean over B*T*accum*dp tokens.
-      const LossTerms t = net_.run(params_, ids_, targets_, &grads_, 1.0 / double(B * T * all), 1.0 / double(all));
-      st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
-    }
+      return MicroBatch{ids_, targets_, 1.0 / double(B * T * all)};
+    };
+    const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all));
+    st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
   } else if (run_.mode == "sft") {
     // Draw the whole step first: the loss is the mean over every assistant token of the global batch.
     std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(all)), targets(static_cast<std::size_t>(all));
@@ -309,12 +347,12 @@ StepStats Trainer::accumulate(int phase) {
       data::pad_batch(batch, T, tokenizer_->pad_id(), ids[std::size_t(m)], targets[std::size_t(m)]);
       for (std::int32_t y : targets[std::size_t(m)]) total += y != ignore_index;
     }
-    for (std::int64_t m = first; m < first + accum; ++m) {
-      upload(ids[std::size_t(m)], targets[std::size_t(m)]);
-      const LossTerms t = net_.run(params_, ids_, targets_, &grads_, 1.0 / double(std::max<std::int64_t>(1, total)),
-                                   1.0 / double(all));
-      st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
-    }
+    const MicroBatchSource load = [&](std::int64_t m) {
+      upload(ids[std::size_t(first + m)], targets[std::size_t(first + m)]);
+      return MicroBatch{ids_, targets_, 1.0 / double(std::max<std::int64_t>(1, total))};
+    };
+    const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all));
+    st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
   } else {  // dpo
     const double pairs = double(B * all);
     std::vector<std::int64_t> picks;
@@ -364,9 +402,19 @@ StepStats Trainer::accumulate(int phase) {
     Region region("allreduce");
     for (const NamedTensor& g : grads_.named(config_)) {
       auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g.flat);
-      comm_.sum_in_place(h.data(), h.size());
+      dp_comm_.sum_in_place(h.data(), h.size());
       Kokkos::deep_copy(g.flat, h);
     }
+  }
+  if (sum_embedding_ && (layout_.first() || layout_.last())) {
+    // The tied embedding's two copies: the gradient of the embedding (first stage) plus that of the head
+    // (last stage), on both, so both copies take the same update.
+    Region region("allreduce");
+    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), flat(grads_.embed));
+    embed_comm_.sum_in_place(h.data(), h.size());
+    Kokkos::deep_copy(flat(grads_.embed), h);
+  }
+  if (comm_.size() > 1) {  // the loss terms live on the ranks that computed them: sums over the job
     double sums[8] = {st.ce_sum, st.switch_loss, st.z_loss, st.dpo.loss, st.dpo.accuracy, st.dpo.margin,
                       st.dpo.chosen_reward, st.dpo.rejected_reward};
     comm_.sum_in_place(sums, 8);
@@ -393,6 +441,7 @@ TrainOutcome Trainer::run() {
   if (evaluate && first_step == 0) {
     const double v = validation_loss();
     log::info("step 0: validation loss %.4f", v);
+    pipeline_->reset_times();
     append_metrics("{\"type\": \"eval\", \"step\": 0, \"tokens\": 0, \"val_loss\": " + fmt_g(v, 9) + "}");
   }
   auto window_start = Clock::now();
@@ -410,7 +459,7 @@ TrainOutcome Trainer::run() {
     }
     const DpoStats dpo = st.dpo.mean();
     const double loss = run_.mode == "dpo" ? dpo.loss : st.ce();
-    const double grad_norm = global_grad_norm(config_, grads_);
+    const double grad_norm = this->grad_norm();
     const bool finite = std::isfinite(loss) && std::isfinite(st.switch_loss) && std::isfinite(st.z_loss) &&
                         std::isfinite(grad_norm);
     if (!finite) {
@@ -456,6 +505,7 @@ TrainOutcome Trainer::run() {
                      std::to_string(tokens_seen_) + ", \"val_loss\": " + fmt_g(v, 9) + "}");
       window_start = Clock::now();  // keep evaluation out of the training throughput
       window_steps = 0;
+      pipeline_->reset_times();
     }
     if (checkpoint_interval_ > 0 && step_ % checkpoint_interval_ == 0 && step_ < run_.total_steps) save_checkpoint();
     // A signal may reach the ranks at different steps: they stop together after the first rank saw one.
@@ -485,10 +535,20 @@ void Trainer::log_progress(const StepStats& st, double lr, double grad_norm, dou
   } else {
     std::snprintf(head, sizeof head, "loss %.4f", st.ce());
   }
+  std::string bubble;
+  if (layout_.stages > 1) {  // measured: the share of the stages' time spent waiting for a neighbour
+    const PipelineTimes& t = pipeline_->times();
+    const double idle = comm_.sum(t.idle), busy = comm_.sum(t.busy);
+    char buf[48];
+    std::snprintf(buf, sizeof buf, " | bubble %.1f%%", 100.0 * idle / std::max(idle + busy, 1e-12));
+    bubble = buf;
+    pipeline_->reset_times();
+  }
   log::info("step %*lld/%lld | %s | aux %.4f (switch %.3f, z %.3f) | lr %.3e | grad norm %.3f | %.0f tok/s | "
-            "MFU %.1f%% | ETA %s",
+            "MFU %.1f%%%s | ETA %s",
             int(std::to_string(run_.total_steps).size()), (long long)step_, (long long)run_.total_steps, head, aux,
-            st.switch_loss, st.z_loss, lr, grad_norm, tokens_per_s, 100.0 * mfu, format_duration(eta).c_str());
+            st.switch_loss, st.z_loss, lr, grad_norm, tokens_per_s, 100.0 * mfu, bubble.c_str(),
+            format_duration(eta).c_str());
 }
 
 void Trainer::append_metrics(const std::string& line) {
@@ -515,27 +575,33 @@ double Trainer::validation_loss() {
     // A fresh sampler each time: the same validation sequences at every evaluation.
     DataSampler data(deck_.get_string("data", "dir"), Split::Validation, T + 1, config_.vocab_size,
                      deck_weights(deck_, "phase1_mixture"), deck_weights(deck_, "phase2_mixture"), seed_);
+    std::vector<std::vector<std::int32_t>> mine;  // micro-batches shared out over the replicas
     for (std::int64_t i = 0; i < eval_batches_; ++i) {
       tokens_.clear();
       data.next(B, 1, tokens_);
-      if (i % comm_.size() != comm_.rank()) continue;  // micro-batches shared out over the ranks
-      split_sequences(tokens_, B, T, ids_, targets_);
-      const LossTerms terms = net_.run(params_, ids_, targets_);
-      ce_sum += terms.ce_sum, count += terms.count;
+      if (i % layout_.replicas == layout_.replica) mine.push_back(tokens_);
     }
+    const LossTerms terms = pipeline_->evaluate(params_, std::int64_t(mine.size()), [&](std::int64_t i) {
+      split_sequences(mine[std::size_t(i)], B, T, ids_, targets_);
+      return MicroBatch{ids_, targets_, 1.0};
+    });
+    ce_sum += terms.ce_sum, count += terms.count;
     return comm_.sum(ce_sum) / double(std::max<std::int64_t>(1, comm_.sum(count)));
   }
   if (run_.mode == "sft") {  // the first eval_batches micro-batches of the validation file, in order
     const std::size_t n = std::min(sft_validation_.size(), std::size_t(eval_batches_ * B));
-    for (std::size_t i = 0; i < n; i += std::size_t(B)) {
-      if ((i / std::size_t(B)) % std::size_t(comm_.size()) != std::size_t(comm_.rank())) continue;
+    std::vector<std::size_t> mine;  // first examples of this replica's micro-batches
+    for (std::size_t i = 0; i < n; i += std::size_t(B))
+      if ((i / std::size_t(B)) % std::size_t(layout_.replicas) == std::size_t(layout_.replica)) mine.push_back(i);
+    const LossTerms terms = pipeline_->evaluate(params_, std::int64_t(mine.size()), [&](std::int64_t k) {
       std::vector<const data::ChatExample*> batch;
-      for (std::size_t j = 0; j < std::size_t(B); ++j) batch.push_back(&sft_validation_[(i + j) % sft_validation_.size()]);
+      for (std::size_t j = 0; j < std::size_t(B); ++j)
+        batch.push_back(&sft_validation_[(mine[std::size_t(k)] + j) % sft_validation_.size()]);
       data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
       upload();
-      const LossTerms terms = net_.run(params_, ids_, targets_);
-      ce_sum += terms.ce_sum, count += terms.count;
-    }
+      return MicroBatch{ids_, targets_, 1.0};
+    });
+    ce_sum += terms.ce_sum, count += terms.count;
     return comm_.sum(ce_sum) / double(std::max<std::int64_t>(1, comm_.sum(count)));
   }
   // dpo: the DPO loss over the first eval_batches micro-batches of validation pairs
@@ -596,11 +662,14 @@ std::string Trainer::save_checkpoint() {
   meta.scalars["mode"] = run_.mode == "pretrain" ? 0.0 : run_.mode == "sft" ? 1.0 : 2.0;
   meta.scalars["global_batch_tokens"] = double(run_.global_batch_tokens);
   const std::string path = (fs::path(checkpoint_dir_) / checkpoint_name(step_)).string();
-  // Data-parallel replicas hold the same parameters and moments: rank 0 writes, the others wait. An
-  // error on rank 0 ends the job (the app frame aborts every rank).
+  meta.scalars["pipeline_stages"] = double(layout_.stages);  // informative: any layout restarts from it
+  meta.scalars["data_parallel"] = double(layout_.replicas);
+  // Data-parallel replicas hold the same parameters and moments: rank 0 writes (the stages of replica 0
+  // send it theirs), the others wait. An error on rank 0 ends the job (the app frame aborts every rank).
+  const ModelWeights params = gather_whole(params_), m = gather_whole(adam_.exp_avg()),
+                     v = gather_whole(adam_.exp_avg_sq());
   if (comm_.is_root()) {
-    write_checkpoint(path, meta,
-                     {{"params", group(params_)}, {"adam_m", group(adam_.exp_avg())}, {"adam_v", group(adam_.exp_avg_sq())}});
+    write_checkpoint(path, meta, {{"params", group(params)}, {"adam_m", group(m)}, {"adam_v", group(v)}});
     prune_checkpoints(checkpoint_dir_, int(keep_last_));
   }
   comm_.barrier();
@@ -675,11 +744,48 @@ void Trainer::restore(const std::string& path) {
   log::info("restarted from %s: step %lld, %lld tokens seen", path.c_str(), (long long)step_, (long long)tokens_seen_);
 }
 
+ModelWeights Trainer::gather_whole(const ModelWeights& part) {
+  if (layout_.stages == 1) return part;
+  Region region("gather");
+  ModelWeights whole;
+  if (comm_.is_root()) whole = ModelWeights(config_, /*zeros=*/true);
+  const auto mine = part.named_all(config_);
+  const auto all = whole.named_all(config_);
+  std::vector<float> buffer;
+  for (std::size_t i = 0; i < mine.size(); ++i) {
+    const int owner = layout_.world_rank(layout_.owner_stage(config_, mine[i].name), 0);
+    if (comm_.rank() == owner && comm_.is_root()) {
+      Kokkos::deep_copy(all[i].flat, mine[i].flat);
+    } else if (comm_.rank() == owner) {
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), mine[i].flat);
+      comm_.send(h.data(), h.size(), 0, 3);
+    } else if (comm_.is_root()) {
+      buffer.resize(all[i].flat.size());
+      comm_.recv(buffer.data(), buffer.size(), owner, 3);
+      Kokkos::deep_copy(all[i].flat, Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+                                         buffer.data(), buffer.size()));
+    }
+  }
+  return whole;
+}
+
+double Trainer::grad_norm() {
+  std::vector<NamedTensor> tensors = grads_.named(config_);
+  if (sum_embedding_ && layout_.last())  // the head's copy of the embedding counts once, on the first stage
+    tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
+                                 [](const NamedTensor& t) { return t.name == "model.embed_tokens.weight"; }),
+                  tensors.end());
+  double squares = grad_sum_of_squares(tensors);
+  if (layout_.stages > 1) squares = pipe_comm_.sum(squares);
+  return std::sqrt(squares);
+}
+
 void Trainer::finish() {
   const std::string path = save_checkpoint();
+  const ModelWeights params = gather_whole(params_);
   if (!comm_.is_root()) return;  // the replicas are identical: rank 0 exports and samples
   const std::string final_dir = (fs::path(output_dir_) / "final").string();
-  save_hf_checkpoint(final_dir, config_, params_, "fp32");
+  save_hf_checkpoint(final_dir, config_, params, "fp32");
   log::info("final model: %s (Hugging Face format; checkpoint %s)", final_dir.c_str(), path.c_str());
   const std::int64_t sample_tokens = deck_.get_int("train", "sample_tokens");
   if (sample_tokens == 0) return;
@@ -689,7 +795,7 @@ void Trainer::finish() {
   }
   Region region("sample");
   const std::string prompt = deck_.get_string("train", "sample_prompt");
-  Model model(config_, params_);
+  Model model(config_, params);
   GenerationParams gp;
   gp.max_new_tokens = sample_tokens;
   gp.eos_id = tokenizer_->eos_id();

@@ -1,0 +1,179 @@
+#include "train/pipeline.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "core/error.hpp"
+#include "core/kokkos_compat.hpp"
+#include "core/profiling.hpp"
+
+namespace jetmoe {
+
+namespace {
+constexpr int kForwardTag = 1, kBackwardTag = 2;
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+using HostMat = Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+}  // namespace
+
+std::vector<std::int64_t> split_layers(std::int64_t num_layers, int stages, const std::vector<std::int64_t>& explicit_layers) {
+  if (!explicit_layers.empty()) {
+    if (std::int64_t(explicit_layers.size()) != stages)
+      fail(ErrorKind::Deck, "parallel/stage_layers: " + std::to_string(explicit_layers.size()) + " entries for " +
+                                std::to_string(stages) + " pipeline stages (one layer count per stage)");
+    std::int64_t sum = 0;
+    for (std::size_t i = 0; i < explicit_layers.size(); ++i) {
+      if (explicit_layers[i] < 1)
+        fail(ErrorKind::Deck, "parallel/stage_layers: stage " + std::to_string(i) + " has " +
+                                  std::to_string(explicit_layers[i]) + " layers; every stage needs at least 1");
+      sum += explicit_layers[i];
+    }
+    if (sum != num_layers)
+      fail(ErrorKind::Deck, "parallel/stage_layers: the stages hold " + std::to_string(sum) + " layers, the model has " +
+                                std::to_string(num_layers));
+    return explicit_layers;
+  }
+  if (stages > num_layers)
+    fail(ErrorKind::Deck, "parallel/pipeline_stages: " + std::to_string(stages) + " stages for only " +
+                              std::to_string(num_layers) + " layers");
+  std::vector<std::int64_t> out(std::size_t(stages), num_layers / stages);
+  for (std::int64_t i = 0; i < num_layers % stages; ++i) ++out[std::size_t(i)];
+  return out;
+}
+
+RankLayout make_layout(const ModelConfig& config, int stages, int replicas, int world_rank,
+                       const std::vector<std::int64_t>& explicit_layers) {
+  RankLayout l;
+  l.stages = stages, l.replicas = replicas;
+  l.stage = world_rank / replicas, l.replica = world_rank % replicas;
+  l.layers = split_layers(config.num_layers, stages, explicit_layers);
+  std::int64_t first = 0;
+  for (int s = 0; s < stages; ++s) {
+    StageSpan span;
+    span.first_layer = first;
+    span.end_layer = first + l.layers[std::size_t(s)];
+    span.embedding = s == 0;
+    span.head = s == stages - 1;
+    l.spans.push_back(span);
+    first = span.end_layer;
+  }
+  return l;
+}
+
+int RankLayout::owner_stage(const ModelConfig& config, const std::string& tensor) const {
+  const std::string prefix = "model.layers.";
+  if (tensor.compare(0, prefix.size(), prefix) == 0) {
+    const std::int64_t layer = std::stoll(tensor.substr(prefix.size()));
+    for (int s = 0; s < stages; ++s)
+      if (spans[std::size_t(s)].owns_layer(config, layer)) return s;
+    fail(ErrorKind::Internal, "owner_stage: no stage holds " + tensor);
+  }
+  return tensor == "model.embed_tokens.weight" ? 0 : stages - 1;
+}
+
+std::string RankLayout::describe() const {
+  std::string out;
+  for (int s = 0; s < stages; ++s) {
+    const StageSpan& sp = spans[std::size_t(s)];
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%sstage %d: %slayers %lld-%lld%s", s ? "; " : "", s, sp.embedding ? "embedding + " : "",
+                  (long long)sp.first_layer, (long long)sp.end_layer - 1, sp.head ? " + head" : "");
+    out += buf;
+  }
+  return out;
+}
+
+Pipeline::Pipeline(const Comm& pipe, Network<float>& net, int stage, int stages)
+    : pipe_(pipe), net_(net), stage_(stage), stages_(stages) {
+  JETMOE_ASSERT(pipe_.size() == stages && pipe_.rank() == stage, "Pipeline: communicator does not match the stages");
+}
+
+void Pipeline::receive(const Mat<float>& into, int from, int tag) {
+  Region region("pipeline_wait");
+  const auto t0 = Clock::now();
+  const std::size_t n = into.size();
+  receive_buffer_.resize(n);
+  pipe_.recv(receive_buffer_.data(), n, from, tag);
+  Kokkos::deep_copy(into, HostMat(receive_buffer_.data(), into.extent(0), into.extent(1)));
+  times_.idle += seconds_since(t0);
+}
+
+void Pipeline::send(std::vector<std::vector<float>>& buffers, std::vector<Request>& sends, std::int64_t i,
+                    const Mat<float>& from, int to, int tag) {
+  const std::size_t k = std::size_t(i) % buffers.size();
+  {
+    const auto t0 = Clock::now();
+    sends[k].wait();  // the receiver took the previous message from this buffer
+    times_.idle += seconds_since(t0);
+  }
+  buffers[k].resize(from.size());
+  Kokkos::deep_copy(HostMat(buffers[k].data(), from.extent(0), from.extent(1)), from);
+  sends[k] = pipe_.isend(buffers[k].data(), buffers[k].size(), to, tag);
+}
+
+void Pipeline::drain() {
+  const auto t0 = Clock::now();
+  for (Request& r : forward_sends_) r.wait();
+  for (Request& r : backward_sends_) r.wait();
+  times_.idle += seconds_since(t0);
+}
+
+LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64_t m, const MicroBatchSource& load,
+                          double aux_scale) {
+  const int p = stages_, s = stage_;
+  const std::int64_t warmup = std::min<std::int64_t>(p - s - 1, m);
+  const int slots = int(std::max<std::int64_t>(1, std::min<std::int64_t>(p - s, m)));
+  net_.set_slots(slots);
+  forward_buffers_.resize(std::size_t(slots)), forward_sends_.resize(std::size_t(slots));
+  backward_buffers_.resize(std::size_t(slots)), backward_sends_.resize(std::size_t(slots));
+  LossTerms total;
+  auto forward = [&](std::int64_t i) {
+    const int slot = int(i % slots);
+    const MicroBatch mb = load(i);
+    net_.prepare(std::int64_t(mb.ids.extent(0)), std::int64_t(mb.ids.extent(1)));
+    if (s > 0) receive(net_.stage_input(slot), s - 1, kForwardTag);
+    const auto t0 = Clock::now();
+    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, true, mb.ce_scale, slot);
+    fence("pipeline_forward");
+    times_.busy += seconds_since(t0);
+    total.ce_sum += t.ce_sum, total.count += t.count;
+    if (s < p - 1) send(forward_buffers_, forward_sends_, i, net_.stage_output(slot), s + 1, kForwardTag);
+  };
+  auto backward = [&](std::int64_t i) {
+    const int slot = int(i % slots);
+    if (s < p - 1) receive(net_.boundary_grad(), s + 1, kBackwardTag);
+    const auto t0 = Clock::now();
+    net_.stage_backward(w, grads, aux_scale, total, slot);
+    fence("pipeline_backward");
+    times_.busy += seconds_since(t0);
+    if (s > 0) send(backward_buffers_, backward_sends_, i, net_.boundary_grad(), s - 1, kBackwardTag);
+  };
+  for (std::int64_t i = 0; i < warmup; ++i) forward(i);
+  for (std::int64_t i = 0; i < m - warmup; ++i) {
+    forward(warmup + i);
+    backward(i);
+  }
+  for (std::int64_t i = m - warmup; i < m; ++i) backward(i);
+  drain();
+  return total;
+}
+
+LossTerms Pipeline::evaluate(const ModelWeights& w, std::int64_t m, const MicroBatchSource& load) {
+  const int p = stages_, s = stage_;
+  forward_buffers_.resize(std::max<std::size_t>(1, forward_buffers_.size()));
+  forward_sends_.resize(forward_buffers_.size());
+  LossTerms total;
+  for (std::int64_t i = 0; i < m; ++i) {
+    const MicroBatch mb = load(i);
+    net_.prepare(std::int64_t(mb.ids.extent(0)), std::int64_t(mb.ids.extent(1)));
+    if (s > 0) receive(net_.stage_input(0), s - 1, kForwardTag);
+    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, false, mb.ce_scale, 0);
+    total.ce_sum += t.ce_sum, total.count += t.count;
+    if (s < p - 1) send(forward_buffers_, forward_sends_, i, net_.stage_output(0), s + 1, kForwardTag);
+  }
+  drain();
+  return total;
+}
+
+}  // namespace jetmoe

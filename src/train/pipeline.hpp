@@ -1,0 +1,100 @@
+#pragma once
+// Pipeline and data parallelism over a grid of ranks (docs/user-guide.md, "Under MPI"):
+//
+//   world rank = stage x data_parallel + replica
+//
+// so the data-parallel replicas of a stage are neighbours (their all-reduce is the heavy traffic) and a
+// replica's stages are data_parallel ranks apart. Stage s holds layers [first, end) of the model; the
+// first stage also the embedding, the last the final norm and the LM head (with tied embeddings its own
+// copy of the embedding, whose gradient is summed with the first stage's before every update).
+//
+// One optimizer step runs the replica's micro-batches through its stages on the 1F1B schedule (after a
+// warm-up of stages - stage - 1 forward passes every stage alternates one forward and one backward
+// pass), so a stage keeps at most stages - stage micro-batches of activations. Activations travel
+// forward and their gradients backward as point-to-point messages between neighbouring stages, sent
+// without blocking from per-slot buffers. Idle time of the pipeline (the bubble, (p - 1) / (m + p - 1)
+// of the step for p stages and m micro-batches of equal cost) is measured as the time spent waiting.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+#include "model/config.hpp"
+#include "model/weights.hpp"
+#include "parallel/comm.hpp"
+#include "train/network.hpp"
+
+namespace jetmoe {
+
+struct RankLayout {
+  int stages = 1, replicas = 1;  // pipeline_stages x data_parallel
+  int stage = 0, replica = 0;    // this rank's place
+  std::vector<std::int64_t> layers;  // layers per stage
+  std::vector<StageSpan> spans;      // every stage's part of the model
+
+  const StageSpan& span() const { return spans[std::size_t(stage)]; }
+  bool first() const { return stage == 0; }
+  bool last() const { return stage == stages - 1; }
+  int world_rank(int s, int r) const { return s * replicas + r; }
+  // The stage that holds a parameter (by checkpoint name); the embedding: the first stage.
+  int owner_stage(const ModelConfig& config, const std::string& tensor) const;
+  // "stage 0: embedding + layers 0-11; stage 1: layers 12-23 + head"
+  std::string describe() const;
+};
+
+// Layers per stage: `explicit_layers` when given (it must have one positive entry per stage adding up
+// to num_layers; errors name parallel/stage_layers), else as even as possible, the first stages taking
+// one more when the layers do not divide.
+std::vector<std::int64_t> split_layers(std::int64_t num_layers, int stages, const std::vector<std::int64_t>& explicit_layers);
+RankLayout make_layout(const ModelConfig& config, int stages, int replicas, int world_rank,
+                       const std::vector<std::int64_t>& explicit_layers = {});
+
+// Micro-batch i of a step or evaluation: the first stage reads ids, the last targets (every stage gets
+// the same micro-batch). ce_scale as in Network::run.
+struct MicroBatch {
+  IntView2 ids;
+  IntView1 targets;
+  double ce_scale = 1.0;
+};
+using MicroBatchSource = std::function<MicroBatch(std::int64_t i)>;
+
+struct PipelineTimes {
+  double busy = 0;  // seconds in this stage's forward and backward passes
+  double idle = 0;  // seconds waiting for a neighbour's activation or gradient
+};
+
+class Pipeline {
+ public:
+  // `pipe`: the ranks of this replica's pipeline, ranked by stage. `net` runs this stage's span.
+  Pipeline(const Comm& pipe, Network<float>& net, int stage, int stages);
+
+  // One step: micro-batches 0 .. m-1 forward and backward (1F1B), gradients added to `grads`. Returns
+  // this stage's loss terms: the cross-entropy on the last stage, the router losses of its layers.
+  LossTerms train(const ModelWeights& w, ModelWeights& grads, std::int64_t m, const MicroBatchSource& load,
+                  double aux_scale);
+  // Forward passes only (validation): the cross-entropy on the last stage.
+  LossTerms evaluate(const ModelWeights& w, std::int64_t m, const MicroBatchSource& load);
+
+  // Accumulated since construction (or the last reset).
+  const PipelineTimes& times() const { return times_; }
+  void reset_times() { times_ = PipelineTimes(); }
+
+ private:
+  // Copies `from` into ring buffer i % slots of a direction and sends it without blocking (waiting
+  // first for the send that used the buffer before).
+  void send(std::vector<std::vector<float>>& buffers, std::vector<Request>& sends, std::int64_t i,
+            const Mat<float>& from, int to, int tag);
+  void receive(const Mat<float>& into, int from, int tag);
+  void drain();
+
+  Comm pipe_;
+  Network<float>& net_;
+  int stage_, stages_;
+  std::vector<std::vector<float>> forward_buffers_, backward_buffers_;
+  std::vector<Request> forward_sends_, backward_sends_;
+  std::vector<float> receive_buffer_;
+  PipelineTimes times_;
+};
+
+}  // namespace jetmoe
