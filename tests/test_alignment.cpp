@@ -285,3 +285,46 @@ TEST_CASE("jetmoe-train SFT and DPO runs: masked loss falls, DPO starts at ln 2 
                    Catch::Matchers::Contains("model/weights"));
   }
 }
+
+TEST_CASE("SFT and DPO on pipeline x data-parallel layouts follow the single-rank runs", "[mpi][alignment]") {
+  const Comm world = Comm::world();
+  TempDir tmp;  // per rank; rank 0's runs are the reference, and every rank starts DPO from rank 0's SFT model
+  write_chat_data(tmp);
+  // Layouts of this job with at most 2 stages (the model has 2 layers) that divide the global batch
+  // (384 tokens = 4 sequences x 48 tokens x accumulation x data_parallel).
+  std::vector<std::pair<int, int>> layouts;
+  for (int pp = 1; pp <= 2; ++pp)
+    if (world.size() % pp == 0 && 384 % (4 * 48 * (world.size() / pp)) == 0) layouts.push_back({pp, world.size() / pp});
+  auto close = [](double a, double b) { return std::fabs(a - b) <= 1e-4 * std::fabs(a) + 1e-6; };
+  std::string sft_model = tmp / "sft/final";
+  for (const std::string mode : {"sft", "dpo"}) {
+    if (world.is_root()) {
+      Deck deck = chat_deck(tmp, mode, mode);
+      if (mode == "dpo") deck.apply_override("model/weights=" + sft_model);
+      REQUIRE(run_training(deck, Comm::self(), std::nullopt) == TrainOutcome::Finished);
+    }
+    world.broadcast(sft_model);
+    for (const auto& [pp, dp] : layouts) {
+      const std::string run = mode + "-" + std::to_string(pp) + "x" + std::to_string(dp);
+      INFO(run << " on " << world.size() << " ranks");
+      Deck deck = chat_deck(tmp, mode, run);
+      deck.apply_override("parallel/pipeline_stages=" + std::to_string(pp));
+      deck.apply_override("parallel/data_parallel=" + std::to_string(dp));
+      if (mode == "dpo") deck.apply_override("model/weights=" + sft_model);
+      REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
+      if (world.is_root()) {
+        const auto a = train_lines(tmp / (mode + "/metrics.jsonl")), b = train_lines(tmp / (run + "/metrics.jsonl"));
+        REQUIRE(a.size() == 8);
+        REQUIRE(b.size() == a.size());
+        std::vector<std::string> keys = {"loss", "ce", "switch", "z", "grad_norm"};
+        if (mode == "dpo") keys.insert(keys.end(), {"dpo_loss", "reward_accuracy", "reward_margin", "chosen_reward"});
+        for (std::size_t i = 0; i < a.size(); ++i)
+          for (const auto& key : keys) {
+            INFO("step " << i + 1 << " " << key);
+            CHECK(close(field(a[i], key), field(b[i], key)));
+          }
+      }
+      world.barrier();
+    }
+  }
+}

@@ -322,10 +322,27 @@ void Network<R>::backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double
 }
 
 template <class R>
+void Network<R>::weighted_loss(const IntView1& targets, bool with_grads, const RowWeights& weigh, int slot,
+                               LossTerms& terms) {
+  Region region("loss");
+  Slot& s = slots_.at(std::size_t(slot));
+  row_losses_ = cross_entropy_rows(s.logits, targets);
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), targets);
+  for (std::size_t t = 0; t < row_losses_.size(); ++t)
+    if (h(t) != ignore_index) terms.ce_sum += row_losses_[t], ++terms.count;
+  std::vector<double> weights(row_losses_.size(), 0.0);
+  weigh(row_losses_, weights);
+  if (with_grads) cross_entropy_backward(s.logits, targets, weights, s.dlogits);
+}
+
+template <class R>
 LossTerms Network<R>::stage_forward(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
-                                    bool with_grads, double ce_scale, int slot) {
+                                    bool with_grads, double ce_scale, int slot, const RowWeights* weigh) {
   LossTerms terms = forward(w, ids, with_grads, slot);
-  if (span_.head) loss(targets, with_grads, ce_scale, slot, terms);
+  if (span_.head) {
+    if (weigh && *weigh) weighted_loss(targets, with_grads, *weigh, slot, terms);
+    else loss(targets, with_grads, ce_scale, slot, terms);
+  }
   return terms;
 }
 
@@ -354,19 +371,11 @@ LossTerms Network<R>::run_weighted(const ModelWeightsT<R>& w, const IntView2& id
   JETMOE_ASSERT(targets.extent(0) == ids.extent(0) * ids.extent(1), "Network::run_weighted: targets shape");
   prepare(std::int64_t(ids.extent(0)), std::int64_t(ids.extent(1)));
   LossTerms terms = forward(w, ids, grads != nullptr, 0);
-  std::vector<double> weights;
-  {
-    Region region("loss");
-    Slot& s = slots_[0];
-    row_losses_ = cross_entropy_rows(s.logits, targets);
-    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), targets);
-    for (std::size_t t = 0; t < row_losses_.size(); ++t)
-      if (h(t) != ignore_index) terms.ce_sum += row_losses_[t], ++terms.count;
-    if (!grads) return terms;
-    weights.assign(row_losses_.size(), 0.0);
-    weigh(row_losses_, weights);
-    cross_entropy_backward(s.logits, targets, weights, s.dlogits);
+  if (!grads) {  // the row losses only
+    weighted_loss(targets, false, [](const std::vector<double>&, std::vector<double>&) {}, 0, terms);
+    return terms;
   }
+  weighted_loss(targets, true, weigh, 0, terms);
   backward(w, *grads, aux_scale, terms, 0);
   return terms;
 }

@@ -77,8 +77,10 @@ class Network {
   const Mat<R>& stage_input(int slot) const { return slots_.at(std::size_t(slot)).x.front(); }
   // Forward of one micro-batch through the stage; on the last stage also the cross-entropy (scaled as
   // in run()) and, with_grads, its gradient. ids are read on the first stage, targets on the last.
+  // With `weigh` the last stage differentiates per-token weights as run_weighted does; `weigh` is
+  // called on the last stage with or without grads (without, its weights are not used).
   LossTerms stage_forward(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets, bool with_grads,
-                          double ce_scale, int slot);
+                          double ce_scale, int slot, const RowWeights* weigh = nullptr);
   // The stage's output activation [B*T, D] of a slot (what the next stage receives).
   const Mat<R>& stage_output(int slot) const { return slots_.at(std::size_t(slot)).x.back(); }
   // The gradient of the stage output: the caller fills it before stage_backward on a stage without the
@@ -107,6 +109,8 @@ class Network {
   Block& block_of(Slot& s, std::int64_t i) { return recompute_ ? scratch_ : s.blocks[std::size_t(i)]; }
   LossTerms forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads, int slot);
   double loss(const IntView1& targets, bool with_grads, double ce_scale, int slot, LossTerms& terms);
+  // run_weighted's loss: the per-row cross-entropies, then (with grads) weights from `weigh`.
+  void weighted_loss(const IntView1& targets, bool with_grads, const RowWeights& weigh, int slot, LossTerms& terms);
   void backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms, int slot);
   void block_forward(const LayerWeightsT<R>& w, const Mat<R>& x_in, Block& a, const Mat<R>& x_out);
   // dx: gradient of the block output in, of the block input out.

@@ -134,7 +134,7 @@ LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64
     net_.prepare(std::int64_t(mb.ids.extent(0)), std::int64_t(mb.ids.extent(1)));
     if (s > 0) receive(net_.stage_input(slot), s - 1, kForwardTag);
     const auto t0 = Clock::now();
-    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, true, mb.ce_scale, slot);
+    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, true, mb.ce_scale, slot, &mb.weigh);
     fence("pipeline_forward");
     times_.busy += seconds_since(t0);
     total.ce_sum += t.ce_sum, total.count += t.count;
@@ -168,7 +168,7 @@ LossTerms Pipeline::evaluate(const ModelWeights& w, std::int64_t m, const MicroB
     const MicroBatch mb = load(i);
     net_.prepare(std::int64_t(mb.ids.extent(0)), std::int64_t(mb.ids.extent(1)));
     if (s > 0) receive(net_.stage_input(0), s - 1, kForwardTag);
-    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, false, mb.ce_scale, 0);
+    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, false, mb.ce_scale, 0, &mb.weigh);
     total.ce_sum += t.ce_sum, total.count += t.count;
     if (s < p - 1) send(forward_buffers_, forward_sends_, i, net_.stage_output(0), s + 1, kForwardTag);
   }

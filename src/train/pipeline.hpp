@@ -56,6 +56,9 @@ struct MicroBatch {
   IntView2 ids;
   IntView1 targets;
   double ce_scale = 1.0;
+  // Optional: per-token loss weights from the row losses (SFT/DPO-style, Network::run_weighted); on
+  // the last stage, also in evaluate() (where only the row losses matter).
+  Network<float>::RowWeights weigh;
 };
 using MicroBatchSource = std::function<MicroBatch(std::int64_t i)>;
 

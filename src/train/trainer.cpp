@@ -165,7 +165,8 @@ class Trainer {
   std::unique_ptr<data::ExampleOrder> order_;                     // sft, dpo
   ModelWeights ref_params_;                                       // dpo: the frozen reference
   std::unique_ptr<Network<float>> ref_net_;
-  std::unique_ptr<Pipeline> pipeline_;
+  std::unique_ptr<Pipeline> pipeline_, ref_pipeline_;  // ref: DPO's frozen reference
+  double window_idle_ = 0, window_busy_ = 0;  // pipeline seconds over the steps since the last progress line
   double dpo_beta_ = 0.1, dpo_smoothing_ = 0;
   std::int64_t rows_ = 0;  // sequences per micro-batch (2 x micro_batch_size for DPO: chosen, then rejected)
   IntView2 ids_;
@@ -190,12 +191,6 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       net_(config_, run_.load_balance_coef, run_.z_loss_coef, deck.get_bool("train", "recompute"), layout_.span()) {
   if (run_.precision != "fp32")
     deck.fail_value("train", "precision", "'" + run_.precision + "' needs the CUDA build (issue 6); use fp32 on CPUs");
-  if (run_.pipeline_stages > 1 && deck.get_string("train", "mode") == "dpo")
-    deck.fail_value("parallel", "pipeline_stages",
-                    "train/mode = dpo runs on whole-model replicas in this version (pipeline_stages = 1); use "
-                    "parallel/data_parallel for several ranks");
-  if (deck.get_bool("parallel", "zero1"))
-    deck.fail_value("parallel", "zero1", "ZeRO-1 sharding of the AdamW state is not part of this version; set it false");
   // Every rank of the job calls each split, in the same order.
   pipe_comm_ = comm_.split(layout_.replica, layout_.stage);
   dp_comm_ = comm_.split(layout_.stage, layout_.replica);
@@ -265,9 +260,10 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   grads_ = ModelWeights(config_, /*zeros=*/true, layout_.span());
   if (run_.mode == "dpo") {
     // The reference is the starting model (model/weights), frozen: a copy that restarts reload the same way.
-    ref_params_ = ModelWeights(config_);
+    ref_params_ = ModelWeights(config_, false, layout_.span());
     copy_weights(config_, params_, ref_params_);
-    ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0);
+    ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span());
+    ref_pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *ref_net_, layout_.stage, layout_.stages);
   }
   ids_ = IntView2("ids", rows_, run_.seq_len);
   targets_ = IntView1("targets", rows_ * run_.seq_len);
@@ -333,7 +329,7 @@ StepStats Trainer::accumulate(int phase) {
       slice.assign(begin, begin + std::ptrdiff_t(B * (T + 1)));
       split_sequences(slice, B, T, ids_, targets_);
       // Every target counts in pretraining: the global mean over B*T*accum*dp tokens.
-      return MicroBatch{ids_, targets_, 1.0 / double(B * T * all)};
+      return MicroBatch{ids_, targets_, 1.0 / double(B * T * all), {}};
     };
     const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all));
     st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
@@ -349,7 +345,7 @@ StepStats Trainer::accumulate(int phase) {
     }
     const MicroBatchSource load = [&](std::int64_t m) {
       upload(ids[std::size_t(first + m)], targets[std::size_t(first + m)]);
-      return MicroBatch{ids_, targets_, 1.0 / double(std::max<std::int64_t>(1, total))};
+      return MicroBatch{ids_, targets_, 1.0 / double(std::max<std::int64_t>(1, total)), {}};
     };
     const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all));
     st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
@@ -357,7 +353,8 @@ StepStats Trainer::accumulate(int phase) {
     const double pairs = double(B * all);
     std::vector<std::int64_t> picks;
     for (std::int64_t i = 0; i < B * all; ++i) picks.push_back(order_->next());
-    std::vector<std::int32_t> ids, targets;
+    // This replica's micro-batches: B chosen then B rejected sequences each.
+    std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(accum)), targets(static_cast<std::size_t>(accum));
     for (std::int64_t m = 0; m < accum; ++m) {
       std::vector<const data::ChatExample*> batch(std::size_t(2 * B));
       for (std::int64_t b = 0; b < B; ++b) {
@@ -365,27 +362,38 @@ StepStats Trainer::accumulate(int phase) {
         batch[std::size_t(b)] = &p.chosen;
         batch[std::size_t(B + b)] = &p.rejected;
       }
-      data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
-      upload(ids, targets);
-      // Sequence log-probabilities: minus the summed token cross-entropies over the response.
-      auto sequence_logp = [&](const std::vector<double>& rows) {
-        std::vector<double> lp(std::size_t(2 * B), 0.0);
-        for (std::size_t i = 0; i < rows.size(); ++i) lp[i / std::size_t(T)] -= rows[i];
-        return lp;
-      };
-      std::vector<double> ref;
-      {
-        Region region("reference");
-        ref_net_->run_weighted(ref_params_, ids_, targets_, nullptr, {});
-        ref = sequence_logp(ref_net_->row_losses());
-      }
-      const LossTerms t = net_.run_weighted(
-          params_, ids_, targets_, &grads_,
-          [&](const std::vector<double>& rows, std::vector<double>& w) {
+      data::pad_batch(batch, T, tokenizer_->pad_id(), ids[std::size_t(m)], targets[std::size_t(m)]);
+    }
+    // Sequence log-probabilities: minus the summed token cross-entropies over the response.
+    auto sequence_logp = [&](const std::vector<double>& rows) {
+      std::vector<double> lp(std::size_t(2 * B), 0.0);
+      for (std::size_t i = 0; i < rows.size(); ++i) lp[i / std::size_t(T)] -= rows[i];
+      return lp;
+    };
+    // The frozen reference first (its log-probabilities, on the last stage), then the policy.
+    std::vector<std::vector<double>> ref(static_cast<std::size_t>(accum));
+    {
+      Region region("reference");
+      ref_pipeline_->evaluate(ref_params_, accum, [&](std::int64_t m) {
+        upload(ids[std::size_t(m)], targets[std::size_t(m)]);
+        MicroBatch mb{ids_, targets_, 1.0, {}};
+        mb.weigh = [&ref, &sequence_logp, m](const std::vector<double>& rows, std::vector<double>&) {
+          ref[std::size_t(m)] = sequence_logp(rows);
+        };
+        return mb;
+      });
+    }
+    const LossTerms t = pipeline_->train(
+        params_, grads_, accum,
+        [&](std::int64_t m) {
+          upload(ids[std::size_t(m)], targets[std::size_t(m)]);
+          MicroBatch mb{ids_, targets_, 1.0, {}};
+          mb.weigh = [&, m](const std::vector<double>& rows, std::vector<double>& w) {
             const std::vector<double> pol = sequence_logp(rows);
+            const std::vector<double>& r = ref[std::size_t(m)];
             for (std::int64_t b = 0; b < B; ++b) {
-              const DpoPair pair = dpo_pair(pol[std::size_t(b)], pol[std::size_t(B + b)], ref[std::size_t(b)],
-                                            ref[std::size_t(B + b)], dpo_beta_, dpo_smoothing_);
+              const DpoPair pair = dpo_pair(pol[std::size_t(b)], pol[std::size_t(B + b)], r[std::size_t(b)],
+                                            r[std::size_t(B + b)], dpo_beta_, dpo_smoothing_);
               st.dpo.add(pair);
               // d loss / d row_loss = -(d loss / d logp) on the response tokens of each sequence.
               for (std::int64_t pos = 0; pos < T; ++pos) {
@@ -393,10 +401,11 @@ StepStats Trainer::accumulate(int phase) {
                 w[std::size_t((B + b) * T + pos)] = -pair.d_rejected / pairs;
               }
             }
-          },
-          1.0 / double(all));
-      st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
-    }
+          };
+          return mb;
+        },
+        1.0 / double(all));
+    st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
   }
   if (dp > 1) {
     Region region("allreduce");
@@ -441,7 +450,6 @@ TrainOutcome Trainer::run() {
   if (evaluate && first_step == 0) {
     const double v = validation_loss();
     log::info("step 0: validation loss %.4f", v);
-    pipeline_->reset_times();
     append_metrics("{\"type\": \"eval\", \"step\": 0, \"tokens\": 0, \"val_loss\": " + fmt_g(v, 9) + "}");
   }
   auto window_start = Clock::now();
@@ -453,9 +461,16 @@ TrainOutcome Trainer::run() {
     const int phase = schedule_.phase(position);
     zero_gradients(config_, grads_);
     StepStats st;
+    pipeline_->reset_times();
     {
       Region region("step");
       st = accumulate(phase);
+    }
+    double pipeline_idle = 0;  // the step's measured bubble: waiting time / (waiting + computing), all stages
+    if (layout_.stages > 1) {
+      const double idle = comm_.sum(pipeline_->times().idle), busy = comm_.sum(pipeline_->times().busy);
+      pipeline_idle = idle / std::max(idle + busy, 1e-12);
+      window_idle_ += idle, window_busy_ += busy;
     }
     const DpoStats dpo = st.dpo.mean();
     const double loss = run_.mode == "dpo" ? dpo.loss : st.ce();
@@ -489,7 +504,9 @@ TrainOutcome Trainer::run() {
              << ", \"reward_margin\": " << fmt_g(dpo.margin, 9) << ", \"chosen_reward\": " << fmt_g(dpo.chosen_reward, 9)
              << ", \"rejected_reward\": " << fmt_g(dpo.rejected_reward, 9);
       line << ", \"lr\": " << fmt_g(lr, 9) << ", \"grad_norm\": " << fmt_g(grad_norm, 9) << ", \"phase\": " << phase
-           << ", \"skipped\": " << (finite ? "false" : "true") << ", \"elapsed_s\": " << fmt_g(seconds_since(run_start), 6)
+           << ", \"skipped\": " << (finite ? "false" : "true");
+      if (layout_.stages > 1) line << ", \"pipeline_idle\": " << fmt_g(pipeline_idle, 6);
+      line << ", \"elapsed_s\": " << fmt_g(seconds_since(run_start), 6)
            << "}";
       append_metrics(line.str());
     }
@@ -505,7 +522,6 @@ TrainOutcome Trainer::run() {
                      std::to_string(tokens_seen_) + ", \"val_loss\": " + fmt_g(v, 9) + "}");
       window_start = Clock::now();  // keep evaluation out of the training throughput
       window_steps = 0;
-      pipeline_->reset_times();
     }
     if (checkpoint_interval_ > 0 && step_ % checkpoint_interval_ == 0 && step_ < run_.total_steps) save_checkpoint();
     // A signal may reach the ranks at different steps: they stop together after the first rank saw one.
@@ -537,12 +553,10 @@ void Trainer::log_progress(const StepStats& st, double lr, double grad_norm, dou
   }
   std::string bubble;
   if (layout_.stages > 1) {  // measured: the share of the stages' time spent waiting for a neighbour
-    const PipelineTimes& t = pipeline_->times();
-    const double idle = comm_.sum(t.idle), busy = comm_.sum(t.busy);
     char buf[48];
-    std::snprintf(buf, sizeof buf, " | bubble %.1f%%", 100.0 * idle / std::max(idle + busy, 1e-12));
+    std::snprintf(buf, sizeof buf, " | bubble %.1f%%", 100.0 * window_idle_ / std::max(window_idle_ + window_busy_, 1e-12));
     bubble = buf;
-    pipeline_->reset_times();
+    window_idle_ = window_busy_ = 0;
   }
   log::info("step %*lld/%lld | %s | aux %.4f (switch %.3f, z %.3f) | lr %.3e | grad norm %.3f | %.0f tok/s | "
             "MFU %.1f%%%s | ETA %s",
@@ -583,7 +597,7 @@ double Trainer::validation_loss() {
     }
     const LossTerms terms = pipeline_->evaluate(params_, std::int64_t(mine.size()), [&](std::int64_t i) {
       split_sequences(mine[std::size_t(i)], B, T, ids_, targets_);
-      return MicroBatch{ids_, targets_, 1.0};
+      return MicroBatch{ids_, targets_, 1.0, {}};
     });
     ce_sum += terms.ce_sum, count += terms.count;
     return comm_.sum(ce_sum) / double(std::max<std::int64_t>(1, comm_.sum(count)));
@@ -599,7 +613,7 @@ double Trainer::validation_loss() {
         batch.push_back(&sft_validation_[(mine[std::size_t(k)] + j) % sft_validation_.size()]);
       data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
       upload();
-      return MicroBatch{ids_, targets_, 1.0};
+      return MicroBatch{ids_, targets_, 1.0, {}};
     });
     ce_sum += terms.ce_sum, count += terms.count;
     return comm_.sum(ce_sum) / double(std::max<std::int64_t>(1, comm_.sum(count)));
@@ -607,25 +621,36 @@ double Trainer::validation_loss() {
   // dpo: the DPO loss over the first eval_batches micro-batches of validation pairs
   DpoStats stats;
   const std::size_t n = std::min(pairs_validation_.size(), std::size_t(eval_batches_ * B));
-  for (std::size_t i = 0; i < n; i += std::size_t(B)) {
-    if ((i / std::size_t(B)) % std::size_t(comm_.size()) != std::size_t(comm_.rank())) continue;
-    std::vector<const data::ChatExample*> batch(std::size_t(2 * B));
-    for (std::size_t j = 0; j < std::size_t(B); ++j) {
-      const auto& p = pairs_validation_[(i + j) % pairs_validation_.size()];
-      batch[j] = &p.chosen;
-      batch[std::size_t(B) + j] = &p.rejected;
-    }
-    data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
-    upload();
-    std::vector<double> lp[2] = {std::vector<double>(std::size_t(2 * B)), std::vector<double>(std::size_t(2 * B))};
-    ref_net_->run_weighted(ref_params_, ids_, targets_, nullptr, {});
-    for (std::size_t r = 0; r < ref_net_->row_losses().size(); ++r) lp[0][r / std::size_t(T)] -= ref_net_->row_losses()[r];
-    net_.run_weighted(params_, ids_, targets_, nullptr, {});
-    for (std::size_t r = 0; r < net_.row_losses().size(); ++r) lp[1][r / std::size_t(T)] -= net_.row_losses()[r];
-    for (std::size_t j = 0; j < std::size_t(B); ++j)
-      stats.add(dpo_pair(lp[1][j], lp[1][std::size_t(B) + j], lp[0][j], lp[0][std::size_t(B) + j], dpo_beta_,
-                         dpo_smoothing_));
+  std::vector<std::size_t> mine;  // first pairs of this replica's micro-batches
+  for (std::size_t i = 0; i < n; i += std::size_t(B))
+    if ((i / std::size_t(B)) % std::size_t(layout_.replicas) == std::size_t(layout_.replica)) mine.push_back(i);
+  // Reference, then policy sequence log-probabilities per micro-batch (on the last stage).
+  std::vector<std::vector<double>> lp[2];
+  for (int which = 0; which < 2; ++which) {
+    lp[which].assign(mine.size(), std::vector<double>(std::size_t(2 * B), 0.0));
+    Pipeline& pipe = which == 0 ? *ref_pipeline_ : *pipeline_;
+    pipe.evaluate(which == 0 ? ref_params_ : params_, std::int64_t(mine.size()), [&, which](std::int64_t k) {
+      std::vector<const data::ChatExample*> batch(std::size_t(2 * B));
+      for (std::size_t j = 0; j < std::size_t(B); ++j) {
+        const auto& p = pairs_validation_[(mine[std::size_t(k)] + j) % pairs_validation_.size()];
+        batch[j] = &p.chosen;
+        batch[std::size_t(B) + j] = &p.rejected;
+      }
+      data::pad_batch(batch, T, tokenizer_->pad_id(), ids, targets);
+      upload();
+      MicroBatch mb{ids_, targets_, 1.0, {}};
+      mb.weigh = [&lp, which, k, T](const std::vector<double>& rows, std::vector<double>&) {
+        std::vector<double>& out = lp[which][std::size_t(k)];
+        for (std::size_t r = 0; r < rows.size(); ++r) out[r / std::size_t(T)] -= rows[r];
+      };
+      return mb;
+    });
   }
+  if (layout_.last())
+    for (std::size_t k = 0; k < mine.size(); ++k)
+      for (std::size_t j = 0; j < std::size_t(B); ++j)
+        stats.add(dpo_pair(lp[1][k][j], lp[1][k][std::size_t(B) + j], lp[0][k][j], lp[0][k][std::size_t(B) + j],
+                           dpo_beta_, dpo_smoothing_));
   double sums[5] = {stats.loss, stats.accuracy, stats.margin, stats.chosen_reward, stats.rejected_reward};
   comm_.sum_in_place(sums, 5);
   stats.loss = sums[0], stats.accuracy = sums[1], stats.margin = sums[2], stats.chosen_reward = sums[3];
