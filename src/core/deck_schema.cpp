@@ -151,7 +151,14 @@ DeckSchema make_standard_schema() {
               "Micro-batches per step through the pipeline; 0 or the gradient-accumulation count (global_batch_tokens / "
               "(micro_batch_size x seq_len x data_parallel)), which it always is.")
         .at_least(0);
-    b.boolean("zero1", false, "Shard the AdamW state over data-parallel ranks (ZeRO-1).");
+    b.real("bucket_mb", 25.0,
+           "Size of the gradient all-reduce buckets in MB (data parallelism): small tensors are packed into "
+           "buckets of this size, one MPI_Allreduce each.")
+        .greater_than(0);
+    b.boolean("zero1", false,
+              "Shard the AdamW moments over the data-parallel replicas (ZeRO-1): each replica keeps and updates every "
+              "data_parallel-th tensor of its stage and broadcasts it; the same results, 1/data_parallel of the "
+              "moments' memory.");
   }
   {
     auto& b = s.block("generate", "Text generation.", {generate});

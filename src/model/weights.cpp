@@ -3,6 +3,8 @@
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
 
+#include <type_traits>
+
 namespace jetmoe {
 
 namespace {
@@ -69,31 +71,48 @@ ModelWeightsT<R>::ModelWeightsT(const ModelConfig& c, bool zeros, const StageSpa
   }
 }
 
+namespace {
+// Calls fn(name, view, decays) for every parameter of the whole model in checkpoint order (W: const or
+// not, so that views can be read or replaced).
+template <class W, class Fn>
+void for_each_tensor(W& w, const ModelConfig& c, Fn&& fn) {
+  fn(std::string("model.embed_tokens.weight"), w.embed, true);
+  for (std::size_t i = 0; i < w.layers.size(); ++i) {
+    auto& l = w.layers[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    fn(p + "input_layernorm.weight", l.input_norm, false);
+    fn(p + "self_attention.experts.router.layer.weight", l.moa_router, true);
+    fn(p + "self_attention.experts.input_linear.weight", l.moa_q, true);
+    fn(p + "self_attention.experts.output_linear.weight", l.moa_o, true);
+    fn(p + "self_attention.experts.bias", l.moa_bias, false);
+    fn(p + "self_attention.kv_proj.weight", l.kv_proj, true);
+    fn(p + "post_attention_layernorm.weight", l.post_norm, false);
+    fn(p + "mlp.router.layer.weight", l.moe_router, true);
+    fn(p + "mlp.input_linear.weight", l.moe_in, true);
+    fn(p + "mlp.output_linear.weight", l.moe_out, true);
+    fn(p + "mlp.bias", l.moe_bias, false);
+  }
+  fn(std::string("model.norm.weight"), w.final_norm, false);
+  if (!c.tie_word_embeddings) fn(std::string("lm_head.weight"), w.lm_head, true);
+}
+}  // namespace
+
 template <class R>
 std::vector<NamedTensorT<R>> ModelWeightsT<R>::named_all(const ModelConfig& c) const {
   std::vector<NamedTensorT<R>> out;
-  auto add = [&](const std::string& name, const auto& view, bool decays) {
+  for_each_tensor(*this, c, [&](const std::string& name, const auto& view, bool decays) {
     out.push_back(NamedTensorT<R>{name, shape_of(view), flat(view), decays});
-  };
-  add("model.embed_tokens.weight", embed, true);
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    const LayerWeightsT<R>& l = layers[i];
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    add(p + "input_layernorm.weight", l.input_norm, false);
-    add(p + "self_attention.experts.router.layer.weight", l.moa_router, true);
-    add(p + "self_attention.experts.input_linear.weight", l.moa_q, true);
-    add(p + "self_attention.experts.output_linear.weight", l.moa_o, true);
-    add(p + "self_attention.experts.bias", l.moa_bias, false);
-    add(p + "self_attention.kv_proj.weight", l.kv_proj, true);
-    add(p + "post_attention_layernorm.weight", l.post_norm, false);
-    add(p + "mlp.router.layer.weight", l.moe_router, true);
-    add(p + "mlp.input_linear.weight", l.moe_in, true);
-    add(p + "mlp.output_linear.weight", l.moe_out, true);
-    add(p + "mlp.bias", l.moe_bias, false);
-  }
-  add("model.norm.weight", final_norm, false);
-  if (!c.tie_word_embeddings) add("lm_head.weight", lm_head, true);
+  });
   return out;
+}
+
+template <class R>
+void ModelWeightsT<R>::release(const ModelConfig& c, const std::function<bool(std::size_t, const std::string&)>& drop) {
+  std::size_t index = 0;
+  for_each_tensor(*this, c, [&](const std::string& name, auto& view, bool) {
+    if (drop(index++, name)) view = std::decay_t<decltype(view)>();
+  });
+  if (c.tie_word_embeddings) lm_head = embed;
 }
 
 template <class R>

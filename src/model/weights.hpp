@@ -2,6 +2,7 @@
 // The parameters of a JetMoE model, one view per checkpoint tensor (jetmoe-spec.md section 2),
 // named exactly as the Hugging Face checkpoints name them.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,9 @@ struct ModelWeightsT {
   std::vector<NamedTensorT<R>> named(const ModelConfig& config) const;
   // Every parameter of the whole model in checkpoint order; those outside the span have empty views.
   std::vector<NamedTensorT<R>> named_all(const ModelConfig& config) const;
+  // Frees the tensors for which drop(index in named_all, name) is true (they become empty views and
+  // leave named()): what a rank does not hold under ZeRO-1.
+  void release(const ModelConfig& config, const std::function<bool(std::size_t, const std::string&)>& drop);
 };
 
 using LayerWeights = LayerWeightsT<float>;

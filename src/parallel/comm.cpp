@@ -73,6 +73,10 @@ void Comm::sum_in_place(double* data, std::size_t n) const {
   if (size_ > 1) sum_chunks(comm_, data, n, MPI_DOUBLE);
 }
 void Comm::barrier() const { MPI_Barrier(comm_); }
+void Comm::broadcast(float* data, std::size_t n, int root) const {
+  constexpr std::size_t chunk = std::size_t(1) << 30;  // MPI counts are int
+  for (std::size_t i = 0; i < n; i += chunk) MPI_Bcast(data + i, int(std::min(chunk, n - i)), MPI_FLOAT, root, comm_);
+}
 void Comm::broadcast(std::string& s, int root) const {
   long long n = static_cast<long long>(s.size());
   MPI_Bcast(&n, 1, MPI_LONG_LONG, root, comm_);
@@ -166,6 +170,7 @@ int Comm::max(int v) const { return v; }
 int Comm::min(int v) const { return v; }
 void Comm::barrier() const {}
 void Comm::broadcast(std::string&, int) const {}
+void Comm::broadcast(float*, std::size_t, int) const {}
 Comm Comm::split(int, int) const { return Comm(); }
 Request Comm::isend(const float*, std::size_t, int, int) const {
   fail(ErrorKind::Internal, "point-to-point messages need MPI (JETMOE_ENABLE_MPI=ON)");

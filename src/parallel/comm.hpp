@@ -67,6 +67,7 @@ class Comm {
   void barrier() const;
   // Rank `root`'s string on every rank.
   void broadcast(std::string& s, int root = 0) const;
+  void broadcast(float* data, std::size_t n, int root) const;
   // Ranks calling with the same color form a new communicator, ranked by `key` (every rank of this one
   // must call). The new communicator is freed when its last copy goes.
   Comm split(int color, int key) const;

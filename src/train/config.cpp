@@ -80,8 +80,6 @@ TrainConfig TrainConfig::from_deck(const Deck& deck, const ModelConfig& model, i
     deck.fail_value("parallel", "pipeline_stages", std::to_string(t.pipeline_stages) + " stages for only " +
                                                        std::to_string(model.num_layers) + " layers");
 
-  if (deck.get_bool("parallel", "zero1"))
-    deck.fail_value("parallel", "zero1", "ZeRO-1 sharding of the AdamW state is not part of this version; set it false");
   const std::int64_t micro_batches = deck.get_int("parallel", "micro_batches");
   if (micro_batches != 0 && micro_batches != t.grad_accum_steps)
     deck.fail_value("parallel", "micro_batches",

@@ -36,8 +36,12 @@ void AdamW::step(ModelWeights& params, const ModelWeights& grads, double lr, dou
   // here, in the update's loop, saves a read and a write of every gradient. A factor of 1 is exact.
   const bool scale = grad_scale != 1.0;
   const float f = float(grad_scale);
-  const auto p = params.named(config_), g = grads.named(config_), m = m_.named(config_), v = v_.named(config_);
+  // Aligned over the whole model: a tensor is updated where this rank holds its moments (all of its
+  // span, or its ZeRO-1 share).
+  const auto p = params.named_all(config_), g = grads.named_all(config_), m = m_.named_all(config_),
+             v = v_.named_all(config_);
   for (std::size_t i = 0; i < p.size(); ++i) {
+    if (m[i].flat.data() == nullptr) continue;
     const float decay = p[i].decays ? float(1.0 - lr * s_.weight_decay) : 1.0f;
     const View1 pi = p[i].flat, gi = g[i].flat, mi = m[i].flat, vi = v[i].flat;
     const std::int64_t n = std::int64_t(pi.extent(0)), block = elementwise_block;
@@ -60,6 +64,12 @@ void AdamW::step(ModelWeights& params, const ModelWeights& grads, double lr, dou
           }
         });
   }
+}
+
+void AdamW::shard(const std::function<bool(std::size_t, const std::string&)>& keep) {
+  auto drop = [&](std::size_t i, const std::string& name) { return !keep(i, name); };
+  m_.release(config_, drop);
+  v_.release(config_, drop);
 }
 
 double global_grad_norm(const ModelConfig& config, const ModelWeights& grads) {

@@ -8,6 +8,7 @@
 //   p -= (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 // and clipping is torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6)).
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,10 @@ class AdamW {
   // the fp32 product scale_gradients would store (pass clip_factor(...) to clip inside the update's
   // one pass over memory); `grads` itself is not modified.
   void step(ModelWeights& params, const ModelWeights& grads, double lr, double grad_scale = 1.0);
+
+  // ZeRO-1: keeps the moments of the tensors for which keep(index in named_all, name) is true and frees
+  // the others; step() then updates those tensors only (the caller broadcasts the rest).
+  void shard(const std::function<bool(std::size_t, const std::string&)>& keep);
 
   std::int64_t steps() const { return steps_; }  // updates made (t of the bias corrections)
   void set_steps(std::int64_t t) { steps_ = t; }

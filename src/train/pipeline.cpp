@@ -84,6 +84,40 @@ std::string RankLayout::describe() const {
   return out;
 }
 
+void sum_gradients(const Comm& comm, const std::vector<NamedTensor>& grads, std::size_t bucket_floats) {
+  if (comm.size() == 1) return;
+  using HostVec = Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  std::vector<float> bucket;
+  std::vector<std::size_t> members;  // indices into grads of the bucket's tensors, in packing order
+  auto flush = [&]() {
+    if (members.empty()) return;
+    comm.sum_in_place(bucket.data(), bucket.size());
+    std::size_t at = 0;
+    for (std::size_t i : members) {
+      const Vec<float>& g = grads[i].flat;
+      Kokkos::deep_copy(g, HostVec(bucket.data() + at, g.size()));
+      at += g.size();
+    }
+    bucket.clear();
+    members.clear();
+  };
+  for (std::size_t k = grads.size(); k-- > 0;) {
+    const Vec<float>& g = grads[k].flat;
+    if (g.size() >= bucket_floats) {  // alone, without packing
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g);
+      comm.sum_in_place(h.data(), h.size());
+      Kokkos::deep_copy(g, h);
+      continue;
+    }
+    if (bucket.size() + g.size() > bucket_floats) flush();
+    const std::size_t at = bucket.size();
+    bucket.resize(at + g.size());
+    Kokkos::deep_copy(HostVec(bucket.data() + at, g.size()), g);
+    members.push_back(k);
+  }
+  flush();
+}
+
 Pipeline::Pipeline(const Comm& pipe, Network<float>& net, int stage, int stages)
     : pipe_(pipe), net_(net), stage_(stage), stages_(stages) {
   JETMOE_ASSERT(pipe_.size() == stages && pipe_.rank() == stage, "Pipeline: communicator does not match the stages");

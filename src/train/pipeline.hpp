@@ -67,6 +67,12 @@ struct PipelineTimes {
   double idle = 0;  // seconds waiting for a neighbour's activation or gradient
 };
 
+// Sums the gradients over the ranks of `comm` (a stage's data-parallel replicas), in buckets of at most
+// `bucket_floats` values: the tensors, from the last layer to the first (the order a backward pass
+// finishes them), are packed into one host buffer per bucket and each bucket is one MPI_Allreduce; a
+// tensor larger than a bucket goes alone, in place. Every replica gets the same sums.
+void sum_gradients(const Comm& comm, const std::vector<NamedTensor>& grads, std::size_t bucket_floats);
+
 class Pipeline {
  public:
   // `pipe`: the ranks of this replica's pipeline, ranked by stage. `net` runs this stage's span.

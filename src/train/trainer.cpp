@@ -141,7 +141,8 @@ class Trainer {
   void finish();
   // The whole model on rank 0 from the stages of replica 0 (tensor by tensor); every rank calls it.
   // Without pipeline stages every rank holds the whole model already and gets `part` back.
-  ModelWeights gather_whole(const ModelWeights& part);
+  // `sharded`: part holds this rank's ZeRO-1 share (AdamW moments), so tensor i comes from replica i % dp.
+  ModelWeights gather_whole(const ModelWeights& part, bool sharded = false);
   double grad_norm();
 
   Deck& deck_;
@@ -166,7 +167,9 @@ class Trainer {
   ModelWeights ref_params_;                                       // dpo: the frozen reference
   std::unique_ptr<Network<float>> ref_net_;
   std::unique_ptr<Pipeline> pipeline_, ref_pipeline_;  // ref: DPO's frozen reference
-  double window_idle_ = 0, window_busy_ = 0;  // pipeline seconds over the steps since the last progress line
+  double window_idle_ = 0, window_busy_ = 0;
+  std::size_t bucket_floats_ = 0;  // parallel/bucket_mb in floats
+  bool zero1_ = false;             // AdamW moments sharded over the replicas: tensor i on replica i % dp  // pipeline seconds over the steps since the last progress line
   double dpo_beta_ = 0.1, dpo_smoothing_ = 0;
   std::int64_t rows_ = 0;  // sequences per micro-batch (2 x micro_batch_size for DPO: chosen, then rejected)
   IntView2 ids_;
@@ -199,6 +202,12 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
                                                                                    : layout_.replicas + comm_.rank(),
                             layout_.stage);
   pipeline_ = std::make_unique<Pipeline>(pipe_comm_, net_, layout_.stage, layout_.stages);
+  zero1_ = deck.get_bool("parallel", "zero1") && layout_.replicas > 1;
+  if (zero1_) {
+    const std::size_t dp = std::size_t(layout_.replicas), mine = std::size_t(layout_.replica);
+    adam_.shard([dp, mine](std::size_t i, const std::string&) { return i % dp == mine; });
+  }
+  bucket_floats_ = std::max<std::size_t>(1, std::size_t(deck.get_real("parallel", "bucket_mb") * 1e6 / sizeof(float)));
   name_ = deck.get_string("job", "name");
   seed_ = std::uint64_t(deck.get_int("job", "seed"));
   output_dir_ = deck.get_string("job", "output_dir");
@@ -409,11 +418,7 @@ StepStats Trainer::accumulate(int phase) {
   }
   if (dp > 1) {
     Region region("allreduce");
-    for (const NamedTensor& g : grads_.named(config_)) {
-      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g.flat);
-      dp_comm_.sum_in_place(h.data(), h.size());
-      Kokkos::deep_copy(g.flat, h);
-    }
+    sum_gradients(dp_comm_, grads_.named(config_), bucket_floats_);
   }
   if (sum_embedding_ && (layout_.first() || layout_.last())) {
     // The tied embedding's two copies: the gradient of the embedding (first stage) plus that of the head
@@ -489,6 +494,16 @@ TrainOutcome Trainer::run() {
       const double factor = clip_factor(grad_norm, run_.grad_clip);
       if (factor < 1.0) scale_gradients(config_, grads_, factor);
       adam_.step(params_, grads_, lr);
+      if (zero1_) {  // each replica updated its share: the others get it from there
+        Region region("zero1_broadcast");
+        const auto tensors = params_.named_all(config_);
+        for (std::size_t i = 0; i < tensors.size(); ++i) {
+          if (tensors[i].flat.data() == nullptr) continue;
+          auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), tensors[i].flat);
+          dp_comm_.broadcast(h.data(), h.size(), int(i % std::size_t(layout_.replicas)));
+          Kokkos::deep_copy(tensors[i].flat, h);
+        }
+      }
     }
     ++step_;
     tokens_seen_ += step_tokens;
@@ -691,8 +706,8 @@ std::string Trainer::save_checkpoint() {
   meta.scalars["data_parallel"] = double(layout_.replicas);
   // Data-parallel replicas hold the same parameters and moments: rank 0 writes (the stages of replica 0
   // send it theirs), the others wait. An error on rank 0 ends the job (the app frame aborts every rank).
-  const ModelWeights params = gather_whole(params_), m = gather_whole(adam_.exp_avg()),
-                     v = gather_whole(adam_.exp_avg_sq());
+  const ModelWeights params = gather_whole(params_), m = gather_whole(adam_.exp_avg(), true),
+                     v = gather_whole(adam_.exp_avg_sq(), true);
   if (comm_.is_root()) {
     write_checkpoint(path, meta, {{"params", group(params)}, {"adam_m", group(m)}, {"adam_v", group(v)}});
     prune_checkpoints(checkpoint_dir_, int(keep_last_));
@@ -769,8 +784,9 @@ void Trainer::restore(const std::string& path) {
   log::info("restarted from %s: step %lld, %lld tokens seen", path.c_str(), (long long)step_, (long long)tokens_seen_);
 }
 
-ModelWeights Trainer::gather_whole(const ModelWeights& part) {
-  if (layout_.stages == 1) return part;
+ModelWeights Trainer::gather_whole(const ModelWeights& part, bool sharded) {
+  sharded = sharded && zero1_;
+  if (layout_.stages == 1 && !sharded) return part;
   Region region("gather");
   ModelWeights whole;
   if (comm_.is_root()) whole = ModelWeights(config_, /*zeros=*/true);
@@ -778,7 +794,8 @@ ModelWeights Trainer::gather_whole(const ModelWeights& part) {
   const auto all = whole.named_all(config_);
   std::vector<float> buffer;
   for (std::size_t i = 0; i < mine.size(); ++i) {
-    const int owner = layout_.world_rank(layout_.owner_stage(config_, mine[i].name), 0);
+    const int owner = layout_.world_rank(layout_.owner_stage(config_, mine[i].name),
+                                         sharded ? int(i % std::size_t(layout_.replicas)) : 0);
     if (comm_.rank() == owner && comm_.is_root()) {
       Kokkos::deep_copy(all[i].flat, mine[i].flat);
     } else if (comm_.rank() == owner) {
