@@ -278,8 +278,13 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   targets_ = IntView1("targets", rows_ * run_.seq_len);
 
   if (comm_.is_root()) {  // rank 0 writes every file of the run
-    fs::create_directories(output_dir_);
-    fs::create_directories(checkpoint_dir_);
+    auto make = [](const std::string& dir, const char* key) {
+      std::error_code ec;
+      fs::create_directories(dir, ec);
+      if (ec) fail(ErrorKind::Input, std::string(key) + ": cannot create the directory '" + dir + "': " + ec.message());
+    };
+    make(output_dir_, "<job>/output_dir");
+    make(checkpoint_dir_, "<checkpoint>/dir");
   }
   if (restart) restore(*restart);
   else if (comm_.is_root()) io::write_text_atomically(metrics_path_, "");
