@@ -36,54 +36,11 @@ RESULTS="${RESULTS:-$REPO/bench/results/$(date +%Y%m%d-%H%M%S)}"
 PROFILE="${PROFILE:-1}"
 BIN="$BUILD_DIR/bench/jetmoe-bench-forward"
 
-say() { printf '\n==> %s\n' "$*"; }
-# This machine is shared: before each run wait (up to QUIET_WAIT seconds, default 120) until the CPUs are idle
-# (< 15% busy over 2 s), and after it record in $RESULTS/conditions.txt how busy the machine was in total, the load
-# average and the time stolen by the hypervisor; compare.py subtracts the run's own CPU time to show what others
-# used meanwhile.
-cpu_jiffies() {  # total, busy (not idle, iowait or steal), steal: clock ticks, all CPUs (guest time is in user)
-  awk '/^cpu /{t=0; for(i=2;i<=9;i++) t+=$i; print t, t-$5-$6-$9, $9}' /proc/stat
-}
-busy_fraction() {  # over the next $1 seconds
-  local a b
-  a=$(cpu_jiffies); sleep "$1"; b=$(cpu_jiffies)
-  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); dt = y[1] - x[1];
-    printf "%.2f\n", (dt > 0) ? (y[2] - x[2]) / dt : 0 }'
-}
-wait_quiet() {
-  local waited=0 busy
-  while :; do
-    busy=$(busy_fraction 2)
-    if awk -v f="$busy" 'BEGIN { exit !(f < 0.15) }'; then break; fi
-    if (( waited >= ${QUIET_WAIT:-120} )); then
-      echo "run_cpu_bench.sh: the machine is still busy (${busy} of the CPUs) after ${waited} s; running anyway" >&2
-      break
-    fi
-    sleep 8; waited=$((waited + 10))
-  done
-}
-measure() {  # measure TAG COMMAND...: waits for a quiet machine, runs COMMAND, records the conditions
-  local tag=$1; shift
-  wait_quiet
-  local before after load0 t0 t1
-  before=$(cpu_jiffies); load0=$(cut -d' ' -f1 /proc/loadavg); t0=$(date +%s.%N)
-  "$@"
-  after=$(cpu_jiffies); t1=$(date +%s.%N)
-  awk -v tag="$tag" -v l0="$load0" -v l1="$(cut -d' ' -f1 /proc/loadavg)" -v b="$before" -v a="$after" \
-      -v w="$(awk -v t0="$t0" -v t1="$t1" 'BEGIN { print t1 - t0 }')" -v hz="$(getconf CLK_TCK)" 'BEGIN {
-    split(b, x, " "); split(a, y, " "); dt = y[1] - x[1];
-    steal = (dt > 0) ? 100 * (y[3] - x[3]) / dt : 0;
-    printf "%s wall_s=%.2f busy_cpu_s=%.2f steal_pct=%.1f load=%s->%s\n", tag, w, (y[2] - x[2]) / hz, steal, l0, l1
-  }' >> "$RESULTS/conditions.txt"
-}
+# shellcheck source=scripts/bench/measure.sh
+source "$REPO/scripts/bench/measure.sh"  # say, wait_quiet, measure (conditions.txt), build_release
 
 say "building jetmoe-bench-forward in $BUILD_DIR"
-if [[ ! -f "$BUILD_DIR/build.ninja" && ! -f "$BUILD_DIR/Makefile" ]]; then
-  generator=()
-  command -v ninja >/dev/null && generator=(-G Ninja)
-  cmake -S "$REPO" -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DJETMOE_ENABLE_TESTS=OFF >/dev/null
-fi
-nice cmake --build "$BUILD_DIR" -j2 --target jetmoe-bench-forward jetmoe-bench-gemm
+build_release "$REPO" "$BUILD_DIR" jetmoe-bench-forward jetmoe-bench-gemm
 [[ -x "$PYTHON" ]] || { echo "run_cpu_bench.sh: no Python at $PYTHON (set PYTHON; scripts/oracle/requirements.txt)" >&2; exit 1; }
 
 mkdir -p "$RESULTS"
