@@ -18,25 +18,19 @@ using HostMat = Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace, Ko
 }  // namespace
 
 std::vector<std::int64_t> split_layers(std::int64_t num_layers, int stages, const std::vector<std::int64_t>& explicit_layers) {
+  // TrainConfig::from_deck has checked both against the deck (errors naming parallel/stage_layers and
+  // parallel/pipeline_stages); here they are invariants.
+  JETMOE_ASSERT(stages >= 1 && stages <= num_layers, "split_layers: more stages than layers");
   if (!explicit_layers.empty()) {
-    if (std::int64_t(explicit_layers.size()) != stages)
-      fail(ErrorKind::Deck, "parallel/stage_layers: " + std::to_string(explicit_layers.size()) + " entries for " +
-                                std::to_string(stages) + " pipeline stages (one layer count per stage)");
     std::int64_t sum = 0;
-    for (std::size_t i = 0; i < explicit_layers.size(); ++i) {
-      if (explicit_layers[i] < 1)
-        fail(ErrorKind::Deck, "parallel/stage_layers: stage " + std::to_string(i) + " has " +
-                                  std::to_string(explicit_layers[i]) + " layers; every stage needs at least 1");
-      sum += explicit_layers[i];
+    for (std::int64_t n : explicit_layers) {
+      JETMOE_ASSERT(n >= 1, "split_layers: a stage without layers");
+      sum += n;
     }
-    if (sum != num_layers)
-      fail(ErrorKind::Deck, "parallel/stage_layers: the stages hold " + std::to_string(sum) + " layers, the model has " +
-                                std::to_string(num_layers));
+    JETMOE_ASSERT(std::int64_t(explicit_layers.size()) == stages && sum == num_layers,
+                  "split_layers: the explicit split does not cover the model");
     return explicit_layers;
   }
-  if (stages > num_layers)
-    fail(ErrorKind::Deck, "parallel/pipeline_stages: " + std::to_string(stages) + " stages for only " +
-                              std::to_string(num_layers) + " layers");
   std::vector<std::int64_t> out(std::size_t(stages), num_layers / stages);
   for (std::int64_t i = 0; i < num_layers % stages; ++i) ++out[std::size_t(i)];
   return out;

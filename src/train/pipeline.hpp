@@ -43,9 +43,9 @@ struct RankLayout {
   std::string describe() const;
 };
 
-// Layers per stage: `explicit_layers` when given (it must have one positive entry per stage adding up
-// to num_layers; errors name parallel/stage_layers), else as even as possible, the first stages taking
-// one more when the layers do not divide.
+// Layers per stage: `explicit_layers` when given (one positive entry per stage adding up to num_layers,
+// as TrainConfig::from_deck checks), else as even as possible, the first stages taking one more when
+// the layers do not divide.
 std::vector<std::int64_t> split_layers(std::int64_t num_layers, int stages, const std::vector<std::int64_t>& explicit_layers);
 RankLayout make_layout(const ModelConfig& config, int stages, int replicas, int world_rank,
                        const std::vector<std::int64_t>& explicit_layers = {});

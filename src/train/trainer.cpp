@@ -133,7 +133,8 @@ class Trainer {
 
  private:
   void restore(const std::string& path);
-  std::string save_checkpoint();
+  // `whole_params`: the parameters already gathered by gather_whole (rank 0), to save gathering twice.
+  std::string save_checkpoint(const ModelWeights* whole_params = nullptr);
   StepStats accumulate(int phase);
   double validation_loss();
   void log_progress(const StepStats& st, double lr, double grad_norm, double window_s, std::int64_t window_steps);
@@ -167,9 +168,9 @@ class Trainer {
   ModelWeights ref_params_;                                       // dpo: the frozen reference
   std::unique_ptr<Network<float>> ref_net_;
   std::unique_ptr<Pipeline> pipeline_, ref_pipeline_;  // ref: DPO's frozen reference
-  double window_idle_ = 0, window_busy_ = 0;
-  std::size_t bucket_floats_ = 0;  // parallel/bucket_mb in floats
-  bool zero1_ = false;             // AdamW moments sharded over the replicas: tensor i on replica i % dp  // pipeline seconds over the steps since the last progress line
+  double window_idle_ = 0, window_busy_ = 0;  // pipeline seconds over the steps since the last progress line
+  std::size_t bucket_floats_ = 0;             // parallel/bucket_mb in floats
+  bool zero1_ = false;                        // AdamW moments sharded over the replicas: tensor i on replica i % dp
   double dpo_beta_ = 0.1, dpo_smoothing_ = 0;
   std::int64_t rows_ = 0;  // sequences per micro-batch (2 x micro_batch_size for DPO: chosen, then rejected)
   IntView2 ids_;
@@ -429,9 +430,9 @@ StepStats Trainer::accumulate(int phase) {
     // The tied embedding's two copies: the gradient of the embedding (first stage) plus that of the head
     // (last stage), on both, so both copies take the same update.
     Region region("allreduce");
-    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), flat(grads_.embed));
-    embed_comm_.sum_in_place(h.data(), h.size());
-    Kokkos::deep_copy(flat(grads_.embed), h);
+    std::vector<NamedTensor> embedding = grads_.named(config_);
+    embedding.resize(1);  // model.embed_tokens.weight comes first
+    sum_gradients(embed_comm_, embedding, bucket_floats_);
   }
   if (comm_.size() > 1) {  // the loss terms live on the ranks that computed them: sums over the job
     double sums[8] = {st.ce_sum, st.switch_loss, st.z_loss, st.dpo.loss, st.dpo.accuracy, st.dpo.margin,
@@ -680,7 +681,7 @@ double Trainer::validation_loss() {
   return m.loss;
 }
 
-std::string Trainer::save_checkpoint() {
+std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
   if (last_checkpoint_step_ == step_) return last_checkpoint_;
   Region region("checkpoint");
   const auto t0 = Clock::now();
@@ -711,10 +712,11 @@ std::string Trainer::save_checkpoint() {
   meta.scalars["data_parallel"] = double(layout_.replicas);
   // Data-parallel replicas hold the same parameters and moments: rank 0 writes (the stages of replica 0
   // send it theirs), the others wait. An error on rank 0 ends the job (the app frame aborts every rank).
-  const ModelWeights params = gather_whole(params_), m = gather_whole(adam_.exp_avg(), true),
-                     v = gather_whole(adam_.exp_avg_sq(), true);
+  const ModelWeights params = whole_params ? ModelWeights() : gather_whole(params_),
+                     m = gather_whole(adam_.exp_avg(), true), v = gather_whole(adam_.exp_avg_sq(), true);
   if (comm_.is_root()) {
-    write_checkpoint(path, meta, {{"params", group(params)}, {"adam_m", group(m)}, {"adam_v", group(v)}});
+    write_checkpoint(path, meta,
+                     {{"params", group(whole_params ? *whole_params : params)}, {"adam_m", group(m)}, {"adam_v", group(v)}});
     prune_checkpoints(checkpoint_dir_, int(keep_last_));
   }
   comm_.barrier();
@@ -828,8 +830,8 @@ double Trainer::grad_norm() {
 }
 
 void Trainer::finish() {
-  const std::string path = save_checkpoint();
-  const ModelWeights params = gather_whole(params_);
+  const ModelWeights params = gather_whole(params_);  // for the checkpoint, the export and the sample
+  const std::string path = save_checkpoint(&params);
   if (!comm_.is_root()) return;  // the replicas are identical: rank 0 exports and samples
   const std::string final_dir = (fs::path(output_dir_) / "final").string();
   save_hf_checkpoint(final_dir, config_, params, "fp32");
