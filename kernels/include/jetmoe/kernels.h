@@ -79,3 +79,5 @@ cudaError_t jk_rmsnorm_fwd_f32(const float* x, const float* weight, float* y, fl
 
 cudaError_t jk_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* weight, uint16_t* y, float* rstd,
                                 int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
+
+// ---- kernel families (one header each, keep sorted) -----------------------------------------------
