@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "model/config.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "model/load.hpp"
+#include "parallel/comm.hpp"
 #include "support.hpp"
 
 #if JETMOE_HAVE_HDF5
@@ -512,6 +514,144 @@ TEST_CASE("checkpoint write and read throughput", "[.][checkpoint-bench]") {
   WARN("checkpoint of " << mb << " MB (" << fs::file_size(path) << " bytes): write (incl. fsync) " << mb / write_best
                         << " MB/s, read (incl. checksums) " << mb / read_best << " MB/s; CRC-64 alone "
                         << mb / std::chrono::duration<double>(c1 - c0).count() << " MB/s (crc " << crc << ")");
+}
+
+// ---- collective writes (parallel HDF5): every rank writes the tensors it owns into one file ----------
+
+namespace {
+
+// The groups of `s` as rank `rank` of `size` passes them: tensor i is owned by rank i % size.
+jetmoe::CheckpointGroups owned_part(const jetmoe::CheckpointGroups& all, int rank, int size) {
+  jetmoe::CheckpointGroups mine = all;
+  int i = 0;
+  for (auto& [group, tensors] : mine)
+    for (CheckpointTensor& t : tensors)
+      if (i++ % size != rank) t.data = nullptr;
+  return mine;
+}
+
+// Waits for every rank before the enclosing scope ends (declare after rank 0's TempDir, which the
+// others read from: it is removed only once they are done).
+struct BarrierOnExit {
+  const jetmoe::Comm& comm;
+  ~BarrierOnExit() { comm.barrier(); }
+};
+
+// Rank 0's temporary directory, the one every rank writes into.
+std::string shared_dir(const jetmoe::Comm& comm, const TempDir& dir) {
+  std::string root = dir.path.string();
+  comm.broadcast(root, 0);
+  return root;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint: a collective write holds every rank's tensors bit for bit, and rank 0's metadata",
+          "[mpi][checkpoint]") {
+  const jetmoe::Comm comm = jetmoe::Comm::world();
+  TempDir dir;
+  const BarrierOnExit wait_for_readers{comm};
+  const std::string path = shared_dir(comm, dir) + "/ckpt/step-000000301.h5";  // the directory is created
+  const State s;
+  CheckpointMeta meta = s.meta;
+  if (!comm.is_root()) meta = State(7).meta;  // the others' metadata must not be what is written
+  jetmoe::write_checkpoint(comm, path, meta, owned_part(s.groups, comm.rank(), comm.size()));
+  CHECK_FALSE(fs::exists(path + ".tmp"));
+
+  const CheckpointReader r(path);  // every rank reads the whole file
+  CHECK(r.meta().step == s.meta.step);
+  CHECK(r.meta().tokens_seen == s.meta.tokens_seen);
+  CHECK(r.meta().rng_state == s.meta.rng_state);
+  CHECK(r.meta().deck_text == s.meta.deck_text);
+  CHECK(r.meta().model_config_json == s.meta.model_config_json);
+  CHECK(r.meta().run_name == s.meta.run_name);
+  CHECK(r.meta().scalars.size() == s.meta.scalars.size());
+  CHECK(r.meta().scalars.at("lr") == 4.9e-4);
+  for (const auto& [group, tensors] : s.groups) {
+    std::vector<std::string> written;
+    for (const auto& t : tensors) written.push_back(t.name);
+    CHECK(r.names(group) == written);
+    for (const auto& t : tensors) require_same_bits(r, group, t);  // read checks each crc64 too
+  }
+
+  SECTION("bf16 and fp16 tensors owned by different ranks") {
+    const std::vector<float> values = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, 1e-8f, -0.0f, 0.33333334f};
+    const std::vector<std::int64_t> shape = {2, 4};
+    const jetmoe::CheckpointGroups half = {{"params",
+                                            {{"b", shape, values.data(), CheckpointDType::BF16},
+                                             {"h", shape, values.data(), CheckpointDType::F16}}}};
+    const std::string half_path = shared_dir(comm, dir) + "/half.h5";
+    jetmoe::write_checkpoint(comm, half_path, CheckpointMeta{}, owned_part(half, comm.size() - 1 - comm.rank(), comm.size()));
+    const CheckpointReader h(half_path);
+    std::vector<float> b(8), f16(8);
+    h.read("params", "b", shape, b.data());
+    h.read("params", "h", shape, f16.data());
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      CHECK(bits(b[i]) == bits(jetmoe::bf16::from_float(values[i]).to_float()));
+      CHECK(bits(f16[i]) == bits(jetmoe::fp16::from_float(values[i]).to_float()));
+    }
+  }
+  SECTION("a tensor with no owner, or two, is a bug of the caller, refused before anything is written") {
+    jetmoe::CheckpointGroups none = owned_part(s.groups, comm.rank(), comm.size());
+    none[0].second[0].data = nullptr;
+    const std::string bad = shared_dir(comm, dir) + "/bad.h5";
+    CHECK_THAT(error_of([&] { jetmoe::write_checkpoint(comm, bad, s.meta, none); }, ErrorKind::Internal),
+               Contains(comm.size() > 1 ? "tensor 'params/model.embed_tokens.weight' has 0 owning ranks, expected 1"
+                                        : "tensor 'params/model.embed_tokens.weight' has no data"));
+    if (comm.size() > 1) {
+      CHECK_THAT(error_of([&] { jetmoe::write_checkpoint(comm, bad, s.meta, s.groups); }, ErrorKind::Internal),
+                 Contains("owning ranks, expected 1"));
+    }
+    CHECK_FALSE(fs::exists(bad));
+    CHECK_FALSE(fs::exists(bad + ".tmp"));
+  }
+}
+
+TEST_CASE("checkpoint: a collective write that fails on one rank fails on every rank and keeps the previous file",
+          "[mpi][checkpoint]") {
+  const jetmoe::Comm comm = jetmoe::Comm::world();
+  TempDir dir;
+  const BarrierOnExit wait_for_readers{comm};
+  const std::string root = shared_dir(comm, dir);
+  const std::string path = root + "/step-000000300.h5";
+  const State before(1);
+  jetmoe::write_checkpoint(comm, path, before.meta, owned_part(before.groups, comm.rank(), comm.size()));
+  comm.barrier();
+  const std::string original = read_bytes(path);
+  const int last = comm.size() - 1;
+
+  SECTION("the disk fills up under the last rank's tensor") {
+    // Tensor b lies past 400 kB in the file; only the last rank owns it and meets the limit.
+    std::vector<float> big(1 << 16, 0.5f);
+    const std::vector<CheckpointTensor> tensors = {{"a", {1 << 16}, comm.rank() == 0 ? big.data() : nullptr},
+                                                   {"b", {1 << 16}, comm.rank() == last ? big.data() : nullptr}};
+    std::string message;
+    {
+      std::unique_ptr<FileSizeLimit> limit;
+      if (comm.rank() == last) limit = std::make_unique<FileSizeLimit>(400000);
+      message = error_of([&] { jetmoe::write_checkpoint(comm, path, before.meta, {{"params", tensors}}); }, ErrorKind::Input);
+    }
+    CHECK_THAT(message, StartsWith(path + ".tmp: cannot write tensor '/params/b'"));
+    std::string on_rank_0 = message;
+    comm.broadcast(on_rank_0, 0);
+    CHECK(message == on_rank_0);  // one message, the same on every rank
+  }
+  SECTION("the checkpoint directory cannot be created") {
+    const std::string blocked = root + "/not-a-directory";
+    if (comm.is_root()) write_bytes(blocked, "a file where the checkpoint directory should be");
+    comm.barrier();
+    const std::string message = error_of(
+        [&] {
+          jetmoe::write_checkpoint(comm, blocked + "/step-000000300.h5", before.meta,
+                                   owned_part(before.groups, comm.rank(), comm.size()));
+        },
+        ErrorKind::Input);
+    CHECK_THAT(message, StartsWith(blocked + "/step-000000300.h5: cannot create"));
+  }
+  comm.barrier();
+  CHECK(read_bytes(path) == original);
+  CHECK_FALSE(fs::exists(path + ".tmp"));
+  CHECK(CheckpointReader(path).meta().step == before.meta.step);
 }
 
 #endif  // JETMOE_HAVE_HDF5

@@ -146,10 +146,15 @@ int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body) {
 
   int status = 0;
   std::string message;
+  bool collective = false;
   try {
     Region region(spec.name);
     AppContext ctx{spec, cl, *deck, comm};
     body(ctx);
+  } catch (const CollectiveError& e) {  // every rank has it: report once, no abort needed
+    status = e.exit_code();
+    message = e.what();
+    collective = true;
   } catch (const Error& e) {
     status = e.exit_code();
     message = e.what();
@@ -157,6 +162,7 @@ int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body) {
     status = 1;
     message = std::string("unexpected failure: ") + e.what();
   }
+  if (collective) return agree_on_failure(comm, status, message, spec.name);
   if (status != 0) {
     // A failure on one rank must not leave the others waiting in a collective: end them all.
     std::fflush(stdout);

@@ -153,7 +153,8 @@ DeckSchema make_standard_schema() {
         .at_least(0);
     b.real("bucket_mb", 25.0,
            "Size of the gradient all-reduce buckets in MB (data parallelism): small tensors are packed into "
-           "buckets of this size, one MPI_Allreduce each.")
+           "buckets of this size, one non-blocking MPI_Iallreduce each, started during the last micro-batch's backward "
+           "pass as soon as its layers are done.")
         .greater_than(0);
     b.boolean("zero1", false,
               "Shard the AdamW moments over the data-parallel replicas (ZeRO-1): each replica keeps and updates every "

@@ -27,6 +27,14 @@ class Error : public std::runtime_error {
 
 [[noreturn]] inline void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
+// An error that every rank of the job throws together, with the same message, after agreeing on it
+// (for example a failed collective checkpoint write). The application frame then reports it once and
+// every rank returns the status, instead of ending the job with MPI_Abort.
+class CollectiveError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace jetmoe
 
 // Checks an invariant of our own code; failure is a bug, reported with its location.

@@ -20,6 +20,7 @@
 #include "core/log.hpp"
 #include "core/profiling.hpp"
 #include "jetmoe/build_config.hpp"
+#include "parallel/comm.hpp"
 
 #if JETMOE_HAVE_HDF5
 #include <hdf5.h>
@@ -306,12 +307,15 @@ class Writer {
     return t;
   }
 
+  // Datasets of the metadata: every rank of a parallel write creates them and computes the same
+  // checksum; only the writing rank (write_data) stores the bytes.
   void string_dataset(hid_t parent, const std::string& name, const std::string& value, const std::string& where) {
     Handle type = string_type(value.size());
     Handle space(H5Screate(H5S_SCALAR), H5Sclose);
     Handle d(H5Dcreate2(parent, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
     const std::string stored = value.empty() ? std::string(1, '\0') : value;
-    if (!d.valid() || H5Dwrite(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, stored.data()) < 0) fail_here(where);
+    if (!d.valid() || (write_data_ && H5Dwrite(d.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, stored.data()) < 0))
+      fail_here(where);
     attribute_u64(d.get(), kChecksumAttribute, crc64(stored.data(), stored.size()), where);
   }
 
@@ -320,40 +324,58 @@ class Writer {
     Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
     Handle d(H5Dcreate2(parent, name.c_str(), H5T_STD_U64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
     if (!d.valid()) fail_here(where);
-    if (n > 0 && H5Dwrite(d.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) < 0) fail_here(where);
+    if (write_data_ && n > 0 && H5Dwrite(d.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) < 0)
+      fail_here(where);
     attribute_u64(d.get(), kChecksumAttribute, crc64_le(values.data(), values.size(), 8), where);
   }
 
-  void tensor_dataset(hid_t parent, const std::string& group, const CheckpointTensor& t) {
-    const std::string where = "tensor '/" + group + "/" + t.name + "'";
+  static std::string tensor_where(const std::string& group, const CheckpointTensor& t) {
+    return "tensor '/" + group + "/" + t.name + "'";
+  }
+
+  // Creates the dataset of a tensor (collectively in a parallel write: no fill values are written,
+  // the owner writes every byte).
+  Handle create_tensor(hid_t parent, const std::string& group, const CheckpointTensor& t) {
     std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
     Handle space(t.shape.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
     Handle file_type = float_type(t.stored_as);
-    Handle d(H5Dcreate2(parent, t.name.c_str(), file_type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-    if (!d.valid()) fail_here(where);
-    const std::size_t n = static_cast<std::size_t>(element_count(t.shape));
-    std::uint64_t crc = 0;
-    if (n > 0) {
-      if (t.stored_as == CheckpointDType::F32) {
-        // Native float to little-endian float32: no conversion on little-endian hosts.
-        if (H5Dwrite(d.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data) < 0) fail_here(where);
-        crc = crc64_le(t.data, n, 4);
-      } else {
-        std::vector<std::uint16_t> half(n);
-        for (std::size_t i = 0; i < n; ++i)
-          half[i] = t.stored_as == CheckpointDType::BF16 ? bf16::from_float(t.data[i]).bits : fp16::from_float(t.data[i]).bits;
-        crc = crc64_le(half.data(), n, 2);
-        if (!host_is_little_endian()) swap_bytes(half.data(), n, 2);
-        if (H5Dwrite(d.get(), file_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, half.data()) < 0) fail_here(where);
-      }
-    } else {
-      crc = crc64(nullptr, 0);
-    }
-    attribute_u64(d.get(), kChecksumAttribute, crc, where);
+    Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER);
+    Handle d(H5Dcreate2(parent, t.name.c_str(), file_type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
+    if (!d.valid()) fail_here(tensor_where(group, t));
+    return d;
   }
+
+  // Writes the tensor's data (t.data) into its dataset and returns the checksum of the stored bytes.
+  std::uint64_t write_tensor(hid_t d, const std::string& group, const CheckpointTensor& t) {
+    const std::size_t n = static_cast<std::size_t>(element_count(t.shape));
+    if (n == 0) return crc64(nullptr, 0);
+    const std::string where = tensor_where(group, t);
+    if (t.stored_as == CheckpointDType::F32) {
+      // Native float to little-endian float32: no conversion on little-endian hosts.
+      if (H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data) < 0) fail_here(where);
+      return crc64_le(t.data, n, 4);
+    }
+    std::vector<std::uint16_t> half(n);
+    for (std::size_t i = 0; i < n; ++i)
+      half[i] = t.stored_as == CheckpointDType::BF16 ? bf16::from_float(t.data[i]).bits : fp16::from_float(t.data[i]).bits;
+    const std::uint64_t crc = crc64_le(half.data(), n, 2);
+    if (!host_is_little_endian()) swap_bytes(half.data(), n, 2);
+    Handle file_type = float_type(t.stored_as);
+    if (H5Dwrite(d, file_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, half.data()) < 0) fail_here(where);
+    return crc;
+  }
+
+  void tensor_dataset(hid_t parent, const std::string& group, const CheckpointTensor& t) {
+    Handle d = create_tensor(parent, group, t);
+    attribute_u64(d.get(), kChecksumAttribute, write_tensor(d.get(), group, t), tensor_where(group, t));
+  }
+
+  void set_write_data(bool on) { write_data_ = on; }
 
  private:
   std::string name_;
+  bool write_data_ = true;
 };
 
 // Flushes a closed file's data to stable storage.
@@ -369,7 +391,8 @@ void fsync_path(const std::string& path, bool directory) {
   if (status != 0 && !directory) fail(ErrorKind::Input, path + ": cannot flush to disk: " + std::strerror(err));
 }
 
-void check_names(const CheckpointMeta& meta, const CheckpointGroups& groups) {
+// `collective`: a tensor's data may be null on the ranks that do not own it.
+void check_names(const CheckpointMeta& meta, const CheckpointGroups& groups, bool collective = false) {
   auto valid_name = [](const std::string& s) { return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos; };
   std::set<std::string> group_names;
   for (const auto& [group, tensors] : groups) {
@@ -381,7 +404,7 @@ void check_names(const CheckpointMeta& meta, const CheckpointGroups& groups) {
       JETMOE_ASSERT(names.insert(t.name).second, "write_checkpoint: tensor '" + group + "/" + t.name + "' given twice");
       for (const std::int64_t d : t.shape)
         JETMOE_ASSERT(d >= 0, "write_checkpoint: tensor '" + group + "/" + t.name + "' has shape " + shape_text(t.shape));
-      JETMOE_ASSERT(t.data != nullptr || element_count(t.shape) == 0,
+      JETMOE_ASSERT(collective || t.data != nullptr || element_count(t.shape) == 0,
                     "write_checkpoint: tensor '" + group + "/" + t.name + "' has no data");
     }
   }
@@ -442,6 +465,29 @@ void reserve_space(int fd, hid_t file, const std::string& tmp) {
 #endif
 }
 
+// The file's attributes and /meta (identical on every rank of a parallel write).
+void write_header(Writer& w, hid_t root, const CheckpointMeta& meta) {
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  {
+    Handle a(H5Acreate2(root, "format_version", H5T_STD_I32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    const int version = kCheckpointFormatVersion;
+    if (!a.valid() || H5Awrite(a.get(), H5T_NATIVE_INT, &version) < 0) w.fail_here("attribute 'format_version'");
+  }
+  w.attribute_i64(root, "step", meta.step);
+  w.attribute_i64(root, "tokens_seen", meta.tokens_seen);
+  w.attribute_string(root, "run_name", meta.run_name);
+  w.attribute_string(root, "written_by", build_summary());
+  w.attribute_string(root, "checksum_algorithm", "CRC-64/XZ of each dataset's raw little-endian bytes (attribute crc64)");
+
+  Handle m = w.group(root, kMetaGroup);
+  w.string_dataset(m.get(), "deck_text", meta.deck_text, "/meta/deck_text");
+  w.string_dataset(m.get(), "model_config_json", meta.model_config_json, "/meta/model_config_json");
+  w.u64_dataset(m.get(), "rng_state", meta.rng_state, "/meta/rng_state");
+  w.u64_dataset(m.get(), "data_state", meta.data_state, "/meta/data_state");
+  Handle scalars = w.group(m.get(), "scalars");
+  for (const auto& [name, value] : meta.scalars) w.attribute_f64(scalars.get(), name, value);
+}
+
 void write_file(const std::string& tmp, const std::string& path, const CheckpointMeta& meta, const CheckpointGroups& groups) {
   Writer w(tmp);
   Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
@@ -456,25 +502,7 @@ void write_file(const std::string& tmp, const std::string& path, const Checkpoin
   if (void* handle = nullptr; H5Fget_vfd_handle(file.get(), H5P_DEFAULT, &handle) >= 0 && handle) fd = *static_cast<int*>(handle);
   try {
     const hid_t root = file.get();
-    Handle space(H5Screate(H5S_SCALAR), H5Sclose);
-    {
-      Handle a(H5Acreate2(root, "format_version", H5T_STD_I32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-      const int version = kCheckpointFormatVersion;
-      if (!a.valid() || H5Awrite(a.get(), H5T_NATIVE_INT, &version) < 0) w.fail_here("attribute 'format_version'");
-    }
-    w.attribute_i64(root, "step", meta.step);
-    w.attribute_i64(root, "tokens_seen", meta.tokens_seen);
-    w.attribute_string(root, "run_name", meta.run_name);
-    w.attribute_string(root, "written_by", build_summary());
-    w.attribute_string(root, "checksum_algorithm", "CRC-64/XZ of each dataset's raw little-endian bytes (attribute crc64)");
-
-    Handle m = w.group(root, kMetaGroup);
-    w.string_dataset(m.get(), "deck_text", meta.deck_text, "/meta/deck_text");
-    w.string_dataset(m.get(), "model_config_json", meta.model_config_json, "/meta/model_config_json");
-    w.u64_dataset(m.get(), "rng_state", meta.rng_state, "/meta/rng_state");
-    w.u64_dataset(m.get(), "data_state", meta.data_state, "/meta/data_state");
-    Handle scalars = w.group(m.get(), "scalars");
-    for (const auto& [name, value] : meta.scalars) w.attribute_f64(scalars.get(), name, value);
+    write_header(w, root, meta);
 
     for (const auto& [group, tensors] : groups) {
       Handle g = w.group(root, group);
@@ -516,6 +544,242 @@ void write_checkpoint(const std::string& path, const CheckpointMeta& meta, const
     throw;
   }
 }
+
+#if JETMOE_HAVE_MPI && defined(H5_HAVE_PARALLEL)
+
+namespace {
+
+// Every rank of a collective write calls this at the same point: when any rank has an error, every
+// rank throws the lowest failing rank's message as a CollectiveError (reported once by the app).
+void agree(const Comm& comm, const std::string& my_error) {
+  const int reporter = comm.min(my_error.empty() ? comm.size() : comm.rank());
+  if (reporter == comm.size()) return;
+  std::string message = my_error;
+  comm.broadcast(message, reporter);
+  throw CollectiveError(ErrorKind::Input, message);
+}
+
+template <typename F>
+std::string attempt(F&& f) {
+  try {
+    f();
+    return {};
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("unexpected failure: ") + e.what();
+  }
+}
+
+// Rank 0's metadata on every rank: the attributes and /meta of a parallel file must be written with
+// the same values by every rank.
+class Packer {
+ public:
+  template <typename T>
+  void put(const T& v) {
+    bytes_.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  void put(const std::string& v) {
+    put(std::uint64_t(v.size()));
+    bytes_ += v;
+  }
+  template <typename T>
+  T get() {
+    T v;
+    JETMOE_ASSERT(at_ + sizeof v <= bytes_.size(), "checkpoint metadata broadcast truncated");
+    std::memcpy(&v, bytes_.data() + at_, sizeof v);
+    at_ += sizeof v;
+    return v;
+  }
+  std::string get_string() {
+    const auto n = std::size_t(get<std::uint64_t>());
+    JETMOE_ASSERT(at_ + n <= bytes_.size(), "checkpoint metadata broadcast truncated");
+    std::string v = bytes_.substr(at_, n);
+    at_ += n;
+    return v;
+  }
+  std::string& bytes() { return bytes_; }
+
+ private:
+  std::string bytes_;
+  std::size_t at_ = 0;
+};
+
+CheckpointMeta broadcast_meta(const Comm& comm, const CheckpointMeta& meta) {
+  Packer p;
+  if (comm.is_root()) {
+    p.put(meta.step), p.put(meta.tokens_seen);
+    for (const auto* v : {&meta.rng_state, &meta.data_state}) {
+      p.put(std::uint64_t(v->size()));
+      for (const std::uint64_t x : *v) p.put(x);
+    }
+    p.put(meta.deck_text), p.put(meta.model_config_json), p.put(meta.run_name);
+    p.put(std::uint64_t(meta.scalars.size()));
+    for (const auto& [name, value] : meta.scalars) p.put(name), p.put(value);
+  }
+  comm.broadcast(p.bytes(), 0);
+  CheckpointMeta out;
+  out.step = p.get<std::int64_t>();
+  out.tokens_seen = p.get<std::int64_t>();
+  for (auto* v : {&out.rng_state, &out.data_state}) {
+    v->resize(std::size_t(p.get<std::uint64_t>()));
+    for (std::uint64_t& x : *v) x = p.get<std::uint64_t>();
+  }
+  out.deck_text = p.get_string();
+  out.model_config_json = p.get_string();
+  out.run_name = p.get_string();
+  const auto scalars = std::size_t(p.get<std::uint64_t>());
+  for (std::size_t i = 0; i < scalars; ++i) {
+    std::string name = p.get_string();
+    out.scalars[name] = p.get<double>();
+  }
+  return out;
+}
+
+// The tensor list must be the same on every rank, and every non-empty tensor must have exactly one
+// owner (a rank whose `data` is not null): both are invariants of the caller.
+void check_ownership(const Comm& comm, const CheckpointGroups& groups) {
+  std::string signature;
+  std::vector<double> owners;
+  for (const auto& [group, tensors] : groups) {
+    signature += group + "\n";
+    for (const CheckpointTensor& t : tensors) {
+      signature += t.name + shape_text(t.shape) + std::to_string(int(t.stored_as)) + "\n";
+      owners.push_back(t.data != nullptr && element_count(t.shape) > 0 ? 1.0 : 0.0);
+    }
+  }
+  const std::uint64_t h = crc64(signature.data(), signature.size());
+  const int lo = int(h & 0x7fffffffu), hi = int((h >> 32) & 0x7fffffffu);
+  JETMOE_ASSERT(comm.min(lo) == comm.max(lo) && comm.min(hi) == comm.max(hi),
+                "write_checkpoint: the ranks of a collective write list different tensors");
+  comm.sum_in_place(owners.data(), owners.size());
+  std::size_t i = 0;
+  for (const auto& [group, tensors] : groups)
+    for (const CheckpointTensor& t : tensors) {
+      const double n = owners[i++];
+      JETMOE_ASSERT(n == 1.0 || (n == 0.0 && element_count(t.shape) == 0),
+                    "write_checkpoint: tensor '" + group + "/" + t.name + "' has " + std::to_string(int(n)) +
+                        " owning ranks, expected 1");
+    }
+}
+
+void write_file_collective(const Comm& comm, const std::string& tmp, const std::string& path, const CheckpointMeta& meta,
+                           const CheckpointGroups& groups) {
+  Writer w(tmp);
+  w.set_write_data(comm.is_root());  // the metadata's bytes; each tensor's owner writes its own
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+  H5Pset_fapl_mpio(fapl.get(), comm.raw(), MPI_INFO_NULL);
+  // Metadata is read and written collectively (rank 0 writes it once instead of every rank).
+  H5Pset_all_coll_metadata_ops(fapl.get(), true);
+  H5Pset_coll_metadata_write(fapl.get(), true);
+  Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+  agree(comm, file.valid() ? "" : path + ": cannot create the temporary file " + tmp + hdf5_detail());
+
+  const hid_t root = file.get();
+  agree(comm, attempt([&] { write_header(w, root, meta); }));
+  // Datasets are created collectively, in the same order on every rank; the owner of a tensor writes
+  // its bytes with independent I/O while the others go on. Checksums follow once all are known.
+  std::vector<Handle> datasets;
+  std::vector<std::uint64_t> crcs;
+  std::string write_error;
+  const std::string structure_error = attempt([&] {
+    for (const auto& [group, tensors] : groups) {
+      Handle g = w.group(root, group);
+      for (const CheckpointTensor& t : tensors) {
+        datasets.push_back(w.create_tensor(g.get(), group, t));
+        std::uint64_t crc = 0;
+        if (element_count(t.shape) == 0) {
+          crc = crc64(nullptr, 0);
+        } else if (t.data != nullptr && write_error.empty()) {
+          write_error = attempt([&] { crc = w.write_tensor(datasets.back().get(), group, t); });
+        }
+        crcs.push_back(crc);
+      }
+    }
+  });
+  agree(comm, structure_error);
+  agree(comm, write_error);
+  // Exactly one rank holds each checksum, the others 0.
+  MPI_Allreduce(MPI_IN_PLACE, crcs.data(), int(crcs.size()), MPI_UINT64_T, MPI_BOR, comm.raw());
+  agree(comm, attempt([&] {
+    std::size_t i = 0;
+    for (const auto& [group, tensors] : groups)
+      for (const CheckpointTensor& t : tensors) {
+        w.attribute_u64(datasets[i].get(), kChecksumAttribute, crcs[i], Writer::tensor_where(group, t));
+        datasets[i++].close();
+      }
+  }));
+  const bool closed = file.close();
+  agree(comm, closed ? "" : tmp + ": cannot write the file (closing it failed)" + hdf5_detail());
+}
+
+}  // namespace
+
+void write_checkpoint(const Comm& comm, const std::string& path_in, const CheckpointMeta& meta_in,
+                      const CheckpointGroups& groups) {
+  if (comm.size() == 1) return write_checkpoint(path_in, meta_in, groups);
+  Region region("write_checkpoint");
+  silence_hdf5();
+  check_names(meta_in, groups, /*collective=*/true);
+  check_ownership(comm, groups);
+  const CheckpointMeta meta = broadcast_meta(comm, meta_in);
+  std::string path = path_in;  // rank 0's: every rank must open the same file
+  comm.broadcast(path, 0);
+  const std::string tmp = path + ".tmp";
+  const fs::path parent = fs::path(path).parent_path();
+  std::string error;
+  if (comm.is_root() && !parent.empty()) {
+    std::error_code ec;
+    if (!fs::exists(parent, ec)) {
+      fs::create_directories(parent, ec);
+      if (ec) error = path + ": cannot create the checkpoint directory " + parent.string() + ": " + ec.message();
+    } else if (!fs::is_directory(parent, ec)) {
+      error = path + ": cannot create the checkpoint directory " + parent.string() + ": a file of that name exists";
+    }
+  }
+  agree(comm, error);
+  // Every rank opens the file: a rank that cannot see the directory would fail alone inside the
+  // collective open (MPI-IO then waits forever), so check first and fail together.
+  const std::string dir = parent.empty() ? "." : parent.string();
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    error = path + ": the checkpoint directory " + dir + " is not writable from rank " + std::to_string(comm.rank()) +
+            " (" + std::strerror(errno) + "); every rank writes its tensors, so checkpoint/dir must be on a file "
+            "system that all ranks share";
+  agree(comm, error);
+  try {
+    write_file_collective(comm, tmp, path, meta, groups);
+    if (comm.is_root()) {
+      error = attempt([&] {
+        fsync_path(tmp, false);
+        std::error_code ec;
+        fs::rename(tmp, path, ec);
+        if (ec) fail(ErrorKind::Input, path + ": cannot rename " + tmp + " over it: " + ec.message());
+        fsync_path(parent.empty() ? "." : parent.string(), true);
+      });
+    }
+    agree(comm, error);
+  } catch (...) {
+    if (comm.is_root()) {
+      std::error_code ignored;
+      fs::remove(tmp, ignored);
+    }
+    throw;
+  }
+}
+
+bool checkpoint_writes_collectively() { return true; }
+
+#else  // serial HDF5 or no MPI: the data is gathered to rank 0, which writes alone
+
+bool checkpoint_writes_collectively() { return false; }
+
+void write_checkpoint(const Comm& comm, const std::string& path, const CheckpointMeta& meta, const CheckpointGroups& groups) {
+  JETMOE_ASSERT(comm.size() == 1, "write_checkpoint: a collective write needs MPI and parallel HDF5 (this build has neither)");
+  write_checkpoint(path, meta, groups);
+}
+
+#endif
 
 // ---- reading -----------------------------------------------------------------------------------------
 
@@ -818,6 +1082,8 @@ namespace {
 struct CheckpointReader::File {};
 
 void write_checkpoint(const std::string& path, const CheckpointMeta&, const CheckpointGroups&) { no_hdf5(path); }
+void write_checkpoint(const Comm&, const std::string& path, const CheckpointMeta&, const CheckpointGroups&) { no_hdf5(path); }
+bool checkpoint_writes_collectively() { return false; }
 CheckpointReader::CheckpointReader(const std::string& path) : path_(path) { no_hdf5(path); }
 CheckpointReader::~CheckpointReader() = default;
 CheckpointReader::CheckpointReader(CheckpointReader&&) noexcept = default;

@@ -11,8 +11,10 @@
 //                          /adam_m/..., /adam_v/...; float32 (or bf16/fp16 for exports), row-major
 // Every dataset carries an attribute `crc64`: CRC-64/XZ of its raw little-endian bytes as stored.
 //
-// A tensor is one contiguous dataset addressed by name, so a later parallel writer can create all
-// datasets collectively and let each pipeline stage write the ones it owns. Today one process writes.
+// A tensor is one contiguous dataset addressed by name. Under MPI with parallel HDF5 the ranks of a
+// job write one file together (write_checkpoint with a Comm): every rank creates every dataset
+// collectively and each tensor's owner (a pipeline stage, a ZeRO-1 shard) writes its bytes; the file
+// is the same as one process would write, and any layout reads it.
 //
 // Writes are atomic: PATH.tmp in the same directory, flushed and fsync'ed, then renamed over PATH.
 // Every error a user can meet (not HDF5, truncated, unknown version, missing tensor, wrong shape,
@@ -26,6 +28,8 @@
 #include <vector>
 
 namespace jetmoe {
+
+class Comm;
 
 inline constexpr int kCheckpointFormatVersion = 1;
 
@@ -53,6 +57,21 @@ using CheckpointGroups = std::vector<std::pair<std::string, std::vector<Checkpoi
 // unique; group "meta" is reserved. On any failure PATH.tmp is removed, an existing PATH is untouched,
 // and the error names the file and what failed (for example the disk being full).
 void write_checkpoint(const std::string& path, const CheckpointMeta& meta, const CheckpointGroups& groups);
+
+// The collective form: every rank of `comm` calls it with the same groups (names, shapes, dtypes, in
+// the same order); a tensor's `data` is not null on exactly one rank, its owner, which writes it
+// (parallel HDF5, MPI-IO, independent data writes). Rank 0's `path` and `meta` are used (the directory
+// must be on a file system every rank shares; a rank that cannot write there fails the call on every
+// rank before the file is opened). Atomic like the
+// serial form (rank 0 renames PATH.tmp once every rank has written and the file is closed). Every
+// failure is agreed on: each rank throws the same CollectiveError (the lowest failing rank's
+// message), PATH.tmp is removed and an existing PATH is untouched. With one rank it is the serial
+// form; a build without parallel HDF5 accepts only one rank.
+void write_checkpoint(const Comm& comm, const std::string& path, const CheckpointMeta& meta, const CheckpointGroups& groups);
+
+// Whether this build writes checkpoints collectively (MPI and parallel HDF5); otherwise a job gathers
+// its tensors to rank 0, which writes alone.
+bool checkpoint_writes_collectively();
 
 class CheckpointReader {
  public:

@@ -138,6 +138,20 @@ void Request::wait() {
   if (active_) MPI_Wait(&request_, MPI_STATUS_IGNORE);
   active_ = false;
 }
+bool Request::test() {
+  if (!active_) return true;
+  int done = 0;
+  MPI_Test(&request_, &done, MPI_STATUS_IGNORE);
+  if (done) active_ = false;
+  return done != 0;
+}
+Request Comm::isum_in_place(float* data, std::size_t n) const {
+  Request r;
+  if (size_ == 1 || n == 0) return r;
+  MPI_Iallreduce(MPI_IN_PLACE, data, message_count(n), MPI_FLOAT, MPI_SUM, comm_, &r.request_);
+  r.active_ = true;
+  return r;
+}
 void Comm::abort(int exit_code) const {
   MPI_Abort(comm_, exit_code);
   std::exit(exit_code);
@@ -189,6 +203,11 @@ Request& Request::operator=(Request&& o) noexcept {
 }
 Request::~Request() {}
 void Request::wait() { active_ = false; }
+bool Request::test() {
+  active_ = false;
+  return true;
+}
+Request Comm::isum_in_place(float*, std::size_t) const { return Request(); }
 void Comm::abort(int exit_code) const { std::exit(exit_code); }
 std::string mpi_library_version() { return "not built (JETMOE_ENABLE_MPI=OFF)"; }
 

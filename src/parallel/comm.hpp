@@ -26,7 +26,8 @@ class MpiSession {
   bool owns_ = false;
 };
 
-// A point-to-point send in flight (Comm::isend): its buffer stays untouched until wait() returns.
+// A point-to-point send (Comm::isend) or a sum (Comm::isum_in_place) in flight: its buffer stays
+// untouched until wait() returns, or test() returns true.
 class Request {
  public:
   Request() = default;
@@ -36,6 +37,8 @@ class Request {
   Request& operator=(const Request&) = delete;
   ~Request();  // waits
   void wait();
+  // Lets MPI progress the operation; true (and no longer active) once it has completed.
+  bool test();
   bool active() const { return active_; }
 
  private:
@@ -64,6 +67,9 @@ class Comm {
   // Element-wise sums over the ranks, in place (every rank gets the same result).
   void sum_in_place(float* data, std::size_t n) const;
   void sum_in_place(double* data, std::size_t n) const;
+  // The same without blocking (MPI_Iallreduce): `data` holds the sums once the request completes.
+  // Every rank must start the same sums in the same order. n must fit MPI's int count.
+  Request isum_in_place(float* data, std::size_t n) const;
   void barrier() const;
   // Rank `root`'s string on every rank.
   void broadcast(std::string& s, int root = 0) const;

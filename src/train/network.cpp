@@ -311,14 +311,17 @@ void Network<R>::backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double
     }
     Kokkos::deep_copy(dx_, R(0));
     rmsnorm_backward(s.x.back(), w.final_norm, s.rstd_final, du_, dx_, g.final_norm);
+    if (backward_progress) backward_progress(config_.num_layers);
   }
   for (std::int64_t i = layers_ - 1; i >= 0; --i) {
     Block& a = block_of(s, i);
     const LayerWeightsT<R>& wl = w.layers[std::size_t(first_ + i)];
     if (recompute_) block_forward(wl, s.x[std::size_t(i)], a, Mat<R>());
     block_backward(wl, s.x[std::size_t(i)], a, dx_, g.layers[std::size_t(first_ + i)], aux_scale, terms);
+    if (backward_progress) backward_progress(first_ + i);
   }
   if (span_.embedding) embedding_backward(s.flat_ids, dx_, g.embed);
+  if (backward_progress) backward_progress(-1);
 }
 
 template <class R>

@@ -69,6 +69,11 @@ class Network {
   // A stage keeps the activations of several micro-batches in flight (1F1B: up to stages - stage), one
   // activation slot each; the workspaces are shared. run() and run_weighted() use slot 0.
   void set_slots(int n);
+  // Called during the backward pass each time a further part of the span has its gradients complete
+  // for this pass, with the global number of the lowest layer done: num_layers after the final norm
+  // and head, each layer from the last to the first, -1 after the embedding. The gradients of every
+  // tensor of those layers (and after them) are then final for the pass. Unset: not called.
+  std::function<void(std::int64_t first_done_layer)> backward_progress;
   int slots() const { return int(slots_.size()); }
   // Sizes everything for micro-batches of [B, T].
   void prepare(std::int64_t B, std::int64_t T);

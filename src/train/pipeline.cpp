@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <cstdio>
 
 #include "core/error.hpp"
@@ -78,38 +79,107 @@ std::string RankLayout::describe() const {
   return out;
 }
 
+namespace {
+using HostVec = Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+// -1 for the embedding, N for model.layers.N.*, num_layers for the final norm and the head.
+std::int64_t layer_key(const ModelConfig& config, const std::string& name) {
+  static const std::string prefix = "model.layers.";
+  if (name == "model.embed_tokens.weight") return -1;
+  if (name.compare(0, prefix.size(), prefix) == 0) return std::stoll(name.substr(prefix.size()));
+  return config.num_layers;
+}
+}  // namespace
+
 void sum_gradients(const Comm& comm, const std::vector<NamedTensor>& grads, std::size_t bucket_floats) {
   if (comm.size() == 1) return;
-  using HostVec = Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-  std::vector<float> bucket;
-  std::vector<std::size_t> members;  // indices into grads of the bucket's tensors, in packing order
-  auto flush = [&]() {
-    if (members.empty()) return;
-    comm.sum_in_place(bucket.data(), bucket.size());
-    std::size_t at = 0;
-    for (std::size_t i : members) {
-      const Vec<float>& g = grads[i].flat;
-      Kokkos::deep_copy(g, HostVec(bucket.data() + at, g.size()));
-      at += g.size();
-    }
-    bucket.clear();
-    members.clear();
+  ModelConfig any;  // the layer keys only order readiness, which finish() does not need
+  GradientReducer reducer(comm, any, grads, bucket_floats);
+  reducer.finish();
+}
+
+GradientReducer::GradientReducer(const Comm& comm, const ModelConfig& config, std::vector<NamedTensor> grads,
+                                 std::size_t bucket_floats)
+    : comm_(comm), grads_(std::move(grads)) {
+  JETMOE_ASSERT(bucket_floats >= 1, "GradientReducer: empty buckets");
+  for (const NamedTensor& t : grads_) layer_of_.push_back(layer_key(config, t.name));
+  // Buckets from the last tensor to the first: a tensor of bucket_floats or more goes alone (summed in
+  // its own host copy), the others are packed until the next would overflow the bucket.
+  Bucket open;
+  std::size_t open_size = 0;
+  auto close = [&]() {
+    if (open.members.empty()) return;
+    buckets_.push_back(std::move(open));
+    open = Bucket();
+    open_size = 0;
   };
-  for (std::size_t k = grads.size(); k-- > 0;) {
-    const Vec<float>& g = grads[k].flat;
-    if (g.size() >= bucket_floats) {  // alone, without packing
-      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g);
-      comm.sum_in_place(h.data(), h.size());
-      Kokkos::deep_copy(g, h);
+  for (std::size_t k = grads_.size(); k-- > 0;) {
+    const std::size_t n = grads_[k].flat.size();
+    if (n >= bucket_floats) {
+      Bucket alone;
+      alone.members.push_back(k);
+      close();  // the open bucket holds later tensors, which the backward pass finishes first
+      buckets_.push_back(std::move(alone));
       continue;
     }
-    if (bucket.size() + g.size() > bucket_floats) flush();
-    const std::size_t at = bucket.size();
-    bucket.resize(at + g.size());
-    Kokkos::deep_copy(HostVec(bucket.data() + at, g.size()), g);
-    members.push_back(k);
+    if (open_size + n > bucket_floats) close();
+    open.members.push_back(k);
+    open_size += n;
   }
-  flush();
+  close();
+}
+
+GradientReducer::~GradientReducer() {
+  for (Bucket& b : buckets_) b.request.wait();
+}
+
+void GradientReducer::start(Bucket& b) {
+  std::size_t total = 0;
+  for (std::size_t i : b.members) total += grads_[i].flat.size();
+  b.data.resize(total);
+  std::size_t at = 0;
+  for (std::size_t i : b.members) {
+    const Vec<float>& g = grads_[i].flat;
+    Kokkos::deep_copy(HostVec(b.data.data() + at, g.size()), g);
+    at += g.size();
+  }
+  b.request = comm_.isum_in_place(b.data.data(), b.data.size());
+  b.started = true;
+}
+
+void GradientReducer::progress() {
+  for (std::size_t i = 0; i < next_; ++i) buckets_[i].request.test();
+}
+
+void GradientReducer::ready(std::int64_t first_done_layer) {
+  if (comm_.size() == 1) return;
+  // Buckets start in order; one is ready when all its tensors belong to finished layers.
+  while (next_ < buckets_.size()) {
+    Bucket& b = buckets_[next_];
+    bool done = true;
+    for (std::size_t i : b.members) done = done && layer_of_[i] >= first_done_layer;
+    if (!done) break;
+    start(b);
+    ++next_;
+    if (!finished_) ++started_early_;
+  }
+  progress();
+}
+
+void GradientReducer::finish() {
+  if (comm_.size() == 1) return;
+  finished_ = true;
+  ready(std::numeric_limits<std::int64_t>::min());
+  for (Bucket& b : buckets_) {
+    b.request.wait();
+    std::size_t at = 0;
+    for (std::size_t i : b.members) {
+      const Vec<float>& g = grads_[i].flat;
+      Kokkos::deep_copy(g, HostVec(b.data.data() + at, g.size()));
+      at += g.size();
+    }
+    std::vector<float>().swap(b.data);
+  }
 }
 
 Pipeline::Pipeline(const Comm& pipe, Network<float>& net, int stage, int stages)
@@ -148,7 +218,7 @@ void Pipeline::drain() {
 }
 
 LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64_t m, const MicroBatchSource& load,
-                          double aux_scale) {
+                          double aux_scale, GradientReducer* reducer) {
   const int p = stages_, s = stage_;
   const std::int64_t warmup = std::min<std::int64_t>(p - s - 1, m);
   const int slots = int(std::max<std::int64_t>(1, std::min<std::int64_t>(p - s, m)));
@@ -172,7 +242,10 @@ LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64
     const int slot = int(i % slots);
     if (s < p - 1) receive(net_.boundary_grad(), s + 1, kBackwardTag);
     const auto t0 = Clock::now();
+    // The last micro-batch completes the gradients: their sums over the replicas start layer by layer.
+    if (reducer && i == m - 1) net_.backward_progress = [reducer](std::int64_t layer) { reducer->ready(layer); };
     net_.stage_backward(w, grads, aux_scale, total, slot);
+    net_.backward_progress = nullptr;
     fence("pipeline_backward");
     times_.busy += seconds_since(t0);
     if (s > 0) send(backward_buffers_, backward_sends_, i, net_.boundary_grad(), s - 1, kBackwardTag);

@@ -73,6 +73,46 @@ struct PipelineTimes {
 // tensor larger than a bucket goes alone, in place. Every replica gets the same sums.
 void sum_gradients(const Comm& comm, const std::vector<NamedTensor>& grads, std::size_t bucket_floats);
 
+// The same sums, overlapped with the backward pass: the buckets of sum_gradients (same packing, same
+// order) start as non-blocking all-reduces (MPI_Iallreduce) as soon as the backward pass has finished
+// their tensors, while it goes on with the layers before them. `grads` is a stage's gradient list in
+// checkpoint order (embedding, layers ascending, final norm, head), which the backward pass finishes
+// from the end: ready(l) says that layer l and everything after it are final (Network's
+// backward_progress), finish() starts what is left, waits for every bucket and writes the sums back.
+// Every replica of the stage must make the same calls. The sums are those of sum_gradients' buckets
+// (MPI may order a non-blocking reduction differently from a blocking one over more than 2 ranks).
+class GradientReducer {
+ public:
+  GradientReducer(const Comm& comm, const ModelConfig& config, std::vector<NamedTensor> grads, std::size_t bucket_floats);
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+  ~GradientReducer();  // waits for any sum still in flight (finish() was not reached: an error)
+
+  void ready(std::int64_t first_done_layer);
+  void finish();
+  // Buckets started before finish() (overlapped with the backward pass), and in all.
+  std::size_t started_early() const { return started_early_; }
+  std::size_t buckets() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    std::vector<std::size_t> members;  // indices into grads_, in packing order
+    std::vector<float> data;           // packed host copy, summed in place
+    Request request;
+    bool started = false;
+  };
+  void start(Bucket& b);
+  void progress();
+
+  Comm comm_;
+  std::vector<NamedTensor> grads_;
+  std::vector<std::int64_t> layer_of_;  // per tensor: -1 embedding, its layer, num_layers norm/head
+  std::vector<Bucket> buckets_;         // in the order they become ready (last tensors first)
+  std::size_t next_ = 0;                // first bucket not started
+  std::size_t started_early_ = 0;
+  bool finished_ = false;
+};
+
 class Pipeline {
  public:
   // `pipe`: the ranks of this replica's pipeline, ranked by stage. `net` runs this stage's span.
@@ -80,8 +120,10 @@ class Pipeline {
 
   // One step: micro-batches 0 .. m-1 forward and backward (1F1B), gradients added to `grads`. Returns
   // this stage's loss terms: the cross-entropy on the last stage, the router losses of its layers.
+  // `reducer`: sums the gradients over the stage's replicas while the last micro-batch's backward pass
+  // runs (the caller calls finish() after train returns); null: the caller sums them afterwards.
   LossTerms train(const ModelWeights& w, ModelWeights& grads, std::int64_t m, const MicroBatchSource& load,
-                  double aux_scale);
+                  double aux_scale, GradientReducer* reducer = nullptr);
   // Forward passes only (validation): the cross-entropy on the last stage.
   LossTerms evaluate(const ModelWeights& w, std::int64_t m, const MicroBatchSource& load);
 

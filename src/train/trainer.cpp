@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -133,7 +134,8 @@ class Trainer {
 
  private:
   void restore(const std::string& path);
-  // `whole_params`: the parameters already gathered by gather_whole (rank 0), to save gathering twice.
+  // `whole_params`: the parameters already gathered by gather_whole (rank 0), to save gathering twice
+  // (used only when rank 0 writes alone, i.e. without parallel HDF5).
   std::string save_checkpoint(const ModelWeights* whole_params = nullptr);
   StepStats accumulate(int phase);
   double validation_loss();
@@ -325,6 +327,10 @@ StepStats Trainer::accumulate(int phase) {
   const std::int64_t B = run_.micro_batch_size, T = run_.seq_len, accum = run_.grad_accum_steps;
   const std::int64_t dp = run_.data_parallel, first = std::int64_t(layout_.replica) * accum, all = accum * dp;
   StepStats st;
+  // The sums over the stage's replicas start during the last micro-batch's backward pass.
+  std::optional<GradientReducer> reducer;
+  if (dp > 1) reducer.emplace(dp_comm_, config_, grads_.named(config_), bucket_floats_);
+  GradientReducer* const overlap = reducer ? &*reducer : nullptr;
   auto upload = [&](const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& targets) {
     auto hi = Kokkos::create_mirror_view(ids_);
     auto ht = Kokkos::create_mirror_view(targets_);
@@ -346,7 +352,7 @@ StepStats Trainer::accumulate(int phase) {
       // Every target counts in pretraining: the global mean over B*T*accum*dp tokens.
       return MicroBatch{ids_, targets_, 1.0 / double(B * T * all), {}};
     };
-    const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all));
+    const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all), overlap);
     st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
   } else if (run_.mode == "sft") {
     // Draw the whole step first: the loss is the mean over every assistant token of the global batch.
@@ -362,7 +368,7 @@ StepStats Trainer::accumulate(int phase) {
       upload(ids[std::size_t(first + m)], targets[std::size_t(first + m)]);
       return MicroBatch{ids_, targets_, 1.0 / double(std::max<std::int64_t>(1, total)), {}};
     };
-    const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all));
+    const LossTerms t = pipeline_->train(params_, grads_, accum, load, 1.0 / double(all), overlap);
     st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
   } else {  // dpo
     const double pairs = double(B * all);
@@ -419,12 +425,12 @@ StepStats Trainer::accumulate(int phase) {
           };
           return mb;
         },
-        1.0 / double(all));
+        1.0 / double(all), overlap);
     st.ce_sum += t.ce_sum, st.count += t.count, st.switch_loss += t.switch_loss, st.z_loss += t.z_loss;
   }
-  if (dp > 1) {
+  if (reducer) {
     Region region("allreduce");
-    sum_gradients(dp_comm_, grads_.named(config_), bucket_floats_);
+    reducer->finish();
   }
   if (sum_embedding_ && (layout_.first() || layout_.last())) {
     // The tied embedding's two copies: the gradient of the embedding (first stage) plus that of the head
@@ -710,14 +716,54 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
   const std::string path = (fs::path(checkpoint_dir_) / checkpoint_name(step_)).string();
   meta.scalars["pipeline_stages"] = double(layout_.stages);  // informative: any layout restarts from it
   meta.scalars["data_parallel"] = double(layout_.replicas);
-  // Data-parallel replicas hold the same parameters and moments: rank 0 writes (the stages of replica 0
-  // send it theirs), the others wait. An error on rank 0 ends the job (the app frame aborts every rank).
-  const ModelWeights params = whole_params ? ModelWeights() : gather_whole(params_),
-                     m = gather_whole(adam_.exp_avg(), true), v = gather_whole(adam_.exp_avg_sq(), true);
-  if (comm_.is_root()) {
-    write_checkpoint(path, meta,
-                     {{"params", group(whole_params ? *whole_params : params)}, {"adam_m", group(m)}, {"adam_v", group(v)}});
-    prune_checkpoints(checkpoint_dir_, int(keep_last_));
+  if (checkpoint_writes_collectively() && comm_.size() > 1) {
+    // Parallel HDF5: every rank writes the tensors it owns into the one file (a stage its layers,
+    // replica 0 the parameters, each ZeRO-1 shard its moments); nothing is gathered.
+    const auto owner_of = [&](std::size_t i, const std::string& name, bool sharded) {
+      return layout_.world_rank(layout_.owner_stage(config_, name),
+                                sharded && zero1_ ? int(i % std::size_t(layout_.replicas)) : 0);
+    };
+    // Every rank declares every tensor with its whole-model shape; a rank holds only its stage's
+    // (others are empty views), so the shapes come from the parameters' owners.
+    const auto params_all = params_.named_all(config_);
+    std::vector<std::size_t> first_dim(params_all.size() + 1, 0);
+    for (std::size_t i = 0; i < params_all.size(); ++i) first_dim[i + 1] = first_dim[i] + params_all[i].shape.size();
+    std::vector<double> dims(first_dim.back(), 0.0);
+    for (std::size_t i = 0; i < params_all.size(); ++i)
+      if (owner_of(i, params_all[i].name, false) == comm_.rank())
+        for (std::size_t d = 0; d < params_all[i].shape.size(); ++d) dims[first_dim[i] + d] = double(params_all[i].shape[d]);
+    comm_.sum_in_place(dims.data(), dims.size());
+    auto owned = [&](const ModelWeights& w, bool sharded) {
+      std::vector<CheckpointTensor> out;
+      const auto all = w.named_all(config_);
+      JETMOE_ASSERT(all.size() == params_all.size(), "save_checkpoint: the moments list other tensors than the parameters");
+      for (std::size_t i = 0; i < all.size(); ++i) {
+        std::vector<std::int64_t> shape(params_all[i].shape.size());
+        for (std::size_t d = 0; d < shape.size(); ++d) shape[d] = std::int64_t(dims[first_dim[i] + d]);
+        const float* data = nullptr;
+        if (owner_of(i, all[i].name, sharded) == comm_.rank()) {
+          JETMOE_ASSERT(all[i].shape == shape, "save_checkpoint: " + all[i].name + " is not held by its owner");
+          keep.push_back(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), all[i].flat));
+          data = keep.back().data();
+        }
+        out.push_back(CheckpointTensor{all[i].name, shape, data});
+      }
+      return out;
+    };
+    write_checkpoint(comm_, path, meta,
+                     {{"params", owned(params_, false)}, {"adam_m", owned(adam_.exp_avg(), true)},
+                      {"adam_v", owned(adam_.exp_avg_sq(), true)}});
+    if (comm_.is_root()) prune_checkpoints(checkpoint_dir_, int(keep_last_));
+  } else {
+    // Serial HDF5: the stages (and ZeRO-1 shards) send rank 0 theirs and rank 0 writes, the others
+    // wait. An error on rank 0 ends the job (the app frame aborts every rank).
+    const ModelWeights params = whole_params ? ModelWeights() : gather_whole(params_),
+                       m = gather_whole(adam_.exp_avg(), true), v = gather_whole(adam_.exp_avg_sq(), true);
+    if (comm_.is_root()) {
+      write_checkpoint(path, meta,
+                       {{"params", group(whole_params ? *whole_params : params)}, {"adam_m", group(m)}, {"adam_v", group(v)}});
+      prune_checkpoints(checkpoint_dir_, int(keep_last_));
+    }
   }
   comm_.barrier();
   if (comm_.is_root()) log::info("checkpoint %s (step %lld, %.1f MB, %.2f s)", path.c_str(), (long long)step_,
