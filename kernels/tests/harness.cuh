@@ -132,11 +132,18 @@ class GuardedBuffer {
   T* data() { return base_ + kGuard + offset_; }
   std::size_t size() const { return n_; }
 
-  void poison() { CHECK_CUDA(cudaMemset(base_, 0xff, total_ * sizeof(T))); }
+  // poison() and upload() complete before returning: they run on the legacy default stream, which
+  // the tests' non-blocking streams do not wait for (cudaMemset is asynchronous, and cudaMemcpy from
+  // pageable memory may return before the DMA lands), so a kernel launched next could see stale bytes.
+  void poison() {
+    CHECK_CUDA(cudaMemset(base_, 0xff, total_ * sizeof(T)));
+    CHECK_CUDA(cudaDeviceSynchronize());
+  }
 
   void upload(const std::vector<T>& host) {
     if (host.size() != n_) throw std::runtime_error("upload: size mismatch");
     CHECK_CUDA(cudaMemcpy(data(), host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaDeviceSynchronize());
   }
 
   std::vector<T> download() const {

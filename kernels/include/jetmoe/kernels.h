@@ -81,3 +81,7 @@ cudaError_t jk_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* weight, uint1
                                 int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
 
 // ---- kernel families (one header each, keep sorted) -----------------------------------------------
+#include "jetmoe/attention.h"
+#include "jetmoe/fused.h"
+#include "jetmoe/grouped_gemm.h"
+#include "jetmoe/router.h"

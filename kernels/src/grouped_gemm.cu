@@ -1,0 +1,993 @@
+// Grouped expert GEMMs (bf16 in, fp32 accumulate) with a linearised tile scheduler over all experts
+// that reads the device offsets (no host synchronisation), the SwiGLU epilogue fused into fc1, the
+// standalone SwiGLU forward/backward, and a cuBLASLt per-expert baseline.
+//
+// Problem geometry (one "problem" per API entry; C = A B^T in tile terms, all row-major):
+//   mode        tile rows (M)     tile cols (N)   reduction (K)   A(m, kk)                 B(n, kk)
+//   fwd         rows of expert e  n               k               in[r0+m, kk]             W[e][n, kk]
+//   fwd_swiglu  rows of expert e  f (pairs)       k               in[r0+m, kk]             W[e][gate|up row, kk]
+//   bwd_data    rows of expert e  k               n               dout[r0+m, kk]           W[e][kk, n]
+//   bwd_weight  n                 k               rows of e       dout[r0+kk, m]           in[r0+kk, n]
+// "K-major" operands have kk contiguous in memory, "MN-major" ones have m (or n) contiguous.
+//
+// Tiles are numbered expert by expert (prefix over the experts, computed per block in shared memory
+// from the device offsets), and within an expert with the M tile fastest, so blocks that run at the
+// same time share the weight tile (read once from HBM) and stream the expert's rows from L2.
+// A persistent grid (a few blocks per SM) strides over the tile numbers.
+#include "common.cuh"
+#include "jetmoe/kernels.h"
+
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+namespace jk::detail {
+namespace {
+
+enum class GgMode { kFwd, kFwdSwiglu, kBwdData, kBwdWeight };
+
+struct GgParams {
+  const std::uint16_t* a;         // fwd/swiglu: in [rows, k]; bwd_data, bwd_weight: dout [rows, n]
+  const std::uint16_t* b;         // fwd/swiglu/bwd_data: w [E, n, k] (swiglu: n = 2f); bwd_weight: in [rows, k]
+  void* out;                      // fwd: [rows, n]; swiglu: h [rows, f]; bwd_data: din [rows, k]; bwd_weight: dw [E, n, k]
+  std::uint16_t* z;               // swiglu only: bf16(z) [rows, 2f] or null
+  const std::int32_t* offsets;    // device [E + 1]
+  std::int64_t rows, n, k;        // API sizes (swiglu: n = 2f)
+  int num_experts;
+  float beta;                     // bwd_weight only
+};
+
+// ---- small device helpers -------------------------------------------------------------------------
+
+__device__ __forceinline__ float bf16_round(float v) { return bf16_bits_to_float(float_to_bf16_bits(v)); }
+
+// HF bf16 SwiGLU (torch: F.silu on bf16 computes x / (1 + exp(-x)) in fp32 and rounds; the bf16 multiply
+// of two bf16 values is exact in fp32 and rounded once).
+__device__ __forceinline__ std::uint16_t swiglu_bits(float a, float b) {
+  const float s = bf16_round(a / (1.0f + expf(-a)));
+  return float_to_bf16_bits(s * b);
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+// Per-block tile schedule over the experts: clamped offsets and the tile prefix, in shared memory.
+struct Schedule {
+  std::int64_t tile_prefix[JK_GROUPED_GEMM_MAX_EXPERTS + 1];
+  std::int32_t row_offset[JK_GROUPED_GEMM_MAX_EXPERTS + 1];
+};
+
+// Tiles of expert e: row modes ceil(rows_e / BM) * tiles_n; bwd_weight ceil(n / BM) * ceil(k / BN).
+template <GgMode MODE, int BM, int BN>
+__device__ __forceinline__ void build_schedule(const GgParams& p, Schedule& s) {
+  if (threadIdx.x == 0) {
+    std::int64_t prev = 0;
+    std::int64_t total = 0;
+    s.tile_prefix[0] = 0;
+    for (int e = 0; e <= p.num_experts; ++e) {
+      std::int64_t o = p.offsets[e];
+      o = o < prev ? prev : (o > p.rows ? p.rows : o);  // clamp: non-decreasing, inside [0, rows]
+      s.row_offset[e] = static_cast<std::int32_t>(o);
+      if (e > 0) {
+        const std::int64_t rows_e = o - prev;
+        std::int64_t tiles;
+        if constexpr (MODE == GgMode::kBwdWeight) {
+          tiles = ceil_div(p.n, BM) * ceil_div(p.k, BN);
+          (void)rows_e;
+        } else if constexpr (MODE == GgMode::kFwdSwiglu) {
+          tiles = ceil_div(rows_e, BM) * ceil_div(p.n / 2, BN / 2);
+        } else if constexpr (MODE == GgMode::kFwd) {
+          tiles = ceil_div(rows_e, BM) * ceil_div(p.n, BN);
+        } else {
+          tiles = ceil_div(rows_e, BM) * ceil_div(p.k, BN);
+        }
+        total += tiles;
+        s.tile_prefix[e] = total;
+      }
+      prev = o;
+    }
+  }
+  __syncthreads();
+}
+
+// The expert that owns tile number `tile` (prefix[e] <= tile < prefix[e + 1]).
+__device__ __forceinline__ int expert_of_tile(const Schedule& s, int num_experts, std::int64_t tile) {
+  int lo = 0;
+  int hi = num_experts - 1;
+  while (lo < hi) {  // first e with prefix[e + 1] > tile
+    const int mid = (lo + hi) / 2;
+    if (s.tile_prefix[mid + 1] > tile) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// Geometry of one tile, shared by both kernels.
+struct TileInfo {
+  int e;
+  std::int64_t row0;    // first row of the expert
+  std::int64_t rows_e;  // rows of the expert
+  std::int64_t m0, n0;  // tile origin in the C matrix (swiglu: n0 is the first H column j0)
+  std::int64_t m_lim;   // number of valid C rows (row modes: rows_e; bwd_weight: n)
+  std::int64_t n_lim;   // number of valid C columns (fwd: n; swiglu: f; bwd_data: k; bwd_weight: k)
+  std::int64_t k_lim;   // reduction length (fwd/swiglu: k; bwd_data: n; bwd_weight: rows_e)
+};
+
+template <GgMode MODE, int BM, int BN>
+__device__ __forceinline__ TileInfo tile_info(const GgParams& p, const Schedule& s, std::int64_t tile) {
+  TileInfo t;
+  t.e = expert_of_tile(s, p.num_experts, tile);
+  t.row0 = s.row_offset[t.e];
+  t.rows_e = s.row_offset[t.e + 1] - t.row0;
+  const std::int64_t local = tile - s.tile_prefix[t.e];
+  std::int64_t tiles_m;
+  if constexpr (MODE == GgMode::kBwdWeight) {
+    t.m_lim = p.n;
+    t.n_lim = p.k;
+    t.k_lim = t.rows_e;
+  } else if constexpr (MODE == GgMode::kFwdSwiglu) {
+    t.m_lim = t.rows_e;
+    t.n_lim = p.n / 2;
+    t.k_lim = p.k;
+  } else if constexpr (MODE == GgMode::kFwd) {
+    t.m_lim = t.rows_e;
+    t.n_lim = p.n;
+    t.k_lim = p.k;
+  } else {
+    t.m_lim = t.rows_e;
+    t.n_lim = p.k;
+    t.k_lim = p.n;
+  }
+  tiles_m = ceil_div(t.m_lim, BM);
+  t.m0 = (local % tiles_m) * BM;
+  t.n0 = (local / tiles_m) * (MODE == GgMode::kFwdSwiglu ? BN / 2 : BN);
+  return t;
+}
+
+// Tile-local column of the B tile -> global row of W for the fused SwiGLU: each warp's WN columns are
+// WN/2 gate columns followed by the WN/2 matching up columns, so accumulator fragment ni (gate) and
+// ni + NF/2 (up) of the same thread hold columns j and f + j.
+template <int WN>
+__device__ __forceinline__ std::int64_t swiglu_w_row(int n_local, std::int64_t j0, std::int64_t f, bool* valid) {
+  const int warp_n = n_local / WN;
+  const int within = n_local % WN;
+  const bool up = within >= WN / 2;
+  const std::int64_t j = j0 + warp_n * (WN / 2) + (up ? within - WN / 2 : within);
+  *valid = j < f;
+  return up ? f + j : j;
+}
+
+// Stores of two adjacent output elements: one 32-bit (bf16 pair) or 64-bit (fp32 pair) store when both
+// are inside the output and the address allows it, else element by element.
+__device__ __forceinline__ void store2(std::uint16_t* dst, std::uint16_t x, std::uint16_t y, bool both) {
+  if (both && (reinterpret_cast<std::uintptr_t>(dst) & 3u) == 0) {
+    *reinterpret_cast<std::uint32_t*>(dst) = static_cast<std::uint32_t>(x) | (static_cast<std::uint32_t>(y) << 16);
+  } else {
+    dst[0] = x;
+    if (both) dst[1] = y;
+  }
+}
+__device__ __forceinline__ void store2(float* dst, float x, float y, bool both) {
+  if (both && (reinterpret_cast<std::uintptr_t>(dst) & 7u) == 0) {
+    *reinterpret_cast<float2*>(dst) = make_float2(x, y);
+  } else {
+    dst[0] = x;
+    if (both) dst[1] = y;
+  }
+}
+
+// Epilogue for one accumulator pair: columns n_local, n_local + 1 of tile row m_local (swiglu: H columns
+// j, j + 1 with the gate values v0, v1 and the up values up0, up1).
+template <GgMode MODE, typename OutT>
+__device__ __forceinline__ void store_pair(const GgParams& p, const TileInfo& t, int m_local, int n_local,
+                                           float v0, float v1, float up0, float up1) {
+  const std::int64_t m = t.m0 + m_local;
+  const std::int64_t col = t.n0 + n_local;
+  if (m >= t.m_lim || col >= t.n_lim) return;
+  const bool both = col + 1 < t.n_lim;
+  if constexpr (MODE == GgMode::kBwdWeight) {
+    float* dw = static_cast<float*>(p.out) + (static_cast<std::int64_t>(t.e) * p.n + m) * p.k + col;
+    if (p.beta != 0.0f) {  // beta == 1: accumulate; the old values are only read in this case
+      v0 = fmaf(p.beta, dw[0], v0);
+      if (both) v1 = fmaf(p.beta, dw[1], v1);
+    }
+    store2(dw, v0, v1, both);
+  } else if constexpr (MODE == GgMode::kFwdSwiglu) {
+    const std::int64_t row = t.row0 + m;
+    const std::int64_t f = p.n / 2;
+    const std::uint16_t a0 = float_to_bf16_bits(v0), a1 = float_to_bf16_bits(v1);
+    const std::uint16_t b0 = float_to_bf16_bits(up0), b1 = float_to_bf16_bits(up1);
+    const std::uint16_t h0 = swiglu_bits(bf16_bits_to_float(a0), bf16_bits_to_float(b0));
+    const std::uint16_t h1 = swiglu_bits(bf16_bits_to_float(a1), bf16_bits_to_float(b1));
+    store2(static_cast<std::uint16_t*>(p.out) + row * f + col, h0, h1, both);
+    if (p.z != nullptr) {
+      store2(p.z + row * p.n + col, a0, a1, both);
+      store2(p.z + row * p.n + f + col, b0, b1, both);
+    }
+  } else {
+    const std::int64_t row = t.row0 + m;
+    const std::int64_t ld = MODE == GgMode::kFwd ? p.n : p.k;
+    OutT* out = static_cast<OutT*>(p.out) + row * ld + col;
+    if constexpr (std::is_same_v<OutT, float>) {
+      store2(out, v0, v1, both);
+    } else {
+      store2(out, float_to_bf16_bits(v0), float_to_bf16_bits(v1), both);
+    }
+  }
+}
+
+// ---- the simple kernel: 64x64x32 tiles, 4 warps of 32x32, plain loads into shared memory ----------
+
+constexpr int kSimpleBM = 64;
+constexpr int kSimpleBN = 64;
+constexpr int kSimpleBK = 32;
+constexpr int kSimpleLd = kSimpleBK + 8;  // padded row (80 bytes): 32-bit fragment reads stay aligned
+constexpr int kSimpleThreads = 128;
+constexpr int kSimpleWN = 32;
+
+template <GgMode MODE, typename OutT>
+__global__ void __launch_bounds__(kSimpleThreads)
+gg_simple_kernel(const GgParams p) {
+  __shared__ Schedule sched;
+  __shared__ __align__(16) std::uint16_t As[kSimpleBM][kSimpleLd];
+  __shared__ __align__(16) std::uint16_t Bs[kSimpleBN][kSimpleLd];
+  build_schedule<MODE, kSimpleBM, kSimpleBN>(p, sched);
+  const std::int64_t total = sched.tile_prefix[p.num_experts];
+
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp_m = warp / 2;
+  const int warp_n = warp % 2;
+  const int g = lane / 4;  // groupID
+  const int tq = lane % 4; // thread in group
+
+  for (std::int64_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
+    const TileInfo t = tile_info<MODE, kSimpleBM, kSimpleBN>(p, sched, tile);
+    float acc[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
+
+    for (std::int64_t k0 = 0; k0 < t.k_lim; k0 += kSimpleBK) {
+      // A tile [BM][BK]: As[m][kk] = A(m0 + m, k0 + kk), zero outside.
+      for (int i = threadIdx.x; i < kSimpleBM * kSimpleBK; i += kSimpleThreads) {
+        int m, kk;
+        if constexpr (MODE == GgMode::kBwdWeight) {  // MN-major: consecutive threads take consecutive m
+          m = i % kSimpleBM;
+          kk = i / kSimpleBM;
+        } else {
+          m = i / kSimpleBK;
+          kk = i % kSimpleBK;
+        }
+        const std::int64_t gm = t.m0 + m;
+        const std::int64_t gk = k0 + kk;
+        std::uint16_t v = 0;
+        if (gm < t.m_lim && gk < t.k_lim) {
+          if constexpr (MODE == GgMode::kBwdWeight) {
+            v = p.a[(t.row0 + gk) * p.n + gm];
+          } else {
+            v = p.a[(t.row0 + gm) * (MODE == GgMode::kBwdData ? p.n : p.k) + gk];
+          }
+        }
+        As[m][kk] = v;
+      }
+      // B tile [BN][BK]: Bs[n][kk] = B(n0 + n, k0 + kk), zero outside.
+      for (int i = threadIdx.x; i < kSimpleBN * kSimpleBK; i += kSimpleThreads) {
+        int nl, kk;
+        if constexpr (MODE == GgMode::kBwdWeight || MODE == GgMode::kBwdData) {  // MN-major
+          nl = i % kSimpleBN;
+          kk = i / kSimpleBN;
+        } else {
+          nl = i / kSimpleBK;
+          kk = i % kSimpleBK;
+        }
+        const std::int64_t gk = k0 + kk;
+        std::uint16_t v = 0;
+        if (gk < t.k_lim) {
+          if constexpr (MODE == GgMode::kFwdSwiglu) {
+            bool valid = false;
+            const std::int64_t wrow = swiglu_w_row<kSimpleWN>(nl, t.n0, p.n / 2, &valid);
+            if (valid) v = p.b[(static_cast<std::int64_t>(t.e) * p.n + wrow) * p.k + gk];
+          } else {
+            const std::int64_t gn = t.n0 + nl;
+            if (gn < t.n_lim) {
+              if constexpr (MODE == GgMode::kFwd) {
+                v = p.b[(static_cast<std::int64_t>(t.e) * p.n + gn) * p.k + gk];
+              } else if constexpr (MODE == GgMode::kBwdData) {
+                v = p.b[(static_cast<std::int64_t>(t.e) * p.n + gk) * p.k + gn];
+              } else {
+                v = p.b[(t.row0 + gk) * p.k + gn];
+              }
+            }
+          }
+        }
+        Bs[nl][kk] = v;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int ks = 0; ks < kSimpleBK; ks += 16) {
+        std::uint32_t af[2][4];
+        std::uint32_t bfr[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const int r = warp_m * 32 + mi * 16 + g;
+          af[mi][0] = *reinterpret_cast<const std::uint32_t*>(&As[r][ks + 2 * tq]);
+          af[mi][1] = *reinterpret_cast<const std::uint32_t*>(&As[r + 8][ks + 2 * tq]);
+          af[mi][2] = *reinterpret_cast<const std::uint32_t*>(&As[r][ks + 2 * tq + 8]);
+          af[mi][3] = *reinterpret_cast<const std::uint32_t*>(&As[r + 8][ks + 2 * tq + 8]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const int c = warp_n * 32 + ni * 8 + g;
+          bfr[ni][0] = *reinterpret_cast<const std::uint32_t*>(&Bs[c][ks + 2 * tq]);
+          bfr[ni][1] = *reinterpret_cast<const std::uint32_t*>(&Bs[c][ks + 2 * tq + 8]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_bf16_16816(acc[mi][ni], af[mi], bfr[ni]);
+      }
+      __syncthreads();
+    }
+
+    // Epilogue: fragment (mi, ni) element c sits at row g (+8 for c >= 2), column 2*tq + (c & 1).
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int m_local = warp_m * 32 + mi * 16 + g + half * 8;
+        if constexpr (MODE == GgMode::kFwdSwiglu) {
+#pragma unroll
+          for (int ni = 0; ni < 2; ++ni) {  // gate fragments 0, 1 pair with up fragments 2, 3
+            const int j_local = warp_n * (kSimpleWN / 2) + ni * 8 + 2 * tq;
+            store_pair<MODE, OutT>(p, t, m_local, j_local, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1],
+                                   acc[mi][ni + 2][2 * half], acc[mi][ni + 2][2 * half + 1]);
+          }
+        } else {
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) {
+            const int n_local = warp_n * 32 + ni * 8 + 2 * tq;
+            store_pair<MODE, OutT>(p, t, m_local, n_local, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1], 0.0f,
+                                   0.0f);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- the tuned kernel: 128x128x32 tiles, 8 warps of 64x32, cp.async 4-stage pipeline, ldmatrix,
+// two blocks per SM (<= 128 registers, 2 x 67 KB shared memory) --------------------------------------
+//
+// Shared memory per stage: A and B tiles of 8 KB each, in one of two layouts:
+//   K-major  [128 rows][32 k]  (64-byte rows of four 16-byte chunks; chunk c of row r is stored at
+//            chunk c ^ ((r >> 1) & 3), so the 8 rows read by one ldmatrix phase hit 8 distinct bank groups)
+//   MN-major [32 k][128 rows]  (256-byte k-rows of sixteen chunks; chunk c of k-row kr is stored at
+//            c ^ (kr & 7), for the same reason with ldmatrix.trans)
+// Global -> shared copies are 16-byte cp.async (zero-filled outside the problem), which needs 16-byte
+// aligned bases and n, k multiples of 8: the launcher checks that and uses the simple kernel otherwise.
+// Fragments: ldmatrix.x4 (K-major) or ldmatrix.x4.trans (MN-major) give exactly the m16n8k16 A/B
+// register layouts (see the comments at the loads).
+
+constexpr int kTunedBM = 128;
+constexpr int kTunedBN = 128;
+constexpr int kTunedBK = 32;
+constexpr int kTunedStages = 4;
+constexpr int kTunedThreads = 256;
+constexpr int kTunedWN = 32;  // warp tile 64 x 32; warps 2 (M) x 4 (N)
+constexpr int kTunedTileBytes = kTunedBM * kTunedBK * 2;  // 8 KB (BM == BN)
+constexpr int kTunedStageBytes = 2 * kTunedTileBytes;
+constexpr int kTunedSmemBytes = kTunedStages * kTunedStageBytes;  // 64 KB, dynamic
+
+__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;  // 0: no global read, the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+
+// Byte offsets inside a tile.
+__device__ __forceinline__ std::uint32_t kmajor_offset(int row, int chunk) {
+  return static_cast<std::uint32_t>(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
+}
+__device__ __forceinline__ std::uint32_t mnmajor_offset(int krow, int chunk) {
+  return static_cast<std::uint32_t>(krow * 256 + ((chunk ^ (krow & 7)) << 4));
+}
+
+// Issues the cp.async copies of reduction tile `kt` into the stage at shared address `stage`.
+template <GgMode MODE>
+__device__ __forceinline__ void tuned_load_stage(const GgParams& p, const TileInfo& t, std::int64_t kt,
+                                                 std::uint32_t stage) {
+  constexpr bool kAKMajor = MODE != GgMode::kBwdWeight;
+  constexpr bool kBKMajor = MODE == GgMode::kFwd || MODE == GgMode::kFwdSwiglu;
+  const std::int64_t k0 = kt * kTunedBK;
+  const std::uint32_t a_tile = stage;
+  const std::uint32_t b_tile = stage + kTunedTileBytes;
+#pragma unroll
+  for (int it = 0; it < 2; ++it) {  // 512 chunks of 16 bytes per operand, 2 per thread
+    const int i = threadIdx.x + it * kTunedThreads;
+    // ---- A
+    if constexpr (kAKMajor) {  // A(m, kk) = a[(row0 + m) * lda + kk]
+      const int row = i >> 2, chunk = i & 3;
+      const std::int64_t gm = t.m0 + row, gk = k0 + chunk * 8;
+      const bool valid = gm < t.m_lim && gk < t.k_lim;
+      const std::int64_t lda = MODE == GgMode::kBwdData ? p.n : p.k;
+      const std::uint16_t* src = valid ? p.a + (t.row0 + gm) * lda + gk : p.a;
+      cp_async_16(a_tile + kmajor_offset(row, chunk), src, valid);
+    } else {  // bwd_weight: A(m, kk) = dout[(row0 + kk) * n + m]
+      const int krow = i >> 4, chunk = i & 15;
+      const std::int64_t gk = k0 + krow, gm = t.m0 + chunk * 8;
+      const bool valid = gk < t.k_lim && gm < t.m_lim;
+      const std::uint16_t* src = valid ? p.a + (t.row0 + gk) * p.n + gm : p.a;
+      cp_async_16(a_tile + mnmajor_offset(krow, chunk), src, valid);
+    }
+    // ---- B
+    if constexpr (kBKMajor) {  // B(n, kk) = w[e][wrow(n)][kk]
+      const int row = i >> 2, chunk = i & 3;
+      const std::int64_t gk = k0 + chunk * 8;
+      bool valid = false;
+      std::int64_t wrow = 0;
+      if constexpr (MODE == GgMode::kFwdSwiglu) {
+        wrow = swiglu_w_row<kTunedWN>(row, t.n0, p.n / 2, &valid);
+      } else {
+        wrow = t.n0 + row;
+        valid = wrow < t.n_lim;
+      }
+      valid = valid && gk < t.k_lim;
+      const std::uint16_t* src = valid ? p.b + (static_cast<std::int64_t>(t.e) * p.n + wrow) * p.k + gk : p.b;
+      cp_async_16(b_tile + kmajor_offset(row, chunk), src, valid);
+    } else {
+      const int krow = i >> 4, chunk = i & 15;
+      const std::int64_t gk = k0 + krow, gn = t.n0 + chunk * 8;
+      const bool valid = gk < t.k_lim && gn < t.n_lim;
+      const std::uint16_t* src = p.b;
+      if (valid) {
+        if constexpr (MODE == GgMode::kBwdData) {  // B(n, kk) = w[e][kk][n]
+          src = p.b + (static_cast<std::int64_t>(t.e) * p.n + gk) * p.k + gn;
+        } else {  // bwd_weight: B(n, kk) = in[(row0 + kk) * k + n]
+          src = p.b + (t.row0 + gk) * p.k + gn;
+        }
+      }
+      cp_async_16(b_tile + mnmajor_offset(krow, chunk), src, valid);
+    }
+  }
+}
+
+template <GgMode MODE, typename OutT>
+__global__ void __launch_bounds__(kTunedThreads, 2)
+gg_tuned_kernel(const GgParams p) {
+  constexpr bool kAKMajor = MODE != GgMode::kBwdWeight;
+  constexpr bool kBKMajor = MODE == GgMode::kFwd || MODE == GgMode::kFwdSwiglu;
+  __shared__ Schedule sched;
+  extern __shared__ __align__(128) unsigned char tuned_smem[];
+  build_schedule<MODE, kTunedBM, kTunedBN>(p, sched);
+  const std::int64_t total = sched.tile_prefix[p.num_experts];
+  const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(tuned_smem));
+
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp_m = warp / 4;  // 0..1: rows warp_m * 64
+  const int warp_n = warp % 4;  // 0..3: cols warp_n * 32
+  const int g = lane / 4;
+  const int tq = lane % 4;
+  const int mat = lane >> 3;    // which 8x8 matrix of an x4 ldmatrix this lane addresses
+
+  for (std::int64_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
+    const TileInfo t = tile_info<MODE, kTunedBM, kTunedBN>(p, sched, tile);
+    const std::int64_t k_tiles = (t.k_lim + kTunedBK - 1) / kTunedBK;
+    float acc[4][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
+
+    // Prologue: the first STAGES - 1 reduction tiles in flight (one commit group each, empty or not).
+#pragma unroll
+    for (int s = 0; s < kTunedStages - 1; ++s) {
+      if (s < k_tiles) tuned_load_stage<MODE>(p, t, s, smem_base + s * kTunedStageBytes);
+      cp_async_commit();
+    }
+    for (std::int64_t kt = 0; kt < k_tiles; ++kt) {
+      cp_async_wait<kTunedStages - 2>();  // tile kt has landed (for this thread) ...
+      __syncthreads();                    // ... for every thread, and stage (kt - 1) is no longer read
+      const std::int64_t next = kt + kTunedStages - 1;
+      if (next < k_tiles) {
+        tuned_load_stage<MODE>(p, t, next, smem_base + static_cast<std::uint32_t>(next % kTunedStages) * kTunedStageBytes);
+      }
+      cp_async_commit();
+      const std::uint32_t a_tile = smem_base + static_cast<std::uint32_t>(kt % kTunedStages) * kTunedStageBytes;
+      const std::uint32_t b_tile = a_tile + kTunedTileBytes;
+#pragma unroll
+      for (int ks = 0; ks < kTunedBK; ks += 16) {
+        std::uint32_t af[4][4];
+        std::uint32_t bfr[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi) {
+          const int m_base = warp_m * 64 + mi * 16;
+          if constexpr (kAKMajor) {
+            // matrices: 0 rows 0-7 k 0-7 (a0), 1 rows 8-15 k 0-7 (a1), 2 rows 0-7 k 8-15 (a2), 3 rows 8-15 k 8-15 (a3)
+            const int row = m_base + (lane & 15);
+            ldmatrix_x4(af[mi], a_tile + kmajor_offset(row, (ks >> 3) + (lane >> 4)));
+          } else {
+            // stored [k][m]; .trans hands thread (g, tq) the elements (m = g, k = 2 tq, 2 tq + 1): the A layout.
+            // matrices: 0 k 0-7 m 0-7 (a0), 1 k 0-7 m 8-15 (a1), 2 k 8-15 m 0-7 (a2), 3 k 8-15 m 8-15 (a3)
+            const int krow = ks + (lane & 7) + ((mat >> 1) << 3);
+            ldmatrix_x4_trans(af[mi], a_tile + mnmajor_offset(krow, (m_base >> 3) + (mat & 1)));
+          }
+        }
+#pragma unroll
+        for (int nj = 0; nj < 4; nj += 2) {
+          const int n_base = warp_n * kTunedWN + nj * 8;
+          std::uint32_t r[4];
+          if constexpr (kBKMajor) {
+            // matrices: 0 n 0-7 k 0-7 (b[nj][0]), 1 n 0-7 k 8-15 (b[nj][1]), 2 n 8-15 k 0-7, 3 n 8-15 k 8-15
+            const int row = n_base + (lane & 7) + ((mat >> 1) << 3);
+            ldmatrix_x4(r, b_tile + kmajor_offset(row, (ks >> 3) + (mat & 1)));
+          } else {
+            // stored [k][n]; .trans gives (k = 2 tq, 2 tq + 1; n = g): the B layout.
+            // matrices: 0 k 0-7 n 0-7, 1 k 8-15 n 0-7, 2 k 0-7 n 8-15, 3 k 8-15 n 8-15
+            const int krow = ks + (lane & 7) + ((mat & 1) << 3);
+            ldmatrix_x4_trans(r, b_tile + mnmajor_offset(krow, (n_base >> 3) + (mat >> 1)));
+          }
+          bfr[nj][0] = r[0];
+          bfr[nj][1] = r[1];
+          bfr[nj + 1][0] = r[2];
+          bfr[nj + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_bf16_16816(acc[mi][ni], af[mi], bfr[ni]);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the stages before the next tile's prologue refills them
+
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int m_local = warp_m * 64 + mi * 16 + g + half * 8;
+        if constexpr (MODE == GgMode::kFwdSwiglu) {
+#pragma unroll
+          for (int ni = 0; ni < 2; ++ni) {  // gate fragments 0, 1 pair with up fragments 2, 3
+            const int j_local = warp_n * (kTunedWN / 2) + ni * 8 + 2 * tq;
+            store_pair<MODE, OutT>(p, t, m_local, j_local, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1],
+                                   acc[mi][ni + 2][2 * half], acc[mi][ni + 2][2 * half + 1]);
+          }
+        } else {
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) {
+            const int n_local = warp_n * kTunedWN + ni * 8 + 2 * tq;
+            store_pair<MODE, OutT>(p, t, m_local, n_local, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1], 0.0f,
+                                   0.0f);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- launch helpers -------------------------------------------------------------------------------
+
+cudaError_t multiprocessor_count(int* sms) {
+  int device = 0;
+  JK_RETURN_IF_ERROR(cudaGetDevice(&device));
+  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
+// An upper bound of the tile count that needs no look at the device offsets.
+std::int64_t tile_upper_bound(GgMode mode, const GgParams& p, int bm, int bn) {
+  const auto cdiv = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
+  switch (mode) {
+    case GgMode::kFwd: return (cdiv(p.rows, bm) + p.num_experts) * cdiv(p.n, bn);
+    case GgMode::kFwdSwiglu: return (cdiv(p.rows, bm) + p.num_experts) * cdiv(p.n / 2, bn / 2);
+    case GgMode::kBwdData: return (cdiv(p.rows, bm) + p.num_experts) * cdiv(p.k, bn);
+    case GgMode::kBwdWeight: return p.num_experts * cdiv(p.n, bm) * cdiv(p.k, bn);
+  }
+  return 0;
+}
+
+template <GgMode MODE, typename OutT>
+cudaError_t launch_simple(const GgParams& p, cudaStream_t stream) {
+  int sms = 0;
+  JK_RETURN_IF_ERROR(multiprocessor_count(&sms));
+  const std::int64_t bound = tile_upper_bound(MODE, p, kSimpleBM, kSimpleBN);
+  if (bound == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>(bound, static_cast<std::int64_t>(sms) * 4));
+  gg_simple_kernel<MODE, OutT><<<blocks, kSimpleThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// ---- standalone SwiGLU ----------------------------------------------------------------------------
+
+constexpr int kEltThreads = 256;
+
+// VEC consecutive columns j per thread: 16-byte loads and stores when VEC = 8 (f a multiple of 8 and
+// every pointer 16-byte aligned), element by element otherwise.
+template <int VEC>
+__global__ void __launch_bounds__(kEltThreads)
+swiglu_fwd_kernel(const std::uint16_t* __restrict__ z, std::uint16_t* __restrict__ h, std::int64_t rows, std::int64_t f) {
+  using V = Pack<std::uint16_t, VEC>;
+  const std::int64_t per_row = f / VEC;
+  const std::int64_t total = rows * per_row;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / per_row;
+    const std::int64_t j = (i - r * per_row) * VEC;
+    const V a = *reinterpret_cast<const V*>(z + r * 2 * f + j);
+    const V b = *reinterpret_cast<const V*>(z + r * 2 * f + f + j);
+    V out;
+#pragma unroll
+    for (int q = 0; q < VEC; ++q) out.v[q] = swiglu_bits(bf16_bits_to_float(a.v[q]), bf16_bits_to_float(b.v[q]));
+    *reinterpret_cast<V*>(h + r * f + j) = out;
+  }
+}
+
+template <int VEC>
+__global__ void __launch_bounds__(kEltThreads)
+swiglu_bwd_kernel(const std::uint16_t* __restrict__ z, const std::uint16_t* __restrict__ dh,
+                  std::uint16_t* __restrict__ dz, std::int64_t rows, std::int64_t f) {
+  using V = Pack<std::uint16_t, VEC>;
+  const std::int64_t per_row = f / VEC;
+  const std::int64_t total = rows * per_row;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / per_row;
+    const std::int64_t j = (i - r * per_row) * VEC;
+    const V av = *reinterpret_cast<const V*>(z + r * 2 * f + j);
+    const V bv = *reinterpret_cast<const V*>(z + r * 2 * f + f + j);
+    const V gv = *reinterpret_cast<const V*>(dh + r * f + j);
+    V da, db;
+#pragma unroll
+    for (int q = 0; q < VEC; ++q) {
+      const float a = bf16_bits_to_float(av.v[q]);
+      const float b = bf16_bits_to_float(bv.v[q]);
+      const float g = bf16_bits_to_float(gv.v[q]);
+      const float e = expf(-a);
+      const float s = bf16_round(a / (1.0f + e));  // the saved forward output, as the forward computes it
+      const float sig = 1.0f / (1.0f + e);
+      const float ds = bf16_round(g * b);          // grad of silu's output (bf16 mul backward)
+      da.v[q] = float_to_bf16_bits(ds * sig * (1.0f + a * (1.0f - sig)));
+      db.v[q] = float_to_bf16_bits(g * s);
+    }
+    *reinterpret_cast<V*>(dz + r * 2 * f + j) = da;
+    *reinterpret_cast<V*>(dz + r * 2 * f + f + j) = db;
+  }
+}
+
+unsigned elementwise_blocks(std::int64_t total, int sms) {
+  const std::int64_t want = (total + kEltThreads - 1) / kEltThreads;
+  return static_cast<unsigned>(std::max<std::int64_t>(1, std::min<std::int64_t>(want, static_cast<std::int64_t>(sms) * 16)));
+}
+
+cudaError_t launch_swiglu_fwd(const std::uint16_t* z, std::uint16_t* h, std::int64_t rows, std::int64_t f,
+                              cudaStream_t stream) {
+  if (rows < 0 || f < 0) return cudaErrorInvalidValue;
+  if (rows == 0 || f == 0) return cudaSuccess;
+  if (z == nullptr || h == nullptr) return cudaErrorInvalidValue;
+  int sms = 0;
+  JK_RETURN_IF_ERROR(multiprocessor_count(&sms));
+  if (f % 8 == 0 && is_aligned(z, 16) && is_aligned(h, 16)) {
+    swiglu_fwd_kernel<8><<<elementwise_blocks(rows * f / 8, sms), kEltThreads, 0, stream>>>(z, h, rows, f);
+  } else {
+    swiglu_fwd_kernel<1><<<elementwise_blocks(rows * f, sms), kEltThreads, 0, stream>>>(z, h, rows, f);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_swiglu_bwd(const std::uint16_t* z, const std::uint16_t* dh, std::uint16_t* dz, std::int64_t rows,
+                              std::int64_t f, cudaStream_t stream) {
+  if (rows < 0 || f < 0) return cudaErrorInvalidValue;
+  if (rows == 0 || f == 0) return cudaSuccess;
+  if (z == nullptr || dh == nullptr || dz == nullptr) return cudaErrorInvalidValue;
+  int sms = 0;
+  JK_RETURN_IF_ERROR(multiprocessor_count(&sms));
+  if (f % 8 == 0 && is_aligned(z, 16) && is_aligned(dh, 16) && is_aligned(dz, 16)) {
+    swiglu_bwd_kernel<8><<<elementwise_blocks(rows * f / 8, sms), kEltThreads, 0, stream>>>(z, dh, dz, rows, f);
+  } else {
+    swiglu_bwd_kernel<1><<<elementwise_blocks(rows * f, sms), kEltThreads, 0, stream>>>(z, dh, dz, rows, f);
+  }
+  return cudaGetLastError();
+}
+
+// ---- cuBLASLt baseline ------------------------------------------------------------------------------
+
+cudaError_t lt_status(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return cudaSuccess;
+    case CUBLAS_STATUS_INVALID_VALUE: return cudaErrorInvalidValue;
+    case CUBLAS_STATUS_NOT_SUPPORTED: return cudaErrorNotSupported;
+    case CUBLAS_STATUS_ALLOC_FAILED: return cudaErrorMemoryAllocation;
+    case CUBLAS_STATUS_ARCH_MISMATCH: return cudaErrorNoKernelImageForDevice;
+    default: return cudaErrorUnknown;
+  }
+}
+#define JK_RETURN_IF_LT_ERROR(expr) JK_RETURN_IF_ERROR(lt_status(expr))
+
+cudaError_t lt_handle(cublasLtHandle_t* out) {
+  static std::once_flag once;
+  static cublasLtHandle_t handle = nullptr;
+  static cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+  std::call_once(once, [] { status = cublasLtCreate(&handle); });
+  *out = handle;
+  return lt_status(status);
+}
+
+// RAII owners of the cuBLASLt descriptors.
+struct LtDesc {
+  cublasLtMatmulDesc_t d = nullptr;
+  ~LtDesc() { if (d) cublasLtMatmulDescDestroy(d); }
+};
+struct LtLayout {
+  cublasLtMatrixLayout_t l = nullptr;
+  ~LtLayout() { if (l) cublasLtMatrixLayoutDestroy(l); }
+};
+struct LtPref {
+  cublasLtMatmulPreference_t p = nullptr;
+  ~LtPref() { if (p) cublasLtMatmulPreferenceDestroy(p); }
+};
+
+// Column-major D[m x n] = op(A) op(B) + beta D, bf16 A and B, fp32 compute, D of type d_type.
+// A is stored (opA == N ? m x kk : kk x m) with leading dimension lda; likewise B.
+cudaError_t lt_gemm(cublasOperation_t op_a, cublasOperation_t op_b, std::int64_t m, std::int64_t n, std::int64_t kk,
+                    const void* a, std::int64_t lda, const void* b, std::int64_t ldb, void* d, cudaDataType_t d_type,
+                    std::int64_t ldd, float beta, cudaStream_t stream) {
+  cublasLtHandle_t handle = nullptr;
+  JK_RETURN_IF_ERROR(lt_handle(&handle));
+  LtDesc desc;
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulDescCreate(&desc.d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulDescSetAttribute(desc.d, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulDescSetAttribute(desc.d, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+  LtLayout la, lb, ld;
+  const bool na = op_a == CUBLAS_OP_N;
+  const bool nb = op_b == CUBLAS_OP_N;
+  JK_RETURN_IF_LT_ERROR(cublasLtMatrixLayoutCreate(&la.l, CUDA_R_16BF, na ? m : kk, na ? kk : m, lda));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatrixLayoutCreate(&lb.l, CUDA_R_16BF, nb ? kk : n, nb ? n : kk, ldb));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatrixLayoutCreate(&ld.l, d_type, m, n, ldd));
+  LtPref pref;
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulPreferenceCreate(&pref.p));
+  const std::size_t no_workspace = 0;
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &no_workspace, sizeof(no_workspace)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  JK_RETURN_IF_LT_ERROR(
+      cublasLtMatmulAlgoGetHeuristic(handle, desc.d, la.l, lb.l, ld.l, ld.l, pref.p, 1, &result, &found));
+  if (found == 0) return cudaErrorNotSupported;
+  const float alpha = 1.0f;
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmul(handle, desc.d, &alpha, a, la.l, b, lb.l, &beta, d, ld.l, d, ld.l,
+                                       &result.algo, nullptr, 0, stream));
+  return cudaSuccess;
+}
+
+bool host_offsets_valid(const std::int32_t* off, std::int64_t e_count, std::int64_t rows) {
+  if (off == nullptr || off[0] != 0 || off[e_count] != rows) return false;
+  for (std::int64_t e = 0; e < e_count; ++e) {
+    if (off[e + 1] < off[e]) return false;
+  }
+  return true;
+}
+
+// ---- argument checks and dispatch ---------------------------------------------------------------------
+
+bool valid_common(const std::int32_t* offsets_dev, const std::int32_t* offsets_host, std::int64_t rows,
+                  std::int64_t num_experts, std::int64_t n, std::int64_t k, jk_grouped_gemm_algo_t algo) {
+  if (rows < 0 || n < 0 || k < 0) return false;
+  if (num_experts < 1 || num_experts > JK_GROUPED_GEMM_MAX_EXPERTS) return false;
+  if (rows > INT32_MAX) return false;  // offsets are int32
+  if (algo != JK_GROUPED_GEMM_AUTO && algo != JK_GROUPED_GEMM_SIMPLE && algo != JK_GROUPED_GEMM_MMA &&
+      algo != JK_GROUPED_GEMM_CUBLASLT) {
+    return false;
+  }
+  if (algo == JK_GROUPED_GEMM_CUBLASLT) return host_offsets_valid(offsets_host, num_experts, rows);
+  return offsets_dev != nullptr;
+}
+
+GgParams make_params(const void* a, const void* b, void* out, std::uint16_t* z, const std::int32_t* offsets,
+                     std::int64_t rows, std::int64_t num_experts, std::int64_t n, std::int64_t k, float beta) {
+  GgParams p;
+  p.a = static_cast<const std::uint16_t*>(a);
+  p.b = static_cast<const std::uint16_t*>(b);
+  p.out = out;
+  p.z = z;
+  p.offsets = offsets;
+  p.rows = rows;
+  p.n = n;
+  p.k = k;
+  p.num_experts = static_cast<int>(num_experts);
+  p.beta = beta;
+  return p;
+}
+
+// Own kernels: the tuned path where its alignment needs hold, else the simple kernel.
+template <GgMode MODE, typename OutT>
+cudaError_t launch_tuned(const GgParams& p, cudaStream_t stream) {
+  // Per call (a few microseconds): the attribute and the occupancy belong to the current device.
+  JK_RETURN_IF_ERROR(cudaFuncSetAttribute(gg_tuned_kernel<MODE, OutT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          kTunedSmemBytes));
+  int blocks_per_sm = 0;
+  JK_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, gg_tuned_kernel<MODE, OutT>,
+                                                                   kTunedThreads, kTunedSmemBytes));
+  blocks_per_sm = std::max(blocks_per_sm, 1);
+  int sms = 0;
+  JK_RETURN_IF_ERROR(multiprocessor_count(&sms));
+  const std::int64_t bound = tile_upper_bound(MODE, p, kTunedBM, kTunedBN);
+  if (bound == 0) return cudaSuccess;
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<std::int64_t>(bound, static_cast<std::int64_t>(sms) * blocks_per_sm));
+  gg_tuned_kernel<MODE, OutT><<<blocks, kTunedThreads, kTunedSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// The tuned kernel's cp.async copies need 16-byte aligned bases and rows (n, k multiples of 8).
+bool tuned_path_ok(const GgParams& p) {
+  return is_aligned(p.a, 16) && is_aligned(p.b, 16) && p.n % 8 == 0 && p.k % 8 == 0;
+}
+
+// Own kernels: the tuned path where its alignment needs hold, else the simple kernel.
+template <GgMode MODE, typename OutT>
+cudaError_t launch_own(const GgParams& p, jk_grouped_gemm_algo_t algo, cudaStream_t stream) {
+  if (algo != JK_GROUPED_GEMM_SIMPLE && tuned_path_ok(p)) return launch_tuned<MODE, OutT>(p, stream);
+  return launch_simple<MODE, OutT>(p, stream);
+}
+
+}  // namespace
+}  // namespace jk::detail
+
+using namespace jk::detail;
+
+const char* jk_grouped_gemm_algo_name(jk_grouped_gemm_algo_t algo) {
+  switch (algo) {
+    case JK_GROUPED_GEMM_AUTO: return "auto";
+    case JK_GROUPED_GEMM_SIMPLE: return "simple";
+    case JK_GROUPED_GEMM_MMA: return "mma";
+    case JK_GROUPED_GEMM_CUBLASLT: return "cublaslt";
+  }
+  return "?";
+}
+
+namespace {
+
+template <typename OutT>
+cudaError_t grouped_fwd(const std::uint16_t* in, const std::uint16_t* w, OutT* out, const std::int32_t* offsets_dev,
+                        const std::int32_t* offsets_host, std::int64_t rows, std::int64_t num_experts, std::int64_t n,
+                        std::int64_t k, jk_grouped_gemm_algo_t algo, cudaStream_t stream) {
+  if (!valid_common(offsets_dev, offsets_host, rows, num_experts, n, k, algo)) return cudaErrorInvalidValue;
+  if (rows == 0 || n == 0) return cudaSuccess;
+  if (out == nullptr || (k > 0 && (in == nullptr || w == nullptr))) return cudaErrorInvalidValue;
+  if (algo == JK_GROUPED_GEMM_CUBLASLT) {
+    if (k == 0) return cudaMemsetAsync(out, 0, static_cast<std::size_t>(rows * n) * sizeof(OutT), stream);
+    const cudaDataType_t d_type = std::is_same_v<OutT, float> ? CUDA_R_32F : CUDA_R_16BF;
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      const std::int64_t r0 = offsets_host[e];
+      const std::int64_t me = offsets_host[e + 1] - r0;
+      if (me == 0) continue;
+      // out_e^T (n x me) = W[e]^T-view (k x n, op T) * in_e^T-view (k x me)
+      JK_RETURN_IF_ERROR(lt_gemm(CUBLAS_OP_T, CUBLAS_OP_N, n, me, k, w + e * n * k, k, in + r0 * k, k,
+                                 out + r0 * n, d_type, n, 0.0f, stream));
+    }
+    return cudaSuccess;
+  }
+  const GgParams p = make_params(in, w, out, nullptr, offsets_dev, rows, num_experts, n, k, 0.0f);
+  return launch_own<GgMode::kFwd, OutT>(p, algo, stream);
+}
+
+}  // namespace
+
+cudaError_t jk_grouped_gemm_fwd_bf16(const std::uint16_t* in, const std::uint16_t* w, std::uint16_t* out,
+                                     const std::int32_t* offsets_dev, const std::int32_t* offsets_host,
+                                     std::int64_t rows, std::int64_t num_experts, std::int64_t n, std::int64_t k,
+                                     jk_grouped_gemm_algo_t algo, cudaStream_t stream) {
+  return grouped_fwd<std::uint16_t>(in, w, out, offsets_dev, offsets_host, rows, num_experts, n, k, algo, stream);
+}
+
+cudaError_t jk_grouped_gemm_fwd_f32out(const std::uint16_t* in, const std::uint16_t* w, float* out,
+                                       const std::int32_t* offsets_dev, const std::int32_t* offsets_host,
+                                       std::int64_t rows, std::int64_t num_experts, std::int64_t n, std::int64_t k,
+                                       jk_grouped_gemm_algo_t algo, cudaStream_t stream) {
+  return grouped_fwd<float>(in, w, out, offsets_dev, offsets_host, rows, num_experts, n, k, algo, stream);
+}
+
+cudaError_t jk_grouped_gemm_fc1_swiglu_bf16(const std::uint16_t* in, const std::uint16_t* w_in, std::uint16_t* h,
+                                            std::uint16_t* z, const std::int32_t* offsets_dev,
+                                            const std::int32_t* offsets_host, std::int64_t rows,
+                                            std::int64_t num_experts, std::int64_t f, std::int64_t k,
+                                            jk_grouped_gemm_algo_t algo, cudaStream_t stream) {
+  if (f < 0 || f > INT64_MAX / 4) return cudaErrorInvalidValue;
+  if (!valid_common(offsets_dev, offsets_host, rows, num_experts, 2 * f, k, algo)) return cudaErrorInvalidValue;
+  if (rows == 0 || f == 0) return cudaSuccess;
+  if (h == nullptr || (k > 0 && (in == nullptr || w_in == nullptr))) return cudaErrorInvalidValue;
+  if (algo == JK_GROUPED_GEMM_CUBLASLT) {
+    if (z == nullptr) return cudaErrorInvalidValue;  // the unfused path needs Z in memory
+    JK_RETURN_IF_ERROR(grouped_fwd<std::uint16_t>(in, w_in, z, offsets_dev, offsets_host, rows, num_experts, 2 * f,
+                                                  k, algo, stream));
+    return launch_swiglu_fwd(z, h, rows, f, stream);
+  }
+  const GgParams p = make_params(in, w_in, h, z, offsets_dev, rows, num_experts, 2 * f, k, 0.0f);
+  return launch_own<GgMode::kFwdSwiglu, std::uint16_t>(p, algo, stream);
+}
+
+cudaError_t jk_grouped_gemm_bwd_data_bf16(const std::uint16_t* dout, const std::uint16_t* w, std::uint16_t* din,
+                                          const std::int32_t* offsets_dev, const std::int32_t* offsets_host,
+                                          std::int64_t rows, std::int64_t num_experts, std::int64_t n, std::int64_t k,
+                                          jk_grouped_gemm_algo_t algo, cudaStream_t stream) {
+  if (!valid_common(offsets_dev, offsets_host, rows, num_experts, n, k, algo)) return cudaErrorInvalidValue;
+  if (rows == 0 || k == 0) return cudaSuccess;
+  if (din == nullptr || (n > 0 && (dout == nullptr || w == nullptr))) return cudaErrorInvalidValue;
+  if (algo == JK_GROUPED_GEMM_CUBLASLT) {
+    if (n == 0) return cudaMemsetAsync(din, 0, static_cast<std::size_t>(rows * k) * sizeof(std::uint16_t), stream);
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      const std::int64_t r0 = offsets_host[e];
+      const std::int64_t me = offsets_host[e + 1] - r0;
+      if (me == 0) continue;
+      // din_e^T (k x me) = W[e]-view (k x n) * dout_e^T-view (n x me)
+      JK_RETURN_IF_ERROR(lt_gemm(CUBLAS_OP_N, CUBLAS_OP_N, k, me, n, w + e * n * k, k, dout + r0 * n, n,
+                                 din + r0 * k, CUDA_R_16BF, k, 0.0f, stream));
+    }
+    return cudaSuccess;
+  }
+  const GgParams p = make_params(dout, w, din, nullptr, offsets_dev, rows, num_experts, n, k, 0.0f);
+  return launch_own<GgMode::kBwdData, std::uint16_t>(p, algo, stream);
+}
+
+cudaError_t jk_grouped_gemm_bwd_weight_f32(const std::uint16_t* dout, const std::uint16_t* in, float* dw, float beta,
+                                           const std::int32_t* offsets_dev, const std::int32_t* offsets_host,
+                                           std::int64_t rows, std::int64_t num_experts, std::int64_t n,
+                                           std::int64_t k, jk_grouped_gemm_algo_t algo, cudaStream_t stream) {
+  if (!valid_common(offsets_dev, offsets_host, rows, num_experts, n, k, algo)) return cudaErrorInvalidValue;
+  if (beta != 0.0f && beta != 1.0f) return cudaErrorInvalidValue;
+  if (n == 0 || k == 0) return cudaSuccess;
+  if (dw == nullptr || (rows > 0 && (dout == nullptr || in == nullptr))) return cudaErrorInvalidValue;
+  if (algo == JK_GROUPED_GEMM_CUBLASLT) {
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      const std::int64_t r0 = offsets_host[e];
+      const std::int64_t me = offsets_host[e + 1] - r0;
+      float* dw_e = dw + e * n * k;
+      if (me == 0) {
+        if (beta == 0.0f) JK_RETURN_IF_ERROR(cudaMemsetAsync(dw_e, 0, static_cast<std::size_t>(n * k) * sizeof(float), stream));
+        continue;
+      }
+      // dW_e^T (k x n) = in_e^T-view (k x me) * (dout_e^T-view (n x me))^T
+      JK_RETURN_IF_ERROR(lt_gemm(CUBLAS_OP_N, CUBLAS_OP_T, k, n, me, in + r0 * k, k, dout + r0 * n, n, dw_e,
+                                 CUDA_R_32F, k, beta, stream));
+    }
+    return cudaSuccess;
+  }
+  const GgParams p = make_params(dout, in, dw, nullptr, offsets_dev, rows, num_experts, n, k, beta);
+  return launch_own<GgMode::kBwdWeight, float>(p, algo, stream);
+}
+
+cudaError_t jk_swiglu_fwd_bf16(const std::uint16_t* z, std::uint16_t* h, std::int64_t rows, std::int64_t f,
+                               cudaStream_t stream) {
+  return launch_swiglu_fwd(z, h, rows, f, stream);
+}
+
+cudaError_t jk_swiglu_bwd_bf16(const std::uint16_t* z, const std::uint16_t* dh, std::uint16_t* dz, std::int64_t rows,
+                               std::int64_t f, cudaStream_t stream) {
+  return launch_swiglu_bwd(z, dh, dz, rows, f, stream);
+}
