@@ -93,6 +93,9 @@ void fill_bf16(std::uint16_t* device, std::size_t n, std::uint64_t seed) {
     v = static_cast<std::uint16_t>(((z & 1u) << 15) | (exponent << 7) | ((z >> 1) & 0x7fu));
   }
   CHECK_CUDA(cudaMemcpy(device, host.data(), n * sizeof(std::uint16_t), cudaMemcpyHostToDevice));
+  // A pageable cudaMemcpy may return before the DMA lands, and the timed launches run on a
+  // non-blocking stream that does not wait for the legacy stream.
+  CHECK_CUDA(cudaDeviceSynchronize());
 }
 
 // Expert sizes for `rows` routed rows: balanced, or skewed (35/20/15/12/8/6/4 %, one expert empty).
@@ -184,6 +187,7 @@ int run(const Options& opt) {
     for (bool skewed : {false, true}) {
       const std::vector<std::int32_t> off = offsets_for(rows, skewed);
       CHECK_CUDA(cudaMemcpy(d_off.ptr, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaDeviceSynchronize());  // see fill_bf16
       const std::int32_t* od = d_off.as<std::int32_t>();
       const std::int32_t* oh = off.data();
       const char* routing = skewed ? "skewed" : "balanced";

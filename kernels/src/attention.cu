@@ -240,8 +240,32 @@ __global__ void __launch_bounds__(kSimpleWarps* kWarpSize)
 }
 
 // ---- decode: split-K partials, then a fixed-order combine ---------------------------------------------------
+// Column c of lane `lane`, value j: lane-strided (c = lane + 32 j, any d) or, when d == 32 PER_LANE and the
+// rows are aligned, contiguous (c = lane PER_LANE + j) so each lane reads its PER_LANE values with one
+// vector load (a whole 256-byte row per warp instruction at d = 128).
+template <int N>
+struct alignas(2 * N) Bf16Pack {
+  std::uint16_t v[N];
+};
+
+template <int PER_LANE, bool CONTIG>
+__device__ __forceinline__ int decode_col(int lane, int j) {
+  return CONTIG ? lane * PER_LANE + j : lane + kWarpSize * j;
+}
+
+template <int PER_LANE, bool CONTIG>
+__device__ __forceinline__ void decode_load(const std::uint16_t* row, int d, int lane, float (&x)[PER_LANE]) {
+  if constexpr (CONTIG) {
+    const Bf16Pack<PER_LANE> pk = *reinterpret_cast<const Bf16Pack<PER_LANE>*>(row + lane * PER_LANE);
+    JK_UNROLL
+    for (int j = 0; j < PER_LANE; ++j) x[j] = bf(pk.v[j]);
+  } else {
+    load_row(row, d, lane, x);
+  }
+}
+
 // Partial (b, i, chunk) at workspace + ((b*Hq + i)*chunks + chunk)*(d + 2): [max, sum, acc[0..d)].
-template <int PER_LANE>
+template <int PER_LANE, bool CONTIG>
 __global__ void __launch_bounds__(kSimpleWarps* kWarpSize)
     attn_decode_partial_kernel(const std::uint16_t* __restrict__ q, const std::uint16_t* __restrict__ k_cache,
                                const std::uint16_t* __restrict__ v_cache, const std::int32_t* __restrict__ cache_len,
@@ -258,7 +282,7 @@ __global__ void __launch_bounds__(kSimpleWarps* kWarpSize)
   const std::int64_t begin = chunk * kDecodeChunk;
   const std::int64_t end = begin + kDecodeChunk < len ? begin + kDecodeChunk : len;
   float qr[PER_LANE], acc[PER_LANE];
-  load_row(q + (b * Hq + i) * d, d, lane, qr);
+  decode_load<PER_LANE, CONTIG>(q + (b * Hq + i) * d, d, lane, qr);
   JK_UNROLL
   for (int j = 0; j < PER_LANE; ++j) acc[j] = 0.0f;
   float m = -INFINITY, l = 0.0f;
@@ -266,10 +290,23 @@ __global__ void __launch_bounds__(kSimpleWarps* kWarpSize)
   // loaded together so that several loads are in flight per warp.
   for (std::int64_t u0 = begin + warp * kDecodeKeys; u0 < end; u0 += kSimpleWarps * kDecodeKeys) {
     float s[kDecodeKeys];
+    float vv[kDecodeKeys][PER_LANE];
     JK_UNROLL
     for (int j = 0; j < kDecodeKeys; ++j) {
       const std::int64_t u = u0 + j;
-      s[j] = u < end ? row_dot(qr, k_cache + ((b * Tmax + u) * Hkv + h) * d, d, lane) * scale : -INFINITY;
+      float kk[PER_LANE];
+      if (u < end) {
+        decode_load<PER_LANE, CONTIG>(k_cache + ((b * Tmax + u) * Hkv + h) * d, d, lane, kk);
+        decode_load<PER_LANE, CONTIG>(v_cache + ((b * Tmax + u) * Hkv + h) * d, d, lane, vv[j]);
+      } else {
+        JK_UNROLL
+        for (int x = 0; x < PER_LANE; ++x) kk[x] = vv[j][x] = 0.0f;
+      }
+      float dot = 0.0f;
+      JK_UNROLL
+      for (int x = 0; x < PER_LANE; ++x) dot += qr[x] * kk[x];
+      const float total = warp_sum(dot);  // u is the same for the whole warp: no divergence
+      s[j] = u < end ? total * scale : -INFINITY;
     }
     float m_new = m;
     JK_UNROLL
@@ -282,11 +319,9 @@ __global__ void __launch_bounds__(kSimpleWarps* kWarpSize)
     l = l * corr + p_sum;
     JK_UNROLL
     for (int x = 0; x < PER_LANE; ++x) {
-      const int c = lane + kWarpSize * x;
       float a = acc[x] * corr;
       JK_UNROLL
-      for (int j = 0; j < kDecodeKeys; ++j)
-        if (c < d && u0 + j < end) a += p[j] * bf(v_cache[((b * Tmax + u0 + j) * Hkv + h) * d + c]);
+      for (int j = 0; j < kDecodeKeys; ++j) a += p[j] * vv[j][x];
       acc[x] = a;
     }
     m = m_new;
@@ -297,7 +332,7 @@ __global__ void __launch_bounds__(kSimpleWarps* kWarpSize)
   }
   JK_UNROLL
   for (int j = 0; j < PER_LANE; ++j) {
-    const int c = lane + kWarpSize * j;
+    const int c = decode_col<PER_LANE, CONTIG>(lane, j);
     if (c < d) warp_acc[warp][c] = acc[j];
   }
   __syncthreads();
@@ -475,10 +510,19 @@ cudaError_t attention_decode(const std::uint16_t* q, const std::uint16_t* k_cach
   }
   float* partial = static_cast<float*>(workspace);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
   JK_RETURN_IF_ERROR(with_per_lane(di, [&](auto per_lane) {
-    attn_decode_partial_kernel<decltype(per_lane)::value>
-        <<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(Hq), static_cast<unsigned>(B)), kSimpleThreads, 0,
-           stream>>>(q, k_cache, v_cache, cache_len, partial, Tmax, Hq, Hkv, di, scale);
+    constexpr int P = decltype(per_lane)::value;
+    // contiguous columns (one vector load per lane and row) when d fills the lanes exactly and the rows align
+    const std::size_t vec_bytes = 2 * P;
+    if (di == kWarpSize * P && is_aligned(q, vec_bytes) && is_aligned(k_cache, vec_bytes) &&
+        is_aligned(v_cache, vec_bytes)) {
+      attn_decode_partial_kernel<P, true>
+          <<<grid, kSimpleThreads, 0, stream>>>(q, k_cache, v_cache, cache_len, partial, Tmax, Hq, Hkv, di, scale);
+    } else {
+      attn_decode_partial_kernel<P, false>
+          <<<grid, kSimpleThreads, 0, stream>>>(q, k_cache, v_cache, cache_len, partial, Tmax, Hq, Hkv, di, scale);
+    }
     return cudaGetLastError();
   }));
   attn_decode_combine_kernel<<<dim3(static_cast<unsigned>(Hq), static_cast<unsigned>(B)), kMaxHeadDim, 0, stream>>>(

@@ -752,6 +752,13 @@ struct LtPref {
   ~LtPref() { if (p) cublasLtMatmulPreferenceDestroy(p); }
 };
 
+// Largest power of two <= 256 that divides both the address and the leading dimension in bytes.
+std::uint32_t lt_alignment(const void* p, std::int64_t ld_bytes) {
+  const std::uint64_t bits = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)) |
+                             static_cast<std::uint64_t>(ld_bytes) | 256u;
+  return static_cast<std::uint32_t>(bits & (~bits + 1));  // lowest set bit
+}
+
 // Column-major D[m x n] = op(A) op(B) + beta D, bf16 A and B, fp32 compute, D of type d_type.
 // A is stored (opA == N ? m x kk : kk x m) with leading dimension lda; likewise B.
 cudaError_t lt_gemm(cublasOperation_t op_a, cublasOperation_t op_b, std::int64_t m, std::int64_t n, std::int64_t kk,
@@ -774,6 +781,20 @@ cudaError_t lt_gemm(cublasOperation_t op_a, cublasOperation_t op_b, std::int64_t
   const std::size_t no_workspace = 0;
   JK_RETURN_IF_LT_ERROR(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                              &no_workspace, sizeof(no_workspace)));
+  // The heuristic assumes 256-byte aligned buffers unless told otherwise; the per-expert sub-matrices
+  // (base + r0 * ld) and odd leading dimensions are often less aligned, and an algorithm chosen for
+  // 256 bytes then fails (or is not allowed) at cublasLtMatmul. State the real alignment of each.
+  const std::uint32_t align_a = lt_alignment(a, lda * 2);
+  const std::uint32_t align_b = lt_alignment(b, ldb * 2);
+  const std::uint32_t align_d = lt_alignment(d, ldd * (d_type == CUDA_R_32F ? 4 : 2));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                             &align_a, sizeof(align_a)));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                             &align_b, sizeof(align_b)));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                             &align_d, sizeof(align_d)));
+  JK_RETURN_IF_LT_ERROR(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                             &align_d, sizeof(align_d)));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   JK_RETURN_IF_LT_ERROR(

@@ -618,7 +618,7 @@ std::vector<Case> make_cases(Context& ctx) {
       {{2, 65, 6, 2, 128}, {65, 64}, 1.5f},
       {{3, 129, 4, 2, 64}, {129, 100, 65}, 1.5f},
       {{2, 100, 8, 2, 64}, {100, 37}, 1.5f},  // 4 slots: two 2-head CTAs per K/V head
-      {{2, 129, 4, 2, 128}, {}, 6.0f},  // sharp softmax (scaled scores with a spread of ~12)
+      {{2, 129, 4, 2, 128}, {}, 6.0f},        // sharp softmax (scaled scores with a spread of ~12)
       {{1, 1000, 4, 2, 128}, {}, 1.5f},
       {{2, 1000, 2, 1, 64}, {1000, 517}, 1.5f},
       {{1, 4096, 32, 16, 128}, {}, 1.5f},  // JetMoE-8B, one sequence

@@ -634,16 +634,20 @@ CaseResult check_arguments(Context& ctx) {
       detail += format("%s gave %s; ", what, cudaGetErrorName(status));
     }
   }
-  // Zero sizes: no-ops that succeed and write nothing (null pointers are fine then).
+  // Zero sizes: no-ops that succeed and write nothing (null inputs are fine then). The outputs are
+  // real poisoned buffers (so "wrote nothing" is checked) except for the null-pointer no-ops.
   out.poison();
+  dw.poison();
   const std::vector<std::pair<const char*, cudaError_t>> noops = {
-      {"fwd rows 0", jk_grouped_gemm_fwd_bf16(nullptr, nullptr, nullptr, off.data(), oh, 0, 3, 16, 16, G, S)},
-      {"fwd n 0", jk_grouped_gemm_fwd_bf16(nullptr, nullptr, nullptr, off.data(), oh, 5, 3, 0, 16, G, S)},
-      {"fc1 f 0", jk_grouped_gemm_fc1_swiglu_bf16(nullptr, nullptr, nullptr, nullptr, off.data(), oh, 5, 3, 0, 16, G, S)},
-      {"bwd_data k 0", jk_grouped_gemm_bwd_data_bf16(nullptr, nullptr, nullptr, off.data(), oh, 5, 3, 16, 0, G, S)},
-      {"bwd_weight n 0", jk_grouped_gemm_bwd_weight_f32(nullptr, nullptr, nullptr, 0.0f, off.data(), oh, 5, 3, 0, 16, G, S)},
-      {"swiglu_fwd rows 0", jk_swiglu_fwd_bf16(nullptr, nullptr, 0, 8, S)},
-      {"swiglu_bwd f 0", jk_swiglu_bwd_bf16(nullptr, nullptr, nullptr, 5, 0, S)},
+      {"fwd rows 0", jk_grouped_gemm_fwd_bf16(nullptr, nullptr, out.data(), off.data(), oh, 0, 3, 16, 16, G, S)},
+      {"fwd n 0", jk_grouped_gemm_fwd_bf16(nullptr, nullptr, out.data(), off.data(), oh, 5, 3, 0, 16, G, S)},
+      {"fwd n 0 null out", jk_grouped_gemm_fwd_bf16(nullptr, nullptr, nullptr, off.data(), oh, 5, 3, 0, 16, G, S)},
+      {"fc1 f 0", jk_grouped_gemm_fc1_swiglu_bf16(nullptr, nullptr, out.data(), out.data(), off.data(), oh, 5, 3, 0, 16, G, S)},
+      {"bwd_data k 0", jk_grouped_gemm_bwd_data_bf16(nullptr, nullptr, out.data(), off.data(), oh, 5, 3, 16, 0, G, S)},
+      {"bwd_weight n 0", jk_grouped_gemm_bwd_weight_f32(nullptr, nullptr, dw.data(), 0.0f, off.data(), oh, 5, 3, 0, 16, G, S)},
+      {"bwd_weight k 0", jk_grouped_gemm_bwd_weight_f32(nullptr, nullptr, dw.data(), 1.0f, off.data(), oh, 5, 3, 16, 0, L, S)},
+      {"swiglu_fwd rows 0", jk_swiglu_fwd_bf16(nullptr, out.data(), 0, 8, S)},
+      {"swiglu_bwd f 0", jk_swiglu_bwd_bf16(nullptr, nullptr, out.data(), 5, 0, S)},
   };
   for (const auto& [what, status] : noops) {
     if (status != cudaSuccess) {
@@ -653,7 +657,9 @@ CaseResult check_arguments(Context& ctx) {
   }
   CHECK_CUDA(cudaStreamSynchronize(S));
   const auto untouched = out.download();
-  if (!std::all_of(untouched.begin(), untouched.end(), [](std::uint16_t b) { return b == 0xffffu; })) {
+  const auto untouched_dw = dw.download();
+  if (!std::all_of(untouched.begin(), untouched.end(), [](std::uint16_t b) { return b == 0xffffu; }) ||
+      !std::all_of(untouched_dw.begin(), untouched_dw.end(), [](float v) { return std::isnan(v); })) {
     pass = false;
     detail += "a zero-size call wrote; ";
   }

@@ -988,7 +988,7 @@ void emu_check_simple(const AttentionShape& s, const std::vector<std::int32_t>& 
 }
 
 void emu_check_decode(std::int64_t B, std::int64_t Tmax, std::int64_t Hq, std::int64_t Hkv, std::int64_t d,
-                      const std::vector<std::int32_t>& len, std::uint64_t seed) {
+                      const std::vector<std::int32_t>& len, std::uint64_t seed, bool contig) {
   using namespace jk::detail;
   // a [B, Tmax, ...] self-attention case provides the cache (K, V) and, per sequence, the query row
   const EmuCase c = make_emu_case({B, Tmax, Hq, Hkv, d}, {}, seed);
@@ -1006,10 +1006,16 @@ void emu_check_decode(std::int64_t B, std::int64_t Tmax, std::int64_t Hq, std::i
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const auto run = [&](auto per_lane) {
     constexpr int P = decltype(per_lane)::value;
+    REQUIRE((!contig || d == 32 * P));  // the launcher takes the contiguous layout only when d == 32 P
     emu::launch({static_cast<unsigned>(chunks), static_cast<unsigned>(Hq), static_cast<unsigned>(B)}, kSimpleWarps * 32,
                 0, [&] {
-                  attn_decode_partial_kernel<P>(q.data(), c.k.data(), c.v.data(), len.data(), partial.data(), Tmax, Hq,
-                                                Hkv, di, scale);
+                  if (contig) {
+                    attn_decode_partial_kernel<P, true>(q.data(), c.k.data(), c.v.data(), len.data(), partial.data(),
+                                                        Tmax, Hq, Hkv, di, scale);
+                  } else {
+                    attn_decode_partial_kernel<P, false>(q.data(), c.k.data(), c.v.data(), len.data(), partial.data(),
+                                                         Tmax, Hq, Hkv, di, scale);
+                  }
                 });
   };
   if (d <= 64) {
@@ -1046,8 +1052,12 @@ TEST_CASE("attention simple and decode kernels (emulated on the CPU) match the r
     emu_check_simple({1, 5, 2, 2, 256}, {}, 55);
     emu_check_simple({2, 6, 2, 1, 1}, {6, 2}, 56);
   }
-  SECTION("decode, chunk boundaries (255, 256, 257, 0, 1 keys), d = 64") {
-    emu_check_decode(5, 300, 4, 2, 64, {255, 256, 257, 0, 1}, 53);
+  SECTION("decode, chunk boundaries (255, 256, 257, 0, 1 keys), d = 64, both column layouts") {
+    emu_check_decode(5, 300, 4, 2, 64, {255, 256, 257, 0, 1}, 53, true);
+    emu_check_decode(5, 300, 4, 2, 64, {255, 256, 257, 0, 1}, 53, false);
   }
-  SECTION("decode, d = 80, 3 slots") { emu_check_decode(2, 40, 3, 1, 80, {40, 17}, 54); }
+  SECTION("decode, d = 128 (contiguous columns, JetMoE pairing)") {
+    emu_check_decode(1, 70, 4, 2, 128, {70}, 57, true);
+  }
+  SECTION("decode, d = 80, 3 slots") { emu_check_decode(2, 40, 3, 1, 80, {40, 17}, 54, false); }
 }

@@ -1,0 +1,3 @@
+// Benchmark of the 'layer' composition (placeholder: being written).
+#include "jetmoe/kernels.h"
+int main() { return 0; }
