@@ -386,14 +386,22 @@ CaseResult check_backward(Context& ctx, const FwdSpec& spec, jk_attention_path_t
       }
     if (!full) break;  // large shapes: batch 0 only (the reference is the cost)
   }
+  // Absolute floor for dq and dk: where they are 0 in exact arithmetic everywhere (T = 1: dS = P (dP - D)
+  // with dP = D), the device's dP (a tensor-core or fp32 dot product) and D (an fp32 rowsum of the bf16 out,
+  // summed in another order) differ by fp32 rounding, so dq and dk are rounding noise (~1e-7), not 0, and a
+  // tolerance of abs_frac * 0 = 0 would fail a correct kernel. The floor bounds that noise with headroom:
+  // |dP - D| <~ 2^-20 d max|dout| max|v| per score, times max|k| (dq) or max|q| (dk) and 1/sqrt(d).
+  const double noise = std::ldexp(1.0, -20) * std::sqrt(static_cast<double>(s.d)) * max_abs(go.value) * max_abs(v.value);
+  const double qfloor = std::max(abs_frac * qmax, noise * max_abs(k.value));
+  const double kfloor = std::max(abs_frac * kmax, noise * max_abs(q.value));
   ErrorTally tally;
   for (const auto& r : qrows)
     for (std::int64_t c = 0; c < s.d; ++c)
-      tally.add(value(rq[s.q_index(r.b, r.x, r.head, c)]), r.a[c], rel * std::fabs(r.a[c]) + abs_frac * qmax, "dq", r.b,
-                r.x, r.head, c);
+      tally.add(value(rq[s.q_index(r.b, r.x, r.head, c)]), r.a[c], rel * std::fabs(r.a[c]) + qfloor, "dq", r.b, r.x,
+                r.head, c);
   for (const auto& r : krows)
     for (std::int64_t c = 0; c < s.d; ++c) {
-      tally.add(value(rk[s.kv_index(r.b, r.x, r.head, c)]), r.a[c], rel * std::fabs(r.a[c]) + abs_frac * kmax, "dk",
+      tally.add(value(rk[s.kv_index(r.b, r.x, r.head, c)]), r.a[c], rel * std::fabs(r.a[c]) + kfloor, "dk",
                 r.b, r.x, r.head, c);
       tally.add(value(rv[s.kv_index(r.b, r.x, r.head, c)]), r.c[c], rel * std::fabs(r.c[c]) + abs_frac * vmax, "dv",
                 r.b, r.x, r.head, c);

@@ -445,21 +445,31 @@ void discard_and_close(Handle& file, int fd) {
 // Allocates the whole file on disk (up to its end of address space, which closing does not exceed;
 // the size stays as it is), so that writing the final metadata cannot fail for lack of space, and
 // checks the process's file-size limit, which the allocation does not.
-void reserve_space(int fd, hid_t file, const std::string& tmp) {
-#if defined(__linux__) && H5_VERSION_GE(1, 10, 2)
-  haddr_t eoa = 0;
-  if (fd < 0 || H5Fget_eoa(file, &eoa) < 0 || eoa == 0) return;
-  const std::string size = std::to_string(eoa) + " bytes";
-  if (rlimit limit{}; ::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && eoa > limit.rlim_cur)
+// `bytes` of the file `tmp` on disk through descriptor fd (fd < 0: only the file-size limit is checked).
+void reserve_bytes(int fd, std::uint64_t bytes, const std::string& tmp) {
+#if defined(__linux__)
+  const std::string size = std::to_string(bytes) + " bytes";
+  if (rlimit limit{}; ::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && bytes > limit.rlim_cur)
     fail(ErrorKind::Input, tmp + ": cannot write the file (" + size + "): " + std::strerror(EFBIG) +
                                " (the file-size limit, ulimit -f, is " + std::to_string(limit.rlim_cur) + " bytes)");
+  if (fd < 0) return;
   int status;
   do {
-    status = ::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(eoa));
+    status = ::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(bytes));
   } while (status != 0 && errno == EINTR);
   // File systems without fallocate: best effort, the close reports a failure itself.
   if (status != 0 && errno != EOPNOTSUPP && errno != ENOSYS)
     fail(ErrorKind::Input, tmp + ": cannot write the file (" + size + "): " + std::strerror(errno));
+#else
+  (void)fd, (void)bytes, (void)tmp;
+#endif
+}
+
+void reserve_space(int fd, hid_t file, const std::string& tmp) {
+#if H5_VERSION_GE(1, 10, 2)
+  haddr_t eoa = 0;
+  if (fd < 0 || H5Fget_eoa(file, &eoa) < 0 || eoa == 0) return;
+  reserve_bytes(fd, eoa, tmp);
 #else
   (void)fd, (void)file, (void)tmp;
 #endif
@@ -663,6 +673,27 @@ void check_ownership(const Comm& comm, const CheckpointGroups& groups) {
     }
 }
 
+// Reserves `bytes` of the file `tmp` on disk (rank 0) and checks every rank's file-size limit against
+// them; any failure is every rank's, naming the rank.
+void reserve_collectively(const Comm& comm, const std::string& tmp, std::uint64_t bytes) {
+  std::string error = attempt([&] {
+    int fd = -1;
+    if (comm.is_root()) {
+      fd = ::open(tmp.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) fail(ErrorKind::Input, tmp + ": cannot open the file to reserve its space: " + std::strerror(errno));
+    }
+    try {
+      reserve_bytes(fd, bytes, tmp);
+    } catch (...) {
+      if (fd >= 0) ::close(fd);
+      throw;
+    }
+    if (fd >= 0) ::close(fd);
+  });
+  if (!error.empty()) error += " (on rank " + std::to_string(comm.rank()) + ")";
+  agree(comm, error);
+}
+
 void write_file_collective(const Comm& comm, const std::string& tmp, const std::string& path, const CheckpointMeta& meta,
                            const CheckpointGroups& groups) {
   Writer w(tmp);
@@ -675,30 +706,59 @@ void write_file_collective(const Comm& comm, const std::string& tmp, const std::
   H5Pset_coll_metadata_write(fapl.get(), true);
   Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
   agree(comm, file.valid() ? "" : path + ": cannot create the temporary file " + tmp + hdf5_detail());
+  // Running out of space inside HDF5's collective calls (a metadata write while datasets are being
+  // created, the data, the final flush) leaves the ranks in different states, and closing the file then
+  // never returns. So the file's size is bounded first (its tensors, its metadata strings, a generous
+  // allowance for HDF5's own metadata) and reserved on disk by rank 0, and every rank checks that bound
+  // against its own file-size limit, before HDF5 writes anything beyond the superblock.
+  std::uint64_t bound = std::uint64_t(1) << 20;
+  for (const auto& [group, tensors] : groups)
+    for (const CheckpointTensor& t : tensors)
+      bound += 8192 + std::uint64_t(element_count(t.shape)) * (t.stored_as == CheckpointDType::F32 ? 4u : 2u);
+  bound += meta.deck_text.size() + meta.model_config_json.size() + meta.run_name.size() + 64 * meta.scalars.size() +
+           8 * (meta.rng_state.size() + meta.data_state.size());
+  reserve_collectively(comm, tmp, bound);
 
   const hid_t root = file.get();
   agree(comm, attempt([&] { write_header(w, root, meta); }));
-  // Datasets are created collectively, in the same order on every rank; the owner of a tensor writes
-  // its bytes with independent I/O while the others go on. Checksums follow once all are known.
+  // Datasets are created collectively, in the same order on every rank (parallel HDF5 allocates their
+  // space at creation).
   std::vector<Handle> datasets;
-  std::vector<std::uint64_t> crcs;
-  std::string write_error;
-  const std::string structure_error = attempt([&] {
+  agree(comm, attempt([&] {
     for (const auto& [group, tensors] : groups) {
       Handle g = w.group(root, group);
+      for (const CheckpointTensor& t : tensors) datasets.push_back(w.create_tensor(g.get(), group, t));
+    }
+  }));
+  // The bound was an estimate: should the data end beyond it, reserve up to the data's end too
+  // (H5Fget_eoa is not available with the MPI-IO driver).
+  {
+    std::uint64_t end = 0;
+    for (const Handle& d : datasets) {
+      const haddr_t offset = H5Dget_offset(d.get());
+      if (offset == HADDR_UNDEF) continue;  // empty tensors have no storage
+      end = std::max<std::uint64_t>(end, std::uint64_t(offset) + std::uint64_t(H5Dget_storage_size(d.get())));
+    }
+    if (end + 65536 > bound) reserve_collectively(comm, tmp, end + 65536);
+  }
+  // The owner of a tensor writes its bytes with independent I/O while the others go on. Checksums
+  // follow once all are known.
+  std::vector<std::uint64_t> crcs;
+  std::string write_error;
+  {
+    std::size_t i = 0;
+    for (const auto& [group, tensors] : groups)
       for (const CheckpointTensor& t : tensors) {
-        datasets.push_back(w.create_tensor(g.get(), group, t));
         std::uint64_t crc = 0;
         if (element_count(t.shape) == 0) {
           crc = crc64(nullptr, 0);
         } else if (t.data != nullptr && write_error.empty()) {
-          write_error = attempt([&] { crc = w.write_tensor(datasets.back().get(), group, t); });
+          write_error = attempt([&] { crc = w.write_tensor(datasets[i].get(), group, t); });
         }
         crcs.push_back(crc);
+        ++i;
       }
-    }
-  });
-  agree(comm, structure_error);
+  }
   agree(comm, write_error);
   // Exactly one rank holds each checksum, the others 0.
   MPI_Allreduce(MPI_IN_PLACE, crcs.data(), int(crcs.size()), MPI_UINT64_T, MPI_BOR, comm.raw());

@@ -1,6 +1,8 @@
 # Runs one application command in an empty scratch directory and checks its exit status, that its
 # output matches a regular expression, and that it wrote nothing when it failed.
 #   -D CMD="exe|arg|..." ('|' separates the arguments)  -D EXPECT_EXIT=N  -D EXPECT_OUTPUT=regex  [-D REJECT_OUTPUT=regex]  -D SCRATCH=dir
+#   [-D ALLOW_WRITES=regex]: a failing run may leave the files it wrote before the failure, except those
+#   whose path matches this regex (e.g. a half-written checkpoint).
 string(REPLACE "|" ";" CMD "${CMD}")
 file(REMOVE_RECURSE "${SCRATCH}")
 file(MAKE_DIRECTORY "${SCRATCH}")
@@ -19,7 +21,17 @@ if(DEFINED REJECT_OUTPUT AND all MATCHES "${REJECT_OUTPUT}")
 endif()
 if(NOT EXPECT_EXIT STREQUAL "0")
   file(GLOB_RECURSE written "${SCRATCH}/*")
-  if(written)
+  if(DEFINED ALLOW_WRITES)
+    set(forbidden "")
+    foreach(f IN LISTS written)
+      if(f MATCHES "${ALLOW_WRITES}")
+        list(APPEND forbidden "${f}")
+      endif()
+    endforeach()
+    if(forbidden)
+      message(FATAL_ERROR "`${shown}` failed but left: ${forbidden}")
+    endif()
+  elseif(written)
     message(FATAL_ERROR "`${shown}` failed but wrote files: ${written}")
   endif()
   # A deck or usage error must be a single error line, not a cascade.
