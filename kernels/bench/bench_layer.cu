@@ -1,3 +1,308 @@
-// Benchmark of the 'layer' composition (placeholder: being written).
-#include "jetmoe/kernels.h"
-int main() { return 0; }
+// Benchmark of one JetMoE-8B block on the device (jetmoe/layer.h): D 2048, E 8, k 2, H_kv 16, d 128,
+// F 5632, T 4096.
+//  - training: forward, backward and forward+backward at B*T = 8192 and 16384 tokens (T = 4096):
+//    tokens/s and MFU = 3 * flops_per_token * tokens / time / 989 TFLOP/s, where flops_per_token is
+//    jk_layer_flops_per_token (2 * active matmul params per token: 2 routers, 2 of 8 W_q / W_o / fc1 / fc2
+//    experts, the shared K/V projection; plus causal attention 2 * 2 * (T/2) * Hq * d), the
+//    performance.md convention; plus a per-stage time breakdown from cudaEvents (jk_layer_profile_t);
+//  - decode: B = 1 and 8 single-token steps at context 4096 (cache_len 4095, the new token the 4096th):
+//    tokens/s and achieved GB/s of the bandwidth bound's bytes (active experts' weights of both routers'
+//    choices, min(E, B k) experts each, the shared K/V projection, both routers, the norms and biases,
+//    and the K/V cache read B * 4096 * 2 * H_kv * d * 2 bytes) vs the HBM3 peak 3.35 TB/s; once with
+//    plain launches (decode.step) and once replayed from a CUDA graph (decode.graph).
+// Median of cudaEvent-timed runs after a warm-up; fresh random non-zero inputs. Prints a table and writes
+// raw rows with --out FILE.csv; the same columns as kernels/bench/peer_layer.py (HF JetMoe on the GPU).
+// Exit: 0 done, 2 bad arguments, 77 no CUDA device.
+#include "harness.cuh"
+
+namespace {
+
+constexpr double kHbmPeak = 3.35e12;  // bytes/s, H100 SXM HBM3
+constexpr double kBf16Peak = 989e12;  // FLOP/s, H100 SXM dense bf16
+
+struct Row {
+  std::string op;
+  long long B, T;
+  double ms, tokens_per_s, tflops, mfu_pct, gbs, hbm_pct;
+};
+
+std::uint16_t* device_bf16(std::size_t n, std::mt19937_64& gen, float lo, float hi, float offset = 0.0f) {
+  std::vector<float> v(n);
+  std::uniform_real_distribution<float> m(lo, hi);
+  for (auto& x : v) x = offset + ((gen() & 1u) ? m(gen) : -m(gen));
+  const auto b = jkt::to_bf16(v);
+  std::uint16_t* d = nullptr;
+  CHECK_CUDA(cudaMalloc(&d, n * sizeof(std::uint16_t)));
+  CHECK_CUDA(cudaMemcpy(d, b.data(), n * sizeof(std::uint16_t), cudaMemcpyHostToDevice));
+  return d;
+}
+
+template <typename T>
+T* device_zero(std::size_t n) {
+  T* d = nullptr;
+  CHECK_CUDA(cudaMalloc(&d, std::max<std::size_t>(n, 1) * sizeof(T)));
+  CHECK_CUDA(cudaMemset(d, 0, std::max<std::size_t>(n, 1) * sizeof(T)));
+  return d;
+}
+
+double median_ms(const std::function<void()>& launch, cudaStream_t s, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) launch();
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    launch();
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  CHECK_CUDA(cudaEventDestroy(a));
+  CHECK_CUDA(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// One profiled run: prints each stage's time and share.
+void print_breakdown(const char* title, const std::function<void(jk_layer_profile_t*)>& launch, cudaStream_t s) {
+  jk_layer_profile_t prof{};
+  cudaEvent_t start;
+  CHECK_CUDA(cudaEventCreate(&start));
+  for (auto& e : prof.events) CHECK_CUDA(cudaEventCreate(&e));
+  prof.count = 0;
+  CHECK_CUDA(cudaEventRecord(start, s));
+  launch(&prof);
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  float total = 0;
+  if (prof.count > 0) CHECK_CUDA(cudaEventElapsedTime(&total, start, prof.events[prof.count - 1]));
+  std::printf("  stage breakdown, %s (one run, %.3f ms):\n", title, total);
+  for (int i = 0; i < prof.count; ++i) {
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, i == 0 ? start : prof.events[i - 1], prof.events[i]));
+    std::printf("    %-24s %9.3f ms %5.1f%%\n", prof.names[i], ms, total > 0 ? 100.0 * ms / total : 0.0);
+  }
+  for (auto& e : prof.events) CHECK_CUDA(cudaEventDestroy(e));
+  CHECK_CUDA(cudaEventDestroy(start));
+}
+
+struct Weights {
+  jk_layer_weights_t w{};
+  jk_layer_grads_t g{};
+  std::vector<void*> owned;
+};
+
+Weights make_weights(const jk_layer_config_t& c, std::mt19937_64& gen) {
+  Weights r;
+  const std::int64_t D = c.hidden, E = c.num_experts, A = c.kv_heads * c.head_dim, F = c.ffn;
+  const std::int64_t sizes[11] = {D, E * D, E * A * D, 2 * A * D, E * D * A, D, D, E * D, E * 2 * F * D, E * D * F, D};
+  const double fan[11] = {1, double(D), double(D), double(D), double(A), 1, 1, double(D), double(D), double(F), 1};
+  const std::uint16_t** wp[11] = {&r.w.input_norm, &r.w.moa_router, &r.w.moa_q,     &r.w.kv_proj,
+                                  &r.w.moa_o,      &r.w.moa_bias,   &r.w.post_norm, &r.w.moe_router,
+                                  &r.w.moe_in,     &r.w.moe_out,    &r.w.moe_bias};
+  float** gp[11] = {&r.g.input_norm, &r.g.moa_router, &r.g.moa_q,  &r.g.kv_proj, &r.g.moa_o,   &r.g.moa_bias,
+                    &r.g.post_norm,  &r.g.moe_router, &r.g.moe_in, &r.g.moe_out, &r.g.moe_bias};
+  for (int i = 0; i < 11; ++i) {
+    const bool norm = i == 0 || i == 6, bias = i == 5 || i == 10;
+    const float s = static_cast<float>(1.0 / std::sqrt(fan[i]));
+    std::uint16_t* d = norm   ? device_bf16(sizes[i], gen, 0.01f, 0.5f, 1.0f)
+                       : bias ? device_bf16(sizes[i], gen, 0.01f, 0.2f)
+                              : device_bf16(sizes[i], gen, 0.25f * s, 1.75f * s);
+    *wp[i] = d;
+    r.owned.push_back(d);
+    float* g = device_zero<float>(static_cast<std::size_t>(sizes[i]));
+    *gp[i] = g;
+    r.owned.push_back(g);
+  }
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* out_path = nullptr;
+  int reps = 10, warmup = 2;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--out") && i + 1 < argc)
+      out_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
+      reps = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc)
+      warmup = std::max(0, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--quick"))
+      quick = true;  // 8192 tokens only, fewer decode reps
+    else {
+      std::printf("usage: %s [--out FILE.csv] [--reps N] [--warmup N] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  jk_runtime_info_t info;
+  if (jk_runtime_info(&info) != cudaSuccess || info.device_count == 0) {
+    std::printf("jetmoe-layer-bench: no CUDA device, nothing to measure (exit 77)\n");
+    return 77;
+  }
+  char desc[1024];
+  jk_runtime_info_describe(&info, desc, sizeof(desc));
+  std::printf("jetmoe-layer-bench\n%s", desc);
+  if (!info.kernel_image_ok) {
+    std::printf("no kernel image for this device in this build\n");
+    return 1;
+  }
+
+  std::vector<Row> rows;
+  try {
+    cudaStream_t stream;
+    CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::mt19937_64 gen(20240407);
+    const std::int64_t T = 4096, D = 2048;
+    float* rope = nullptr;
+    CHECK_CUDA(cudaMalloc(&rope, static_cast<std::size_t>(jk_fused_rope_table_elems(T, 128)) * sizeof(float)));
+    CHECK_CUDA(jk_fused_rope_table(rope, T, 128, 10000.0f));
+    jk_layer_config_t cfg{};
+    cfg.hidden = D, cfg.num_experts = 8, cfg.top_k = 2, cfg.kv_heads = 16, cfg.head_dim = 128, cfg.ffn = 5632;
+    cfg.eps = 1e-6f, cfg.aux_switch_coef = 0.01f, cfg.aux_z_coef = 0.001f;
+    cfg.rope_table = rope, cfg.rope_max_positions = T, cfg.path = JK_LAYER_TUNED;
+    Weights W = make_weights(cfg, gen);
+    const double fpt = jk_layer_flops_per_token(&cfg, T);
+    std::printf("FLOPs per token per layer (forward, T = 4096): %.4g (training 3x: %.4g)\n", fpt, 3 * fpt);
+
+    std::vector<std::int64_t> batches = {2, 4};
+    if (quick) batches = {2};
+    for (const std::int64_t B : batches) {
+      const std::int64_t N = B * T;
+      std::size_t sb = 0, cb = 0;
+      CHECK_CUDA(jk_layer_train_bytes(&cfg, B, T, &sb, &cb));
+      std::printf("B %lld x T %lld: saved %.2f GB, scratch %.2f GB\n", (long long)B, (long long)T, sb / 1e9, cb / 1e9);
+      void* saved = device_zero<char>(sb);
+      void* scratch = device_zero<char>(cb);
+      std::uint16_t* x = device_bf16(static_cast<std::size_t>(N * D), gen, 0.05f, 2.0f);
+      std::uint16_t* dout = device_bf16(static_cast<std::size_t>(N * D), gen, 0.01f, 1.0f);
+      std::uint16_t* out = device_zero<std::uint16_t>(static_cast<std::size_t>(N * D));
+      std::uint16_t* dx = device_zero<std::uint16_t>(static_cast<std::size_t>(N * D));
+      float* losses = device_zero<float>(4);
+      auto fwd = [&](jk_layer_profile_t* p) {
+        CHECK_CUDA(jk_layer_fwd(&W.w, &cfg, x, B, T, out, losses, saved, sb, scratch, cb, p, stream));
+      };
+      auto bwd = [&](jk_layer_profile_t* p) {
+        CHECK_CUDA(jk_layer_bwd(&W.w, &cfg, x, dout, B, T, dx, &W.g, 0.0f, saved, sb, scratch, cb, p, stream));
+      };
+      const double t_fwd = median_ms([&] { fwd(nullptr); }, stream, warmup, reps);
+      const double t_bwd = median_ms([&] { bwd(nullptr); }, stream, warmup, reps);
+      const double t_all = median_ms(
+          [&] {
+            fwd(nullptr);
+            bwd(nullptr);
+          },
+          stream, warmup, reps);
+      const double flop[3] = {fpt * N, 2 * fpt * N, 3 * fpt * N};
+      const double t[3] = {t_fwd, t_bwd, t_all};
+      const char* names[3] = {"train.fwd", "train.bwd", "train.fwd+bwd"};
+      for (int i = 0; i < 3; ++i) {
+        const double tf = flop[i] / (t[i] * 1e-3) / 1e12;
+        rows.push_back(
+            {names[i], (long long)B, (long long)T, t[i], N / (t[i] * 1e-3), tf, 100.0 * tf * 1e12 / kBf16Peak, 0, 0});
+      }
+      print_breakdown("forward", fwd, stream);
+      print_breakdown("backward", bwd, stream);
+      for (void* p : {saved, scratch, (void*)x, (void*)dout, (void*)out, (void*)dx, (void*)losses})
+        CHECK_CUDA(cudaFree(p));
+    }
+
+    // ---- decode at context 4096 ----
+    for (const std::int64_t B : {std::int64_t(1), std::int64_t(8)}) {
+      const std::int64_t Tmax = T, A = cfg.kv_heads * cfg.head_dim;
+      std::uint16_t* kc = device_bf16(static_cast<std::size_t>(B * Tmax * A), gen, 0.05f, 2.0f);
+      std::uint16_t* vc = device_bf16(static_cast<std::size_t>(B * Tmax * A), gen, 0.05f, 2.0f);
+      std::uint16_t* x = device_bf16(static_cast<std::size_t>(B * D), gen, 0.05f, 2.0f);
+      std::uint16_t* out = device_zero<std::uint16_t>(static_cast<std::size_t>(B * D));
+      std::vector<std::int32_t> len_h(static_cast<std::size_t>(B), static_cast<std::int32_t>(Tmax - 1));
+      std::int32_t* len = device_zero<std::int32_t>(static_cast<std::size_t>(B));
+      CHECK_CUDA(cudaMemcpy(len, len_h.data(), len_h.size() * 4, cudaMemcpyHostToDevice));
+      const std::size_t bytes = jk_layer_decode_bytes(&cfg, B, Tmax);
+      void* scratch = device_zero<char>(bytes);
+      auto step = [&](jk_layer_profile_t* p) {
+        CHECK_CUDA(jk_layer_decode(&W.w, &cfg, x, B, kc, vc, len, Tmax, out, scratch, bytes, p, stream));
+      };
+      const double ms = median_ms([&] { step(nullptr); }, stream, std::max(warmup, 5), quick ? 50 : 200);
+      const double E = double(cfg.num_experts), k = double(cfg.top_k), F = double(cfg.ffn), Dd = double(D);
+      const double experts = std::min(E, double(B) * k);
+      const double weight_bytes = 2.0 * (experts * (2.0 * A * Dd)    // W_q + W_o of the active MoA experts
+                                         + 2.0 * A * Dd              // shared K/V projection
+                                         + 2.0 * E * Dd              // both routers
+                                         + experts * (3.0 * F * Dd)  // fc1 (2F x D) + fc2 (D x F), MoE
+                                         + 4.0 * Dd);                // norms and biases
+      const double kv_bytes = double(B) * double(Tmax) * 2.0 * A * 2.0;
+      const double gbs = (weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9;
+      // one token attending Tmax keys: the causal formula's T/2 becomes Tmax, hence seq = 2 Tmax
+      const double flops = double(B) * jk_layer_flops_per_token(&cfg, 2 * Tmax);
+      const double tf = flops / (ms * 1e-3) / 1e12;
+      rows.push_back({"decode.step", (long long)B, (long long)Tmax, ms, B / (ms * 1e-3), tf,
+                      100.0 * tf * 1e12 / kBf16Peak, gbs, 100.0 * gbs * 1e9 / kHbmPeak});
+      // The same step captured once in a CUDA graph (the layer never synchronises with the host, so it
+      // is capturable): removes the ~35 launch latencies that dominate a single-token step.
+      // Non-fatal: if capture is refused, say so and keep the other rows.
+      try {
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        const cudaError_t captured =
+            jk_layer_decode(&W.w, &cfg, x, B, kc, vc, len, Tmax, out, scratch, bytes, nullptr, stream);
+        const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+        CHECK_CUDA(captured);
+        CHECK_CUDA(ended);
+        CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        const double ms_graph = median_ms([&] { CHECK_CUDA(cudaGraphLaunch(exec, stream)); }, stream,
+                                          std::max(warmup, 5), quick ? 50 : 200);
+        CHECK_CUDA(cudaGraphExecDestroy(exec));
+        CHECK_CUDA(cudaGraphDestroy(graph));
+        const double gbs_graph = (weight_bytes + kv_bytes) / (ms_graph * 1e-3) / 1e9;
+        const double tf_graph = flops / (ms_graph * 1e-3) / 1e12;
+        rows.push_back({"decode.graph", (long long)B, (long long)Tmax, ms_graph, B / (ms_graph * 1e-3), tf_graph,
+                        100.0 * tf_graph * 1e12 / kBf16Peak, gbs_graph, 100.0 * gbs_graph * 1e9 / kHbmPeak});
+      } catch (const std::exception& e) {
+        std::printf("decode B %lld: CUDA graph capture failed (%s); decode.graph row skipped\n", (long long)B,
+                    e.what());
+        cudaGetLastError();
+      }
+      std::printf("decode B %lld: bandwidth-bound bytes %.3f GB (weights %.3f, KV %.3f): bound %.1f us\n", (long long)B,
+                  (weight_bytes + kv_bytes) / 1e9, weight_bytes / 1e9, kv_bytes / 1e9,
+                  (weight_bytes + kv_bytes) / kHbmPeak * 1e6);
+      print_breakdown(B == 1 ? "decode B=1" : "decode B=8", step, stream);
+      for (void* p : {(void*)kc, (void*)vc, (void*)x, (void*)out, (void*)len, scratch}) CHECK_CUDA(cudaFree(p));
+    }
+    CHECK_CUDA(cudaFree(rope));
+    for (void* p : W.owned) CHECK_CUDA(cudaFree(p));
+    CHECK_CUDA(cudaStreamDestroy(stream));
+  } catch (const std::exception& e) {
+    std::printf("error: %s\n", e.what());
+    return 1;
+  }
+
+  std::printf("\n%-16s %5s %6s %11s %13s %9s %7s %9s %7s\n", "op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s",
+              "MFU%", "GB/s", "HBM%");
+  for (const Row& r : rows)
+    std::printf("%-16s %5lld %6lld %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f\n", r.op.c_str(), r.B, r.T, r.ms,
+                r.tokens_per_s, r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
+  std::printf(
+      "peaks: bf16 dense %.0f TFLOP/s, HBM3 %.2f TB/s (H100 SXM). Targets: train MFU >= 40%%, decode >= 60%% "
+      "of the bandwidth bound (HBM%% column).\n",
+      kBf16Peak / 1e12, kHbmPeak / 1e12);
+  if (out_path) {
+    FILE* f = std::fopen(out_path, "w");
+    if (!f) {
+      std::printf("cannot write %s\n", out_path);
+      return 1;
+    }
+    std::fprintf(f, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct\n");
+    for (const Row& r : rows)
+      std::fprintf(f, "%s,%lld,%lld,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f\n", r.op.c_str(), r.B, r.T, r.ms, r.tokens_per_s,
+                   r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
+    std::fclose(f);
+  }
+  return 0;
+}

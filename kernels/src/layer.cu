@@ -20,8 +20,9 @@ inline unsigned glue_blocks(std::int64_t n) {
   return static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(b, 1), 65535 * 8));
 }
 
-#define JK_GRID_STRIDE(i, n) \
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < (n); i += std::int64_t(gridDim.x) * blockDim.x)
+#define JK_GRID_STRIDE(i, n)                                                          \
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < (n); \
+       i += std::int64_t(gridDim.x) * blockDim.x)
 
 // offsets {0, rows} of the one-expert grouped GEMM (the shared K/V projection).
 __global__ void set_single_expert_offsets(std::int32_t* offsets, std::int32_t rows) {
@@ -105,12 +106,12 @@ struct Carver {
 };
 
 struct Routing {
-  float* logits;            // [N, E]
-  std::int32_t* ids;        // [N, k]
-  float* gates_f32;         // [N, k]
-  std::uint16_t* gates_bf16;  // [N, k]
-  std::int32_t* counts;     // [E]
-  std::int32_t* offsets;    // [E + 1]
+  float* logits;               // [N, E]
+  std::int32_t* ids;           // [N, k]
+  float* gates_f32;            // [N, k]
+  std::uint16_t* gates_bf16;   // [N, k]
+  std::int32_t* counts;        // [E]
+  std::int32_t* offsets;       // [E + 1]
   std::int32_t* sorted_token;  // [N k]
   std::int32_t* sorted_slot;   // [N k]
   std::int32_t* position;      // [N, k]
@@ -146,21 +147,24 @@ Dims dims_of(const jk_layer_config_t& c, std::int64_t B, std::int64_t T) {
 
 // What the forward keeps for the backward.
 struct Saved {
-  std::uint16_t* u1;     // [N, D]
-  float* rstd1;          // [N]
+  std::uint16_t* u1;  // [N, D]
+  float* rstd1;       // [N]
   Routing moa;
-  std::uint16_t* q;      // [N, Hq, d] after RoPE
-  std::uint16_t* k;      // [N, H_kv, d] after RoPE
-  std::uint16_t* v;      // [N, H_kv, d]
-  std::uint16_t* attn;   // [N, Hq, d]
-  float* lse;            // [B, Hq, T]
-  std::uint16_t* y_attn; // [N k, D]
-  std::uint16_t* x_mid;  // [N, D]
-  std::uint16_t* u2;     // [N, D]
-  float* rstd2;          // [N]
+  std::uint16_t* q;       // [N, Hq, d] after RoPE
+  std::uint16_t* k;       // [N, H_kv, d] after RoPE
+  std::uint16_t* v;       // [N, H_kv, d]
+  std::uint16_t* attn;    // [N, Hq, d]
+  float* lse;             // [B, Hq, T]
+  std::uint16_t* y_attn;  // [N k, D]
+  std::uint16_t* x_mid;   // [N, D]
+  std::uint16_t* u2;      // [N, D]
+  float* rstd2;           // [N]
   Routing moe;
-  std::uint16_t* z;      // [N k, 2F]
-  std::uint16_t* y_mlp;  // [N k, D]
+  std::uint16_t* z;          // [N k, 2F]
+  std::uint16_t* h;          // [N k, F]  SwiGLU output (fc2 input; kept: no recomputation in the backward)
+  std::uint16_t* y_mlp;      // [N k, D]
+  std::uint16_t* g1;         // [N k, D]  u1 gathered by the MoA plan (W_q input)
+  std::uint16_t* g2;         // [N k, D]  u2 gathered by the MoE plan (fc1 input)
   std::int32_t* positions;   // [N]
   std::int32_t* kv_offsets;  // [2] = {0, N}
 };
@@ -181,7 +185,10 @@ Saved carve_saved(Carver& c, const Dims& s) {
   v.rstd2 = c.take<float>(s.N);
   v.moe = carve_routing(c, s.N, s.E, s.k);
   v.z = c.take<std::uint16_t>(s.NK * 2 * s.F);
+  v.h = c.take<std::uint16_t>(s.NK * s.F);
   v.y_mlp = c.take<std::uint16_t>(s.NK * s.D);
+  v.g1 = c.take<std::uint16_t>(s.NK * s.D);
+  v.g2 = c.take<std::uint16_t>(s.NK * s.D);
   v.positions = c.take<std::int32_t>(s.N);
   v.kv_offsets = c.take<std::int32_t>(2);
   return v;
@@ -200,10 +207,10 @@ std::size_t family_workspace_bytes(const Dims& s) {
 }
 
 struct Scratch {
-  void* ws;                  // family workspace
+  void* ws;  // family workspace
   std::size_t ws_bytes;
-  std::uint16_t* rows_in;    // [N k, max(D, A)]   gathered u / o_sorted / dq_sorted
-  std::uint16_t* rows_mid;   // [N k, max(A, F)]   q_sorted / h / dh / do_sorted
+  std::uint16_t* rows_in;    // [N k, max(D, A)]   o_sorted
+  std::uint16_t* rows_mid;   // [N k, max(A, F)]   q_sorted / dh / do_sorted / dq_sorted
   std::uint16_t* rows_wide;  // [N k, 2F]          dz
   std::uint16_t* rows_d;     // [N k, D]           dy (combine backward) / d gathered
   std::uint16_t* rows_d2;    // [N k, D]
@@ -299,10 +306,10 @@ struct Stages {
   }
 };
 
-#define JK_LAUNCH(kernel, n, ...)                                                      \
-  do {                                                                                 \
-    kernel<<<glue_blocks(n), kGlueThreads, 0, stream>>>(__VA_ARGS__);                  \
-    JK_RETURN_IF_ERROR(cudaGetLastError());                                            \
+#define JK_LAUNCH(kernel, n, ...)                                     \
+  do {                                                                \
+    kernel<<<glue_blocks(n), kGlueThreads, 0, stream>>>(__VA_ARGS__); \
+    JK_RETURN_IF_ERROR(cudaGetLastError());                           \
   } while (0)
 
 // ---- shared pieces of the forward (training and decode) -------------------------------------------
@@ -337,10 +344,11 @@ cudaError_t moe_forward(const jk_layer_weights_t& w, const jk_layer_config_t& c,
   const jk_grouped_gemm_algo_t algo = gemm_algo(c);
   JK_RETURN_IF_ERROR(jk_router_gather_bf16(u2, r.sorted_token, NK, s.D, gathered, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.gather"));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_fc1_swiglu_bf16(gathered, w.moe_in, h, z, r.offsets, nullptr, NK, s.E, s.F, s.D,
-                                                     algo, stream));
+  JK_RETURN_IF_ERROR(
+      jk_grouped_gemm_fc1_swiglu_bf16(gathered, w.moe_in, h, z, r.offsets, nullptr, NK, s.E, s.F, s.D, algo, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.fc1_swiglu"));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_fwd_bf16(h, w.moe_out, y_mlp, r.offsets, nullptr, NK, s.E, s.D, s.F, algo, stream));
+  JK_RETURN_IF_ERROR(
+      jk_grouped_gemm_fwd_bf16(h, w.moe_out, y_mlp, r.offsets, nullptr, NK, s.E, s.D, s.F, algo, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.fc2"));
   JK_RETURN_IF_ERROR(
       jk_router_combine_bf16(y_mlp, r.gates_bf16, r.position, w.moe_bias, N, static_cast<int>(s.k), s.D, comb, stream));
@@ -357,11 +365,11 @@ cudaError_t moa_output(const jk_layer_weights_t& w, const jk_layer_config_t& c, 
   const std::int64_t NK = N * s.k;
   // attn [N, Hq d] viewed as [N k, A]: row t k + j holds the heads of slot j.
   JK_RETURN_IF_ERROR(jk_router_gather_bf16(attn, r.flat, NK, s.A, o_sorted, stream));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_fwd_bf16(o_sorted, w.moa_o, y_attn, r.offsets, nullptr, NK, s.E, s.D, s.A,
-                                              gemm_algo(c), stream));
-  JK_RETURN_IF_ERROR(st.mark("moa.o_proj"));
   JK_RETURN_IF_ERROR(
-      jk_router_combine_bf16(y_attn, r.gates_bf16, r.position, w.moa_bias, N, static_cast<int>(s.k), s.D, comb, stream));
+      jk_grouped_gemm_fwd_bf16(o_sorted, w.moa_o, y_attn, r.offsets, nullptr, NK, s.E, s.D, s.A, gemm_algo(c), stream));
+  JK_RETURN_IF_ERROR(st.mark("moa.o_proj"));
+  JK_RETURN_IF_ERROR(jk_router_combine_bf16(y_attn, r.gates_bf16, r.position, w.moa_bias, N, static_cast<int>(s.k), s.D,
+                                            comb, stream));
   JK_LAUNCH(add_bf16, N * s.D, x, comb, x_mid, N * s.D);
   JK_RETURN_IF_ERROR(st.mark("moa.combine_residual"));
   return cudaSuccess;
@@ -396,12 +404,12 @@ double jk_layer_flops_per_token(const jk_layer_config_t* cfg, int64_t seq) {
   if (cfg == nullptr) return 0.0;
   const double D = double(cfg->hidden), k = double(cfg->top_k), A = double(cfg->kv_heads * cfg->head_dim);
   const double F = double(cfg->ffn), E = double(cfg->num_experts);
-  const double params = 2 * E * D          // two routers
-                        + k * A * D        // active W_q
-                        + 2 * A * D        // shared K/V
-                        + k * D * A        // active W_o
-                        + k * 2 * F * D    // active fc1
-                        + k * D * F;       // active fc2
+  const double params = 2 * E * D        // two routers
+                        + k * A * D      // active W_q
+                        + 2 * A * D      // shared K/V
+                        + k * D * A      // active W_o
+                        + k * 2 * F * D  // active fc1
+                        + k * D * F;     // active fc2
   const double Hq = k * double(cfg->kv_heads);
   const double attention = 2.0 * 2.0 * (double(seq) / 2.0) * Hq * double(cfg->head_dim);  // QK^T and PV, causal
   return 2.0 * params + attention;
@@ -433,9 +441,9 @@ cudaError_t jk_layer_saved_expert_ids(const jk_layer_config_t* cfg, int64_t batc
   return cudaSuccess;
 }
 
-cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x,
-                         int64_t batch, int64_t seq, uint16_t* out, float* losses, void* saved, size_t saved_bytes,
-                         void* scratch, size_t scratch_bytes, jk_layer_profile_t* profile, cudaStream_t stream) {
+cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x, int64_t batch,
+                         int64_t seq, uint16_t* out, float* losses, void* saved, size_t saved_bytes, void* scratch,
+                         size_t scratch_bytes, jk_layer_profile_t* profile, cudaStream_t stream) {
   if (!valid_config(cfg) || !valid_weights(w) || !valid_tokens(*cfg, batch, seq)) return cudaErrorInvalidValue;
   if (batch == 0 || seq == 0) return cudaSuccess;
   size_t need_saved = 0, need_scratch = 0;
@@ -462,7 +470,7 @@ cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   JK_RETURN_IF_ERROR(route(sv.u1, w->moa_router, N, s, sv.moa, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.router"));
   JK_RETURN_IF_ERROR(
-      moa_qkv(*w, c, s, N, sv.u1, sv.moa, sv.kv_offsets, sc.rows_in, sc.rows_mid, sv.q, sv.k, sv.v, st, stream));
+      moa_qkv(*w, c, s, N, sv.u1, sv.moa, sv.kv_offsets, sv.g1, sc.rows_mid, sv.q, sv.k, sv.v, st, stream));
   JK_RETURN_IF_ERROR(jk_fused_rope_fwd_bf16(sv.q, sv.k, sv.positions, c.rope_table, c.rope_max_positions, N, s.Hq,
                                             s.Hkv, s.d, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.rope"));
@@ -478,13 +486,13 @@ cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   JK_RETURN_IF_ERROR(st.mark("moe.rmsnorm"));
   JK_RETURN_IF_ERROR(route(sv.u2, w->moe_router, N, s, sv.moe, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.router"));
-  JK_RETURN_IF_ERROR(moe_forward(*w, c, s, N, sv.u2, sv.moe, sc.rows_in, sv.z, sc.rows_mid, sv.y_mlp, sc.tok_a,
-                                 sv.x_mid, out, st, stream));
+  JK_RETURN_IF_ERROR(
+      moe_forward(*w, c, s, N, sv.u2, sv.moe, sv.g2, sv.z, sv.h, sv.y_mlp, sc.tok_a, sv.x_mid, out, st, stream));
 
   if (losses != nullptr) {
     const int E = static_cast<int>(s.E), k = static_cast<int>(s.k);
-    JK_RETURN_IF_ERROR(
-        jk_router_aux_loss(sv.moa.logits, sv.moa.ids, N, E, k, 1.0f, 1.0f, losses, nullptr, sc.ws, sc.ws_bytes, stream));
+    JK_RETURN_IF_ERROR(jk_router_aux_loss(sv.moa.logits, sv.moa.ids, N, E, k, 1.0f, 1.0f, losses, nullptr, sc.ws,
+                                          sc.ws_bytes, stream));
     JK_RETURN_IF_ERROR(jk_router_aux_loss(sv.moe.logits, sv.moe.ids, N, E, k, 1.0f, 1.0f, losses + 2, nullptr, sc.ws,
                                           sc.ws_bytes, stream));
     JK_RETURN_IF_ERROR(st.mark("aux_losses"));
@@ -493,9 +501,9 @@ cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
 }
 
 cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x,
-                         const uint16_t* dout, int64_t batch, int64_t seq, uint16_t* dx,
-                         const jk_layer_grads_t* grads, float grad_beta, const void* saved, size_t saved_bytes,
-                         void* scratch, size_t scratch_bytes, jk_layer_profile_t* profile, cudaStream_t stream) {
+                         const uint16_t* dout, int64_t batch, int64_t seq, uint16_t* dx, const jk_layer_grads_t* grads,
+                         float grad_beta, const void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
+                         jk_layer_profile_t* profile, cudaStream_t stream) {
   if (!valid_config(cfg) || !valid_weights(w) || !valid_grads(grads) || !valid_tokens(*cfg, batch, seq))
     return cudaErrorInvalidValue;
   if (grad_beta != 0.0f && grad_beta != 1.0f) return cudaErrorInvalidValue;
@@ -531,30 +539,26 @@ cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
     JK_RETURN_IF_ERROR(jk_router_aux_loss(sv.moe.logits, sv.moe.ids, N, E, k, c.aux_switch_coef, c.aux_z_coef,
                                           sc.losses, sc.dlogits, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.combine_bwd"));
-  // h recomputed from z; dW_out, dh.
-  JK_RETURN_IF_ERROR(jk_swiglu_fwd_bf16(sv.z, sc.rows_mid, NK, s.F, stream));
-  JK_RETURN_IF_ERROR(
-      jk_grouped_gemm_bwd_weight_f32(sc.rows_d, sc.rows_mid, grads->moe_out, grad_beta, sv.moe.offsets, nullptr, NK, E,
-                                     D, s.F, algo, stream));
-  JK_RETURN_IF_ERROR(
-      jk_grouped_gemm_bwd_data_bf16(sc.rows_d, w->moe_out, sc.rows_mid, sv.moe.offsets, nullptr, NK, E, D, s.F, algo,
-                                    stream));
+  // dW_out (h kept by the forward), dh.
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.rows_d, sv.h, grads->moe_out, grad_beta, sv.moe.offsets, nullptr,
+                                                    NK, E, D, s.F, algo, stream));
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.rows_d, w->moe_out, sc.rows_mid, sv.moe.offsets, nullptr, NK, E,
+                                                   D, s.F, algo, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.fc2_bwd"));
   JK_RETURN_IF_ERROR(jk_swiglu_bwd_bf16(sv.z, sc.rows_mid, sc.rows_wide, NK, s.F, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.swiglu_bwd"));
-  JK_RETURN_IF_ERROR(jk_router_gather_bf16(sv.u2, sv.moe.sorted_token, NK, D, sc.rows_in, stream));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.rows_wide, sc.rows_in, grads->moe_in, grad_beta,
-                                                    sv.moe.offsets, nullptr, NK, E, 2 * s.F, D, algo, stream));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.rows_wide, w->moe_in, sc.rows_d2, sv.moe.offsets, nullptr, NK,
-                                                   E, 2 * s.F, D, algo, stream));
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.rows_wide, sv.g2, grads->moe_in, grad_beta, sv.moe.offsets,
+                                                    nullptr, NK, E, 2 * s.F, D, algo, stream));
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.rows_wide, w->moe_in, sc.rows_d2, sv.moe.offsets, nullptr, NK, E,
+                                                   2 * s.F, D, algo, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.fc1_bwd"));
   // du2 = sum over slots (fp32) + router part, rounded once to bf16.
   JK_RETURN_IF_ERROR(jk_router_gather_bwd_bf16_f32(sc.rows_d2, sv.moe.position, N, k, D, sc.du, 0, stream));
   JK_RETURN_IF_ERROR(jk_router_bwd_bf16(sv.u2, w->moe_router, sc.dlogits, N, D, E, grads->moe_router, acc, sc.du,
                                         nullptr, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(jk_f32_to_bf16(sc.du, sc.du_bf16, N * D, stream));
-  JK_RETURN_IF_ERROR(jk_fused_rmsnorm_bwd_bf16(sv.x_mid, w->post_norm, sv.rstd2, sc.du_bf16, sc.tok_b,
-                                               grads->post_norm, grad_beta, static_cast<float*>(sc.ws), N, D, stream));
+  JK_RETURN_IF_ERROR(jk_fused_rmsnorm_bwd_bf16(sv.x_mid, w->post_norm, sv.rstd2, sc.du_bf16, sc.tok_b, grads->post_norm,
+                                               grad_beta, static_cast<float*>(sc.ws), N, D, stream));
   JK_LAUNCH(add_bf16, N * D, dout, sc.tok_b, sc.dxmid, N * D);  // residual: d x_mid = dout + norm path
   JK_RETURN_IF_ERROR(st.mark("moe.router_norm_bwd"));
 
@@ -571,8 +575,8 @@ cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   JK_RETURN_IF_ERROR(jk_router_gather_bf16(sv.attn, sv.moa.flat, NK, s.A, sc.rows_in, stream));
   JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.rows_d, sc.rows_in, grads->moa_o, grad_beta, sv.moa.offsets,
                                                     nullptr, NK, E, D, s.A, algo, stream));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.rows_d, w->moa_o, sc.rows_mid, sv.moa.offsets, nullptr, NK, E,
-                                                   D, s.A, algo, stream));
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.rows_d, w->moa_o, sc.rows_mid, sv.moa.offsets, nullptr, NK, E, D,
+                                                   s.A, algo, stream));
   // d attn [N, Hq d] viewed [N k, A]: row t k + j = d o_sorted[position[t, j]] (a permutation).
   JK_RETURN_IF_ERROR(jk_router_gather_bf16(sc.rows_mid, sv.moa.position, NK, s.A, sc.tok_a, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.o_proj_bwd"));
@@ -585,18 +589,17 @@ cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   JK_RETURN_IF_ERROR(st.mark("moa.rope_bwd"));
   // W_q: dq_sorted = dq rows by (token, slot); dW_q, d gathered u1.
   JK_RETURN_IF_ERROR(jk_router_gather_bf16(sc.dq, sv.moa.flat, NK, s.A, sc.rows_mid, stream));
-  JK_RETURN_IF_ERROR(jk_router_gather_bf16(sv.u1, sv.moa.sorted_token, NK, D, sc.rows_in, stream));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.rows_mid, sc.rows_in, grads->moa_q, grad_beta, sv.moa.offsets,
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.rows_mid, sv.g1, grads->moa_q, grad_beta, sv.moa.offsets,
                                                     nullptr, NK, E, s.A, D, algo, stream));
   JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.rows_mid, w->moa_q, sc.rows_d2, sv.moa.offsets, nullptr, NK, E,
                                                    s.A, D, algo, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.q_proj_bwd"));
   // Shared K/V projection as one [2A, D] linear: d kv = [dk | dv].
   JK_LAUNCH(pack_kv, N * 2 * s.A, sc.dk, sc.dv, sc.dkv, N, s.A);
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.dkv, sv.u1, grads->kv_proj, grad_beta, sv.kv_offsets, nullptr,
-                                                    N, 1, 2 * s.A, D, algo, stream));
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.dkv, w->kv_proj, sc.tok_b, sv.kv_offsets, nullptr, N, 1,
-                                                   2 * s.A, D, algo, stream));
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sc.dkv, sv.u1, grads->kv_proj, grad_beta, sv.kv_offsets, nullptr, N,
+                                                    1, 2 * s.A, D, algo, stream));
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_data_bf16(sc.dkv, w->kv_proj, sc.tok_b, sv.kv_offsets, nullptr, N, 1, 2 * s.A,
+                                                   D, algo, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.kv_proj_bwd"));
   // du1 = gathered-rows part + K/V part + router part (fp32), rounded once.
   JK_RETURN_IF_ERROR(jk_router_gather_bwd_bf16_f32(sc.rows_d2, sv.moa.position, N, k, D, sc.du, 0, stream));
@@ -619,30 +622,30 @@ namespace {
 struct DecodeScratch {
   void* ws;
   std::size_t ws_bytes;
-  std::uint16_t* u1;     // [B, D]
+  std::uint16_t* u1;  // [B, D]
   Routing moa;
-  std::uint16_t* rows_in;   // [B k, max(D, A)]
-  std::uint16_t* rows_mid;  // [B k, max(A, F)]
-  std::uint16_t* q;      // [B, Hq d]
-  std::uint16_t* k_new;  // [B, A]
-  std::uint16_t* v_new;  // [B, A]
-  std::int32_t* positions;  // [B]
-  std::int32_t* len_after;  // [B]
-  std::int32_t* kv_offsets; // [2]
-  std::uint16_t* attn;   // [B, Hq d]
-  std::uint16_t* y;      // [B k, D]
-  std::uint16_t* comb;   // [B, D]
-  std::uint16_t* x_mid;  // [B, D]
-  std::uint16_t* u2;     // [B, D]
+  std::uint16_t* rows_in;    // [B k, max(D, A)]
+  std::uint16_t* rows_mid;   // [B k, max(A, F)]
+  std::uint16_t* q;          // [B, Hq d]
+  std::uint16_t* k_new;      // [B, A]
+  std::uint16_t* v_new;      // [B, A]
+  std::int32_t* positions;   // [B]
+  std::int32_t* len_after;   // [B]
+  std::int32_t* kv_offsets;  // [2]
+  std::uint16_t* attn;       // [B, Hq d]
+  std::uint16_t* y;          // [B k, D]
+  std::uint16_t* comb;       // [B, D]
+  std::uint16_t* x_mid;      // [B, D]
+  std::uint16_t* u2;         // [B, D]
   Routing moe;
-  std::uint16_t* z;      // [B k, 2F]
+  std::uint16_t* z;  // [B k, 2F]
 };
 
 DecodeScratch carve_decode(Carver& c, const Dims& s, std::int64_t max_seq) {
   DecodeScratch v;
   const int E = static_cast<int>(s.E), k = static_cast<int>(s.k);
-  v.ws_bytes = std::max(jk_router_fwd_workspace_bytes(s.N, E, k),
-                        jk_attention_decode_workspace_bytes(s.N, s.Hq, max_seq, s.d));
+  v.ws_bytes =
+      std::max(jk_router_fwd_workspace_bytes(s.N, E, k), jk_attention_decode_workspace_bytes(s.N, s.Hq, max_seq, s.d));
   v.ws = c.take<char>(static_cast<std::int64_t>(v.ws_bytes));
   v.u1 = c.take<std::uint16_t>(s.N * s.D);
   v.moa = carve_routing(c, s.N, s.E, s.k);
@@ -675,10 +678,10 @@ size_t jk_layer_decode_bytes(const jk_layer_config_t* cfg, int64_t batch, int64_
   return c.used;
 }
 
-cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x,
-                            int64_t batch, uint16_t* k_cache, uint16_t* v_cache, const int32_t* cache_len,
-                            int64_t max_seq, uint16_t* out, void* scratch, size_t scratch_bytes,
-                            jk_layer_profile_t* profile, cudaStream_t stream) {
+cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x, int64_t batch,
+                            uint16_t* k_cache, uint16_t* v_cache, const int32_t* cache_len, int64_t max_seq,
+                            uint16_t* out, void* scratch, size_t scratch_bytes, jk_layer_profile_t* profile,
+                            cudaStream_t stream) {
   if (!valid_config(cfg) || !valid_weights(w) || batch < 0 || max_seq < 0 || batch > INT32_MAX / 64)
     return cudaErrorInvalidValue;
   if (batch == 0) return cudaSuccess;
@@ -713,7 +716,7 @@ cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t
   JK_RETURN_IF_ERROR(route(sc.u2, w->moe_router, B, s, sc.moe, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.norm_router"));
   // h lives in rows_mid; y_mlp reuses y; comb reused.
-  JK_RETURN_IF_ERROR(moe_forward(*w, c, s, B, sc.u2, sc.moe, sc.rows_in, sc.z, sc.rows_mid, sc.y, sc.comb, sc.x_mid,
-                                 out, st, stream));
+  JK_RETURN_IF_ERROR(
+      moe_forward(*w, c, s, B, sc.u2, sc.moe, sc.rows_in, sc.z, sc.rows_mid, sc.y, sc.comb, sc.x_mid, out, st, stream));
   return cudaSuccess;
 }

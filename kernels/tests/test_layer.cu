@@ -7,11 +7,14 @@
 //  - Forward `out` (and decode): the reference applies HF's bf16 roundings (LayerNumerics::hf_bf16) with
 //    the device's expert choices; remaining differences are fp32 summation order and the attention
 //    path's rounding of P to bf16 (a few bf16 ulps on the attention output, attention.h), which the
-//    following linears carry through. Per token row: relative RMS error <= 1e-2 and max |err| <=
-//    0.1 * row RMS (a bf16 ulp is 2^-8 relative: that is ~2.5 ulps RMS, 25 ulps worst element).
+//    following linears carry through. Per token row: relative RMS error <= 3e-2 and max |err| <=
+//    0.25 * row RMS. Scale: on the CPU (B2 T64 D256 E8, the weights of this test) the whole HF bf16
+//    sequence differs from the exact maths by 1.6e-2 relative RMS (worst row) and 5e-2 max; the device
+//    emulates the same roundings, so it should sit well inside; a layout or indexing bug gives O(1).
 //  - Backward: the reference is exact maths at the reference's saved forward values; the device runs a
 //    chain of ~20 bf16 roundings (each 2^-9 relative), bf16 P and dS in attention: per tensor relative
-//    RMS error <= 3e-2 and max |err| <= 0.3 * RMS (dx per token row, the same bounds).
+//    RMS error <= 5e-2 and max |err| <= 0.5 * RMS (dx per token row, the same bounds). CPU scale: the
+//    bf16 forward alone moves the exact gradients by <= 2.2e-2 RMS and 0.15 max (moe_in).
 //  - Aux losses: fp32 reductions of the same bf16 logits: 1e-3 relative.
 //  - Expert choices: the device's top-k may differ from the reference's only at near ties of the
 //    reference's bf16 logits (gap <= 5e-2 of the row's logit RMS, from the few-ulp difference of u2).
@@ -45,6 +48,9 @@ std::vector<std::uint16_t> to_bits(const Vec& v) {
   for (std::size_t i = 0; i < v.size(); ++i) b[i] = jkt::round_to_bf16(v[i]);
   return b;
 }
+
+// Tolerances (see the header comment).
+constexpr double kFwdRms = 3e-2, kFwdMax = 0.25, kBwdRms = 5e-2, kBwdMax = 0.5;
 
 struct Compare {
   double rel_rms = 0, max_rel = 0;  // worst over rows (row mode) or whole tensor
@@ -96,16 +102,19 @@ std::string describe(const Sizes& z) {
 LayerWeights random_weights(const LayerShape& s, jkt::Inputs& in) {
   LayerWeights w;
   const auto sizes = jkref::layer_weight_sizes(s);
-  const double fan[11] = {1, double(s.D), double(s.D), double(s.D), double(s.A()), 1, 1, double(s.D), double(s.D),
-                          double(s.F), 1};
+  const double fan[11] = {
+      1, double(s.D), double(s.D), double(s.D), double(s.A()), 1, 1, double(s.D), double(s.D), double(s.F), 1};
   const auto all = w.all();
   for (int i = 0; i < 11; ++i) {
     all[i]->resize(static_cast<std::size_t>(sizes[i]));
     for (auto& v : *all[i]) {
       float x;
-      if (i == 0 || i == 6) x = 1.0f + in.nonzero(0.01f, 0.5f);
-      else if (i == 5 || i == 10) x = in.nonzero(0.01f, 0.2f);
-      else x = in.nonzero(0.25f, 1.75f) / static_cast<float>(std::sqrt(fan[i]));
+      if (i == 0 || i == 6)
+        x = 1.0f + in.nonzero(0.01f, 0.5f);
+      else if (i == 5 || i == 10)
+        x = in.nonzero(0.01f, 0.2f);
+      else
+        x = in.nonzero(0.25f, 1.75f) / static_cast<float>(std::sqrt(fan[i]));
       v = jkt::bf16_value(jkt::expected_f32_to_bf16(x));
     }
   }
@@ -126,10 +135,10 @@ struct DeviceLayer {
       w.back()->upload(to_bits(*all[i]));
       g.emplace_back(new GuardedBuffer<float>(static_cast<std::size_t>(sizes[i])));
     }
-    const std::uint16_t** wp[11] = {&wt.input_norm, &wt.moa_router, &wt.moa_q, &wt.kv_proj, &wt.moa_o, &wt.moa_bias,
-                                    &wt.post_norm, &wt.moe_router, &wt.moe_in, &wt.moe_out, &wt.moe_bias};
-    float** gp[11] = {&gt.input_norm, &gt.moa_router, &gt.moa_q, &gt.kv_proj, &gt.moa_o, &gt.moa_bias,
-                      &gt.post_norm, &gt.moe_router, &gt.moe_in, &gt.moe_out, &gt.moe_bias};
+    const std::uint16_t** wp[11] = {&wt.input_norm, &wt.moa_router, &wt.moa_q,  &wt.kv_proj, &wt.moa_o,   &wt.moa_bias,
+                                    &wt.post_norm,  &wt.moe_router, &wt.moe_in, &wt.moe_out, &wt.moe_bias};
+    float** gp[11] = {&gt.input_norm, &gt.moa_router, &gt.moa_q,  &gt.kv_proj, &gt.moa_o,   &gt.moa_bias,
+                      &gt.post_norm,  &gt.moe_router, &gt.moe_in, &gt.moe_out, &gt.moe_bias};
     for (int i = 0; i < 11; ++i) {
       *wp[i] = w[i]->data();
       *gp[i] = g[i]->data();
@@ -230,8 +239,8 @@ RunOutputs run_device(const Sizes& z, const jk_layer_config_t& cfg, DeviceLayer&
   jkt::finish(jk_layer_fwd(&dl.wt, &cfg, x.data(), z.B, z.T, out.data(), losses.data(), saved.p, saved_bytes, scratch.p,
                            scratch_bytes, nullptr, stream),
               stream, "jk_layer_fwd");
-  jkt::finish(jk_layer_bwd(&dl.wt, &cfg, x.data(), dout.data(), z.B, z.T, dx.data(), &dl.gt, 0.0f, saved.p,
-                           saved_bytes, scratch.p, scratch_bytes, nullptr, stream),
+  jkt::finish(jk_layer_bwd(&dl.wt, &cfg, x.data(), dout.data(), z.B, z.T, dx.data(), &dl.gt, 0.0f, saved.p, saved_bytes,
+                           scratch.p, scratch_bytes, nullptr, stream),
               stream, "jk_layer_bwd");
   RunOutputs r;
   r.out = out.download();
@@ -250,37 +259,66 @@ RunOutputs run_device(const Sizes& z, const jk_layer_config_t& cfg, DeviceLayer&
 }
 
 // Compares one device run with the reference; appends to detail. Returns pass.
+// The reference for one set of expert choices (reused when the tuned and simple paths choose alike: at
+// JetMoE sizes a reference forward + backward is ~70 GMAC in double).
+struct ReferenceCache {
+  IVec moa_ids, moe_ids;
+  std::unique_ptr<jkref::LayerForward> f;
+  std::unique_ptr<jkref::LayerGrads> g;
+};
+
 bool check_against_reference(const Sizes& z, const LayerShape& s, const LayerWeights& hw, const Vec& xv,
                              const Vec& doutv, float cs, float cz, const RunOutputs& r, const char* label,
-                             std::string* detail) {
+                             ReferenceCache* cache, std::string* detail) {
   const std::int64_t N = s.N();
   const int E = static_cast<int>(s.E), k = static_cast<int>(s.k);
-  // Reference with the device's expert choices, checked to be legitimate first.
-  const jkref::LayerForward natural = jkref::layer_forward(s, hw, xv, LayerNumerics::hf_bf16);
+  // Reference with the device's expert choices; those are then checked to be legitimate: the MoA logits
+  // do not depend on any choice, and the MoE logits are computed after the device's MoA choices.
+  // The device's ids must be a valid choice (k distinct experts in [0, E) per token) before the reference
+  // can use them.
+  for (const IVec* ids : {&r.moa_ids, &r.moe_ids})
+    for (std::int64_t t = 0; t < N; ++t)
+      for (int j = 0; j < k; ++j) {
+        const int e = (*ids)[t * k + j];
+        bool ok = e >= 0 && e < E;
+        for (int m = 0; m < j && ok; ++m) ok = (*ids)[t * k + m] != e;
+        if (!ok) {
+          *detail += jkt::format("%s invalid expert id %d at token %" PRId64 " slot %d", label, e, t, j);
+          return false;
+        }
+      }
+  if (!cache->f || cache->moa_ids != r.moa_ids || cache->moe_ids != r.moe_ids) {
+    cache->g.reset();
+    cache->f.reset(
+        new jkref::LayerForward(jkref::layer_forward(s, hw, xv, LayerNumerics::hf_bf16, &r.moa_ids, &r.moe_ids)));
+    cache->moa_ids = r.moa_ids;
+    cache->moe_ids = r.moe_ids;
+  }
+  const jkref::LayerForward& ff = *cache->f;
   int flips = 0;
   std::string why;
-  if (!routing_ok(r.moa_ids, natural.moa.logits, N, E, k, &flips, &why)) {
-    *detail += std::string(label) + " MoA " + why;
+  if (!routing_ok(r.moa_ids, ff.moa.logits, N, E, k, &flips, &why)) {
+    *detail += std::string(label) + " MoA " + why + ". ";
     return false;
   }
-  const jkref::LayerForward f = jkref::layer_forward(s, hw, xv, LayerNumerics::hf_bf16, &r.moa_ids, nullptr);
-  if (!routing_ok(r.moe_ids, f.moe.logits, N, E, k, &flips, &why)) {
-    *detail += std::string(label) + " MoE " + why;
+  if (!routing_ok(r.moe_ids, ff.moe.logits, N, E, k, &flips, &why)) {
+    *detail += std::string(label) + " MoE " + why + ". ";
     return false;
   }
-  const jkref::LayerForward ff = jkref::layer_forward(s, hw, xv, LayerNumerics::hf_bf16, &r.moa_ids, &r.moe_ids);
-  const jkref::LayerGrads g = jkref::layer_backward(s, hw, xv, ff, doutv, cs, cz, LayerNumerics::hf_bf16);
+  if (!cache->g)
+    cache->g.reset(new jkref::LayerGrads(jkref::layer_backward(s, hw, xv, ff, doutv, cs, cz, LayerNumerics::hf_bf16)));
+  const jkref::LayerGrads& g = *cache->g;
   bool pass = true;
   const Compare co = compare(widen(r.out), ff.out, N, z.D);
-  pass = pass && co.finite && co.rel_rms <= 1e-2 && co.max_rel <= 0.1;
+  pass = pass && co.finite && co.rel_rms <= kFwdRms && co.max_rel <= kFwdMax;
   const Compare cd = compare(widen(r.dx), g.dx, N, z.D);
-  pass = pass && cd.finite && cd.rel_rms <= 3e-2 && cd.max_rel <= 0.3;
+  pass = pass && cd.finite && cd.rel_rms <= kBwdRms && cd.max_rel <= kBwdMax;
   double worst_rms = 0, worst_max = 0;
   const char* worst_name = "";
   const auto gall = g.dw.all();
   for (int i = 0; i < 11; ++i) {
     const Compare cg = compare(widen(r.grads[i]), *gall[i], 0, 0);
-    pass = pass && cg.finite && cg.rel_rms <= 3e-2 && cg.max_rel <= 0.3;
+    pass = pass && cg.finite && cg.rel_rms <= kBwdRms && cg.max_rel <= kBwdMax;
     if (cg.rel_rms > worst_rms) worst_rms = cg.rel_rms, worst_name = jkref::layer_weight_names()[i];
     worst_max = std::max(worst_max, cg.max_rel);
   }
@@ -289,10 +327,10 @@ bool check_against_reference(const Sizes& z, const LayerShape& s, const LayerWei
   for (int i = 0; i < 4; ++i)
     loss_err = std::max(loss_err, std::fabs(r.losses[i] - ref_losses[i]) / (std::fabs(ref_losses[i]) + 1e-30));
   pass = pass && loss_err <= 1e-3;
-  *detail += jkt::format("%s out rms %.2e max %.2e; dx rms %.2e max %.2e; dW worst rms %.2e (%s) max %.2e; "
-                         "losses %.1e; flips %d. ",
-                         label, co.rel_rms, co.max_rel, cd.rel_rms, cd.max_rel, worst_rms, worst_name, worst_max,
-                         loss_err, flips);
+  *detail += jkt::format(
+      "%s out rms %.2e max %.2e; dx rms %.2e max %.2e; dW worst rms %.2e (%s) max %.2e; "
+      "losses %.1e; flips %d. ",
+      label, co.rel_rms, co.max_rel, cd.rel_rms, cd.max_rel, worst_rms, worst_name, worst_max, loss_err, flips);
   return pass;
 }
 
@@ -313,11 +351,12 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed, boo
   const float cs = 0.01f, cz = 0.001f;
   std::string detail;
   bool pass = true, guards = true;
+  ReferenceCache cache;
 
   const jk_layer_config_t tuned = make_config(z, rope, JK_LAYER_TUNED, cs, cz);
   const RunOutputs a = run_device(z, tuned, dl, x, dout, ctx.stream, &guards);
   pass = pass && guards;
-  pass = check_against_reference(z, s, hw, xv, doutv, cs, cz, a, "tuned:", &detail) && pass;
+  pass = check_against_reference(z, s, hw, xv, doutv, cs, cz, a, "tuned:", &cache, &detail) && pass;
   // Determinism: a second run is bit-identical.
   const RunOutputs b = run_device(z, tuned, dl, x, dout, ctx.stream, &guards);
   bool same = guards && a.out == b.out && a.dx == b.dx && a.losses.size() == b.losses.size();
@@ -329,7 +368,7 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed, boo
     const jk_layer_config_t simple = make_config(z, rope, JK_LAYER_SIMPLE, cs, cz);
     const RunOutputs c = run_device(z, simple, dl, x, dout, ctx.stream, &guards);
     pass = pass && guards;
-    pass = check_against_reference(z, s, hw, xv, doutv, cs, cz, c, "simple:", &detail) && pass;
+    pass = check_against_reference(z, s, hw, xv, doutv, cs, cz, c, "simple:", &cache, &detail) && pass;
     if (a.moa_ids == c.moa_ids && a.moe_ids == c.moe_ids) {
       const Compare ts = compare(widen(a.out), widen(c.out), N, z.D);
       detail += jkt::format("tuned vs simple out rms %.2e. ", ts.rel_rms);
@@ -409,7 +448,8 @@ CaseResult decode_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) {
                                 scratch.p, bytes, nullptr, ctx.stream),
                 ctx.stream, "jk_layer_decode");
     const std::vector<std::uint16_t> o = ostep.download();
-    for (std::int64_t b = 0; b < B; ++b) std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, got.begin() + (b * T + p) * D);
+    for (std::int64_t b = 0; b < B; ++b)
+      std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, got.begin() + (b * T + p) * D);
   }
   const jkref::LayerForward f = jkref::layer_forward(s, hw, xv, LayerNumerics::hf_bf16);
   // Rows whose routing is a near tie in either router may legitimately differ: skipped and counted.
@@ -437,10 +477,11 @@ CaseResult decode_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) {
         }
       }
   const Compare ck = compare(kg, f.k, N, A), cv = compare(vg, f.v, N, A);
-  const bool guards = kc.guards_intact() && vc.guards_intact() && xstep.guards_intact() && ostep.guards_intact() &&
-                      dl.guards_intact();
-  const bool pass = co.finite && co.rel_rms <= 1e-2 && co.max_rel <= 0.1 && ck.rel_rms <= 1e-2 && ck.max_rel <= 0.1 &&
-                    cv.rel_rms <= 1e-2 && cv.max_rel <= 0.1 && untouched && guards && skipped < N;
+  const bool guards =
+      kc.guards_intact() && vc.guards_intact() && xstep.guards_intact() && ostep.guards_intact() && dl.guards_intact();
+  const bool pass = co.finite && co.rel_rms <= kFwdRms && co.max_rel <= kFwdMax && ck.rel_rms <= kFwdRms &&
+                    ck.max_rel <= kFwdMax && cv.rel_rms <= kFwdRms && cv.max_rel <= kFwdMax && untouched && guards &&
+                    skipped < N;
   return {pass, describe(z) + jkt::format(": out rms %.2e max %.2e (%d near-tie rows skipped); cache K rms %.2e "
                                           "V rms %.2e; rows past T untouched %d; guards %d",
                                           co.rel_rms, co.max_rel, skipped, ck.rel_rms, cv.rel_rms, int(untouched),
@@ -502,26 +543,26 @@ CaseResult argument_case(jkt::Context& ctx) {
                                  nullptr, ctx.stream));
   // Zero sizes: no-ops that touch nothing.
   const bool zero_ok = fwd(&good, &dl.wt, 0, 4, 0, 0) == cudaSuccess && fwd(&good, &dl.wt, 1, 0, 0, 0) == cudaSuccess &&
-                       jk_layer_decode(&dl.wt, &good, x.data(), 0, nullptr, nullptr, nullptr, 8, out.data(), nullptr,
-                                       0, nullptr, ctx.stream) == cudaSuccess;
+                       jk_layer_decode(&dl.wt, &good, x.data(), 0, nullptr, nullptr, nullptr, 8, out.data(), nullptr, 0,
+                                       nullptr, ctx.stream) == cudaSuccess;
   CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
   const std::vector<std::uint16_t> o = out.download();
   bool untouched = true;
   for (auto v : o) untouched = untouched && v == 0xffff;
   const bool no_error_left = cudaGetLastError() == cudaSuccess;
   const bool pass = bad == 0 && zero_ok && untouched && no_error_left && out.guards_intact() && dx.guards_intact();
-  return {pass, jkt::format("%d invalid calls not rejected; zero sizes no-op %d; output untouched %d", bad, int(zero_ok),
-                            int(untouched))};
+  return {pass, jkt::format("%d invalid calls not rejected; zero sizes no-op %d; output untouched %d", bad,
+                            int(zero_ok), int(untouched))};
 }
 
 std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
   std::vector<jkt::Case> cases;
   cases.push_back({"layer.arguments", [&ctx] { return argument_case(ctx); }});
   const Sizes train_shapes[] = {
-      {1, 5, 16, 4, 2, 2, 8, 24},        // tiny (the HF fixture's layout)
-      {2, 7, 24, 8, 2, 2, 16, 40},       // odd T, two sequences
-      {3, 9, 36, 3, 2, 3, 8, 20},        // D, F not multiples of 8 (unaligned / scalar paths), E = 3
-      {2, 64, 256, 8, 2, 4, 64, 384},    // mid-size, tuned tiles
+      {1, 5, 16, 4, 2, 2, 8, 24},           // tiny (the HF fixture's layout)
+      {2, 7, 24, 8, 2, 2, 16, 40},          // odd T, two sequences
+      {3, 9, 36, 3, 2, 3, 8, 20},           // D, F not multiples of 8 (unaligned / scalar paths), E = 3
+      {2, 64, 256, 8, 2, 4, 64, 384},       // mid-size, tuned tiles
       {1, 256, 2048, 8, 2, 16, 128, 5632},  // JetMoE-8B sizes, short sequence
   };
   for (const Sizes& z : train_shapes) {
@@ -531,12 +572,11 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
   {
     const Sizes z{2, 6, 32, 4, 2, 2, 8, 24};
     const std::uint64_t seed = ctx.next_seed();
-    cases.push_back({"layer.grad_accumulate " + describe(z), [&ctx, z, seed] { return accumulate_case(ctx, z, seed); }});
+    cases.push_back(
+        {"layer.grad_accumulate " + describe(z), [&ctx, z, seed] { return accumulate_case(ctx, z, seed); }});
   }
   const Sizes decode_shapes[] = {
-      {1, 6, 16, 4, 2, 2, 8, 24},
-      {3, 5, 64, 8, 2, 4, 16, 96},
-      {2, 8, 2048, 8, 2, 16, 128, 5632},  // JetMoE-8B sizes
+      {1, 6, 16, 4, 2, 2, 8, 24}, {3, 5, 64, 8, 2, 4, 16, 96}, {2, 8, 2048, 8, 2, 16, 128, 5632},  // JetMoE-8B sizes
   };
   for (const Sizes& z : decode_shapes) {
     const std::uint64_t seed = ctx.next_seed();

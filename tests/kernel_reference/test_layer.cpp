@@ -43,16 +43,17 @@ struct ParamSpec {
   int offset;
   double lo, hi;
 };
-const ParamSpec kParamSpecs[11] = {{1, 0.5, 1.5},   {2, -1.0, 1.0},  {3, -0.5, 0.5},  {4, -0.5, 0.5},
-                                   {5, -0.5, 0.5},  {6, -0.25, 0.25}, {7, 0.5, 1.5}, {8, -1.0, 1.0},
-                                   {9, -0.5, 0.5},  {10, -0.5, 0.5}, {11, -0.25, 0.25}};
+const ParamSpec kParamSpecs[11] = {{1, 0.5, 1.5},  {2, -1.0, 1.0},   {3, -0.5, 0.5},   {4, -0.5, 0.5},
+                                   {5, -0.5, 0.5}, {6, -0.25, 0.25}, {7, 0.5, 1.5},    {8, -1.0, 1.0},
+                                   {9, -0.5, 0.5}, {10, -0.5, 0.5},  {11, -0.25, 0.25}};
 
 LayerWeights lcg_weights(const LayerShape& s, std::uint64_t seed) {
   LayerWeights w;
   const auto sizes = jkref::layer_weight_sizes(s);
   const auto all = w.all();
   for (int i = 0; i < 11; ++i)
-    *all[i] = jkref::layer_lcg_values(seed * 100 + kParamSpecs[i].offset, sizes[i], kParamSpecs[i].lo, kParamSpecs[i].hi);
+    *all[i] =
+        jkref::layer_lcg_values(seed * 100 + kParamSpecs[i].offset, sizes[i], kParamSpecs[i].lo, kParamSpecs[i].hi);
   return w;
 }
 
@@ -64,7 +65,8 @@ LayerWeights random_weights(const LayerShape& s, std::mt19937_64& gen) {
   for (int i = 0; i < 11; ++i) {
     all[i]->resize(static_cast<std::size_t>(sizes[i]));
     const bool is_norm = (i == 0 || i == 6);
-    for (auto& v : *all[i]) v = is_norm ? norm(gen) : ((gen() & 1) ? 1 : -1) * mag(gen) * (i == 5 || i == 10 ? 0.5 : 1.0);
+    for (auto& v : *all[i])
+      v = is_norm ? norm(gen) : ((gen() & 1) ? 1 : -1) * mag(gen) * (i == 5 || i == 10 ? 0.5 : 1.0);
   }
   return w;
 }
@@ -145,6 +147,53 @@ TEST_CASE("layer reference matches HF JetMoeDecoderLayer (fp32, E=8, T=7)", "[un
   check_fixture("fp32_e8.txt");
 }
 
+TEST_CASE("layer reference hf_bf16 mode reproduces HF's bf16 rounding points", "[unit][kernels][layer]") {
+  // HF JetMoeDecoderLayer in bf16 on the CPU (PyTorch's bf16 matmuls accumulate in fp32 and round once, as
+  // the reference's exact sums rounded once; attention in fp32 rounded once, layer.py fp32_attention, as
+  // the reference and the device kernels do): the hf_bf16 reference must give the same routing and almost
+  // every output bit; the exact-maths reference must not (so the rounding points are really tested).
+  const jkref::Fixture fx(jkref::fixture_path("layer/bf16_fwd.txt"));
+  LayerShape s;
+  s.B = 1;
+  s.T = static_cast<std::int64_t>(fx.scalar("seq"));
+  s.D = static_cast<std::int64_t>(fx.scalar("hidden"));
+  s.E = static_cast<std::int64_t>(fx.scalar("experts"));
+  s.Hkv = static_cast<std::int64_t>(fx.scalar("kv_heads"));
+  s.d = static_cast<std::int64_t>(fx.scalar("kv_channels"));
+  s.F = static_cast<std::int64_t>(fx.scalar("ffn"));
+  s.eps = fx.scalar("eps");
+  const auto seed = static_cast<std::uint64_t>(fx.scalar("seed"));
+  LayerWeights w = lcg_weights(s, seed);
+  for (Vec* t : w.all())
+    for (double& v : *t) v = jkref::round_bf16(v);
+  Vec x = jkref::layer_lcg_values(seed * 100 + 20, s.N() * s.D, -2.0, 2.0);
+  for (double& v : x) v = jkref::round_bf16(v);
+  const jkref::LayerForward fb = jkref::layer_forward(s, w, x, LayerNumerics::hf_bf16);
+  const jkref::LayerForward fe = jkref::layer_forward(s, w, x, LayerNumerics::exact);
+  IVec moa, moe;
+  for (double v : fx.tensor("moa_ids").values) moa.push_back(static_cast<int>(v));
+  for (double v : fx.tensor("moe_ids").values) moe.push_back(static_cast<int>(v));
+  CHECK(fb.moa.ids == moa);
+  CHECK(fb.moe.ids == moe);
+  {  // bf16(fp32 sum): bit-exact (the fixture's %.9g decimals identify fp32 values: compare as fp32)
+    const Vec& lg = fx.tensor("moa_logits").values;
+    REQUIRE(lg.size() == fb.moa.logits.size());
+    for (std::size_t i = 0; i < lg.size(); ++i)
+      CHECK(static_cast<float>(lg[i]) == static_cast<float>(fb.moa.logits[i]));
+  }
+  const Vec& ref = fx.tensor("out").values;
+  auto identical = [&](const Vec& v) {
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) same += static_cast<float>(v[i]) == static_cast<float>(ref[i]) ? 1 : 0;
+    return double(same) / double(ref.size());
+  };
+  const double same_bf16 = identical(fb.out), same_exact = identical(fe.out);
+  INFO("bit-identical outputs: hf_bf16 " << same_bf16 << ", exact " << same_exact);
+  CHECK(same_bf16 >= 0.95);
+  CHECK(same_exact < 0.5);
+  CHECK(rel_err(fb.out, ref) < 5e-3);  // at most a rare one-ulp flip at a rounding boundary (none here)
+}
+
 TEST_CASE("layer backward equals finite differences of the composed forward", "[unit][kernels][layer]") {
   const LayerShape s = fd_shape();
   std::mt19937_64 gen(7);
@@ -185,7 +234,8 @@ TEST_CASE("layer reference closed form: zero expert outputs leave x plus the bia
   const jkref::LayerForward f = jkref::layer_forward(s, w, x, LayerNumerics::exact);
   for (std::int64_t t = 0; t < s.N(); ++t)
     for (std::int64_t c = 0; c < s.D; ++c)
-      REQUIRE(f.out[t * s.D + c] == Approx(x[t * s.D + c] + w.moa_bias[c] + w.moe_bias[c]).epsilon(1e-14).margin(1e-14));
+      REQUIRE(f.out[t * s.D + c] ==
+              Approx(x[t * s.D + c] + w.moa_bias[c] + w.moe_bias[c]).epsilon(1e-14).margin(1e-14));
   // With zero W_o the attention gets no gradient; dW_o = o^T (g dout) is still non-zero.
   const Vec G = random_vec(gen, x.size(), 1.0);
   const jkref::LayerGrads g = jkref::layer_backward(s, w, x, f, G, 0.0, 0.0, LayerNumerics::exact);
@@ -200,7 +250,8 @@ TEST_CASE("layer reference closed form: zero expert outputs leave x plus the bia
   }
 }
 
-TEST_CASE("layer reference invariants: sequences are independent, forced routing, bf16 mode", "[unit][kernels][layer]") {
+TEST_CASE("layer reference invariants: sequences are independent, forced routing, bf16 mode",
+          "[unit][kernels][layer]") {
   LayerShape s = fd_shape();
   std::mt19937_64 gen(13);
   const LayerWeights w = random_weights(s, gen);
@@ -229,7 +280,8 @@ TEST_CASE("layer reference invariants: sequences are independent, forced routing
   const jkref::LayerForward fb = jkref::layer_forward(s, w, x, LayerNumerics::hf_bf16);
   if (fb.moa.ids == f.moa.ids && fb.moe.ids == f.moe.ids) {
     double num = 0, den = 0;
-    for (std::size_t i = 0; i < f.out.size(); ++i) num += (fb.out[i] - f.out[i]) * (fb.out[i] - f.out[i]), den += f.out[i] * f.out[i];
+    for (std::size_t i = 0; i < f.out.size(); ++i)
+      num += (fb.out[i] - f.out[i]) * (fb.out[i] - f.out[i]), den += f.out[i] * f.out[i];
     CHECK(std::sqrt(num / den) < 2e-2);
     CHECK(std::sqrt(num / den) > 0.0);  // the roundings are really applied
     for (double v : fb.out) REQUIRE(v == jkref::round_bf16(v));

@@ -113,27 +113,27 @@ struct jk_layer_config_t {
 // ---- training: forward, then backward ------------------------------------------------------------
 // Two device buffers, both at least 256-byte aligned (cudaMalloc):
 //   saved:   what the forward keeps for the backward (u1, u2, x_mid, q, K, V, attention out and lse,
-//            routing of both routers, y_attn, z, y_mlp, rstd); it must stay untouched between
+//            routing of both routers, gathered u1 and u2, y_attn, z, h, y_mlp, rstd); it must stay untouched between
 //            jk_layer_fwd and jk_layer_bwd of the same micro-batch.
 //   scratch: temporaries of either call (may be shared by all layers; contents not kept).
-// Sizes for B sequences of T tokens (N = B T). For JetMoE-8B at N = 8192: saved ~1.5 GB, scratch
-// ~0.5 GB (jk_layer_train_bytes gives the exact numbers).
+// Sizes for B sequences of T tokens (N = B T). For JetMoE-8B at N = 8192: saved 1.13 GB, scratch
+// 1.20 GB (both scale with N; jk_layer_train_bytes gives the exact numbers).
 cudaError_t jk_layer_train_bytes(const jk_layer_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
                                  size_t* scratch_bytes);
 
 // x [B, T, D] bf16 -> out [B, T, D] bf16. losses: device fp32 [4] (may be null): the unscaled aux
 // losses [moa switch, moa z, moe switch, moe z] of this micro-batch. profile may be null.
-cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x,
-                         int64_t batch, int64_t seq, uint16_t* out, float* losses, void* saved, size_t saved_bytes,
-                         void* scratch, size_t scratch_bytes, jk_layer_profile_t* profile, cudaStream_t stream);
+cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x, int64_t batch,
+                         int64_t seq, uint16_t* out, float* losses, void* saved, size_t saved_bytes, void* scratch,
+                         size_t scratch_bytes, jk_layer_profile_t* profile, cudaStream_t stream);
 
 // From dout [B, T, D] bf16 (gradient of the block output) and the forward's saved buffer:
 //   dx [B, T, D] bf16 (gradient of the block input, written), grads (fp32, grad_beta 0 or 1).
 // x must be the forward's input. dx may not alias dout or x.
 cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x,
-                         const uint16_t* dout, int64_t batch, int64_t seq, uint16_t* dx,
-                         const jk_layer_grads_t* grads, float grad_beta, const void* saved, size_t saved_bytes,
-                         void* scratch, size_t scratch_bytes, jk_layer_profile_t* profile, cudaStream_t stream);
+                         const uint16_t* dout, int64_t batch, int64_t seq, uint16_t* dx, const jk_layer_grads_t* grads,
+                         float grad_beta, const void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
+                         jk_layer_profile_t* profile, cudaStream_t stream);
 
 // Where the forward's saved buffer keeps the expert choices of the two routers: device int32 [N, k]
 // (top-k order, as jk_router_fwd_bf16 writes them). For statistics and tests; valid after jk_layer_fwd
@@ -149,10 +149,10 @@ cudaError_t jk_layer_saved_expert_ids(const jk_layer_config_t* cfg, int64_t batc
 // modified (the caller increments it); p must be < max_seq and < rope_max_positions (a larger p skips
 // the append, and its RoPE gives NaN). scratch: jk_layer_decode_bytes(cfg, B, max_seq) bytes.
 size_t jk_layer_decode_bytes(const jk_layer_config_t* cfg, int64_t batch, int64_t max_seq);
-cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x,
-                            int64_t batch, uint16_t* k_cache, uint16_t* v_cache, const int32_t* cache_len,
-                            int64_t max_seq, uint16_t* out, void* scratch, size_t scratch_bytes,
-                            jk_layer_profile_t* profile, cudaStream_t stream);
+cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x, int64_t batch,
+                            uint16_t* k_cache, uint16_t* v_cache, const int32_t* cache_len, int64_t max_seq,
+                            uint16_t* out, void* scratch, size_t scratch_bytes, jk_layer_profile_t* profile,
+                            cudaStream_t stream);
 
 // Model FLOPs of one block per token (forward, matmul and attention terms, as performance.md counts:
 // 2 * active matmul parameters + attention 2 * 2 * T/2 * Hq * d for causal sequences of length T).

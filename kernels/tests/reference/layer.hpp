@@ -14,8 +14,11 @@
 // Numerics: LayerNumerics::exact is the exact maths (for the fp32 HF fixture and finite differences).
 // LayerNumerics::hf_bf16 applies HF's bf16 roundings at the points where HF stores a bf16 tensor
 // (RMSNorm, router logits and gates, every linear's output, RoPE sequence, attention output, the gated
-// combine, residual adds, SwiGLU): the reference the bf16 GPU forward is compared with. The backward
-// is always exact maths evaluated at the (possibly rounded) saved forward values.
+// combine, residual adds, SwiGLU): the reference the bf16 GPU forward is compared with. Attention is
+// exact maths rounded once to bf16 (as the kernels, in fp32; HF eager also rounds the scores Q K^T and
+// the probabilities to bf16, which neither does). With that attention it reproduces HF's bf16 layer bit
+// for bit on the fixture bf16_fwd. The backward is always exact maths evaluated at the (possibly
+// rounded) saved forward values.
 #include "attention.hpp"
 #include "fused.hpp"
 #include "router.hpp"
@@ -65,18 +68,18 @@ struct LayerWeights {
   Vec moe_out;     // [E, D, F]
   Vec moe_bias;    // [D]
   std::vector<Vec*> all() {
-    return {&input_norm, &moa_router, &moa_q, &kv_proj, &moa_o, &moa_bias, &post_norm, &moe_router, &moe_in, &moe_out,
-            &moe_bias};
+    return {&input_norm, &moa_router, &moa_q,  &kv_proj, &moa_o,   &moa_bias,
+            &post_norm,  &moe_router, &moe_in, &moe_out, &moe_bias};
   }
   std::vector<const Vec*> all() const {
-    return {&input_norm, &moa_router, &moa_q, &kv_proj, &moa_o, &moa_bias, &post_norm, &moe_router, &moe_in, &moe_out,
-            &moe_bias};
+    return {&input_norm, &moa_router, &moa_q,  &kv_proj, &moa_o,   &moa_bias,
+            &post_norm,  &moe_router, &moe_in, &moe_out, &moe_bias};
   }
 };
 
 inline const char* const* layer_weight_names() {
-  static const char* const names[] = {"input_norm", "moa_router", "moa_q", "kv_proj", "moa_o", "moa_bias",
-                                      "post_norm", "moe_router", "moe_in", "moe_out", "moe_bias"};
+  static const char* const names[] = {"input_norm", "moa_router", "moa_q",  "kv_proj", "moa_o",   "moa_bias",
+                                      "post_norm",  "moe_router", "moe_in", "moe_out", "moe_bias"};
   return names;
 }
 
@@ -189,26 +192,26 @@ inline IVec layer_token_slot_rows(const Plan& p, std::int64_t NK, int k) {
 // ---- forward ------------------------------------------------------------------------------------------
 
 struct LayerRouting {
-  Vec logits;     // [N, E]
-  IVec ids;       // [N, k]
-  Vec gates;      // [N, k] softmax over the chosen logits (exact)
-  Vec gates_used; // [N, k] the gates the combine multiplies by (bf16(fp32(g)) in hf_bf16, else = gates)
+  Vec logits;      // [N, E]
+  IVec ids;        // [N, k]
+  Vec gates;       // [N, k] softmax over the chosen logits (exact)
+  Vec gates_used;  // [N, k] the gates the combine multiplies by (bf16(fp32(g)) in hf_bf16, else = gates)
   Plan plan;
-  IVec flat;      // [NK] sorted_token * k + sorted_slot
-  AuxLoss aux;    // switch, z (unscaled)
+  IVec flat;    // [NK] sorted_token * k + sorted_slot
+  AuxLoss aux;  // switch, z (unscaled)
 };
 
 struct LayerForward {
-  Vec u1, rstd1;     // [N, D], [N]
+  Vec u1, rstd1;  // [N, D], [N]
   LayerRouting moa;
-  Vec q, k, v;       // after RoPE: [N, Hq, d], [N, H_kv, d] x2
-  Vec attn, lse;     // [N, Hq, d], [B, Hq, T]
-  Vec y_attn;        // [NK, D]
-  Vec x_mid;         // [N, D]
+  Vec q, k, v;    // after RoPE: [N, Hq, d], [N, H_kv, d] x2
+  Vec attn, lse;  // [N, Hq, d], [B, Hq, T]
+  Vec y_attn;     // [NK, D]
+  Vec x_mid;      // [N, D]
   Vec u2, rstd2;
   LayerRouting moe;
-  Vec z, h, y_mlp;   // [NK, 2F], [NK, F], [NK, D]
-  Vec out;           // [N, D]
+  Vec z, h, y_mlp;  // [NK, 2F], [NK, F], [NK, D]
+  Vec out;          // [N, D]
 };
 
 inline std::vector<std::int32_t> layer_positions(const LayerShape& s) {
@@ -312,8 +315,8 @@ inline LayerForward layer_forward(const LayerShape& s, const LayerWeights& w, co
 // ---- backward -----------------------------------------------------------------------------------------
 
 struct LayerGrads {
-  Vec dx;            // [N, D]
-  LayerWeights dw;   // the weight gradients
+  Vec dx;           // [N, D]
+  LayerWeights dw;  // the weight gradients
 };
 
 // Gradient of L = sum(out * dout) + cs * (switch_moa + switch_moe) + cz * (z_moa + z_moe) with respect to
@@ -325,8 +328,8 @@ inline LayerGrads layer_backward(const LayerShape& s, const LayerWeights& w, con
   const bool bf16 = num == LayerNumerics::hf_bf16;
   LayerGrads g;
   // MoE combine (+ aux) -> dy_mlp, router logits gradient, bias gradient.
-  CombineGrad cm = combine_backward(dout, f.y_mlp, f.moe.gates, f.moe.gates_used, f.moe.ids, f.moe.plan.position, N, E,
-                                    k, D, false);
+  CombineGrad cm =
+      combine_backward(dout, f.y_mlp, f.moe.gates, f.moe.gates_used, f.moe.ids, f.moe.plan.position, N, E, k, D, false);
   {
     const Vec ga = aux_loss_grad(f.moe.logits, f.moe.ids, N, E, k, cs, cz);
     for (std::size_t i = 0; i < ga.size(); ++i) cm.dlogits[i] += ga[i];

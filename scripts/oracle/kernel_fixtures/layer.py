@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixture_io import FixtureWriter  # noqa: E402
 
+from transformers import AttentionInterface  # noqa: E402
 from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig  # noqa: E402
 from transformers.models.jetmoe.modeling_jetmoe import (  # noqa: E402
     JetMoeDecoderLayer,
@@ -158,11 +159,69 @@ def layer_case(name, hidden, experts, kv_heads, kv_channels, ffn, seq, seed, cs,
             f.tensor9("grad_" + short, params[pname].grad)
 
 
+def fp32_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention of the bf16 case: fp32 scores, softmax and P.V from the bf16 q, k, v (K/V already tiled by
+    JetMoeAttention), one rounding of the output to bf16. HF eager instead rounds the scores and P to bf16;
+    neither the device kernels nor the reference do, so this isolates the other modules' rounding points."""
+    q, k, v = query.float(), key.float(), value.float()
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask.float()
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, v).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def bf16_case(name, hidden, experts, kv_heads, kv_channels, ffn, seq, seed):
+    """HF JetMoeDecoderLayer in bf16 (CPU), forward only: the LCG weights and x rounded to bf16 (round to
+    nearest even, as jkref::round_bf16), attention by fp32_attention (registered as an HF attention
+    implementation). Checks the rounding points of the reference's hf_bf16 mode (test_layer.cpp)."""
+    AttentionInterface.register("jk_fp32_reference", fp32_attention)
+    torch.manual_seed(0)
+    cfg = JetMoeConfig(hidden_size=hidden, num_local_experts=experts, num_experts_per_tok=2,
+                       num_key_value_heads=kv_heads, kv_channels=kv_channels, intermediate_size=ffn,
+                       num_hidden_layers=1, vocab_size=32, max_position_embeddings=64, rope_theta=10000.0)
+    cfg._attn_implementation = "jk_fp32_reference"
+    layer = JetMoeDecoderLayer(cfg, layer_idx=0).to(torch.bfloat16)
+    params = dict(layer.named_parameters())
+    with torch.no_grad():
+        for (pname, off, lo, hi), short in zip(PARAMS, SHORT):
+            p = params[pname]
+            vals = lcg_values(seed * 100 + off, p.numel(), lo, hi)
+            p.copy_(torch.tensor(vals, dtype=torch.float64).reshape(p.shape).to(torch.bfloat16))
+        x = torch.tensor(lcg_values(seed * 100 + 20, seq * hidden, -2.0, 2.0), dtype=torch.float64)
+        x = x.reshape(1, seq, hidden).to(torch.bfloat16)
+        captured = []
+        h1 = layer.self_attention.experts.router.register_forward_hook(lambda m, i, o: captured.append(o[4]))
+        h2 = layer.mlp.router.register_forward_hook(lambda m, i, o: captured.append(o[4]))
+        rotary = JetMoeRotaryEmbedding(config=cfg)
+        pos = torch.arange(seq).unsqueeze(0)
+        cos, sin = rotary(x, pos)
+        mask = torch.full((seq, seq), float("-inf")).triu(1).to(torch.bfloat16).reshape(1, 1, seq, seq)
+        out = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=(cos, sin))
+        h1.remove()
+        h2.remove()
+    comment = ("HF JetMoeDecoderLayer bf16 (CPU) forward, attention fp32 then bf16 (fp32_attention), hidden %d, E %d, kv heads %d, kv_channels %d, ffn %d,"
+               " T %d.\nWeights and x: lcg_values rounded to bf16. out, both routers' logits (bf16 values, .float())"
+               " and top-2 ids." % (hidden, experts, kv_heads, kv_channels, ffn, seq))
+    with Fp32Writer(FAMILY, name, comment) as f:
+        for key, val in [("hidden", hidden), ("experts", experts), ("kv_heads", kv_heads),
+                         ("kv_channels", kv_channels), ("ffn", ffn), ("seq", seq), ("seed", seed),
+                         ("eps", layer.input_layernorm.variance_epsilon), ("rope_theta", 10000.0)]:
+            f.scalar(key, val)
+        f.tensor("moa_ids", captured[0].topk(2, dim=1).indices)
+        f.tensor("moe_ids", captured[1].topk(2, dim=1).indices)
+        f.tensor9("moa_logits", captured[0])
+        f.tensor9("moe_logits", captured[1])
+        f.tensor9("out", out.reshape(seq, hidden))
+
+
 def main():
     torch.set_default_dtype(torch.float32)
     # ffn 24 and the JetMoE layout; the second case has E = 8, head dim 4, ffn 4 and T = 7 (kept small: the
     # fixtures store every gradient).
     layer_case("fp32_small", hidden=16, experts=4, kv_heads=2, kv_channels=8, ffn=24, seq=6, seed=1, cs=0.5, cz=0.2)
+    bf16_case("bf16_fwd", hidden=32, experts=4, kv_heads=2, kv_channels=8, ffn=24, seq=6, seed=3)
     layer_case("fp32_e8", hidden=16, experts=8, kv_heads=2, kv_channels=4, ffn=4, seq=7, seed=2, cs=0.5, cz=0.2)
 
 
