@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "rounding.hpp"
+
 namespace jkref {
 
 // ---- bf16 rounding in double (independent of any bit trick) -------------------------------------
@@ -29,18 +31,7 @@ inline double bf16_ulp(double v) {
   return std::ldexp(1.0, std::max(e - 1, -126) - 7);
 }
 
-// Nearest bf16 value, ties to even; overflow gives +-Inf. NaN stays NaN.
-inline double bf16_round(double v) {
-  if (std::isnan(v) || std::isinf(v) || v == 0.0) return v;
-  const double q = bf16_ulp(v);
-  const double units = std::fabs(v) / q;  // exact: a power-of-two scaling
-  double r = std::floor(units);
-  const double frac = units - r;
-  if (frac > 0.5 || (frac == 0.5 && std::fmod(r, 2.0) == 1.0)) r += 1.0;
-  double out = r * q;
-  if (out >= 0x1p128) out = INFINITY;  // bf16 max is (2 - 2^-7) 2^127
-  return std::signbit(v) ? -out : out;
-}
+// bf16_round: rounding.hpp (NaN, Inf and zero returned as they are).
 
 // Spacing of fp32 values at |v|.
 inline double f32_ulp(double v) {
