@@ -3,6 +3,9 @@
 #
 #  1. Data-parallel weak scaling: 1, 2, 4 ranks, each with the same micro-batches per step (the global batch
 #     grows with the ranks); efficiency = tokens/s at P ranks / (P x tokens/s at 1 rank).
+#  1b. Gradient all-reduce overlap: at OVERLAP_RANKS data-parallel ranks, parallel/overlap_allreduce on and off,
+#     with the default 25 MB buckets (one bucket for the whole tiny model: nothing can start early) and with
+#     small buckets (0.05 MB: a bucket per few tensors, started layer by layer during the backward pass).
 #  2. Pipeline bubble: P stages (2, 4) x m micro-batches per step (1, 2, 4, 8); the measured idle share of the
 #     stages (metrics.jsonl "pipeline_idle": time waiting for a neighbour / time of the stage's passes plus
 #     waiting) against the 1F1B ideal (P-1)/(m+P-1) for stages of equal cost.
@@ -10,7 +13,7 @@
 #   scripts/bench/run_parallel_bench.sh
 #   RANKS="1 2" STAGES="2" MICRO="1 2 4" STEPS=8 scripts/bench/run_parallel_bench.sh
 #
-# Settings (environment): RANKS ("1 2 4"), STAGES ("2 4"), MICRO ("1 2 4 8"), STEPS (10 steps per run; the
+# Settings (environment): RANKS ("1 2 4"), OVERLAP_RANKS ("2"; empty: skip), STAGES ("2 4"), MICRO ("1 2 4 8"), STEPS (10 steps per run; the
 # first 2 are left out of the medians), BUILD_DIR (build), RESULTS (bench/results/<date>-<time>-<rev>-parallel),
 # MPIEXEC (mpiexec). Every rank runs one thread (OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = 1). With more ranks
 # than cores the ranks share cores and the numbers measure the machine, not the code: the table says so.
@@ -18,6 +21,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RANKS="${RANKS:-1 2 4}"
+OVERLAP_RANKS="${OVERLAP_RANKS-2}"
 STAGES="${STAGES:-2 4}"
 MICRO="${MICRO:-1 2 4 8}"
 STEPS="${STEPS:-10}"
@@ -82,6 +86,24 @@ for p in $RANKS; do
   awk -v p="$p" -v t="$tok" -v b="$base" -v g=$((2 * B * T * p)) -v n="$note" \
     'BEGIN { printf "| %d | %d | %.0f | %.0f | %.2f | %s |\n", p, g, t, t / p, t / (p * b), n }'
 done | tee "$RESULTS/weak_scaling.md"
+
+echo
+echo "Gradient all-reduce overlapped with the backward pass (2 micro-batches of $B x $T tokens per rank and step):"
+echo
+echo "| ranks | bucket MB | overlap | tokens/s | vs no overlap | note |"
+echo "|---|---|---|---|---|---|"
+for p in $OVERLAP_RANKS; do
+  for mb in 25 0.05; do
+    read -r off _ < <(run "dp$p-b$mb-serial" "$p" parallel/data_parallel="$p" train/global_batch_tokens=$((2 * B * T * p)) \
+                        parallel/bucket_mb="$mb" parallel/overlap_allreduce=false)
+    read -r on _ < <(run "dp$p-b$mb-overlap" "$p" parallel/data_parallel="$p" train/global_batch_tokens=$((2 * B * T * p)) \
+                       parallel/bucket_mb="$mb" parallel/overlap_allreduce=true)
+    note=""; (( p > CORES )) && note="ranks > $CORES cores: oversubscribed"
+    awk -v p="$p" -v mb="$mb" -v off="$off" -v on="$on" -v n="$note" 'BEGIN {
+      printf "| %d | %s | off | %.0f | 1.00 | %s |\n", p, mb, off, n
+      printf "| %d | %s | on | %.0f | %.2f | %s |\n", p, mb, on, on / off, n }'
+  done
+done | tee "$RESULTS/overlap.md"
 
 echo
 echo "Pipeline bubble (1F1B; measured idle share of all stages vs the ideal (P-1)/(m+P-1)):"

@@ -156,6 +156,9 @@ DeckSchema make_standard_schema() {
            "buckets of this size, one non-blocking MPI_Iallreduce each, started during the last micro-batch's backward "
            "pass as soon as its layers are done.")
         .greater_than(0);
+    b.boolean("overlap_allreduce", true,
+              "Start each gradient bucket's all-reduce during the last micro-batch's backward pass, as soon as its "
+              "layers are done (false: all buckets after the backward pass; the same sums, for comparison).");
     b.boolean("zero1", false,
               "Shard the AdamW moments over the data-parallel replicas (ZeRO-1): each replica keeps and updates every "
               "data_parallel-th tensor of its stage and broadcasts it; the same results, 1/data_parallel of the "

@@ -173,6 +173,7 @@ class Trainer {
   double window_idle_ = 0, window_busy_ = 0;  // pipeline seconds over the steps since the last progress line
   std::size_t bucket_floats_ = 0;             // parallel/bucket_mb in floats
   bool zero1_ = false;                        // AdamW moments sharded over the replicas: tensor i on replica i % dp
+  bool overlap_allreduce_ = true;             // gradient buckets start during the last backward pass
   double dpo_beta_ = 0.1, dpo_smoothing_ = 0;
   std::int64_t rows_ = 0;  // sequences per micro-batch (2 x micro_batch_size for DPO: chosen, then rejected)
   IntView2 ids_;
@@ -206,6 +207,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
                             layout_.stage);
   pipeline_ = std::make_unique<Pipeline>(pipe_comm_, net_, layout_.stage, layout_.stages);
   zero1_ = deck.get_bool("parallel", "zero1") && layout_.replicas > 1;
+  overlap_allreduce_ = deck.get_bool("parallel", "overlap_allreduce");
   if (zero1_) {
     const std::size_t dp = std::size_t(layout_.replicas), mine = std::size_t(layout_.replica);
     adam_.shard([dp, mine](std::size_t i, const std::string&) { return i % dp == mine; });
@@ -330,7 +332,7 @@ StepStats Trainer::accumulate(int phase) {
   // The sums over the stage's replicas start during the last micro-batch's backward pass.
   std::optional<GradientReducer> reducer;
   if (dp > 1) reducer.emplace(dp_comm_, config_, grads_.named(config_), bucket_floats_);
-  GradientReducer* const overlap = reducer ? &*reducer : nullptr;
+  GradientReducer* const overlap = reducer && overlap_allreduce_ ? &*reducer : nullptr;
   auto upload = [&](const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& targets) {
     auto hi = Kokkos::create_mirror_view(ids_);
     auto ht = Kokkos::create_mirror_view(targets_);
