@@ -82,6 +82,7 @@ cudaError_t jk_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* weight, uint1
 
 // ---- kernel families (one header each, keep sorted) -----------------------------------------------
 #include "jetmoe/attention.h"
+#include "jetmoe/embedding.h"
 #include "jetmoe/fused.h"
 #include "jetmoe/grouped_gemm.h"
 #include "jetmoe/layer.h"
