@@ -1,0 +1,115 @@
+// Fake host CUDA runtime for the emulation (definitions of the cuda_runtime_api.h functions the kernels
+// and tests use; libcudart is not linked, so a call to anything else is a link error, never a silent
+// no-op). One address space: device pointers are host pointers. Everything is synchronous. A kernel
+// that failed in the emulator (see emu_cuda.hpp) leaves a sticky cudaErrorLaunchFailure, returned by the
+// next synchronising call, as a device fault would be (reset at the start of each test case).
+#pragma once
+#include "emu_cuda.hpp"
+
+namespace emu {
+inline cudaError_t sync_status() { return rt().sticky; }
+inline std::size_t& live_bytes() {
+  static std::size_t n = 0;
+  return n;
+}
+}  // namespace emu
+
+cudaError_t cudaMalloc(void** p, size_t n) {
+  if (!p) return cudaErrorInvalidValue;
+  if (n > emu::cfg().max_bytes) {
+    char w[120];
+    std::snprintf(w, sizeof w, "cudaMalloc of %zu bytes over EMU_MAX_BYTES", n);
+    throw emu::Skip{w};
+  }
+  *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t cudaHostAlloc(void** p, size_t n, unsigned int) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
+cudaError_t cudaMemcpy(void* d, const void* s, size_t n, enum cudaMemcpyKind) {
+  if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
+  if (n) std::memmove(d, s, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKind k, cudaStream_t) { return cudaMemcpy(d, s, n, k); }
+cudaError_t cudaMemset(void* d, int v, size_t n) {
+  if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
+  if (n) std::memset(d, v, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) { return cudaMemset(d, v, n); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { *s = reinterpret_cast<cudaStream_t>(0x5000); return cudaSuccess; }
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu::sync_status(); }
+cudaError_t cudaDeviceSynchronize(void) { return emu::sync_status(); }
+cudaError_t cudaGetLastError(void) {
+  emu::Runtime& r = emu::rt();
+  if (r.sticky != cudaSuccess) return r.sticky;
+  const cudaError_t e = r.last;
+  r.last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return emu::rt().sticky != cudaSuccess ? emu::rt().sticky : emu::rt().last; }
+cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaDeviceGetAttribute(int* v, enum cudaDeviceAttr a, int) {
+  switch (a) {
+    case cudaDevAttrMultiProcessorCount: *v = emu::cfg().sms; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 227 * 1024; break;
+    case cudaDevAttrMaxThreadsPerBlock: *v = 1024; break;
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
+    case cudaDevAttrWarpSize: *v = 32; break;
+    default: std::printf("EMU: cudaDeviceGetAttribute(%d) not emulated\n", static_cast<int>(a)); std::abort();
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaFuncSetAttribute(const void* f, enum cudaFuncAttribute a, int v) {
+  if (a == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (v < 0 || v > 227 * 1024) return cudaErrorInvalidValue;
+    emu::rt().max_dyn.emplace_back(f, v);
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int threads, size_t) {
+  *n = threads > 0 && threads <= 1024 ? 2 : 0;  // a fixed guess: the emulation has no occupancy model
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = reinterpret_cast<cudaEvent_t>(0x6000); return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return emu::sync_status(); }
+cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) { *ms = 0.0f; return cudaSuccess; }
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    default: return "cudaError(other)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaErrorLaunchFailure ? "emulated kernel failed (see EMU ERROR above)" : cudaGetErrorName(e);
+}
+
+// The runtime report: one fake sm_90 device whose image is fine.
+cudaError_t jk_runtime_info(jk_runtime_info_t* info) {
+  std::memset(info, 0, sizeof(*info));
+  info->device_count = 1;
+  info->kernel_image_ok = 1;
+  info->sm_major = 9;
+  info->sm_minor = 0;
+  std::snprintf(info->device_name, sizeof(info->device_name), "host emulation");
+  return cudaSuccess;
+}
+int jk_runtime_info_describe(const jk_runtime_info_t*, char* buf, size_t size) {
+  return std::snprintf(buf, size, "CPU emulation of the kernels (kernels/tests/emu), order %s, smem fill 0x%02x, %d SMs\n",
+                       emu::cfg().order == 0 ? "forward" : emu::cfg().order == 1 ? "reverse" : "random",
+                       emu::cfg().fill, emu::cfg().sms);
+}
+const char* jk_compiled_architectures() { return "emu"; }

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Makes host-compilable copies of kernels/src/FAMILY.cu, kernels/tests/test_FAMILY.cu and
+kernels/tests/harness.cuh for the CPU emulation (emu_cuda.hpp, emu_host.hpp) in OUT_DIR.
+
+    transform.py FAMILY OUT_DIR [--skip PATTERN]... [--source FILE.cu]
+
+--source replaces kernels/src/FAMILY.cu by another copy (mutation checks).
+
+Only mechanical rewrites, nothing else of the sources changes:
+  * `K<<<grid, block[, smem[, stream]]>>>(args);`  ->  `::emu::launch("K", K, grid, block, smem, stream, args);`
+  * `__shared__ T name[dims];`  ->  a reference to fresh per-block storage (emu::SharedSlot)
+  * `extern __shared__ T name[];`  ->  a pointer to the launch's dynamic shared memory
+  * harness.cuh: each case starts with emu::begin_case(); emu::Skip (a case too large to emulate, or a
+    case name matching a skip pattern) prints `SKIP name: why`; the summary counts the skipped cases.
+  * per family (BODIES): bodies of inline-asm helpers and vendor calls (grouped_gemm: mma.sync, ldmatrix,
+    cp.async -> emu_mma.hpp; cuBLASLt lt_gemm -> a host GEMM). A source with inline asm left is refused.
+"""
+import os
+import re
+import sys
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))  # kernels/
+
+# Cases skipped by name (JetMoE-8B-sized or otherwise far too slow on 2 cores); anything else that
+# allocates more than EMU_MAX_BYTES or runs more than EMU_MAX_THREADS emulated threads is skipped at run time.
+SKIP = {
+    'router': [r'N=16384', r'N=100000', r'N=33333', r'N=20000'],
+    'fused': [r'rows=16384', r'rows=4096 vocab=32000'],
+    'grouped_gemm': [r'^8B ', r'^paths '],  # paths: n, k ~ 1000 over 2400 rows, hours emulated
+}
+SOURCES = {'router': ['router.cu'], 'fused': ['fused.cu']}
+
+# Column-major cublasLtMatmul semantics on the host (bf16 A, B; fp32 accumulation; D fp32 or bf16).
+LT_GEMM_HOST = '''(void)stream;
+  const auto* A = static_cast<const std::uint16_t*>(a);
+  const auto* B = static_cast<const std::uint16_t*>(b);
+  for (std::int64_t j = 0; j < n; ++j)
+    for (std::int64_t i = 0; i < m; ++i) {
+      float acc = 0.0f;
+      for (std::int64_t l = 0; l < kk; ++l)
+        acc += ::emu::bf(op_a == CUBLAS_OP_N ? A[i + l * lda] : A[l + i * lda]) *
+               ::emu::bf(op_b == CUBLAS_OP_N ? B[l + j * ldb] : B[j + l * ldb]);
+      if (d_type == CUDA_R_32F) {
+        float* D = static_cast<float*>(d) + i + j * ldd;
+        *D = beta != 0.0f ? acc + beta * *D : acc;
+      } else {
+        std::uint16_t* D = static_cast<std::uint16_t*>(d) + i + j * ldd;
+        *D = float_to_bf16_bits(beta != 0.0f ? acc + beta * ::emu::bf(*D) : acc);
+      }
+    }
+  return cudaSuccess;'''
+
+# Per family: (function signature start, new body) for inline-asm helpers and vendor calls.
+BODIES = {
+    'grouped_gemm': [
+        ('__device__ __forceinline__ void mma_bf16_16816(', '::emu::mma(d, a, b);'),
+        ('__device__ __forceinline__ void cp_async_16(', '::emu::cp_async_16(dst, src, valid);'),
+        ('__device__ __forceinline__ void cp_async_commit(', ''),      # copies complete at issue
+        ('__device__ __forceinline__ void cp_async_wait(', ''),
+        ('__device__ __forceinline__ void ldmatrix_x4(', '::emu::ldmatrix(r, addr, false);'),
+        ('__device__ __forceinline__ void ldmatrix_x4_trans(', '::emu::ldmatrix(r, addr, true);'),
+        ('cudaError_t lt_handle(', '*out = nullptr; return cudaErrorNotSupported;'),
+        ('cudaError_t lt_gemm(', LT_GEMM_HOST),
+    ],
+}
+HEADERS = {'grouped_gemm': ['emu_mma.hpp']}
+
+
+def replace_body(text, signature_start, new_body):
+    i = text.index(signature_start)
+    j = text.index('{', i)
+    k = match_fwd(text, j, '{', '}')
+    return text[:j] + '{ ' + new_body + ' }' + text[k + 1:]
+
+
+def match_back(text, i, open_ch, close_ch):
+    """text[i] == close_ch: index of the matching open_ch."""
+    depth = 0
+    for k in range(i, -1, -1):
+        if text[k] == close_ch:
+            depth += 1
+        elif text[k] == open_ch:
+            depth -= 1
+            if depth == 0:
+                return k
+    raise SystemExit('unbalanced %s at %d' % (close_ch, i))
+
+
+def match_fwd(text, i, open_ch, close_ch):
+    depth = 0
+    for k in range(i, len(text)):
+        if text[k] == open_ch:
+            depth += 1
+        elif text[k] == close_ch:
+            depth -= 1
+            if depth == 0:
+                return k
+    raise SystemExit('unbalanced %s at %d' % (open_ch, i))
+
+
+def split_top(s):
+    parts, depth, cur = [], 0, ''
+    for ch in s:
+        if ch in '([{':
+            depth += 1
+        elif ch in ')]}':
+            depth -= 1
+        if ch == ',' and depth == 0:
+            parts.append(cur.strip())
+            cur = ''
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    return parts
+
+
+def rewrite_launches(src):
+    out, pos, n = '', 0, 0
+    while True:
+        i = src.find('<<<', pos)
+        if i < 0:
+            break
+        # the kernel expression: identifier chars, '::' and balanced template arguments, backwards
+        k = i
+        while src[k - 1] in ' \t':
+            k -= 1
+        if src[k - 1] == '>':
+            k = match_back(src, k - 1, '<', '>')
+        while src[k - 1].isalnum() or src[k - 1] in '_:':
+            k -= 1
+        kernel = src[k:i].strip()
+        j = src.index('>>>', i)
+        cfg = split_top(src[i + 3:j])
+        p0 = src.index('(', j)
+        p1 = match_fwd(src, p0, '(', ')')
+        args = src[p0 + 1:p1].strip()
+        assert src[p1 + 1] == ';', src[k:p1 + 2]
+        while len(cfg) < 4:
+            cfg.append('0')
+        name = re.sub(r'\s+', ' ', kernel)
+        call = '::emu::launch("%s", %s, %s, %s, %s, %s%s)' % (name, kernel, cfg[0], cfg[1], cfg[2], cfg[3],
+                                                             ', ' + args if args else '')
+        out += src[pos:k] + call
+        pos = p1 + 1
+        n += 1
+    return out + src[pos:], n
+
+
+def rewrite_shared(src):
+    n = [0]
+
+    def ext(m):
+        n[0] += 1
+        return '%s* %s = reinterpret_cast<%s*>(::emu::dynamic_smem());' % (m.group(1), m.group(2), m.group(1))
+    src = re.sub(r'extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:<>, ]+?)\s+(\w+)\s*\[\s*\]\s*;', ext, src)
+
+    def st(m):
+        n[0] += 1
+        typ, name, dims = m.group(1).strip(), m.group(2), m.group(3) or ''
+        slot = 'emu_slot_' + name
+        if dims:
+            return ('static ::emu::SharedSlot %s; %s (&%s)%s = *reinterpret_cast<%s(*)%s>(%s.get(sizeof(%s%s), alignof(%s)));'
+                    % (slot, typ, name, dims, typ, dims, slot, typ, dims, typ))
+        return ('static ::emu::SharedSlot %s; %s& %s = *reinterpret_cast<%s*>(%s.get(sizeof(%s), alignof(%s)));'
+                % (slot, typ, name, typ, slot, typ, typ))
+    src = re.sub(r'(?<!extern )(?:static\s+)?__shared__\s+(?:__align__\(\d+\)\s+)?([\w:<>, ]+?)\s+(\w+)\s*((?:\[[^\]]+\])*)\s*;',
+                 st, src)
+    return src, n[0]
+
+
+def transform_source(path, family=None):
+    src = open(path).read()
+    for sig, body in BODIES.get(family, []):
+        src = replace_body(src, sig, body)
+    src, nl = rewrite_launches(src)
+    src, ns = rewrite_shared(src)
+    if re.search(r'\basm\b', re.sub(r'//.*', '', src)):
+        raise SystemExit('%s has inline asm: add its emulation to transform.py' % path)
+    return '#line 1 "%s"\n' % path + src, nl, ns
+
+
+def transform_harness(path, skips):
+    s = open(path).read()
+    pat = '|'.join(skips) if skips else '$^'
+    a = '''  for (const Case& c : make_cases(ctx)) {
+    CaseResult result{false, ""};
+    try {
+      result = c.run();
+    } catch (const std::exception& e) {'''
+    assert a in s, 'harness.cuh run loop changed: update transform.py'
+    s = s.replace(a, '''  int skipped = 0;
+  const std::regex emu_skip(std::string(R"EMU(%s)EMU") + (std::getenv("EMU_SKIP") ? std::string("|") + std::getenv("EMU_SKIP") : std::string()));
+  const char* emu_only = std::getenv("EMU_ONLY");
+  for (const Case& c : make_cases(ctx)) {
+    CaseResult result{false, ""};
+    ::emu::begin_case();
+    if (std::regex_search(c.name, emu_skip) || (emu_only && !std::regex_search(c.name, std::regex(emu_only)))) {
+      std::printf("SKIP %%s: by name (transform.py's list for the family, EMU_SKIP or EMU_ONLY)\\n", c.name.c_str());
+      ++skipped;
+      continue;
+    }
+    try {
+      result = c.run();
+    } catch (const ::emu::Skip& e) {
+      std::printf("SKIP %%s: %%s\\n", c.name.c_str(), e.why.c_str());
+      ++skipped;
+      continue;
+    } catch (const std::exception& e) {''' % pat)
+    b = '  std::printf("%d passed, %d failed\\n", passed, failed);'
+    assert b in s
+    s = s.replace(b, '  std::printf("%d passed, %d failed, %d skipped (emulation)\\n", passed, failed, skipped);')
+    s = s.replace('#include <cuda_runtime.h>', '#include <cuda_runtime.h>\n#include <regex>', 1)
+    return s
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) < 2:
+        raise SystemExit(__doc__)
+    family, out = args[0], args[1]
+    extra = [args[i + 1] for i in range(2, len(args) - 1) if args[i] == '--skip']
+    source = [args[i + 1] for i in range(2, len(args) - 1) if args[i] == '--source']
+    os.makedirs(out, exist_ok=True)
+    if family == 'selftest':  # the emulator's own test: emu/selftest.cu, no harness
+        src, nl, ns = transform_source(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'selftest.cu'))
+        open(os.path.join(out, 'selftest.cu.inc'), 'w').write(src)
+        open(os.path.join(out, 'selftest_emu.cpp'), 'w').write(
+            '#include "emu_cuda.hpp"\n#include "jetmoe/kernels.h"\n#include "emu_host.hpp"\n#include "selftest.cu.inc"\n')
+        print('selftest.cu: %d launches, %d shared declarations rewritten' % (nl, ns))
+        return
+    parts = ['// generated by kernels/tests/emu/transform.py %s: do not edit' % family,
+             '#include "emu_cuda.hpp"'] + ['#include "%s"' % h for h in HEADERS.get(family, [])]
+    for name in SOURCES.get(family, [family + '.cu']):
+        path = source[0] if source and name == family + '.cu' else os.path.join(ROOT, 'src', name)
+        src, nl, ns = transform_source(path, family)
+        open(os.path.join(out, name + '.inc'), 'w').write(src)
+        parts.append('#include "%s.inc"' % name)
+        print('%s: %d launches, %d shared declarations rewritten' % (name, nl, ns))
+    parts.append('#include "emu_host.hpp"')
+    open(os.path.join(out, 'harness.cuh'), 'w').write(transform_harness(os.path.join(ROOT, 'tests', 'harness.cuh'),
+                                                                          SKIP.get(family, []) + extra))
+    test = open(os.path.join(ROOT, 'tests', 'test_%s.cu' % family)).read()
+    open(os.path.join(out, 'test_%s.cu.inc' % family), 'w').write(test)
+    parts.append('#include "test_%s.cu.inc"' % family)
+    open(os.path.join(out, family + '_emu.cpp'), 'w').write('\n'.join(parts) + '\n')
+
+
+if __name__ == '__main__':
+    main()
