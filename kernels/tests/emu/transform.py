@@ -27,6 +27,7 @@ SKIP = {
     'router': [r'N=16384', r'N=100000', r'N=33333', r'N=20000'],
     'fused': [r'rows=16384', r'rows=4096 vocab=32000'],
     'grouped_gemm': [r'^8B ', r'^paths '],  # paths: n, k ~ 1000 over 2400 rows, hours emulated
+    'attention': [],
 }
 SOURCES = {'router': ['router.cu'], 'fused': ['fused.cu']}
 
@@ -62,8 +63,26 @@ BODIES = {
         ('cudaError_t lt_handle(', '*out = nullptr; return cudaErrorNotSupported;'),
         ('cudaError_t lt_gemm(', LT_GEMM_HOST),
     ],
+    # attention.cu's PTX wrappers (not JK_ATTENTION_EMULATE: that is the other, test-internal emulator)
+    'attention': [
+        ('__device__ __forceinline__ void cp_async_16(', '::emu::cp_async_16_bytes(dst, src, src_bytes);'),
+        ('__device__ __forceinline__ void cp_async_commit(', ''),      # copies complete at issue
+        ('__device__ __forceinline__ void cp_async_wait(', ''),
+        ('__device__ __forceinline__ void ldmatrix_x4(', '::emu::ldmatrix(r, addr, false);'),
+        ('__device__ __forceinline__ void ldmatrix_x4_trans(', '::emu::ldmatrix(r, addr, true);'),
+        ('__device__ __forceinline__ void mma_bf16_16816(',
+         'const std::uint32_t b[2] = {b0, b1}; ::emu::mma(d, a, b);'),
+        ('__device__ __forceinline__ std::uint32_t pack_bf16x2(', 'return ::emu::cvt_rn_bf16x2(hi, lo);'),
+    ],
 }
-HEADERS = {'grouped_gemm': ['emu_mma.hpp']}
+HEADERS = {'grouped_gemm': ['emu_mma.hpp'], 'attention': ['emu_mma.hpp']}
+# Per family: (exact text, replacement) for declarations the regexes above do not see (macros).
+TEXT = {
+    'attention': [
+        ('#define JK_ATTENTION_DYNAMIC_SMEM(name) extern __shared__ __align__(16) std::uint16_t name[]',
+         '#define JK_ATTENTION_DYNAMIC_SMEM(name) std::uint16_t* name = reinterpret_cast<std::uint16_t*>(::emu::dynamic_smem())'),
+    ],
+}
 
 
 def replace_body(text, signature_start, new_body):
@@ -173,6 +192,9 @@ def transform_source(path, family=None):
     src = open(path).read()
     for sig, body in BODIES.get(family, []):
         src = replace_body(src, sig, body)
+    for old, new in TEXT.get(family, []):
+        assert old in src, '%s: %r not found: update transform.py' % (path, old)
+        src = src.replace(old, new)
     src, nl = rewrite_launches(src)
     src, ns = rewrite_shared(src)
     if re.search(r'\basm\b', re.sub(r'//.*', '', src)):
