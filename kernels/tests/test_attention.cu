@@ -17,8 +17,8 @@
 //      these numerics in tests/kernel_reference/test_attention.cpp reaches 0.27 (0.32 for a sharp
 //      softmax) of this tolerance, the emulated tuned kernel 0.33.
 //  lse (both):           |got - ref| <= 1e-4 + 1e-5 |ref|     (fp32 sums of <= 4096 terms)
-//  dq, dk, dv SIMPLE, bf16 out:  |got - ref| <= 2^-7 |ref| + 2^-8 max|ref of that tensor|
-//  dq, dk, dv SIMPLE, fp32 out:  |got - ref| <= 2^-8 |ref| + 2^-8 max|ref of that tensor|
+//  dq, dk, dv SIMPLE, bf16 out:  |got - ref| <= 2^-7 |ref| + 2^-7 max|ref of that tensor|
+//  dq, dk, dv SIMPLE, fp32 out:  |got - ref| <= 2^-8 |ref| + 2^-7 max|ref of that tensor|
 //      the device takes D = rowsum(dout * out) from the bf16 forward output (rounded <= 2^-8 relative;
 //      the reference uses the exact D = sum_u P dP), and accumulates in fp32; bf16 outputs add one
 //      rounding. The absolute term is a fraction of the tensor's largest gradient.
@@ -354,7 +354,10 @@ CaseResult check_backward(Context& ctx, const FwdSpec& spec, jk_attention_path_t
   const bool f32 = std::is_same_v<TOut, float>;
   const bool tuned = bwd_path != JK_ATTENTION_SIMPLE;
   const double rel = tuned ? std::ldexp(1.0, -7) : f32 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -7);
-  const double abs_frac = tuned ? std::ldexp(1.0, -7) : std::ldexp(1.0, -8);
+  // 2^-7 for both paths: D = rowsum(dout * out) from the bf16 forward output is off by up to 2^-8 relative
+  // per query row, and dk sums those errors over every query row of a key; with a sharp softmax (dS small,
+  // cancelling) this reaches ~1.7 x 2^-8 max|dk| on the simple path too (emulated, kernels/tests/emu).
+  const double abs_frac = std::ldexp(1.0, -7);
 
   Oracle oracle(s, spec.len, q.value, k.value, v.value, &go.value);
   // Reference rows first (to know each tensor's max |ref|), then the comparison.

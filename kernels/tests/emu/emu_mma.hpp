@@ -1,5 +1,6 @@
-// Tensor-core and async-copy helpers for emu_cuda.hpp (families with inline asm: grouped_gemm):
-// mma.sync.m16n8k16 bf16 -> fp32, ldmatrix.x4(.trans), cp.async (16 bytes, completes at issue),
+// Tensor-core and async-copy helpers for emu_cuda.hpp (families with inline asm: grouped_gemm, attention):
+// mma.sync.m16n8k16 bf16 -> fp32, ldmatrix.x4(.trans), cp.async (16 bytes, src-size 0..16, completes at issue),
+// cvt.rn.bf16x2.f32,
 // __cvta_generic_to_shared, all from the PTX ISA fragment layouts (as kernels/tests/emu/grouped_gemm
 // did with OS threads), as full-warp collectives with the mask/exit rules of emu_cuda.hpp.
 #pragma once
@@ -28,6 +29,28 @@ inline void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
   if (valid && reinterpret_cast<std::uintptr_t>(src) % 16 != 0) fail("cp.async: global source not 16-byte aligned");
   if (valid) std::memcpy(d, src, 16);
   else std::memset(d, 0, 16);
+}
+
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes: the first src_bytes (0..16) bytes from src,
+// the rest of the 16 zero-filled (PTX ISA, cp.async: src-size); attention.cu passes 16 or 0.
+inline void cp_async_16_bytes(std::uint32_t dst, const void* src, int src_bytes) {
+  if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside 0..16");
+  if (dst % 16 != 0) fail("cp.async: shared address not 16-byte aligned");
+  unsigned char* d = shared_at(dst, 16, "cp.async");
+  if (src_bytes > 0 && reinterpret_cast<std::uintptr_t>(src) % 16 != 0) fail("cp.async: global source not 16-byte aligned");
+  std::memset(d, 0, 16);
+  if (src_bytes > 0) std::memcpy(d, src, static_cast<std::size_t>(src_bytes));
+}
+
+// cvt.rn.bf16x2.f32 d, a, b: a -> the upper half, b -> the lower half, round to nearest even,
+// NaN -> the canonical 0x7fff (PTX ISA, cvt).
+inline std::uint16_t cvt_rn_bf16(float f) {
+  const std::uint32_t u = f2u(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline std::uint32_t cvt_rn_bf16x2(float a, float b) {
+  return (static_cast<std::uint32_t>(cvt_rn_bf16(a)) << 16) | cvt_rn_bf16(b);
 }
 
 inline float bf(std::uint16_t b) { return u2f(static_cast<std::uint32_t>(b) << 16); }

@@ -27,7 +27,7 @@ SKIP = {
     'router': [r'N=16384', r'N=100000', r'N=33333', r'N=20000'],
     'fused': [r'rows=16384', r'rows=4096 vocab=32000'],
     'grouped_gemm': [r'^8B ', r'^paths '],  # paths: n, k ~ 1000 over 2400 rows, hours emulated
-    'attention': [],
+    'attention': [r'T=4096 Hq=32', r'B=4 T=2048'],  # JetMoE-8B sizes (tuned: hours of emulated mma.sync)
 }
 SOURCES = {'router': ['router.cu'], 'fused': ['fused.cu']}
 
@@ -142,7 +142,7 @@ def rewrite_launches(src):
             break
         # the kernel expression: identifier chars, '::' and balanced template arguments, backwards
         k = i
-        while src[k - 1] in ' \t':
+        while src[k - 1] in ' \t\n':  # attention.cu: `kernel<P, true>\n    <<<grid, ...`
             k -= 1
         if src[k - 1] == '>':
             k = match_back(src, k - 1, '<', '>')
@@ -166,8 +166,18 @@ def rewrite_launches(src):
     return out + src[pos:], n
 
 
+def split_shared_declarators(src):
+    """`__shared__ float a[N], b;` -> `__shared__ float a[N]; __shared__ float b;` (simple types only)."""
+    def one(m):
+        prefix, rest = m.group(1), m.group(2)
+        return ' '.join('%s %s;' % (prefix, d) for d in split_top(rest))
+    return re.sub(r'(?<!extern )((?:static\s+)?__shared__\s+(?:__align__\(\d+\)\s+)?[\w:]+)\s+([^;{}()]*,[^;{}()]*);',
+                  one, src)
+
+
 def rewrite_shared(src):
     n = [0]
+    src = split_shared_declarators(src)
 
     def ext(m):
         n[0] += 1
