@@ -7,6 +7,7 @@
 // kernels/bench/peer_embedding.py (PyTorch F.embedding on the same GPU). There are no FLOPs to speak
 // of (one add per dx element), so no TFLOP/s column.
 // Exit: 0 done, 2 bad arguments, 77 no CUDA device.
+#include "bench_timing.cuh"
 #include "harness.cuh"
 
 #include <set>
@@ -21,27 +22,7 @@ struct Row {
   double us, gbs, hbm_pct;
 };
 
-double median_us(const std::function<void()>& launch, cudaStream_t s, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) launch();
-  CHECK_CUDA(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  CHECK_CUDA(cudaEventCreate(&a));
-  CHECK_CUDA(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(a, s));
-    launch();
-    CHECK_CUDA(cudaEventRecord(b, s));
-    CHECK_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1e3);
-  }
-  CHECK_CUDA(cudaEventDestroy(a));
-  CHECK_CUDA(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using jkb::median_us;
 
 template <typename T>
 T* device_upload(const std::vector<T>& v) {

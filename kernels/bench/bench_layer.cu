@@ -13,6 +13,7 @@
 // Median of cudaEvent-timed runs after a warm-up; fresh random non-zero inputs. Prints a table and writes
 // raw rows with --out FILE.csv; the same columns as kernels/bench/peer_layer.py (HF JetMoe on the GPU).
 // Exit: 0 done, 2 bad arguments, 77 no CUDA device.
+#include "bench_timing.cuh"
 #include "harness.cuh"
 
 namespace {
@@ -45,27 +46,7 @@ T* device_zero(std::size_t n) {
   return d;
 }
 
-double median_ms(const std::function<void()>& launch, cudaStream_t s, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) launch();
-  CHECK_CUDA(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  CHECK_CUDA(cudaEventCreate(&a));
-  CHECK_CUDA(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(a, s));
-    launch();
-    CHECK_CUDA(cudaEventRecord(b, s));
-    CHECK_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  CHECK_CUDA(cudaEventDestroy(a));
-  CHECK_CUDA(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using jkb::median_ms;
 
 // One profiled run: prints each stage's time and share.
 void print_breakdown(const char* title, const std::function<void(jk_layer_profile_t*)>& launch, cudaStream_t s) {

@@ -6,6 +6,7 @@
 // bf16 dense peak 989 TFLOP/s where there are FLOPs) and writes the raw rows with --out FILE.csv.
 // The same columns as kernels/bench/peer_router.py (PyTorch / HF on the same GPU).
 // Exit: 0 done, 2 bad arguments, 77 no CUDA device.
+#include "bench_timing.cuh"
 #include "harness.cuh"
 
 namespace {
@@ -43,27 +44,7 @@ T* device_alloc(std::size_t n) {
   return d;
 }
 
-double median_us(const std::function<void()>& launch, cudaStream_t s, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) launch();
-  CHECK_CUDA(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  CHECK_CUDA(cudaEventCreate(&a));
-  CHECK_CUDA(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(a, s));
-    launch();
-    CHECK_CUDA(cudaEventRecord(b, s));
-    CHECK_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1e3);
-  }
-  CHECK_CUDA(cudaEventDestroy(a));
-  CHECK_CUDA(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using jkb::median_us;
 
 }  // namespace
 
