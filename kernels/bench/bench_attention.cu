@@ -7,14 +7,8 @@
 // Percentages against the H100 SXM peaks: 989 TFLOP/s dense bf16, 3.35 TB/s HBM3.
 // Usage: jetmoe-attention-bench [--out FILE.csv] [--reps N] [--warmup N] [--quick]
 // Exit 77 (with a message) when there is no CUDA device.
+#include "bench_timing.cuh"
 #include "harness.cuh"
-
-#include <algorithm>
-#include <cstdio>
-#include <cstring>
-#include <random>
-#include <string>
-#include <vector>
 
 namespace {
 
@@ -26,46 +20,14 @@ struct Row {
   double ms, tflops, gbs, tokens_per_s, pct_peak;
 };
 
-struct DeviceBuffer {
-  void* p = nullptr;
-  explicit DeviceBuffer(std::size_t bytes) { CHECK_CUDA(cudaMalloc(&p, std::max<std::size_t>(bytes, 16))); }
-  ~DeviceBuffer() { cudaFree(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* as() {
-    return static_cast<T*>(p);
-  }
-};
-
-void fill_random_bf16(DeviceBuffer& buf, std::size_t n, std::mt19937_64& gen, float hi) {
+void fill_random_bf16(jkb::DeviceMemory& buf, std::size_t n, std::mt19937_64& gen, float hi) {
   std::uniform_real_distribution<float> mag(1.0f / 64, hi);
   std::vector<std::uint16_t> host(n);
   for (auto& x : host) x = jkt::round_to_bf16((gen() & 1) ? mag(gen) : -mag(gen));
-  CHECK_CUDA(cudaMemcpy(buf.p, host.data(), n * sizeof(std::uint16_t), cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(buf.ptr, host.data(), n * sizeof(std::uint16_t), cudaMemcpyHostToDevice));
 }
 
-// Median milliseconds of `reps` timed calls after `warmup` untimed ones.
-template <typename F>
-double time_median(F&& call, int warmup, int reps, cudaStream_t stream) {
-  for (int i = 0; i < warmup; ++i) CHECK_CUDA(call());
-  CHECK_CUDA(cudaStreamSynchronize(stream));
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  std::vector<float> ms(static_cast<std::size_t>(reps));
-  for (int r = 0; r < reps; ++r) {
-    CHECK_CUDA(cudaEventRecord(start, stream));
-    CHECK_CUDA(call());
-    CHECK_CUDA(cudaEventRecord(stop, stream));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    CHECK_CUDA(cudaEventElapsedTime(&ms[static_cast<std::size_t>(r)], start, stop));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using jkb::median_ms;
 
 void print_row(const Row& r) {
   std::printf("%-8s %-7s %-34s %10.3f %9.1f %9.1f %12.0f %7.1f%%\n", r.op.c_str(), r.path.c_str(), r.shape.c_str(),
@@ -75,33 +37,22 @@ void print_row(const Row& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* out_path = nullptr;
-  int reps = 20, warmup = 3;
+  jkb::Args args{nullptr, 20, 3};
   bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
-      out_path = argv[++i];
-    } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
-      reps = std::max(1, std::atoi(argv[++i]));
-    } else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc) {
-      warmup = std::max(0, std::atoi(argv[++i]));
-    } else if (!std::strcmp(argv[i], "--quick")) {
-      quick = true;
-    } else {
-      std::printf("usage: %s [--out FILE.csv] [--reps N] [--warmup N] [--quick]\n", argv[0]);
-      return 2;
-    }
-  }
+  jkb::ArgRules rules;
+  rules.extra_usage = " [--quick]";
+  const auto flags = [&](const std::string& arg, const char*) {
+    if (arg != "--quick") return 0;
+    quick = true;
+    return 1;
+  };
+  if (const int rc = jkb::parse_args(argc, argv, args, rules, flags); rc != jkb::kContinue) return rc;
+  const char* out_path = args.out;
+  const int reps = args.reps, warmup = args.warmup;
   jk_runtime_info_t info;
-  if (jk_runtime_info(&info) != cudaSuccess || info.device_count == 0 || !info.kernel_image_ok) {
-    std::printf("jetmoe-attention-bench: no usable CUDA device (%s); nothing to measure (exit 77)\n",
-                info.device_count == 0 ? cudaGetErrorName(info.device_status) : "no kernel image for this device");
-    return 77;
-  }
-  char description[1024];
-  jk_runtime_info_describe(&info, description, sizeof(description));
+  if (const int rc = jkb::open_device("jetmoe-attention-bench", info); rc != jkb::kContinue) return rc;
   std::printf("jetmoe-attention-bench: median of %d cudaEvent-timed runs after %d warm-up runs\n%s", reps, warmup,
-              description);
+              jkb::describe(info).c_str());
   std::printf("peaks: %.0f TFLOP/s dense bf16, %.2f TB/s HBM3 (H100 SXM); causal FLOPs fwd 4*B*Hq*T^2*d/2, bwd 2.5x\n",
               kPeakTflops, kPeakTBs);
   std::printf("%-8s %-7s %-34s %10s %9s %9s %12s %8s\n", "op", "path", "shape", "ms", "TFLOP/s", "GB/s", "tokens/s",
@@ -123,8 +74,8 @@ int main(int argc, char** argv) {
       const std::size_t qn = static_cast<std::size_t>(tr.B * tr.T * Hq * d),
                         kvn = static_cast<std::size_t>(tr.B * tr.T * Hkv * d);
       const std::size_t ln = static_cast<std::size_t>(tr.B * Hq * tr.T);
-      DeviceBuffer q(qn * 2), k(kvn * 2), v(kvn * 2), o(qn * 2), dout(qn * 2), lse(ln * 4), delta(ln * 4), dq(qn * 2),
-          dk(kvn * 2), dv(kvn * 2);
+      jkb::DeviceMemory q(qn * 2), k(kvn * 2), v(kvn * 2), o(qn * 2), dout(qn * 2), lse(ln * 4), delta(ln * 4),
+          dq(qn * 2), dk(kvn * 2), dv(kvn * 2);
       fill_random_bf16(q, qn, gen, 1.5f);
       fill_random_bf16(k, kvn, gen, 1.5f);
       fill_random_bf16(v, kvn, gen, 2.0f);
@@ -143,7 +94,7 @@ int main(int argc, char** argv) {
           cudaGetLastError();
         } else {
           const int r = path == JK_ATTENTION_SIMPLE ? std::max(1, reps / 4) : reps;
-          const double ms = time_median(fwd, warmup, r, stream);
+          const double ms = median_ms(fwd, stream, warmup, r);
           rows.push_back({"fwd", pname, shape, ms, fwd_flops / ms * 1e-9, 0, tr.B * tr.T / ms * 1e3,
                           fwd_flops / ms * 1e-9 / kPeakTflops * 100});
           print_row(rows.back());
@@ -159,7 +110,7 @@ int main(int argc, char** argv) {
           cudaGetLastError();
         } else {
           const int r = path == JK_ATTENTION_SIMPLE ? std::max(1, reps / 10) : reps;
-          const double ms = time_median(bwd, path == JK_ATTENTION_SIMPLE ? 1 : warmup, r, stream);
+          const double ms = median_ms(bwd, stream, path == JK_ATTENTION_SIMPLE ? 1 : warmup, r);
           const double flops = 2.5 * fwd_flops;
           rows.push_back({"bwd", pname, shape, ms, flops / ms * 1e-9, 0, tr.B * tr.T / ms * 1e3,
                           flops / ms * 1e-9 / kPeakTflops * 100});
@@ -176,19 +127,19 @@ int main(int argc, char** argv) {
       const std::size_t qn = static_cast<std::size_t>(dc.B * Hq * d),
                         kvn = static_cast<std::size_t>(dc.B * Tmax * Hkv * d);
       const std::size_t ws_bytes = jk_attention_decode_workspace_bytes(dc.B, Hq, Tmax, d);
-      DeviceBuffer q(qn * 2), k(kvn * 2), v(kvn * 2), o(qn * 2), lse(static_cast<std::size_t>(dc.B * Hq) * 4),
+      jkb::DeviceMemory q(qn * 2), k(kvn * 2), v(kvn * 2), o(qn * 2), lse(static_cast<std::size_t>(dc.B * Hq) * 4),
           ws(ws_bytes), len(static_cast<std::size_t>(dc.B) * 4);
       fill_random_bf16(q, qn, gen, 1.5f);
       fill_random_bf16(k, kvn, gen, 1.5f);
       fill_random_bf16(v, kvn, gen, 2.0f);
       std::vector<std::int32_t> lens(static_cast<std::size_t>(dc.B), static_cast<std::int32_t>(dc.len));
-      CHECK_CUDA(cudaMemcpy(len.p, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaMemcpy(len.ptr, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
       const auto dec = [&] {
         return jk_attention_decode_bf16(q.as<std::uint16_t>(), k.as<std::uint16_t>(), v.as<std::uint16_t>(),
                                         len.as<std::int32_t>(), o.as<std::uint16_t>(), lse.as<float>(), dc.B, Tmax, Hq,
-                                        Hkv, d, ws.p, ws_bytes, stream);
+                                        Hkv, d, ws.ptr, ws_bytes, stream);
       };
-      const double ms = time_median(dec, warmup, reps, stream);
+      const double ms = median_ms(dec, stream, warmup, reps);
       const double bytes = 2.0 * dc.B * dc.len * Hkv * d * 2 + 2.0 * qn * 2;
       const double gbs = bytes / ms * 1e-6;
       const std::string shape = jkt::format("B=%lld len=%lld Tmax=4096 Hq=32 Hkv=16", static_cast<long long>(dc.B),

@@ -7,36 +7,22 @@
 // with the same columns.
 //   jetmoe-fused-bench [--out FILE.csv] [--reps N] [--warmup N]
 // Exit: 0 done, 2 bad arguments, 77 no CUDA device.
-#include "jetmoe/kernels.h"
+#include "bench_timing.cuh"
+#include "harness.cuh"
 
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
 #include <memory>
-#include <random>
-#include <stdexcept>
-#include <string>
-#include <vector>
 
 namespace {
 
 constexpr double kHbmPeak = 3.35e12;  // bytes/s, H100 SXM
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-#define CHECK(expr) check((expr), #expr)
-
 template <typename T>
 struct Device {
   T* ptr = nullptr;
   std::size_t n = 0;
-  explicit Device(std::size_t count) : n(count) { CHECK(cudaMalloc(&ptr, std::max<std::size_t>(1, n) * sizeof(T))); }
+  explicit Device(std::size_t count) : n(count) {
+    CHECK_CUDA(cudaMalloc(&ptr, std::max<std::size_t>(1, n) * sizeof(T)));
+  }
   ~Device() { cudaFree(ptr); }
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
@@ -62,7 +48,7 @@ std::vector<std::uint16_t> bf16_of(const std::vector<float>& v) {
 }
 template <typename T>
 void upload(Device<T>& d, const std::vector<T>& h) {
-  CHECK(cudaMemcpy(d.ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(d.ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
 }
 
 struct Row {
@@ -70,51 +56,20 @@ struct Row {
   double bytes, median_us;
 };
 
-double time_median_us(const std::function<cudaError_t()>& launch, int warmup, int reps) {
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < warmup; ++i) CHECK(launch());
-  CHECK(cudaDeviceSynchronize());
-  std::vector<float> ms(static_cast<std::size_t>(reps));
-  for (int i = 0; i < reps; ++i) {
-    CHECK(cudaEventRecord(start));
-    CHECK(launch());
-    CHECK(cudaEventRecord(stop));
-    CHECK(cudaEventSynchronize(stop));
-    CHECK(cudaEventElapsedTime(&ms[i], start, stop));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return 1e3 * ms[ms.size() / 2];
-}
+// Every launch here is on the legacy default stream (stream argument 0).
+using jkb::median_us;
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* out_path = nullptr;
-  int reps = 50, warmup = 5;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
-      out_path = argv[++i];
-    } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
-      reps = std::max(1, std::atoi(argv[++i]));
-    } else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc) {
-      warmup = std::max(0, std::atoi(argv[++i]));
-    } else {
-      std::printf("usage: %s [--out FILE.csv] [--reps N] [--warmup N]\n", argv[0]);
-      return 2;
-    }
-  }
+  jkb::Args args{nullptr, 50, 5};
+  if (const int rc = jkb::parse_args(argc, argv, args); rc != jkb::kContinue) return rc;
+  const char* out_path = args.out;
+  const int reps = args.reps, warmup = args.warmup;
   jk_runtime_info_t info;
-  if (jk_runtime_info(&info) != cudaSuccess || info.device_count == 0 || !info.kernel_image_ok) {
-    std::printf("jetmoe-fused-bench: no usable CUDA device (exit 77): nothing measured\n");
-    return 77;
-  }
-  char description[1024];
-  jk_runtime_info_describe(&info, description, sizeof(description));
-  std::printf("jetmoe-fused-bench: median of %d event-timed launches after %d warm-up\n%s", reps, warmup, description);
+  if (const int rc = jkb::open_device("jetmoe-fused-bench", info); rc != jkb::kContinue) return rc;
+  std::printf("jetmoe-fused-bench: median of %d event-timed launches after %d warm-up\n%s", reps, warmup,
+              jkb::describe(info).c_str());
 
   std::vector<Row> rows;
   try {
@@ -135,18 +90,18 @@ int main(int argc, char** argv) {
       upload(w16, bf16_of(wf));
       const double partial_bytes = 2.0 * ws.n * 4 + H * 4;
       const std::string shape = "16384x2048";
-      rows.push_back({"rmsnorm_bwd bf16", shape, 3.0 * n * 2 + partial_bytes, time_median_us([&] {
+      rows.push_back({"rmsnorm_bwd bf16", shape, 3.0 * n * 2 + partial_bytes, median_us([&] {
         return jk_fused_rmsnorm_bwd_bf16(x16.ptr, w16.ptr, rstd.ptr, dy16.ptr, dx16.ptr, dw.ptr, 0.0f, ws.ptr, R, H, 0);
-      }, warmup, reps)});
-      rows.push_back({"rmsnorm_bwd bf16 simple", shape, 3.0 * n * 2 + partial_bytes, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"rmsnorm_bwd bf16 simple", shape, 3.0 * n * 2 + partial_bytes, median_us([&] {
         return jk_fused_rmsnorm_bwd_bf16_simple(x16.ptr, w16.ptr, rstd.ptr, dy16.ptr, dx16.ptr, dw.ptr, 0.0f, ws.ptr, R, H, 0);
-      }, warmup, reps)});
-      rows.push_back({"rmsnorm_bwd f32", shape, 3.0 * n * 4 + partial_bytes, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"rmsnorm_bwd f32", shape, 3.0 * n * 4 + partial_bytes, median_us([&] {
         return jk_fused_rmsnorm_bwd_f32(x32.ptr, w32.ptr, rstd.ptr, dy32.ptr, dx32.ptr, dw.ptr, 0.0f, ws.ptr, R, H, 0);
-      }, warmup, reps)});
-      rows.push_back({"rmsnorm_bwd f32 simple", shape, 3.0 * n * 4 + partial_bytes, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"rmsnorm_bwd f32 simple", shape, 3.0 * n * 4 + partial_bytes, median_us([&] {
         return jk_fused_rmsnorm_bwd_f32_simple(x32.ptr, w32.ptr, rstd.ptr, dy32.ptr, dx32.ptr, dw.ptr, 0.0f, ws.ptr, R, H, 0);
-      }, warmup, reps)});
+      }, 0, warmup, reps)});
     }
     // ---- RoPE: 4096 tokens, 32 q heads + 16 k heads of 128 -------------------------------------------------
     {
@@ -162,17 +117,17 @@ int main(int argc, char** argv) {
       std::vector<std::int32_t> p(T);
       for (std::int64_t t = 0; t < T; ++t) p[t] = static_cast<std::int32_t>(t);
       upload(pos, p);
-      CHECK(jk_fused_rope_table(table.ptr, 4096, D, 10000.0f));
+      CHECK_CUDA(jk_fused_rope_table(table.ptr, 4096, D, 10000.0f));
       const std::string shape = "4096 tok, 32+16 heads x128";
-      rows.push_back({"rope_fwd bf16", shape, 2.0 * (nq + nk) * 2, time_median_us([&] {
+      rows.push_back({"rope_fwd bf16", shape, 2.0 * (nq + nk) * 2, median_us([&] {
         return jk_fused_rope_fwd_bf16(q16.ptr, k16.ptr, pos.ptr, table.ptr, 4096, T, HQ, HK, D, 0);
-      }, warmup, reps)});
-      rows.push_back({"rope_bwd bf16", shape, 2.0 * (nq + nk) * 2, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"rope_bwd bf16", shape, 2.0 * (nq + nk) * 2, median_us([&] {
         return jk_fused_rope_bwd_bf16(q16.ptr, k16.ptr, pos.ptr, table.ptr, 4096, T, HQ, HK, D, 0);
-      }, warmup, reps)});
-      rows.push_back({"rope_fwd f32", shape, 2.0 * (nq + nk) * 4, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"rope_fwd f32", shape, 2.0 * (nq + nk) * 4, median_us([&] {
         return jk_fused_rope_fwd_f32(q32.ptr, k32.ptr, pos.ptr, table.ptr, 4096, T, HQ, HK, D, 0);
-      }, warmup, reps)});
+      }, 0, warmup, reps)});
     }
     // ---- cross-entropy: 4096 x 32000 --------------------------------------------------------------------------
     {
@@ -188,18 +143,18 @@ int main(int argc, char** argv) {
       for (std::int64_t i = 0; i < N; ++i) lab[i] = i % 97 == 5 ? -100 : static_cast<std::int32_t>(rng() % V);
       upload(labels, lab);
       const std::string shape = "4096x32000";
-      rows.push_back({"cross_entropy_fwd bf16", shape, n * 2.0, time_median_us([&] {
+      rows.push_back({"cross_entropy_fwd bf16", shape, n * 2.0, median_us([&] {
         return jk_fused_cross_entropy_fwd_bf16(l16.ptr, labels.ptr, loss.ptr, lse.ptr, mean.ptr, nvalid.ptr, inv.ptr, N, V, 0);
-      }, warmup, reps)});
-      rows.push_back({"cross_entropy_bwd bf16", shape, n * 4.0, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"cross_entropy_bwd bf16", shape, n * 4.0, median_us([&] {
         return jk_fused_cross_entropy_bwd_bf16(l16.ptr, labels.ptr, lse.ptr, g16.ptr, inv.ptr, 0.0f, N, V, 0);
-      }, warmup, reps)});
-      rows.push_back({"cross_entropy_fwd f32", shape, n * 4.0, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"cross_entropy_fwd f32", shape, n * 4.0, median_us([&] {
         return jk_fused_cross_entropy_fwd_f32(l32.ptr, labels.ptr, loss.ptr, lse.ptr, mean.ptr, nvalid.ptr, inv.ptr, N, V, 0);
-      }, warmup, reps)});
-      rows.push_back({"cross_entropy_bwd f32", shape, n * 8.0, time_median_us([&] {
+      }, 0, warmup, reps)});
+      rows.push_back({"cross_entropy_bwd f32", shape, n * 8.0, median_us([&] {
         return jk_fused_cross_entropy_bwd_f32(l32.ptr, labels.ptr, lse.ptr, g32.ptr, inv.ptr, 0.0f, N, V, 0);
-      }, warmup, reps)});
+      }, 0, warmup, reps)});
     }
     // ---- gradient norm and AdamW: the 8x11264x2048 expert weight plus small tensors ------------------------
     {
@@ -218,7 +173,7 @@ int main(int argc, char** argv) {
         float* g = bufs[bufs.size() - 3]->ptr;
         float* m = bufs[bufs.size() - 2]->ptr;
         float* v = bufs[bufs.size() - 1]->ptr;
-        CHECK(cudaMemset(v, 0, n * sizeof(float)));  // v >= 0
+        CHECK_CUDA(cudaMemset(v, 0, n * sizeof(float)));  // v >= 0
         desc.push_back({p, half.back()->ptr, g, m, v, s, s > 2048 ? 1 : 0, 0});
         total += static_cast<double>(s);
       }
@@ -227,13 +182,13 @@ int main(int argc, char** argv) {
       Device<float> ws(jk_fused_grad_norm_workspace_elems), norm(1), clip(1);
       const std::string shape = "8x11264x2048 + 4096x2048 + 3 small";
       const std::int64_t count = static_cast<std::int64_t>(desc.size());
-      rows.push_back({"grad_norm f32", shape, total * 4, time_median_us([&] {
+      rows.push_back({"grad_norm f32", shape, total * 4, median_us([&] {
         return jk_fused_grad_norm(d_desc.ptr, count, 1.0, ws.ptr, norm.ptr, clip.ptr, nullptr, 0);
-      }, warmup, reps)});
+      }, 0, warmup, reps)});
       jk_adamw_hyper_t h{1e-4, 0.9, 0.95, 1e-8, 0.1, 10};
-      rows.push_back({"adamw f32 (+bf16 copy)", shape, total * 30, time_median_us([&] {
+      rows.push_back({"adamw f32 (+bf16 copy)", shape, total * 30, median_us([&] {
         return jk_fused_adamw(d_desc.ptr, count, h, clip.ptr, 0);
-      }, warmup, reps)});
+      }, 0, warmup, reps)});
     }
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());

@@ -12,73 +12,22 @@
 // H100 SXM dense bf16 peak (989 TFLOP/s), GB/s and % of HBM3 (3.35 TB/s) for the memory-bound op.
 // Prints a table and writes CSV (--out). Never a CTest test.
 // Exit: 0 done, 1 CUDA error, 2 bad arguments, 77 no CUDA device.
-#include "jetmoe/kernels.h"
-
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
-#include <stdexcept>
-#include <string>
-#include <vector>
+#include "bench_timing.cuh"
+#include "harness.cuh"
 
 namespace {
 
-constexpr int kExitNoDevice = 77;
 constexpr double kPeakTflops = 989.0;   // H100 SXM dense bf16
 constexpr double kPeakGBs = 3350.0;     // H100 SXM HBM3
 constexpr std::int64_t kD = 2048, kF = 5632, kE = 8, kQ = 2048;
 
-void check_cuda(cudaError_t status, const char* what, int line) {
-  if (status == cudaSuccess) return;
-  throw std::runtime_error(std::string("bench_grouped_gemm.cu:") + std::to_string(line) + ": " + what + ": " +
-                           cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
-}
-#define CHECK_CUDA(expr) check_cuda((expr), #expr, __LINE__)
-
-struct DeviceMemory {
-  void* ptr = nullptr;
-  explicit DeviceMemory(std::size_t bytes) { CHECK_CUDA(cudaMalloc(&ptr, bytes)); }
-  ~DeviceMemory() { cudaFree(ptr); }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr); }
-};
+using jkb::DeviceMemory;
 
 struct Options {
-  int warmup = 3;
-  int reps = 15;
-  std::string out = "jetmoe-grouped-gemm-bench.csv";
+  jkb::Args common{"jetmoe-grouped-gemm-bench.csv", 15, 3};  // --out, --reps, --warmup
   std::vector<std::int64_t> tokens = {4096, 16384};
   std::vector<jk_grouped_gemm_algo_t> algos = {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_CUBLASLT};
 };
-
-double median_ms(const Options& opt, cudaStream_t stream, const std::function<cudaError_t()>& launch) {
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  for (int i = 0; i < opt.warmup; ++i) CHECK_CUDA(launch());
-  CHECK_CUDA(cudaStreamSynchronize(stream));
-  std::vector<double> times;
-  for (int i = 0; i < opt.reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(start, stream));
-    CHECK_CUDA(launch());
-    CHECK_CUDA(cudaEventRecord(stop, stream));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  CHECK_CUDA(cudaEventDestroy(start));
-  CHECK_CUDA(cudaEventDestroy(stop));
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
-}
 
 // Random non-zero bf16 bits (magnitude 2^-6 .. 2), splitmix64.
 void fill_bf16(std::uint16_t* device, std::size_t n, std::uint64_t seed) {
@@ -120,11 +69,6 @@ struct Row {
   double ms, tflops, gbs;
 };
 
-void usage(const char* argv0) {
-  std::printf("usage: %s [--out FILE.csv] [--reps N] [--warmup N] [--tokens T1,T2,...] [--algos simple,mma,cublaslt]\n",
-              argv0);
-}
-
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> parts;
   std::size_t start = 0;
@@ -137,24 +81,11 @@ std::vector<std::string> split(const std::string& s) {
   return parts;
 }
 
-int run(const Options& opt) {
-  jk_runtime_info_t info;
-  CHECK_CUDA(jk_runtime_info(&info));
-  char description[1024];
-  jk_runtime_info_describe(&info, description, sizeof(description));
-  std::printf("jetmoe-grouped-gemm-bench\n%s", description);
-  if (info.device_count == 0) {
-    std::printf("no CUDA device: nothing to benchmark (exit %d)\n", kExitNoDevice);
-    return kExitNoDevice;
-  }
-  if (!info.kernel_image_ok) {
-    std::printf("no kernel image for this device in this build (built for %s)\n", jk_compiled_architectures());
-    return 1;
-  }
+int run(const Options& opt, const jk_runtime_info_t& info) {
   std::printf("JetMoE-8B shapes: D=%lld F=%lld E=%lld top-2; median of %d reps after %d warm-up; "
               "peaks: %.0f TFLOP/s bf16 dense, %.0f GB/s (H100 SXM)\n",
-              static_cast<long long>(kD), static_cast<long long>(kF), static_cast<long long>(kE), opt.reps,
-              opt.warmup, kPeakTflops, kPeakGBs);
+              static_cast<long long>(kD), static_cast<long long>(kF), static_cast<long long>(kE), opt.common.reps,
+              opt.common.warmup, kPeakTflops, kPeakGBs);
   const std::int64_t max_rows = 2 * *std::max_element(opt.tokens.begin(), opt.tokens.end());
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -236,23 +167,23 @@ int run(const Options& opt) {
       };
       for (const Op& op : ops) {
         for (auto algo : opt.algos) {
-          const double ms = median_ms(opt, stream, [&] { return op.launch(algo); });
+          const double ms = jkb::median_ms([&] { return op.launch(algo); }, stream, opt.common.warmup, opt.common.reps);
           report({op.name, routing, jk_grouped_gemm_algo_name(algo), tokens, ms, op.flop / (ms * 1e-3) / 1e12, 0.0});
         }
       }
       // Memory-bound: SwiGLU backward reads Z (2F) and dH (F), writes dZ (2F), all bf16.
       const double bytes = r * kF * 2.0 * 5;
-      const double ms = median_ms(opt, stream, [&] {
-        return jk_swiglu_bwd_bf16(z.as<U16>(), dh.as<U16>(), dz.as<U16>(), rows, kF, stream);
-      });
+      const double ms = jkb::median_ms(
+          [&] { return jk_swiglu_bwd_bf16(z.as<U16>(), dh.as<U16>(), dz.as<U16>(), rows, kF, stream); }, stream,
+          opt.common.warmup, opt.common.reps);
       report({"swiglu.bwd", routing, "own", tokens, ms, 0.0, bytes / (ms * 1e-3) / 1e9});
     }
   }
   CHECK_CUDA(cudaStreamDestroy(stream));
 
-  FILE* csv = std::fopen(opt.out.c_str(), "w");
+  FILE* csv = std::fopen(opt.common.out, "w");
   if (csv == nullptr) {
-    std::printf("cannot write %s\n", opt.out.c_str());
+    std::printf("cannot write %s\n", opt.common.out);
     return 1;
   }
   std::fprintf(csv, "op,tokens,routing,impl,time_ms,tflops,pct_989,gbs,pct_3350,device\n");
@@ -262,7 +193,7 @@ int run(const Options& opt) {
                  100.0 * r.gbs / kPeakGBs, info.device_name);
   }
   std::fclose(csv);
-  std::printf("\nwrote %s\n", opt.out.c_str());
+  std::printf("\nwrote %s\n", opt.common.out);
   return 0;
 }
 
@@ -270,44 +201,40 @@ int run(const Options& opt) {
 
 int main(int argc, char** argv) {
   Options opt;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const bool has_value = i + 1 < argc;
-    if (a == "--out" && has_value) {
-      opt.out = argv[++i];
-    } else if (a == "--reps" && has_value) {
-      opt.reps = std::max(1, std::atoi(argv[++i]));
-    } else if (a == "--warmup" && has_value) {
-      opt.warmup = std::max(0, std::atoi(argv[++i]));
-    } else if (a == "--tokens" && has_value) {
+  jkb::ArgRules rules;
+  rules.extra_usage = " [--tokens T1,T2,...] [--algos simple,mma,cublaslt]";
+  rules.help = rules.short_help = true;
+  const auto flags = [&](const std::string& arg, const char* value) {
+    if (value == nullptr) return 0;
+    if (arg == "--tokens") {
       opt.tokens.clear();
-      for (const auto& t : split(argv[++i])) {
+      for (const auto& t : split(value)) {
         const long long v = std::atoll(t.c_str());
-        if (v <= 0) {
-          usage(argv[0]);
-          return 2;
-        }
+        if (v <= 0) return -1;
         opt.tokens.push_back(v);
       }
-    } else if (a == "--algos" && has_value) {
+      return 2;
+    }
+    if (arg == "--algos") {
       opt.algos.clear();
-      for (const auto& t : split(argv[++i])) {
+      for (const auto& t : split(value)) {
         if (t == "simple") opt.algos.push_back(JK_GROUPED_GEMM_SIMPLE);
         else if (t == "mma") opt.algos.push_back(JK_GROUPED_GEMM_MMA);
         else if (t == "cublaslt") opt.algos.push_back(JK_GROUPED_GEMM_CUBLASLT);
-        else {
-          usage(argv[0]);
-          return 2;
-        }
+        else return -1;
       }
-    } else {
-      usage(argv[0]);
-      return a == "--help" || a == "-h" ? 0 : 2;
+      return 2;
     }
-  }
+    return 0;
+  };
+  if (const int rc = jkb::parse_args(argc, argv, opt.common, rules, flags); rc != jkb::kContinue) return rc;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  jk_runtime_info_t info;
+  // jk_runtime_info failing, or no kernel image for the device: exit 1 (an error), not 77.
+  if (const int rc = jkb::open_device("jetmoe-grouped-gemm-bench", info, 1, 1); rc != jkb::kContinue) return rc;
+  std::printf("jetmoe-grouped-gemm-bench\n%s", jkb::describe(info).c_str());
   try {
-    return run(opt);
+    return run(opt, info);
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());
     return 1;

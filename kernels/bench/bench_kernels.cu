@@ -3,71 +3,19 @@
 // cudaMemcpyAsync moving the same bytes, measured side by side in the same run.
 // Prints a table and writes the raw numbers as CSV (--out). Never a CTest test.
 // Exit: 0 done, 1 CUDA error, 2 bad arguments, 77 no CUDA device.
-#include "jetmoe/kernels.h"
-
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
-#include <random>
-#include <stdexcept>
-#include <string>
-#include <vector>
+#include "bench_timing.cuh"
+#include "harness.cuh"
 
 namespace {
 
-constexpr int kExitNoDevice = 77;
 constexpr double kH100HbmPeakGBs = 3350.0;  // H100 SXM HBM3; the H200 has 4800
 
-void check_cuda(cudaError_t status, const char* what, int line) {
-  if (status == cudaSuccess) return;
-  throw std::runtime_error(std::string("bench_kernels.cu:") + std::to_string(line) + ": " + what + ": " +
-                           cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
-}
-#define CHECK_CUDA(expr) check_cuda((expr), #expr, __LINE__)
+using jkb::DeviceMemory;
 
-struct DeviceMemory {
-  void* ptr = nullptr;
-  explicit DeviceMemory(std::size_t bytes) { CHECK_CUDA(cudaMalloc(&ptr, bytes)); }
-  ~DeviceMemory() { cudaFree(ptr); }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr); }
-};
-
-struct Options {
-  int warmup = 10;
-  int reps = 100;
-  std::string out = "jetmoe-kernels-bench.csv";
-};
-
-// Median device time in microseconds of `launch`, each repetition timed on its own.
-double median_us(const Options& opt, cudaStream_t stream, const std::function<cudaError_t()>& launch) {
-  cudaEvent_t start;
-  cudaEvent_t stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  for (int i = 0; i < opt.warmup; ++i) CHECK_CUDA(launch());
-  CHECK_CUDA(cudaStreamSynchronize(stream));
-  std::vector<double> times;
-  for (int i = 0; i < opt.reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(start, stream));
-    CHECK_CUDA(launch());
-    CHECK_CUDA(cudaEventRecord(stop, stream));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(1e3 * ms);
-  }
-  CHECK_CUDA(cudaEventDestroy(start));
-  CHECK_CUDA(cudaEventDestroy(stop));
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+// Median device time in microseconds of `launch` (--warmup untimed launches, then --reps timed ones).
+template <typename Launch>
+double median_us(const jkb::Args& opt, cudaStream_t stream, Launch&& launch) {
+  return jkb::median_us(std::forward<Launch>(launch), stream, opt.warmup, opt.reps);
 }
 
 // Non-zero random fp32 in [-2, -1/64] u [1/64, 2], converted on the device for bf16 buffers.
@@ -87,7 +35,7 @@ struct Row {
   double copy_us;  // cudaMemcpyAsync D2D moving the same total traffic
 };
 
-void print_and_save(const std::vector<Row>& rows, const Options& opt, const jk_runtime_info_t& info) {
+void print_and_save(const std::vector<Row>& rows, const jkb::Args& opt, const jk_runtime_info_t& info) {
   std::printf("\n%-18s %-22s %12s %10s %10s %9s %9s\n", "kernel", "shape", "MB moved", "median us", "GB/s",
               "% memcpy", "% HBM pk");
   for (const Row& r : rows) {
@@ -96,9 +44,9 @@ void print_and_save(const std::vector<Row>& rows, const Options& opt, const jk_r
     std::printf("%-18s %-22s %12.2f %10.2f %10.1f %8.1f%% %8.1f%%\n", r.kernel.c_str(), r.shape.c_str(),
                 r.bytes / 1e6, r.us, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / kH100HbmPeakGBs);
   }
-  std::FILE* f = std::fopen(opt.out.c_str(), "w");
+  std::FILE* f = std::fopen(opt.out, "w");
   if (f == nullptr) {
-    std::fprintf(stderr, "cannot write %s\n", opt.out.c_str());
+    std::fprintf(stderr, "cannot write %s\n", opt.out);
     return;
   }
   std::fprintf(f, "# device=%s sm_%d%d runtime=%d driver=%d warmup=%d reps=%d\n", info.device_name, info.sm_major,
@@ -109,10 +57,10 @@ void print_and_save(const std::vector<Row>& rows, const Options& opt, const jk_r
                  r.bytes / (r.us * 1e3), r.copy_us, r.bytes / (r.copy_us * 1e3));
   }
   std::fclose(f);
-  std::printf("\nraw numbers written to %s\n", opt.out.c_str());
+  std::printf("\nraw numbers written to %s\n", opt.out);
 }
 
-int run(const Options& opt, const jk_runtime_info_t& info) {
+int run(const jkb::Args& opt, const jk_runtime_info_t& info) {
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   std::vector<Row> rows;
@@ -186,33 +134,14 @@ int run(const Options& opt, const jk_runtime_info_t& info) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options opt;
-  for (int i = 1; i < argc; ++i) {
-    const bool has_value = i + 1 < argc;
-    if (std::strcmp(argv[i], "--out") == 0 && has_value) {
-      opt.out = argv[++i];
-    } else if (std::strcmp(argv[i], "--reps") == 0 && has_value) {
-      opt.reps = std::max(1, std::atoi(argv[++i]));
-    } else if (std::strcmp(argv[i], "--warmup") == 0 && has_value) {
-      opt.warmup = std::max(0, std::atoi(argv[++i]));
-    } else {
-      std::printf("usage: %s [--out FILE.csv] [--reps N] [--warmup N]\n", argv[0]);
-      return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
-    }
-  }
+  jkb::Args opt{"jetmoe-kernels-bench.csv", 100, 10};
+  jkb::ArgRules rules;
+  rules.help = true;
+  if (const int rc = jkb::parse_args(argc, argv, opt, rules); rc != jkb::kContinue) return rc;
   jk_runtime_info_t info;
-  const cudaError_t status = jk_runtime_info(&info);
-  if (status != cudaSuccess) {
-    std::printf("jk_runtime_info failed: %s\n", cudaGetErrorString(status));
-    return 1;
-  }
-  char description[1024];
-  jk_runtime_info_describe(&info, description, sizeof(description));
-  std::printf("jetmoe-kernels-bench\n%s", description);
-  if (info.device_count == 0) {
-    std::printf("no CUDA device: nothing to benchmark\n");
-    return kExitNoDevice;
-  }
+  // jk_runtime_info failing, or no kernel image for the device: exit 1 (an error), not 77.
+  if (const int rc = jkb::open_device("jetmoe-kernels-bench", info, 1, 1); rc != jkb::kContinue) return rc;
+  std::printf("jetmoe-kernels-bench\n%s", jkb::describe(info).c_str());
   std::printf("warm-up %d, median of %d launches; %% memcpy = bandwidth relative to a D2D cudaMemcpyAsync "
               "of the same traffic; %% HBM pk relative to %.0f GB/s (H100 SXM)\n",
               opt.warmup, opt.reps, kH100HbmPeakGBs);

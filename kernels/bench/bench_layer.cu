@@ -104,36 +104,24 @@ Weights make_weights(const jk_layer_config_t& c, std::mt19937_64& gen) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* out_path = nullptr;
-  int reps = 10, warmup = 2;
+  jkb::Args args{nullptr, 10, 2};
   bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--out") && i + 1 < argc)
-      out_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
-      reps = std::max(1, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc)
-      warmup = std::max(0, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--quick"))
-      quick = true;  // 8192 tokens only, fewer decode reps
-    else {
-      std::printf("usage: %s [--out FILE.csv] [--reps N] [--warmup N] [--quick]\n", argv[0]);
-      return 2;
-    }
-  }
+  jkb::ArgRules rules;
+  rules.extra_usage = " [--quick]";
+  const auto flags = [&](const std::string& arg, const char*) {
+    if (arg != "--quick") return 0;
+    quick = true;  // 8192 tokens only, fewer decode reps
+    return 1;
+  };
+  if (const int rc = jkb::parse_args(argc, argv, args, rules, flags); rc != jkb::kContinue) return rc;
+  const char* out_path = args.out;
+  const int reps = args.reps, warmup = args.warmup;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   jk_runtime_info_t info;
-  if (jk_runtime_info(&info) != cudaSuccess || info.device_count == 0) {
-    std::printf("jetmoe-layer-bench: no CUDA device, nothing to measure (exit 77)\n");
-    return 77;
-  }
-  char desc[1024];
-  jk_runtime_info_describe(&info, desc, sizeof(desc));
-  std::printf("jetmoe-layer-bench\n%s", desc);
-  if (!info.kernel_image_ok) {
-    std::printf("no kernel image for this device in this build\n");
-    return 1;
-  }
+  // No kernel image for the device: exit 1 (a build to fix), not 77.
+  if (const int rc = jkb::open_device("jetmoe-layer-bench", info, jkb::kExitNoDevice, 1); rc != jkb::kContinue)
+    return rc;
+  std::printf("jetmoe-layer-bench\n%s", jkb::describe(info).c_str());
 
   std::vector<Row> rows;
   try {

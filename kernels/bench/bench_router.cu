@@ -49,29 +49,16 @@ using jkb::median_us;
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* out_path = nullptr;
-  int reps = 50, warmup = 5;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = std::atoi(argv[++i]);
-    else {
-      std::printf("usage: %s [--out FILE.csv] [--reps N] [--warmup N]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (reps < 1 || warmup < 0) {
-    std::printf("--reps must be >= 1 and --warmup >= 0\n");
-    return 2;
-  }
+  jkb::Args args{nullptr, 50, 5};
+  jkb::ArgRules rules;
+  rules.reject_bad_counts = true;
+  if (const int rc = jkb::parse_args(argc, argv, args, rules); rc != jkb::kContinue) return rc;
+  const char* out_path = args.out;
+  const int reps = args.reps, warmup = args.warmup;
   jk_runtime_info_t info;
-  if (jk_runtime_info(&info) != cudaSuccess || info.device_count == 0 || !info.kernel_image_ok) {
-    std::printf("jetmoe-router-bench: no usable CUDA device (or no kernel image for it): nothing to measure (exit 77)\n");
-    return jkt::kExitNoDevice;
-  }
-  char desc[1024];
-  jk_runtime_info_describe(&info, desc, sizeof(desc));
-  std::printf("jetmoe-router-bench: median of %d cudaEvent-timed runs after %d warm-up runs\n%s", reps, warmup, desc);
+  if (const int rc = jkb::open_device("jetmoe-router-bench", info); rc != jkb::kContinue) return rc;
+  std::printf("jetmoe-router-bench: median of %d cudaEvent-timed runs after %d warm-up runs\n%s", reps, warmup,
+              jkb::describe(info).c_str());
 
   cudaStream_t s;
   CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));

@@ -17,13 +17,13 @@ Timing: CUDA events (cuda) or perf_counter (cpu), median of --reps after --warmu
 """
 import argparse
 import math
-import statistics
 import sys
-import time
 import types
 
 import torch
 import torch.nn.functional as F
+
+from peer_common import add_run_args, device_name, median_ms, rand_nonzero, select_device, write_csv
 
 PEAK_TFLOPS = 989.0
 PEAK_TBS = 3.35
@@ -65,46 +65,14 @@ def decode(q, kc, vc, length, device):
     return F.scaled_dot_product_attention(q[:, :, None, :], ks, vs)[:, :, 0, :]
 
 
-def rand_bf16(shape, device, gen, hi):
-    mag = torch.rand(shape, generator=gen) * (hi - 1.0 / 64) + 1.0 / 64
-    sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
-    return (mag * sign).to(torch.bfloat16).to(device)
-
-
-def timed(fn, device, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        return statistics.median(times)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke test)")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--out", help="CSV file for the raw numbers")
+    add_run_args(ap, reps=20, warmup=3, out_help="CSV file for the raw numbers")
     args = ap.parse_args()
+    select_device(args.device, "peer_attention.py", "--device cpu --quick")  # exits 77 without CUDA
     device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("peer_attention.py: no CUDA device (use --device cpu --quick for a smoke test); exit 77")
-        return 77
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(20240407)
     Hq, Hkv, d = 32, 16, 128
@@ -114,7 +82,7 @@ def main():
         Hq, Hkv, d = 4, 2, 64
         train = [(1, 64)]
         decodes = [(1, 100, 128)]
-    dev_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (%d threads)" % torch.get_num_threads()
+    dev_name = device_name(device)
     print(f"peer_attention.py: torch {torch.__version__}, device {dev_name}, median of {args.reps} after {args.warmup} warm-up")
     print(f"peaks: {PEAK_TFLOPS:.0f} TFLOP/s dense bf16, {PEAK_TBS:.2f} TB/s HBM3 (H100 SXM); causal FLOPs fwd 4*B*Hq*T^2*d/2, bwd 2.5x")
     print("%-8s %-7s %-34s %10s %9s %9s %12s %8s" % ("op", "path", "shape", "ms", "TFLOP/s", "GB/s", "tokens/s", "%peak"))
@@ -126,22 +94,22 @@ def main():
 
     for B, T in train:
         shape = f"B={B} T={T} Hq={Hq} Hkv={Hkv} d={d}"
-        q = rand_bf16((B, T, Hq, d), device, gen, 1.5)
-        k = rand_bf16((B, T, Hkv, d), device, gen, 1.5)
-        v = rand_bf16((B, T, Hkv, d), device, gen, 2.0)
-        dout = rand_bf16((B, T, Hq, d), device, gen, 2.0)
+        q = rand_nonzero((B, T, Hq, d), device, torch.bfloat16, hi=1.5, gen=gen)
+        k = rand_nonzero((B, T, Hkv, d), device, torch.bfloat16, hi=1.5, gen=gen)
+        v = rand_nonzero((B, T, Hkv, d), device, torch.bfloat16, hi=2.0, gen=gen)
+        dout = rand_nonzero((B, T, Hq, d), device, torch.bfloat16, hi=2.0, gen=gen)
         fwd_flops = 4.0 * B * Hq * T * T * d / 2
         for name, fn in (("sdpa", sdpa_fwd), ("eager", eager_fwd)):
             try:
                 with torch.no_grad():
-                    ms = timed(lambda: fn(q, k, v, device), device, args.warmup, args.reps)
+                    ms = median_ms(lambda: fn(q, k, v, device), device, args.warmup, args.reps)
                 emit("fwd", name, shape, ms, fwd_flops / ms * 1e-9, 0.0, B * T / ms * 1e3, fwd_flops / ms * 1e-9 / PEAK_TFLOPS * 100)
                 qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
                 out = fn(qg, kg, vg, device)
 
                 def bwd():
                     torch.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True)
-                ms = timed(bwd, device, args.warmup, args.reps)
+                ms = median_ms(bwd, device, args.warmup, args.reps)
                 emit("bwd", name, shape, ms, 2.5 * fwd_flops / ms * 1e-9, 0.0, B * T / ms * 1e3,
                      2.5 * fwd_flops / ms * 1e-9 / PEAK_TFLOPS * 100)
                 del out, qg, kg, vg
@@ -151,20 +119,17 @@ def main():
                 torch.cuda.empty_cache()
     for B, length, Tmax in decodes:
         shape = f"B={B} len={length} Tmax={Tmax} Hq={Hq} Hkv={Hkv}"
-        q = rand_bf16((B, Hq, d), device, gen, 1.5)
-        kc = rand_bf16((B, Tmax, Hkv, d), device, gen, 1.5)
-        vc = rand_bf16((B, Tmax, Hkv, d), device, gen, 2.0)
+        q = rand_nonzero((B, Hq, d), device, torch.bfloat16, hi=1.5, gen=gen)
+        kc = rand_nonzero((B, Tmax, Hkv, d), device, torch.bfloat16, hi=1.5, gen=gen)
+        vc = rand_nonzero((B, Tmax, Hkv, d), device, torch.bfloat16, hi=2.0, gen=gen)
         with torch.no_grad():
-            ms = timed(lambda: decode(q, kc, vc, length, device), device, args.warmup, args.reps)
+            ms = median_ms(lambda: decode(q, kc, vc, length, device), device, args.warmup, args.reps)
         nbytes = 2.0 * B * length * Hkv * d * 2 + 2.0 * B * Hq * d * 2
         gbs = nbytes / ms * 1e-6
         emit("decode", "sdpa", shape, ms, 4.0 * B * Hq * length * d / ms * 1e-9, gbs, B / ms * 1e3, gbs / (PEAK_TBS * 1e3) * 100)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("op,path,shape,ms,tflops,gbs,tokens_per_s,pct_peak,device\n")
-            for r in rows:
-                f.write("%s,%s,%s,%.6f,%.3f,%.3f,%.1f,%.3f,%s\n" % (*r, dev_name))
-        print("wrote", args.out)
+        write_csv(args.out, "op,path,shape,ms,tflops,gbs,tokens_per_s,pct_peak,device",
+                  "%s,%s,%s,%.6f,%.3f,%.3f,%.1f,%.3f,%s", [(*r, dev_name) for r in rows])
     return 0
 
 

@@ -16,41 +16,13 @@ Ops (HF JetMoeModel.embed_tokens is a plain nn.Embedding, padding_idx None):
 Uniform ids and Zipf-like ids (P(k) ~ 1/(k+1)), as in the C++ benchmark.
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from peer_common import add_run_args, median_us, print_table, rand_nonzero as rand, select_device, write_csv
+
 HBM_PEAK = 3.35e12
-
-
-def timer(device, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(reps):
-            a = torch.cuda.Event(enable_timing=True)
-            b = torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) * 1e3)
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times)
-
-
-def rand(shape, device, dtype, lo, hi, gen):
-    mag = torch.rand(shape, generator=gen) * (hi - lo) + lo
-    sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
-    return (mag * sign).to(device=device, dtype=dtype)
 
 
 def make_ids(n, v, zipf, gen):
@@ -66,11 +38,9 @@ def main():
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--out")
+    add_run_args(p, reps=50, warmup=5)
     a = p.parse_args()
-    dev = torch.device(a.device)
+    dev = select_device(a.device, "peer_embedding.py", "--device cpu --tokens 64 --vocab 100 --hidden 32 --reps 3")
     N, V, D = a.tokens, a.vocab, a.hidden
     gen = torch.Generator().manual_seed(1234)
     emb32 = rand((V, D), dev, torch.float32, 1.0 / 64, 0.05, gen)
@@ -94,29 +64,25 @@ def main():
         U = int(torch.unique(ids).numel())
         print("ids %s: %d distinct of %d" % (name, U, V))
         idb = N * 8  # int64 ids in PyTorch
-        add("fwd_bf16", name, timer(dev, lambda: F.embedding(ids, emb16), a.warmup, a.reps), idb + 2.0 * N * D * 2)
-        add("fwd_f32", name, timer(dev, lambda: F.embedding(ids, emb32), a.warmup, a.reps), idb + 2.0 * N * D * 4)
+        add("fwd_bf16", name, median_us(lambda: F.embedding(ids, emb16), dev, a.warmup, a.reps), idb + 2.0 * N * D * 2)
+        add("fwd_f32", name, median_us(lambda: F.embedding(ids, emb32), dev, a.warmup, a.reps), idb + 2.0 * N * D * 4)
         touched = 2.0 * U * D * 4
         for det in (False, True):
             torch.use_deterministic_algorithms(det)
             suffix = "_det" if det else ""
             add("bwd_bf16_beta1" + suffix, name,
-                timer(dev, lambda: grad.add_(bwd(dx16, ids).float()), a.warmup, a.reps), idb + N * D * 2.0 + touched)
+                median_us(lambda: grad.add_(bwd(dx16, ids).float()), dev, a.warmup, a.reps),
+                idb + N * D * 2.0 + touched)
             add("bwd_f32_beta1" + suffix, name,
-                timer(dev, lambda: grad.add_(bwd(dx32, ids)), a.warmup, a.reps), idb + N * D * 4.0 + touched)
+                median_us(lambda: grad.add_(bwd(dx32, ids)), dev, a.warmup, a.reps), idb + N * D * 4.0 + touched)
             add("bwd_bf16_beta0_zero" + suffix, name,
-                timer(dev, lambda: bwd(dx16, ids), a.warmup, a.reps), idb + N * D * 2.0 + V * D * 2.0)
+                median_us(lambda: bwd(dx16, ids), dev, a.warmup, a.reps), idb + N * D * 2.0 + V * D * 2.0)
         torch.use_deterministic_algorithms(False)
 
-    print("%-24s %-8s %6s %6s %6s %10s %9s %7s" % ("op", "ids", "N", "V", "D", "time_us", "GB/s", "%HBM"))
-    for r in rows:
-        print("%-24s %-8s %6d %6d %6d %10.1f %9.1f %6.1f%%" % r)
+    print_table("%-24s %-8s %6s %6s %6s %10s %9s %7s", ("op", "ids", "N", "V", "D", "time_us", "GB/s", "%HBM"),
+                "%-24s %-8s %6d %6d %6d %10.1f %9.1f %6.1f%%", rows)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write("impl,op,ids,N,V,D,time_us,gbs,hbm_pct\n")
-            for r in rows:
-                f.write("torch,%s,%s,%d,%d,%d,%.3f,%.3f,%.3f\n" % r)
-        print("wrote", a.out)
+        write_csv(a.out, "impl,op,ids,N,V,D,time_us,gbs,hbm_pct", "torch,%s,%s,%d,%d,%d,%.3f,%.3f,%.3f", rows)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ Usage (GPU):  python kernels/bench/peer_grouped_gemm.py [--out peer.csv] [--toke
 Timing: median of --reps runs after --warmup, torch.cuda.Event on the GPU, perf_counter on the CPU.
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from peer_common import add_run_args, device_name, median_ms, select_device, write_csv
 
 PEAK_TFLOPS = 989.0
 PEAK_GBS = 3350.0
@@ -41,46 +41,23 @@ def random_bf16(shape, gen, device):
     return (mag * sign).to(torch.bfloat16).to(device)
 
 
-def timer(device, warmup, reps):
-    def measure(fn):
-        for _ in range(warmup):
-            fn()
-        times = []
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            for _ in range(reps):
-                start = torch.cuda.Event(enable_timing=True)
-                stop = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                stop.record()
-                stop.synchronize()
-                times.append(start.elapsed_time(stop))
-        else:
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(times)
-    return measure
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--tokens", default="4096,16384")
     p.add_argument("--tiny", action="store_true", help="small shapes (D=64, F=96, Q=64) for a CPU smoke run")
-    p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", default="peer-grouped-gemm.csv")
+    add_run_args(p, reps=15, warmup=3, out="peer-grouped-gemm.csv")
     args = p.parse_args()
 
-    device = torch.device(args.device)
+    device = select_device(args.device, "peer_grouped_gemm.py", "--device cpu --tiny")
     D, FF, E, Q = (64, 96, 8, 64) if args.tiny else (2048, 5632, 8, 2048)
     tokens_list = [int(t) for t in args.tokens.split(",")]
     if args.tiny and args.tokens == "4096,16384":
         tokens_list = [64]
-    measure = timer(device, args.warmup, args.reps)
+
+    def measure(fn):
+        return median_ms(fn, device, args.warmup, args.reps)
+
     gen = torch.Generator().manual_seed(1)
 
     from transformers.activations import ACT2FN
@@ -99,7 +76,7 @@ def main():
         hf_q.weight.copy_(w_q)
     has_grouped = hasattr(torch, "_grouped_mm")
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dev_name = device_name(device, threads=False)
     print("peer_grouped_gemm: torch %s, device %s, D=%d F=%d E=%d Q=%d, median of %d reps after %d warm-up, "
           "torch._grouped_mm %s" % (torch.__version__, dev_name, D, FF, E, Q, args.reps, args.warmup,
                                      "available" if has_grouped else "absent"))
@@ -210,10 +187,8 @@ def main():
             ms = measure(swiglu_bwd)
             report("swiglu.bwd", tokens, routing, "hf", ms, nbytes=r * FF * 2.0 * 5)
 
-    with open(args.out, "w") as f:
-        f.write("op,tokens,routing,impl,time_ms,tflops,pct_989,gbs,pct_3350,device\n")
-        for row in rows_out:
-            f.write("%s,%d,%s,%s,%.6f,%.3f,%.3f,%.3f,%.3f,%s\n" % (row + (dev_name,)))
+    write_csv(args.out, "op,tokens,routing,impl,time_ms,tflops,pct_989,gbs,pct_3350,device",
+              "%s,%d,%s,%s,%.6f,%.3f,%.3f,%.3f,%.3f,%s", [row + (dev_name,) for row in rows_out], announce=False)
     print("\nwrote %s" % args.out)
 
 

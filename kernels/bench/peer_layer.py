@@ -17,8 +17,6 @@ with a DynamicCache holding context - 1 tokens (cropped back after each step), b
 bandwidth bound as the bench.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -26,30 +24,10 @@ from transformers import DynamicCache
 from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
 from transformers.models.jetmoe.modeling_jetmoe import JetMoeDecoderLayer, JetMoeRotaryEmbedding
 
+from peer_common import add_run_args, median_ms, print_table, select_device, write_csv
+
 HBM_PEAK = 3.35e12
 BF16_PEAK = 989e12
-
-
-def timer(device, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(reps):
-            a = torch.cuda.Event(enable_timing=True)
-            b = torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)  # ms
 
 
 def flops_per_token(D, E, k, Hkv, d, F, seq):
@@ -84,11 +62,9 @@ def main():
     p.add_argument("--decode-batches", type=int, nargs="*", default=[1, 8])
     p.add_argument("--context", type=int, default=4096)
     p.add_argument("--attn", default=None, help="eager or sdpa (default: sdpa on cuda, eager on cpu)")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--out", default=None)
+    add_run_args(p, reps=10, warmup=2)
     a = p.parse_args()
-    device = torch.device(a.device)
+    device = select_device(a.device, "peer_layer.py", "--device cpu and small sizes (see the docstring)")
     attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
     torch.manual_seed(20240407)
     D, E, k, Hkv, d, F = a.hidden, a.experts, a.top_k, a.kv_heads, a.head_dim, a.ffn
@@ -151,8 +127,8 @@ def main():
                 captured.clear()
                 layer(x, attention_mask=mask, position_ids=pos, position_embeddings=(cos, sin))
 
-        t_fwd = timer(device, fwd_only, a.warmup, a.reps)
-        t_all = timer(device, step, a.warmup, a.reps)
+        t_fwd = median_ms(fwd_only, device, a.warmup, a.reps)
+        t_all = median_ms(step, device, a.warmup, a.reps)
         for op, t, mult in (("train.fwd", t_fwd, 1), ("train.fwd+bwd", t_all, 3)):
             tf = mult * fpt * N / (t * 1e-3) / 1e12
             rows.append((op, B, T, t, N / (t * 1e-3), tf, 100 * tf * 1e12 / BF16_PEAK, 0.0, 0.0))
@@ -183,7 +159,7 @@ def main():
                       position_embeddings=(c1, s1))
                 cache.crop(-1)  # drop the appended token: the context stays ctx - 1
 
-            t = timer(device, decode_step, max(a.warmup, 5), a.reps * 5)
+            t = median_ms(decode_step, device, max(a.warmup, 5), a.reps * 5)
         experts = min(E, B * k)
         weight_bytes = 2.0 * (experts * 2 * A * D + 2 * A * D + 2 * E * D + experts * 3 * F * D + 4 * D)
         kv_bytes = B * ctx * 2.0 * A * 2.0
@@ -192,16 +168,13 @@ def main():
         rows.append(("decode.step", B, ctx, t, B / (t * 1e-3), tf, 100 * tf * 1e12 / BF16_PEAK, gbs,
                      100 * gbs * 1e9 / HBM_PEAK))
 
-    print("\n%-16s %5s %6s %11s %13s %9s %7s %9s %7s" % ("op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s", "MFU%",
-                                                         "GB/s", "HBM%"))
-    for r in rows:
-        print("%-16s %5d %6d %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f" % r)
+    print_table("%-16s %5s %6s %11s %13s %9s %7s %9s %7s",
+                ("op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s", "MFU%", "GB/s", "HBM%"),
+                "%-16s %5d %6d %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f", rows, lead="\n")
     print("peaks: bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s (H100 SXM)")
     if a.out:
-        with open(a.out, "w") as f:
-            f.write("op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct\n")
-            for r in rows:
-                f.write("%s,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f\n" % r)
+        write_csv(a.out, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct",
+                  "%s,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f", rows, announce=False)
 
 
 if __name__ == "__main__":

@@ -15,43 +15,16 @@ Ops (HF JetMoe code paths where HF has them):
   router_bwd_bf16     dW = dlogits^T u, du = dlogits W (fp32)
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 from transformers.models.jetmoe.modeling_jetmoe import JetMoeTopKGating
 
+from peer_common import add_run_args, device_name, median_us, print_table, select_device, write_csv
+from peer_common import rand_nonzero as rand
+
 HBM_PEAK = 3.35e12
 BF16_PEAK = 989e12
-
-
-def timer(device, fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(reps):
-            a = torch.cuda.Event(enable_timing=True)
-            b = torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) * 1e3)
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times)
-
-
-def rand(shape, device, dtype, lo=1.0 / 64, hi=1.0, gen=None):
-    mag = torch.rand(shape, generator=gen, device="cpu") * (hi - lo) + lo
-    sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
-    return (mag * sign).to(device=device, dtype=dtype)
 
 
 def main():
@@ -61,17 +34,14 @@ def main():
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--out")
+    add_run_args(p, reps=50, warmup=5)
     a = p.parse_args()
-    dev = torch.device(a.device)
+    dev = select_device(a.device, "peer_router.py", "--device cpu --tokens 64 --hidden 32 --reps 3")
     E, k, D = a.experts, a.top_k, a.hidden
     C = D
     gen = torch.Generator().manual_seed(1234)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (%d threads)" % torch.get_num_threads()
-    print("peer_router.py: torch %s on %s, median of %d runs after %d warm-up runs" % (torch.__version__, name, a.reps,
-                                                                                     a.warmup))
+    print("peer_router.py: torch %s on %s, median of %d runs after %d warm-up runs"
+          % (torch.__version__, device_name(dev), a.reps, a.warmup))
     rows = []
     for N in a.tokens:
         nk = N * k
@@ -128,19 +98,14 @@ def main():
         ]
         for op, c, nbytes, flops, fn in ops:
             with torch.no_grad() if op != "aux_loss+grad" else torch.enable_grad():
-                us = timer(dev, fn, a.warmup, a.reps)
+                us = median_us(fn, dev, a.warmup, a.reps)
             gbs = nbytes / (us * 1e-6) / 1e9
             tf = flops / (us * 1e-6) / 1e12
             rows.append((op, N, c, us, gbs, 100 * gbs * 1e9 / HBM_PEAK, tf, 100 * tf * 1e12 / BF16_PEAK))
-    print("%-36s %7s %6s %10s %9s %7s %9s %7s" % ("op", "N", "D/C", "time_us", "GB/s", "%HBM", "TFLOP/s", "%bf16"))
-    for r in rows:
-        print("%-36s %7d %6d %10.2f %9.1f %7.1f %9.2f %7.2f" % r)
+    print_table("%-36s %7s %6s %10s %9s %7s %9s %7s", ("op", "N", "D/C", "time_us", "GB/s", "%HBM", "TFLOP/s", "%bf16"),
+                "%-36s %7d %6d %10.2f %9.1f %7.1f %9.2f %7.2f", rows)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write("op,N,C,time_us,GB_s,pct_hbm,TFLOP_s,pct_bf16\n")
-            for r in rows:
-                f.write("%s,%d,%d,%.3f,%.2f,%.2f,%.4f,%.4f\n" % r)
-        print("wrote", a.out)
+        write_csv(a.out, "op,N,C,time_us,GB_s,pct_hbm,TFLOP_s,pct_bf16", "%s,%d,%d,%.3f,%.2f,%.2f,%.4f,%.4f", rows)
 
 
 if __name__ == "__main__":

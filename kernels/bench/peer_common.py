@@ -1,0 +1,93 @@
+"""Shared by the PyTorch / HF peers of the kernel benchmarks (kernels/bench/peer_*.py): the options every
+peer takes, the device choice, the timing (median after a warm-up: CUDA events on a GPU, perf_counter on
+the CPU, the way the C++ benches time their launches) and the table / CSV output.
+
+The peers are run as scripts (python kernels/bench/peer_X.py ...), so this directory is on sys.path and
+they import this module as `import peer_common`.
+"""
+import statistics
+import sys
+import time
+
+import torch
+
+
+def add_run_args(parser, reps, warmup, out=None, out_help=None):
+    """--reps, --warmup and --out (after the peer's own options, as every peer lists them)."""
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--out", default=out, help=out_help)
+
+
+def select_device(name, prog, smoke="--device cpu"):
+    """torch.device(name); exits 77 (as the C++ benches do) when CUDA is asked for and there is none."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("%s: no CUDA device (use %s for a smoke test); exit 77" % (prog, smoke))
+        sys.exit(77)
+    return device
+
+
+def device_name(device, threads=True):
+    """The GPU's name, or "cpu (N threads)" ("cpu" when threads is False)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu (%d threads)" % torch.get_num_threads() if threads else "cpu"
+
+
+def _median(fn, device, warmup, reps, per_ms):
+    for _ in range(warmup):
+        fn()
+    times = []
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(reps):
+            start = torch.cuda.Event(enable_timing=True)
+            stop = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) * per_ms)
+    else:
+        per_s = 1e3 * per_ms
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * per_s)
+    return statistics.median(times)
+
+
+def median_ms(fn, device, warmup, reps):
+    """Runs fn warmup times, then times reps calls one by one; the median in milliseconds."""
+    return _median(fn, device, warmup, reps, 1.0)
+
+
+def median_us(fn, device, warmup, reps):
+    """median_ms in microseconds."""
+    return _median(fn, device, warmup, reps, 1e3)
+
+
+def rand_nonzero(shape, device, dtype, lo=1.0 / 64, hi=1.0, gen=None):
+    """Uniform magnitudes in [lo, hi] with random signs (never zero), drawn on the CPU from gen."""
+    mag = torch.rand(shape, generator=gen) * (hi - lo) + lo
+    sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+    return (mag * sign).to(device=device, dtype=dtype)
+
+
+def print_table(header_fmt, names, row_fmt, rows, lead=""):
+    """The header (names formatted by header_fmt, after lead) and one line per row (row_fmt % row)."""
+    print(lead + header_fmt % tuple(names))
+    for r in rows:
+        print(row_fmt % tuple(r))
+
+
+def write_csv(path, header, row_fmt, rows, announce=True):
+    """Writes the header line and one line per row (row_fmt % row); says so unless announce is False."""
+    with open(path, "w") as f:
+        f.write(header + "\n")
+        for r in rows:
+            f.write(row_fmt % tuple(r) + "\n")
+    if announce:
+        print("wrote", path)
