@@ -19,94 +19,15 @@
 #include "model/weights.hpp"
 #include "parallel/comm.hpp"
 #include "support.hpp"
+#include "trainer_support.hpp"
+#include "train/device_network.hpp"
 #include "train/trainer.hpp"
 
 using namespace jetmoe;
 using jetmoe::testing::read_bytes;
 using jetmoe::testing::TempDir;
+using namespace jetmoe::testing::trainer;
 namespace fs = std::filesystem;
-
-namespace {
-
-const std::string kTokenizer = std::string(JETMOE_SOURCE_DIR) + "/tests/fixtures/tokenizer/tokenizer.model";
-
-// A small corpus of two sources, prepared with the fixture tokenizer (vocabulary 400).
-void prepare_corpus(const TempDir& tmp) {
-  std::ostringstream prose, code;
-  const char* words[] = {"the", "river", "runs", "to", "a", "sea", "of", "light", "and", "stone", "under", "sky"};
-  for (int d = 0; d < 60; ++d) {
-    for (int w = 0; w < 40; ++w) prose << words[(d * 7 + w * w + w) % 12] << (w % 9 == 8 ? ".\n" : " ");
-    prose << "\n\n";
-    code << "{\"text\": \"int f" << d << "(int x) { return x * " << d << " + " << (d % 5) << "; }\"}\n";
-  }
-  fs::create_directories(tmp / "in");
-  std::ofstream(tmp / "in/prose.txt") << prose.str();
-  std::ofstream(tmp / "in/code.jsonl") << code.str();
-  data::PrepareSettings s;
-  s.output_dir = tmp / "data";
-  s.tokenizer_model = kTokenizer;
-  s.validation_fraction = 0.2;
-  data::prepare_corpora({{"prose", tmp / "in/prose.txt"}, {"code", tmp / "in/code.jsonl"}}, io::Tokenizer(kTokenizer), s);
-}
-
-Deck micro_deck(const TempDir& tmp, const std::string& run, const std::vector<std::string>& overrides = {}) {
-  std::ostringstream d;
-  d << "<job>\nname = micro\nseed = 7\noutput_dir = " << (tmp / run) << "\nprogress_interval = 2\npeak_gflops = 10\n"
-    << "<model>\npreset = none\nvocab_size = 400\nhidden_size = 24\nnum_layers = 2\nnum_kv_heads = 2\nhead_dim = 6\n"
-    << "num_experts = 4\ntop_k = 2\nffn_hidden_size = 20\nmax_position_embeddings = 64\nrope_theta = 10000\n"
-    << "rms_norm_eps = 1e-5\ntie_word_embeddings = true\ninitializer_range = 0.02\n"
-    << "<tokenizer>\nmodel = " << kTokenizer << "\n"
-    << "<data>\ndir = " << (tmp / "data") << "\nphase1_mixture = prose:0.7, code:0.3\nphase2_mixture = prose:0.4, code:0.6\n"
-    << "<train>\nseq_len = 16\nmicro_batch_size = 4\nglobal_batch_tokens = 128\neval_interval = 3\neval_batches = 1\n"
-    << "sample_tokens = 4\n"
-    << "<optimizer>\nlr = 3e-3\n"
-    << "<schedule>\ntype = wsd\ntotal = 6\nwarmup = 2\ndecay = 2\n"
-    << "<checkpoint>\ninterval = 3\nkeep_last = 5\n";
-  Deck deck = Deck::from_text(d.str(), "micro.deck");
-  for (const auto& o : overrides) deck.apply_override(o);
-  return deck;
-}
-
-TrainOutcome train(const TempDir& tmp, const std::string& run, const std::vector<std::string>& overrides = {},
-                   const std::optional<std::string>& restart = std::nullopt) {
-  Deck deck = micro_deck(tmp, run, overrides);
-  return run_training(deck, Comm::world(), restart);
-}
-
-// Every tensor of every group of two checkpoints is bit-identical, and so are step and tokens.
-void require_identical(const std::string& a, const std::string& b) {
-  const CheckpointReader ra(a), rb(b);
-  REQUIRE(ra.meta().step == rb.meta().step);
-  REQUIRE(ra.meta().tokens_seen == rb.meta().tokens_seen);
-  REQUIRE(ra.meta().data_state == rb.meta().data_state);
-  for (const char* group : {"params", "adam_m", "adam_v"}) {
-    const auto names = ra.names(group);
-    REQUIRE(!names.empty());
-    REQUIRE(names == rb.names(group));
-    for (const auto& name : names) {
-      INFO(group << "/" << name);
-      const auto shape = ra.shape(group, name);
-      std::int64_t n = 1;
-      for (auto s : shape) n *= s;
-      std::vector<float> x(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
-      ra.read(group, name, shape, x.data());
-      rb.read(group, name, shape, y.data());
-      REQUIRE(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
-    }
-  }
-}
-
-std::vector<std::string> lines_of(const std::string& path, const std::string& type) {
-  std::vector<std::string> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line))
-    if (line.find("\"type\": \"" + type + "\"") != std::string::npos)
-      out.push_back(line.substr(0, line.find(", \"elapsed_s\"")));  // wall times differ between runs
-  return out;
-}
-
-}  // namespace
 
 TEST_CASE("training restarts from a checkpoint bit for bit", "[unit][train]") {
   TempDir tmp;
@@ -350,4 +271,24 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
     }
     world.barrier();
   }
+}
+
+TEST_CASE("train/precision = bf16 trains on a GPU or is a deck error naming why not", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  const std::string why = device_training_unavailable();
+  if (why.empty()) {  // a GPU this build's kernels run on (the emulated one: tests/test_device_training.cpp)
+    CHECK(train(tmp, "bf16", {"train/precision=bf16", "schedule/total=2"}) == TrainOutcome::Finished);
+    return;
+  }
+  const std::string message = jetmoe::testing::error_of(
+      [&] { train(tmp, "bf16", {"train/precision=bf16"}); }, ErrorKind::Deck);
+  CHECK(message.find("precision") != std::string::npos);
+  CHECK(message.find(why) != std::string::npos);
+  CHECK(message.find("use fp32") != std::string::npos);
+  CHECK(!fs::exists(tmp / "bf16/checkpoints"));
+  // DPO is refused before any GPU question.
+  const std::string dpo = jetmoe::testing::error_of(
+      [&] { train(tmp, "dpo", {"train/precision=bf16", "train/mode=dpo"}); }, ErrorKind::Deck);
+  CHECK(dpo.find("DPO") != std::string::npos);
 }

@@ -21,6 +21,20 @@ inline bool is_aligned(const void* p, std::size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
+// Bump allocator carving typed, 256-byte aligned regions out of one device buffer (a workspace or a
+// saved-activations buffer); with base == nullptr it only measures (used = the bytes needed).
+struct Carver {
+  char* base;
+  std::size_t used = 0;
+  template <typename T>
+  T* take(std::int64_t n) {
+    used = (used + 255) / 256 * 256;
+    T* p = base ? reinterpret_cast<T*>(base + used) : nullptr;
+    used += static_cast<std::size_t>(n > 1 ? n : 1) * sizeof(T);
+    return p;
+  }
+};
+
 // N values of T moved as one naturally aligned vector load/store (16 bytes for the widths used here).
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {

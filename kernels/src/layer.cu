@@ -92,19 +92,6 @@ __global__ void append_kv(const std::uint16_t* k_new, const std::uint16_t* v_new
 
 // ---- buffer carving -----------------------------------------------------------------------------------
 
-// Bump allocator: with base == nullptr it only measures.
-struct Carver {
-  char* base;
-  std::size_t used = 0;
-  template <typename T>
-  T* take(std::int64_t n) {
-    used = (used + 255) / 256 * 256;
-    T* p = base ? reinterpret_cast<T*>(base + used) : nullptr;
-    used += static_cast<std::size_t>(std::max<std::int64_t>(n, 1)) * sizeof(T);
-    return p;
-  }
-};
-
 struct Routing {
   float* logits;               // [N, E]
   std::int32_t* ids;           // [N, k]

@@ -33,9 +33,46 @@ struct LossTerms {
 // attention over sequences of T tokens. The numerator of MFU.
 double training_flops_per_token(const ModelConfig& config, std::int64_t seq_len);
 
+// What a pipeline stage runs (train/pipeline.hpp): the CPU network below (any Kokkos backend, fp32) or
+// the device network of train/device_network.hpp (bf16 on the CUDA kernels, fp32 master weights). One
+// micro-batch per activation slot; boundary tensors are fp32 arrays of [B*T, D] in the model's memory
+// space.
 template <class R>
-class Network {
+class StageNetworkT {
  public:
+  using RowWeights = std::function<void(const std::vector<double>& row_loss, std::vector<double>& weights)>;
+  virtual ~StageNetworkT() = default;
+
+  // Called during the backward pass each time a further part of the span has its gradients complete
+  // for this pass, with the global number of the lowest layer done: num_layers after the final norm
+  // and head, each layer from the last to the first, -1 after the embedding. The gradients of every
+  // tensor of those layers (and after them) are then final for the pass. Unset: not called.
+  std::function<void(std::int64_t first_done_layer)> backward_progress;
+
+  // A pass over micro-batches with the weights `w` begins (a training step or an evaluation): a network
+  // that keeps its own copy of the weights refreshes it here. Default: nothing.
+  virtual void begin_pass(const ModelWeightsT<R>& /*w*/) {}
+  // The last backward pass of a step is done: a network that accumulates gradients elsewhere adds them
+  // to `grads` now (and then reports backward_progress(-1)). Default: nothing (they are already there).
+  virtual void flush_gradients(ModelWeightsT<R>& /*grads*/) {}
+
+  virtual void set_slots(int n) = 0;
+  virtual void prepare(std::int64_t B, std::int64_t T) = 0;
+  virtual const Mat<R>& stage_input(int slot) const = 0;
+  virtual LossTerms stage_forward(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets,
+                                  bool with_grads, double ce_scale, int slot, const RowWeights* weigh = nullptr) = 0;
+  virtual const Mat<R>& stage_output(int slot) const = 0;
+  virtual const Mat<R>& boundary_grad() const = 0;
+  virtual void stage_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& grads, double aux_scale, LossTerms& terms,
+                              int slot) = 0;
+};
+using StageNetwork = StageNetworkT<float>;
+
+template <class R>
+class Network : public StageNetworkT<R> {
+ public:
+  using typename StageNetworkT<R>::RowWeights;
+  using StageNetworkT<R>::backward_progress;
   // coef_switch, coef_z: weights of each router's switch and z losses (0.01 and 0.001 in the paper).
   // `span`: the part of the model this network runs (a pipeline stage; default the whole model).
   Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute = false,
@@ -54,7 +91,6 @@ class Network {
   // per-row cross-entropies loss_t = -log p(target_t) (0 for ignore_index) and sets weights[t]; the
   // backward pass then differentiates sum_t weights[t] loss_t + aux_scale * (router losses). Used by
   // SFT and DPO (whose weights depend on whole sequences). Without grads, only the forward pass runs.
-  using RowWeights = std::function<void(const std::vector<double>& row_loss, std::vector<double>& weights)>;
   LossTerms run_weighted(const ModelWeightsT<R>& weights, const IntView2& ids, const IntView1& targets,
                          ModelWeightsT<R>* grads, const RowWeights& weigh, double aux_scale = 1.0);
   // The per-row cross-entropies of the last run_weighted.
@@ -68,31 +104,27 @@ class Network {
   // ---- Pipeline stages ------------------------------------------------------------------------------
   // A stage keeps the activations of several micro-batches in flight (1F1B: up to stages - stage), one
   // activation slot each; the workspaces are shared. run() and run_weighted() use slot 0.
-  void set_slots(int n);
-  // Called during the backward pass each time a further part of the span has its gradients complete
-  // for this pass, with the global number of the lowest layer done: num_layers after the final norm
-  // and head, each layer from the last to the first, -1 after the embedding. The gradients of every
-  // tensor of those layers (and after them) are then final for the pass. Unset: not called.
-  std::function<void(std::int64_t first_done_layer)> backward_progress;
+  void set_slots(int n) override;
   int slots() const { return int(slots_.size()); }
   // Sizes everything for micro-batches of [B, T].
-  void prepare(std::int64_t B, std::int64_t T);
+  void prepare(std::int64_t B, std::int64_t T) override;
   // The stage's input activation [B*T, D] of a slot: the caller fills it before stage_forward on a
   // stage without the embedding.
-  const Mat<R>& stage_input(int slot) const { return slots_.at(std::size_t(slot)).x.front(); }
+  const Mat<R>& stage_input(int slot) const override { return slots_.at(std::size_t(slot)).x.front(); }
   // Forward of one micro-batch through the stage; on the last stage also the cross-entropy (scaled as
   // in run()) and, with_grads, its gradient. ids are read on the first stage, targets on the last.
   // With `weigh` the last stage differentiates per-token weights as run_weighted does; `weigh` is
   // called on the last stage with or without grads (without, its weights are not used).
   LossTerms stage_forward(const ModelWeightsT<R>& w, const IntView2& ids, const IntView1& targets, bool with_grads,
-                          double ce_scale, int slot, const RowWeights* weigh = nullptr);
+                          double ce_scale, int slot, const RowWeights* weigh = nullptr) override;
   // The stage's output activation [B*T, D] of a slot (what the next stage receives).
-  const Mat<R>& stage_output(int slot) const { return slots_.at(std::size_t(slot)).x.back(); }
+  const Mat<R>& stage_output(int slot) const override { return slots_.at(std::size_t(slot)).x.back(); }
   // The gradient of the stage output: the caller fills it before stage_backward on a stage without the
   // head; after stage_backward it holds the gradient of the stage input (what the previous stage gets).
-  const Mat<R>& boundary_grad() const { return dx_; }
+  const Mat<R>& boundary_grad() const override { return dx_; }
   // Backward of the micro-batch in `slot` (after its stage_forward with_grads); adds to grads.
-  void stage_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& grads, double aux_scale, LossTerms& terms, int slot);
+  void stage_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& grads, double aux_scale, LossTerms& terms,
+                      int slot) override;
 
  private:
   struct Block {  // what one block keeps for its backward pass

@@ -182,7 +182,7 @@ void GradientReducer::finish() {
   }
 }
 
-Pipeline::Pipeline(const Comm& pipe, Network<float>& net, int stage, int stages)
+Pipeline::Pipeline(const Comm& pipe, StageNetwork& net, int stage, int stages)
     : pipe_(pipe), net_(net), stage_(stage), stages_(stages) {
   JETMOE_ASSERT(pipe_.size() == stages && pipe_.rank() == stage, "Pipeline: communicator does not match the stages");
 }
@@ -223,6 +223,7 @@ LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64
   const std::int64_t warmup = std::min<std::int64_t>(p - s - 1, m);
   const int slots = int(std::max<std::int64_t>(1, std::min<std::int64_t>(p - s, m)));
   net_.set_slots(slots);
+  net_.begin_pass(w);
   forward_buffers_.resize(std::size_t(slots)), forward_sends_.resize(std::size_t(slots));
   backward_buffers_.resize(std::size_t(slots)), backward_sends_.resize(std::size_t(slots));
   LossTerms total;
@@ -245,6 +246,7 @@ LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64
     // The last micro-batch completes the gradients: their sums over the replicas start layer by layer.
     if (reducer && i == m - 1) net_.backward_progress = [reducer](std::int64_t layer) { reducer->ready(layer); };
     net_.stage_backward(w, grads, aux_scale, total, slot);
+    if (i == m - 1) net_.flush_gradients(grads);
     net_.backward_progress = nullptr;
     fence("pipeline_backward");
     times_.busy += seconds_since(t0);
@@ -264,6 +266,7 @@ LossTerms Pipeline::evaluate(const ModelWeights& w, std::int64_t m, const MicroB
   const int p = stages_, s = stage_;
   forward_buffers_.resize(std::max<std::size_t>(1, forward_buffers_.size()));
   forward_sends_.resize(forward_buffers_.size());
+  net_.begin_pass(w);
   LossTerms total;
   for (std::int64_t i = 0; i < m; ++i) {
     const MicroBatch mb = load(i);

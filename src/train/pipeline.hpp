@@ -58,7 +58,7 @@ struct MicroBatch {
   double ce_scale = 1.0;
   // Optional: per-token loss weights from the row losses (SFT/DPO-style, Network::run_weighted); on
   // the last stage, also in evaluate() (where only the row losses matter).
-  Network<float>::RowWeights weigh;
+  StageNetwork::RowWeights weigh;
 };
 using MicroBatchSource = std::function<MicroBatch(std::int64_t i)>;
 
@@ -116,7 +116,7 @@ class GradientReducer {
 class Pipeline {
  public:
   // `pipe`: the ranks of this replica's pipeline, ranked by stage. `net` runs this stage's span.
-  Pipeline(const Comm& pipe, Network<float>& net, int stage, int stages);
+  Pipeline(const Comm& pipe, StageNetwork& net, int stage, int stages);
 
   // One step: micro-batches 0 .. m-1 forward and backward (1F1B), gradients added to `grads`. Returns
   // this stage's loss terms: the cross-entropy on the last stage, the router losses of its layers.
@@ -140,7 +140,7 @@ class Pipeline {
   void drain();
 
   Comm pipe_;
-  Network<float>& net_;
+  StageNetwork& net_;
   int stage_, stages_;
   std::vector<std::vector<float>> forward_buffers_, backward_buffers_;
   std::vector<Request> forward_sends_, backward_sends_;

@@ -26,6 +26,7 @@
 #include "model/model.hpp"
 #include "parallel/comm.hpp"
 #include "train/config.hpp"
+#include "train/device_network.hpp"
 #include "train/dpo.hpp"
 #include "train/losses.hpp"
 #include "train/network.hpp"
@@ -162,7 +163,7 @@ class Trainer {
   ModelWeights params_, grads_;
   AdamW adam_;
   LrSchedule schedule_;
-  Network<float> net_;
+  std::unique_ptr<StageNetwork> net_;  // this rank's stage: fp32 Kokkos network, or the bf16 device network
   std::unique_ptr<DataSampler> train_data_;                       // pretrain
   std::vector<data::ChatExample> sft_, sft_validation_;           // sft
   std::vector<data::PreferenceExample> pairs_, pairs_validation_;  // dpo
@@ -194,10 +195,20 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       run_(TrainConfig::from_deck(deck, config_, comm.size())),
       layout_(make_layout(config_, int(run_.pipeline_stages), int(run_.data_parallel), comm.rank(), run_.stage_layers)),
       adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}, layout_.span()),
-      schedule_(LrSchedule::from(run_)),
-      net_(config_, run_.load_balance_coef, run_.z_loss_coef, deck.get_bool("train", "recompute"), layout_.span()) {
-  if (run_.precision != "fp32")
-    deck.fail_value("train", "precision", "'" + run_.precision + "' needs the CUDA build (issue 6); use fp32 on CPUs");
+      schedule_(LrSchedule::from(run_)) {
+  if (run_.precision == "bf16") {
+    if (run_.mode == "dpo")
+      deck.fail_value("train", "precision", "bf16 does not support DPO yet (per-token loss weights); use fp32");
+    const std::string why = device_training_unavailable();
+    if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+    if (deck.get_bool("train", "recompute"))
+      log::warn("train/recompute has no effect with train/precision = bf16 (the GPU stage keeps every block's activations)");
+    net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span());
+    log::info("bf16 training on %s", device_training_description().c_str());
+  } else {
+    net_ = std::make_unique<Network<float>>(config_, run_.load_balance_coef, run_.z_loss_coef,
+                                            deck.get_bool("train", "recompute"), layout_.span());
+  }
   // Every rank of the job calls each split, in the same order.
   pipe_comm_ = comm_.split(layout_.replica, layout_.stage);
   dp_comm_ = comm_.split(layout_.stage, layout_.replica);
@@ -205,7 +216,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   embed_comm_ = comm_.split(sum_embedding_ && (layout_.first() || layout_.last()) ? layout_.replica
                                                                                    : layout_.replicas + comm_.rank(),
                             layout_.stage);
-  pipeline_ = std::make_unique<Pipeline>(pipe_comm_, net_, layout_.stage, layout_.stages);
+  pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *net_, layout_.stage, layout_.stages);
   zero1_ = deck.get_bool("parallel", "zero1") && layout_.replicas > 1;
   overlap_allreduce_ = deck.get_bool("parallel", "overlap_allreduce");
   if (zero1_) {

@@ -86,4 +86,5 @@ cudaError_t jk_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* weight, uint1
 #include "jetmoe/fused.h"
 #include "jetmoe/grouped_gemm.h"
 #include "jetmoe/layer.h"
+#include "jetmoe/model.h"
 #include "jetmoe/router.h"

@@ -508,6 +508,7 @@ inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c);
 // Approximate device functions: the host's (more accurate) values; tolerances must cover the GPU's.
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }  // rmsnorm.cu (the GPU's: 2 ulp)
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
 template <class T> inline T __ldg(const T* p) { return *p; }

@@ -1,10 +1,19 @@
 #!/usr/bin/env python3
-"""Makes host-compilable copies of kernels/src/FAMILY.cu, kernels/tests/test_FAMILY.cu and
+"""Makes host-compilable copies of the sources of a kernel family (kernels/src/FAMILY.cu, or the list in
+SOURCES: layer.cu needs router.cu, grouped_gemm.cu, ...), kernels/tests/test_FAMILY.cu and
 kernels/tests/harness.cuh for the CPU emulation (emu_cuda.hpp, emu_host.hpp) in OUT_DIR.
 
-    transform.py FAMILY OUT_DIR [--skip PATTERN]... [--source FILE.cu]
+    transform.py FAMILY OUT_DIR [--skip PATTERN]... [--source FILE.cu]...
+    transform.py FAMILY --list      the translation units OUT_DIR will hold (for CMake), one a line
 
---source replaces kernels/src/FAMILY.cu by another copy (mutation checks).
+--source replaces the family's source of the same file name (else kernels/src/FAMILY.cu) by another
+copy (mutation checks).
+
+Every source becomes its own translation unit, OUT_DIR/src_NAME.cpp (emu_cuda.hpp, its emulation
+headers, NAME.cu.inc), as nvcc compiles the library: the families' internal helpers (anonymous
+namespaces, macros such as cp_async_16 or JK_LAUNCH) may share names. OUT_DIR/FAMILY_emu.cpp holds the
+fake runtime (emu_host.hpp, defined once), the transformed harness and the test; link them all. The
+other tests/*.cuh headers are copied beside the transformed harness.cuh (they include it).
 
 Only mechanical rewrites, nothing else of the sources changes:
   * `K<<<grid, block[, smem[, stream]]>>>(args);`  ->  `::emu::launch("K", K, grid, block, smem, stream, args);`
@@ -12,8 +21,9 @@ Only mechanical rewrites, nothing else of the sources changes:
   * `extern __shared__ T name[];`  ->  a pointer to the launch's dynamic shared memory
   * harness.cuh: each case starts with emu::begin_case(); emu::Skip (a case too large to emulate, or a
     case name matching a skip pattern) prints `SKIP name: why`; the summary counts the skipped cases.
-  * per family (BODIES): bodies of inline-asm helpers and vendor calls (grouped_gemm: mma.sync, ldmatrix,
-    cp.async -> emu_mma.hpp; cuBLASLt lt_gemm -> a host GEMM). A source with inline asm left is refused.
+  * per source (BODIES, keyed by the source's name without .cu): bodies of inline-asm helpers and
+    vendor calls (grouped_gemm: mma.sync, ldmatrix, cp.async -> emu_mma.hpp; cuBLASLt lt_gemm -> a host
+    GEMM; attention: its PTX wrappers). A source with inline asm left is refused.
 """
 import os
 import re
@@ -28,8 +38,15 @@ SKIP = {
     'fused': [r'rows=16384', r'rows=4096 vocab=32000'],
     'grouped_gemm': [r'^8B ', r'^paths '],  # paths: n, k ~ 1000 over 2400 rows, hours emulated
     'attention': [r'T=4096 Hq=32', r'B=4 T=2048'],  # JetMoE-8B sizes (tuned: hours of emulated mma.sync)
+    'layer': [r'D2048'],  # JetMoE-8B sizes (train N=256; decode B2 x 8 steps: not done after 20 min)
+    'model': [r'D2048', r'D256'],  # JetMoE-8B blocks; D256: over the thread limit (hours emulated)
 }
-SOURCES = {'router': ['router.cu'], 'fused': ['fused.cu']}
+# The sources a family's test program needs (default: FAMILY.cu), as in the library (kernels/CMakeLists.txt).
+SOURCES = {
+    'layer': ['layer.cu', 'router.cu', 'grouped_gemm.cu', 'attention.cu', 'fused.cu', 'rmsnorm.cu', 'convert.cu'],
+    'model': ['model.cu', 'layer.cu', 'embedding.cu', 'router.cu', 'grouped_gemm.cu', 'attention.cu', 'fused.cu',
+              'rmsnorm.cu', 'convert.cu'],
+}
 
 # Column-major cublasLtMatmul semantics on the host (bf16 A, B; fp32 accumulation; D fp32 or bf16).
 LT_GEMM_HOST = '''(void)stream;
@@ -51,7 +68,7 @@ LT_GEMM_HOST = '''(void)stream;
     }
   return cudaSuccess;'''
 
-# Per family: (function signature start, new body) for inline-asm helpers and vendor calls.
+# Per source (file name without .cu): (function signature start, new body) for inline-asm helpers and vendor calls.
 BODIES = {
     'grouped_gemm': [
         ('__device__ __forceinline__ void mma_bf16_16816(', '::emu::mma(d, a, b);'),
@@ -75,8 +92,9 @@ BODIES = {
         ('__device__ __forceinline__ std::uint32_t pack_bf16x2(', 'return ::emu::cvt_rn_bf16x2(hi, lo);'),
     ],
 }
+# Per source: emulation headers its translation unit includes.
 HEADERS = {'grouped_gemm': ['emu_mma.hpp'], 'attention': ['emu_mma.hpp']}
-# Per family: (exact text, replacement) for declarations the regexes above do not see (macros).
+# Per source: (exact text, replacement) for declarations the regexes above do not see (macros).
 TEXT = {
     'attention': [
         ('#define JK_ATTENTION_DYNAMIC_SMEM(name) extern __shared__ __align__(16) std::uint16_t name[]',
@@ -198,11 +216,12 @@ def rewrite_shared(src):
     return src, n[0]
 
 
-def transform_source(path, family=None):
+def transform_source(path, key=None):
+    """key: the source's name without .cu (BODIES, TEXT)."""
     src = open(path).read()
-    for sig, body in BODIES.get(family, []):
+    for sig, body in BODIES.get(key, []):
         src = replace_body(src, sig, body)
-    for old, new in TEXT.get(family, []):
+    for old, new in TEXT.get(key, []):
         assert old in src, '%s: %r not found: update transform.py' % (path, old)
         src = src.replace(old, new)
     src, nl = rewrite_launches(src)
@@ -246,13 +265,20 @@ def transform_harness(path, skips):
     return s
 
 
+def sources_of(family):
+    return SOURCES.get(family, [family + '.cu'])
+
+
 def main():
     args = sys.argv[1:]
+    if len(args) == 2 and args[1] == '--list':
+        print('\n'.join(['%s_emu.cpp' % args[0]] + ['src_%s.cpp' % n[:-3] for n in sources_of(args[0])]))
+        return
     if len(args) < 2:
         raise SystemExit(__doc__)
     family, out = args[0], args[1]
     extra = [args[i + 1] for i in range(2, len(args) - 1) if args[i] == '--skip']
-    source = [args[i + 1] for i in range(2, len(args) - 1) if args[i] == '--source']
+    replaced = [args[i + 1] for i in range(2, len(args) - 1) if args[i] == '--source']
     os.makedirs(out, exist_ok=True)
     if family == 'selftest':  # the emulator's own test: emu/selftest.cu, no harness
         src, nl, ns = transform_source(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'selftest.cu'))
@@ -261,21 +287,30 @@ def main():
             '#include "emu_cuda.hpp"\n#include "jetmoe/kernels.h"\n#include "emu_host.hpp"\n#include "selftest.cu.inc"\n')
         print('selftest.cu: %d launches, %d shared declarations rewritten' % (nl, ns))
         return
-    parts = ['// generated by kernels/tests/emu/transform.py %s: do not edit' % family,
-             '#include "emu_cuda.hpp"'] + ['#include "%s"' % h for h in HEADERS.get(family, [])]
-    for name in SOURCES.get(family, [family + '.cu']):
-        path = source[0] if source and name == family + '.cu' else os.path.join(ROOT, 'src', name)
-        src, nl, ns = transform_source(path, family)
+    names = sources_of(family)
+    paths = {n: os.path.join(ROOT, 'src', n) for n in names}
+    for r in replaced:
+        paths[os.path.basename(r) if os.path.basename(r) in paths else family + '.cu'] = r
+    for name in names:
+        key = name[:-3]
+        src, nl, ns = transform_source(paths[name], key)
         open(os.path.join(out, name + '.inc'), 'w').write(src)
-        parts.append('#include "%s.inc"' % name)
+        open(os.path.join(out, 'src_%s.cpp' % key), 'w').write('\n'.join(
+            ['// generated by kernels/tests/emu/transform.py %s: do not edit' % family, '#include "emu_cuda.hpp"'] +
+            ['#include "%s"' % h for h in HEADERS.get(key, [])] + ['#include "%s.inc"' % name]) + '\n')
         print('%s: %d launches, %d shared declarations rewritten' % (name, nl, ns))
-    parts.append('#include "emu_host.hpp"')
     open(os.path.join(out, 'harness.cuh'), 'w').write(transform_harness(os.path.join(ROOT, 'tests', 'harness.cuh'),
                                                                           SKIP.get(family, []) + extra))
+    # The other test-side headers (tests/*.cuh, e.g. layer_testing.cuh) are copied next to the transformed
+    # harness.cuh, so that their own `#include "harness.cuh"` finds it rather than the original.
+    for h in sorted(os.listdir(os.path.join(ROOT, 'tests'))):
+        if h.endswith('.cuh') and h != 'harness.cuh':
+            open(os.path.join(out, h), 'w').write(open(os.path.join(ROOT, 'tests', h)).read())
     test = open(os.path.join(ROOT, 'tests', 'test_%s.cu' % family)).read()
     open(os.path.join(out, 'test_%s.cu.inc' % family), 'w').write(test)
-    parts.append('#include "test_%s.cu.inc"' % family)
-    open(os.path.join(out, family + '_emu.cpp'), 'w').write('\n'.join(parts) + '\n')
+    open(os.path.join(out, family + '_emu.cpp'), 'w').write('\n'.join([
+        '// generated by kernels/tests/emu/transform.py %s: do not edit' % family, '#include "emu_cuda.hpp"',
+        '#include "jetmoe/kernels.h"', '#include "emu_host.hpp"', '#include "test_%s.cu.inc"' % family]) + '\n')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,106 @@
+#pragma once
+// jetmoe kernels, family 'model': a pipeline stage of the JetMoE causal LM on the device (jetmoe-spec.md
+// sections 3-4): optionally the token embedding, a run of blocks (jk_layer_*), optionally the final
+// RMSNorm, the LM head and the cross-entropy; forward keeping what the backward needs, and backward.
+// The whole model is the stage with both ends. This is what the bf16 training path of the application
+// runs per micro-batch (one stage per pipeline rank; src/train/network.hpp is the fp32 CPU twin).
+//
+// Conventions of kernels.h: device pointers, int64_t sizes, asynchronous on `stream`, returns
+// cudaSuccess / cudaErrorInvalidValue (bad arguments) / the first failing call's error; B * T == 0 is a
+// no-op. bf16 = uint16_t raw bits. No call synchronises with the host.
+//
+// Stage (N = B T tokens, D hidden, V vocabulary, L = num_layers of the stage):
+//   x_0 = has_embedding ? Emb[ids] : x_in                       (bf16 [N, D]; out-of-range ids give 0 rows)
+//   x_{l+1} = block_l(x_l)                                        (jk_layer_fwd, aux losses [l][4])
+//   stage without head: out = x_L
+//   stage with head:    h = RMSNorm_final(x_L) (eps final_eps, HF bf16 numerics)
+//                       logits = bf16(h W_head^T)                 (bf16 [N, V], fp32 accumulation)
+//                       loss_rows[t] = logsumexp(logits[t]) - logits[t, labels[t]]   (fp32; 0 for -100)
+// Backward differentiates
+//     ce_scale * sum_t loss_rows[t] + sum_l (aux_switch_coef * (moa + moe switch) + aux_z_coef * (moa + moe z))
+// (+ sum(out * dout) for a stage without head), with HF's bf16 autograd roundings (straight-through):
+//   dlogits = bf16((softmax - onehot) * ce_scale), dh = dlogits W_head, dW_head = dlogits^T h (fp32),
+//   final norm backward, the blocks in reverse (jk_layer_bwd), then the embedding's scatter-add (fp32,
+//   ascending token order per id: jk_embedding_bwd) or dx_in for a stage without embedding.
+// ce_scale: 1 / (targets counted over the whole optimizer step) gives HF's mean loss, as the CPU trainer.
+//
+// Tied head: pass the embedding as weights.lm_head; when grads.lm_head == grads.embedding (both ends
+// on this stage) the head's gradient is written first (grad_beta) and the embedding's scatter-add is
+// added to it, which is the CPU network's order. On separate stages the two gradients are separate
+// tensors and the pipeline sums them (as the CPU trainer does).
+//
+// Determinism: every kernel used is run-to-run bit-reproducible, so the stage is; splitting the model
+// into stages at any layer boundary gives bit-identical results (the boundary is the bf16 x_l).
+// Aliasing: no output may overlap an input or another output (except the tied gradient above).
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "jetmoe/layer.h"
+
+struct jk_model_config_t {
+  jk_layer_config_t layer;  // the blocks' configuration (hidden, experts, heads, rope table, path, aux coefs)
+  int64_t vocab;            // V (JetMoE-8B 32000), >= 1
+  int64_t num_layers;       // blocks of this stage, >= 0
+  int32_t has_embedding;    // 1: the stage starts with the token embedding (input ids); 0: input x_in
+  int32_t has_head;         // 1: final norm, LM head and cross-entropy (input labels); 0: output x_L
+  float final_eps;          // final RMSNorm eps (HF rms_norm_eps; JetMoE-8B 1e-5)
+};
+
+// bf16 weights (HF layouts). `layers` is a HOST array of num_layers entries (device pointers inside).
+struct jk_model_weights_t {
+  const uint16_t* embedding;          // [V, D]  has_embedding
+  const jk_layer_weights_t* layers;   // [num_layers]
+  const uint16_t* final_norm;         // [D]     has_head
+  const uint16_t* lm_head;            // [V, D]  has_head (the embedding when the head is tied)
+};
+
+// fp32 gradients, same shapes; `layers` a HOST array. grad_beta 0 overwrites, 1 accumulates.
+struct jk_model_grads_t {
+  float* embedding;                 // has_embedding
+  const jk_layer_grads_t* layers;   // [num_layers]
+  float* final_norm;                // has_head
+  float* lm_head;                   // has_head; may equal `embedding` (tied, see above)
+};
+
+// One micro-batch of B sequences of T tokens (positions 0..T-1 in each).
+struct jk_model_batch_t {
+  int64_t batch, seq;
+  const int32_t* ids;     // [N] token ids          (has_embedding)
+  const uint16_t* x_in;   // [N, D] bf16 stage input (no embedding)
+  const int32_t* labels;  // [N] shifted targets, -100 = not counted (has_head); a label outside
+                          // [0, V) gives a NaN loss row (the trainer validates labels on the host)
+};
+
+// Saved (kept from forward to backward, 256-byte aligned) and scratch (temporaries of either call)
+// device bytes for a micro-batch of [B, T]. saved holds the stage input, every block's saved buffer and
+// input, the final norm output and the logits [N, V] bf16 (0.52 GB at N = 8192, V = 32000).
+cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
+                                 size_t* scratch_bytes);
+
+// Forward of one micro-batch. Outputs (device):
+//   out       [N, D] bf16   stage output x_L (required without head; ignored with head)
+//   loss_rows [N] fp32      per-token cross-entropy (required with head; ignored without)
+//   aux       [L, 4] fp32   per block [moa switch, moa z, moe switch, moe z], unscaled (may be null)
+//   invalid_ids int32 [1]   number of out-of-range ids (embedding stage; may be null)
+cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
+                         uint16_t* out, float* loss_rows, float* aux, int32_t* invalid_ids, void* saved,
+                         size_t saved_bytes, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+
+// Backward of the micro-batch whose forward filled `saved` (same w, cfg and batch). It consumes the
+// saved logits (overwritten by their gradient): run it once per forward.
+//   dout  [N, D] bf16  gradient of the stage output (required without head; ignored with head)
+//   dx_in [N, D] bf16  gradient of x_in, written (stage without embedding; may be null when not wanted)
+//   ce_scale           the loss rows' weight (host value; with head)
+cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
+                         const uint16_t* dout, float ce_scale, uint16_t* dx_in, const jk_model_grads_t* grads,
+                         float grad_beta, void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
+                         cudaStream_t stream);
+
+// Where the forward's saved buffer keeps the logits [N, V] bf16 (valid after jk_model_fwd, before
+// jk_model_bwd) and block l's saved buffer (for jk_layer_saved_expert_ids). For evaluation and tests.
+cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
+                                  const uint16_t** logits);
+cudaError_t jk_model_saved_layer(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
+                                 int64_t layer, const void** layer_saved);

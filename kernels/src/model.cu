@@ -1,0 +1,281 @@
+// A pipeline stage of the JetMoE causal LM on the device: host orchestration of the embedding, layer
+// and fused families (include/jetmoe/model.h). Mirrors src/train/network.cpp (forward, loss, backward)
+// step for step, in bf16 with HF's roundings.
+#include "common.cuh"
+#include "jetmoe/kernels.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace jk::detail {
+namespace {
+
+// offsets {0, rows} of the one-expert grouped GEMMs of the LM head.
+__global__ void model_single_expert_offsets(std::int32_t* offsets, std::int32_t rows) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) {
+    offsets[0] = 0;
+    offsets[1] = rows;
+  }
+}
+
+struct StageDims {
+  std::int64_t B, T, N, D, V, L;
+};
+
+StageDims stage_dims(const jk_model_config_t& c, std::int64_t B, std::int64_t T) {
+  return {B, T, B * T, c.layer.hidden, c.vocab, c.num_layers};
+}
+
+// What the forward keeps for the backward.
+struct StageSaved {
+  std::vector<std::uint16_t*> x;      // [L + 1] block inputs x_0..x_{L-1} and the stage output x_L, [N, D]
+  std::vector<void*> layer;           // [L] each block's jk_layer saved buffer
+  std::size_t layer_bytes = 0;
+  std::int32_t* ids = nullptr;        // [N] (embedding)
+  std::int32_t* labels = nullptr;     // [N] (head)
+  std::uint16_t* h = nullptr;         // [N, D] final norm output (head)
+  float* rstd = nullptr;              // [N] (head)
+  std::uint16_t* logits = nullptr;    // [N, V] (head); the backward turns it into dlogits
+  float* lse = nullptr;               // [N] (head)
+  std::int32_t* head_offsets = nullptr;  // [2] = {0, N}
+};
+
+struct StageScratch {
+  void* layer = nullptr;  // shared by every block
+  std::size_t layer_bytes = 0;
+  std::uint16_t* dx[2] = {nullptr, nullptr};  // [N, D] ping-pong gradient of the block boundaries
+  float* norm_ws = nullptr;                    // final norm backward workspace
+  void* emb_ws = nullptr;                      // embedding backward workspace
+  std::size_t emb_ws_bytes = 0;
+};
+
+cudaError_t layer_bytes(const jk_model_config_t& c, std::int64_t B, std::int64_t T, std::size_t* saved,
+                        std::size_t* scratch) {
+  *saved = *scratch = 0;
+  if (c.num_layers == 0) return cudaSuccess;
+  return jk_layer_train_bytes(&c.layer, B, T, saved, scratch);
+}
+
+StageSaved carve_stage_saved(Carver& cv, const jk_model_config_t& c, const StageDims& s, std::size_t layer_saved) {
+  StageSaved v;
+  v.layer_bytes = layer_saved;
+  for (std::int64_t l = 0; l <= s.L; ++l) v.x.push_back(cv.take<std::uint16_t>(s.N * s.D));
+  for (std::int64_t l = 0; l < s.L; ++l) v.layer.push_back(cv.take<char>(static_cast<std::int64_t>(layer_saved)));
+  if (c.has_embedding) v.ids = cv.take<std::int32_t>(s.N);
+  if (c.has_head) {
+    v.labels = cv.take<std::int32_t>(s.N);
+    v.h = cv.take<std::uint16_t>(s.N * s.D);
+    v.rstd = cv.take<float>(s.N);
+    v.logits = cv.take<std::uint16_t>(s.N * s.V);
+    v.lse = cv.take<float>(s.N);
+    v.head_offsets = cv.take<std::int32_t>(2);
+  }
+  return v;
+}
+
+StageScratch carve_stage_scratch(Carver& cv, const jk_model_config_t& c, const StageDims& s,
+                                 std::size_t layer_scratch) {
+  StageScratch v;
+  v.layer_bytes = layer_scratch;
+  v.layer = cv.take<char>(static_cast<std::int64_t>(layer_scratch));
+  v.dx[0] = cv.take<std::uint16_t>(s.N * s.D);
+  v.dx[1] = cv.take<std::uint16_t>(s.N * s.D);
+  if (c.has_head) v.norm_ws = cv.take<float>(jk_fused_rmsnorm_bwd_workspace_elems(s.N, s.D));
+  if (c.has_embedding) {
+    v.emb_ws_bytes = jk_embedding_bwd_workspace_bytes(s.N, s.V);
+    v.emb_ws = cv.take<char>(static_cast<std::int64_t>(v.emb_ws_bytes));
+  }
+  return v;
+}
+
+bool valid_stage_config(const jk_model_config_t* c) {
+  if (c == nullptr || c->vocab < 1 || c->num_layers < 0) return false;
+  if ((c->has_embedding != 0 && c->has_embedding != 1) || (c->has_head != 0 && c->has_head != 1)) return false;
+  if (c->num_layers == 0 && !c->has_embedding && !c->has_head) return false;  // an empty stage
+  if (c->has_head && !(c->final_eps >= 0.0f && c->final_eps < 1.0f)) return false;
+  if (c->layer.hidden < 1 || c->layer.hidden > INT32_MAX || c->vocab > INT32_MAX) return false;
+  return true;
+}
+
+bool valid_stage_weights(const jk_model_weights_t* w, const jk_model_config_t& c) {
+  if (w == nullptr) return false;
+  if (c.has_embedding && w->embedding == nullptr) return false;
+  if (c.has_head && (w->final_norm == nullptr || w->lm_head == nullptr)) return false;
+  if (c.num_layers > 0 && w->layers == nullptr) return false;
+  return true;
+}
+
+bool valid_stage_grads(const jk_model_grads_t* g, const jk_model_config_t& c) {
+  if (g == nullptr) return false;
+  if (c.has_embedding && g->embedding == nullptr) return false;
+  if (c.has_head && (g->final_norm == nullptr || g->lm_head == nullptr)) return false;
+  if (c.num_layers > 0 && g->layers == nullptr) return false;
+  return true;
+}
+
+// Checks the configuration, the batch and the buffers common to forward and backward; on success
+// carves the saved and scratch buffers.
+cudaError_t prepare(const jk_model_config_t* cfg, const jk_model_batch_t* batch, void* saved, std::size_t saved_bytes,
+                    void* scratch, std::size_t scratch_bytes, StageDims* dims, StageSaved* sv, StageScratch* sc) {
+  std::size_t need_saved = 0, need_scratch = 0;
+  JK_RETURN_IF_ERROR(jk_model_train_bytes(cfg, batch->batch, batch->seq, &need_saved, &need_scratch));
+  if (saved == nullptr || scratch == nullptr || saved_bytes < need_saved || scratch_bytes < need_scratch)
+    return cudaErrorInvalidValue;
+  if (!is_aligned(saved, 256) || !is_aligned(scratch, 256)) return cudaErrorInvalidValue;
+  if (cfg->has_embedding && batch->ids == nullptr) return cudaErrorInvalidValue;
+  if (!cfg->has_embedding && batch->x_in == nullptr) return cudaErrorInvalidValue;
+  if (cfg->has_head && batch->labels == nullptr) return cudaErrorInvalidValue;
+  std::size_t ls = 0, lc = 0;
+  JK_RETURN_IF_ERROR(layer_bytes(*cfg, batch->batch, batch->seq, &ls, &lc));
+  *dims = stage_dims(*cfg, batch->batch, batch->seq);
+  Carver a{static_cast<char*>(saved)};
+  *sv = carve_stage_saved(a, *cfg, *dims, ls);
+  Carver b{static_cast<char*>(scratch)};
+  *sc = carve_stage_scratch(b, *cfg, *dims, lc);
+  return cudaSuccess;
+}
+
+}  // namespace
+}  // namespace jk::detail
+
+using namespace jk::detail;
+
+cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
+                                 size_t* scratch_bytes) {
+  if (!valid_stage_config(cfg) || saved_bytes == nullptr || scratch_bytes == nullptr) return cudaErrorInvalidValue;
+  if (batch < 0 || seq < 0 || (seq > 0 && batch > INT32_MAX / seq)) return cudaErrorInvalidValue;
+  std::size_t ls = 0, lc = 0;
+  JK_RETURN_IF_ERROR(layer_bytes(*cfg, batch, seq, &ls, &lc));
+  const StageDims s = stage_dims(*cfg, batch, seq);
+  if (s.N > 0 && s.V > INT64_MAX / 2 / s.N) return cudaErrorInvalidValue;
+  Carver a{nullptr};
+  carve_stage_saved(a, *cfg, s, ls);
+  Carver b{nullptr};
+  carve_stage_scratch(b, *cfg, s, lc);
+  *saved_bytes = a.used;
+  *scratch_bytes = b.used;
+  return cudaSuccess;
+}
+
+cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
+                                  const uint16_t** logits) {
+  std::size_t need_saved = 0, need_scratch = 0;
+  JK_RETURN_IF_ERROR(jk_model_train_bytes(cfg, batch, seq, &need_saved, &need_scratch));
+  if (!cfg->has_head || saved == nullptr || logits == nullptr) return cudaErrorInvalidValue;
+  std::size_t ls = 0, lc = 0;
+  JK_RETURN_IF_ERROR(layer_bytes(*cfg, batch, seq, &ls, &lc));
+  Carver a{static_cast<char*>(const_cast<void*>(saved))};
+  *logits = carve_stage_saved(a, *cfg, stage_dims(*cfg, batch, seq), ls).logits;
+  return cudaSuccess;
+}
+
+cudaError_t jk_model_saved_layer(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
+                                 int64_t layer, const void** layer_saved) {
+  std::size_t need_saved = 0, need_scratch = 0;
+  JK_RETURN_IF_ERROR(jk_model_train_bytes(cfg, batch, seq, &need_saved, &need_scratch));
+  if (saved == nullptr || layer_saved == nullptr || layer < 0 || layer >= cfg->num_layers)
+    return cudaErrorInvalidValue;
+  std::size_t ls = 0, lc = 0;
+  JK_RETURN_IF_ERROR(layer_bytes(*cfg, batch, seq, &ls, &lc));
+  Carver a{static_cast<char*>(const_cast<void*>(saved))};
+  *layer_saved = carve_stage_saved(a, *cfg, stage_dims(*cfg, batch, seq), ls).layer[static_cast<std::size_t>(layer)];
+  return cudaSuccess;
+}
+
+cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
+                         uint16_t* out, float* loss_rows, float* aux, int32_t* invalid_ids, void* saved,
+                         size_t saved_bytes, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  if (batch == nullptr || !valid_stage_config(cfg) || !valid_stage_weights(w, *cfg)) return cudaErrorInvalidValue;
+  if (cfg->has_head ? loss_rows == nullptr : out == nullptr) return cudaErrorInvalidValue;
+  if (batch->batch < 0 || batch->seq < 0) return cudaErrorInvalidValue;
+  if (batch->batch == 0 || batch->seq == 0) return cudaSuccess;
+  StageDims s{};
+  StageSaved sv;
+  StageScratch sc;
+  JK_RETURN_IF_ERROR(prepare(cfg, batch, saved, saved_bytes, scratch, scratch_bytes, &s, &sv, &sc));
+  const std::size_t row_bytes = static_cast<std::size_t>(s.N * s.D) * sizeof(std::uint16_t);
+
+  if (cfg->has_embedding) {
+    JK_RETURN_IF_ERROR(cudaMemcpyAsync(sv.ids, batch->ids, static_cast<std::size_t>(s.N) * sizeof(std::int32_t),
+                                       cudaMemcpyDeviceToDevice, stream));
+    JK_RETURN_IF_ERROR(
+        jk_embedding_fwd_bf16(w->embedding, sv.ids, sv.x[0], s.N, s.V, s.D, invalid_ids, jk_embedding_path_auto, stream));
+  } else {
+    JK_RETURN_IF_ERROR(cudaMemcpyAsync(sv.x[0], batch->x_in, row_bytes, cudaMemcpyDeviceToDevice, stream));
+    if (invalid_ids != nullptr) JK_RETURN_IF_ERROR(cudaMemsetAsync(invalid_ids, 0, sizeof(std::int32_t), stream));
+  }
+  for (std::int64_t l = 0; l < s.L; ++l)
+    JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sv.x[l], s.B, s.T, sv.x[l + 1],
+                                    aux != nullptr ? aux + 4 * l : nullptr, sv.layer[l], sv.layer_bytes, sc.layer,
+                                    sc.layer_bytes, nullptr, stream));
+  if (!cfg->has_head)
+    return cudaMemcpyAsync(out, sv.x[s.L], row_bytes, cudaMemcpyDeviceToDevice, stream);
+
+  JK_RETURN_IF_ERROR(cudaMemcpyAsync(sv.labels, batch->labels, static_cast<std::size_t>(s.N) * sizeof(std::int32_t),
+                                     cudaMemcpyDeviceToDevice, stream));
+  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(sv.x[s.L], w->final_norm, sv.h, sv.rstd, s.N, s.D, cfg->final_eps, stream));
+  model_single_expert_offsets<<<1, 32, 0, stream>>>(sv.head_offsets, static_cast<std::int32_t>(s.N));
+  JK_RETURN_IF_ERROR(cudaGetLastError());
+  const jk_grouped_gemm_algo_t algo =
+      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+  JK_RETURN_IF_ERROR(
+      jk_grouped_gemm_fwd_bf16(sv.h, w->lm_head, sv.logits, sv.head_offsets, nullptr, s.N, 1, s.V, s.D, algo, stream));
+  return jk_fused_cross_entropy_fwd_bf16(sv.logits, sv.labels, loss_rows, sv.lse, nullptr, nullptr, nullptr, s.N, s.V,
+                                         stream);
+}
+
+cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
+                         const uint16_t* dout, float ce_scale, uint16_t* dx_in, const jk_model_grads_t* grads,
+                         float grad_beta, void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
+                         cudaStream_t stream) {
+  if (batch == nullptr || !valid_stage_config(cfg) || !valid_stage_weights(w, *cfg) ||
+      !valid_stage_grads(grads, *cfg))
+    return cudaErrorInvalidValue;
+  if (grad_beta != 0.0f && grad_beta != 1.0f) return cudaErrorInvalidValue;
+  if (!cfg->has_head && dout == nullptr) return cudaErrorInvalidValue;
+  if (cfg->has_head && !(ce_scale == ce_scale)) return cudaErrorInvalidValue;  // NaN
+  if (batch->batch < 0 || batch->seq < 0) return cudaErrorInvalidValue;
+  if (batch->batch == 0 || batch->seq == 0) return cudaSuccess;
+  StageDims s{};
+  StageSaved sv;
+  StageScratch sc;
+  JK_RETURN_IF_ERROR(prepare(cfg, batch, saved, saved_bytes, scratch, scratch_bytes, &s, &sv, &sc));
+  const jk_grouped_gemm_algo_t algo =
+      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+  const bool tied = cfg->has_head && cfg->has_embedding && grads->lm_head == grads->embedding;
+
+  // The gradient of the current boundary x_l: dout, or the head's, then ping-pong through the blocks.
+  const std::uint16_t* dcur = dout;
+  int next = 0;
+  if (cfg->has_head) {
+    // dlogits in place of the logits (bf16, one rounding of (softmax - onehot) * ce_scale).
+    JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16(sv.logits, sv.labels, sv.lse, sv.logits, nullptr, ce_scale,
+                                                       s.N, s.V, stream));
+    JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sv.logits, sv.h, grads->lm_head, grad_beta, sv.head_offsets,
+                                                      nullptr, s.N, 1, s.V, s.D, algo, stream));
+    std::uint16_t* dh = sc.dx[1];
+    JK_RETURN_IF_ERROR(
+        jk_grouped_gemm_bwd_data_bf16(sv.logits, w->lm_head, dh, sv.head_offsets, nullptr, s.N, 1, s.V, s.D, algo, stream));
+    // d x_L in place of dh (the fused RMSNorm backward allows dx == dy).
+    JK_RETURN_IF_ERROR(jk_fused_rmsnorm_bwd_bf16(sv.x[s.L], w->final_norm, sv.rstd, dh, dh, grads->final_norm,
+                                                 grad_beta, sc.norm_ws, s.N, s.D, stream));
+    dcur = dh;
+    next = 0;
+  }
+  for (std::int64_t l = s.L - 1; l >= 0; --l) {
+    // The gradient of the stage input goes straight to dx_in when there is no embedding.
+    std::uint16_t* dst = (l == 0 && !cfg->has_embedding && dx_in != nullptr) ? dx_in : sc.dx[next];
+    JK_RETURN_IF_ERROR(jk_layer_bwd(&w->layers[l], &cfg->layer, sv.x[l], dcur, s.B, s.T, dst, &grads->layers[l],
+                                    grad_beta, sv.layer[l], sv.layer_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
+    dcur = dst;
+    next = dst == sc.dx[0] ? 1 : 0;
+  }
+  if (cfg->has_embedding)
+    return jk_embedding_bwd_bf16(dcur, sv.ids, grads->embedding, s.N, s.V, s.D, tied ? 1.0f : grad_beta,
+                                 /*zero_untouched=*/1, nullptr, sc.emb_ws, sc.emb_ws_bytes, jk_embedding_path_auto,
+                                 stream);
+  if (dx_in != nullptr && dcur != dx_in)
+    return cudaMemcpyAsync(dx_in, dcur, static_cast<std::size_t>(s.N * s.D) * sizeof(std::uint16_t),
+                           cudaMemcpyDeviceToDevice, stream);
+  return cudaSuccess;
+}

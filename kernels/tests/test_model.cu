@@ -1,0 +1,617 @@
+// Self-checking GPU test of the 'model' family (jetmoe/model.h): a JetMoE pipeline stage (embedding,
+// blocks, final norm, LM head, cross-entropy) forward and backward on the device against the composed
+// double-precision reference kernels/tests/reference/model.hpp (proven on the CPU by
+// tests/kernel_reference/test_model.cpp against HF JetMoeForCausalLM and finite differences).
+//
+// Every case: fresh random non-zero inputs and weights, outputs poisoned (NaN guard zones), every CUDA
+// call checked, guard zones verified, one PASS/FAIL line. Tolerances (why):
+//  - The blocks' bounds are test_layer.cu's (the same roundings; see there): forward per token row
+//    relative RMS <= 3e-2 and max <= 0.25 row RMS; backward per tensor relative RMS <= 5e-2, max <= 0.5
+//    RMS. The reference follows the device's expert choices in every block (each checked to differ from
+//    the reference's own top-k only at near ties), so the blocks' differences do not compound through
+//    a flipped expert. The logits (bf16(h W^T)) get the forward bounds per row, the per-token losses
+//    the same bounds over the [N] vector, the aux losses 1e-3 relative.
+//  - Exact properties, no tolerance: ignored labels give loss 0; rows of the embedding gradient whose id
+//    does not occur are 0 (untied); the out-of-range id is counted; a rerun is bit-identical; splitting
+//    the model into two stages at any block boundary gives bit-identical losses and gradients (the
+//    tied embedding gradient of the whole model equals fp32(first stage's + last stage's head part));
+//    grad_beta 1 doubles every gradient exactly (untied).
+#include "layer_testing.cuh"
+#include "reference/model.hpp"
+
+#include <cinttypes>
+#include <memory>
+
+namespace {
+
+using jkl::Compare;
+using jkl::DeviceLayer;
+using jkl::DeviceMem;
+using jkl::RopeTable;
+using jkref::IVec;
+using jkref::LayerNumerics;
+using jkref::ModelShape;
+using jkref::ModelWeights;
+using jkref::Vec;
+using jkt::CaseResult;
+using jkt::GuardedBuffer;
+
+constexpr double kFwdRms = 3e-2, kFwdMax = 0.25, kBwdRms = 5e-2, kBwdMax = 0.5;
+
+struct Sizes {
+  std::int64_t B, T, D, E, k, Hkv, d, F, V, L;
+};
+
+std::string describe(const Sizes& z, bool tied) {
+  return jkt::format("B%" PRId64 " T%" PRId64 " D%" PRId64 " E%" PRId64 " k%" PRId64 " Hkv%" PRId64 " d%" PRId64
+                     " F%" PRId64 " V%" PRId64 " L%" PRId64 " %s",
+                     z.B, z.T, z.D, z.E, z.k, z.Hkv, z.d, z.F, z.V, z.L, tied ? "tied" : "untied");
+}
+
+ModelShape shape_of(const Sizes& z, bool tied) {
+  ModelShape s;
+  s.layer.B = z.B, s.layer.T = z.T, s.layer.D = z.D, s.layer.E = z.E, s.layer.k = z.k, s.layer.Hkv = z.Hkv;
+  s.layer.d = z.d, s.layer.F = z.F;
+  s.layer.eps = 1e-6;
+  s.layer.theta = 10000.0f;
+  s.V = z.V, s.L = z.L;
+  s.tied = tied;
+  s.final_eps = 1e-5;
+  return s;
+}
+
+double bf16v(float x) { return jkt::bf16_value(jkt::expected_f32_to_bf16(x)); }
+
+// Embedding (and untied head) U(0.25, 1.75) / D^(1/4) with random signs: logits of order D^(1/4), so the
+// softmax is neither flat nor one-hot; final norm U(0.5, 1.5); blocks as test_layer.cu.
+ModelWeights random_model_weights(const ModelShape& s, jkt::Inputs& in) {
+  ModelWeights w;
+  const std::int64_t D = s.layer.D;
+  const float scale = 1.0f / std::pow(static_cast<float>(D), 0.25f);
+  w.embedding.resize(static_cast<std::size_t>(s.V * D));
+  for (auto& v : w.embedding) v = bf16v(in.nonzero(0.25f, 1.75f) * scale);
+  for (std::int64_t l = 0; l < s.L; ++l) w.layers.push_back(jkl::random_layer_weights(s.layer, in));
+  w.final_norm.resize(static_cast<std::size_t>(D));
+  for (auto& v : w.final_norm) v = bf16v(1.0f + in.nonzero(0.01f, 0.5f));
+  if (!s.tied) {
+    w.lm_head.resize(static_cast<std::size_t>(s.V * D));
+    for (auto& v : w.lm_head) v = bf16v(in.nonzero(0.25f, 1.75f) * scale);
+  }
+  return w;
+}
+
+// Device weights and gradients of the whole model. The gradient buffers: g_emb [V, D] (the embedding's,
+// and the tied head's when the whole model runs as one stage), g_head [V, D] (the untied head's, or the
+// tied head's part on a last stage), g_norm [D], and the blocks'.
+struct DeviceModel {
+  ModelShape s;
+  std::vector<std::unique_ptr<DeviceLayer>> layers;
+  std::unique_ptr<GuardedBuffer<std::uint16_t>> emb, norm, head;
+  std::unique_ptr<GuardedBuffer<float>> g_emb, g_norm, g_head;
+  std::vector<jk_layer_weights_t> lw;
+  std::vector<jk_layer_grads_t> lg;
+
+  DeviceModel(const ModelShape& shape, const ModelWeights& w) : s(shape) {
+    const std::size_t VD = static_cast<std::size_t>(s.V * s.layer.D), D = static_cast<std::size_t>(s.layer.D);
+    emb.reset(new GuardedBuffer<std::uint16_t>(VD));
+    emb->upload(jkl::to_bits(w.embedding));
+    norm.reset(new GuardedBuffer<std::uint16_t>(D));
+    norm->upload(jkl::to_bits(w.final_norm));
+    if (!s.tied) {
+      head.reset(new GuardedBuffer<std::uint16_t>(VD));
+      head->upload(jkl::to_bits(w.lm_head));
+    }
+    g_emb.reset(new GuardedBuffer<float>(VD));
+    g_head.reset(new GuardedBuffer<float>(VD));
+    g_norm.reset(new GuardedBuffer<float>(D));
+    for (const auto& l : w.layers) {
+      layers.emplace_back(new DeviceLayer(s.layer, l));
+      lw.push_back(layers.back()->wt);
+      lg.push_back(layers.back()->gt);
+    }
+  }
+  const std::uint16_t* head_weights() { return s.tied ? emb->data() : head->data(); }
+  void poison_grads() {
+    g_emb->poison();
+    g_head->poison();
+    g_norm->poison();
+    for (auto& l : layers)
+      for (auto& g : l->g) g->poison();
+  }
+  bool guards_intact() const {
+    bool ok = emb->guards_intact() && norm->guards_intact() && g_emb->guards_intact() && g_head->guards_intact() &&
+              g_norm->guards_intact() && (!head || head->guards_intact());
+    for (const auto& l : layers) ok = ok && l->guards_intact();
+    return ok;
+  }
+};
+
+// A stage of the device model: blocks [first, last), optionally the embedding and the head.
+struct Stage {
+  jk_model_config_t cfg{};
+  jk_model_weights_t w{};
+  jk_model_grads_t g{};
+};
+
+Stage make_stage(DeviceModel& m, const RopeTable& rope, jk_layer_path_t path, std::int64_t first, std::int64_t last,
+                 bool has_embedding, bool has_head, bool whole_tied) {
+  Stage st;
+  st.cfg.layer = jkl::layer_config(m.s.layer, rope, path, 0.01f, 0.001f);
+  st.cfg.vocab = m.s.V;
+  st.cfg.num_layers = last - first;
+  st.cfg.has_embedding = has_embedding ? 1 : 0;
+  st.cfg.has_head = has_head ? 1 : 0;
+  st.cfg.final_eps = 1e-5f;
+  st.w.embedding = has_embedding ? m.emb->data() : nullptr;
+  st.w.layers = m.lw.data() + first;
+  st.w.final_norm = has_head ? m.norm->data() : nullptr;
+  st.w.lm_head = has_head ? m.head_weights() : nullptr;
+  st.g.embedding = has_embedding ? m.g_emb->data() : nullptr;
+  st.g.layers = m.lg.data() + first;
+  st.g.final_norm = has_head ? m.g_norm->data() : nullptr;
+  // The whole tied model sums the head's gradient into the embedding's; otherwise separate tensors.
+  st.g.lm_head = has_head ? (whole_tied ? m.g_emb->data() : m.g_head->data()) : nullptr;
+  return st;
+}
+
+struct Batch {
+  std::vector<std::int32_t> ids, labels;
+  std::int64_t n_valid = 0, invalid_ids = 0;
+};
+
+// Random ids in [0, V) (one out of range when `bad_id`), labels = the next id of the sequence, -100 at
+// each sequence's end and at every 5th position.
+Batch random_batch(const Sizes& z, jkt::Inputs& in, bool bad_id) {
+  Batch b;
+  const std::int64_t N = z.B * z.T;
+  b.ids.resize(static_cast<std::size_t>(N));
+  for (auto& id : b.ids) id = static_cast<std::int32_t>(in.bits32() % static_cast<std::uint32_t>(z.V));
+  if (bad_id && N > 3) {
+    b.ids[2] = static_cast<std::int32_t>(z.V + 3);
+    b.invalid_ids = 1;
+  }
+  b.labels.resize(b.ids.size());
+  for (std::int64_t t = 0; t < N; ++t) {
+    const bool end = t % z.T == z.T - 1;
+    const std::int32_t next = end ? -100 : b.ids[t + 1];
+    b.labels[t] = (end || t % 5 == 4 || next < 0 || next >= z.V) ? -100 : next;
+    b.n_valid += b.labels[t] == -100 ? 0 : 1;
+  }
+  return b;
+}
+
+struct DeviceBatch {
+  GuardedBuffer<std::int32_t> ids, labels;
+  explicit DeviceBatch(const Batch& b) : ids(b.ids.size()), labels(b.labels.size()) {
+    ids.upload(b.ids);
+    labels.upload(b.labels);
+  }
+};
+
+struct StageRun {
+  std::vector<std::uint16_t> out, dx_in, logits;
+  std::vector<float> loss_rows, aux;
+  std::int32_t invalid = -1;
+  std::vector<std::pair<IVec, IVec>> ids;  // per block of the stage
+};
+
+// Forward (+ backward when `backward`) of one stage; x_in / dout are device bf16 [N, D] where needed.
+StageRun run_stage(jkt::Context& ctx, const Sizes& z, Stage& st, DeviceBatch& db, const std::uint16_t* x_in,
+                   const std::uint16_t* dout, float ce_scale, float beta, bool backward, bool* guards) {
+  const std::int64_t N = z.B * z.T;
+  const std::size_t ND = static_cast<std::size_t>(N * z.D);
+  jk_model_batch_t batch{z.B, z.T, db.ids.data(), x_in, db.labels.data()};
+  std::size_t sb = 0, cb = 0;
+  CHECK_CUDA(jk_model_train_bytes(&st.cfg, z.B, z.T, &sb, &cb));
+  DeviceMem saved(sb), scratch(cb);
+  CHECK_CUDA(cudaMemset(saved.p, 0xff, sb));
+  CHECK_CUDA(cudaMemset(scratch.p, 0xff, cb));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  GuardedBuffer<std::uint16_t> out(ND), dx(ND);
+  GuardedBuffer<float> loss(static_cast<std::size_t>(N)), aux(static_cast<std::size_t>(std::max<std::int64_t>(4 * st.cfg.num_layers, 1)));
+  GuardedBuffer<std::int32_t> invalid(1);
+  jkt::finish(jk_model_fwd(&st.w, &st.cfg, &batch, out.data(), loss.data(), aux.data(), invalid.data(), saved.p, sb,
+                           scratch.p, cb, ctx.stream),
+              ctx.stream, "jk_model_fwd");
+  StageRun r;
+  if (st.cfg.has_head) {
+    const std::uint16_t* logits = nullptr;
+    CHECK_CUDA(jk_model_saved_logits(&st.cfg, z.B, z.T, saved.p, &logits));
+    r.logits.resize(static_cast<std::size_t>(N * z.V));
+    CHECK_CUDA(cudaMemcpy(r.logits.data(), logits, r.logits.size() * 2, cudaMemcpyDeviceToHost));
+    r.loss_rows = loss.download();
+  } else {
+    r.out = out.download();
+  }
+  r.aux = aux.download();
+  r.aux.resize(static_cast<std::size_t>(4 * st.cfg.num_layers));
+  r.invalid = invalid.download()[0];
+  for (std::int64_t l = 0; l < st.cfg.num_layers; ++l) {
+    const void* ls = nullptr;
+    CHECK_CUDA(jk_model_saved_layer(&st.cfg, z.B, z.T, saved.p, l, &ls));
+    const std::int32_t *moa = nullptr, *moe = nullptr;
+    CHECK_CUDA(jk_layer_saved_expert_ids(&st.cfg.layer, z.B, z.T, ls, &moa, &moe));
+    std::vector<std::int32_t> a(static_cast<std::size_t>(N * z.k)), b(a.size());
+    CHECK_CUDA(cudaMemcpy(a.data(), moa, a.size() * 4, cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaMemcpy(b.data(), moe, b.size() * 4, cudaMemcpyDeviceToHost));
+    r.ids.emplace_back(IVec(a.begin(), a.end()), IVec(b.begin(), b.end()));
+  }
+  if (backward) {
+    jkt::finish(jk_model_bwd(&st.w, &st.cfg, &batch, dout, ce_scale, st.cfg.has_embedding ? nullptr : dx.data(), &st.g,
+                             beta, saved.p, sb, scratch.p, cb, ctx.stream),
+                ctx.stream, "jk_model_bwd");
+    if (!st.cfg.has_embedding) r.dx_in = dx.download();
+  }
+  *guards = out.guards_intact() && dx.guards_intact() && loss.guards_intact() && aux.guards_intact() &&
+            invalid.guards_intact();
+  return r;
+}
+
+struct Grads {
+  std::vector<float> emb, head, norm;
+  std::vector<std::vector<std::vector<float>>> layers;  // [L][11]
+};
+
+Grads download_grads(DeviceModel& m) {
+  Grads g;
+  g.emb = m.g_emb->download();
+  g.head = m.g_head->download();
+  g.norm = m.g_norm->download();
+  for (auto& l : m.layers) {
+    g.layers.emplace_back();
+    for (auto& t : l->g) g.layers.back().push_back(t->download());
+  }
+  return g;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+bool within(const Compare& c, double rms, double mx) { return c.finite && c.rel_rms <= rms && c.max_rel <= mx; }
+
+// Whole model, one stage: device vs reference (with the device's expert choices), rerun bit-identical.
+CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed, bool both_paths) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, tied);
+  const std::int64_t N = z.B * z.T;
+  const int E = static_cast<int>(z.E), k = static_cast<int>(z.k);
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, true);
+  DeviceBatch db(batch);
+  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
+  const float ce_scale = batch.n_valid > 0 ? 1.0f / static_cast<float>(batch.n_valid) : 0.0f;
+  std::string detail;
+  bool pass = true;
+  std::vector<jk_layer_path_t> paths = {JK_LAYER_TUNED};
+  if (both_paths) paths.push_back(JK_LAYER_SIMPLE);
+  for (const jk_layer_path_t path : paths) {
+    const char* label = path == JK_LAYER_TUNED ? "tuned:" : "simple:";
+    Stage st = make_stage(dm, rope, path, 0, z.L, true, true, tied);
+    bool guards = true;
+    dm.poison_grads();
+    const StageRun r = run_stage(ctx, z, st, db, nullptr, nullptr, ce_scale, 0.0f, true, &guards);
+    const Grads g = download_grads(dm);
+    guards = guards && dm.guards_intact();
+    pass = pass && guards;
+    bool ids_ok = r.invalid == batch.invalid_ids;
+    for (const auto& p : r.ids) ids_ok = ids_ok && jkl::ids_valid(p.first, N, E, k) && jkl::ids_valid(p.second, N, E, k);
+    if (!ids_ok) {
+      detail += jkt::format("%s invalid expert ids or invalid-id count %d. ", label, r.invalid);
+      pass = false;
+      continue;
+    }
+    const jkref::ModelForward f = jkref::model_forward(s, hw, batch.ids, {}, batch.labels, LayerNumerics::hf_bf16, &r.ids);
+    int flips = 0;
+    std::string why;
+    bool routing = true;
+    for (std::int64_t l = 0; l < z.L && routing; ++l) {
+      const auto& lf = f.layers[static_cast<std::size_t>(l)];
+      routing = jkl::routing_ok(r.ids[l].first, lf.moa.logits, N, E, k, &flips, &why) &&
+                jkl::routing_ok(r.ids[l].second, lf.moe.logits, N, E, k, &flips, &why);
+    }
+    if (!routing) {
+      detail += std::string(label) + " " + why + ". ";
+      pass = false;
+      continue;
+    }
+    const jkref::ModelGrads rg =
+        jkref::model_backward(s, hw, f, batch.ids, batch.labels, {}, ce_scale, 0.01, 0.001, LayerNumerics::hf_bf16);
+    // Forward: logits per row, losses over [N], aux per block.
+    const Compare cl = jkl::compare(jkl::widen(r.logits), f.logits, N, z.V);
+    const Compare closs = jkl::compare(jkl::widen(r.loss_rows), f.ce.loss_rows, 0, 0);
+    bool ignored_zero = true;
+    for (std::int64_t t = 0; t < N; ++t)
+      if (batch.labels[t] == -100) ignored_zero = ignored_zero && r.loss_rows[t] == 0.0f;
+    double aux_err = 0;
+    for (std::int64_t l = 0; l < z.L; ++l) {
+      const auto& lf = f.layers[static_cast<std::size_t>(l)];
+      const double ref[4] = {lf.moa.aux.switch_loss, lf.moa.aux.z_loss, lf.moe.aux.switch_loss, lf.moe.aux.z_loss};
+      for (int i = 0; i < 4; ++i)
+        aux_err = std::max(aux_err, std::fabs(r.aux[4 * l + i] - ref[i]) / (std::fabs(ref[i]) + 1e-30));
+    }
+    pass = pass && within(cl, kFwdRms, kFwdMax) && within(closs, kFwdRms, kFwdMax) && ignored_zero && aux_err <= 1e-3;
+    // Backward: every tensor.
+    double worst = 0, worst_max = 0;
+    std::string worst_name;
+    auto check = [&](const std::vector<float>& got, const Vec& ref, const std::string& name) {
+      const Compare c = jkl::compare(jkl::widen(got), ref, 0, 0);
+      pass = pass && within(c, kBwdRms, kBwdMax);
+      if (c.rel_rms > worst || !c.finite) worst = c.finite ? c.rel_rms : INFINITY, worst_name = name;
+      worst_max = std::max(worst_max, c.max_rel);
+    };
+    check(g.emb, rg.embedding, "embedding");
+    if (!tied) check(g.head, rg.lm_head, "lm_head");
+    check(g.norm, rg.final_norm, "final_norm");
+    for (std::int64_t l = 0; l < z.L; ++l) {
+      const auto refs = rg.layers[static_cast<std::size_t>(l)].all();
+      for (int i = 0; i < 11; ++i)
+        check(g.layers[l][i], *refs[i], jkt::format("layer%" PRId64 ".", l) + jkref::layer_weight_names()[i]);
+    }
+    // Untied: embedding rows of ids that do not occur are exactly zero.
+    bool zero_rows = true;
+    if (!tied) {
+      std::vector<char> seen(static_cast<std::size_t>(z.V), 0);
+      for (auto id : batch.ids)
+        if (id >= 0 && id < z.V) seen[id] = 1;
+      for (std::int64_t v = 0; v < z.V; ++v)
+        if (!seen[v])
+          for (std::int64_t c = 0; c < z.D; ++c) zero_rows = zero_rows && g.emb[v * z.D + c] == 0.0f;
+    }
+    pass = pass && zero_rows;
+    detail += jkt::format(
+        "%s logits rms %.2e max %.2e; loss rms %.2e; aux %.1e; grads worst rms %.2e (%s) max %.2e; flips %d%s%s. ",
+        label, cl.rel_rms, cl.max_rel, closs.rel_rms, aux_err, worst, worst_name.c_str(), worst_max, flips,
+        ignored_zero ? "" : "; IGNORED LABEL LOSS NOT 0", zero_rows ? "" : "; UNUSED EMBEDDING ROW NOT 0");
+    if (path == JK_LAYER_TUNED) {
+      // Determinism: a second run is bit-identical.
+      dm.poison_grads();
+      bool guards2 = true;
+      const StageRun r2 = run_stage(ctx, z, st, db, nullptr, nullptr, ce_scale, 0.0f, true, &guards2);
+      const Grads g2 = download_grads(dm);
+      bool same = guards2 && r2.logits == r.logits && same_bits(r2.loss_rows, r.loss_rows) && same_bits(r2.aux, r.aux) &&
+                  same_bits(g2.emb, g.emb) && same_bits(g2.norm, g.norm) && (tied || same_bits(g2.head, g.head));
+      for (std::int64_t l = 0; l < z.L && same; ++l)
+        for (int i = 0; i < 11 && same; ++i) same = same_bits(g2.layers[l][i], g.layers[l][i]);
+      detail += same ? "rerun bit-identical. " : "RERUN DIFFERS. ";
+      pass = pass && same;
+    }
+  }
+  return {pass, describe(z, tied) + ": " + detail};
+}
+
+// Two stages [embedding, blocks 0..split) and [blocks split..L, head], chained through device buffers,
+// against the whole model as one stage: bit-identical.
+CaseResult stages_case(jkt::Context& ctx, const Sizes& z, bool tied, std::int64_t split, std::uint64_t seed) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, tied);
+  const std::size_t ND = static_cast<std::size_t>(z.B * z.T * z.D);
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, false);
+  DeviceBatch db(batch);
+  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
+  const float ce_scale = 1.0f / static_cast<float>(std::max<std::int64_t>(batch.n_valid, 1));
+  bool guards = true, g1 = true, g2 = true, g3 = true;
+
+  Stage whole = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
+  dm.poison_grads();
+  const StageRun rw = run_stage(ctx, z, whole, db, nullptr, nullptr, ce_scale, 0.0f, true, &g1);
+  const Grads gw = download_grads(dm);
+
+  Stage first = make_stage(dm, rope, JK_LAYER_TUNED, 0, split, true, false, false);
+  Stage last = make_stage(dm, rope, JK_LAYER_TUNED, split, z.L, false, true, false);
+  dm.poison_grads();
+  // First stage forward; its output feeds the last stage, whose dx_in feeds the first stage's backward.
+  jk_model_batch_t b0{z.B, z.T, db.ids.data(), nullptr, db.labels.data()};
+  std::size_t sb0 = 0, cb0 = 0;
+  CHECK_CUDA(jk_model_train_bytes(&first.cfg, z.B, z.T, &sb0, &cb0));
+  DeviceMem saved0(sb0), scratch0(cb0);
+  GuardedBuffer<std::uint16_t> boundary(ND), dboundary(ND);
+  jkt::finish(jk_model_fwd(&first.w, &first.cfg, &b0, boundary.data(), nullptr, nullptr, nullptr, saved0.p, sb0,
+                           scratch0.p, cb0, ctx.stream),
+              ctx.stream, "jk_model_fwd first");
+  const StageRun rl = run_stage(ctx, z, last, db, boundary.data(), nullptr, ce_scale, 0.0f, true, &g2);
+  dboundary.upload(rl.dx_in);
+  jkt::finish(jk_model_bwd(&first.w, &first.cfg, &b0, dboundary.data(), 0.0f, nullptr, &first.g, 0.0f, saved0.p, sb0,
+                           scratch0.p, cb0, ctx.stream),
+              ctx.stream, "jk_model_bwd first");
+  const Grads gs = download_grads(dm);
+  g3 = boundary.guards_intact() && dboundary.guards_intact() && dm.guards_intact();
+  guards = g1 && g2 && g3;
+
+  bool same = same_bits(rw.loss_rows, rl.loss_rows) && rw.logits == rl.logits && same_bits(gw.norm, gs.norm);
+  const bool loss_same = same;
+  bool emb_same = true;
+  if (tied) {
+    // whole: head part first, then the embedding's scatter-add (fp32 add per element, rows that occur).
+    std::vector<char> seen(static_cast<std::size_t>(z.V), 0);
+    for (auto id : batch.ids) seen[id] = 1;
+    for (std::int64_t v = 0; v < z.V && emb_same; ++v)
+      for (std::int64_t c = 0; c < z.D; ++c) {
+        const std::size_t i = static_cast<std::size_t>(v * z.D + c);
+        const float expect = seen[v] ? gs.head[i] + gs.emb[i] : gs.head[i];
+        if (std::memcmp(&expect, &gw.emb[i], sizeof(float)) != 0) emb_same = false;
+      }
+  } else {
+    emb_same = same_bits(gw.emb, gs.emb) && same_bits(gw.head, gs.head);
+  }
+  same = same && emb_same;
+  bool layers_same = true;
+  for (std::int64_t l = 0; l < z.L; ++l)
+    for (int i = 0; i < 11; ++i) layers_same = layers_same && same_bits(gw.layers[l][i], gs.layers[l][i]);
+  same = same && layers_same;
+  const bool pass = same && guards;
+  return {pass, describe(z, tied) + jkt::format(" split at %" PRId64 ": losses/logits %s, embedding/head %s, blocks %s, "
+                                                "guards %d",
+                                                split, loss_same ? "bit-identical" : "DIFFER",
+                                                emb_same ? "bit-identical" : "DIFFER",
+                                                layers_same ? "bit-identical" : "DIFFER", int(guards))};
+}
+
+// grad_beta = 1 adds to the old gradients: run with beta 0, then the backward again with beta 1.
+CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, false);
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, false);
+  DeviceBatch db(batch);
+  RopeTable rope(16, z.d);
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, false);
+  jk_model_batch_t b{z.B, z.T, db.ids.data(), nullptr, db.labels.data()};
+  std::size_t sb = 0, cb = 0;
+  CHECK_CUDA(jk_model_train_bytes(&st.cfg, z.B, z.T, &sb, &cb));
+  DeviceMem saved(sb), scratch(cb);
+  GuardedBuffer<float> loss(static_cast<std::size_t>(z.B * z.T));
+  const float ce_scale = 0.125f;
+  jkt::finish(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
+                           ctx.stream),
+              ctx.stream, "jk_model_fwd");
+  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
+                           ctx.stream),
+              ctx.stream, "jk_model_bwd beta 0");
+  const Grads first = download_grads(dm);
+  // The backward consumed the saved logits: run the forward again, then accumulate.
+  jkt::finish(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
+                           ctx.stream),
+              ctx.stream, "jk_model_fwd again");
+  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, &st.g, 1.0f, saved.p, sb, scratch.p, cb,
+                           ctx.stream),
+              ctx.stream, "jk_model_bwd beta 1");
+  const Grads second = download_grads(dm);
+  auto doubled = [](const std::vector<float>& once, const std::vector<float>& twice) {
+    for (std::size_t i = 0; i < once.size(); ++i)
+      if (!(twice[i] == once[i] + once[i])) return false;  // x + x is exact
+    return true;
+  };
+  bool pass = dm.guards_intact() && loss.guards_intact() && doubled(first.emb, second.emb) &&
+              doubled(first.head, second.head) && doubled(first.norm, second.norm);
+  for (std::int64_t l = 0; l < z.L; ++l)
+    for (int i = 0; i < 11; ++i) pass = pass && doubled(first.layers[l][i], second.layers[l][i]);
+  return {pass, describe(z, false) + (pass ? ": beta 1 doubles every gradient exactly" : ": beta 1 accumulation wrong")};
+}
+
+CaseResult argument_case(jkt::Context& ctx) {
+  const Sizes z{1, 4, 16, 4, 2, 2, 8, 24, 20, 1};
+  jkt::Inputs in(5);
+  const ModelShape s = shape_of(z, true);
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  RopeTable rope(16, z.d);
+  Batch batch = random_batch(z, in, false);
+  DeviceBatch db(batch);
+  Stage good = make_stage(dm, rope, JK_LAYER_TUNED, 0, 1, true, true, true);
+  std::size_t sb = 0, cb = 0;
+  CHECK_CUDA(jk_model_train_bytes(&good.cfg, z.B, z.T, &sb, &cb));
+  DeviceMem saved(sb), scratch(cb);
+  GuardedBuffer<float> loss(4);
+  GuardedBuffer<std::uint16_t> x(64), out(64);
+  int bad = 0;
+  auto expect_invalid = [&](cudaError_t e) { bad += e == cudaErrorInvalidValue ? 0 : 1; };
+  const jk_model_batch_t b{z.B, z.T, db.ids.data(), nullptr, db.labels.data()};
+  auto fwd = [&](const Stage& st, const jk_model_batch_t& bb, std::size_t sbytes, std::size_t cbytes) {
+    return jk_model_fwd(&st.w, &st.cfg, &bb, out.data(), loss.data(), nullptr, nullptr, saved.p, sbytes, scratch.p,
+                        cbytes, ctx.stream);
+  };
+  Stage st = good;
+  st.cfg.vocab = 0;
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.cfg.num_layers = -1;
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.cfg.num_layers = 0, st.cfg.has_embedding = 0, st.cfg.has_head = 0;  // empty stage
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.cfg.has_head = 2;
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.cfg.final_eps = -1.0f;
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.cfg.layer.top_k = 9;
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.w.embedding = nullptr;
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.w.lm_head = nullptr;
+  expect_invalid(fwd(st, b, sb, cb));
+  st = good, st.w.layers = nullptr;
+  expect_invalid(fwd(st, b, sb, cb));
+  jk_model_batch_t bb = b;
+  bb.ids = nullptr;
+  expect_invalid(fwd(good, bb, sb, cb));
+  bb = b, bb.labels = nullptr;
+  expect_invalid(fwd(good, bb, sb, cb));
+  bb = b, bb.seq = 17;  // beyond the RoPE table
+  expect_invalid(fwd(good, bb, sb, cb));
+  expect_invalid(fwd(good, b, sb - 1, cb));
+  expect_invalid(fwd(good, b, sb, cb - 1));
+  expect_invalid(jk_model_fwd(&good.w, &good.cfg, &b, out.data(), nullptr, nullptr, nullptr, saved.p, sb, scratch.p,
+                              cb, ctx.stream));  // a head stage without loss_rows
+  st = good, st.cfg.has_head = 0;
+  expect_invalid(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
+                              ctx.stream));  // a stage without head and without out
+  st = good, st.cfg.has_embedding = 0;
+  expect_invalid(fwd(st, b, sb, cb));  // no x_in
+  expect_invalid(jk_model_bwd(&good.w, &good.cfg, &b, nullptr, 1.0f, nullptr, &good.g, 0.5f, saved.p, sb, scratch.p,
+                              cb, ctx.stream));
+  expect_invalid(jk_model_bwd(&good.w, &good.cfg, &b, nullptr, NAN, nullptr, &good.g, 0.0f, saved.p, sb, scratch.p,
+                              cb, ctx.stream));
+  st = good, st.g.final_norm = nullptr;
+  expect_invalid(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, 1.0f, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
+                              ctx.stream));
+  st = good, st.cfg.has_head = 0;
+  expect_invalid(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, 1.0f, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
+                              ctx.stream));  // no dout
+  expect_invalid(jk_model_train_bytes(&good.cfg, 1, 4, nullptr, &cb));
+  expect_invalid(jk_model_train_bytes(&good.cfg, -1, 4, &sb, &cb));
+  const void* ls = nullptr;
+  expect_invalid(jk_model_saved_layer(&good.cfg, z.B, z.T, saved.p, 1, &ls));
+  // Zero sizes: no-ops that touch nothing.
+  jk_model_batch_t zero = b;
+  zero.batch = 0;
+  const bool zero_ok = fwd(good, zero, 0, 0) == cudaSuccess &&
+                       jk_model_bwd(&good.w, &good.cfg, &zero, nullptr, 1.0f, nullptr, &good.g, 0.0f, nullptr, 0,
+                                    nullptr, 0, ctx.stream) == cudaSuccess;
+  CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+  bool untouched = true;
+  for (auto v : loss.download()) untouched = untouched && jkt::bits_of(v) == 0xffffffffu;
+  for (auto v : out.download()) untouched = untouched && v == 0xffff;
+  const bool no_error_left = cudaGetLastError() == cudaSuccess;
+  const bool pass = bad == 0 && zero_ok && untouched && no_error_left && loss.guards_intact() && out.guards_intact() &&
+                    dm.guards_intact();
+  return {pass, jkt::format("%d invalid calls not rejected; zero sizes no-op %d; outputs untouched %d", bad,
+                            int(zero_ok), int(untouched))};
+}
+
+std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
+  std::vector<jkt::Case> cases;
+  cases.push_back({"model.arguments", [&ctx] { return argument_case(ctx); }});
+  const Sizes tiny{2, 6, 32, 4, 2, 2, 8, 24, 40, 2};
+  const Sizes train_shapes[] = {
+      tiny,
+      {2, 9, 36, 3, 2, 3, 8, 20, 50, 3},           // D, F, V not multiples of 8 (scalar paths), E = 3, 3 blocks
+      {2, 64, 256, 8, 2, 4, 64, 384, 1000, 2},     // mid-size, tuned tiles
+      {1, 256, 2048, 8, 2, 16, 128, 5632, 32000, 2},  // JetMoE-8B sizes (two blocks), short sequence
+  };
+  for (const Sizes& z : train_shapes)
+    for (const bool tied : {true, false}) {
+      const std::uint64_t seed = ctx.next_seed();
+      const bool both = z.D <= 256;
+      cases.push_back(
+          {"model.train " + describe(z, tied), [&ctx, z, tied, seed, both] { return train_case(ctx, z, tied, seed, both); }});
+    }
+  for (const bool tied : {true, false})
+    for (const std::int64_t split : {std::int64_t(0), std::int64_t(1), std::int64_t(2)}) {
+      const std::uint64_t seed = ctx.next_seed();
+      cases.push_back({"model.stages " + describe(tiny, tied) + jkt::format(" split %" PRId64, split),
+                       [&ctx, tiny, tied, split, seed] { return stages_case(ctx, tiny, tied, split, seed); }});
+    }
+  {
+    const std::uint64_t seed = ctx.next_seed();
+    cases.push_back({"model.grad_accumulate " + describe(tiny, false),
+                     [&ctx, tiny, seed] { return accumulate_case(ctx, tiny, seed); }});
+  }
+  return cases;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return jkt::run_main(argc, argv, "jetmoe-model-test", make_cases); }

@@ -1,0 +1,429 @@
+// The bf16 device stage (train/device_network.hpp): host orchestration of jetmoe/model.h.
+#include "train/device_network.hpp"
+
+#include "jetmoe/build_config.hpp"
+
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include "core/bf16.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "train/losses.hpp"
+
+#if JETMOE_HAVE_CUDA_KERNELS
+#include <cuda_runtime_api.h>
+
+#include "jetmoe/kernels.h"
+#endif
+
+namespace jetmoe {
+
+#if !JETMOE_HAVE_CUDA_KERNELS
+
+std::string device_training_unavailable() {
+  return "this build has no CUDA kernels (configure on a machine with the CUDA toolkit, JETMOE_ENABLE_CUDA=ON)";
+}
+std::string device_training_description() { return "none"; }
+std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, double, const StageSpan&) {
+  fail(ErrorKind::Deck, "train/precision = bf16: " + device_training_unavailable());
+}
+
+#else
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  if (e == cudaErrorMemoryAllocation)
+    fail(ErrorKind::Input, std::string("bf16 training: out of GPU memory in ") + what +
+                               " (reduce train/micro_batch_size or train/seq_len, or use more pipeline stages)");
+  fail(ErrorKind::Internal, std::string("bf16 training: ") + what + " failed: " + cudaGetErrorName(e) + " (" +
+                                cudaGetErrorString(e) + ")");
+}
+
+// A device allocation that frees itself.
+struct DeviceBuffer {
+  void* p = nullptr;
+  std::size_t bytes = 0;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p(o.p), bytes(o.bytes) { o.p = nullptr, o.bytes = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      p = o.p, bytes = o.bytes;
+      o.p = nullptr, o.bytes = 0;
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { reset(); }
+  void reset() {
+    if (p) cudaFree(p);
+    p = nullptr, bytes = 0;
+  }
+  void ensure(std::size_t n, const char* what) {
+    if (n <= bytes && p) return;
+    reset();
+    check(cudaMalloc(&p, std::max<std::size_t>(n, 256)), what);
+    bytes = n;
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+std::uint16_t to_bf16_bits(float f) { return bf16::from_float(f).bits; }
+
+// Every copy goes through the network's (non-blocking) stream, so it is ordered with the kernels: a
+// plain cudaMemcpy runs on the legacy stream, which a non-blocking stream does not wait for, and returns
+// from a pageable upload before the data has landed.
+void upload(void* to, const void* from, std::size_t bytes, cudaStream_t stream, const char* what) {
+  check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyHostToDevice, stream), what);
+  check(cudaStreamSynchronize(stream), what);  // `from` may be a temporary of the caller
+}
+void download(void* to, const void* from, std::size_t bytes, cudaStream_t stream, const char* what) {
+  check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyDeviceToHost, stream), what);
+  check(cudaStreamSynchronize(stream), what);
+}
+
+// Which field of a block a checkpoint name (after "model.layers.<l>.") is.
+int layer_field(const std::string& suffix) {
+  static const char* const names[] = {"input_layernorm.weight",
+                                      "self_attention.experts.router.layer.weight",
+                                      "self_attention.experts.input_linear.weight",
+                                      "self_attention.kv_proj.weight",
+                                      "self_attention.experts.output_linear.weight",
+                                      "self_attention.experts.bias",
+                                      "post_attention_layernorm.weight",
+                                      "mlp.router.layer.weight",
+                                      "mlp.input_linear.weight",
+                                      "mlp.output_linear.weight",
+                                      "mlp.bias"};
+  for (int i = 0; i < 11; ++i)
+    if (suffix == names[i]) return i;
+  return -1;
+}
+
+const std::uint16_t** weight_slot(jk_layer_weights_t& w, int field) {
+  const std::uint16_t** slots[11] = {&w.input_norm, &w.moa_router, &w.moa_q,  &w.kv_proj, &w.moa_o,   &w.moa_bias,
+                                     &w.post_norm,  &w.moe_router, &w.moe_in, &w.moe_out, &w.moe_bias};
+  return slots[field];
+}
+float** grad_slot(jk_layer_grads_t& g, int field) {
+  float** slots[11] = {&g.input_norm, &g.moa_router, &g.moa_q,  &g.kv_proj, &g.moa_o,   &g.moa_bias,
+                       &g.post_norm,  &g.moe_router, &g.moe_in, &g.moe_out, &g.moe_bias};
+  return slots[field];
+}
+
+class DeviceNetwork final : public StageNetwork {
+ public:
+  DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span)
+      : c_(c), cs_(coef_switch), cz_(coef_z), span_(span) {
+    first_ = span.first_layer;
+    layers_ = span.end(c) - span.first_layer;
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    const std::int64_t positions = std::max<std::int64_t>(c.max_position_embeddings, 1);
+    rope_.ensure(static_cast<std::size_t>(jk_fused_rope_table_elems(positions, c.head_dim)) * sizeof(float),
+                 "the RoPE table");
+    check(jk_fused_rope_table(rope_.as<float>(), positions, c.head_dim, static_cast<float>(c.rope_theta)),
+          "jk_fused_rope_table");
+    check(cudaDeviceSynchronize(), "jk_fused_rope_table");  // its copy ran on the legacy stream
+    jk_layer_config_t& l = cfg_.layer;
+    l.hidden = c.hidden_size, l.num_experts = c.num_experts, l.top_k = c.top_k, l.kv_heads = c.num_kv_heads;
+    l.head_dim = c.head_dim, l.ffn = c.ffn_hidden_size, l.eps = static_cast<float>(c.block_norm_eps);
+    l.aux_switch_coef = static_cast<float>(coef_switch), l.aux_z_coef = static_cast<float>(coef_z);
+    l.rope_table = rope_.as<float>(), l.rope_max_positions = positions, l.path = JK_LAYER_TUNED;
+    cfg_.vocab = c.vocab_size, cfg_.num_layers = layers_;
+    cfg_.has_embedding = span.embedding ? 1 : 0, cfg_.has_head = span.head ? 1 : 0;
+    cfg_.final_eps = static_cast<float>(c.rms_norm_eps);
+    layer_w_.assign(static_cast<std::size_t>(layers_), jk_layer_weights_t{});
+    layer_g_.assign(static_cast<std::size_t>(layers_), jk_layer_grads_t{});
+    slots_.resize(1);
+  }
+  ~DeviceNetwork() override {
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  void begin_pass(const ModelWeights& w) override {
+    const std::vector<NamedTensor> named = w.named(c_);
+    if (tensors_.empty()) allocate_tensors(named);
+    JETMOE_ASSERT(named.size() == tensors_.size(), "DeviceNetwork: the stage's tensors changed");
+    for (std::size_t i = 0; i < named.size(); ++i) {
+      Tensor& t = tensors_[i];
+      JETMOE_ASSERT(named[i].name == t.name && std::int64_t(named[i].flat.extent(0)) == t.numel,
+                    "DeviceNetwork: tensor " + t.name + " changed");
+      // fp32 master -> device staging -> bf16 (round to nearest even on the device).
+      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+      check(cudaMemcpyAsync(staging_.p, host.data(), std::size_t(t.numel) * sizeof(float), cudaMemcpyHostToDevice,
+                            stream_),
+            "uploading the weights");
+      check(jk_f32_to_bf16(staging_.as<float>(), t.bf16.as<std::uint16_t>(), t.numel, stream_), "jk_f32_to_bf16");
+      check(cudaStreamSynchronize(stream_), "uploading the weights");
+    }
+  }
+
+  void set_slots(int n) override {
+    JETMOE_ASSERT(n >= 1, "DeviceNetwork::set_slots: at least one slot");
+    if (std::size_t(n) == slots_.size()) return;
+    slots_.resize(std::size_t(n));
+    if (B_ > 0) allocate(B_, T_);
+  }
+
+  void prepare(std::int64_t B, std::int64_t T) override {
+    if (B == B_ && T == T_) return;
+    allocate(B, T);
+  }
+
+  const Mat<float>& stage_input(int slot) const override { return slots_.at(std::size_t(slot)).x_in; }
+  const Mat<float>& stage_output(int slot) const override { return slots_.at(std::size_t(slot)).x_out; }
+  const Mat<float>& boundary_grad() const override { return dx_; }
+
+  LossTerms stage_forward(const ModelWeights&, const IntView2& ids, const IntView1& targets, bool with_grads,
+                          double ce_scale, int slot, const RowWeights* weigh) override {
+    Slot& s = slots_.at(std::size_t(slot));
+    const std::int64_t N = B_ * T_, D = c_.hidden_size;
+    if (with_grads && span_.head && weigh && *weigh)
+      fail(ErrorKind::Deck, "train/precision = bf16 does not support per-token loss weights yet (DPO); use fp32");
+    jk_model_batch_t batch{B_, T_, nullptr, nullptr, nullptr};
+    if (span_.embedding) {
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ids);
+      upload(ids_dev_.p, h.data(), std::size_t(N) * sizeof(std::int32_t), stream_, "uploading token ids");
+      batch.ids = ids_dev_.as<std::int32_t>();
+    } else {
+      upload_bf16(s.x_in, x_dev_, "uploading the stage input");
+      batch.x_in = x_dev_.as<std::uint16_t>();
+    }
+    std::vector<std::int32_t> labels;
+    if (span_.head) {
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), targets);
+      labels.assign(h.data(), h.data() + N);
+      for (std::int64_t t = 0; t < N; ++t)
+        if (labels[t] != ignore_index && (labels[t] < 0 || labels[t] >= c_.vocab_size))
+          fail(ErrorKind::Input, "target " + std::to_string(labels[t]) + " at row " + std::to_string(t) +
+                                     " is outside the vocabulary [0, " + std::to_string(c_.vocab_size) + ")");
+      upload(labels_dev_.p, labels.data(), std::size_t(N) * sizeof(std::int32_t), stream_, "uploading targets");
+      batch.labels = labels_dev_.as<std::int32_t>();
+    }
+    check(jk_model_fwd(&weights_, &cfg_, &batch, out_dev_.as<std::uint16_t>(), loss_dev_.as<float>(),
+                       aux_dev_.as<float>(), invalid_dev_.as<std::int32_t>(), s.saved.p, s.saved.bytes, scratch_.p,
+                       scratch_.bytes, stream_),
+          "jk_model_fwd");
+    check(cudaStreamSynchronize(stream_), "the forward pass");
+    if (span_.embedding) {
+      std::int32_t invalid = 0;
+      download(&invalid, invalid_dev_.p, sizeof invalid, stream_, "reading the id check");
+      if (invalid != 0)
+        fail(ErrorKind::Input, std::to_string(invalid) + " token id(s) outside the vocabulary [0, " +
+                                   std::to_string(c_.vocab_size) + ") in a micro-batch");
+    }
+    LossTerms terms;
+    s.switch_loss = s.z_loss = 0;
+    if (layers_ > 0) {
+      std::vector<float> aux(static_cast<std::size_t>(4 * layers_));
+      download(aux.data(), aux_dev_.p, aux.size() * sizeof(float), stream_, "reading aux losses");
+      for (std::int64_t l = 0; l < layers_; ++l) {
+        s.switch_loss += double(aux[4 * l]) + double(aux[4 * l + 2]);
+        s.z_loss += double(aux[4 * l + 1]) + double(aux[4 * l + 3]);
+      }
+      if (!with_grads) terms.switch_loss = s.switch_loss, terms.z_loss = s.z_loss;  // no backward reports them
+    }
+    if (span_.head) {
+      std::vector<float> rows(static_cast<std::size_t>(N));
+      download(rows.data(), loss_dev_.p, rows.size() * sizeof(float), stream_, "reading the losses");
+      std::vector<double> row_loss(rows.begin(), rows.end());
+      for (std::int64_t t = 0; t < N; ++t)
+        if (labels[t] != ignore_index) terms.ce_sum += row_loss[t], ++terms.count;
+      if (weigh && *weigh) {  // evaluation only (checked above): the weights are not used
+        std::vector<double> unused(row_loss.size(), 0.0);
+        (*weigh)(row_loss, unused);
+      }
+      s.ce_scale = ce_scale;
+    } else {
+      download_bf16(out_dev_, s.x_out, "reading the stage output");
+    }
+    (void)D;
+    return terms;
+  }
+
+  void stage_backward(const ModelWeights&, ModelWeights&, double aux_scale, LossTerms& terms, int slot) override {
+    Slot& s = slots_.at(std::size_t(slot));
+    jk_model_batch_t batch{B_, T_, span_.embedding ? ids_dev_.as<std::int32_t>() : nullptr,
+                           span_.embedding ? nullptr : x_dev_.as<std::uint16_t>(),
+                           span_.head ? labels_dev_.as<std::int32_t>() : nullptr};
+    if (!span_.head) upload_bf16(dx_, dout_dev_, "uploading the output gradient");
+    cfg_.layer.aux_switch_coef = static_cast<float>(cs_ * aux_scale);
+    cfg_.layer.aux_z_coef = static_cast<float>(cz_ * aux_scale);
+    check(jk_model_bwd(&weights_, &cfg_, &batch, span_.head ? nullptr : dout_dev_.as<std::uint16_t>(),
+                       static_cast<float>(s.ce_scale), span_.embedding ? nullptr : dx_dev_.as<std::uint16_t>(), &grads_,
+                       pending_ ? 1.0f : 0.0f, s.saved.p, s.saved.bytes, scratch_.p, scratch_.bytes, stream_),
+          "jk_model_bwd");
+    check(cudaStreamSynchronize(stream_), "the backward pass");
+    pending_ = true;
+    terms.switch_loss += s.switch_loss, terms.z_loss += s.z_loss;
+    if (!span_.embedding) download_bf16(dx_dev_, dx_, "reading the input gradient");
+  }
+
+  void flush_gradients(ModelWeights& grads) override {
+    if (!pending_) return;
+    const std::vector<NamedTensor> named = grads.named(c_);
+    JETMOE_ASSERT(named.size() == tensors_.size(), "DeviceNetwork: gradient tensors");
+    std::vector<float> buf;
+    for (std::size_t i = 0; i < named.size(); ++i) {
+      const Tensor& t = tensors_[i];
+      buf.resize(std::size_t(t.numel));
+      download(buf.data(), t.grad.p, buf.size() * sizeof(float), stream_, "reading gradients");
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+      for (std::size_t j = 0; j < buf.size(); ++j) h(j) += buf[j];
+      Kokkos::deep_copy(named[i].flat, h);
+    }
+    pending_ = false;
+    if (backward_progress) backward_progress(-1);
+  }
+
+ private:
+  struct Tensor {
+    std::string name;
+    std::int64_t numel = 0;
+    DeviceBuffer bf16, grad;
+  };
+  struct Slot {
+    DeviceBuffer saved;
+    Mat<float> x_in, x_out;
+    double ce_scale = 1.0, switch_loss = 0, z_loss = 0;
+  };
+
+  void allocate_tensors(const std::vector<NamedTensor>& named) {
+    tensors_ = std::vector<Tensor>(named.size());
+    std::int64_t largest = 1;
+    for (std::size_t i = 0; i < named.size(); ++i) {
+      Tensor& t = tensors_[i];
+      t.name = named[i].name;
+      t.numel = std::int64_t(named[i].flat.extent(0));
+      largest = std::max(largest, t.numel);
+      t.bf16.ensure(std::size_t(t.numel) * 2, "the bf16 weights");
+      t.grad.ensure(std::size_t(t.numel) * 4, "the gradients");
+      std::uint16_t* w = t.bf16.as<std::uint16_t>();
+      float* g = t.grad.as<float>();
+      const std::string layer_prefix = "model.layers.";
+      if (t.name == "model.embed_tokens.weight") {
+        weights_.embedding = span_.embedding ? w : nullptr;
+        grads_.embedding = span_.embedding ? g : nullptr;
+        if (span_.head && c_.tie_word_embeddings) weights_.lm_head = w, grads_.lm_head = g;
+      } else if (t.name == "model.norm.weight") {
+        weights_.final_norm = w, grads_.final_norm = g;
+      } else if (t.name == "lm_head.weight") {
+        weights_.lm_head = w, grads_.lm_head = g;
+      } else if (t.name.compare(0, layer_prefix.size(), layer_prefix) == 0) {
+        const std::size_t dot = t.name.find('.', layer_prefix.size());
+        const std::int64_t l = std::stoll(t.name.substr(layer_prefix.size(), dot - layer_prefix.size())) - first_;
+        const int field = layer_field(t.name.substr(dot + 1));
+        JETMOE_ASSERT(l >= 0 && l < layers_ && field >= 0, "DeviceNetwork: unexpected tensor " + t.name);
+        *weight_slot(layer_w_[std::size_t(l)], field) = w;
+        *grad_slot(layer_g_[std::size_t(l)], field) = g;
+      } else {
+        JETMOE_ASSERT(false, "DeviceNetwork: unexpected tensor " + t.name);
+      }
+    }
+    weights_.layers = layer_w_.data();
+    grads_.layers = layer_g_.data();
+    staging_.ensure(std::size_t(largest) * sizeof(float), "the weight staging buffer");
+  }
+
+  void allocate(std::int64_t B, std::int64_t T) {
+    if (T > c_.max_position_embeddings)
+      fail(ErrorKind::Deck, "train/seq_len " + std::to_string(T) + " exceeds the model's max_position_embeddings " +
+                                std::to_string(c_.max_position_embeddings));
+    B_ = B, T_ = T;
+    const std::int64_t N = B * T, D = c_.hidden_size;
+    std::size_t saved = 0, scratch = 0;
+    check(jk_model_train_bytes(&cfg_, B, T, &saved, &scratch), "jk_model_train_bytes");
+    for (Slot& s : slots_) {
+      s.saved.ensure(saved, "the saved activations");
+      s.x_in = Mat<float>("device_stage_input", N, D);
+      s.x_out = Mat<float>("device_stage_output", N, D);
+    }
+    scratch_.ensure(scratch, "the scratch buffer");
+    const std::size_t rows = std::size_t(N) * std::size_t(D) * 2;
+    x_dev_.ensure(rows, "the stage input");
+    out_dev_.ensure(rows, "the stage output");
+    dout_dev_.ensure(rows, "the output gradient");
+    dx_dev_.ensure(rows, "the input gradient");
+    ids_dev_.ensure(std::size_t(N) * 4, "token ids");
+    labels_dev_.ensure(std::size_t(N) * 4, "targets");
+    loss_dev_.ensure(std::size_t(N) * 4, "the losses");
+    aux_dev_.ensure(std::size_t(std::max<std::int64_t>(4 * layers_, 1)) * 4, "the aux losses");
+    invalid_dev_.ensure(4, "the id check");
+    dx_ = Mat<float>("device_stage_dx", N, D);
+  }
+
+  // fp32 (bf16 values) [N, D] host -> bf16 device, and back.
+  void upload_bf16(const Mat<float>& from, DeviceBuffer& to, const char* what) {
+    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), from);
+    std::vector<std::uint16_t> bits(h.size());
+    for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = to_bf16_bits(h.data()[i]);
+    upload(to.p, bits.data(), bits.size() * 2, stream_, what);
+  }
+  void download_bf16(const DeviceBuffer& from, const Mat<float>& to, const char* what) {
+    auto h = Kokkos::create_mirror_view(Kokkos::HostSpace(), to);
+    std::vector<std::uint16_t> bits(h.size());
+    download(bits.data(), from.p, bits.size() * 2, stream_, what);
+    for (std::size_t i = 0; i < bits.size(); ++i) h.data()[i] = bf16::from_bits(bits[i]).to_float();
+    Kokkos::deep_copy(to, h);
+  }
+
+  ModelConfig c_;
+  double cs_, cz_;
+  StageSpan span_;
+  std::int64_t first_ = 0, layers_ = 0, B_ = 0, T_ = 0;
+  cudaStream_t stream_ = nullptr;
+  DeviceBuffer rope_, staging_, scratch_;
+  DeviceBuffer x_dev_, out_dev_, dout_dev_, dx_dev_, ids_dev_, labels_dev_, loss_dev_, aux_dev_, invalid_dev_;
+  jk_model_config_t cfg_{};
+  jk_model_weights_t weights_{};
+  jk_model_grads_t grads_{};
+  std::vector<jk_layer_weights_t> layer_w_;
+  std::vector<jk_layer_grads_t> layer_g_;
+  std::vector<Tensor> tensors_;
+  std::vector<Slot> slots_;
+  Mat<float> dx_;
+  bool pending_ = false;  // the device gradients hold sums not yet added to the trainer's
+};
+
+}  // namespace
+
+std::string device_training_unavailable() {
+  jk_runtime_info_t info{};
+  if (jk_runtime_info(&info) != cudaSuccess) return "the CUDA runtime could not be queried";
+  if (info.device_count == 0)
+    return std::string("no CUDA GPU is available (") + cudaGetErrorName(info.device_status) + ": " +
+           cudaGetErrorString(info.device_status) + ")";
+  if (!info.kernel_image_ok)
+    return std::string("the kernels were built for ") + jk_compiled_architectures() + ", which cannot run on " +
+           info.device_name + " (sm_" + std::to_string(info.sm_major) + std::to_string(info.sm_minor) + ")";
+  return "";
+}
+
+std::string device_training_description() {
+  jk_runtime_info_t info{};
+  if (jk_runtime_info(&info) != cudaSuccess || info.device_count == 0) return "none";
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %d SMs, %.1f GiB), kernels for %s", info.device_name, info.sm_major,
+                info.sm_minor, info.multiprocessor_count, double(info.total_global_mem) / (1024.0 * 1024 * 1024),
+                jk_compiled_architectures());
+  return buf;
+}
+
+std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
+                                                  const StageSpan& span) {
+  const std::string why = device_training_unavailable();
+  if (!why.empty()) fail(ErrorKind::Deck, "train/precision = bf16: " + why + "; use fp32");
+  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span);
+}
+
+#endif
+
+}  // namespace jetmoe

@@ -1,0 +1,38 @@
+#pragma once
+// bf16 mixed-precision training on a CUDA GPU (train/precision = bf16): a pipeline stage that runs the
+// tuned kernels of kernels/ (jetmoe/model.h: embedding, jk_layer blocks, final norm, LM head,
+// cross-entropy) behind the StageNetwork interface the Pipeline uses, so micro-batching, 1F1B stages,
+// data-parallel sums, clipping, AdamW, checkpoints and restarts are the fp32 path's.
+//
+// Precision: the trainer's fp32 parameters are the master weights. At the start of every pass (a
+// training step or an evaluation) they are rounded to bf16 on the device (round to nearest even); the
+// forward and backward run in bf16 with fp32 accumulation and HF's bf16 roundings (kernels/notes/
+// model.md); weight gradients accumulate in fp32 on the device over the step's micro-batches and are
+// added to the trainer's fp32 gradients after the last one; AdamW updates the fp32 masters. Stage
+// boundaries travel as fp32 arrays holding bf16 values (exact both ways).
+//
+// Not (yet) on this path: per-token loss weights in training (DPO; SFT's masking works), activation
+// recomputation (every block's activations are kept), NCCL (boundaries and gradient sums go through
+// host memory and MPI), the optimizer on the device (jk_fused_adamw is bit-identical to the CPU
+// AdamW and is the next step).
+#include <memory>
+#include <string>
+
+#include "train/network.hpp"
+
+namespace jetmoe {
+
+// Empty when this process can train with the device network; otherwise why not, for the user: this
+// build has no CUDA kernels, there is no usable GPU (with the runtime's reason), or the kernels were
+// not built for the GPU's architecture.
+std::string device_training_unavailable();
+
+// One line naming the GPU the device network runs on (for the run's log).
+std::string device_training_description();
+
+// The device stage for `span` of the model. Throws jetmoe::Error when device_training_unavailable()
+// is not empty or device memory runs out.
+std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
+                                                  const StageSpan& span);
+
+}  // namespace jetmoe
