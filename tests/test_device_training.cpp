@@ -12,7 +12,9 @@
 //    device stage bit for bit, the tied embedding's two gradients summed as the trainer sums them;
 //  - two micro-batches accumulated on the device and flushed once equal the sum of two single flushes;
 //  - the trainer with train/precision = bf16: the loss falls, the run restarts from a checkpoint bit
-//    for bit (the device path is deterministic), and it tracks the fp32 run's loss.
+//    for bit (the device path is deterministic), and it tracks the fp32 run's loss;
+//  - DPO with bf16 (per-token loss weights on the device, the frozen reference on the device too): the
+//    first step's loss is exactly ln 2, the loss falls, and it tracks fp32 DPO within 2e-2.
 #include <catch2/catch.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -23,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "core/deck.hpp"
 #include "model/config.hpp"
 #include "model/weights.hpp"
 #include "support.hpp"
@@ -278,3 +281,38 @@ TEST_CASE("bf16 training on the emulated GPU: the loss falls, restarts are exact
   CHECK(tt::lines_of(tmp / "again/metrics.jsonl", "train") == std::vector<std::string>(lines.begin() + 3, lines.end()));
 }
 
+
+TEST_CASE("bf16 DPO on the emulated GPU starts at ln 2, learns the preference and tracks fp32",
+          "[unit][device][alignment][train]") {
+  TempDir tmp;
+  tt::write_chat_data(tmp);
+  Deck sft = tt::chat_deck(tmp, "sft", "sft");
+  sft.apply_override("schedule/total=2");
+  REQUIRE(run_training(sft, Comm::world(), std::nullopt) == TrainOutcome::Finished);
+  std::vector<std::vector<std::string>> runs;
+  for (const char* precision : {"bf16", "fp32"}) {
+    Deck dpo = tt::chat_deck(tmp, "dpo", std::string("dpo-") + precision);
+    dpo.apply_override("model/weights=" + tmp / "sft/final");
+    dpo.apply_override(std::string("train/precision=") + precision);
+    dpo.apply_override("schedule/total=3");
+    dpo.apply_override("train/global_batch_tokens=192");  // one micro-batch of 4 pairs per step
+    dpo.apply_override("train/eval_interval=0");
+    REQUIRE(run_training(dpo, Comm::world(), std::nullopt) == TrainOutcome::Finished);
+    runs.push_back(tt::train_lines(tmp / ("dpo-" + std::string(precision) + "/metrics.jsonl")));
+    REQUIRE(runs.back().size() == 3);
+  }
+  const auto& bf16 = runs[0];
+  const auto& fp32 = runs[1];
+  // Step 1: the policy is the reference, computed by the same device code: exactly ln 2, margin 0.
+  CHECK(tt::field(bf16.front(), "dpo_loss") == Approx(std::log(2.0)).epsilon(1e-9));
+  CHECK(tt::field(bf16.front(), "reward_margin") == 0.0);
+  CHECK(tt::field(bf16.back(), "dpo_loss") < std::log(2.0));
+  for (std::size_t i = 0; i < bf16.size(); ++i) {
+    INFO("step " << i + 1 << ": dpo loss bf16 " << tt::field(bf16[i], "dpo_loss") << ", fp32 "
+                 << tt::field(fp32[i], "dpo_loss"));
+    CHECK(std::fabs(tt::field(bf16[i], "dpo_loss") - tt::field(fp32[i], "dpo_loss")) <= 2e-2);
+  }
+  WARN("DPO loss per step, bf16 / fp32: " << tt::field(bf16[0], "dpo_loss") << " / " << tt::field(fp32[0], "dpo_loss")
+                                          << " ... " << tt::field(bf16[2], "dpo_loss") << " / "
+                                          << tt::field(fp32[2], "dpo_loss"));
+}

@@ -287,8 +287,4 @@ TEST_CASE("train/precision = bf16 trains on a GPU or is a deck error naming why 
   CHECK(message.find(why) != std::string::npos);
   CHECK(message.find("use fp32") != std::string::npos);
   CHECK(!fs::exists(tmp / "bf16/checkpoints"));
-  // DPO is refused before any GPU question.
-  const std::string dpo = jetmoe::testing::error_of(
-      [&] { train(tmp, "dpo", {"train/precision=bf16", "train/mode=dpo"}); }, ErrorKind::Deck);
-  CHECK(dpo.find("DPO") != std::string::npos);
 }

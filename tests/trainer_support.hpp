@@ -1,7 +1,7 @@
 #pragma once
-// The micro training setup shared by the trainer tests (test_trainer.cpp, test_device_training.cpp): a
-// two-source corpus prepared with the fixture tokenizer, the micro model's deck, checkpoint comparison
-// and the metrics file's lines.
+// The micro training setup shared by the trainer tests (test_trainer.cpp, test_alignment.cpp,
+// test_device_training.cpp): a two-source corpus prepared with the fixture tokenizer, the micro model's
+// deck, checkpoint comparison, the metrics file's lines, and the SFT/DPO chat corpus and deck.
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -101,5 +101,48 @@ inline std::vector<std::string> lines_of(const std::string& path, const std::str
       out.push_back(line.substr(0, line.find(", \"elapsed_s\"")));  // wall times differ between runs
   return out;
 }
+
+// ---- SFT and DPO on a chat corpus (test_alignment.cpp) ----
+
+inline void write_chat_data(const TempDir& tmp) {
+  std::ofstream sft(tmp / "sft.jsonl"), dpo(tmp / "dpo.jsonl");
+  const char* rivers[] = {"Nile", "Amazon", "Danube", "Rhine", "Volga", "Indus"};
+  for (int i = 0; i < 24; ++i) {
+    const std::string r = rivers[i % 6];
+    sft << R"({"messages": [{"role": "user", "content": "Name river )" << i << R"(."}, {"role": "assistant", "content": "The )"
+        << r << R"( is a river."}]})" << "\n";
+    dpo << R"({"prompt": "Name river )" << i << R"(.", "chosen": "The )" << r << R"( is a river.", "rejected": "A )" << r
+        << R"( tree is not."})" << "\n";
+  }
+}
+
+inline Deck chat_deck(const TempDir& tmp, const std::string& mode, const std::string& run) {
+  std::ostringstream d;
+  d << "<job>\nname = " << mode << "\nseed = 3\noutput_dir = " << (tmp / run) << "\nprogress_interval = 1\npeak_gflops = 10\n"
+    << "<model>\npreset = none\nvocab_size = 400\nhidden_size = 24\nnum_layers = 2\nnum_kv_heads = 2\nhead_dim = 6\n"
+    << "num_experts = 4\ntop_k = 2\nffn_hidden_size = 20\nmax_position_embeddings = 64\nrope_theta = 10000\n"
+    << "rms_norm_eps = 1e-5\ntie_word_embeddings = true\n"
+    << "<tokenizer>\nmodel = " << kTokenizer << "\n"
+    << "<data>\nchat_train = " << (tmp / (mode + ".jsonl")) << "\nchat_validation = " << (tmp / (mode + ".jsonl")) << "\n"
+    << "<train>\nmode = " << mode << "\nseq_len = 48\nmicro_batch_size = 4\nglobal_batch_tokens = 384\neval_interval = 4\n"
+    << "eval_batches = 2\nsample_tokens = 0\n"
+    << "<optimizer>\nlr = 5e-3\n<schedule>\ntype = cosine\ntotal = 8\nwarmup_ratio = 0.25\nfinal_ratio = 0.1\n"
+    << "<checkpoint>\ninterval = 4\nkeep_last = 2\n";
+  return Deck::from_text(d.str(), mode + ".deck");
+}
+
+inline std::vector<std::string> train_lines(const std::string& path) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find("\"type\": \"train\"") != std::string::npos) out.push_back(line);
+  return out;
+}
+
+inline double field(const std::string& line, const std::string& key) {
+  return std::stod(line.substr(line.find("\"" + key + "\": ") + key.size() + 4));
+}
+
 
 }  // namespace jetmoe::testing::trainer

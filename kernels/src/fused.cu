@@ -422,10 +422,11 @@ cross_entropy_mean_kernel(const float* __restrict__ loss_rows, const std::int32_
 template <typename Tin, typename Tout>
 __global__ void __launch_bounds__(kCeThreads)
 cross_entropy_bwd_kernel(const Tin* logits, const std::int32_t* __restrict__ labels, const float* __restrict__ lse,
-                         Tout* dlogits, const float* __restrict__ scale_device, float scale_host, std::int64_t rows,
-                         std::int64_t vocab) {
-  const float scale = scale_device != nullptr ? *scale_device : scale_host;
+                         Tout* dlogits, const float* __restrict__ scale_device, float scale_host,
+                         const float* __restrict__ row_scale, std::int64_t rows, std::int64_t vocab) {
+  const float base = scale_device != nullptr ? *scale_device : scale_host;
   for (std::int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float scale = row_scale != nullptr ? __fmul_rn(base, row_scale[row]) : base;
     const Tin* xr = logits + row * vocab;
     Tout* dr = dlogits + row * vocab;
     const std::int32_t label = labels[row];
@@ -472,7 +473,7 @@ cudaError_t cross_entropy_fwd(const T* logits, const std::int32_t* labels, float
 template <typename Tin, typename Tout>
 cudaError_t cross_entropy_bwd(const Tin* logits, const std::int32_t* labels, const float* lse, Tout* dlogits,
                               const float* scale_device, float scale_host, std::int64_t rows, std::int64_t vocab,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, const float* row_scale = nullptr) {
   if (!valid_ce_args(logits, labels, rows, vocab)) return cudaErrorInvalidValue;
   if (rows > 0 && (lse == nullptr || dlogits == nullptr)) return cudaErrorInvalidValue;
   if (scale_device == nullptr && !std::isfinite(scale_host)) return cudaErrorInvalidValue;
@@ -481,7 +482,7 @@ cudaError_t cross_entropy_bwd(const Tin* logits, const std::int32_t* labels, con
   if (rows == 0) return cudaSuccess;
   const unsigned grid = static_cast<unsigned>(std::min<std::int64_t>(rows, INT_MAX));
   cross_entropy_bwd_kernel<Tin, Tout><<<grid, kCeThreads, 0, stream>>>(logits, labels, lse, dlogits, scale_device,
-                                                                       scale_host, rows, vocab);
+                                                                       scale_host, row_scale, rows, vocab);
   return cudaGetLastError();
 }
 
@@ -779,6 +780,14 @@ cudaError_t jk_fused_cross_entropy_bwd_bf16_f32(const std::uint16_t* logits, con
                                                 cudaStream_t stream) {
   return cross_entropy_bwd<std::uint16_t, float>(logits, labels, lse, dlogits, scale_device, scale_host, rows, vocab,
                                                  stream);
+}
+
+cudaError_t jk_fused_cross_entropy_bwd_bf16_weighted(const std::uint16_t* logits, const std::int32_t* labels,
+                                                     const float* lse, std::uint16_t* dlogits, const float* row_weight,
+                                                     int64_t rows, int64_t vocab, cudaStream_t stream) {
+  if (rows > 0 && row_weight == nullptr) return cudaErrorInvalidValue;
+  return cross_entropy_bwd<std::uint16_t, std::uint16_t>(logits, labels, lse, dlogits, nullptr, 1.0f, rows, vocab,
+                                                         stream, row_weight);
 }
 
 cudaError_t jk_fused_grad_norm(const jk_adamw_tensor_t* tensors, std::int64_t num_tensors, double max_norm,

@@ -225,7 +225,8 @@ cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* c
 }
 
 cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
-                         const uint16_t* dout, float ce_scale, uint16_t* dx_in, const jk_model_grads_t* grads,
+                         const uint16_t* dout, float ce_scale, const float* ce_row_weights, uint16_t* dx_in,
+                         const jk_model_grads_t* grads,
                          float grad_beta, void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
                          cudaStream_t stream) {
   if (batch == nullptr || !valid_stage_config(cfg) || !valid_stage_weights(w, *cfg) ||
@@ -233,7 +234,7 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
     return cudaErrorInvalidValue;
   if (grad_beta != 0.0f && grad_beta != 1.0f) return cudaErrorInvalidValue;
   if (!cfg->has_head && dout == nullptr) return cudaErrorInvalidValue;
-  if (cfg->has_head && !(ce_scale == ce_scale)) return cudaErrorInvalidValue;  // NaN
+  if (cfg->has_head && ce_row_weights == nullptr && !(ce_scale == ce_scale)) return cudaErrorInvalidValue;  // NaN
   if (batch->batch < 0 || batch->seq < 0) return cudaErrorInvalidValue;
   if (batch->batch == 0 || batch->seq == 0) return cudaSuccess;
   StageDims s{};
@@ -249,8 +250,12 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
   int next = 0;
   if (cfg->has_head) {
     // dlogits in place of the logits (bf16, one rounding of (softmax - onehot) * ce_scale).
-    JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16(sv.logits, sv.labels, sv.lse, sv.logits, nullptr, ce_scale,
-                                                       s.N, s.V, stream));
+    if (ce_row_weights != nullptr)
+      JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16_weighted(sv.logits, sv.labels, sv.lse, sv.logits,
+                                                                  ce_row_weights, s.N, s.V, stream));
+    else
+      JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16(sv.logits, sv.labels, sv.lse, sv.logits, nullptr, ce_scale,
+                                                         s.N, s.V, stream));
     JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sv.logits, sv.h, grads->lm_head, grad_beta, sv.head_offsets,
                                                       nullptr, s.N, 1, s.V, s.D, algo, stream));
     std::uint16_t* dh = sc.dx[1];

@@ -430,6 +430,65 @@ CaseResult check_cross_entropy(Context& ctx, const CeShape& s) {
   return {bad_rows == 0 && bad_grad == 0 && mean_ok && deterministic && guards, detail};
 }
 
+// Per-row weights (jk_fused_cross_entropy_bwd_bf16_weighted): random non-zero weights of both signs (DPO's
+// are), every 4th row ignored. dlogits |err| <= 3e-5 |ref| + half a bf16 ulp of ref (ref = exact gradient
+// times the weight); with every weight equal to s: bit-identical to the scalar call with scale s.
+CaseResult check_cross_entropy_weighted(Context& ctx, std::int64_t rows, std::int64_t vocab) {
+  Inputs in(ctx.next_seed());
+  const std::size_t n = static_cast<std::size_t>(rows * vocab);
+  std::vector<float> lf(n);
+  for (auto& v : lf) v = in.nonzero(1e-3f, 4.0f);
+  const std::vector<std::uint16_t> logits = from_float<std::uint16_t>(lf);
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(rows));
+  std::vector<float> weights(labels.size());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    labels[r] = r % 4 == 3 ? jkref::kIgnoreIndex : static_cast<std::int32_t>(in.bits32() % vocab);
+    weights[r] = in.nonzero(1e-3f, 2.0f);
+  }
+  const std::vector<double> ld = values(logits);
+  GuardedBuffer<std::uint16_t> d_logits(n), d_grad(n), d_uniform(n), d_scalar(n);
+  GuardedBuffer<std::int32_t> d_labels(labels.size());
+  GuardedBuffer<float> d_loss(labels.size()), d_lse(labels.size()), d_w(weights.size()), d_same(weights.size());
+  d_logits.upload(logits);
+  d_labels.upload(labels);
+  d_w.upload(weights);
+  const float s = 0.0625f * 3.0f;
+  d_same.upload(std::vector<float>(weights.size(), s));
+  settle();
+  finish(jk_fused_cross_entropy_fwd_bf16(d_logits.data(), d_labels.data(), d_loss.data(), d_lse.data(), nullptr, nullptr,
+                                         nullptr, rows, vocab, ctx.stream),
+         ctx.stream, "jk_fused_cross_entropy_fwd_bf16");
+  finish(jk_fused_cross_entropy_bwd_bf16_weighted(d_logits.data(), d_labels.data(), d_lse.data(), d_grad.data(),
+                                                  d_w.data(), rows, vocab, ctx.stream),
+         ctx.stream, "jk_fused_cross_entropy_bwd_bf16_weighted");
+  finish(jk_fused_cross_entropy_bwd_bf16_weighted(d_logits.data(), d_labels.data(), d_lse.data(), d_uniform.data(),
+                                                  d_same.data(), rows, vocab, ctx.stream),
+         ctx.stream, "jk_fused_cross_entropy_bwd_bf16_weighted (uniform)");
+  finish(jk_fused_cross_entropy_bwd_bf16(d_logits.data(), d_labels.data(), d_lse.data(), d_scalar.data(), nullptr, s,
+                                         rows, vocab, ctx.stream),
+         ctx.stream, "jk_fused_cross_entropy_bwd_bf16");
+  const std::vector<double> ref1 = jkref::cross_entropy_backward(ld, labels, rows, vocab, 1.0);
+  const std::vector<std::uint16_t> got = d_grad.download();
+  std::size_t bad = 0;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < vocab; ++c) {
+      const std::size_t i = static_cast<std::size_t>(r * vocab + c);
+      const double ref = ref1[i] * double(weights[r]);
+      const double tol = 3e-5 * std::fabs(ref) + std::fabs(ref) * 0x1p-8 + 1e-30;
+      bad += !(std::fabs(value_of(got[i]) - ref) <= tol) && !(labels[r] == jkref::kIgnoreIndex && got[i] == 0);
+    }
+  const bool uniform_same = d_uniform.download() == d_scalar.download();
+  const std::int64_t bad_args =
+      (jk_fused_cross_entropy_bwd_bf16_weighted(d_logits.data(), d_labels.data(), d_lse.data(), d_grad.data(), nullptr,
+                                                rows, vocab, ctx.stream) == cudaErrorInvalidValue) ? 0 : 1;
+  const bool guards = d_grad.guards_intact() && d_uniform.guards_intact() && d_scalar.guards_intact();
+  std::string detail = format("%zu bad gradients (tol 3e-5 rel + bf16 half-ulp); uniform weights = scalar scale: %s; "
+                              "null weights rejected: %s",
+                              bad, uniform_same ? "bit-identical" : "DIFFER", bad_args == 0 ? "yes" : "NO");
+  if (!guards) detail += "; WROTE OUTSIDE THE OUTPUT";
+  return {bad == 0 && uniform_same && bad_args == 0 && guards, detail};
+}
+
 // ---- gradient norm and AdamW ------------------------------------------------------------------------
 
 struct AdamTensor {
@@ -680,6 +739,10 @@ std::vector<Case> make_cases(Context& ctx) {
     sf.in_place = false;
     cases.push_back({"cross_entropy.bf16->f32 " + label, [&ctx, sf] { return check_cross_entropy<std::uint16_t, float>(ctx, sf); }});
   }
+  cases.push_back({"cross_entropy.bf16 weighted rows=9 vocab=37",
+                   [&ctx] { return check_cross_entropy_weighted(ctx, 9, 37); }});
+  cases.push_back({"cross_entropy.bf16 weighted rows=64 vocab=32000",
+                   [&ctx] { return check_cross_entropy_weighted(ctx, 64, 32000); }});
 
   const std::vector<AdamTensor> small = {{1, true, true}, {7, false, true}, {4096, true, false}, {4097, true, true},
                                          {100003, true, true}, {2048, false, false}, {0, true, true}};

@@ -197,7 +197,8 @@ struct StageRun {
 
 // Forward (+ backward when `backward`) of one stage; x_in / dout are device bf16 [N, D] where needed.
 StageRun run_stage(jkt::Context& ctx, const Sizes& z, Stage& st, DeviceBatch& db, const std::uint16_t* x_in,
-                   const std::uint16_t* dout, float ce_scale, float beta, bool backward, bool* guards) {
+                   const std::uint16_t* dout, float ce_scale, float beta, bool backward, bool* guards,
+                   const float* row_weights = nullptr) {
   const std::int64_t N = z.B * z.T;
   const std::size_t ND = static_cast<std::size_t>(N * z.D);
   jk_model_batch_t batch{z.B, z.T, db.ids.data(), x_in, db.labels.data()};
@@ -237,7 +238,7 @@ StageRun run_stage(jkt::Context& ctx, const Sizes& z, Stage& st, DeviceBatch& db
     r.ids.emplace_back(IVec(a.begin(), a.end()), IVec(b.begin(), b.end()));
   }
   if (backward) {
-    jkt::finish(jk_model_bwd(&st.w, &st.cfg, &batch, dout, ce_scale, st.cfg.has_embedding ? nullptr : dx.data(), &st.g,
+    jkt::finish(jk_model_bwd(&st.w, &st.cfg, &batch, dout, ce_scale, row_weights, st.cfg.has_embedding ? nullptr : dx.data(), &st.g,
                              beta, saved.p, sb, scratch.p, cb, ctx.stream),
                 ctx.stream, "jk_model_bwd");
     if (!st.cfg.has_embedding) r.dx_in = dx.download();
@@ -414,7 +415,7 @@ CaseResult stages_case(jkt::Context& ctx, const Sizes& z, bool tied, std::int64_
               ctx.stream, "jk_model_fwd first");
   const StageRun rl = run_stage(ctx, z, last, db, boundary.data(), nullptr, ce_scale, 0.0f, true, &g2);
   dboundary.upload(rl.dx_in);
-  jkt::finish(jk_model_bwd(&first.w, &first.cfg, &b0, dboundary.data(), 0.0f, nullptr, &first.g, 0.0f, saved0.p, sb0,
+  jkt::finish(jk_model_bwd(&first.w, &first.cfg, &b0, dboundary.data(), 0.0f, nullptr, nullptr, &first.g, 0.0f, saved0.p, sb0,
                            scratch0.p, cb0, ctx.stream),
               ctx.stream, "jk_model_bwd first");
   const Grads gs = download_grads(dm);
@@ -450,6 +451,77 @@ CaseResult stages_case(jkt::Context& ctx, const Sizes& z, bool tied, std::int64_
                                                 layers_same ? "bit-identical" : "DIFFER", int(guards))};
 }
 
+// Per-row loss weights (DPO-style objectives): random weights of both signs vs the reference; uniform
+// weights equal to ce_scale give the scalar path's gradients bit for bit.
+CaseResult weighted_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, true);
+  const std::int64_t N = z.B * z.T;
+  const int E = static_cast<int>(z.E), k = static_cast<int>(z.k);
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, false);
+  DeviceBatch db(batch);
+  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
+  const float ce_scale = 1.0f / static_cast<float>(std::max<std::int64_t>(batch.n_valid, 1));
+  std::vector<float> weights(static_cast<std::size_t>(N));
+  for (auto& v : weights) v = in.nonzero(0.01f, 0.5f);
+  GuardedBuffer<float> d_w(weights.size()), d_u(weights.size());
+  d_w.upload(weights);
+  d_u.upload(std::vector<float>(weights.size(), ce_scale));
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, true);
+  bool g1 = true, g2 = true, g3 = true;
+  dm.poison_grads();
+  const StageRun r = run_stage(ctx, z, st, db, nullptr, nullptr, ce_scale, 0.0f, true, &g1, d_w.data());
+  const Grads g = download_grads(dm);
+  std::string detail;
+  bool pass = g1 && d_w.guards_intact();
+  bool routing = true;
+  for (const auto& p : r.ids) routing = routing && jkl::ids_valid(p.first, N, E, k) && jkl::ids_valid(p.second, N, E, k);
+  if (routing) {
+    const jkref::ModelForward f = jkref::model_forward(s, hw, batch.ids, {}, batch.labels, LayerNumerics::hf_bf16, &r.ids);
+    int flips = 0;
+    std::string why;
+    for (std::int64_t l = 0; l < z.L && routing; ++l) {
+      const auto& lf = f.layers[static_cast<std::size_t>(l)];
+      routing = jkl::routing_ok(r.ids[l].first, lf.moa.logits, N, E, k, &flips, &why) &&
+                jkl::routing_ok(r.ids[l].second, lf.moe.logits, N, E, k, &flips, &why);
+    }
+    if (routing) {
+      const Vec wv(weights.begin(), weights.end());
+      const jkref::ModelGrads rg = jkref::model_backward(s, hw, f, batch.ids, batch.labels, {}, ce_scale, 0.01, 0.001,
+                                                         LayerNumerics::hf_bf16, &wv);
+      double worst = 0;
+      auto check = [&](const std::vector<float>& got, const Vec& ref) {
+        const Compare c = jkl::compare(jkl::widen(got), ref, 0, 0);
+        pass = pass && within(c, kBwdRms, kBwdMax);
+        worst = std::max(worst, c.finite ? c.rel_rms : INFINITY);
+      };
+      check(g.emb, rg.embedding);
+      check(g.norm, rg.final_norm);
+      for (std::int64_t l = 0; l < z.L; ++l) {
+        const auto refs = rg.layers[static_cast<std::size_t>(l)].all();
+        for (int i = 0; i < 11; ++i) check(g.layers[l][i], *refs[i]);
+      }
+      detail += jkt::format("weighted: grads worst rms %.2e; ", worst);
+    } else {
+      detail += why + "; ";
+    }
+  }
+  pass = pass && routing;
+  dm.poison_grads();
+  run_stage(ctx, z, st, db, nullptr, nullptr, ce_scale, 0.0f, true, &g2, d_u.data());
+  const Grads gu = download_grads(dm);
+  dm.poison_grads();
+  run_stage(ctx, z, st, db, nullptr, nullptr, ce_scale, 0.0f, true, &g3);
+  const Grads gs = download_grads(dm);
+  bool same = g2 && g3 && same_bits(gu.emb, gs.emb) && same_bits(gu.norm, gs.norm);
+  for (std::int64_t l = 0; l < z.L && same; ++l)
+    for (int i = 0; i < 11 && same; ++i) same = same_bits(gu.layers[l][i], gs.layers[l][i]);
+  detail += same ? "uniform weights = scalar scale bit for bit" : "UNIFORM WEIGHTS DIFFER FROM THE SCALAR SCALE";
+  return {pass && same, describe(z, true) + ": " + detail};
+}
+
 // grad_beta = 1 adds to the old gradients: run with beta 0, then the backward again with beta 1.
 CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) {
   jkt::Inputs in(seed);
@@ -469,7 +541,7 @@ CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed
   jkt::finish(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_fwd");
-  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
+  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_bwd beta 0");
   const Grads first = download_grads(dm);
@@ -477,7 +549,7 @@ CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed
   jkt::finish(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_fwd again");
-  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, &st.g, 1.0f, saved.p, sb, scratch.p, cb,
+  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, nullptr, &st.g, 1.0f, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_bwd beta 1");
   const Grads second = download_grads(dm);
@@ -550,15 +622,15 @@ CaseResult argument_case(jkt::Context& ctx) {
                               ctx.stream));  // a stage without head and without out
   st = good, st.cfg.has_embedding = 0;
   expect_invalid(fwd(st, b, sb, cb));  // no x_in
-  expect_invalid(jk_model_bwd(&good.w, &good.cfg, &b, nullptr, 1.0f, nullptr, &good.g, 0.5f, saved.p, sb, scratch.p,
+  expect_invalid(jk_model_bwd(&good.w, &good.cfg, &b, nullptr, 1.0f, nullptr, nullptr, &good.g, 0.5f, saved.p, sb, scratch.p,
                               cb, ctx.stream));
-  expect_invalid(jk_model_bwd(&good.w, &good.cfg, &b, nullptr, NAN, nullptr, &good.g, 0.0f, saved.p, sb, scratch.p,
+  expect_invalid(jk_model_bwd(&good.w, &good.cfg, &b, nullptr, NAN, nullptr, nullptr, &good.g, 0.0f, saved.p, sb, scratch.p,
                               cb, ctx.stream));
   st = good, st.g.final_norm = nullptr;
-  expect_invalid(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, 1.0f, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
+  expect_invalid(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, 1.0f, nullptr, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
                               ctx.stream));
   st = good, st.cfg.has_head = 0;
-  expect_invalid(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, 1.0f, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
+  expect_invalid(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, 1.0f, nullptr, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
                               ctx.stream));  // no dout
   expect_invalid(jk_model_train_bytes(&good.cfg, 1, 4, nullptr, &cb));
   expect_invalid(jk_model_train_bytes(&good.cfg, -1, 4, &sb, &cb));
@@ -568,7 +640,7 @@ CaseResult argument_case(jkt::Context& ctx) {
   jk_model_batch_t zero = b;
   zero.batch = 0;
   const bool zero_ok = fwd(good, zero, 0, 0) == cudaSuccess &&
-                       jk_model_bwd(&good.w, &good.cfg, &zero, nullptr, 1.0f, nullptr, &good.g, 0.0f, nullptr, 0,
+                       jk_model_bwd(&good.w, &good.cfg, &zero, nullptr, 1.0f, nullptr, nullptr, &good.g, 0.0f, nullptr, 0,
                                     nullptr, 0, ctx.stream) == cudaSuccess;
   CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
   bool untouched = true;
@@ -604,6 +676,10 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
       cases.push_back({"model.stages " + describe(tiny, tied) + jkt::format(" split %" PRId64, split),
                        [&ctx, tiny, tied, split, seed] { return stages_case(ctx, tiny, tied, split, seed); }});
     }
+  {
+    const std::uint64_t seed = ctx.next_seed();
+    cases.push_back({"model.weighted " + describe(tiny, true), [&ctx, tiny, seed] { return weighted_case(ctx, tiny, seed); }});
+  }
   {
     const std::uint64_t seed = ctx.next_seed();
     cases.push_back({"model.grad_accumulate " + describe(tiny, false),

@@ -94,7 +94,7 @@ DeckSchema make_standard_schema() {
               "Tokens per optimizer step over all data-parallel ranks; a multiple of "
               "micro_batch_size x seq_len x parallel/data_parallel (gradient accumulation fills the rest).")
         .at_least(1);
-    b.choice("precision", "fp32", {"fp32", "bf16"}, "fp32: Kokkos on any backend; bf16: the CUDA kernels on a GPU, fp32 master weights (not with DPO).");
+    b.choice("precision", "fp32", {"fp32", "bf16"}, "fp32: Kokkos on any backend; bf16: the CUDA kernels on a GPU, fp32 master weights.");
     b.real("load_balance_coef", 0.01, "Weight of each router's switch load-balancing loss.").at_least(0);
     b.real("z_loss_coef", 0.001, "Weight of each router's z-loss.").at_least(0);
     b.integer("eval_interval", 100, "Steps between validation-loss evaluations (0: never).").at_least(0);

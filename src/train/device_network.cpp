@@ -186,8 +186,6 @@ class DeviceNetwork final : public StageNetwork {
                           double ce_scale, int slot, const RowWeights* weigh) override {
     Slot& s = slots_.at(std::size_t(slot));
     const std::int64_t N = B_ * T_, D = c_.hidden_size;
-    if (with_grads && span_.head && weigh && *weigh)
-      fail(ErrorKind::Deck, "train/precision = bf16 does not support per-token loss weights yet (DPO); use fp32");
     jk_model_batch_t batch{B_, T_, nullptr, nullptr, nullptr};
     if (span_.embedding) {
       auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ids);
@@ -237,9 +235,11 @@ class DeviceNetwork final : public StageNetwork {
       std::vector<double> row_loss(rows.begin(), rows.end());
       for (std::int64_t t = 0; t < N; ++t)
         if (labels[t] != ignore_index) terms.ce_sum += row_loss[t], ++terms.count;
-      if (weigh && *weigh) {  // evaluation only (checked above): the weights are not used
-        std::vector<double> unused(row_loss.size(), 0.0);
-        (*weigh)(row_loss, unused);
+      s.weighted = weigh && *weigh;
+      if (s.weighted) {  // per-token weights from the row losses (DPO): the backward's in place of ce_scale
+        std::vector<double> weights(row_loss.size(), 0.0);
+        (*weigh)(row_loss, weights);
+        s.row_weights.assign(weights.begin(), weights.end());
       }
       s.ce_scale = ce_scale;
     } else {
@@ -255,10 +255,14 @@ class DeviceNetwork final : public StageNetwork {
                            span_.embedding ? nullptr : x_dev_.as<std::uint16_t>(),
                            span_.head ? labels_dev_.as<std::int32_t>() : nullptr};
     if (!span_.head) upload_bf16(dx_, dout_dev_, "uploading the output gradient");
+    const bool weighted = span_.head && s.weighted;
+    if (weighted)
+      upload(row_w_dev_.p, s.row_weights.data(), s.row_weights.size() * sizeof(float), stream_, "uploading loss weights");
     cfg_.layer.aux_switch_coef = static_cast<float>(cs_ * aux_scale);
     cfg_.layer.aux_z_coef = static_cast<float>(cz_ * aux_scale);
     check(jk_model_bwd(&weights_, &cfg_, &batch, span_.head ? nullptr : dout_dev_.as<std::uint16_t>(),
-                       static_cast<float>(s.ce_scale), span_.embedding ? nullptr : dx_dev_.as<std::uint16_t>(), &grads_,
+                       static_cast<float>(s.ce_scale), weighted ? row_w_dev_.as<float>() : nullptr,
+                       span_.embedding ? nullptr : dx_dev_.as<std::uint16_t>(), &grads_,
                        pending_ ? 1.0f : 0.0f, s.saved.p, s.saved.bytes, scratch_.p, scratch_.bytes, stream_),
           "jk_model_bwd");
     check(cudaStreamSynchronize(stream_), "the backward pass");
@@ -294,6 +298,8 @@ class DeviceNetwork final : public StageNetwork {
     DeviceBuffer saved;
     Mat<float> x_in, x_out;
     double ce_scale = 1.0, switch_loss = 0, z_loss = 0;
+    bool weighted = false;
+    std::vector<float> row_weights;  // per-token loss weights (when weighted)
   };
 
   void allocate_tensors(const std::vector<NamedTensor>& named) {
@@ -355,6 +361,7 @@ class DeviceNetwork final : public StageNetwork {
     ids_dev_.ensure(std::size_t(N) * 4, "token ids");
     labels_dev_.ensure(std::size_t(N) * 4, "targets");
     loss_dev_.ensure(std::size_t(N) * 4, "the losses");
+    row_w_dev_.ensure(std::size_t(N) * 4, "the loss weights");
     aux_dev_.ensure(std::size_t(std::max<std::int64_t>(4 * layers_, 1)) * 4, "the aux losses");
     invalid_dev_.ensure(4, "the id check");
     dx_ = Mat<float>("device_stage_dx", N, D);
@@ -381,7 +388,7 @@ class DeviceNetwork final : public StageNetwork {
   std::int64_t first_ = 0, layers_ = 0, B_ = 0, T_ = 0;
   cudaStream_t stream_ = nullptr;
   DeviceBuffer rope_, staging_, scratch_;
-  DeviceBuffer x_dev_, out_dev_, dout_dev_, dx_dev_, ids_dev_, labels_dev_, loss_dev_, aux_dev_, invalid_dev_;
+  DeviceBuffer x_dev_, out_dev_, dout_dev_, dx_dev_, ids_dev_, labels_dev_, loss_dev_, row_w_dev_, aux_dev_, invalid_dev_;
   jk_model_config_t cfg_{};
   jk_model_weights_t weights_{};
   jk_model_grads_t grads_{};

@@ -11,8 +11,10 @@
 // added to the trainer's fp32 gradients after the last one; AdamW updates the fp32 masters. Stage
 // boundaries travel as fp32 arrays holding bf16 values (exact both ways).
 //
-// Not (yet) on this path: per-token loss weights in training (DPO; SFT's masking works), activation
-// recomputation (every block's activations are kept), NCCL (boundaries and gradient sums go through
+// Per-token loss weights (DPO) are computed on the host from the row losses of the forward pass and
+// applied in the backward's cross-entropy (jk_fused_cross_entropy_bwd_bf16_weighted).
+//
+// Not (yet) on this path: activation recomputation (every block's activations are kept), NCCL (boundaries and gradient sums go through
 // host memory and MPI), the optimizer on the device (jk_fused_adamw is bit-identical to the CPU
 // AdamW and is the next step).
 #include <memory>

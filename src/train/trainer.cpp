@@ -169,7 +169,7 @@ class Trainer {
   std::vector<data::PreferenceExample> pairs_, pairs_validation_;  // dpo
   std::unique_ptr<data::ExampleOrder> order_;                     // sft, dpo
   ModelWeights ref_params_;                                       // dpo: the frozen reference
-  std::unique_ptr<Network<float>> ref_net_;
+  std::unique_ptr<StageNetwork> ref_net_;
   std::unique_ptr<Pipeline> pipeline_, ref_pipeline_;  // ref: DPO's frozen reference
   double window_idle_ = 0, window_busy_ = 0;  // pipeline seconds over the steps since the last progress line
   std::size_t bucket_floats_ = 0;             // parallel/bucket_mb in floats
@@ -197,8 +197,6 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}, layout_.span()),
       schedule_(LrSchedule::from(run_)) {
   if (run_.precision == "bf16") {
-    if (run_.mode == "dpo")
-      deck.fail_value("train", "precision", "bf16 does not support DPO yet (per-token loss weights); use fp32");
     const std::string why = device_training_unavailable();
     if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
     if (deck.get_bool("train", "recompute"))
@@ -287,7 +285,11 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     // The reference is the starting model (model/weights), frozen: a copy that restarts reload the same way.
     ref_params_ = ModelWeights(config_, false, layout_.span());
     copy_weights(config_, params_, ref_params_);
-    ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span());
+    // The frozen reference runs as the policy does (bf16 on the GPU, or the fp32 network).
+    if (run_.precision == "bf16")
+      ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span());
+    else
+      ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span());
     ref_pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *ref_net_, layout_.stage, layout_.stages);
   }
   ids_ = IntView2("ids", rows_, run_.seq_len);

@@ -102,6 +102,12 @@ cudaError_t jk_fused_cross_entropy_bwd_f32(const float* logits, const int32_t* l
 cudaError_t jk_fused_cross_entropy_bwd_bf16(const uint16_t* logits, const int32_t* labels, const float* lse,
                                             uint16_t* dlogits, const float* scale_device, float scale_host,
                                             int64_t rows, int64_t vocab, cudaStream_t stream);
+// Per-row weights (DPO-style objectives sum_r w_r loss_r): dlogits = bf16((softmax - onehot) * row_weight[row])
+// (fp32 product, one rounding), zero rows for ignored labels whatever their weight; row_weight device fp32
+// [rows]. With every weight equal to s, bit-identical to jk_fused_cross_entropy_bwd_bf16 with scale s.
+cudaError_t jk_fused_cross_entropy_bwd_bf16_weighted(const uint16_t* logits, const int32_t* labels, const float* lse,
+                                                     uint16_t* dlogits, const float* row_weight, int64_t rows,
+                                                     int64_t vocab, cudaStream_t stream);
 // bf16 logits, fp32 gradient (no bf16 rounding of dlogits).
 cudaError_t jk_fused_cross_entropy_bwd_bf16_f32(const uint16_t* logits, const int32_t* labels, const float* lse,
                                                 float* dlogits, const float* scale_device, float scale_host,

@@ -16,7 +16,7 @@
 //   stage with head:    h = RMSNorm_final(x_L) (eps final_eps, HF bf16 numerics)
 //                       logits = bf16(h W_head^T)                 (bf16 [N, V], fp32 accumulation)
 //                       loss_rows[t] = logsumexp(logits[t]) - logits[t, labels[t]]   (fp32; 0 for -100)
-// Backward differentiates
+// Backward differentiates (ce_scale, or per-row weights w_t: sum_t w_t loss_rows[t])
 //     ce_scale * sum_t loss_rows[t] + sum_l (aux_switch_coef * (moa + moe switch) + aux_z_coef * (moa + moe z))
 // (+ sum(out * dout) for a stage without head), with HF's bf16 autograd roundings (straight-through):
 //   dlogits = bf16((softmax - onehot) * ce_scale), dh = dlogits W_head, dW_head = dlogits^T h (fp32),
@@ -93,8 +93,11 @@ cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* c
 //   dout  [N, D] bf16  gradient of the stage output (required without head; ignored with head)
 //   dx_in [N, D] bf16  gradient of x_in, written (stage without embedding; may be null when not wanted)
 //   ce_scale           the loss rows' weight (host value; with head)
+//   ce_row_weights     [N] fp32 device, optional: per-row weights in place of ce_scale (objectives
+//                      sum_t w_t loss_t such as DPO's; jk_fused_cross_entropy_bwd_bf16_weighted)
 cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
-                         const uint16_t* dout, float ce_scale, uint16_t* dx_in, const jk_model_grads_t* grads,
+                         const uint16_t* dout, float ce_scale, const float* ce_row_weights, uint16_t* dx_in,
+                         const jk_model_grads_t* grads,
                          float grad_beta, void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
                          cudaStream_t stream);
 

@@ -79,16 +79,21 @@ struct ModelGrads {
   Vec dx_in;                         // [N, D] (no embedding)
 };
 
-// Gradient of the objective above (exact maths at f's values); cs, cz the aux coefficients.
+// Gradient of the objective above (exact maths at f's values); cs, cz the aux coefficients. With
+// row_weights ([N]), sum_t row_weights[t] loss_t in place of ce_scale * sum_t loss_t.
 inline ModelGrads model_backward(const ModelShape& s, const ModelWeights& w, const ModelForward& f,
                                  const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& labels,
-                                 const Vec& dout, double ce_scale, double cs, double cz, LayerNumerics num) {
+                                 const Vec& dout, double ce_scale, double cs, double cz, LayerNumerics num,
+                                 const Vec* row_weights = nullptr) {
   const std::int64_t N = s.layer.N(), D = s.layer.D;
   const bool bf16 = num == LayerNumerics::hf_bf16;
   ModelGrads g;
   Vec dx;
   if (s.has_head) {
-    const Vec dlogits = cross_entropy_backward(f.logits, labels, N, s.V, ce_scale);
+    Vec dlogits = cross_entropy_backward(f.logits, labels, N, s.V, row_weights ? 1.0 : ce_scale);
+    if (row_weights)
+      for (std::int64_t t = 0; t < N; ++t)
+        for (std::int64_t c = 0; c < s.V; ++c) dlogits[t * s.V + c] *= (*row_weights)[static_cast<std::size_t>(t)];
     const IVec one_expert = {0, static_cast<int>(N)};
     Vec dhead = layer_grouped_linear_bwd_weight(dlogits, f.h, one_expert, s.V, D);
     const Vec dh = layer_grouped_linear_bwd_data(dlogits, w.head(s), one_expert, N, s.V, D);
