@@ -316,3 +316,42 @@ TEST_CASE("bf16 DPO on the emulated GPU starts at ln 2, learns the preference an
                                           << " ... " << tt::field(bf16[2], "dpo_loss") << " / "
                                           << tt::field(fp32[2], "dpo_loss"));
 }
+
+TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run", "[mpi][device][train]") {
+  const Comm world = Comm::world();
+  TempDir tmp;  // one per rank: each rank prepares the same corpus; rank 0 writes the run's files
+  tt::prepare_corpus(tmp);
+  // Two stages of one block each when there are 2 or 4 ranks (4: two data-parallel replicas of each
+  // stage): the tied embedding's two copies get their gradients summed between the first and the last
+  // stage, the replicas' gradients over the data-parallel ranks, as in fp32.
+  const std::vector<std::string> common = {"train/micro_batch_size=2", "train/sample_tokens=0", "train/precision=bf16",
+                                           "schedule/total=3", "schedule/warmup=1", "schedule/decay=1",
+                                           "train/eval_interval=0", "checkpoint/interval=0"};
+  if (world.is_root()) {
+    Deck single = tt::micro_deck(tmp, "single", common);
+    REQUIRE(run_training(single, Comm::self(), std::nullopt) == TrainOutcome::Finished);
+  }
+  world.barrier();
+  std::vector<std::string> layout = common;
+  const int stages = world.size() >= 2 ? 2 : 1;
+  layout.push_back("parallel/pipeline_stages=" + std::to_string(stages));
+  layout.push_back("parallel/data_parallel=" + std::to_string(world.size() / stages));
+  Deck deck = tt::micro_deck(tmp, "layout", layout);
+  REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
+  if (!world.is_root()) return;
+  // The stages run the same device code on the same bf16 boundaries: the losses agree up to the fp32
+  // summation order of the gradient norm over the ranks (clipping), of the tied embedding's sum and of
+  // the data-parallel sums.
+  const auto a = tt::lines_of(tmp / "single/metrics.jsonl", "train"), b = tt::lines_of(tmp / "layout/metrics.jsonl", "train");
+  REQUIRE(a.size() == 3);
+  REQUIRE(b.size() == a.size());
+  for (const char* key : {"\"ce\": ", "\"switch\": ", "\"z\": ", "\"grad_norm\": "}) {
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const double x = std::stod(a[i].substr(a[i].find(key) + std::strlen(key)));
+      const double y = std::stod(b[i].substr(b[i].find(key) + std::strlen(key)));
+      INFO(key << " step " << i + 1 << ": one rank " << x << ", " << stages << " stages x " << world.size() / stages
+               << " replicas " << y);
+      CHECK(std::fabs(x - y) <= 1e-4 * std::fabs(x));
+    }
+  }
+}
