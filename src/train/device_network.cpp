@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "core/bf16.hpp"
@@ -400,11 +401,36 @@ class DeviceNetwork final : public StageNetwork {
   bool pending_ = false;  // the device gradients hold sums not yet added to the trainer's
 };
 
+// The launcher's node-local rank (Open MPI, Slurm, MPICH/Hydra, PMI, MVAPICH), or -1.
+int node_local_rank() {
+  for (const char* name :
+       {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK"})
+    if (const char* v = std::getenv(name)) return std::atoi(v);
+  return -1;
+}
+
+// One GPU per rank: with several visible GPUs, rank r of a node takes GPU r mod count (with one visible
+// GPU per task, as `srun --gpus-per-task=1` binds them, there is nothing to choose). Once per process.
+void select_device(const jk_runtime_info_t& info) {
+  static bool done = false;
+  if (done || info.device_count <= 1) return;
+  done = true;
+  const int local = node_local_rank();
+  if (local < 0) {
+    log::warn("%d GPUs visible and no node-local rank in the environment: every rank uses GPU %d", info.device_count,
+              info.device_index);
+    return;
+  }
+  check(cudaSetDevice(local % info.device_count), "cudaSetDevice (one GPU per node-local rank)");
+}
+
 }  // namespace
 
 std::string device_training_unavailable() {
   jk_runtime_info_t info{};
   if (jk_runtime_info(&info) != cudaSuccess) return "the CUDA runtime could not be queried";
+  select_device(info);
+  if (info.device_count > 1 && jk_runtime_info(&info) != cudaSuccess) return "the CUDA runtime could not be queried";
   if (info.device_count == 0)
     return std::string("no CUDA GPU is available (") + cudaGetErrorName(info.device_status) + ": " +
            cudaGetErrorString(info.device_status) + ")";
@@ -417,10 +443,10 @@ std::string device_training_unavailable() {
 std::string device_training_description() {
   jk_runtime_info_t info{};
   if (jk_runtime_info(&info) != cudaSuccess || info.device_count == 0) return "none";
-  char buf[512];
-  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %d SMs, %.1f GiB), kernels for %s", info.device_name, info.sm_major,
-                info.sm_minor, info.multiprocessor_count, double(info.total_global_mem) / (1024.0 * 1024 * 1024),
-                jk_compiled_architectures());
+  char buf[600];
+  std::snprintf(buf, sizeof buf, "GPU %d of %d: %s (sm_%d%d, %d SMs, %.1f GiB), kernels for %s", info.device_index,
+                info.device_count, info.device_name, info.sm_major, info.sm_minor, info.multiprocessor_count,
+                double(info.total_global_mem) / (1024.0 * 1024 * 1024), jk_compiled_architectures());
   return buf;
 }
 

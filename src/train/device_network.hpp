@@ -26,7 +26,9 @@ namespace jetmoe {
 
 // Empty when this process can train with the device network; otherwise why not, for the user: this
 // build has no CUDA kernels, there is no usable GPU (with the runtime's reason), or the kernels were
-// not built for the GPU's architecture.
+// not built for the GPU's architecture. With several visible GPUs it first makes this rank use GPU
+// (node-local rank mod count), the local rank taken from the launcher's environment (Open MPI, Slurm,
+// MPICH, PMI, MVAPICH); with one visible GPU per task there is nothing to choose.
 std::string device_training_unavailable();
 
 // One line naming the GPU the device network runs on (for the run's log).
