@@ -97,19 +97,13 @@ bool valid_stage_config(const jk_model_config_t* c) {
   return true;
 }
 
-bool valid_stage_weights(const jk_model_weights_t* w, const jk_model_config_t& c) {
-  if (w == nullptr) return false;
-  if (c.has_embedding && w->embedding == nullptr) return false;
-  if (c.has_head && (w->final_norm == nullptr || w->lm_head == nullptr)) return false;
-  if (c.num_layers > 0 && w->layers == nullptr) return false;
-  return true;
-}
-
-bool valid_stage_grads(const jk_model_grads_t* g, const jk_model_config_t& c) {
-  if (g == nullptr) return false;
-  if (c.has_embedding && g->embedding == nullptr) return false;
-  if (c.has_head && (g->final_norm == nullptr || g->lm_head == nullptr)) return false;
-  if (c.num_layers > 0 && g->layers == nullptr) return false;
+// The tensors a stage needs are present (jk_model_weights_t or jk_model_grads_t: the same members).
+template <typename Tensors>
+bool valid_stage_tensors(const Tensors* t, const jk_model_config_t& c) {
+  if (t == nullptr) return false;
+  if (c.has_embedding && t->embedding == nullptr) return false;
+  if (c.has_head && (t->final_norm == nullptr || t->lm_head == nullptr)) return false;
+  if (c.num_layers > 0 && t->layers == nullptr) return false;
   return true;
 }
 
@@ -185,7 +179,7 @@ cudaError_t jk_model_saved_layer(const jk_model_config_t* cfg, int64_t batch, in
 cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
                          uint16_t* out, float* loss_rows, float* aux, int32_t* invalid_ids, void* saved,
                          size_t saved_bytes, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-  if (batch == nullptr || !valid_stage_config(cfg) || !valid_stage_weights(w, *cfg)) return cudaErrorInvalidValue;
+  if (batch == nullptr || !valid_stage_config(cfg) || !valid_stage_tensors(w, *cfg)) return cudaErrorInvalidValue;
   if (cfg->has_head ? loss_rows == nullptr : out == nullptr) return cudaErrorInvalidValue;
   if (batch->batch < 0 || batch->seq < 0) return cudaErrorInvalidValue;
   if (batch->batch == 0 || batch->seq == 0) return cudaSuccess;
@@ -229,8 +223,8 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
                          const jk_model_grads_t* grads,
                          float grad_beta, void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
                          cudaStream_t stream) {
-  if (batch == nullptr || !valid_stage_config(cfg) || !valid_stage_weights(w, *cfg) ||
-      !valid_stage_grads(grads, *cfg))
+  if (batch == nullptr || !valid_stage_config(cfg) || !valid_stage_tensors(w, *cfg) ||
+      !valid_stage_tensors(grads, *cfg))
     return cudaErrorInvalidValue;
   if (grad_beta != 0.0f && grad_beta != 1.0f) return cudaErrorInvalidValue;
   if (!cfg->has_head && dout == nullptr) return cudaErrorInvalidValue;

@@ -271,12 +271,59 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 
 bool within(const Compare& c, double rms, double mx) { return c.finite && c.rel_rms <= rms && c.max_rel <= mx; }
 
+// Every block's expert choices on the device are valid (k distinct experts in [0, E) per token).
+bool ids_all_valid(const StageRun& r, const Sizes& z) {
+  const std::int64_t N = z.B * z.T;
+  const int E = static_cast<int>(z.E), k = static_cast<int>(z.k);
+  for (const auto& p : r.ids)
+    if (!jkl::ids_valid(p.first, N, E, k) || !jkl::ids_valid(p.second, N, E, k)) return false;
+  return true;
+}
+
+// The device's choices differ from the reference's top-k (computed with the device's choices in the
+// blocks before) only at near ties, in every block and both routers.
+bool routing_matches(const StageRun& r, const jkref::ModelForward& f, const Sizes& z, int* flips, std::string* why) {
+  const std::int64_t N = z.B * z.T;
+  const int E = static_cast<int>(z.E), k = static_cast<int>(z.k);
+  for (std::int64_t l = 0; l < z.L; ++l) {
+    const auto& lf = f.layers[static_cast<std::size_t>(l)];
+    if (!jkl::routing_ok(r.ids[l].first, lf.moa.logits, N, E, k, flips, why) ||
+        !jkl::routing_ok(r.ids[l].second, lf.moe.logits, N, E, k, flips, why))
+      return false;
+  }
+  return true;
+}
+
+// Every gradient tensor of the whole model against the reference, within the backward bounds.
+struct GradCheck {
+  bool pass = true;
+  double worst = 0, worst_max = 0;  // worst relative RMS (INFINITY for a non-finite tensor) and max
+  std::string worst_name;
+};
+GradCheck check_grads(const Grads& g, const jkref::ModelGrads& rg, const Sizes& z, bool tied) {
+  GradCheck gc;
+  auto check = [&](const std::vector<float>& got, const Vec& ref, const std::string& name) {
+    const Compare c = jkl::compare(jkl::widen(got), ref, 0, 0);
+    gc.pass = gc.pass && within(c, kBwdRms, kBwdMax);
+    if (c.rel_rms > gc.worst || !c.finite) gc.worst = c.finite ? c.rel_rms : INFINITY, gc.worst_name = name;
+    gc.worst_max = std::max(gc.worst_max, c.max_rel);
+  };
+  check(g.emb, rg.embedding, "embedding");
+  if (!tied) check(g.head, rg.lm_head, "lm_head");
+  check(g.norm, rg.final_norm, "final_norm");
+  for (std::int64_t l = 0; l < z.L; ++l) {
+    const auto refs = rg.layers[static_cast<std::size_t>(l)].all();
+    for (int i = 0; i < 11; ++i)
+      check(g.layers[l][i], *refs[i], jkt::format("layer%" PRId64 ".", l) + jkref::layer_weight_names()[i]);
+  }
+  return gc;
+}
+
 // Whole model, one stage: device vs reference (with the device's expert choices), rerun bit-identical.
 CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed, bool both_paths) {
   jkt::Inputs in(seed);
   const ModelShape s = shape_of(z, tied);
   const std::int64_t N = z.B * z.T;
-  const int E = static_cast<int>(z.E), k = static_cast<int>(z.k);
   const ModelWeights hw = random_model_weights(s, in);
   DeviceModel dm(s, hw);
   const Batch batch = random_batch(z, in, true);
@@ -296,9 +343,7 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_
     const Grads g = download_grads(dm);
     guards = guards && dm.guards_intact();
     pass = pass && guards;
-    bool ids_ok = r.invalid == batch.invalid_ids;
-    for (const auto& p : r.ids) ids_ok = ids_ok && jkl::ids_valid(p.first, N, E, k) && jkl::ids_valid(p.second, N, E, k);
-    if (!ids_ok) {
+    if (r.invalid != batch.invalid_ids || !ids_all_valid(r, z)) {
       detail += jkt::format("%s invalid expert ids or invalid-id count %d. ", label, r.invalid);
       pass = false;
       continue;
@@ -306,13 +351,7 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_
     const jkref::ModelForward f = jkref::model_forward(s, hw, batch.ids, {}, batch.labels, LayerNumerics::hf_bf16, &r.ids);
     int flips = 0;
     std::string why;
-    bool routing = true;
-    for (std::int64_t l = 0; l < z.L && routing; ++l) {
-      const auto& lf = f.layers[static_cast<std::size_t>(l)];
-      routing = jkl::routing_ok(r.ids[l].first, lf.moa.logits, N, E, k, &flips, &why) &&
-                jkl::routing_ok(r.ids[l].second, lf.moe.logits, N, E, k, &flips, &why);
-    }
-    if (!routing) {
+    if (!routing_matches(r, f, z, &flips, &why)) {
       detail += std::string(label) + " " + why + ". ";
       pass = false;
       continue;
@@ -334,22 +373,8 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_
     }
     pass = pass && within(cl, kFwdRms, kFwdMax) && within(closs, kFwdRms, kFwdMax) && ignored_zero && aux_err <= 1e-3;
     // Backward: every tensor.
-    double worst = 0, worst_max = 0;
-    std::string worst_name;
-    auto check = [&](const std::vector<float>& got, const Vec& ref, const std::string& name) {
-      const Compare c = jkl::compare(jkl::widen(got), ref, 0, 0);
-      pass = pass && within(c, kBwdRms, kBwdMax);
-      if (c.rel_rms > worst || !c.finite) worst = c.finite ? c.rel_rms : INFINITY, worst_name = name;
-      worst_max = std::max(worst_max, c.max_rel);
-    };
-    check(g.emb, rg.embedding, "embedding");
-    if (!tied) check(g.head, rg.lm_head, "lm_head");
-    check(g.norm, rg.final_norm, "final_norm");
-    for (std::int64_t l = 0; l < z.L; ++l) {
-      const auto refs = rg.layers[static_cast<std::size_t>(l)].all();
-      for (int i = 0; i < 11; ++i)
-        check(g.layers[l][i], *refs[i], jkt::format("layer%" PRId64 ".", l) + jkref::layer_weight_names()[i]);
-    }
+    const GradCheck gc = check_grads(g, rg, z, tied);
+    pass = pass && gc.pass;
     // Untied: embedding rows of ids that do not occur are exactly zero.
     bool zero_rows = true;
     if (!tied) {
@@ -363,7 +388,7 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_
     pass = pass && zero_rows;
     detail += jkt::format(
         "%s logits rms %.2e max %.2e; loss rms %.2e; aux %.1e; grads worst rms %.2e (%s) max %.2e; flips %d%s%s. ",
-        label, cl.rel_rms, cl.max_rel, closs.rel_rms, aux_err, worst, worst_name.c_str(), worst_max, flips,
+        label, cl.rel_rms, cl.max_rel, closs.rel_rms, aux_err, gc.worst, gc.worst_name.c_str(), gc.worst_max, flips,
         ignored_zero ? "" : "; IGNORED LABEL LOSS NOT 0", zero_rows ? "" : "; UNUSED EMBEDDING ROW NOT 0");
     if (path == JK_LAYER_TUNED) {
       // Determinism: a second run is bit-identical.
@@ -457,7 +482,6 @@ CaseResult weighted_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) 
   jkt::Inputs in(seed);
   const ModelShape s = shape_of(z, true);
   const std::int64_t N = z.B * z.T;
-  const int E = static_cast<int>(z.E), k = static_cast<int>(z.k);
   const ModelWeights hw = random_model_weights(s, in);
   DeviceModel dm(s, hw);
   const Batch batch = random_batch(z, in, false);
@@ -476,34 +500,19 @@ CaseResult weighted_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) 
   const Grads g = download_grads(dm);
   std::string detail;
   bool pass = g1 && d_w.guards_intact();
-  bool routing = true;
-  for (const auto& p : r.ids) routing = routing && jkl::ids_valid(p.first, N, E, k) && jkl::ids_valid(p.second, N, E, k);
+  bool routing = ids_all_valid(r, z);
   if (routing) {
     const jkref::ModelForward f = jkref::model_forward(s, hw, batch.ids, {}, batch.labels, LayerNumerics::hf_bf16, &r.ids);
     int flips = 0;
     std::string why;
-    for (std::int64_t l = 0; l < z.L && routing; ++l) {
-      const auto& lf = f.layers[static_cast<std::size_t>(l)];
-      routing = jkl::routing_ok(r.ids[l].first, lf.moa.logits, N, E, k, &flips, &why) &&
-                jkl::routing_ok(r.ids[l].second, lf.moe.logits, N, E, k, &flips, &why);
-    }
+    routing = routing_matches(r, f, z, &flips, &why);
     if (routing) {
       const Vec wv(weights.begin(), weights.end());
       const jkref::ModelGrads rg = jkref::model_backward(s, hw, f, batch.ids, batch.labels, {}, ce_scale, 0.01, 0.001,
                                                          LayerNumerics::hf_bf16, &wv);
-      double worst = 0;
-      auto check = [&](const std::vector<float>& got, const Vec& ref) {
-        const Compare c = jkl::compare(jkl::widen(got), ref, 0, 0);
-        pass = pass && within(c, kBwdRms, kBwdMax);
-        worst = std::max(worst, c.finite ? c.rel_rms : INFINITY);
-      };
-      check(g.emb, rg.embedding);
-      check(g.norm, rg.final_norm);
-      for (std::int64_t l = 0; l < z.L; ++l) {
-        const auto refs = rg.layers[static_cast<std::size_t>(l)].all();
-        for (int i = 0; i < 11; ++i) check(g.layers[l][i], *refs[i]);
-      }
-      detail += jkt::format("weighted: grads worst rms %.2e; ", worst);
+      const GradCheck gc = check_grads(g, rg, z, true);
+      pass = pass && gc.pass;
+      detail += jkt::format("weighted: grads worst rms %.2e (%s); ", gc.worst, gc.worst_name.c_str());
     } else {
       detail += why + "; ";
     }

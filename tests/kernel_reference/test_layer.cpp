@@ -57,20 +57,6 @@ LayerWeights lcg_weights(const LayerShape& s, std::uint64_t seed) {
   return w;
 }
 
-LayerWeights random_weights(const LayerShape& s, std::mt19937_64& gen) {
-  LayerWeights w;
-  const auto sizes = jkref::layer_weight_sizes(s);
-  const auto all = w.all();
-  std::uniform_real_distribution<double> mag(0.2, 0.7), norm(0.6, 1.4);
-  for (int i = 0; i < 11; ++i) {
-    all[i]->resize(static_cast<std::size_t>(sizes[i]));
-    const bool is_norm = (i == 0 || i == 6);
-    for (auto& v : *all[i])
-      v = is_norm ? norm(gen) : ((gen() & 1) ? 1 : -1) * mag(gen) * (i == 5 || i == 10 ? 0.5 : 1.0);
-  }
-  return w;
-}
-
 Vec random_vec(std::mt19937_64& gen, std::size_t n, double scale) {
   std::uniform_real_distribution<double> dist(-scale, scale);
   Vec v(n);
@@ -197,7 +183,7 @@ TEST_CASE("layer reference hf_bf16 mode reproduces HF's bf16 rounding points", "
 TEST_CASE("layer backward equals finite differences of the composed forward", "[unit][kernels][layer]") {
   const LayerShape s = fd_shape();
   std::mt19937_64 gen(7);
-  LayerWeights w = random_weights(s, gen);
+  LayerWeights w = jkref::layer_random_weights(s, gen);
   Vec x = random_vec(gen, static_cast<std::size_t>(s.N() * s.D), 1.5);
   const Vec G = random_vec(gen, x.size(), 1.0);
   const double cs = 0.3, cz = 0.1;
@@ -227,7 +213,7 @@ TEST_CASE("layer backward equals finite differences of the composed forward", "[
 TEST_CASE("layer reference closed form: zero expert outputs leave x plus the biases", "[unit][kernels][layer]") {
   const LayerShape s = fd_shape();
   std::mt19937_64 gen(11);
-  LayerWeights w = random_weights(s, gen);
+  LayerWeights w = jkref::layer_random_weights(s, gen);
   std::fill(w.moa_o.begin(), w.moa_o.end(), 0.0);
   std::fill(w.moe_out.begin(), w.moe_out.end(), 0.0);
   const Vec x = random_vec(gen, static_cast<std::size_t>(s.N() * s.D), 1.0);
@@ -254,7 +240,7 @@ TEST_CASE("layer reference invariants: sequences are independent, forced routing
           "[unit][kernels][layer]") {
   LayerShape s = fd_shape();
   std::mt19937_64 gen(13);
-  const LayerWeights w = random_weights(s, gen);
+  const LayerWeights w = jkref::layer_random_weights(s, gen);
   const Vec x = random_vec(gen, static_cast<std::size_t>(s.N() * s.D), 1.0);
   const jkref::LayerForward f = jkref::layer_forward(s, w, x, LayerNumerics::exact);
   // Batch of 2 == each sequence alone (causal attention per sequence, per-token routing).

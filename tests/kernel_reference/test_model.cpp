@@ -314,20 +314,6 @@ ModelShape small_model(std::int64_t L, bool emb, bool head, bool tied) {
   return s;
 }
 
-LayerWeights random_layer(const LayerShape& s, std::mt19937_64& gen) {
-  LayerWeights w;
-  const auto sizes = jkref::layer_weight_sizes(s);
-  const auto all = w.all();
-  std::uniform_real_distribution<double> mag(0.2, 0.7), norm(0.6, 1.4);
-  for (int i = 0; i < 11; ++i) {
-    all[i]->resize(static_cast<std::size_t>(sizes[i]));
-    const bool is_norm = (i == 0 || i == 6);
-    for (auto& v : *all[i])
-      v = is_norm ? norm(gen) : ((gen() & 1) ? 1 : -1) * mag(gen) * (i == 5 || i == 10 ? 0.5 : 1.0);
-  }
-  return w;
-}
-
 Vec random_vec(std::mt19937_64& gen, std::size_t n, double lo, double hi) {
   std::uniform_real_distribution<double> dist(lo, hi);
   Vec v(n);
@@ -341,7 +327,7 @@ ModelWeights random_model(std::int64_t L, std::mt19937_64& gen) {
   ModelWeights w;
   const std::size_t VD = static_cast<std::size_t>(s.V * s.layer.D);
   w.embedding = random_vec(gen, VD, -1.0, 1.0);
-  for (std::int64_t l = 0; l < L; ++l) w.layers.push_back(random_layer(s.layer, gen));
+  for (std::int64_t l = 0; l < L; ++l) w.layers.push_back(jkref::layer_random_weights(s.layer, gen));
   w.final_norm = random_vec(gen, static_cast<std::size_t>(s.layer.D), 0.6, 1.4);
   w.lm_head = random_vec(gen, VD, -0.8, 0.8);
   return w;

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -86,6 +87,22 @@ inline const char* const* layer_weight_names() {
 inline std::vector<std::int64_t> layer_weight_sizes(const LayerShape& s) {
   const std::int64_t D = s.D, E = s.E, A = s.A(), F = s.F;
   return {D, E * D, E * A * D, 2 * A * D, E * D * A, D, D, E * D, E * 2 * F * D, E * D * F, D};
+}
+
+// Random weights for the CPU checks (tests/kernel_reference): projections of magnitude U(0.2, 0.7) with
+// random signs (biases half that), norms U(0.6, 1.4); never zero.
+inline LayerWeights layer_random_weights(const LayerShape& s, std::mt19937_64& gen) {
+  LayerWeights w;
+  const auto sizes = layer_weight_sizes(s);
+  const auto all = w.all();
+  std::uniform_real_distribution<double> mag(0.2, 0.7), norm(0.6, 1.4);
+  for (int i = 0; i < 11; ++i) {
+    all[i]->resize(static_cast<std::size_t>(sizes[i]));
+    const bool is_norm = (i == 0 || i == 6);
+    for (auto& v : *all[i])
+      v = is_norm ? norm(gen) : ((gen() & 1) ? 1 : -1) * mag(gen) * (i == 5 || i == 10 ? 0.5 : 1.0);
+  }
+  return w;
 }
 
 enum class LayerNumerics { exact, hf_bf16 };
