@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/safetensors.hpp"
+#include "random_weights.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "train/losses.hpp"
 #include "train/network.hpp"
@@ -55,15 +56,7 @@ ModelConfig small_config(std::int64_t experts, std::int64_t top_k, bool tied) {
 
 // Every parameter random (norms around 1, biases around 0), so that every gradient is exercised.
 void randomize(const ModelConfig& c, ModelWeightsT<double>& w, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> dist(0.0, 1.0);
-  for (const auto& t : w.named(c)) {
-    auto h = Kokkos::create_mirror_view(t.flat);
-    const bool norm = t.name.find("norm") != std::string::npos;
-    const double sd = t.decays ? 0.35 : 0.2;
-    for (std::size_t i = 0; i < h.size(); ++i) h(i) = (norm ? 1.0 : 0.0) + sd * dist(rng);
-    Kokkos::deep_copy(t.flat, h);
-  }
+  jetmoe::testing::randomize_weights(c, w, seed, 0.35, 0.2);
 }
 
 struct Case {

@@ -28,6 +28,7 @@
 #include "core/deck.hpp"
 #include "model/config.hpp"
 #include "model/weights.hpp"
+#include "random_weights.hpp"
 #include "support.hpp"
 #include "train/device_network.hpp"
 #include "train/losses.hpp"
@@ -53,15 +54,7 @@ ModelConfig tiny_config(bool tied) {
 // two-block model chaotic enough that bf16 activations move the loss by 2% (measured): not a useful
 // comparison.
 void randomize(const ModelConfig& c, ModelWeights& w, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> dist(0.0, 1.0);
-  for (const auto& t : w.named(c)) {
-    auto h = Kokkos::create_mirror_view(t.flat);
-    const bool norm = t.name.find("norm") != std::string::npos;
-    const double sd = t.decays ? 0.2 : 0.1;
-    for (std::size_t i = 0; i < h.size(); ++i) h(i) = float((norm ? 1.0 : 0.0) + sd * dist(rng));
-    Kokkos::deep_copy(t.flat, h);
-  }
+  jetmoe::testing::randomize_weights(c, w, seed, 0.2, 0.1);
 }
 
 struct Batch {
