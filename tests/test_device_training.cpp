@@ -14,7 +14,9 @@
 //  - the trainer with train/precision = bf16: the loss falls, the run restarts from a checkpoint bit
 //    for bit (the device path is deterministic), and it tracks the fp32 run's loss;
 //  - DPO with bf16 (per-token loss weights on the device, the frozen reference on the device too): the
-//    first step's loss is exactly ln 2, the loss falls, and it tracks fp32 DPO within 2e-2.
+//    first step's loss is exactly ln 2, the loss falls, and it tracks fp32 DPO within 2e-2;
+//  - [mpi] pipeline stages x data-parallel replicas follow the one-rank run within 1e-4, and moving the
+//    traffic by NCCL (the emulated NCCL over MPI) instead of host memory and MPI changes no bit.
 #include <catch2/catch.hpp>
 
 #include <Kokkos_Core.hpp>
@@ -310,7 +312,8 @@ TEST_CASE("bf16 DPO on the emulated GPU starts at ln 2, learns the preference an
                                           << tt::field(fp32[2], "dpo_loss"));
 }
 
-TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run", "[mpi][device][train]") {
+TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run, over MPI and over NCCL",
+          "[mpi][device][train]") {
   const Comm world = Comm::world();
   TempDir tmp;  // one per rank: each rank prepares the same corpus; rank 0 writes the run's files
   tt::prepare_corpus(tmp);
@@ -319,7 +322,7 @@ TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run", "[mp
   // stage, the replicas' gradients over the data-parallel ranks, as in fp32.
   const std::vector<std::string> common = {"train/micro_batch_size=2", "train/sample_tokens=0", "train/precision=bf16",
                                            "schedule/total=3", "schedule/warmup=1", "schedule/decay=1",
-                                           "train/eval_interval=0", "checkpoint/interval=0"};
+                                           "train/eval_interval=2", "train/eval_batches=2", "checkpoint/interval=0"};
   if (world.is_root()) {
     Deck single = tt::micro_deck(tmp, "single", common);
     REQUIRE(run_training(single, Comm::self(), std::nullopt) == TrainOutcome::Finished);
@@ -329,13 +332,22 @@ TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run", "[mp
   const int stages = world.size() >= 2 ? 2 : 1;
   layout.push_back("parallel/pipeline_stages=" + std::to_string(stages));
   layout.push_back("parallel/data_parallel=" + std::to_string(world.size() / stages));
-  Deck deck = tt::micro_deck(tmp, "layout", layout);
-  REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
+  auto run = [&](const std::string& name, const std::string& communication) {
+    std::vector<std::string> v = layout;
+    v.push_back("parallel/communication=" + communication);
+    Deck deck = tt::micro_deck(tmp, name, v);
+    REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
+  };
+  run("mpi", "mpi");
+  // NCCL (the emulated one: kernels/tests/emu/nccl.cpp) moves the same bf16 boundaries GPU to GPU and
+  // sums the same fp32 gradients of two ranks (exact either way): bit for bit the MPI run.
+  const bool nccl = world.size() > 1 && gpu_comms_unavailable().empty();
+  if (nccl) run("nccl", "nccl");
   if (!world.is_root()) return;
   // The stages run the same device code on the same bf16 boundaries: the losses agree up to the fp32
   // summation order of the gradient norm over the ranks (clipping), of the tied embedding's sum and of
   // the data-parallel sums.
-  const auto a = tt::lines_of(tmp / "single/metrics.jsonl", "train"), b = tt::lines_of(tmp / "layout/metrics.jsonl", "train");
+  const auto a = tt::lines_of(tmp / "single/metrics.jsonl", "train"), b = tt::lines_of(tmp / "mpi/metrics.jsonl", "train");
   REQUIRE(a.size() == 3);
   REQUIRE(b.size() == a.size());
   for (const char* key : {"\"ce\": ", "\"switch\": ", "\"z\": ", "\"grad_norm\": "}) {
@@ -345,6 +357,17 @@ TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run", "[mp
       INFO(key << " step " << i + 1 << ": one rank " << x << ", " << stages << " stages x " << world.size() / stages
                << " replicas " << y);
       CHECK(std::fabs(x - y) <= 1e-4 * std::fabs(x));
+    }
+  }
+  if (!nccl) return;
+  tt::require_identical(tmp / "mpi/checkpoints/step-000000003.h5", tmp / "nccl/checkpoints/step-000000003.h5");
+  for (const char* kind : {"train", "eval"}) {
+    const auto m = tt::lines_of(tmp / "mpi/metrics.jsonl", kind), n = tt::lines_of(tmp / "nccl/metrics.jsonl", kind);
+    REQUIRE(!m.empty());
+    REQUIRE(m.size() == n.size());
+    for (std::size_t i = 0; i < m.size(); ++i) {
+      auto numbers = [](const std::string& line) { return line.substr(0, line.find(", \"pipeline_idle\"")); };  // not timings
+      CHECK(numbers(m[i]) == numbers(n[i]));
     }
   }
 }

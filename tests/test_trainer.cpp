@@ -273,6 +273,25 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
   }
 }
 
+TEST_CASE("parallel/communication = nccl is a deck error with fp32 or without NCCL in the build", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  // fp32 always communicates over MPI: asking for NCCL is a mistake in the deck, whatever the build.
+  std::string message = jetmoe::testing::error_of(
+      [&] { train(tmp, "fp32", {"parallel/communication=nccl"}); }, ErrorKind::Deck);
+  CHECK(message.find("<parallel>/communication") != std::string::npos);
+  CHECK(message.find("fp32") != std::string::npos);
+  CHECK(message.find("use auto or mpi") != std::string::npos);
+  CHECK(!fs::exists(tmp / "fp32/checkpoints"));
+  // bf16 with NCCL asked for, in a build without it (or without a GPU: then precision is the error).
+  const std::string no_nccl = gpu_comms_unavailable();
+  if (!device_training_unavailable().empty() || no_nccl.empty()) return;  // a GPU and NCCL: nothing to refuse
+  message = jetmoe::testing::error_of(
+      [&] { train(tmp, "bf16", {"train/precision=bf16", "parallel/communication=nccl"}); }, ErrorKind::Deck);
+  CHECK(message.find("<parallel>/communication") != std::string::npos);
+  CHECK(message.find(no_nccl) != std::string::npos);
+}
+
 TEST_CASE("train/precision = bf16 trains on a GPU or is a deck error naming why not", "[unit][train]") {
   TempDir tmp;
   prepare_corpus(tmp);

@@ -156,6 +156,10 @@ DeckSchema make_standard_schema() {
            "buckets of this size, one non-blocking MPI_Iallreduce each, started during the last micro-batch's backward "
            "pass as soon as its layers are done.")
         .greater_than(0);
+    b.choice("communication", "auto", {"auto", "mpi", "nccl"},
+             "How the GPUs of train/precision = bf16 exchange stage boundaries and gradient sums: nccl (GPU to GPU; the "
+             "gradients summed after the step's last backward pass), mpi (through host memory, as fp32 does) or auto "
+             "(nccl when the build has NCCL). fp32 always uses MPI.");
     b.boolean("overlap_allreduce", true,
               "Start each gradient bucket's all-reduce during the last micro-batch's backward pass, as soon as its "
               "layers are done (false: all buckets after the backward pass; the same sums, for comparison).");

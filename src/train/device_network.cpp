@@ -18,8 +18,34 @@
 
 #include "jetmoe/kernels.h"
 #endif
+#if JETMOE_HAVE_NCCL
+#include "parallel/nccl.hpp"
+#endif
 
 namespace jetmoe {
+
+#if JETMOE_HAVE_NCCL
+struct GpuComms {
+  GpuComms(const Comm& p, const Comm& r, const Comm& e) : pipe(p), replicas(r), embedding(e) {}
+  NcclComm pipe, replicas, embedding;
+};
+
+std::string gpu_comms_unavailable() { return ""; }
+
+std::shared_ptr<GpuComms> make_gpu_comms(const Comm& pipe, const Comm& replicas, const Comm& embedding) {
+  return std::make_shared<GpuComms>(pipe, replicas, embedding);
+}
+#else
+struct GpuComms {};
+
+std::string gpu_comms_unavailable() {
+  return "this build has no NCCL (JETMOE_ENABLE_NCCL needs the CUDA kernels, MPI and NCCL when configuring)";
+}
+
+std::shared_ptr<GpuComms> make_gpu_comms(const Comm&, const Comm&, const Comm&) {
+  fail(ErrorKind::Deck, "parallel/communication = nccl: " + gpu_comms_unavailable());
+}
+#endif
 
 #if !JETMOE_HAVE_CUDA_KERNELS
 
@@ -27,7 +53,8 @@ std::string device_training_unavailable() {
   return "this build has no CUDA kernels (configure on a machine with the CUDA toolkit, JETMOE_ENABLE_CUDA=ON)";
 }
 std::string device_training_description() { return "none"; }
-std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, double, const StageSpan&) {
+std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, double, const StageSpan&,
+                                                  std::shared_ptr<GpuComms>) {
   fail(ErrorKind::Deck, "train/precision = bf16: " + device_training_unavailable());
 }
 
@@ -120,10 +147,11 @@ float** grad_slot(jk_layer_grads_t& g, int field) {
   return slots[field];
 }
 
-class DeviceNetwork final : public StageNetwork {
+class DeviceNetwork final : public StageNetwork, public StageLink {
  public:
-  DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span)
-      : c_(c), cs_(coef_switch), cz_(coef_z), span_(span) {
+  DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span,
+                std::shared_ptr<GpuComms> comms)
+      : c_(c), cs_(coef_switch), cz_(coef_z), span_(span), comms_(std::move(comms)) {
     first_ = span.first_layer;
     layers_ = span.end(c) - span.first_layer;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -193,7 +221,7 @@ class DeviceNetwork final : public StageNetwork {
       upload(ids_dev_.p, h.data(), std::size_t(N) * sizeof(std::int32_t), stream_, "uploading token ids");
       batch.ids = ids_dev_.as<std::int32_t>();
     } else {
-      upload_bf16(s.x_in, x_dev_, "uploading the stage input");
+      if (!comms_) upload_bf16(s.x_in, x_dev_, "uploading the stage input");  // else: received there
       batch.x_in = x_dev_.as<std::uint16_t>();
     }
     std::vector<std::int32_t> labels;
@@ -243,8 +271,8 @@ class DeviceNetwork final : public StageNetwork {
         s.row_weights.assign(weights.begin(), weights.end());
       }
       s.ce_scale = ce_scale;
-    } else {
-      download_bf16(out_dev_, s.x_out, "reading the stage output");
+    } else if (!comms_) {
+      download_bf16(out_dev_, s.x_out, "reading the stage output");  // else: sent from there
     }
     (void)D;
     return terms;
@@ -255,7 +283,7 @@ class DeviceNetwork final : public StageNetwork {
     jk_model_batch_t batch{B_, T_, span_.embedding ? ids_dev_.as<std::int32_t>() : nullptr,
                            span_.embedding ? nullptr : x_dev_.as<std::uint16_t>(),
                            span_.head ? labels_dev_.as<std::int32_t>() : nullptr};
-    if (!span_.head) upload_bf16(dx_, dout_dev_, "uploading the output gradient");
+    if (!span_.head && !comms_) upload_bf16(dx_, dout_dev_, "uploading the output gradient");
     const bool weighted = span_.head && s.weighted;
     if (weighted)
       upload(row_w_dev_.p, s.row_weights.data(), s.row_weights.size() * sizeof(float), stream_, "uploading loss weights");
@@ -269,18 +297,26 @@ class DeviceNetwork final : public StageNetwork {
     check(cudaStreamSynchronize(stream_), "the backward pass");
     pending_ = true;
     terms.switch_loss += s.switch_loss, terms.z_loss += s.z_loss;
-    if (!span_.embedding) download_bf16(dx_dev_, dx_, "reading the input gradient");
+    if (!span_.embedding && !comms_) download_bf16(dx_dev_, dx_, "reading the input gradient");
   }
 
   void flush_gradients(ModelWeights& grads) override {
     if (!pending_) return;
     const std::vector<NamedTensor> named = grads.named(c_);
     JETMOE_ASSERT(named.size() == tensors_.size(), "DeviceNetwork: gradient tensors");
+#if JETMOE_HAVE_NCCL
+    if (comms_) {  // the sums over the replicas (one buffer), then the tied embedding's two copies
+      comms_->replicas.sum_in_place(grad_arena_.as<float>(), grad_arena_.bytes / sizeof(float), stream_);
+      for (const Tensor& t : tensors_)
+        if (t.name == "model.embed_tokens.weight") comms_->embedding.sum_in_place(t.grad, std::size_t(t.numel), stream_);
+      check(cudaStreamSynchronize(stream_), "summing the gradients (NCCL)");
+    }
+#endif
     std::vector<float> buf;
     for (std::size_t i = 0; i < named.size(); ++i) {
       const Tensor& t = tensors_[i];
       buf.resize(std::size_t(t.numel));
-      download(buf.data(), t.grad.p, buf.size() * sizeof(float), stream_, "reading gradients");
+      download(buf.data(), t.grad, buf.size() * sizeof(float), stream_, "reading gradients");
       auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
       for (std::size_t j = 0; j < buf.size(); ++j) h(j) += buf[j];
       Kokkos::deep_copy(named[i].flat, h);
@@ -289,11 +325,32 @@ class DeviceNetwork final : public StageNetwork {
     if (backward_progress) backward_progress(-1);
   }
 
+  StageLink* own_link() override { return comms_ ? this : nullptr; }
+  bool sums_gradients() const override { return comms_ != nullptr; }
+
+  // StageLink (with NCCL): the bf16 boundaries straight from and into the kernels' buffers; one NCCL
+  // group per exchange, complete when it returns.
+  void exchange(const Message* out, const Message* in) override {
+#if JETMOE_HAVE_NCCL
+    const std::size_t bytes = std::size_t(B_ * T_ * c_.hidden_size) * sizeof(std::uint16_t);
+    NcclComm::begin_group();
+    if (out) comms_->pipe.send(out->kind == Kind::Activation ? out_dev_.p : dx_dev_.p, bytes, out->peer, stream_);
+    if (in) comms_->pipe.recv(in->kind == Kind::Activation ? x_dev_.p : dout_dev_.p, bytes, in->peer, stream_);
+    NcclComm::end_group();
+    check(cudaStreamSynchronize(stream_), "a pipeline exchange (NCCL)");
+#else
+    (void)out, (void)in;
+    JETMOE_ASSERT(false, "DeviceNetwork: a link without NCCL");
+#endif
+  }
+  void drain() override {}
+
  private:
   struct Tensor {
     std::string name;
     std::int64_t numel = 0;
-    DeviceBuffer bf16, grad;
+    DeviceBuffer bf16;
+    float* grad = nullptr;  // in grad_arena_
   };
   struct Slot {
     DeviceBuffer saved;
@@ -305,6 +362,16 @@ class DeviceNetwork final : public StageNetwork {
 
   void allocate_tensors(const std::vector<NamedTensor>& named) {
     tensors_ = std::vector<Tensor>(named.size());
+    // The fp32 gradients: one zeroed buffer (one all-reduce for all of them), each tensor at a
+    // 256-byte boundary.
+    std::vector<std::size_t> offset(named.size());
+    std::size_t floats = 0;
+    for (std::size_t i = 0; i < named.size(); ++i) {
+      offset[i] = floats;
+      floats += (std::size_t(named[i].flat.extent(0)) + 63) / 64 * 64;
+    }
+    grad_arena_.ensure(floats * sizeof(float), "the gradients");
+    check(cudaMemsetAsync(grad_arena_.p, 0, floats * sizeof(float), stream_), "clearing the gradients");
     std::int64_t largest = 1;
     for (std::size_t i = 0; i < named.size(); ++i) {
       Tensor& t = tensors_[i];
@@ -312,9 +379,9 @@ class DeviceNetwork final : public StageNetwork {
       t.numel = std::int64_t(named[i].flat.extent(0));
       largest = std::max(largest, t.numel);
       t.bf16.ensure(std::size_t(t.numel) * 2, "the bf16 weights");
-      t.grad.ensure(std::size_t(t.numel) * 4, "the gradients");
+      t.grad = grad_arena_.as<float>() + offset[i];
       std::uint16_t* w = t.bf16.as<std::uint16_t>();
-      float* g = t.grad.as<float>();
+      float* g = t.grad;
       const std::string layer_prefix = "model.layers.";
       if (t.name == "model.embed_tokens.weight") {
         weights_.embedding = span_.embedding ? w : nullptr;
@@ -388,7 +455,8 @@ class DeviceNetwork final : public StageNetwork {
   StageSpan span_;
   std::int64_t first_ = 0, layers_ = 0, B_ = 0, T_ = 0;
   cudaStream_t stream_ = nullptr;
-  DeviceBuffer rope_, staging_, scratch_;
+  std::shared_ptr<GpuComms> comms_;  // null: boundaries and sums over MPI (Pipeline, trainer)
+  DeviceBuffer rope_, staging_, scratch_, grad_arena_;
   DeviceBuffer x_dev_, out_dev_, dout_dev_, dx_dev_, ids_dev_, labels_dev_, loss_dev_, row_w_dev_, aux_dev_, invalid_dev_;
   jk_model_config_t cfg_{};
   jk_model_weights_t weights_{};
@@ -451,10 +519,10 @@ std::string device_training_description() {
 }
 
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
-                                                  const StageSpan& span) {
+                                                  const StageSpan& span, std::shared_ptr<GpuComms> comms) {
   const std::string why = device_training_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "train/precision = bf16: " + why + "; use fp32");
-  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span);
+  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms));
 }
 
 #endif

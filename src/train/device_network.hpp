@@ -14,15 +14,35 @@
 // Per-token loss weights (DPO) are computed on the host from the row losses of the forward pass and
 // applied in the backward's cross-entropy (jk_fused_cross_entropy_bwd_bf16_weighted).
 //
-// Not (yet) on this path: activation recomputation (every block's activations are kept), NCCL (boundaries and gradient sums go through
-// host memory and MPI), the optimizer on the device (jk_fused_adamw is bit-identical to the CPU
-// AdamW and is the next step).
+// Communication (parallel/communication): with `mpi` the stage boundaries and the gradient sums go
+// through host memory and MPI, as in fp32. With `nccl` (GpuComms) they stay on the GPUs: boundaries
+// move as bf16 by ncclSend/ncclRecv (the Pipeline's exchanges become NCCL groups), and after the
+// step's last backward pass the fp32 gradients are summed by ncclAllReduce over the stage's
+// data-parallel replicas (one call over one contiguous buffer), then the tied embedding's copies
+// between the first and the last stage, before they are added to the trainer's.
+//
+// Not (yet) on this path: activation recomputation (every block's activations are kept), the
+// optimizer on the device (jk_fused_adamw is bit-identical to the CPU AdamW and is the next step).
 #include <memory>
 #include <string>
 
+#include "parallel/comm.hpp"
 #include "train/network.hpp"
 
 namespace jetmoe {
+
+// A rank's NCCL communicators (built with NCCL): made once, shared by the trainer's device networks
+// (DPO's frozen reference uses the pipeline one).
+struct GpuComms;
+
+// Empty when this build can move the bf16 path's traffic by NCCL, else why not (for a deck error).
+std::string gpu_comms_unavailable();
+
+// Collective over every rank of the job (each calls with its own three communicators, made by the
+// same splits): NCCL communicators with the same ranks as `pipe` (this replica's stages), `replicas`
+// (this stage's data-parallel replicas) and `embedding` (the first and last stage with tied
+// embeddings; a one-rank communicator elsewhere). Throws jetmoe::Error when NCCL fails to start.
+std::shared_ptr<GpuComms> make_gpu_comms(const Comm& pipe, const Comm& replicas, const Comm& embedding);
 
 // Empty when this process can train with the device network; otherwise why not, for the user: this
 // build has no CUDA kernels, there is no usable GPU (with the runtime's reason), or the kernels were
@@ -35,8 +55,9 @@ std::string device_training_unavailable();
 std::string device_training_description();
 
 // The device stage for `span` of the model. Throws jetmoe::Error when device_training_unavailable()
-// is not empty or device memory runs out.
+// is not empty or device memory runs out. With `comms`, its boundaries and gradient sums go by NCCL
+// (it is its own StageLink and sums_gradients()); without, by the Pipeline and the trainer over MPI.
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
-                                                  const StageSpan& span);
+                                                  const StageSpan& span, std::shared_ptr<GpuComms> comms = nullptr);
 
 }  // namespace jetmoe

@@ -33,6 +33,26 @@ struct LossTerms {
 // attention over sequences of T tokens. The numerator of MFU.
 double training_flops_per_token(const ModelConfig& config, std::int64_t seq_len);
 
+// How a pipeline stage's boundary tensors travel between neighbouring stages (train/pipeline.hpp). An
+// exchange sends at most one tensor and receives at most one, as one operation (Megatron's
+// send_forward_recv_backward): the neighbours post matching exchanges in the same order, so even a
+// transport whose sends block until the peer receives (NCCL) cannot deadlock on the 1F1B schedule.
+class StageLink {
+ public:
+  enum class Kind { Activation, Gradient };  // a stage output going forward; an input's gradient going back
+  struct Message {
+    Kind kind;
+    int slot;  // activations: the micro-batch's activation slot (unused for gradients)
+    int peer;  // the neighbour's rank in the pipeline communicator
+  };
+  virtual ~StageLink() = default;
+  // Returns when `in` has arrived (its tensor filled); `out` may still be in flight, its tensor must
+  // not change until the next exchange or drain. Either may be null.
+  virtual void exchange(const Message* out, const Message* in) = 0;
+  // Every message sent has been taken.
+  virtual void drain() = 0;
+};
+
 // What a pipeline stage runs (train/pipeline.hpp): the CPU network below (any Kokkos backend, fp32) or
 // the device network of train/device_network.hpp (bf16 on the CUDA kernels, fp32 master weights). One
 // micro-batch per activation slot; boundary tensors are fp32 arrays of [B*T, D] in the model's memory
@@ -52,9 +72,16 @@ class StageNetworkT {
   // A pass over micro-batches with the weights `w` begins (a training step or an evaluation): a network
   // that keeps its own copy of the weights refreshes it here. Default: nothing.
   virtual void begin_pass(const ModelWeightsT<R>& /*w*/) {}
-  // The last backward pass of a step is done: a network that accumulates gradients elsewhere adds them
-  // to `grads` now (and then reports backward_progress(-1)). Default: nothing (they are already there).
+  // The step's backward passes and boundary traffic are done: a network that accumulates gradients
+  // elsewhere adds them to `grads` now (and then reports backward_progress(-1)). Default: nothing (they
+  // are already there).
   virtual void flush_gradients(ModelWeightsT<R>& /*grads*/) {}
+  // A network that moves its own boundary tensors (the device network with NCCL, GPU to GPU) returns
+  // its link; the Pipeline then uses it instead of sending the host tensors below over MPI.
+  virtual StageLink* own_link() { return nullptr; }
+  // True when flush_gradients has also summed the gradients over the stage's data-parallel replicas
+  // and the tied embedding's two copies (on the GPU): the trainer then skips its own sums.
+  virtual bool sums_gradients() const { return false; }
 
   virtual void set_slots(int n) = 0;
   virtual void prepare(std::int64_t B, std::int64_t T) = 0;

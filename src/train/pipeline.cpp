@@ -182,99 +182,198 @@ void GradientReducer::finish() {
   }
 }
 
+// The boundary tensors as host copies over MPI: a send copies its tensor into the next buffer of a
+// per-direction ring (one buffer per activation slot, waiting first for the send that used it before)
+// and starts a non-blocking send; a receive blocks.
+class Pipeline::MpiLink final : public StageLink {
+ public:
+  MpiLink(const Comm& pipe, StageNetwork& net) : pipe_(pipe), net_(net) {}
+  ~MpiLink() override { drain(); }
+
+  void set_slots(int slots) {
+    for (Ring& r : rings_) {
+      r.buffers.resize(std::size_t(slots));
+      r.sends.resize(std::size_t(slots));
+    }
+  }
+
+  void exchange(const Message* out, const Message* in) override {
+    if (out) {
+      Ring& r = rings_[int(out->kind)];
+      const std::size_t k = r.next++ % r.buffers.size();
+      r.sends[k].wait();  // the receiver took the previous message from this buffer
+      const Mat<float>& from = tensor(*out, false);
+      r.buffers[k].resize(from.size());
+      Kokkos::deep_copy(HostMat(r.buffers[k].data(), from.extent(0), from.extent(1)), from);
+      r.sends[k] = pipe_.isend(r.buffers[k].data(), r.buffers[k].size(), out->peer, tag(out->kind));
+    }
+    if (in) {
+      const Mat<float>& into = tensor(*in, true);
+      receive_buffer_.resize(into.size());
+      pipe_.recv(receive_buffer_.data(), receive_buffer_.size(), in->peer, tag(in->kind));
+      Kokkos::deep_copy(into, HostMat(receive_buffer_.data(), into.extent(0), into.extent(1)));
+    }
+  }
+
+  void drain() override {
+    for (Ring& r : rings_)
+      for (Request& q : r.sends) q.wait();
+  }
+
+ private:
+  struct Ring {
+    std::vector<std::vector<float>> buffers{1};
+    std::vector<Request> sends{1};
+    std::size_t next = 0;
+  };
+  static int tag(Kind kind) { return kind == Kind::Activation ? kForwardTag : kBackwardTag; }
+  // An activation leaves from the slot's stage output and arrives in its stage input; a gradient
+  // leaves from and arrives in the boundary gradient.
+  const Mat<float>& tensor(const Message& m, bool incoming) const {
+    if (m.kind == Kind::Gradient) return net_.boundary_grad();
+    return incoming ? net_.stage_input(m.slot) : net_.stage_output(m.slot);
+  }
+
+  Comm pipe_;
+  StageNetwork& net_;
+  Ring rings_[2];  // by Kind
+  std::vector<float> receive_buffer_;
+};
+
 Pipeline::Pipeline(const Comm& pipe, StageNetwork& net, int stage, int stages)
     : pipe_(pipe), net_(net), stage_(stage), stages_(stages) {
   JETMOE_ASSERT(pipe_.size() == stages && pipe_.rank() == stage, "Pipeline: communicator does not match the stages");
+  link_ = net_.own_link();
+  if (!link_) {
+    mpi_link_ = std::make_unique<MpiLink>(pipe_, net_);
+    link_ = mpi_link_.get();
+  }
 }
 
-void Pipeline::receive(const Mat<float>& into, int from, int tag) {
+Pipeline::~Pipeline() = default;
+
+void Pipeline::exchange(const Message* out, const Message* in) {
+  if (!out && !in) return;
   Region region("pipeline_wait");
   const auto t0 = Clock::now();
-  const std::size_t n = into.size();
-  receive_buffer_.resize(n);
-  pipe_.recv(receive_buffer_.data(), n, from, tag);
-  Kokkos::deep_copy(into, HostMat(receive_buffer_.data(), into.extent(0), into.extent(1)));
+  link_->exchange(out, in);
   times_.idle += seconds_since(t0);
-}
-
-void Pipeline::send(std::vector<std::vector<float>>& buffers, std::vector<Request>& sends, std::int64_t i,
-                    const Mat<float>& from, int to, int tag) {
-  const std::size_t k = std::size_t(i) % buffers.size();
-  {
-    const auto t0 = Clock::now();
-    sends[k].wait();  // the receiver took the previous message from this buffer
-    times_.idle += seconds_since(t0);
-  }
-  buffers[k].resize(from.size());
-  Kokkos::deep_copy(HostMat(buffers[k].data(), from.extent(0), from.extent(1)), from);
-  sends[k] = pipe_.isend(buffers[k].data(), buffers[k].size(), to, tag);
 }
 
 void Pipeline::drain() {
   const auto t0 = Clock::now();
-  for (Request& r : forward_sends_) r.wait();
-  for (Request& r : backward_sends_) r.wait();
+  link_->drain();
   times_.idle += seconds_since(t0);
 }
 
 LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64_t m, const MicroBatchSource& load,
                           double aux_scale, GradientReducer* reducer) {
+  using Kind = StageLink::Kind;
   const int p = stages_, s = stage_;
+  const bool has_prev = s > 0, has_next = s < p - 1;
   const std::int64_t warmup = std::min<std::int64_t>(p - s - 1, m);
   const int slots = int(std::max<std::int64_t>(1, std::min<std::int64_t>(p - s, m)));
   net_.set_slots(slots);
+  if (mpi_link_) mpi_link_->set_slots(slots);
   net_.begin_pass(w);
-  forward_buffers_.resize(std::size_t(slots)), forward_sends_.resize(std::size_t(slots));
-  backward_buffers_.resize(std::size_t(slots)), backward_sends_.resize(std::size_t(slots));
   LossTerms total;
-  auto forward = [&](std::int64_t i) {
-    const int slot = int(i % slots);
-    const MicroBatch mb = load(i);
+  auto slot_of = [slots](std::int64_t i) { return int(i % slots); };
+  // What a stage receives before forward(i) and backward(i), and sends after them.
+  auto input = [&](std::int64_t i) { return Message{Kind::Activation, slot_of(i), s - 1}; };
+  auto output = [&](std::int64_t i) { return Message{Kind::Activation, slot_of(i), s + 1}; };
+  const Message grad_in{Kind::Gradient, 0, s + 1}, grad_out{Kind::Gradient, 0, s - 1};
+  // A micro-batch is loaded once, before its input is received (which needs the network sized for
+  // it) or, on the first stage, before its forward pass; nothing loads in between.
+  std::int64_t loaded = -1;
+  MicroBatch mb;
+  auto load_once = [&](std::int64_t i) {
+    if (loaded == i) return;
+    mb = load(i);
+    loaded = i;
     net_.prepare(std::int64_t(mb.ids.extent(0)), std::int64_t(mb.ids.extent(1)));
-    if (s > 0) receive(net_.stage_input(slot), s - 1, kForwardTag);
+  };
+  auto forward = [&](std::int64_t i) {
+    load_once(i);
     const auto t0 = Clock::now();
-    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, true, mb.ce_scale, slot, &mb.weigh);
+    const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, true, mb.ce_scale, slot_of(i), &mb.weigh);
     fence("pipeline_forward");
     times_.busy += seconds_since(t0);
     total.ce_sum += t.ce_sum, total.count += t.count;
-    if (s < p - 1) send(forward_buffers_, forward_sends_, i, net_.stage_output(slot), s + 1, kForwardTag);
   };
   auto backward = [&](std::int64_t i) {
-    const int slot = int(i % slots);
-    if (s < p - 1) receive(net_.boundary_grad(), s + 1, kBackwardTag);
     const auto t0 = Clock::now();
     // The last micro-batch completes the gradients: their sums over the replicas start layer by layer.
     if (reducer && i == m - 1) net_.backward_progress = [reducer](std::int64_t layer) { reducer->ready(layer); };
-    net_.stage_backward(w, grads, aux_scale, total, slot);
-    if (i == m - 1) net_.flush_gradients(grads);
+    net_.stage_backward(w, grads, aux_scale, total, slot_of(i));
     net_.backward_progress = nullptr;
     fence("pipeline_backward");
     times_.busy += seconds_since(t0);
-    if (s > 0) send(backward_buffers_, backward_sends_, i, net_.boundary_grad(), s - 1, kBackwardTag);
   };
-  for (std::int64_t i = 0; i < warmup; ++i) forward(i);
-  for (std::int64_t i = 0; i < m - warmup; ++i) {
-    forward(warmup + i);
-    backward(i);
+  auto receive_input = [&](std::int64_t i) {
+    if (!has_prev) return;
+    load_once(i);
+    const Message in = input(i);
+    exchange(nullptr, &in);
+  };
+  // Warm-up: forward passes only.
+  for (std::int64_t i = 0; i < warmup; ++i) {
+    receive_input(i);
+    forward(i);
+    if (has_next) {
+      const Message out = output(i);
+      exchange(&out, nullptr);
+    }
   }
-  for (std::int64_t i = m - warmup; i < m; ++i) backward(i);
+  // Steady state: one forward, one backward; each send paired with the receive after it.
+  const std::int64_t steady = m - warmup;
+  if (steady > 0) receive_input(warmup);
+  for (std::int64_t k = 0; k < steady; ++k) {
+    const std::int64_t f = warmup + k;
+    forward(f);
+    {
+      const Message out = output(f);
+      exchange(has_next ? &out : nullptr, has_next ? &grad_in : nullptr);
+    }
+    backward(k);
+    const bool more = k + 1 < steady;
+    if (more && has_prev) load_once(f + 1);
+    const Message in = input(f + 1);
+    exchange(has_prev ? &grad_out : nullptr, more && has_prev ? &in : nullptr);
+  }
+  // Cool-down: the backward passes left.
+  for (std::int64_t i = steady; i < m; ++i) {
+    exchange(nullptr, has_next ? &grad_in : nullptr);
+    backward(i);
+    exchange(has_prev ? &grad_out : nullptr, nullptr);
+  }
   drain();
+  // A network that accumulates its gradients elsewhere hands them over once the stage's traffic of
+  // the step is done (so sums it makes there, e.g. over NCCL, wait for no neighbour).
+  {
+    const auto t0 = Clock::now();
+    if (reducer) net_.backward_progress = [reducer](std::int64_t layer) { reducer->ready(layer); };
+    net_.flush_gradients(grads);
+    net_.backward_progress = nullptr;
+    times_.busy += seconds_since(t0);
+  }
   return total;
 }
 
 LossTerms Pipeline::evaluate(const ModelWeights& w, std::int64_t m, const MicroBatchSource& load) {
+  using Kind = StageLink::Kind;
   const int p = stages_, s = stage_;
-  forward_buffers_.resize(std::max<std::size_t>(1, forward_buffers_.size()));
-  forward_sends_.resize(forward_buffers_.size());
+  net_.set_slots(1);
+  if (mpi_link_) mpi_link_->set_slots(1);
   net_.begin_pass(w);
   LossTerms total;
+  const Message in{Kind::Activation, 0, s - 1}, out{Kind::Activation, 0, s + 1};
   for (std::int64_t i = 0; i < m; ++i) {
     const MicroBatch mb = load(i);
     net_.prepare(std::int64_t(mb.ids.extent(0)), std::int64_t(mb.ids.extent(1)));
-    if (s > 0) receive(net_.stage_input(0), s - 1, kForwardTag);
+    exchange(nullptr, s > 0 ? &in : nullptr);
     const LossTerms t = net_.stage_forward(w, mb.ids, mb.targets, false, mb.ce_scale, 0, &mb.weigh);
     total.ce_sum += t.ce_sum, total.count += t.count;
-    if (s < p - 1) send(forward_buffers_, forward_sends_, i, net_.stage_output(0), s + 1, kForwardTag);
+    exchange(s < p - 1 ? &out : nullptr, nullptr);
   }
   drain();
   return total;

@@ -11,11 +11,15 @@
 // One optimizer step runs the replica's micro-batches through its stages on the 1F1B schedule (after a
 // warm-up of stages - stage - 1 forward passes every stage alternates one forward and one backward
 // pass), so a stage keeps at most stages - stage micro-batches of activations. Activations travel
-// forward and their gradients backward as point-to-point messages between neighbouring stages, sent
-// without blocking from per-slot buffers. Idle time of the pipeline (the bubble, (p - 1) / (m + p - 1)
-// of the step for p stages and m micro-batches of equal cost) is measured as the time spent waiting.
+// forward and their gradients backward as point-to-point messages between neighbouring stages: in the
+// steady state each send is paired with the receive that follows it (forward output with the next
+// backward's gradient, backward's input gradient with the next forward's input) in one exchange
+// (StageLink). Over MPI the sends do not block (per-slot host buffers); NCCL pairs them in a group.
+// Idle time of the pipeline (the bubble, (p - 1) / (m + p - 1) of the step for p stages and m
+// micro-batches of equal cost) is measured as the time spent in exchanges: waiting and moving data.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -115,8 +119,11 @@ class GradientReducer {
 
 class Pipeline {
  public:
-  // `pipe`: the ranks of this replica's pipeline, ranked by stage. `net` runs this stage's span.
+  // `pipe`: the ranks of this replica's pipeline, ranked by stage. `net` runs this stage's span. The
+  // boundary tensors travel by the network's own link when it has one (NCCL between GPUs), else as
+  // host copies over MPI on `pipe`.
   Pipeline(const Comm& pipe, StageNetwork& net, int stage, int stages);
+  ~Pipeline();
 
   // One step: micro-batches 0 .. m-1 forward and backward (1F1B), gradients added to `grads`. Returns
   // this stage's loss terms: the cross-entropy on the last stage, the router losses of its layers.
@@ -132,19 +139,17 @@ class Pipeline {
   void reset_times() { times_ = PipelineTimes(); }
 
  private:
-  // Copies `from` into ring buffer i % slots of a direction and sends it without blocking (waiting
-  // first for the send that used the buffer before).
-  void send(std::vector<std::vector<float>>& buffers, std::vector<Request>& sends, std::int64_t i,
-            const Mat<float>& from, int to, int tag);
-  void receive(const Mat<float>& into, int from, int tag);
+  using Message = StageLink::Message;
+  class MpiLink;  // the host tensors over MPI (pipeline.cpp)
+  // One exchange with the neighbours (either side may be absent), timed as idle.
+  void exchange(const Message* out, const Message* in);
   void drain();
 
   Comm pipe_;
   StageNetwork& net_;
   int stage_, stages_;
-  std::vector<std::vector<float>> forward_buffers_, backward_buffers_;
-  std::vector<Request> forward_sends_, backward_sends_;
-  std::vector<float> receive_buffer_;
+  std::unique_ptr<MpiLink> mpi_link_;  // when the network has no link of its own
+  StageLink* link_ = nullptr;
   PipelineTimes times_;
 };
 

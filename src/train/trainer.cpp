@@ -163,7 +163,8 @@ class Trainer {
   ModelWeights params_, grads_;
   AdamW adam_;
   LrSchedule schedule_;
-  std::unique_ptr<StageNetwork> net_;  // this rank's stage: fp32 Kokkos network, or the bf16 device network
+  std::shared_ptr<GpuComms> gpu_comms_;  // bf16 with NCCL: the GPU communicators of pipe/dp/embed_comm_
+  std::unique_ptr<StageNetwork> net_;     // this rank's stage: fp32 Kokkos network, or the bf16 device network
   std::unique_ptr<DataSampler> train_data_;                       // pretrain
   std::vector<data::ChatExample> sft_, sft_validation_;           // sft
   std::vector<data::PreferenceExample> pairs_, pairs_validation_;  // dpo
@@ -196,17 +197,6 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       layout_(make_layout(config_, int(run_.pipeline_stages), int(run_.data_parallel), comm.rank(), run_.stage_layers)),
       adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}, layout_.span()),
       schedule_(LrSchedule::from(run_)) {
-  if (run_.precision == "bf16") {
-    const std::string why = device_training_unavailable();
-    if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
-    if (deck.get_bool("train", "recompute"))
-      log::warn("train/recompute has no effect with train/precision = bf16 (the GPU stage keeps every block's activations)");
-    net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span());
-    log::info("bf16 training on %s", device_training_description().c_str());
-  } else {
-    net_ = std::make_unique<Network<float>>(config_, run_.load_balance_coef, run_.z_loss_coef,
-                                            deck.get_bool("train", "recompute"), layout_.span());
-  }
   // Every rank of the job calls each split, in the same order.
   pipe_comm_ = comm_.split(layout_.replica, layout_.stage);
   dp_comm_ = comm_.split(layout_.stage, layout_.replica);
@@ -214,6 +204,28 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   embed_comm_ = comm_.split(sum_embedding_ && (layout_.first() || layout_.last()) ? layout_.replica
                                                                                    : layout_.replicas + comm_.rank(),
                             layout_.stage);
+  const std::string communication = deck.get_string("parallel", "communication");
+  if (run_.precision == "bf16") {
+    const std::string why = device_training_unavailable();
+    if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+    if (deck.get_bool("train", "recompute"))
+      log::warn("train/recompute has no effect with train/precision = bf16 (the GPU stage keeps every block's activations)");
+    const std::string no_nccl = gpu_comms_unavailable();
+    if (communication == "nccl" && !no_nccl.empty())
+      deck.fail_value("parallel", "communication", "nccl: " + no_nccl + "; use mpi or auto");
+    // auto: NCCL when the build has it and there is traffic (more than one rank).
+    if (comm_.size() > 1 && (communication == "nccl" || (communication == "auto" && no_nccl.empty())))
+      gpu_comms_ = make_gpu_comms(pipe_comm_, dp_comm_, embed_comm_);
+    net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span(), gpu_comms_);
+    log::info("bf16 training on %s; stage boundaries and gradient sums %s", device_training_description().c_str(),
+              comm_.size() == 1 ? "local (one rank)" : gpu_comms_ ? "GPU to GPU (NCCL)" : "through host memory (MPI)");
+  } else {
+    if (communication == "nccl")
+      deck.fail_value("parallel", "communication",
+                      "nccl carries the GPU traffic of train/precision = bf16; fp32 communicates over MPI (use auto or mpi)");
+    net_ = std::make_unique<Network<float>>(config_, run_.load_balance_coef, run_.z_loss_coef,
+                                            deck.get_bool("train", "recompute"), layout_.span());
+  }
   pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *net_, layout_.stage, layout_.stages);
   zero1_ = deck.get_bool("parallel", "zero1") && layout_.replicas > 1;
   overlap_allreduce_ = deck.get_bool("parallel", "overlap_allreduce");
@@ -287,7 +299,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     copy_weights(config_, params_, ref_params_);
     // The frozen reference runs as the policy does (bf16 on the GPU, or the fp32 network).
     if (run_.precision == "bf16")
-      ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span());
+      ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span(), gpu_comms_);
     else
       ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span());
     ref_pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *ref_net_, layout_.stage, layout_.stages);
@@ -344,7 +356,7 @@ StepStats Trainer::accumulate(int phase) {
   StepStats st;
   // The sums over the stage's replicas start during the last micro-batch's backward pass.
   std::optional<GradientReducer> reducer;
-  if (dp > 1) reducer.emplace(dp_comm_, config_, grads_.named(config_), bucket_floats_);
+  if (dp > 1 && !net_->sums_gradients()) reducer.emplace(dp_comm_, config_, grads_.named(config_), bucket_floats_);
   GradientReducer* const overlap = reducer && overlap_allreduce_ ? &*reducer : nullptr;
   auto upload = [&](const std::vector<std::int32_t>& ids, const std::vector<std::int32_t>& targets) {
     auto hi = Kokkos::create_mirror_view(ids_);
@@ -447,7 +459,7 @@ StepStats Trainer::accumulate(int phase) {
     Region region("allreduce");
     reducer->finish();
   }
-  if (sum_embedding_ && (layout_.first() || layout_.last())) {
+  if (sum_embedding_ && (layout_.first() || layout_.last()) && !net_->sums_gradients()) {
     // The tied embedding's two copies: the gradient of the embedding (first stage) plus that of the head
     // (last stage), on both, so both copies take the same update.
     Region region("allreduce");

@@ -150,6 +150,7 @@ class Jetmoe(CMakePackage, CudaPackage):
     depends_on("hdf5@1.10:1 ~mpi", when="+hdf5~mpi")
     depends_on("nccl", when="+nccl")
     conflicts("+nccl", when="~cuda", msg="NCCL is for GPU collectives: build jetmoe with +cuda")
+    conflicts("+nccl", when="~mpi", msg="NCCL communicators are bootstrapped over MPI: build jetmoe with +mpi")
 
     # ---- model I/O and math --------------------------------------------------------------------
     depends_on("sentencepiece")
