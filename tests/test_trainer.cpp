@@ -1,5 +1,6 @@
 // The training loop end to end on a micro model and a corpus prepared in the test: exact restart from
-// a checkpoint, a stop signal, non-finite losses, and restarts from checkpoints that do not fit.
+// a checkpoint, a stop signal, non-finite losses, restarts from checkpoints that do not fit, and the
+// final Hugging Face export of pipeline runs.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -7,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -14,8 +17,10 @@
 #include "core/deck.hpp"
 #include "data/prepare.hpp"
 #include "io/checkpoint.hpp"
+#include "io/safetensors.hpp"
 #include "io/tokenizer.hpp"
 #include "model/config.hpp"
+#include "model/hf_checkpoint.hpp"
 #include "model/weights.hpp"
 #include "parallel/comm.hpp"
 #include "support.hpp"
@@ -221,8 +226,8 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
         require_same_trajectory(tmp / ("single-" + tag + "/metrics.jsonl"), tmp / (run + "/metrics.jsonl"));
         CHECK(metric_values(tmp / (run + "/metrics.jsonl"), "tokens") ==
               metric_values(tmp / ("single-" + tag + "/metrics.jsonl"), "tokens"));
-        // The final export holds the whole model, gathered from the stages.
-        CHECK(fs::exists(tmp / (run + "/final/model.safetensors")));
+        // The final export: one file, or one shard per stage written where the stage is.
+        CHECK(fs::exists(tmp / (run + (pp == 1 ? "/final/model.safetensors" : "/final/model.safetensors.index.json"))));
       }
       world.barrier();
       if (dp > 1) {
@@ -290,6 +295,138 @@ TEST_CASE("parallel/communication = nccl is a deck error with fp32 or without NC
       [&] { train(tmp, "bf16", {"train/precision=bf16", "parallel/communication=nccl"}); }, ErrorKind::Deck);
   CHECK(message.find("<parallel>/communication") != std::string::npos);
   CHECK(message.find(no_nccl) != std::string::npos);
+}
+
+namespace {
+// Every file of a directory: name -> bytes.
+std::map<std::string, std::string> files_in(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& entry : fs::directory_iterator(dir))
+    out[entry.path().filename().string()] = read_bytes(entry.path());
+  return out;
+}
+
+// Two Hugging Face exports load (the project's loader) to bit-identical tensors, with the same config.json.
+void require_same_export(const std::string& a, const std::string& b) {
+  REQUIRE(read_bytes(a + "/config.json") == read_bytes(b + "/config.json"));
+  const ModelConfig config = load_hf_config(a);
+  const ModelWeights wa = load_hf_weights(a, config), wb = load_hf_weights(b, config);
+  const auto x = wa.named(config), y = wb.named(config);
+  REQUIRE(x.size() == y.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    INFO(x[i].name);
+    const auto hx = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x[i].flat);
+    const auto hy = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y[i].flat);
+    REQUIRE(hx.size() == hy.size());
+    REQUIRE(std::memcmp(hx.data(), hy.data(), hx.size() * sizeof(float)) == 0);
+  }
+}
+
+// Two pipeline stages where the ranks divide into them (each stage writes its shard), else one.
+std::vector<std::string> export_layout(const Comm& world) {
+  const int stages = world.size() % 2 == 0 ? 2 : 1;
+  return {"parallel/pipeline_stages=" + std::to_string(stages),
+          "parallel/data_parallel=" + std::to_string(world.size() / stages)};
+}
+}  // namespace
+
+TEST_CASE("the final export of a pipeline run is one shard per stage and loads as the one-rank export does",
+          "[mpi][train]") {
+  const Comm world = Comm::world();
+  TempDir tmp;
+  prepare_corpus(tmp);
+  const bool sharded = world.size() % 2 == 0;
+  for (const bool tied : {true, false}) {
+    std::vector<std::string> o = {"train/sample_tokens=0",
+                                  std::string("model/tie_word_embeddings=") + (tied ? "true" : "false")};
+    const std::string run = tied ? "tied" : "untied";
+    INFO(run << " head on " << world.size() << " ranks");
+    Deck one = micro_deck(tmp, run + "-one", o);
+    for (const std::string& l : export_layout(world)) o.push_back(l);
+    Deck deck = micro_deck(tmp, run, o);
+    REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
+    if (world.is_root()) {
+      // The same model exported by one rank: its last checkpoint restarted with nothing left to train.
+      const std::string last_checkpoint = tmp / (run + "/checkpoints/step-000000006.h5");
+      REQUIRE(run_training(one, Comm::self(), last_checkpoint) == TrainOutcome::Finished);
+      const std::string final_dir = tmp / (run + "/final"), single = tmp / (run + "-one/final/model.safetensors");
+      CHECK(!fs::exists(final_dir + ".tmp"));
+      std::vector<std::string> names;
+      for (const auto& [name, bytes] : files_in(final_dir)) names.push_back(name);
+      if (!sharded) {
+        CHECK(names == std::vector<std::string>{"config.json", "model.safetensors"});
+      } else {
+        const std::string first = "model-00001-of-00002.safetensors", last = "model-00002-of-00002.safetensors";
+        CHECK(names == std::vector<std::string>{"config.json", first, last, "model.safetensors.index.json"});
+        // The last stage's copy of the tied embedding is not written a second time; an untied head is.
+        const auto shard2 = io::SafetensorsFile::open(final_dir + "/" + last);
+        CHECK(shard2.find("model.embed_tokens.weight") == nullptr);
+        CHECK((shard2.find("lm_head.weight") != nullptr) == !tied);
+        const auto index = nlohmann::json::parse(read_bytes(final_dir + "/model.safetensors.index.json"));
+        CHECK(index["weight_map"]["model.embed_tokens.weight"] == first);
+        CHECK(index["weight_map"]["model.norm.weight"] == last);
+        const auto whole = io::SafetensorsFile::open(single);
+        std::uint64_t bytes = 0, elements = 0;
+        for (const io::TensorInfo& t : whole.tensors()) bytes += t.nbytes(), elements += std::uint64_t(t.numel());
+        CHECK(index["weight_map"].size() == whole.tensors().size());
+        CHECK(index["metadata"]["total_size"] == bytes);
+        CHECK(index["metadata"]["total_parameters"] == elements);
+      }
+      require_same_export(tmp / (run + "-one/final"), final_dir);
+    }
+    world.barrier();
+  }
+}
+
+TEST_CASE("a shard that cannot be written fails the export on every rank and leaves the earlier one", "[mpi][train]") {
+  const Comm world = Comm::world();
+  TempDir tmp;
+  prepare_corpus(tmp);
+  std::vector<std::string> o = {"train/sample_tokens=0"};
+  for (const std::string& l : export_layout(world)) o.push_back(l);
+  Deck deck = micro_deck(tmp, "run", o);
+  REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
+  std::string run_dir = tmp / "run";  // rank 0's: the run's files are there
+  world.broadcast(run_dir);
+  const std::string final_dir = run_dir + "/final", checkpoint = run_dir + "/checkpoints/step-000000006.h5";
+  // Exporting again (a restart with nothing left to train) with a directory where the last shard
+  // goes: with two stages its writer is the first rank of the last stage, not rank 0.
+  const std::string last = world.size() % 2 == 0 ? "model-00002-of-00002.safetensors" : "model.safetensors";
+  std::map<std::string, std::string> before;
+  if (world.is_root()) {
+    before = files_in(final_dir);
+    fs::create_directories(final_dir + ".tmp/" + last);
+  }
+  world.barrier();
+  Deck again = micro_deck(tmp, "run", o);
+  const std::string message =
+      jetmoe::testing::error_of([&] { run_training(again, world, checkpoint); }, ErrorKind::Input);
+  CHECK_THAT(message, Catch::Matchers::Contains(final_dir + ".tmp/" + last) &&
+                          Catch::Matchers::Contains("Is a directory"));
+  if (world.is_root()) {
+    CHECK(files_in(final_dir) == before);
+    CHECK(!fs::exists(final_dir + ".tmp"));
+    const ModelConfig config = load_hf_config(final_dir);
+    CHECK_NOTHROW(load_hf_weights(final_dir, config));
+    // As a job killed in the middle of replacing the export leaves it: the earlier export moved
+    // aside, the staging directory holding something (here not even a shard).
+    std::ofstream(final_dir + "/tokenizer.model") << "not the export's";
+    fs::rename(final_dir, final_dir + ".old");
+    fs::create_directories(final_dir + ".tmp/leftover");
+  }
+  world.barrier();
+  // The next export replaces the earlier one and keeps what else was put next to it.
+  Deck retry = micro_deck(tmp, "run", o);
+  REQUIRE(run_training(retry, world, checkpoint) == TrainOutcome::Finished);
+  if (world.is_root()) {
+    auto after = files_in(final_dir);
+    CHECK(after["tokenizer.model"] == "not the export's");
+    after.erase("tokenizer.model");
+    CHECK(after == before);
+    CHECK(!fs::exists(final_dir + ".tmp"));
+    CHECK(!fs::exists(final_dir + ".old"));
+  }
+  world.barrier();
 }
 
 TEST_CASE("train/precision = bf16 trains on a GPU or is a deck error naming why not", "[unit][train]") {

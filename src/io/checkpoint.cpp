@@ -19,6 +19,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
+#include "io/collective.hpp"
 #include "jetmoe/build_config.hpp"
 #include "parallel/comm.hpp"
 
@@ -558,28 +559,6 @@ void write_checkpoint(const std::string& path, const CheckpointMeta& meta, const
 #if JETMOE_HAVE_MPI && defined(H5_HAVE_PARALLEL)
 
 namespace {
-
-// Every rank of a collective write calls this at the same point: when any rank has an error, every
-// rank throws the lowest failing rank's message as a CollectiveError (reported once by the app).
-void agree(const Comm& comm, const std::string& my_error) {
-  const int reporter = comm.min(my_error.empty() ? comm.size() : comm.rank());
-  if (reporter == comm.size()) return;
-  std::string message = my_error;
-  comm.broadcast(message, reporter);
-  throw CollectiveError(ErrorKind::Input, message);
-}
-
-template <typename F>
-std::string attempt(F&& f) {
-  try {
-    f();
-    return {};
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("unexpected failure: ") + e.what();
-  }
-}
 
 // Rank 0's metadata on every rank: the attributes and /meta of a parallel file must be written with
 // the same values by every rank.

@@ -713,11 +713,9 @@ std::vector<std::string> write_sharded_safetensors(const std::string& directory,
   // huggingface_hub split_state_dict_into_shards, step for step.
   std::vector<std::vector<const TensorToWrite*>> shards;
   std::vector<const TensorToWrite*> current;
-  std::uint64_t current_size = 0, total_size = 0, total_parameters = 0;
+  std::uint64_t current_size = 0;
   for (const TensorToWrite& t : tensors) {
     const std::uint64_t size = write_nbytes(t);
-    total_size += size;
-    total_parameters += static_cast<std::uint64_t>(*checked_numel(t.shape));
     if (size > max_shard_bytes) {
       shards.push_back({&t});
       continue;
@@ -733,47 +731,55 @@ std::vector<std::string> write_sharded_safetensors(const std::string& directory,
   if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
 
   std::vector<std::string> names;
-  if (shards.size() == 1) {
-    names.push_back(kSingleName);
-  } else {
-    for (std::size_t i = 0; i < shards.size(); ++i) {
-      char name[64];
-      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-      names.push_back(name);
-    }
-  }
+  for (std::size_t i = 0; i < shards.size(); ++i) names.push_back(safetensors_shard_name(i, shards.size()));
 
   std::error_code ec;
   fs::create_directories(directory, ec);
   if (ec) input_error(directory, "cannot create the checkpoint directory: " + ec.message());
-  nlohmann::json weight_map = nlohmann::json::object();
+  SafetensorsIndex index;
   for (std::size_t i = 0; i < shards.size(); ++i) {
     std::vector<TensorToWrite> shard;
     for (const TensorToWrite* t : shards[i]) {
       shard.push_back(*t);
-      weight_map[t->name] = names[i];
+      index.weight_map[t->name] = names[i];
+      index.total_size += write_nbytes(*t);
+      index.total_parameters += static_cast<std::uint64_t>(*checked_numel(t->shape));
     }
     write_safetensors((fs::path(directory) / names[i]).string(), shard, metadata);
   }
-  if (shards.size() > 1) {
-    // transformers: json.dumps(index, indent=2, sort_keys=True) + "\n" (ASCII-escaped, like Python).
-    const nlohmann::json index = {{"metadata", {{"total_parameters", total_parameters}, {"total_size", total_size}}},
-                                  {"weight_map", weight_map}};
-    const std::string text = index.dump(2, ' ', true) + "\n";
-    write_atomically((fs::path(directory) / kIndexName).string(),
-                     {{reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}});
-    names.push_back(kIndexName);
-  }
+  if (shards.size() > 1) names.push_back(write_safetensors_index(directory, index));
 
   // Remove what an earlier save of another layout left (a loader would otherwise find it first).
-  static const std::regex shard_pattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
   const std::set<std::string> written(names.begin(), names.end());
   for (const auto& entry : fs::directory_iterator(directory, ec)) {
     const std::string name = entry.path().filename().string();
-    const bool ours = name == kSingleName || name == kIndexName || std::regex_match(name, shard_pattern);
-    if (ours && entry.is_regular_file() && !written.count(name)) fs::remove(entry.path(), ec);
+    if (is_safetensors_weight_file(name) && entry.is_regular_file() && !written.count(name))
+      fs::remove(entry.path(), ec);
   }
   return names;
+}
+
+std::string safetensors_shard_name(std::size_t i, std::size_t n) {
+  if (n == 1) return kSingleName;
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+  return name;
+}
+
+bool is_safetensors_weight_file(const std::string& name) {
+  static const std::regex shard_pattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
+  return name == kSingleName || name == kIndexName || std::regex_match(name, shard_pattern);
+}
+
+std::string write_safetensors_index(const std::string& directory, const SafetensorsIndex& index) {
+  // transformers: json.dumps(index, indent=2, sort_keys=True) + "\n" (ASCII-escaped, like Python).
+  const nlohmann::json j = {
+      {"metadata", {{"total_parameters", index.total_parameters}, {"total_size", index.total_size}}},
+      {"weight_map", index.weight_map}};
+  const std::string text = j.dump(2, ' ', true) + "\n";
+  write_atomically((fs::path(directory) / kIndexName).string(),
+                   {{reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}});
+  return kIndexName;
 }
 
 }  // namespace jetmoe::io

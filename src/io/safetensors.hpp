@@ -167,4 +167,22 @@ std::vector<std::string> write_sharded_safetensors(
     const std::string& directory, const std::vector<TensorToWrite>& tensors, std::uint64_t max_shard_bytes,
     const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
+// The pieces of write_sharded_safetensors, for a checkpoint whose shards are written elsewhere (by
+// several ranks: see save_hf_checkpoint).
+//
+// The name of shard i (from 0) of n: model.safetensors when n = 1, else model-00001-of-0000N.safetensors.
+std::string safetensors_shard_name(std::size_t i, std::size_t n);
+// Whether a file name is one of a checkpoint directory's weight files: model.safetensors, its index,
+// or a shard named as above.
+bool is_safetensors_weight_file(const std::string& name);
+
+// What model.safetensors.index.json lists.
+struct SafetensorsIndex {
+  std::map<std::string, std::string> weight_map;  // tensor name -> shard file name
+  std::uint64_t total_size = 0;                   // bytes of tensor data, all shards
+  std::uint64_t total_parameters = 0;             // elements, all shards
+};
+// Writes `directory`/model.safetensors.index.json atomically, as transformers does; returns its file name.
+std::string write_safetensors_index(const std::string& directory, const SafetensorsIndex& index);
+
 }  // namespace jetmoe::io

@@ -8,9 +8,12 @@
 
 #include "core/bf16.hpp"
 #include "core/error.hpp"
+#include "core/log.hpp"
 #include "core/profiling.hpp"
 #include "io/atomic_file.hpp"
+#include "io/collective.hpp"
 #include "io/safetensors.hpp"
+#include "parallel/comm.hpp"
 
 namespace jetmoe {
 
@@ -91,41 +94,188 @@ std::string hf_config_json(const ModelConfig& c, const std::string& torch_dtype)
   return j.dump(2) + "\n";
 }
 
+namespace {
+
+// A dtype of save_hf_checkpoint: how the tensors are stored, and config.json's torch_dtype.
+struct ExportDType {
+  io::DType stored;
+  const char* torch_dtype;
+};
+ExportDType export_dtype(const std::string& dtype) {
+  if (dtype == "fp32") return {io::DType::F32, "float32"};
+  if (dtype == "bf16") return {io::DType::BF16, "bfloat16"};
+  if (dtype == "fp16") return {io::DType::F16, "float16"};
+  fail(ErrorKind::Internal, "save_hf_checkpoint: unknown dtype '" + dtype + "'");
+}
+
+// Host copies of parameters in the stored dtype, alive as long as the object: what a writer reads.
+struct HostTensors {
+  std::vector<std::vector<float>> f32;
+  std::vector<std::vector<std::uint16_t>> half;
+  std::vector<io::TensorToWrite> tensors;
+
+  HostTensors(const std::vector<NamedTensor>& named, io::DType stored) : f32(named.size()), half(named.size()) {
+    for (std::size_t i = 0; i < named.size(); ++i) {
+      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+      io::TensorToWrite t{named[i].name, stored, named[i].shape, nullptr};
+      if (stored == io::DType::F32) {
+        f32[i].assign(host.data(), host.data() + host.size());
+        t.data = f32[i].data();
+      } else {
+        half[i].resize(host.size());
+        for (std::size_t j = 0; j < host.size(); ++j)
+          half[i][j] = stored == io::DType::BF16 ? bf16::from_float(host(j)).bits : fp16::from_float(host(j)).bits;
+        t.data = half[i].data();
+      }
+      tensors.push_back(t);
+    }
+  }
+};
+
+void rename_or_fail(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  if (ec) fail(ErrorKind::Input, to.string() + ": cannot rename " + from.string() + " to it: " + ec.message());
+}
+
+// `staging` (complete) becomes `dir`. An earlier `dir` goes aside as `previous` (where a killed
+// export may have left it already), and what it held besides its weights and config.json moves over.
+void replace_directory(const fs::path& dir, const fs::path& staging, const fs::path& previous) {
+  std::error_code ec;
+  const bool earlier = fs::exists(dir);
+  if (earlier) {
+    fs::remove_all(previous, ec);
+    if (ec) fail(ErrorKind::Input, previous.string() + ": cannot remove what an earlier export left: " + ec.message());
+    rename_or_fail(dir, previous);
+  }
+  try {
+    rename_or_fail(staging, dir);
+  } catch (const Error&) {
+    if (earlier) fs::rename(previous, dir, ec);
+    throw;
+  }
+  if (!fs::exists(previous)) return;
+  std::vector<fs::path> kept;
+  for (const auto& entry : fs::directory_iterator(previous, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name != "config.json" && !io::is_safetensors_weight_file(name)) kept.push_back(entry.path());
+  }
+  for (const fs::path& path : kept)
+    if (!ec) fs::rename(path, dir / path.filename(), ec);
+  if (ec) {
+    log::warn("%s: cannot move the files that are not the model from the earlier export (%s); they stay in %s",
+              dir.c_str(), ec.message().c_str(), previous.c_str());
+    return;
+  }
+  fs::remove_all(previous, ec);
+}
+
+}  // namespace
+
 void save_hf_checkpoint(const std::string& directory, const ModelConfig& c, const ModelWeights& weights,
                         const std::string& dtype) {
   Region region("save_hf_checkpoint");
-  io::DType out_type = io::DType::F32;
-  std::string torch_dtype = "float32";
-  if (dtype == "bf16") out_type = io::DType::BF16, torch_dtype = "bfloat16";
-  else if (dtype == "fp16") out_type = io::DType::F16, torch_dtype = "float16";
-  else if (dtype != "fp32") fail(ErrorKind::Internal, "save_hf_checkpoint: unknown dtype '" + dtype + "'");
-
+  const ExportDType type = export_dtype(dtype);
   std::error_code ec;
   fs::create_directories(directory, ec);
   if (ec) fail(ErrorKind::Input, directory + ": cannot create the output directory: " + ec.message());
+  const HostTensors host(weights.named(c), type.stored);
+  io::write_safetensors((fs::path(directory) / "model.safetensors").string(), host.tensors, {{"format", "pt"}});
+  io::write_text_atomically((fs::path(directory) / "config.json").string(), hf_config_json(c, type.torch_dtype));
+}
 
-  // Converted host copies stay alive until the file is written.
-  const std::vector<NamedTensor> named = weights.named(c);
-  std::vector<std::vector<float>> f32(named.size());
-  std::vector<std::vector<std::uint16_t>> half(named.size());
-  std::vector<io::TensorToWrite> tensors;
-  for (std::size_t i = 0; i < named.size(); ++i) {
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-    io::TensorToWrite t{named[i].name, out_type, named[i].shape, nullptr};
-    if (out_type == io::DType::F32) {
-      f32[i].assign(host.data(), host.data() + host.size());
-      t.data = f32[i].data();
-    } else {
-      half[i].resize(host.size());
-      for (std::size_t j = 0; j < host.size(); ++j)
-        half[i][j] = out_type == io::DType::BF16 ? bf16::from_float(host(j)).bits : fp16::from_float(host(j)).bits;
-      t.data = half[i].data();
+// All or nothing, on a file system the ranks share (Lustre, GPFS, NFS). Each file is written
+// atomically (a temporary file renamed over it), but an earlier export in the same directory cannot
+// be overwritten file by file: with the same number of shards, one rank replacing its shard while
+// another's write fails leaves the earlier index pointing at parts of two models, which loads without
+// a word; writing the index last protects only a change of layout. So every file goes to
+// DIRECTORY.tmp and, once every rank has written its shard, rank 0 adds the index and config.json and
+// renames DIRECTORY.tmp to DIRECTORY, the earlier export moved aside to DIRECTORY.old first and
+// removed after. A rename within one directory is one atomic metadata operation on these file
+// systems (unlike a copy, or a directory's worth of renames by several ranks): a reader finds the
+// earlier export, for an instant none, or the new one, never a mix. A failure before the rename
+// leaves DIRECTORY as it was and DIRECTORY.tmp removed. A job killed between the two renames leaves
+// both exports complete, as DIRECTORY.old and DIRECTORY.tmp; the next export takes the first as the
+// earlier one and overwrites or removes whatever the second holds.
+void save_hf_checkpoint(const Comm& comm, const std::string& directory, const ModelConfig& config,
+                        const ModelWeights& weights, int shard, int shards,
+                        const std::function<int(const std::string& tensor)>& shard_of, const std::string& dtype) {
+  Region region("save_hf_checkpoint");
+  const ExportDType type = export_dtype(dtype);
+  std::string rank0_directory = directory;
+  comm.broadcast(rank0_directory, 0);
+  fs::path dir = fs::path(rank0_directory).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();  // "runs/x/final/"
+  const fs::path staging = dir.string() + ".tmp", previous = dir.string() + ".old";
+  const auto shard_name = [shards](int s) { return io::safetensors_shard_name(std::size_t(s), std::size_t(shards)); };
+  try {
+    agree(comm, !comm.is_root() ? "" : attempt([&] {
+      if (fs::exists(dir) && !fs::is_directory(dir))
+        fail(ErrorKind::Input, dir.string() + ": cannot export the model there: it is a file, not a directory");
+      std::error_code ec;
+      fs::create_directories(staging, ec);
+      if (ec || !fs::is_directory(staging))
+        fail(ErrorKind::Input, staging.string() + ": cannot create the directory the export is written to: " +
+                                   (ec ? ec.message() : "a file of that name exists"));
+    }));
+
+    // writers, tensors, bytes, elements: summed over the ranks (exact in doubles below 2^53).
+    double totals[4] = {0, 0, 0, 0};
+    std::string error;
+    if (shard >= 0) {
+      error = attempt([&] {
+        if (!fs::is_directory(staging))
+          fail(ErrorKind::Input, staging.string() + ": rank " + std::to_string(comm.rank()) +
+                                     " does not see the directory rank 0 created; every pipeline stage writes its "
+                                     "shard there, so the output directory must be on a file system all ranks share");
+        std::vector<NamedTensor> mine;
+        for (NamedTensor& t : weights.named(config))
+          if (shard_of(t.name) == shard) mine.push_back(std::move(t));
+        const HostTensors host(mine, type.stored);
+        io::write_safetensors((staging / shard_name(shard)).string(), host.tensors, {{"format", "pt"}});
+        totals[0] = 1;
+        totals[1] = double(mine.size());
+        for (const NamedTensor& t : mine) {
+          totals[2] += double(t.flat.size() * io::dtype_size(type.stored));
+          totals[3] += double(t.flat.size());
+        }
+      });
+      if (!error.empty())
+        error += " (shard " + std::to_string(shard + 1) + " of " + std::to_string(shards) +
+                 " of the Hugging Face export, written by rank " + std::to_string(comm.rank()) + ")";
     }
-    tensors.push_back(t);
-  }
-  io::write_safetensors((fs::path(directory) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+    agree(comm, error);
+    comm.sum_in_place(totals, 4);
+    const std::vector<NamedTensor> all = weights.named_all(config);
+    JETMOE_ASSERT(totals[0] == double(shards) && totals[1] == double(all.size()),
+                  "save_hf_checkpoint: " + std::to_string(std::int64_t(totals[0])) + " writers wrote " +
+                      std::to_string(std::int64_t(totals[1])) + " tensors, expected " + std::to_string(shards) +
+                      " writers and " + std::to_string(all.size()) + " tensors");
 
-  io::write_text_atomically((fs::path(directory) / "config.json").string(), hf_config_json(c, torch_dtype));
+    agree(comm, !comm.is_root() ? "" : attempt([&] {
+      std::set<std::string> written;
+      for (int s = 0; s < shards; ++s) written.insert(shard_name(s));
+      if (shards > 1) {
+        io::SafetensorsIndex index;
+        for (const NamedTensor& t : all) index.weight_map[t.name] = shard_name(shard_of(t.name));
+        index.total_size = std::uint64_t(totals[2]);
+        index.total_parameters = std::uint64_t(totals[3]);
+        written.insert(io::write_safetensors_index(staging.string(), index));
+      }
+      io::write_text_atomically((staging / "config.json").string(), hf_config_json(config, type.torch_dtype));
+      written.insert("config.json");
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(staging))
+        if (!written.count(entry.path().filename().string())) fs::remove_all(entry.path(), ec);
+      replace_directory(dir, staging, previous);
+    }));
+  } catch (...) {
+    if (comm.is_root()) {
+      std::error_code ignored;
+      fs::remove_all(staging, ignored);
+    }
+    throw;
+  }
 }
 
 }  // namespace jetmoe

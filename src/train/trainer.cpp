@@ -135,13 +135,14 @@ class Trainer {
 
  private:
   void restore(const std::string& path);
-  // `whole_params`: the parameters already gathered by gather_whole (rank 0), to save gathering twice
-  // (used only when rank 0 writes alone, i.e. without parallel HDF5).
+  // `whole_params`: the parameters already gathered by gather_whole (rank 0) for something else, to
+  // save gathering twice when rank 0 writes alone (serial HDF5: only then does the checkpoint gather).
   std::string save_checkpoint(const ModelWeights* whole_params = nullptr);
   StepStats accumulate(int phase);
   double validation_loss();
   void log_progress(const StepStats& st, double lr, double grad_norm, double window_s, std::int64_t window_steps);
   void append_metrics(const std::string& line);
+  // The last checkpoint, the Hugging Face export (each stage writes its shard) and the sample.
   void finish();
   // The whole model on rank 0 from the stages of replica 0 (tensor by tensor); every rank calls it.
   // Without pipeline stages every rank holds the whole model already and gets `part` back.
@@ -903,21 +904,30 @@ double Trainer::grad_norm() {
 }
 
 void Trainer::finish() {
-  const ModelWeights params = gather_whole(params_);  // for the checkpoint, the export and the sample
-  const std::string path = save_checkpoint(&params);
-  if (!comm_.is_root()) return;  // the replicas are identical: rank 0 exports and samples
-  const std::string final_dir = (fs::path(output_dir_) / "final").string();
-  save_hf_checkpoint(final_dir, config_, params, "fp32");
-  log::info("final model: %s (Hugging Face format; checkpoint %s)", final_dir.c_str(), path.c_str());
   const std::int64_t sample_tokens = deck_.get_int("train", "sample_tokens");
-  if (sample_tokens == 0) return;
-  if (!tokenizer_) {
-    log::info("no tokenizer (<tokenizer>/model): no sample generation");
-    return;
+  const bool sample = sample_tokens > 0 && tokenizer_;
+  // The whole model on one rank only for the sample (every rank holds the same deck and tokenizer, so
+  // all call the gather or none). The checkpoint gathers by itself where rank 0 writes it alone.
+  ModelWeights whole;
+  if (sample) {
+    if (layout_.stages > 1)
+      log::info("gathering the whole model on rank 0 for the sample (train/sample_tokens = %lld)",
+                (long long)sample_tokens);
+    whole = gather_whole(params_);
   }
+  const std::string path = save_checkpoint(sample ? &whole : nullptr);
+  // Replica 0 of each stage writes the stage's shard (the tied head's copy of the embedding stays out:
+  // owner_stage puts it on the first stage); one stage: rank 0 writes model.safetensors.
+  const std::string final_dir = (fs::path(output_dir_) / "final").string();
+  save_hf_checkpoint(comm_, final_dir, config_, params_, layout_.replica == 0 ? layout_.stage : -1, layout_.stages,
+                     [&](const std::string& name) { return layout_.owner_stage(config_, name); }, "fp32");
+  log::info("final model: %s (Hugging Face format%s; checkpoint %s)", final_dir.c_str(),
+            layout_.stages > 1 ? ", one shard per pipeline stage" : "", path.c_str());
+  if (sample_tokens > 0 && !tokenizer_) log::info("no tokenizer (<tokenizer>/model): no sample generation");
+  if (!sample || !comm_.is_root()) return;
   Region region("sample");
   const std::string prompt = deck_.get_string("train", "sample_prompt");
-  Model model(config_, params);
+  Model model(config_, whole);
   GenerationParams gp;
   gp.max_new_tokens = sample_tokens;
   gp.eos_id = tokenizer_->eos_id();
