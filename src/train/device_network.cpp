@@ -106,6 +106,19 @@ struct DeviceBuffer {
 
 std::uint16_t to_bf16_bits(float f) { return bf16::from_float(f).bits; }
 
+// Where the trainer's fp32 masters and gradients live. On a Kokkos::Cuda build (Kokkos' memory space
+// is GPU memory) the kernels read the masters and the gradients are added in place, on the GPU; on a
+// host-memory Kokkos build (Serial, OpenMP) they travel through host copies.
+constexpr bool kKokkosOnGpu = !Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+
+// g += src over g's extent, in Kokkos' execution space (src: memory that space reads).
+void add_into(const Vec<float>& g, const float* src) {
+  const Kokkos::View<const float*, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> from(
+      src, g.extent(0));
+  Kokkos::parallel_for("device_network_add_gradient", Range(0, std::int64_t(g.extent(0))),
+                       KOKKOS_LAMBDA(std::int64_t i) { g(i) += from(i); });
+}
+
 // Every copy goes through the network's (non-blocking) stream, so it is ordered with the kernels: a
 // plain cudaMemcpy runs on the legacy stream, which a non-blocking stream does not wait for, and returns
 // from a pageable upload before the data has landed.
@@ -178,6 +191,7 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   }
 
   void begin_pass(const ModelWeights& w) override {
+    Kokkos::fence();  // the optimizer's last update of the masters is done (Kokkos' stream is not ours)
     const std::vector<NamedTensor> named = w.named(c_);
     if (tensors_.empty()) allocate_tensors(named);
     JETMOE_ASSERT(named.size() == tensors_.size(), "DeviceNetwork: the stage's tensors changed");
@@ -185,12 +199,16 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
       Tensor& t = tensors_[i];
       JETMOE_ASSERT(named[i].name == t.name && std::int64_t(named[i].flat.extent(0)) == t.numel,
                     "DeviceNetwork: tensor " + t.name + " changed");
-      // fp32 master -> device staging -> bf16 (round to nearest even on the device).
-      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-      check(cudaMemcpyAsync(staging_.p, host.data(), std::size_t(t.numel) * sizeof(float), cudaMemcpyHostToDevice,
-                            stream_),
-            "uploading the weights");
-      check(jk_f32_to_bf16(staging_.as<float>(), t.bf16.as<std::uint16_t>(), t.numel, stream_), "jk_f32_to_bf16");
+      // fp32 master (-> device staging) -> bf16 (round to nearest even on the device).
+      const float* master = named[i].flat.data();
+      if (!kKokkosOnGpu) {
+        auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+        check(cudaMemcpyAsync(staging_.p, host.data(), std::size_t(t.numel) * sizeof(float), cudaMemcpyHostToDevice,
+                              stream_),
+              "uploading the weights");
+        master = staging_.as<float>();
+      }
+      check(jk_f32_to_bf16(master, t.bf16.as<std::uint16_t>(), t.numel, stream_), "jk_f32_to_bf16");
       check(cudaStreamSynchronize(stream_), "uploading the weights");
     }
   }
@@ -312,15 +330,21 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
       check(cudaStreamSynchronize(stream_), "summing the gradients (NCCL)");
     }
 #endif
+    check(cudaStreamSynchronize(stream_), "the gradients");
     std::vector<float> buf;
     for (std::size_t i = 0; i < named.size(); ++i) {
       const Tensor& t = tensors_[i];
+      if (kKokkosOnGpu) {
+        add_into(named[i].flat, t.grad);
+        continue;
+      }
       buf.resize(std::size_t(t.numel));
       download(buf.data(), t.grad, buf.size() * sizeof(float), stream_, "reading gradients");
       auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
       for (std::size_t j = 0; j < buf.size(); ++j) h(j) += buf[j];
       Kokkos::deep_copy(named[i].flat, h);
     }
+    Kokkos::fence();
     pending_ = false;
     if (backward_progress) backward_progress(-1);
   }

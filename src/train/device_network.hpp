@@ -8,7 +8,9 @@
 // training step or an evaluation) they are rounded to bf16 on the device (round to nearest even); the
 // forward and backward run in bf16 with fp32 accumulation and HF's bf16 roundings (kernels/notes/
 // model.md); weight gradients accumulate in fp32 on the device over the step's micro-batches and are
-// added to the trainer's fp32 gradients after the last one; AdamW updates the fp32 masters. Stage
+// added to the trainer's fp32 gradients after the last one; AdamW updates the fp32 masters (on a
+// Kokkos::Cuda build the masters and gradients are Kokkos GPU memory, read and updated in place; on a
+// host-memory Kokkos build they are uploaded and downloaded once per step). Stage
 // boundaries travel as fp32 arrays holding bf16 values (exact both ways).
 //
 // Per-token loss weights (DPO) are computed on the host from the row losses of the forward pass and
