@@ -53,6 +53,7 @@ struct Config {
   std::uint64_t seed = 1;
   std::size_t max_bytes = 128u << 20;
   std::uint64_t max_threads = 4u << 20;
+  std::size_t device_memory = 0;  // the emulated GPU's memory: cudaMalloc fails beyond it (0: no limit)
   int sms = 4;
 };
 inline Config& cfg() {
@@ -64,6 +65,7 @@ inline Config& cfg() {
     if (const char* b = std::getenv("EMU_MAX_BYTES")) k.max_bytes = std::strtoull(b, nullptr, 0);
     if (const char* t = std::getenv("EMU_MAX_THREADS")) k.max_threads = std::strtoull(t, nullptr, 0);
     if (const char* m = std::getenv("EMU_SMS")) k.sms = std::atoi(m);
+    if (const char* d = std::getenv("EMU_DEVICE_MEMORY")) k.device_memory = std::strtoull(d, nullptr, 0);
     return k;
   }();
   return c;

@@ -8,10 +8,16 @@
 
 namespace emu {
 inline cudaError_t sync_status() { return rt().sticky; }
+// Bytes live in cudaMalloc allocations (each block records its size in the 256 bytes before it).
 inline std::size_t& live_bytes() {
   static std::size_t n = 0;
   return n;
 }
+inline std::size_t& peak_bytes() {  // the most live_bytes since the last reset (jk_emu_device_bytes_peak)
+  static std::size_t n = 0;
+  return n;
+}
+constexpr std::size_t kHeader = 256;
 }  // namespace emu
 
 cudaError_t cudaMalloc(void** p, size_t n) {
@@ -21,13 +27,31 @@ cudaError_t cudaMalloc(void** p, size_t n) {
     std::snprintf(w, sizeof w, "cudaMalloc of %zu bytes over EMU_MAX_BYTES", n);
     throw emu::Skip{w};
   }
-  *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  // A full GPU: the allocation that would take the live total over EMU_DEVICE_MEMORY fails.
+  if (emu::cfg().device_memory != 0 && emu::live_bytes() + n > emu::cfg().device_memory) {
+    *p = nullptr;
+    return cudaErrorMemoryAllocation;
+  }
+  char* block = static_cast<char*>(std::aligned_alloc(256, emu::kHeader + (n + 255) / 256 * 256 + 256));
+  if (!block) return cudaErrorMemoryAllocation;
+  std::memcpy(block, &n, sizeof n);
+  emu::live_bytes() += n;
+  emu::peak_bytes() = std::max(emu::peak_bytes(), emu::live_bytes());
+  *p = block + emu::kHeader;
+  return cudaSuccess;
 }
-cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  char* block = static_cast<char*>(p) - emu::kHeader;
+  std::size_t n = 0;
+  std::memcpy(&n, block, sizeof n);
+  emu::live_bytes() -= n;
+  std::free(block);
+  return cudaSuccess;
+}
 cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
 cudaError_t cudaHostAlloc(void** p, size_t n, unsigned int) { return cudaMalloc(p, n); }
-cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
+cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, enum cudaMemcpyKind) {
   if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
   if (n) std::memmove(d, s, n);

@@ -16,3 +16,13 @@ const bool kNoCaseLimits = [] {
   return true;
 }();
 }  // namespace
+
+// For tests of what a full GPU does to the application (tests/test_device_training.cpp): the emulated
+// GPU's memory from now on (0: no limit), as EMU_DEVICE_MEMORY sets it at start.
+extern "C" void jk_emu_set_device_memory(std::size_t bytes) { emu::cfg().device_memory = bytes; }
+// The most device memory live at once since the last reset (then starts again from what is live).
+extern "C" std::size_t jk_emu_device_bytes_peak(int reset) {
+  const std::size_t peak = emu::peak_bytes();
+  if (reset) emu::peak_bytes() = emu::live_bytes();
+  return peak;
+}

@@ -1,0 +1,61 @@
+// What a GPU too small for the run does to bf16 training: one clear error naming the buffer and what
+// to change, a failed run, nothing written. Emulated GPU only (jetmoe-device-emu-tests): the fake
+// runtime (kernels/tests/emu/runtime.cpp) is given a memory size, past which cudaMalloc fails with
+// cudaErrorMemoryAllocation as a full GPU's does.
+#include <catch2/catch.hpp>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "support.hpp"
+#include "trainer_support.hpp"
+
+extern "C" void jk_emu_set_device_memory(std::size_t bytes);
+extern "C" std::size_t jk_emu_device_bytes_peak(int reset);
+
+using namespace jetmoe;
+using jetmoe::testing::TempDir;
+namespace tt = jetmoe::testing::trainer;
+namespace fs = std::filesystem;
+
+namespace {
+struct DeviceMemoryLimit {  // the emulated GPU's size for one scope
+  explicit DeviceMemoryLimit(std::size_t bytes) { jk_emu_set_device_memory(bytes); }
+  ~DeviceMemoryLimit() { jk_emu_set_device_memory(0); }
+  DeviceMemoryLimit(const DeviceMemoryLimit&) = delete;
+  DeviceMemoryLimit& operator=(const DeviceMemoryLimit&) = delete;
+};
+}  // namespace
+
+TEST_CASE("bf16 training on a GPU too small is one clear error and writes nothing", "[unit][device][train]") {
+  TempDir tmp;
+  tt::prepare_corpus(tmp);
+  const std::vector<std::string> deck = {"train/precision=bf16", "schedule/total=1", "schedule/warmup=0", "schedule/decay=1",
+                                         "train/eval_interval=0",
+                                         "train/sample_tokens=0"};
+  // What the run needs at most: the limit one byte below it makes the last allocation fail (one of
+  // the micro-batch's buffers, after the weights), the limit of 1 KiB the first (the network's).
+  jk_emu_device_bytes_peak(1);
+  REQUIRE(tt::train(tmp, "fits", deck) == TrainOutcome::Finished);
+  const std::size_t need = jk_emu_device_bytes_peak(1);
+  REQUIRE(need > 1024);
+  for (const std::size_t limit : {need - 1, std::size_t(1024)}) {
+    INFO("emulated GPU of " << limit << " bytes; the run needs " << need);
+    const std::string run = "oom-" + std::to_string(limit);
+    std::string message;
+    {
+      const DeviceMemoryLimit gpu(limit);
+      message = jetmoe::testing::error_of([&] { tt::train(tmp, run, deck); }, ErrorKind::Input);
+    }
+    CHECK(message.find("bf16 training: out of GPU memory in ") != std::string::npos);
+    CHECK(message.find("train/micro_batch_size") != std::string::npos);
+    const fs::path checkpoints = tmp / (run + "/checkpoints");  // made at the start, left empty
+    CHECK((!fs::exists(checkpoints) || fs::is_empty(checkpoints)));
+    CHECK(!fs::exists(tmp / (run + "/final")));
+    WARN(limit << " bytes: " << message);
+  }
+  // The same process trains again once the memory is there (everything was freed).
+  REQUIRE(tt::train(tmp, "again", deck) == TrainOutcome::Finished);
+}
