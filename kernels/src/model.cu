@@ -129,10 +129,80 @@ cudaError_t prepare(const jk_model_config_t* cfg, const jk_model_batch_t* batch,
   return cudaSuccess;
 }
 
+// The decode step's scratch: the block boundaries (ping-pong), the final norm, the head's bf16 logits
+// and the blocks' shared decode scratch.
+struct DecodeScratch {
+  std::uint16_t* x[2] = {nullptr, nullptr};  // [B, D]
+  std::uint16_t* h = nullptr;                // [B, D]
+  float* rstd = nullptr;                     // [B]
+  std::int32_t* head_offsets = nullptr;      // [2] = {0, B}
+  std::uint16_t* logits = nullptr;           // [B, V]
+  void* layer = nullptr;
+  std::size_t layer_bytes = 0;
+};
+
+DecodeScratch carve_decode(Carver& cv, const jk_model_config_t& c, std::int64_t B, std::int64_t max_seq) {
+  DecodeScratch v;
+  const std::int64_t D = c.layer.hidden;
+  v.x[0] = cv.take<std::uint16_t>(B * D);
+  v.x[1] = cv.take<std::uint16_t>(B * D);
+  v.h = cv.take<std::uint16_t>(B * D);
+  v.rstd = cv.take<float>(B);
+  v.head_offsets = cv.take<std::int32_t>(2);
+  v.logits = cv.take<std::uint16_t>(B * c.vocab);
+  v.layer_bytes = c.num_layers > 0 ? jk_layer_decode_bytes(&c.layer, B, max_seq) : 0;
+  v.layer = cv.take<char>(static_cast<std::int64_t>(v.layer_bytes));
+  return v;
+}
+
+bool valid_decode_config(const jk_model_config_t* c) {
+  return valid_stage_config(c) && c->has_embedding == 1 && c->has_head == 1;
+}
+
 }  // namespace
 }  // namespace jk::detail
 
 using namespace jk::detail;
+
+size_t jk_model_decode_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t max_seq) {
+  if (!valid_decode_config(cfg) || batch < 0 || max_seq < 1) return 0;
+  if (batch > 0 && cfg->vocab > INT64_MAX / 2 / batch) return 0;
+  Carver a{nullptr};
+  carve_decode(a, *cfg, batch, max_seq);
+  return a.used;
+}
+
+cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
+                            int64_t batch, uint16_t* const* k_caches, uint16_t* const* v_caches,
+                            const int32_t* cache_len, int64_t max_seq, float* logits, int32_t* invalid_ids,
+                            void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  if (!valid_decode_config(cfg) || !valid_stage_tensors(w, *cfg) || batch < 0 || max_seq < 1)
+    return cudaErrorInvalidValue;
+  if (batch == 0) return invalid_ids ? cudaMemsetAsync(invalid_ids, 0, sizeof(std::int32_t), stream) : cudaSuccess;
+  if (ids == nullptr || cache_len == nullptr || logits == nullptr || scratch == nullptr) return cudaErrorInvalidValue;
+  if (cfg->num_layers > 0 && (k_caches == nullptr || v_caches == nullptr)) return cudaErrorInvalidValue;
+  for (std::int64_t l = 0; l < cfg->num_layers; ++l)
+    if (k_caches[l] == nullptr || v_caches[l] == nullptr) return cudaErrorInvalidValue;
+  const std::size_t need = jk_model_decode_bytes(cfg, batch, max_seq);
+  if (need == 0 || scratch_bytes < need || !is_aligned(scratch, 256)) return cudaErrorInvalidValue;
+  Carver a{static_cast<char*>(scratch)};
+  const DecodeScratch sc = carve_decode(a, *cfg, batch, max_seq);
+  const std::int64_t B = batch, D = cfg->layer.hidden, V = cfg->vocab;
+
+  JK_RETURN_IF_ERROR(jk_embedding_fwd_bf16(w->embedding, ids, sc.x[0], B, V, D, invalid_ids, jk_embedding_path_auto, stream));
+  int cur = 0;
+  for (std::int64_t l = 0; l < cfg->num_layers; ++l, cur ^= 1)
+    JK_RETURN_IF_ERROR(jk_layer_decode(&w->layers[l], &cfg->layer, sc.x[cur], B, k_caches[l], v_caches[l], cache_len,
+                                       max_seq, sc.x[cur ^ 1], sc.layer, sc.layer_bytes, nullptr, stream));
+  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(sc.x[cur], w->final_norm, sc.h, sc.rstd, B, D, cfg->final_eps, stream));
+  model_single_expert_offsets<<<1, 32, 0, stream>>>(sc.head_offsets, static_cast<std::int32_t>(B));
+  JK_RETURN_IF_ERROR(cudaGetLastError());
+  const jk_grouped_gemm_algo_t algo =
+      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+  JK_RETURN_IF_ERROR(
+      jk_grouped_gemm_fwd_bf16(sc.h, w->lm_head, sc.logits, sc.head_offsets, nullptr, B, 1, V, D, algo, stream));
+  return jk_bf16_to_f32(sc.logits, logits, B * V, stream);
+}
 
 cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
                                  size_t* scratch_bytes) {

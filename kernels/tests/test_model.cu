@@ -574,6 +574,108 @@ CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed
   return {pass, describe(z, false) + (pass ? ": beta 1 doubles every gradient exactly" : ": beta 1 accumulation wrong")};
 }
 
+// Decode: the whole model stepped through positions 0..T-1 from empty caches (jk_model_decode); each
+// step's fp32 logits against the reference forward of the whole sequence (hf_bf16: the logits are bf16
+// values), rows with a near-tie routing in any block skipped and counted; a rerun is bit-identical;
+// guards intact, cache rows past T untouched. Arguments: a stage without head or embedding, short or
+// misaligned scratch, a missing cache are cudaErrorInvalidValue; B = 0 is a no-op.
+CaseResult decode_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, tied);
+  const std::int64_t B = z.B, T = z.T, N = B * T, A = z.Hkv * z.d, Tmax = T + 2;
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, false);
+  RopeTable rope(std::max<std::int64_t>(Tmax, 16), z.d);
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
+  std::vector<std::unique_ptr<GuardedBuffer<std::uint16_t>>> kc, vc;
+  std::vector<std::uint16_t*> kp, vp;
+  for (std::int64_t l = 0; l < z.L; ++l) {
+    kc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
+    vc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
+    kp.push_back(kc.back()->data());
+    vp.push_back(vc.back()->data());
+  }
+  GuardedBuffer<std::int32_t> ids(static_cast<std::size_t>(B)), len(static_cast<std::size_t>(B)), invalid(1);
+  GuardedBuffer<float> logits(static_cast<std::size_t>(B * z.V));
+  const std::size_t bytes = jk_model_decode_bytes(&st.cfg, B, Tmax);
+  DeviceMem scratch(bytes);
+  // Steps through the sequences; returns the logits [N, V] in sequence order.
+  auto run = [&](std::int32_t* invalid_total) {
+    for (auto& c : kc) c->poison();
+    for (auto& c : vc) c->poison();
+    std::vector<float> got(static_cast<std::size_t>(N * z.V));
+    *invalid_total = 0;
+    for (std::int64_t p = 0; p < T; ++p) {
+      std::vector<std::int32_t> step(static_cast<std::size_t>(B));
+      for (std::int64_t b = 0; b < B; ++b) step[b] = batch.ids[b * T + p];
+      ids.upload(step);
+      len.upload(std::vector<std::int32_t>(static_cast<std::size_t>(B), static_cast<std::int32_t>(p)));
+      logits.poison();
+      invalid.poison();
+      jkt::finish(jk_model_decode(&st.w, &st.cfg, ids.data(), B, kp.data(), vp.data(), len.data(), Tmax, logits.data(),
+                                  invalid.data(), scratch.p, bytes, ctx.stream),
+                  ctx.stream, "jk_model_decode");
+      *invalid_total += invalid.download()[0];
+      const std::vector<float> o = logits.download();
+      for (std::int64_t b = 0; b < B; ++b)
+        std::copy(o.begin() + b * z.V, o.begin() + (b + 1) * z.V, got.begin() + (b * T + p) * z.V);
+    }
+    return got;
+  };
+  std::int32_t invalid_count = -1, invalid_again = -1;
+  const std::vector<float> got = run(&invalid_count);
+  const std::vector<float> again = run(&invalid_again);
+  const jkref::ModelForward f = jkref::model_forward(s, hw, batch.ids, {}, batch.labels, LayerNumerics::hf_bf16);
+  std::vector<bool> skip(static_cast<std::size_t>(N), false);
+  int skipped = 0;
+  for (std::int64_t t = 0; t < N; ++t) {
+    for (const auto& lf : f.layers)
+      skip[t] = skip[t] || jkl::near_tie(lf.moa.logits, t, static_cast<int>(z.E), static_cast<int>(z.k)) ||
+                jkl::near_tie(lf.moe.logits, t, static_cast<int>(z.E), static_cast<int>(z.k));
+    skipped += skip[t] ? 1 : 0;
+  }
+  const Compare cl = jkl::compare(jkl::widen(got), f.logits, N, z.V, &skip);
+  bool bf16_values = true;  // the widened logits are bf16 values
+  for (float v : got) bf16_values = bf16_values && jkt::bf16_value(jkt::expected_f32_to_bf16(v)) == v;
+  bool untouched = true;  // cache rows T.. were never written
+  for (std::int64_t l = 0; l < z.L; ++l) {
+    const std::vector<std::uint16_t> k = kc[l]->download(), v = vc[l]->download();
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t u = T; u < Tmax; ++u)
+        for (std::int64_t c = 0; c < A; ++c) {
+          const std::size_t i = static_cast<std::size_t>((b * Tmax + u) * A + c);
+          untouched = untouched && k[i] == 0xffff && v[i] == 0xffff;
+        }
+  }
+  bool guards = dm.guards_intact() && ids.guards_intact() && len.guards_intact() && invalid.guards_intact() &&
+                logits.guards_intact();
+  for (std::int64_t l = 0; l < z.L; ++l) guards = guards && kc[l]->guards_intact() && vc[l]->guards_intact();
+  // Arguments.
+  int bad = 0;
+  auto expect_invalid = [&](cudaError_t e) { bad += e == cudaErrorInvalidValue ? 0 : 1; };
+  auto decode = [&](const Stage& x, std::int64_t batch_size, uint16_t* const* k, std::size_t nbytes, void* scr) {
+    return jk_model_decode(&x.w, &x.cfg, ids.data(), batch_size, k, vp.data(), len.data(), Tmax, logits.data(), nullptr,
+                           scr, nbytes, ctx.stream);
+  };
+  Stage no_head = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, false, tied);
+  Stage no_embedding = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
+  expect_invalid(decode(no_head, B, kp.data(), bytes, scratch.p));
+  expect_invalid(decode(no_embedding, B, kp.data(), bytes, scratch.p));
+  expect_invalid(decode(st, B, kp.data(), bytes - 1, scratch.p));
+  expect_invalid(decode(st, B, kp.data(), bytes, static_cast<char*>(scratch.p) + 16));
+  expect_invalid(decode(st, B, nullptr, bytes, scratch.p));
+  expect_invalid(jk_model_decode_bytes(&no_head.cfg, B, Tmax) == 0 ? cudaErrorInvalidValue : cudaSuccess);
+  bad += decode(st, 0, kp.data(), 0, nullptr) == cudaSuccess ? 0 : 1;
+  const bool pass = within(cl, kFwdRms, kFwdMax) && bf16_values && invalid_count == 0 && same_bits(again, got) &&
+                    untouched && guards && bad == 0 && skipped < N;
+  return {pass, describe(z, tied) + jkt::format(": logits rms %.2e max %.2e (%d near-tie rows of %" PRId64
+                                                " skipped); bf16 values %d; rerun bit-identical %d; cache rows past T "
+                                                "untouched %d; guards %d; bad-argument results %d",
+                                                cl.rel_rms, cl.max_rel, skipped, N, int(bf16_values),
+                                                int(same_bits(again, got)), int(untouched), int(guards), bad)};
+}
+
 CaseResult argument_case(jkt::Context& ctx) {
   const Sizes z{1, 4, 16, 4, 2, 2, 8, 24, 20, 1};
   jkt::Inputs in(5);
@@ -689,6 +791,17 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
     const std::uint64_t seed = ctx.next_seed();
     cases.push_back({"model.weighted " + describe(tiny, true), [&ctx, tiny, seed] { return weighted_case(ctx, tiny, seed); }});
   }
+  const Sizes decode_shapes[] = {
+      tiny,
+      {3, 9, 36, 3, 2, 3, 8, 20, 50, 3},          // odd sizes, 3 blocks
+      {1, 40, 2048, 8, 2, 16, 128, 5632, 32000, 2},  // JetMoE-8B sizes (two blocks)
+  };
+  for (const Sizes& z : decode_shapes)
+    for (const bool tied : {true, false}) {
+      const std::uint64_t seed = ctx.next_seed();
+      cases.push_back(
+          {"model.decode " + describe(z, tied), [&ctx, z, tied, seed] { return decode_case(ctx, z, tied, seed); }});
+    }
   {
     const std::uint64_t seed = ctx.next_seed();
     cases.push_back({"model.grad_accumulate " + describe(tiny, false),

@@ -101,6 +101,23 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
                          float grad_beta, void* saved, size_t saved_bytes, void* scratch, size_t scratch_bytes,
                          cudaStream_t stream);
 
+// ---- decode: one new token per sequence through the whole model (has_embedding and has_head) ------
+// ids [B] int32 device: each sequence's new token (an id outside [0, V) embeds as a zero row and is
+// counted in *invalid_ids, optional, as jk_model_fwd does). k_caches, v_caches: HOST arrays of
+// num_layers device pointers, block l's caches [B, max_seq, H_kv, d] bf16 (jk_layer_decode's layout:
+// K after RoPE). cache_len [B] int32 device: rows valid before this step, which is the new token's
+// position; each block writes its K/V at that row and attends over rows 0..cache_len[b]; the caller
+// increments cache_len after the step. logits [B, V] fp32: the bf16 logits bf16(RMSNorm_final(x_L)
+// W_head^T) widened, what HF's bf16 model returns (.float()) for the last position. Row b depends
+// only on sequence b. scratch: jk_model_decode_bytes(cfg, B, max_seq) bytes (0 for bad arguments),
+// 256-byte aligned. Stepping positions 0..T-1 reproduces jk_model_fwd's logits of the whole sequence
+// up to the attention's summation order (the decode kernel's split-K).
+size_t jk_model_decode_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t max_seq);
+cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
+                            int64_t batch, uint16_t* const* k_caches, uint16_t* const* v_caches,
+                            const int32_t* cache_len, int64_t max_seq, float* logits, int32_t* invalid_ids,
+                            void* scratch, size_t scratch_bytes, cudaStream_t stream);
+
 // Where the forward's saved buffer keeps the logits [N, V] bf16 (valid after jk_model_fwd, before
 // jk_model_bwd) and block l's saved buffer (for jk_layer_saved_expert_ids). For evaluation and tests.
 cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
