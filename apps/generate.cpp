@@ -7,11 +7,13 @@
 #include "core/app.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "infer/device_generate.hpp"
 #include "infer/generate.hpp"
 #include "io/chat_template.hpp"
 #include "model/load.hpp"
 #include "model/model.hpp"
 #include "parallel/comm.hpp"
+#include "train/device_network.hpp"
 
 namespace {
 
@@ -66,6 +68,11 @@ int main(int argc, char** argv) {
     const auto system = deck.find_string("generate", "system");
     if (system && !chat) deck.fail_value("generate", "system", "a system message needs generate/chat = true");
     ModelConfig config = ModelConfig::from_deck(deck);
+    const bool on_gpu = deck.get_string("generate", "precision") == "bf16";
+    if (on_gpu) {
+      const std::string why = device_generation_unavailable();
+      if (!why.empty()) deck.fail_value("generate", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+    }
     if (ctx.command_line.check_only) {
       log::info("model: %s", config.summary().c_str());
       log::info("deck is valid.");
@@ -102,11 +109,14 @@ int main(int argc, char** argv) {
       std::fputs(texts[0].c_str(), stdout);
       std::fflush(stdout);
     }
-    const GenerationResult result = generate(model, prompts, params, [&](std::size_t, std::int32_t token) {
+    const auto on_token = [&](std::size_t, std::int32_t token) {
       if (!stream || token == params.eos_id) return;
       std::fputs(decoder.push(token).c_str(), stdout);
       std::fflush(stdout);
-    });
+    };
+    if (on_gpu) log::info("generating on %s (bf16)", device_training_description().c_str());
+    const GenerationResult result = on_gpu ? generate_on_device(model, prompts, params, on_token)
+                                           : generate(model, prompts, params, on_token);
     if (stream) std::printf("%s\n", decoder.finish().c_str());
     if (!stream && ctx.comm.is_root())
       for (std::size_t b = 0; b < prompts.size(); ++b)

@@ -16,11 +16,16 @@
 //  - DPO with bf16 (per-token loss weights on the device, the frozen reference on the device too): the
 //    first step's loss is exactly ln 2, the loss falls, and it tracks fp32 DPO within 2e-2;
 //  - [mpi] pipeline stages x data-parallel replicas follow the one-rank run within 1e-4, and moving the
-//    traffic by NCCL (the emulated NCCL over MPI) instead of host memory and MPI changes no bit.
+//    traffic by NCCL (the emulated NCCL over MPI) instead of host memory and MPI changes no bit;
+//  - generation on the GPU (generate/precision = bf16): prompts of different lengths give each sequence
+//    the tokens it gets alone; greedy choices are the fp32 model's (teacher-forced) up to bf16 (the
+//    chosen token's fp32 logit within 5% of the row's range of the best, 3/4 exactly the argmax); EOS
+//    and bad inputs.
 #include <catch2/catch.hpp>
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -28,6 +33,8 @@
 #include <vector>
 
 #include "core/deck.hpp"
+#include "infer/device_generate.hpp"
+#include "model/model.hpp"
 #include "model/config.hpp"
 #include "model/weights.hpp"
 #include "random_weights.hpp"
@@ -370,4 +377,72 @@ TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run, over 
       CHECK(numbers(m[i]) == numbers(n[i]));
     }
   }
+}
+
+TEST_CASE("generation on the GPU: each sequence as if alone, the fp32 model's greedy choices up to bf16, EOS and "
+          "limits",
+          "[unit][device]") {
+  const ModelConfig c = tiny_config(true);
+  ModelWeights w(c, true);
+  randomize(c, w, 11);
+  const Model model(c, w);
+  const std::int64_t V = c.vocab_size;
+  // Prompts of different lengths: each sequence is fed one token per step at its own position.
+  const std::vector<std::vector<std::int32_t>> prompts = {{5, 9, 1, 33, 7}, {12}, {3, 3, 8}};
+  GenerationParams gp;
+  gp.max_new_tokens = 8, gp.eos_id = -1, gp.pad_id = 0;
+  gp.sampling.temperature = 0.0;
+  const GenerationResult all = generate_on_device(model, prompts, gp);
+  REQUIRE(all.tokens.size() == prompts.size());
+  CHECK(all.prompt_tokens == 9);
+  CHECK(all.generated_tokens == 24);
+  int agree = 0, total = 0;
+  double worst = 0;  // the fp32 model's logit of the GPU's choice below its best, relative to the row's range
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    INFO("sequence " << b);
+    REQUIRE(all.tokens[b].size() == std::size_t(gp.max_new_tokens));
+    // Alone, the sequence gets the same tokens: rows do not mix, positions and caches are per sequence.
+    CHECK(generate_on_device(model, {prompts[b]}, gp).tokens[0] == all.tokens[b]);
+    // Teacher-forced fp32 logits along the GPU's tokens: each greedy choice is the fp32 argmax, or within
+    // bf16's error of it (a wrong position, cache or mask would choose tokens the fp32 model ranks low).
+    std::vector<std::int32_t> seq = prompts[b];
+    seq.insert(seq.end(), all.tokens[b].begin(), all.tokens[b].end() - 1);
+    const std::int64_t T = std::int64_t(seq.size());
+    IntView2 ids("ids", 1, T);
+    auto hi = Kokkos::create_mirror_view(ids);
+    for (std::int64_t t = 0; t < T; ++t) hi(0, t) = seq[std::size_t(t)];
+    Kokkos::deep_copy(ids, hi);
+    KvCache cache(c, 1, T);
+    View2 logits("logits", T, V);
+    const_cast<Model&>(model).forward(ids, cache, logits);
+    auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
+    for (std::size_t i = 0; i < all.tokens[b].size(); ++i) {
+      const std::int64_t row = std::int64_t(prompts[b].size()) - 1 + std::int64_t(i);
+      float lo = hl(row, 0), hi_v = hl(row, 0);
+      for (std::int64_t v = 1; v < V; ++v) lo = std::min(lo, hl(row, v)), hi_v = std::max(hi_v, hl(row, v));
+      const float chosen = hl(row, all.tokens[b][i]);
+      worst = std::max(worst, double(hi_v - chosen) / double(hi_v - lo));
+      agree += chosen == hi_v ? 1 : 0;
+      ++total;
+    }
+  }
+  WARN("greedy GPU (bf16) tokens that are the fp32 argmax: " << agree << " of " << total
+                                                             << "; worst shortfall " << worst << " of a row's range");
+  CHECK(worst <= 0.05);
+  CHECK(agree >= total * 3 / 4);
+  // EOS ends a sequence (the EOS token included), the others go on.
+  GenerationParams eos = gp;
+  eos.eos_id = all.tokens[0][2];
+  const GenerationResult stopped = generate_on_device(model, prompts, eos);
+  const auto first = std::find(all.tokens[0].begin(), all.tokens[0].end(), eos.eos_id);
+  CHECK(stopped.tokens[0] == std::vector<std::int32_t>(all.tokens[0].begin(), first + 1));
+  // Inputs the user can get wrong: one clear error each.
+  CHECK_THAT(jetmoe::testing::error_of([&] { generate_on_device(model, {{1, 2}, {}}, gp); }, ErrorKind::Input),
+             Catch::Contains("prompt 2 is empty"));
+  CHECK_THAT(jetmoe::testing::error_of([&] { generate_on_device(model, {{1, std::int32_t(V)}}, gp); }, ErrorKind::Input),
+             Catch::Contains("outside the vocabulary"));
+  GenerationParams longer = gp;
+  longer.max_new_tokens = c.max_position_embeddings;
+  CHECK_THAT(jetmoe::testing::error_of([&] { generate_on_device(model, {{1, 2}}, longer); }, ErrorKind::Input),
+             Catch::Contains("exceeds the model's context"));
 }

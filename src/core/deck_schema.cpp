@@ -178,6 +178,9 @@ DeckSchema make_standard_schema() {
     b.real("temperature", 0.0, "Sampling temperature (0: greedy).").at_least(0);
     b.integer("top_k", 0, "Sample from the k most likely tokens (0: all).").at_least(0);
     b.real("top_p", 1.0, "Nucleus sampling mass.").greater_than(0).at_most(1);
+    b.choice("precision", "fp32", {"fp32", "bf16"},
+             "fp32: the Kokkos model on any backend; bf16: the CUDA kernels on a GPU (weights rounded to bf16, HF's "
+             "bf16 numerics, one decode step per token, prompts included).");
   }
   {
     auto& b = s.block("eval", "Evaluation.", {eval});

@@ -11,6 +11,7 @@
 #include "core/bf16.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "model/device_model.hpp"
 #include "train/losses.hpp"
 
 #if JETMOE_HAVE_CUDA_KERNELS
@@ -71,38 +72,7 @@ void check(cudaError_t e, const char* what) {
                                 cudaGetErrorString(e) + ")");
 }
 
-// A device allocation that frees itself.
-struct DeviceBuffer {
-  void* p = nullptr;
-  std::size_t bytes = 0;
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p(o.p), bytes(o.bytes) { o.p = nullptr, o.bytes = 0; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    if (this != &o) {
-      reset();
-      p = o.p, bytes = o.bytes;
-      o.p = nullptr, o.bytes = 0;
-    }
-    return *this;
-  }
-  ~DeviceBuffer() { reset(); }
-  void reset() {
-    if (p) cudaFree(p);
-    p = nullptr, bytes = 0;
-  }
-  void ensure(std::size_t n, const char* what) {
-    if (n <= bytes && p) return;
-    reset();
-    check(cudaMalloc(&p, std::max<std::size_t>(n, 256)), what);
-    bytes = n;
-  }
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-};
+void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
 
 std::uint16_t to_bf16_bits(float f) { return bf16::from_float(f).bits; }
 
@@ -131,35 +101,6 @@ void download(void* to, const void* from, std::size_t bytes, cudaStream_t stream
   check(cudaStreamSynchronize(stream), what);
 }
 
-// Which field of a block a checkpoint name (after "model.layers.<l>.") is.
-int layer_field(const std::string& suffix) {
-  static const char* const names[] = {"input_layernorm.weight",
-                                      "self_attention.experts.router.layer.weight",
-                                      "self_attention.experts.input_linear.weight",
-                                      "self_attention.kv_proj.weight",
-                                      "self_attention.experts.output_linear.weight",
-                                      "self_attention.experts.bias",
-                                      "post_attention_layernorm.weight",
-                                      "mlp.router.layer.weight",
-                                      "mlp.input_linear.weight",
-                                      "mlp.output_linear.weight",
-                                      "mlp.bias"};
-  for (int i = 0; i < 11; ++i)
-    if (suffix == names[i]) return i;
-  return -1;
-}
-
-const std::uint16_t** weight_slot(jk_layer_weights_t& w, int field) {
-  const std::uint16_t** slots[11] = {&w.input_norm, &w.moa_router, &w.moa_q,  &w.kv_proj, &w.moa_o,   &w.moa_bias,
-                                     &w.post_norm,  &w.moe_router, &w.moe_in, &w.moe_out, &w.moe_bias};
-  return slots[field];
-}
-float** grad_slot(jk_layer_grads_t& g, int field) {
-  float** slots[11] = {&g.input_norm, &g.moa_router, &g.moa_q,  &g.kv_proj, &g.moa_o,   &g.moa_bias,
-                       &g.post_norm,  &g.moe_router, &g.moe_in, &g.moe_out, &g.moe_bias};
-  return slots[field];
-}
-
 class DeviceNetwork final : public StageNetwork, public StageLink {
  public:
   DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span,
@@ -168,20 +109,8 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     first_ = span.first_layer;
     layers_ = span.end(c) - span.first_layer;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
-    const std::int64_t positions = std::max<std::int64_t>(c.max_position_embeddings, 1);
-    rope_.ensure(static_cast<std::size_t>(jk_fused_rope_table_elems(positions, c.head_dim)) * sizeof(float),
-                 "the RoPE table");
-    check(jk_fused_rope_table(rope_.as<float>(), positions, c.head_dim, static_cast<float>(c.rope_theta)),
-          "jk_fused_rope_table");
-    check(cudaDeviceSynchronize(), "jk_fused_rope_table");  // its copy ran on the legacy stream
-    jk_layer_config_t& l = cfg_.layer;
-    l.hidden = c.hidden_size, l.num_experts = c.num_experts, l.top_k = c.top_k, l.kv_heads = c.num_kv_heads;
-    l.head_dim = c.head_dim, l.ffn = c.ffn_hidden_size, l.eps = static_cast<float>(c.block_norm_eps);
-    l.aux_switch_coef = static_cast<float>(coef_switch), l.aux_z_coef = static_cast<float>(coef_z);
-    l.rope_table = rope_.as<float>(), l.rope_max_positions = positions, l.path = JK_LAYER_TUNED;
-    cfg_.vocab = c.vocab_size, cfg_.num_layers = layers_;
-    cfg_.has_embedding = span.embedding ? 1 : 0, cfg_.has_head = span.head ? 1 : 0;
-    cfg_.final_eps = static_cast<float>(c.rms_norm_eps);
+    check(device::make_rope_table(rope_, c), "the RoPE table");
+    cfg_ = device::model_config(c, span, rope_, coef_switch, coef_z);
     layer_w_.assign(static_cast<std::size_t>(layers_), jk_layer_weights_t{});
     layer_g_.assign(static_cast<std::size_t>(layers_), jk_layer_grads_t{});
     slots_.resize(1);
@@ -373,11 +302,11 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   struct Tensor {
     std::string name;
     std::int64_t numel = 0;
-    DeviceBuffer bf16;
+    device::Buffer bf16;
     float* grad = nullptr;  // in grad_arena_
   };
   struct Slot {
-    DeviceBuffer saved;
+    device::Buffer saved;
     Mat<float> x_in, x_out;
     double ce_scale = 1.0, switch_loss = 0, z_loss = 0;
     bool weighted = false;
@@ -394,7 +323,7 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
       offset[i] = floats;
       floats += (std::size_t(named[i].flat.extent(0)) + 63) / 64 * 64;
     }
-    grad_arena_.ensure(floats * sizeof(float), "the gradients");
+    ensure(grad_arena_, floats * sizeof(float), "the gradients");
     check(cudaMemsetAsync(grad_arena_.p, 0, floats * sizeof(float), stream_), "clearing the gradients");
     std::int64_t largest = 1;
     for (std::size_t i = 0; i < named.size(); ++i) {
@@ -402,33 +331,16 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
       t.name = named[i].name;
       t.numel = std::int64_t(named[i].flat.extent(0));
       largest = std::max(largest, t.numel);
-      t.bf16.ensure(std::size_t(t.numel) * 2, "the bf16 weights");
+      ensure(t.bf16, std::size_t(t.numel) * 2, "the bf16 weights");
       t.grad = grad_arena_.as<float>() + offset[i];
-      std::uint16_t* w = t.bf16.as<std::uint16_t>();
-      float* g = t.grad;
-      const std::string layer_prefix = "model.layers.";
-      if (t.name == "model.embed_tokens.weight") {
-        weights_.embedding = span_.embedding ? w : nullptr;
-        grads_.embedding = span_.embedding ? g : nullptr;
-        if (span_.head && c_.tie_word_embeddings) weights_.lm_head = w, grads_.lm_head = g;
-      } else if (t.name == "model.norm.weight") {
-        weights_.final_norm = w, grads_.final_norm = g;
-      } else if (t.name == "lm_head.weight") {
-        weights_.lm_head = w, grads_.lm_head = g;
-      } else if (t.name.compare(0, layer_prefix.size(), layer_prefix) == 0) {
-        const std::size_t dot = t.name.find('.', layer_prefix.size());
-        const std::int64_t l = std::stoll(t.name.substr(layer_prefix.size(), dot - layer_prefix.size())) - first_;
-        const int field = layer_field(t.name.substr(dot + 1));
-        JETMOE_ASSERT(l >= 0 && l < layers_ && field >= 0, "DeviceNetwork: unexpected tensor " + t.name);
-        *weight_slot(layer_w_[std::size_t(l)], field) = w;
-        *grad_slot(layer_g_[std::size_t(l)], field) = g;
-      } else {
-        JETMOE_ASSERT(false, "DeviceNetwork: unexpected tensor " + t.name);
-      }
+      const bool tied_head = span_.head && c_.tie_word_embeddings;
+      device::bind(t.name, static_cast<const std::uint16_t*>(t.bf16.as<std::uint16_t>()), first_, layer_w_,
+                   span_.embedding, tied_head, weights_);
+      device::bind(t.name, t.grad, first_, layer_g_, span_.embedding, tied_head, grads_);
     }
     weights_.layers = layer_w_.data();
     grads_.layers = layer_g_.data();
-    staging_.ensure(std::size_t(largest) * sizeof(float), "the weight staging buffer");
+    ensure(staging_, std::size_t(largest) * sizeof(float), "the weight staging buffer");
   }
 
   void allocate(std::int64_t B, std::int64_t T) {
@@ -440,33 +352,33 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     std::size_t saved = 0, scratch = 0;
     check(jk_model_train_bytes(&cfg_, B, T, &saved, &scratch), "jk_model_train_bytes");
     for (Slot& s : slots_) {
-      s.saved.ensure(saved, "the saved activations");
+      ensure(s.saved, saved, "the saved activations");
       s.x_in = Mat<float>("device_stage_input", N, D);
       s.x_out = Mat<float>("device_stage_output", N, D);
     }
-    scratch_.ensure(scratch, "the scratch buffer");
+    ensure(scratch_, scratch, "the scratch buffer");
     const std::size_t rows = std::size_t(N) * std::size_t(D) * 2;
-    x_dev_.ensure(rows, "the stage input");
-    out_dev_.ensure(rows, "the stage output");
-    dout_dev_.ensure(rows, "the output gradient");
-    dx_dev_.ensure(rows, "the input gradient");
-    ids_dev_.ensure(std::size_t(N) * 4, "token ids");
-    labels_dev_.ensure(std::size_t(N) * 4, "targets");
-    loss_dev_.ensure(std::size_t(N) * 4, "the losses");
-    row_w_dev_.ensure(std::size_t(N) * 4, "the loss weights");
-    aux_dev_.ensure(std::size_t(std::max<std::int64_t>(4 * layers_, 1)) * 4, "the aux losses");
-    invalid_dev_.ensure(4, "the id check");
+    ensure(x_dev_, rows, "the stage input");
+    ensure(out_dev_, rows, "the stage output");
+    ensure(dout_dev_, rows, "the output gradient");
+    ensure(dx_dev_, rows, "the input gradient");
+    ensure(ids_dev_, std::size_t(N) * 4, "token ids");
+    ensure(labels_dev_, std::size_t(N) * 4, "targets");
+    ensure(loss_dev_, std::size_t(N) * 4, "the losses");
+    ensure(row_w_dev_, std::size_t(N) * 4, "the loss weights");
+    ensure(aux_dev_, std::size_t(std::max<std::int64_t>(4 * layers_, 1)) * 4, "the aux losses");
+    ensure(invalid_dev_, 4, "the id check");
     dx_ = Mat<float>("device_stage_dx", N, D);
   }
 
   // fp32 (bf16 values) [N, D] host -> bf16 device, and back.
-  void upload_bf16(const Mat<float>& from, DeviceBuffer& to, const char* what) {
+  void upload_bf16(const Mat<float>& from, device::Buffer& to, const char* what) {
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), from);
     std::vector<std::uint16_t> bits(h.size());
     for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = to_bf16_bits(h.data()[i]);
     upload(to.p, bits.data(), bits.size() * 2, stream_, what);
   }
-  void download_bf16(const DeviceBuffer& from, const Mat<float>& to, const char* what) {
+  void download_bf16(const device::Buffer& from, const Mat<float>& to, const char* what) {
     auto h = Kokkos::create_mirror_view(Kokkos::HostSpace(), to);
     std::vector<std::uint16_t> bits(h.size());
     download(bits.data(), from.p, bits.size() * 2, stream_, what);
@@ -480,8 +392,8 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   std::int64_t first_ = 0, layers_ = 0, B_ = 0, T_ = 0;
   cudaStream_t stream_ = nullptr;
   std::shared_ptr<GpuComms> comms_;  // null: boundaries and sums over MPI (Pipeline, trainer)
-  DeviceBuffer rope_, staging_, scratch_, grad_arena_;
-  DeviceBuffer x_dev_, out_dev_, dout_dev_, dx_dev_, ids_dev_, labels_dev_, loss_dev_, row_w_dev_, aux_dev_, invalid_dev_;
+  device::Buffer rope_, staging_, scratch_, grad_arena_;
+  device::Buffer x_dev_, out_dev_, dout_dev_, dx_dev_, ids_dev_, labels_dev_, loss_dev_, row_w_dev_, aux_dev_, invalid_dev_;
   jk_model_config_t cfg_{};
   jk_model_weights_t weights_{};
   jk_model_grads_t grads_{};

@@ -1,0 +1,171 @@
+// Generation on the GPU (infer/device_generate.hpp): host orchestration of jk_model_decode.
+#include "infer/device_generate.hpp"
+
+#include "jetmoe/build_config.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/bf16.hpp"
+#include "core/error.hpp"
+#include "core/profiling.hpp"
+#include "model/device_model.hpp"
+#include "train/device_network.hpp"
+
+namespace jetmoe {
+
+std::string device_generation_unavailable() { return device_training_unavailable(); }
+
+#if !JETMOE_HAVE_CUDA_KERNELS
+
+GenerationResult generate_on_device(const Model&, const std::vector<std::vector<std::int32_t>>&,
+                                    const GenerationParams&, const std::function<void(std::size_t, std::int32_t)>&) {
+  fail(ErrorKind::Deck, "generate/precision = bf16: " + device_generation_unavailable());
+}
+
+#else
+
+namespace {
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+void check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  if (e == cudaErrorMemoryAllocation)
+    fail(ErrorKind::Input, std::string("generation on the GPU: out of GPU memory in ") + what +
+                               " (fewer prompts at once or fewer generate/max_new_tokens)");
+  fail(ErrorKind::Internal, std::string("generation on the GPU: ") + what + " failed: " + cudaGetErrorName(e) + " (" +
+                                cudaGetErrorString(e) + ")");
+}
+
+void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
+
+// A stream of our own, destroyed with the generator.
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"); }
+  ~Stream() {
+    if (s) cudaStreamDestroy(s);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+void copy(void* to, const void* from, std::size_t bytes, cudaMemcpyKind kind, cudaStream_t stream, const char* what) {
+  check(cudaMemcpyAsync(to, from, bytes, kind, stream), what);
+  check(cudaStreamSynchronize(stream), what);
+}
+
+}  // namespace
+
+GenerationResult generate_on_device(const Model& model, const std::vector<std::vector<std::int32_t>>& prompts,
+                                    const GenerationParams& params,
+                                    const std::function<void(std::size_t, std::int32_t)>& on_token) {
+  Region region("generate_on_device");
+  const std::string why = device_generation_unavailable();
+  if (!why.empty()) fail(ErrorKind::Deck, "generate/precision = bf16: " + why);
+  const ModelConfig& c = model.config();
+  const std::int64_t B = std::int64_t(prompts.size()), V = c.vocab_size;
+  GenerationResult result;
+  result.tokens.resize(prompts.size());
+  if (B == 0 || params.max_new_tokens <= 0) return result;
+  std::int64_t longest = 0;
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    if (prompts[b].empty()) fail(ErrorKind::Input, "prompt " + std::to_string(b + 1) + " is empty (no tokens)");
+    longest = std::max<std::int64_t>(longest, std::int64_t(prompts[b].size()));
+    result.prompt_tokens += std::int64_t(prompts[b].size());
+  }
+  const std::int64_t max_seq = longest + params.max_new_tokens;
+  if (max_seq > c.max_position_embeddings)
+    fail(ErrorKind::Input, "prompt of " + std::to_string(longest) + " tokens plus " + std::to_string(params.max_new_tokens) +
+                               " new tokens exceeds the model's context of " + std::to_string(c.max_position_embeddings) +
+                               " tokens");
+
+  // The weights in bf16 (round to nearest even, as HF's .to(bfloat16)), bound to the kernels' structs.
+  Stream stream;
+  device::Buffer rope;
+  check(device::make_rope_table(rope, c), "the RoPE table");
+  const StageSpan whole;
+  jk_model_config_t cfg = device::model_config(c, whole, rope, 0.0, 0.0);
+  jk_model_weights_t w{};
+  std::vector<jk_layer_weights_t> layers(static_cast<std::size_t>(c.num_layers));
+  const std::vector<NamedTensor> named = model.weights().named(c);
+  std::vector<device::Buffer> tensors(named.size());
+  std::vector<std::uint16_t> bits;
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+    bits.resize(host.size());
+    for (std::size_t j = 0; j < bits.size(); ++j) bits[j] = bf16::from_float(host.data()[j]).bits;
+    ensure(tensors[i], bits.size() * 2, "the bf16 weights");
+    copy(tensors[i].p, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice, stream.s, "uploading the weights");
+    device::bind(named[i].name, static_cast<const std::uint16_t*>(tensors[i].as<std::uint16_t>()), 0, layers, true,
+                 c.tie_word_embeddings, w);
+  }
+  w.layers = layers.data();
+
+  // One K and one V cache per block, [B, max_seq, H_kv, d] bf16.
+  const std::size_t cache_bytes = std::size_t(B * max_seq * c.num_kv_heads * c.head_dim) * 2;
+  std::vector<device::Buffer> caches(static_cast<std::size_t>(2 * c.num_layers));
+  std::vector<std::uint16_t*> k_caches, v_caches;
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    ensure(caches[std::size_t(2 * l)], cache_bytes, "the KV caches");
+    ensure(caches[std::size_t(2 * l + 1)], cache_bytes, "the KV caches");
+    k_caches.push_back(caches[std::size_t(2 * l)].as<std::uint16_t>());
+    v_caches.push_back(caches[std::size_t(2 * l + 1)].as<std::uint16_t>());
+  }
+  device::Buffer scratch, ids_dev, len_dev, logits_dev, invalid_dev;
+  ensure(scratch, jk_model_decode_bytes(&cfg, B, max_seq), "the decode scratch buffer");
+  ensure(ids_dev, std::size_t(B) * 4, "token ids");
+  ensure(len_dev, std::size_t(B) * 4, "cache lengths");
+  ensure(logits_dev, std::size_t(B * V) * 4, "the logits");
+  ensure(invalid_dev, 4, "the id check");
+
+  Sampler sampler(params.sampling);
+  const std::size_t nb = std::size_t(B);
+  std::vector<std::int64_t> fed(nb, 0);  // tokens in sequence b's cache
+  std::vector<std::int32_t> last(nb, params.pad_id), ids(nb), lens(nb);
+  std::vector<bool> done(nb, false);
+  std::vector<float> logits(nb * std::size_t(V));
+  std::int64_t prompts_left = B;
+  double t0 = now();
+  while (!std::all_of(done.begin(), done.end(), [](bool x) { return x; })) {
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto& p = prompts[std::size_t(b)];
+      // A finished sequence rewrites its next (unused) cache row with padding.
+      ids[b] = done[b] ? params.pad_id : fed[b] < std::int64_t(p.size()) ? p[std::size_t(fed[b])] : last[b];
+      lens[b] = std::int32_t(fed[b]);
+    }
+    copy(ids_dev.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading token ids");
+    copy(len_dev.p, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading cache lengths");
+    check(jk_model_decode(&w, &cfg, ids_dev.as<std::int32_t>(), B, k_caches.data(), v_caches.data(),
+                          len_dev.as<std::int32_t>(), max_seq, logits_dev.as<float>(), invalid_dev.as<std::int32_t>(),
+                          scratch.p, scratch.bytes, stream.s),
+          "jk_model_decode");
+    std::int32_t invalid = 0;
+    copy(&invalid, invalid_dev.p, 4, cudaMemcpyDeviceToHost, stream.s, "reading the id check");
+    if (invalid != 0)
+      fail(ErrorKind::Input, "a prompt has a token id outside the vocabulary [0, " + std::to_string(V) + ")");
+    copy(logits.data(), logits_dev.p, logits.size() * 4, cudaMemcpyDeviceToHost, stream.s, "reading the logits");
+    for (std::int64_t b = 0; b < B; ++b) {
+      if (done[b]) continue;
+      const std::int64_t prompt_len = std::int64_t(prompts[std::size_t(b)].size());
+      if (++fed[b] < prompt_len) continue;  // still reading its prompt
+      if (fed[b] == prompt_len && --prompts_left == 0) {
+        result.prefill_seconds = now() - t0;
+        t0 = now();
+      }
+      const std::int32_t next = sampler.next(&logits[std::size_t(b * V)], V);
+      result.tokens[std::size_t(b)].push_back(next);
+      ++result.generated_tokens;
+      if (on_token) on_token(std::size_t(b), next);
+      last[b] = next;
+      done[b] = next == params.eos_id || std::int64_t(result.tokens[std::size_t(b)].size()) >= params.max_new_tokens;
+    }
+  }
+  result.decode_seconds = now() - t0;
+  return result;
+}
+
+#endif
+
+}  // namespace jetmoe

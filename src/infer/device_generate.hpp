@@ -1,0 +1,32 @@
+#pragma once
+// Generation on a CUDA GPU with the tuned kernels (generate/precision = bf16): the model's fp32
+// weights rounded to bf16 once, one bf16 KV cache per block, each step through jk_model_decode
+// (jetmoe/model.h) in HF's bf16 numerics, the logits to the host and the same Sampler as generate().
+//
+// Prompts go through the decode step one token per step, every sequence at its own position (no
+// padding): a sequence samples its first token from the step that consumed its last prompt token,
+// and its later ones one per step, until EOS or max_new_tokens. With prompts of equal length the
+// samples are drawn in generate()'s order, so a greedy or seeded run differs from the fp32 one only
+// where the bf16 logits change a choice.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "infer/generate.hpp"
+#include "model/model.hpp"
+
+namespace jetmoe {
+
+// Empty when this process can generate on a GPU, else why not (no CUDA kernels in the build, no GPU,
+// kernels not built for it).
+std::string device_generation_unavailable();
+
+// As generate(); prefill_seconds covers the steps until every prompt is consumed. Throws
+// jetmoe::Error: Input for an empty prompt, a token id outside the vocabulary, a context longer than
+// the model's or a GPU without the memory for the weights and caches.
+GenerationResult generate_on_device(const Model& model, const std::vector<std::vector<std::int32_t>>& prompts,
+                                    const GenerationParams& params,
+                                    const std::function<void(std::size_t, std::int32_t)>& on_token = {});
+
+}  // namespace jetmoe

@@ -1,0 +1,89 @@
+#pragma once
+// The model's tensors on a CUDA GPU for the kernels of kernels/ (jetmoe/model.h): device buffers and
+// the mapping of checkpoint tensor names onto the kernels' weight and gradient structs. Shared by the
+// bf16 training stage (train/device_network.cpp) and generation on the GPU (infer/device_generate.cpp).
+// Built with the CUDA kernels only.
+#include "jetmoe/build_config.hpp"
+
+#if JETMOE_HAVE_CUDA_KERNELS
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "jetmoe/kernels.h"
+#include "model/config.hpp"
+#include "model/weights.hpp"
+
+namespace jetmoe::device {
+
+// A device allocation that frees itself. ensure(n) makes it at least n bytes (contents lost when it
+// grows) and returns cudaMalloc's result.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : p(o.p), bytes(o.bytes) { o.p = nullptr, o.bytes = 0; }
+  Buffer& operator=(Buffer&& o) noexcept;
+  ~Buffer() { reset(); }
+  void reset();
+  [[nodiscard]] cudaError_t ensure(std::size_t n);
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+
+  void* p = nullptr;
+  std::size_t bytes = 0;
+};
+
+// The kernels' configuration of `span` of the model (tuned paths; router loss coefficients as
+// given) over the RoPE table `rope`, which make_rope_table fills.
+jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, const Buffer& rope, double coef_switch,
+                               double coef_z);
+// The RoPE table of every position of the model (cos/sin in fp32), on the device when it returns.
+cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c);
+
+// Where checkpoint tensor `name` goes in the kernels' structs.
+struct TensorPlace {
+  enum Kind { Embedding, FinalNorm, LmHead, Block } kind;
+  std::int64_t layer = -1;  // Block: the model's layer
+  int field = -1;           // Block: which of the block's 11 tensors (slot())
+};
+// Throws ErrorKind::Internal for a name that is not a JetMoE parameter.
+TensorPlace place_of(const std::string& name);
+
+// Block field `field` of a block's weights / gradients.
+const std::uint16_t*& slot(jk_layer_weights_t& w, int field);
+float*& slot(jk_layer_grads_t& g, int field);
+
+// Points the member of `model` (jk_model_weights_t with P = const uint16_t*, or jk_model_grads_t with
+// P = float*) that tensor `name` is at `p`; block tensors go to `layers` (index: layer - first_layer).
+// `has_embedding`: the span starts with the embedding; `tied_head`: the span ends with the head and the
+// head is the embedding (whose tensor then also feeds it).
+template <class Model, class Layer, class P>
+void bind(const std::string& name, P p, std::int64_t first_layer, std::vector<Layer>& layers, bool has_embedding,
+          bool tied_head, Model& model) {
+  const TensorPlace at = place_of(name);
+  switch (at.kind) {
+    case TensorPlace::Embedding:
+      model.embedding = has_embedding ? p : nullptr;
+      if (tied_head) model.lm_head = p;
+      break;
+    case TensorPlace::FinalNorm: model.final_norm = p; break;
+    case TensorPlace::LmHead: model.lm_head = p; break;
+    case TensorPlace::Block: {
+      const std::int64_t l = at.layer - first_layer;
+      JETMOE_ASSERT(l >= 0 && l < std::int64_t(layers.size()), "device::bind: " + name + " is outside the span");
+      slot(layers[std::size_t(l)], at.field) = p;
+      break;
+    }
+  }
+}
+
+}  // namespace jetmoe::device
+#endif
