@@ -1,0 +1,214 @@
+// Benchmark of generation's decode step through the whole JetMoE-8B model on the device
+// (jk_model_decode, jetmoe/model.h): V 32000, 24 blocks of D 2048, E 8, k 2, H_kv 16, d 128, F 5632,
+// untied head, bf16 weights (17 GB, every block its own), at context 4096 (cache_len 4095: the new
+// token is the 4096th) for B = 1 and 8:
+//  - tokens/s, and GB/s of the bandwidth bound's bytes against the HBM3 peak 3.35 TB/s: per block the
+//    active experts' weights of both routers' choices (min(E, B k) experts each), the shared K/V
+//    projection, both routers, the norms and biases, and the K/V cache read (B * 4096 * 2 * H_kv * d * 2
+//    bytes); plus the B embedding rows, the final norm and the LM head (V x D). Target: >= 60% (HBM%);
+//  - once with plain launches (decode.step), once replayed from a CUDA graph (decode.graph).
+// Median of cudaEvent-timed steps after a warm-up; weights and caches filled on the device with
+// non-zero values from a counter hash (fast for 8.5B parameters). Prints a table and writes raw rows
+// with --out FILE.csv; the same columns as kernels/bench/peer_model.py (HF JetMoeForCausalLM on the GPU).
+// Exit: 0 done, 2 bad arguments, 77 no CUDA device.
+#include "bench_timing.cuh"
+#include "harness.cuh"
+
+namespace {
+
+constexpr double kHbmPeak = 3.35e12;  // bytes/s, H100 SXM HBM3
+constexpr double kBf16Peak = 989e12;  // FLOP/s, H100 SXM dense bf16
+
+struct Row {
+  std::string op;
+  long long B, T;
+  double ms, tokens_per_s, tflops, mfu_pct, gbs, hbm_pct;
+};
+
+// x[i] = offset +- U(lo, hi) from a hash of (seed, i), as bf16 bits (round to nearest even).
+__global__ void fill_bf16(std::uint16_t* x, std::int64_t n, std::uint64_t seed, float lo, float hi, float offset) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+    std::uint64_t z = seed + 0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+    const float v = offset + ((z & 1u) ? 1.0f : -1.0f) * (lo + (hi - lo) * u);
+    const std::uint32_t b = __float_as_uint(v);
+    x[i] = static_cast<std::uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+  }
+}
+
+struct Owned {
+  std::vector<void*> blocks;
+  ~Owned() {
+    for (void* p : blocks) cudaFree(p);
+  }
+  std::uint16_t* bf16(std::size_t n, std::uint64_t seed, float lo, float hi, float offset = 0.0f) {
+    std::uint16_t* d = nullptr;
+    CHECK_CUDA(cudaMalloc(&d, std::max<std::size_t>(n, 1) * sizeof(std::uint16_t)));
+    blocks.push_back(d);
+    fill_bf16<<<1024, 256, 0, cudaStreamLegacy>>>(d, static_cast<std::int64_t>(n), seed, lo, hi, offset);
+    CHECK_CUDA(cudaGetLastError());
+    return d;
+  }
+  template <typename T>
+  T* zero(std::size_t n) {
+    T* d = nullptr;
+    CHECK_CUDA(cudaMalloc(&d, std::max<std::size_t>(n, 1) * sizeof(T)));
+    blocks.push_back(d);
+    CHECK_CUDA(cudaMemset(d, 0, std::max<std::size_t>(n, 1) * sizeof(T)));
+    return d;
+  }
+};
+
+// One block's weights, scaled by 1/sqrt(fan-in) as bench_layer.cu draws them.
+jk_layer_weights_t make_block(Owned& own, const jk_layer_config_t& c, std::uint64_t seed) {
+  jk_layer_weights_t w{};
+  const std::int64_t D = c.hidden, E = c.num_experts, A = c.kv_heads * c.head_dim, F = c.ffn;
+  const std::int64_t sizes[11] = {D, E * D, E * A * D, 2 * A * D, E * D * A, D, D, E * D, E * 2 * F * D, E * D * F, D};
+  const double fan[11] = {1, double(D), double(D), double(D), double(A), 1, 1, double(D), double(D), double(F), 1};
+  const std::uint16_t** slots[11] = {&w.input_norm, &w.moa_router, &w.moa_q,   &w.kv_proj,  &w.moa_o,  &w.moa_bias,
+                                     &w.post_norm,  &w.moe_router, &w.moe_in, &w.moe_out, &w.moe_bias};
+  for (int i = 0; i < 11; ++i) {
+    const bool norm = i == 0 || i == 6, bias = i == 5 || i == 10;
+    const float s = static_cast<float>(1.0 / std::sqrt(fan[i]));
+    const std::size_t n = static_cast<std::size_t>(sizes[i]);
+    *slots[i] = norm ? own.bf16(n, seed + i, 0.01f, 0.5f, 1.0f)
+                : bias ? own.bf16(n, seed + i, 0.01f, 0.2f)
+                       : own.bf16(n, seed + i, 0.25f * s, 1.75f * s);
+  }
+  return w;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  jkb::Args args{nullptr, 50, 5};
+  std::int64_t layers = 24, context = 4096;
+  jkb::ArgRules rules;
+  rules.extra_usage = " [--layers N] [--context N]";
+  const auto flags = [&](const std::string& arg, const char* value) {
+    if (arg != "--layers" && arg != "--context") return 0;
+    if (value == nullptr) return 0;
+    const long long v = std::atoll(value);
+    if (v < 1) return -1;
+    (arg == "--layers" ? layers : context) = v;
+    return 2;
+  };
+  if (const int rc = jkb::parse_args(argc, argv, args, rules, flags); rc != jkb::kContinue) return rc;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  jk_runtime_info_t info;
+  if (const int rc = jkb::open_device("jetmoe-model-bench", info, jkb::kExitNoDevice, 1); rc != jkb::kContinue)
+    return rc;
+  std::printf("jetmoe-model-bench: decode through %lld blocks at context %lld\n%s", (long long)layers,
+              (long long)context, jkb::describe(info).c_str());
+
+  std::vector<Row> rows;
+  try {
+    Owned own;
+    cudaStream_t stream;
+    CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    const std::int64_t D = 2048, V = 32000, T = context;
+    float* rope = own.zero<float>(static_cast<std::size_t>(jk_fused_rope_table_elems(T, 128)));
+    CHECK_CUDA(jk_fused_rope_table(rope, T, 128, 10000.0f));
+    jk_model_config_t cfg{};
+    jk_layer_config_t& l = cfg.layer;
+    l.hidden = D, l.num_experts = 8, l.top_k = 2, l.kv_heads = 16, l.head_dim = 128, l.ffn = 5632, l.eps = 1e-6f;
+    l.rope_table = rope, l.rope_max_positions = T, l.path = JK_LAYER_TUNED;
+    cfg.vocab = V, cfg.num_layers = layers, cfg.has_embedding = 1, cfg.has_head = 1, cfg.final_eps = 1e-5f;
+    std::vector<jk_layer_weights_t> blocks;
+    for (std::int64_t b = 0; b < layers; ++b) blocks.push_back(make_block(own, l, 1000 + 100 * std::uint64_t(b)));
+    const float es = static_cast<float>(1.0 / std::pow(double(D), 0.25));
+    jk_model_weights_t w{};
+    w.embedding = own.bf16(static_cast<std::size_t>(V * D), 7, 0.25f * es, 1.75f * es);
+    w.layers = blocks.data();
+    w.final_norm = own.bf16(static_cast<std::size_t>(D), 8, 0.01f, 0.5f, 1.0f);
+    w.lm_head = own.bf16(static_cast<std::size_t>(V * D), 9, 0.25f * es, 1.75f * es);
+    CHECK_CUDA(cudaDeviceSynchronize());
+
+    for (const std::int64_t B : {std::int64_t(1), std::int64_t(8)}) {
+      const std::int64_t A = l.kv_heads * l.head_dim;
+      Owned step_own;
+      std::vector<std::uint16_t*> kc, vc;
+      for (std::int64_t b = 0; b < layers; ++b) {
+        kc.push_back(step_own.bf16(static_cast<std::size_t>(B * T * A), 50 + b, 0.05f, 2.0f));
+        vc.push_back(step_own.bf16(static_cast<std::size_t>(B * T * A), 90 + b, 0.05f, 2.0f));
+      }
+      std::vector<std::int32_t> ids_h(static_cast<std::size_t>(B)), len_h(static_cast<std::size_t>(B), std::int32_t(T - 1));
+      for (std::int64_t b = 0; b < B; ++b) ids_h[b] = static_cast<std::int32_t>((7919 * (b + 1)) % V);
+      std::int32_t* ids = step_own.zero<std::int32_t>(static_cast<std::size_t>(B));
+      std::int32_t* len = step_own.zero<std::int32_t>(static_cast<std::size_t>(B));
+      CHECK_CUDA(cudaMemcpy(ids, ids_h.data(), ids_h.size() * 4, cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaMemcpy(len, len_h.data(), len_h.size() * 4, cudaMemcpyHostToDevice));
+      float* logits = step_own.zero<float>(static_cast<std::size_t>(B * V));
+      const std::size_t bytes = jk_model_decode_bytes(&cfg, B, T);
+      void* scratch = step_own.zero<char>(bytes);
+      CHECK_CUDA(cudaDeviceSynchronize());
+      auto step = [&] {
+        CHECK_CUDA(jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr, scratch, bytes,
+                                   stream));
+      };
+      // The bandwidth bound's bytes (the same per-block terms as bench_layer.cu).
+      const double E = double(l.num_experts), k = double(l.top_k), F = double(l.ffn), Dd = double(D);
+      const double experts = std::min(E, double(B) * k);
+      const double block_bytes =
+          2.0 * (experts * (2.0 * A * Dd) + 2.0 * A * Dd + 2.0 * E * Dd + experts * (3.0 * F * Dd) + 4.0 * Dd);
+      const double kv_bytes = double(B) * double(T) * 2.0 * A * 2.0;
+      const double total_bytes = double(layers) * (block_bytes + kv_bytes) + 2.0 * (double(B) * Dd + Dd + double(V) * Dd);
+      const double flops = double(B) * (double(layers) * jk_layer_flops_per_token(&l, 2 * T) + 2.0 * double(V) * Dd);
+      auto add = [&](const char* op, double ms) {
+        const double gbs = total_bytes / (ms * 1e-3) / 1e9, tf = flops / (ms * 1e-3) / 1e12;
+        rows.push_back({op, (long long)B, (long long)T, ms, B / (ms * 1e-3), tf, 100.0 * tf * 1e12 / kBf16Peak, gbs,
+                        100.0 * gbs * 1e9 / kHbmPeak});
+      };
+      add("decode.step", jkb::median_ms(step, stream, std::max(args.warmup, 3), args.reps));
+      try {  // non-fatal: if capture is refused, say so and keep the other rows
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        const cudaError_t captured = jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr,
+                                                     scratch, bytes, stream);
+        const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+        CHECK_CUDA(captured);
+        CHECK_CUDA(ended);
+        CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        add("decode.graph",
+            jkb::median_ms([&] { CHECK_CUDA(cudaGraphLaunch(exec, stream)); }, stream, std::max(args.warmup, 3), args.reps));
+        CHECK_CUDA(cudaGraphExecDestroy(exec));
+        CHECK_CUDA(cudaGraphDestroy(graph));
+      } catch (const std::exception& e) {
+        std::printf("decode B %lld: CUDA graph capture failed (%s); decode.graph row skipped\n", (long long)B, e.what());
+        cudaGetLastError();
+      }
+      std::printf("decode B %lld: bandwidth-bound bytes %.3f GB per step: bound %.3f ms, %.0f tokens/s\n", (long long)B,
+                  total_bytes / 1e9, total_bytes / kHbmPeak * 1e3, double(B) * kHbmPeak / total_bytes);
+    }
+    CHECK_CUDA(cudaStreamDestroy(stream));
+  } catch (const std::exception& e) {
+    std::printf("error: %s\n", e.what());
+    return 1;
+  }
+
+  std::printf("\n%-16s %5s %6s %11s %13s %9s %7s %9s %7s\n", "op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s",
+              "MFU%", "GB/s", "HBM%");
+  for (const Row& r : rows)
+    std::printf("%-16s %5lld %6lld %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f\n", r.op.c_str(), r.B, r.T, r.ms,
+                r.tokens_per_s, r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
+  std::printf("peaks: bf16 dense %.0f TFLOP/s, HBM3 %.2f TB/s (H100 SXM). Target: decode >= 60%% of the bandwidth "
+              "bound (HBM%% column).\n",
+              kBf16Peak / 1e12, kHbmPeak / 1e12);
+  if (args.out) {
+    FILE* f = std::fopen(args.out, "w");
+    if (!f) {
+      std::printf("cannot write %s\n", args.out);
+      return 1;
+    }
+    std::fprintf(f, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct\n");
+    for (const Row& r : rows)
+      std::fprintf(f, "%s,%lld,%lld,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f\n", r.op.c_str(), r.B, r.T, r.ms, r.tokens_per_s,
+                   r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
+    std::fclose(f);
+  }
+  return 0;
+}

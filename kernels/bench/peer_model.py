@@ -1,0 +1,116 @@
+"""PyTorch / HF transformers peer of kernels/bench/bench_model.cu: the decode step of HF's
+JetMoeForCausalLM (transformers.models.jetmoe) in bf16 at the same shapes, timed the same way (median
+after a warm-up; CUDA events on a GPU), printing the same table columns (op, B, T, time_ms,
+tokens_per_s, TFLOP/s, MFU%, GB/s, HBM%).
+
+  GPU session: python kernels/bench/peer_model.py --out peer-model.csv
+               (JetMoE-8B: V 32000, 24 layers of D 2048, E 8, k 2, H_kv 16, d 128, F 5632, untied head;
+               B = 1 and 8 at context 4096; attention 'sdpa' on the GPU)
+  CPU smoke:   python kernels/bench/peer_model.py --device cpu --vocab 64 --layers 2 --hidden 32 --experts 4 \
+                   --kv-heads 2 --head-dim 8 --ffn 24 --batches 1 2 --context 16 --reps 2
+
+Decode op: one token per sequence through the whole model (logits of the last position), with a
+DynamicCache holding context - 1 tokens (cropped back after each step); bytes of the same bandwidth bound
+as the bench (per layer the active experts, the shared K/V projection, routers, norms, biases and the K/V
+cache read; the embedding rows, final norm and LM head). The model is built on the meta device and its
+bf16 parameters drawn on the target device (8.5B parameters; host initialisation would take minutes);
+the RoPE buffer is rebuilt in fp32 (a whole-model bf16 cast would round it).
+"""
+import argparse
+
+import torch
+
+from transformers import DynamicCache
+from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
+from transformers.models.jetmoe.modeling_jetmoe import JetMoeForCausalLM, JetMoeRotaryEmbedding
+
+from peer_common import add_run_args, device_name, median_ms, print_table, select_device, write_csv
+
+HBM_PEAK = 3.35e12
+BF16_PEAK = 989e12
+
+
+def layer_flops_per_token(D, E, k, Hkv, d, F, seq):
+    """jk_layer_flops_per_token: 2 * active matmul params + causal attention 2 * 2 * (T/2) * Hq * d."""
+    A = Hkv * d
+    params = 2 * E * D + k * A * D + 2 * A * D + k * D * A + k * 2 * F * D + k * D * F
+    return 2.0 * params + 2.0 * 2.0 * (seq / 2.0) * (k * Hkv) * d
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--kv-heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--ffn", type=int, default=5632)
+    p.add_argument("--batches", type=int, nargs="*", default=[1, 8])
+    p.add_argument("--context", type=int, default=4096)
+    p.add_argument("--attn", default=None, help="eager or sdpa (default: sdpa on cuda, eager on cpu)")
+    add_run_args(p, reps=50, warmup=5)
+    a = p.parse_args()
+    device = select_device(a.device, "peer_model.py", "--device cpu and small sizes (see the docstring)")
+    attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
+    torch.manual_seed(20240407)
+    V, L, D, E, k, Hkv, d, F = a.vocab, a.layers, a.hidden, a.experts, a.top_k, a.kv_heads, a.head_dim, a.ffn
+    A, ctx = Hkv * d, a.context
+    cfg = JetMoeConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_local_experts=E, num_experts_per_tok=k,
+                       num_key_value_heads=Hkv, kv_channels=d, intermediate_size=F, max_position_embeddings=ctx,
+                       rope_theta=10000.0, tie_word_embeddings=False, attn_implementation=attn)
+    cfg._attn_implementation = attn
+    with torch.device("meta"):
+        model = JetMoeForCausalLM(cfg).to(torch.bfloat16)
+    model = model.to_empty(device=device)
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if "layernorm" in name or name.endswith("norm.weight"):
+                prm.copy_(1.0 + 0.25 * torch.rand(prm.shape, device=device))
+            elif name.endswith("bias"):
+                prm.copy_(0.1 * torch.randn(prm.shape, device=device))
+            else:
+                prm.copy_(torch.randn(prm.shape, device=device) / prm.shape[-1] ** 0.5)
+    model.model.rotary_emb = JetMoeRotaryEmbedding(config=cfg).to(device)  # fp32 inv_freq, as from_pretrained
+    model.eval()
+    print("peer_model: torch %s, %s, attention %s, bf16, %d layers, %.1fM parameters" %
+          (torch.__version__, device_name(device), attn, L, sum(q.numel() for q in model.parameters()) / 1e6))
+    rows = []
+    for B in a.batches:
+        with torch.no_grad():
+            cache = DynamicCache(config=cfg)
+            prompt = torch.randint(0, V, (B, ctx - 1), device=device)
+            model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            del prompt
+            step_ids = torch.randint(0, V, (B, 1), device=device)
+            pos = torch.full((B, 1), ctx - 1, device=device, dtype=torch.long)
+
+            def decode_step():
+                model(input_ids=step_ids, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache.crop(-1)  # drop the appended token: the context stays ctx - 1
+
+            t = median_ms(decode_step, device, a.warmup, a.reps)
+            del cache
+        experts = min(E, B * k)
+        block_bytes = 2.0 * (experts * 2 * A * D + 2 * A * D + 2 * E * D + experts * 3 * F * D + 4 * D)
+        kv_bytes = B * ctx * 2.0 * A * 2.0
+        total = L * (block_bytes + kv_bytes) + 2.0 * (B * D + D + V * D)
+        gbs = total / (t * 1e-3) / 1e9
+        tf = B * (L * layer_flops_per_token(D, E, k, Hkv, d, F, 2 * ctx) + 2.0 * V * D) / (t * 1e-3) / 1e12
+        rows.append(("decode.step", B, ctx, t, B / (t * 1e-3), tf, 100 * tf * 1e12 / BF16_PEAK, gbs,
+                     100 * gbs * 1e9 / HBM_PEAK))
+        print("decode B %d: bandwidth-bound bytes %.3f GB per step" % (B, total / 1e9))
+
+    print_table("%-16s %5s %6s %11s %13s %9s %7s %9s %7s",
+                ("op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s", "MFU%", "GB/s", "HBM%"),
+                "%-16s %5d %6d %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f", rows, lead="\n")
+    print("peaks: bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s (H100 SXM)")
+    if a.out:
+        write_csv(a.out, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct",
+                  "%s,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f", rows, announce=False)
+
+
+if __name__ == "__main__":
+    main()
