@@ -18,14 +18,8 @@
 
 namespace {
 
-constexpr double kHbmPeak = 3.35e12;  // bytes/s, H100 SXM HBM3
-constexpr double kBf16Peak = 989e12;  // FLOP/s, H100 SXM dense bf16
-
-struct Row {
-  std::string op;
-  long long B, T;
-  double ms, tokens_per_s, tflops, mfu_pct, gbs, hbm_pct;
-};
+using jkb::kBf16Peak;
+using jkb::kHbmPeak;
 
 std::uint16_t* device_bf16(std::size_t n, std::mt19937_64& gen, float lo, float hi, float offset = 0.0f) {
   std::vector<float> v(n);
@@ -123,7 +117,7 @@ int main(int argc, char** argv) {
     return rc;
   std::printf("jetmoe-layer-bench\n%s", jkb::describe(info).c_str());
 
-  std::vector<Row> rows;
+  std::vector<jkb::ThroughputRow> rows;
   try {
     cudaStream_t stream;
     CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -171,11 +165,7 @@ int main(int argc, char** argv) {
       const double flop[3] = {fpt * N, 2 * fpt * N, 3 * fpt * N};
       const double t[3] = {t_fwd, t_bwd, t_all};
       const char* names[3] = {"train.fwd", "train.bwd", "train.fwd+bwd"};
-      for (int i = 0; i < 3; ++i) {
-        const double tf = flop[i] / (t[i] * 1e-3) / 1e12;
-        rows.push_back(
-            {names[i], (long long)B, (long long)T, t[i], N / (t[i] * 1e-3), tf, 100.0 * tf * 1e12 / kBf16Peak, 0, 0});
-      }
+      for (int i = 0; i < 3; ++i) rows.push_back(jkb::throughput_row(names[i], B, T, t[i], double(N), flop[i], 0.0));
       print_breakdown("forward", fwd, stream);
       print_breakdown("backward", bwd, stream);
       for (void* p : {saved, scratch, (void*)x, (void*)dout, (void*)out, (void*)dx, (void*)losses})
@@ -198,41 +188,19 @@ int main(int argc, char** argv) {
         CHECK_CUDA(jk_layer_decode(&W.w, &cfg, x, B, kc, vc, len, Tmax, out, scratch, bytes, p, stream));
       };
       const double ms = median_ms([&] { step(nullptr); }, stream, std::max(warmup, 5), quick ? 50 : 200);
-      const double E = double(cfg.num_experts), k = double(cfg.top_k), F = double(cfg.ffn), Dd = double(D);
-      const double experts = std::min(E, double(B) * k);
-      const double weight_bytes = 2.0 * (experts * (2.0 * A * Dd)    // W_q + W_o of the active MoA experts
-                                         + 2.0 * A * Dd              // shared K/V projection
-                                         + 2.0 * E * Dd              // both routers
-                                         + experts * (3.0 * F * Dd)  // fc1 (2F x D) + fc2 (D x F), MoE
-                                         + 4.0 * Dd);                // norms and biases
       const double kv_bytes = double(B) * double(Tmax) * 2.0 * A * 2.0;
-      const double gbs = (weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9;
+      const double bound_bytes = jkb::decode_block_bytes(cfg, B, Tmax), weight_bytes = bound_bytes - kv_bytes;
       // one token attending Tmax keys: the causal formula's T/2 becomes Tmax, hence seq = 2 Tmax
       const double flops = double(B) * jk_layer_flops_per_token(&cfg, 2 * Tmax);
-      const double tf = flops / (ms * 1e-3) / 1e12;
-      rows.push_back({"decode.step", (long long)B, (long long)Tmax, ms, B / (ms * 1e-3), tf,
-                      100.0 * tf * 1e12 / kBf16Peak, gbs, 100.0 * gbs * 1e9 / kHbmPeak});
+      rows.push_back(jkb::throughput_row("decode.step", B, Tmax, ms, double(B), flops, bound_bytes));
       // The same step captured once in a CUDA graph (the layer never synchronises with the host, so it
       // is capturable): removes the ~35 launch latencies that dominate a single-token step.
       // Non-fatal: if capture is refused, say so and keep the other rows.
       try {
-        cudaGraph_t graph = nullptr;
-        cudaGraphExec_t exec = nullptr;
-        CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        const cudaError_t captured =
-            jk_layer_decode(&W.w, &cfg, x, B, kc, vc, len, Tmax, out, scratch, bytes, nullptr, stream);
-        const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
-        CHECK_CUDA(captured);
-        CHECK_CUDA(ended);
-        CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        const double ms_graph = median_ms([&] { CHECK_CUDA(cudaGraphLaunch(exec, stream)); }, stream,
-                                          std::max(warmup, 5), quick ? 50 : 200);
-        CHECK_CUDA(cudaGraphExecDestroy(exec));
-        CHECK_CUDA(cudaGraphDestroy(graph));
-        const double gbs_graph = (weight_bytes + kv_bytes) / (ms_graph * 1e-3) / 1e9;
-        const double tf_graph = flops / (ms_graph * 1e-3) / 1e12;
-        rows.push_back({"decode.graph", (long long)B, (long long)Tmax, ms_graph, B / (ms_graph * 1e-3), tf_graph,
-                        100.0 * tf_graph * 1e12 / kBf16Peak, gbs_graph, 100.0 * gbs_graph * 1e9 / kHbmPeak});
+        const double ms_graph = jkb::median_ms_graph(
+            [&] { return jk_layer_decode(&W.w, &cfg, x, B, kc, vc, len, Tmax, out, scratch, bytes, nullptr, stream); },
+            stream, std::max(warmup, 5), quick ? 50 : 200);
+        rows.push_back(jkb::throughput_row("decode.graph", B, Tmax, ms_graph, double(B), flops, bound_bytes));
       } catch (const std::exception& e) {
         std::printf("decode B %lld: CUDA graph capture failed (%s); decode.graph row skipped\n", (long long)B,
                     e.what());
@@ -252,26 +220,6 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  std::printf("\n%-16s %5s %6s %11s %13s %9s %7s %9s %7s\n", "op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s",
-              "MFU%", "GB/s", "HBM%");
-  for (const Row& r : rows)
-    std::printf("%-16s %5lld %6lld %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f\n", r.op.c_str(), r.B, r.T, r.ms,
-                r.tokens_per_s, r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
-  std::printf(
-      "peaks: bf16 dense %.0f TFLOP/s, HBM3 %.2f TB/s (H100 SXM). Targets: train MFU >= 40%%, decode >= 60%% "
-      "of the bandwidth bound (HBM%% column).\n",
-      kBf16Peak / 1e12, kHbmPeak / 1e12);
-  if (out_path) {
-    FILE* f = std::fopen(out_path, "w");
-    if (!f) {
-      std::printf("cannot write %s\n", out_path);
-      return 1;
-    }
-    std::fprintf(f, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct\n");
-    for (const Row& r : rows)
-      std::fprintf(f, "%s,%lld,%lld,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f\n", r.op.c_str(), r.B, r.T, r.ms, r.tokens_per_s,
-                   r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
-    std::fclose(f);
-  }
+  if (!jkb::report_throughput(rows, "Targets: train MFU >= 40%, decode >= 60% of the bandwidth bound (HBM% column).", out_path)) return 1;
   return 0;
 }

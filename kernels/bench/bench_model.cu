@@ -16,14 +16,7 @@
 
 namespace {
 
-constexpr double kHbmPeak = 3.35e12;  // bytes/s, H100 SXM HBM3
-constexpr double kBf16Peak = 989e12;  // FLOP/s, H100 SXM dense bf16
-
-struct Row {
-  std::string op;
-  long long B, T;
-  double ms, tokens_per_s, tflops, mfu_pct, gbs, hbm_pct;
-};
+using jkb::kHbmPeak;
 
 // x[i] = offset +- U(lo, hi) from a hash of (seed, i), as bf16 bits (round to nearest even).
 __global__ void fill_bf16(std::uint16_t* x, std::int64_t n, std::uint64_t seed, float lo, float hi, float offset) {
@@ -104,7 +97,7 @@ int main(int argc, char** argv) {
   std::printf("jetmoe-model-bench: decode through %lld blocks at context %lld\n%s", (long long)layers,
               (long long)context, jkb::describe(info).c_str());
 
-  std::vector<Row> rows;
+  std::vector<jkb::ThroughputRow> rows;
   try {
     Owned own;
     cudaStream_t stream;
@@ -149,34 +142,23 @@ int main(int argc, char** argv) {
         CHECK_CUDA(jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr, scratch, bytes,
                                    stream));
       };
-      // The bandwidth bound's bytes (the same per-block terms as bench_layer.cu).
-      const double E = double(l.num_experts), k = double(l.top_k), F = double(l.ffn), Dd = double(D);
-      const double experts = std::min(E, double(B) * k);
-      const double block_bytes =
-          2.0 * (experts * (2.0 * A * Dd) + 2.0 * A * Dd + 2.0 * E * Dd + experts * (3.0 * F * Dd) + 4.0 * Dd);
-      const double kv_bytes = double(B) * double(T) * 2.0 * A * 2.0;
-      const double total_bytes = double(layers) * (block_bytes + kv_bytes) + 2.0 * (double(B) * Dd + Dd + double(V) * Dd);
+      // The bandwidth bound's bytes: every block's (as bench_layer.cu), the embedding rows, the final
+      // norm and the LM head.
+      const double Dd = double(D);
+      const double total_bytes =
+          double(layers) * jkb::decode_block_bytes(l, B, T) + 2.0 * (double(B) * Dd + Dd + double(V) * Dd);
       const double flops = double(B) * (double(layers) * jk_layer_flops_per_token(&l, 2 * T) + 2.0 * double(V) * Dd);
       auto add = [&](const char* op, double ms) {
-        const double gbs = total_bytes / (ms * 1e-3) / 1e9, tf = flops / (ms * 1e-3) / 1e12;
-        rows.push_back({op, (long long)B, (long long)T, ms, B / (ms * 1e-3), tf, 100.0 * tf * 1e12 / kBf16Peak, gbs,
-                        100.0 * gbs * 1e9 / kHbmPeak});
+        rows.push_back(jkb::throughput_row(op, B, T, ms, double(B), flops, total_bytes));
       };
       add("decode.step", jkb::median_ms(step, stream, std::max(args.warmup, 3), args.reps));
       try {  // non-fatal: if capture is refused, say so and keep the other rows
-        cudaGraph_t graph = nullptr;
-        cudaGraphExec_t exec = nullptr;
-        CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        const cudaError_t captured = jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr,
-                                                     scratch, bytes, stream);
-        const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
-        CHECK_CUDA(captured);
-        CHECK_CUDA(ended);
-        CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        add("decode.graph",
-            jkb::median_ms([&] { CHECK_CUDA(cudaGraphLaunch(exec, stream)); }, stream, std::max(args.warmup, 3), args.reps));
-        CHECK_CUDA(cudaGraphExecDestroy(exec));
-        CHECK_CUDA(cudaGraphDestroy(graph));
+        add("decode.graph", jkb::median_ms_graph(
+                                [&] {
+                                  return jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr,
+                                                         scratch, bytes, stream);
+                                },
+                                stream, std::max(args.warmup, 3), args.reps));
       } catch (const std::exception& e) {
         std::printf("decode B %lld: CUDA graph capture failed (%s); decode.graph row skipped\n", (long long)B, e.what());
         cudaGetLastError();
@@ -190,25 +172,6 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  std::printf("\n%-16s %5s %6s %11s %13s %9s %7s %9s %7s\n", "op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s",
-              "MFU%", "GB/s", "HBM%");
-  for (const Row& r : rows)
-    std::printf("%-16s %5lld %6lld %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f\n", r.op.c_str(), r.B, r.T, r.ms,
-                r.tokens_per_s, r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
-  std::printf("peaks: bf16 dense %.0f TFLOP/s, HBM3 %.2f TB/s (H100 SXM). Target: decode >= 60%% of the bandwidth "
-              "bound (HBM%% column).\n",
-              kBf16Peak / 1e12, kHbmPeak / 1e12);
-  if (args.out) {
-    FILE* f = std::fopen(args.out, "w");
-    if (!f) {
-      std::printf("cannot write %s\n", args.out);
-      return 1;
-    }
-    std::fprintf(f, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct\n");
-    for (const Row& r : rows)
-      std::fprintf(f, "%s,%lld,%lld,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f\n", r.op.c_str(), r.B, r.T, r.ms, r.tokens_per_s,
-                   r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
-    std::fclose(f);
-  }
+  if (!jkb::report_throughput(rows, "Target: decode >= 60% of the bandwidth bound (HBM% column).", args.out)) return 1;
   return 0;
 }

@@ -164,4 +164,78 @@ double median_us(Launch&& launch, cudaStream_t stream, int warmup, int reps) {
   return 1e3 * median_ms(std::forward<Launch>(launch), stream, warmup, reps);
 }
 
+// The median time of `launch` (one enqueue on `stream`) captured once into a CUDA graph and replayed:
+// what a step costs without its launch latencies. Throws (CHECK_CUDA) when the capture is refused.
+template <typename Launch>
+double median_ms_graph(Launch&& launch, cudaStream_t stream, int warmup, int reps) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const cudaError_t captured = launch();
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  CHECK_CUDA(captured);
+  CHECK_CUDA(ended);
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = median_ms([&] { CHECK_CUDA(cudaGraphLaunch(exec, stream)); }, stream, warmup, reps);
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  return ms;
+}
+
+// ---- the throughput table of the layer and model benches (and of their peers) ----------------------
+
+inline constexpr double kHbmPeak = 3.35e12;  // bytes/s, H100 SXM HBM3
+inline constexpr double kBf16Peak = 989e12;  // FLOP/s, H100 SXM dense bf16
+
+struct ThroughputRow {
+  std::string op;
+  long long B, T;
+  double ms, tokens_per_s, tflops, mfu_pct, gbs, hbm_pct;
+};
+
+// A row from a time, the tokens it processed, its model FLOPs and the bytes of its bandwidth bound.
+inline ThroughputRow throughput_row(const std::string& op, long long B, long long T, double ms, double tokens,
+                                    double flops, double bytes) {
+  const double tf = flops / (ms * 1e-3) / 1e12, gbs = bytes / (ms * 1e-3) / 1e9;
+  return {op, B, T, ms, tokens / (ms * 1e-3), tf, 100.0 * tf * 1e12 / kBf16Peak, gbs, 100.0 * gbs * 1e9 / kHbmPeak};
+}
+
+// The table on stdout, then the peaks and `targets`; the raw rows to `csv` when it is not null. False
+// when the CSV cannot be written (said on stdout).
+inline bool report_throughput(const std::vector<ThroughputRow>& rows, const char* targets, const char* csv) {
+  std::printf("\n%-16s %5s %6s %11s %13s %9s %7s %9s %7s\n", "op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s",
+              "MFU%", "GB/s", "HBM%");
+  for (const ThroughputRow& r : rows)
+    std::printf("%-16s %5lld %6lld %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f\n", r.op.c_str(), r.B, r.T, r.ms,
+                r.tokens_per_s, r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
+  std::printf("peaks: bf16 dense %.0f TFLOP/s, HBM3 %.2f TB/s (H100 SXM). %s\n", kBf16Peak / 1e12, kHbmPeak / 1e12,
+              targets);
+  if (!csv) return true;
+  FILE* f = std::fopen(csv, "w");
+  if (!f) {
+    std::printf("cannot write %s\n", csv);
+    return false;
+  }
+  std::fprintf(f, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct\n");
+  for (const ThroughputRow& r : rows)
+    std::fprintf(f, "%s,%lld,%lld,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f\n", r.op.c_str(), r.B, r.T, r.ms, r.tokens_per_s,
+                 r.tflops, r.mfu_pct, r.gbs, r.hbm_pct);
+  std::fclose(f);
+  return true;
+}
+
+// Bytes one decode step of a block reads at least (its bandwidth bound): the weights of the experts
+// both routers choose (min(E, B k) each), the shared K/V projection, both routers, the norms and
+// biases, and the K/V cache of B sequences of `context` tokens.
+inline double decode_block_bytes(const jk_layer_config_t& c, std::int64_t B, std::int64_t context) {
+  const double E = double(c.num_experts), k = double(c.top_k), F = double(c.ffn), D = double(c.hidden);
+  const double A = double(c.kv_heads * c.head_dim), experts = std::min(E, double(B) * k);
+  const double weights = 2.0 * (experts * (2.0 * A * D)    // W_q + W_o of the active MoA experts
+                                + 2.0 * A * D              // shared K/V projection
+                                + 2.0 * E * D              // both routers
+                                + experts * (3.0 * F * D)  // fc1 (2F x D) + fc2 (D x F), MoE
+                                + 4.0 * D);                // norms and biases
+  return weights + double(B) * double(context) * 2.0 * A * 2.0;
+}
+
 }  // namespace jkb

@@ -19,6 +19,18 @@ def add_run_args(parser, reps, warmup, out=None, out_help=None):
     parser.add_argument("--out", default=out, help=out_help)
 
 
+def add_block_args(parser):
+    """--device and a JetMoE block's sizes, JetMoE-8B's by default (peer_layer.py, peer_model.py)."""
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--kv-heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--ffn", type=int, default=5632)
+    parser.add_argument("--attn", default=None, help="eager or sdpa (default: sdpa on cuda, eager on cpu)")
+
+
 def select_device(name, prog, smoke="--device cpu"):
     """torch.device(name); exits 77 (as the C++ benches do) when CUDA is asked for and there is none."""
     device = torch.device(name)
@@ -91,3 +103,40 @@ def write_csv(path, header, row_fmt, rows, announce=True):
             f.write(row_fmt % tuple(r) + "\n")
     if announce:
         print("wrote", path)
+
+
+# ---- the throughput table of peer_layer.py and peer_model.py (bench_timing.cuh's in the C++ benches) ----
+
+HBM_PEAK = 3.35e12  # bytes/s, H100 SXM HBM3
+BF16_PEAK = 989e12  # FLOP/s, H100 SXM dense bf16
+
+
+def layer_flops_per_token(D, E, k, Hkv, d, F, seq):
+    """jk_layer_flops_per_token: 2 * active matmul params + causal attention 2 * 2 * (T/2) * Hq * d."""
+    A = Hkv * d
+    params = 2 * E * D + k * A * D + 2 * A * D + k * D * A + k * 2 * F * D + k * D * F
+    return 2.0 * params + 2.0 * 2.0 * (seq / 2.0) * (k * Hkv) * d
+
+
+def decode_block_bytes(D, E, k, Hkv, d, F, B, context):
+    """jkb::decode_block_bytes: a block's bandwidth bound for one decode step of B sequences."""
+    A, experts = Hkv * d, min(E, B * k)
+    weights = 2.0 * (experts * 2 * A * D + 2 * A * D + 2 * E * D + experts * 3 * F * D + 4 * D)
+    return weights + B * context * 2.0 * A * 2.0
+
+
+def throughput_row(op, B, T, ms, tokens, flops, nbytes):
+    """(op, B, T, time_ms, tokens_per_s, TFLOP/s, MFU%, GB/s, HBM%) as jkb::throughput_row."""
+    tf, gbs = flops / (ms * 1e-3) / 1e12, nbytes / (ms * 1e-3) / 1e9
+    return (op, B, T, ms, tokens / (ms * 1e-3), tf, 100 * tf * 1e12 / BF16_PEAK, gbs, 100 * gbs * 1e9 / HBM_PEAK)
+
+
+def report_throughput(rows, out):
+    """The table, the peaks, and the CSV when out is set (jkb::report_throughput's columns)."""
+    print_table("%-16s %5s %6s %11s %13s %9s %7s %9s %7s",
+                ("op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s", "MFU%", "GB/s", "HBM%"),
+                "%-16s %5d %6d %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f", rows, lead="\n")
+    print("peaks: bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s (H100 SXM)")
+    if out:
+        write_csv(out, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct",
+                  "%s,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f", rows, announce=False)

@@ -24,17 +24,8 @@ from transformers import DynamicCache
 from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
 from transformers.models.jetmoe.modeling_jetmoe import JetMoeDecoderLayer, JetMoeRotaryEmbedding
 
-from peer_common import add_run_args, median_ms, print_table, select_device, write_csv
-
-HBM_PEAK = 3.35e12
-BF16_PEAK = 989e12
-
-
-def flops_per_token(D, E, k, Hkv, d, F, seq):
-    """jk_layer_flops_per_token: 2 * active matmul params + causal attention 2 * 2 * (T/2) * Hq * d."""
-    A = Hkv * d
-    params = 2 * E * D + k * A * D + 2 * A * D + k * D * A + k * 2 * F * D + k * D * F
-    return 2.0 * params + 2.0 * 2.0 * (seq / 2.0) * (k * Hkv) * d
+from peer_common import (add_block_args, add_run_args, decode_block_bytes, layer_flops_per_token, median_ms,
+                         report_throughput, select_device, throughput_row)
 
 
 def aux_loss(logits, k):
@@ -50,25 +41,17 @@ def aux_loss(logits, k):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--experts", type=int, default=8)
-    p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--kv-heads", type=int, default=16)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--ffn", type=int, default=5632)
+    add_block_args(p)
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--batches", type=int, nargs="*", default=[2, 4])
     p.add_argument("--decode-batches", type=int, nargs="*", default=[1, 8])
     p.add_argument("--context", type=int, default=4096)
-    p.add_argument("--attn", default=None, help="eager or sdpa (default: sdpa on cuda, eager on cpu)")
     add_run_args(p, reps=10, warmup=2)
     a = p.parse_args()
     device = select_device(a.device, "peer_layer.py", "--device cpu and small sizes (see the docstring)")
     attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
     torch.manual_seed(20240407)
     D, E, k, Hkv, d, F = a.hidden, a.experts, a.top_k, a.kv_heads, a.head_dim, a.ffn
-    A = Hkv * d
     cfg = JetMoeConfig(hidden_size=D, num_local_experts=E, num_experts_per_tok=k, num_key_value_heads=Hkv,
                        kv_channels=d, intermediate_size=F, num_hidden_layers=1, vocab_size=32,
                        max_position_embeddings=max(a.seq, a.context), rope_theta=10000.0, attn_implementation=attn)
@@ -95,7 +78,7 @@ def main():
         print("  " + torch.cuda.get_device_name(device))
     else:
         print("  CPU threads %d" % torch.get_num_threads())
-    fpt = flops_per_token(D, E, k, Hkv, d, F, a.seq)
+    fpt = layer_flops_per_token(D, E, k, Hkv, d, F, a.seq)
     print("FLOPs per token per layer (forward, T = %d): %.4g (training 3x: %.4g)" % (a.seq, fpt, 3 * fpt))
     rows = []
 
@@ -130,8 +113,7 @@ def main():
         t_fwd = median_ms(fwd_only, device, a.warmup, a.reps)
         t_all = median_ms(step, device, a.warmup, a.reps)
         for op, t, mult in (("train.fwd", t_fwd, 1), ("train.fwd+bwd", t_all, 3)):
-            tf = mult * fpt * N / (t * 1e-3) / 1e12
-            rows.append((op, B, T, t, N / (t * 1e-3), tf, 100 * tf * 1e12 / BF16_PEAK, 0.0, 0.0))
+            rows.append(throughput_row(op, B, T, t, N, mult * fpt * N, 0.0))
         del x, G, mask
 
     layer.eval()
@@ -160,22 +142,10 @@ def main():
                 cache.crop(-1)  # drop the appended token: the context stays ctx - 1
 
             t = median_ms(decode_step, device, max(a.warmup, 5), a.reps * 5)
-        experts = min(E, B * k)
-        weight_bytes = 2.0 * (experts * 2 * A * D + 2 * A * D + 2 * E * D + experts * 3 * F * D + 4 * D)
-        kv_bytes = B * ctx * 2.0 * A * 2.0
-        gbs = (weight_bytes + kv_bytes) / (t * 1e-3) / 1e9
-        tf = B * flops_per_token(D, E, k, Hkv, d, F, 2 * ctx) / (t * 1e-3) / 1e12
-        rows.append(("decode.step", B, ctx, t, B / (t * 1e-3), tf, 100 * tf * 1e12 / BF16_PEAK, gbs,
-                     100 * gbs * 1e9 / HBM_PEAK))
+        rows.append(throughput_row("decode.step", B, ctx, t, B, B * layer_flops_per_token(D, E, k, Hkv, d, F, 2 * ctx),
+                                   decode_block_bytes(D, E, k, Hkv, d, F, B, ctx)))
 
-    print_table("%-16s %5s %6s %11s %13s %9s %7s %9s %7s",
-                ("op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s", "MFU%", "GB/s", "HBM%"),
-                "%-16s %5d %6d %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f", rows, lead="\n")
-    print("peaks: bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s (H100 SXM)")
-    if a.out:
-        write_csv(a.out, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct",
-                  "%s,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f", rows, announce=False)
-
+    report_throughput(rows, a.out)
 
 if __name__ == "__main__":
     main()

@@ -24,40 +24,24 @@ from transformers import DynamicCache
 from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
 from transformers.models.jetmoe.modeling_jetmoe import JetMoeForCausalLM, JetMoeRotaryEmbedding
 
-from peer_common import add_run_args, device_name, median_ms, print_table, select_device, write_csv
-
-HBM_PEAK = 3.35e12
-BF16_PEAK = 989e12
-
-
-def layer_flops_per_token(D, E, k, Hkv, d, F, seq):
-    """jk_layer_flops_per_token: 2 * active matmul params + causal attention 2 * 2 * (T/2) * Hq * d."""
-    A = Hkv * d
-    params = 2 * E * D + k * A * D + 2 * A * D + k * D * A + k * 2 * F * D + k * D * F
-    return 2.0 * params + 2.0 * 2.0 * (seq / 2.0) * (k * Hkv) * d
+from peer_common import (add_block_args, add_run_args, decode_block_bytes, device_name, layer_flops_per_token,
+                         median_ms, report_throughput, select_device, throughput_row)
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--device", default="cuda")
+    add_block_args(p)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--layers", type=int, default=24)
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--experts", type=int, default=8)
-    p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--kv-heads", type=int, default=16)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--ffn", type=int, default=5632)
     p.add_argument("--batches", type=int, nargs="*", default=[1, 8])
     p.add_argument("--context", type=int, default=4096)
-    p.add_argument("--attn", default=None, help="eager or sdpa (default: sdpa on cuda, eager on cpu)")
     add_run_args(p, reps=50, warmup=5)
     a = p.parse_args()
     device = select_device(a.device, "peer_model.py", "--device cpu and small sizes (see the docstring)")
     attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
     torch.manual_seed(20240407)
     V, L, D, E, k, Hkv, d, F = a.vocab, a.layers, a.hidden, a.experts, a.top_k, a.kv_heads, a.head_dim, a.ffn
-    A, ctx = Hkv * d, a.context
+    ctx = a.context
     cfg = JetMoeConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_local_experts=E, num_experts_per_tok=k,
                        num_key_value_heads=Hkv, kv_channels=d, intermediate_size=F, max_position_embeddings=ctx,
                        rope_theta=10000.0, tie_word_embeddings=False, attn_implementation=attn)
@@ -93,24 +77,12 @@ def main():
 
             t = median_ms(decode_step, device, a.warmup, a.reps)
             del cache
-        experts = min(E, B * k)
-        block_bytes = 2.0 * (experts * 2 * A * D + 2 * A * D + 2 * E * D + experts * 3 * F * D + 4 * D)
-        kv_bytes = B * ctx * 2.0 * A * 2.0
-        total = L * (block_bytes + kv_bytes) + 2.0 * (B * D + D + V * D)
-        gbs = total / (t * 1e-3) / 1e9
-        tf = B * (L * layer_flops_per_token(D, E, k, Hkv, d, F, 2 * ctx) + 2.0 * V * D) / (t * 1e-3) / 1e12
-        rows.append(("decode.step", B, ctx, t, B / (t * 1e-3), tf, 100 * tf * 1e12 / BF16_PEAK, gbs,
-                     100 * gbs * 1e9 / HBM_PEAK))
+        total = L * decode_block_bytes(D, E, k, Hkv, d, F, B, ctx) + 2.0 * (B * D + D + V * D)
+        flops = B * (L * layer_flops_per_token(D, E, k, Hkv, d, F, 2 * ctx) + 2.0 * V * D)
+        rows.append(throughput_row("decode.step", B, ctx, t, B, flops, total))
         print("decode B %d: bandwidth-bound bytes %.3f GB per step" % (B, total / 1e9))
 
-    print_table("%-16s %5s %6s %11s %13s %9s %7s %9s %7s",
-                ("op", "B", "T", "time_ms", "tokens_per_s", "TFLOP/s", "MFU%", "GB/s", "HBM%"),
-                "%-16s %5d %6d %11.3f %13.1f %9.1f %7.1f %9.1f %7.1f", rows, lead="\n")
-    print("peaks: bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s (H100 SXM)")
-    if a.out:
-        write_csv(a.out, "op,B,T,time_ms,tokens_per_s,tflops,mfu_pct,gbs,hbm_pct",
-                  "%s,%d,%d,%.6f,%.3f,%.3f,%.3f,%.3f,%.3f", rows, announce=False)
-
+    report_throughput(rows, a.out)
 
 if __name__ == "__main__":
     main()

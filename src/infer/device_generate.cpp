@@ -30,12 +30,8 @@ namespace {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 void check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  if (e == cudaErrorMemoryAllocation)
-    fail(ErrorKind::Input, std::string("generation on the GPU: out of GPU memory in ") + what +
-                               " (fewer prompts at once or fewer generate/max_new_tokens)");
-  fail(ErrorKind::Internal, std::string("generation on the GPU: ") + what + " failed: " + cudaGetErrorName(e) + " (" +
-                                cudaGetErrorString(e) + ")");
+  if (e != cudaSuccess)
+    device::fail_cuda(e, "generation on the GPU", what, "fewer prompts at once or fewer generate/max_new_tokens");
 }
 
 void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
@@ -69,17 +65,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   GenerationResult result;
   result.tokens.resize(prompts.size());
   if (B == 0 || params.max_new_tokens <= 0) return result;
-  std::int64_t longest = 0;
-  for (std::size_t b = 0; b < prompts.size(); ++b) {
-    if (prompts[b].empty()) fail(ErrorKind::Input, "prompt " + std::to_string(b + 1) + " is empty (no tokens)");
-    longest = std::max<std::int64_t>(longest, std::int64_t(prompts[b].size()));
-    result.prompt_tokens += std::int64_t(prompts[b].size());
-  }
-  const std::int64_t max_seq = longest + params.max_new_tokens;
-  if (max_seq > c.max_position_embeddings)
-    fail(ErrorKind::Input, "prompt of " + std::to_string(longest) + " tokens plus " + std::to_string(params.max_new_tokens) +
-                               " new tokens exceeds the model's context of " + std::to_string(c.max_position_embeddings) +
-                               " tokens");
+  const std::int64_t max_seq = check_prompts(c, prompts, params, result) + params.max_new_tokens;
 
   // The weights in bf16 (round to nearest even, as HF's .to(bfloat16)), bound to the kernels' structs.
   Stream stream;

@@ -12,6 +12,21 @@ namespace {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 }  // namespace
 
+std::int64_t check_prompts(const ModelConfig& c, const std::vector<std::vector<std::int32_t>>& prompts,
+                           const GenerationParams& params, GenerationResult& result) {
+  std::int64_t longest = 0;
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    if (prompts[b].empty()) fail(ErrorKind::Input, "prompt " + std::to_string(b + 1) + " is empty (no tokens)");
+    longest = std::max<std::int64_t>(longest, std::int64_t(prompts[b].size()));
+    result.prompt_tokens += std::int64_t(prompts[b].size());
+  }
+  if (longest + params.max_new_tokens > c.max_position_embeddings)
+    fail(ErrorKind::Input, "prompt of " + std::to_string(longest) + " tokens plus " + std::to_string(params.max_new_tokens) +
+                               " new tokens exceeds the model's context of " + std::to_string(c.max_position_embeddings) +
+                               " tokens");
+  return longest;
+}
+
 GenerationResult generate(Model& model, const std::vector<std::vector<std::int32_t>>& prompts,
                           const GenerationParams& params, const std::function<void(std::size_t, std::int32_t)>& on_token) {
   Region region("generate");
@@ -20,17 +35,8 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
   GenerationResult result;
   result.tokens.resize(prompts.size());
   if (B == 0) return result;
-  std::int64_t longest = 0;
-  for (std::size_t b = 0; b < prompts.size(); ++b) {
-    if (prompts[b].empty()) fail(ErrorKind::Input, "prompt " + std::to_string(b + 1) + " is empty (no tokens)");
-    longest = std::max<std::int64_t>(longest, std::int64_t(prompts[b].size()));
-    result.prompt_tokens += std::int64_t(prompts[b].size());
-  }
+  const std::int64_t longest = check_prompts(c, prompts, params, result);
   const std::int64_t total = longest + params.max_new_tokens;
-  if (total > c.max_position_embeddings)
-    fail(ErrorKind::Input, "prompt of " + std::to_string(longest) + " tokens plus " + std::to_string(params.max_new_tokens) +
-                               " new tokens exceeds the model's context of " + std::to_string(c.max_position_embeddings) +
-                               " tokens");
 
   // Left padding: sequence b starts at column pad[b]; its keys before that are masked, its positions
   // count from 0 at its first real token.

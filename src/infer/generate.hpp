@@ -23,6 +23,12 @@ struct GenerationResult {
   std::int64_t prompt_tokens = 0, generated_tokens = 0;
 };
 
+// The longest prompt's length, after checking the batch (ErrorKind::Input for an empty prompt, or a
+// longest prompt plus max_new_tokens beyond the model's context); adds the prompts' tokens to
+// result.prompt_tokens. Shared by generate() and generate_on_device().
+std::int64_t check_prompts(const ModelConfig& config, const std::vector<std::vector<std::int32_t>>& prompts,
+                           const GenerationParams& params, GenerationResult& result);
+
 // on_token(sequence, token) is called as each token is chosen (streaming).
 GenerationResult generate(Model& model, const std::vector<std::vector<std::int32_t>>& prompts,
                           const GenerationParams& params,

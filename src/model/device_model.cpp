@@ -5,6 +5,13 @@
 
 namespace jetmoe::device {
 
+void fail_cuda(cudaError_t e, const char* context, const char* what, const char* memory_hint) {
+  if (e == cudaErrorMemoryAllocation)
+    fail(ErrorKind::Input, std::string(context) + ": out of GPU memory in " + what + " (" + memory_hint + ")");
+  fail(ErrorKind::Internal, std::string(context) + ": " + what + " failed: " + cudaGetErrorName(e) + " (" +
+                                cudaGetErrorString(e) + ")");
+}
+
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
   if (this != &o) {
     reset();

@@ -20,6 +20,11 @@
 
 namespace jetmoe::device {
 
+// The error for a failed CUDA call of `context` ("bf16 training"): out of GPU memory is the user's
+// (ErrorKind::Input: "<context>: out of GPU memory in <what> (<memory_hint>)"), anything else a failed
+// call named with CUDA's error (ErrorKind::Internal).
+[[noreturn]] void fail_cuda(cudaError_t e, const char* context, const char* what, const char* memory_hint);
+
 // A device allocation that frees itself. ensure(n) makes it at least n bytes (contents lost when it
 // grows) and returns cudaMalloc's result.
 class Buffer {

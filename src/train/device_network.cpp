@@ -64,12 +64,9 @@ std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, do
 namespace {
 
 void check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  if (e == cudaErrorMemoryAllocation)
-    fail(ErrorKind::Input, std::string("bf16 training: out of GPU memory in ") + what +
-                               " (reduce train/micro_batch_size or train/seq_len, or use more pipeline stages)");
-  fail(ErrorKind::Internal, std::string("bf16 training: ") + what + " failed: " + cudaGetErrorName(e) + " (" +
-                                cudaGetErrorString(e) + ")");
+  if (e != cudaSuccess)
+    device::fail_cuda(e, "bf16 training", what,
+                      "reduce train/micro_batch_size or train/seq_len, or use more pipeline stages");
 }
 
 void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
