@@ -20,7 +20,8 @@ using jkb::kHbmPeak;
 
 // x[i] = offset +- U(lo, hi) from a hash of (seed, i), as bf16 bits (round to nearest even).
 __global__ void fill_bf16(std::uint16_t* x, std::int64_t n, std::uint64_t seed, float lo, float hi, float offset) {
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n; i += std::int64_t(gridDim.x) * blockDim.x) {
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
     std::uint64_t z = seed + 0x9e3779b97f4a7c15ull * static_cast<std::uint64_t>(i + 1);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -128,7 +129,8 @@ int main(int argc, char** argv) {
         kc.push_back(step_own.bf16(static_cast<std::size_t>(B * T * A), 50 + b, 0.05f, 2.0f));
         vc.push_back(step_own.bf16(static_cast<std::size_t>(B * T * A), 90 + b, 0.05f, 2.0f));
       }
-      std::vector<std::int32_t> ids_h(static_cast<std::size_t>(B)), len_h(static_cast<std::size_t>(B), std::int32_t(T - 1));
+      const std::size_t nb = static_cast<std::size_t>(B);
+      std::vector<std::int32_t> ids_h(nb), len_h(nb, std::int32_t(T - 1));
       for (std::int64_t b = 0; b < B; ++b) ids_h[b] = static_cast<std::int32_t>((7919 * (b + 1)) % V);
       std::int32_t* ids = step_own.zero<std::int32_t>(static_cast<std::size_t>(B));
       std::int32_t* len = step_own.zero<std::int32_t>(static_cast<std::size_t>(B));
@@ -153,14 +155,13 @@ int main(int argc, char** argv) {
       };
       add("decode.step", jkb::median_ms(step, stream, std::max(args.warmup, 3), args.reps));
       try {  // non-fatal: if capture is refused, say so and keep the other rows
-        add("decode.graph", jkb::median_ms_graph(
-                                [&] {
-                                  return jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr,
-                                                         scratch, bytes, stream);
-                                },
-                                stream, std::max(args.warmup, 3), args.reps));
+        const auto launch = [&] {
+          return jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr, scratch, bytes, stream);
+        };
+        add("decode.graph", jkb::median_ms_graph(launch, stream, std::max(args.warmup, 3), args.reps));
       } catch (const std::exception& e) {
-        std::printf("decode B %lld: CUDA graph capture failed (%s); decode.graph row skipped\n", (long long)B, e.what());
+        std::printf("decode B %lld: CUDA graph capture failed (%s); decode.graph row skipped\n", (long long)B,
+                    e.what());
         cudaGetLastError();
       }
       std::printf("decode B %lld: bandwidth-bound bytes %.3f GB per step: bound %.3f ms, %.0f tokens/s\n", (long long)B,
