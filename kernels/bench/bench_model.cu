@@ -156,7 +156,8 @@ int main(int argc, char** argv) {
       add("decode.step", jkb::median_ms(step, stream, std::max(args.warmup, 3), args.reps));
       try {  // non-fatal: if capture is refused, say so and keep the other rows
         const auto launch = [&] {
-          return jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr, scratch, bytes, stream);
+          return jk_model_decode(&w, &cfg, ids, B, kc.data(), vc.data(), len, T, logits, nullptr, scratch, bytes,
+                                 stream);
         };
         add("decode.graph", jkb::median_ms_graph(launch, stream, std::max(args.warmup, 3), args.reps));
       } catch (const std::exception& e) {
