@@ -18,7 +18,7 @@
 //  - [mpi] pipeline stages x data-parallel replicas follow the one-rank run within 1e-4, and moving the
 //    traffic by NCCL (the emulated NCCL over MPI) instead of host memory and MPI changes no bit;
 //  - generation on the GPU (generate/precision = bf16): prompts of different lengths give each sequence
-//    the tokens it gets alone; greedy choices are the fp32 model's (teacher-forced) up to bf16 (the
+//    the tokens it gets alone; the step from a CUDA graph = plain launches; greedy choices are the fp32 model's (teacher-forced) up to bf16 (the
 //    chosen token's fp32 logit within 5% of the row's range of the best, 3/4 exactly the argmax); EOS
 //    and bad inputs.
 #include <catch2/catch.hpp>
@@ -396,6 +396,10 @@ TEST_CASE("generation on the GPU: each sequence as if alone, the fp32 model's gr
   REQUIRE(all.tokens.size() == prompts.size());
   CHECK(all.prompt_tokens == 9);
   CHECK(all.generated_tokens == 24);
+  // The step replayed from a CUDA graph (the default) and launched plainly: the same tokens.
+  DeviceGenerationOptions plain;
+  plain.cuda_graph = false;
+  CHECK(generate_on_device(model, prompts, gp, {}, plain).tokens == all.tokens);
   int agree = 0, total = 0;
   double worst = 0;  // the fp32 model's logit of the GPU's choice below its best, relative to the row's range
   for (std::size_t b = 0; b < prompts.size(); ++b) {

@@ -19,7 +19,8 @@ std::string device_generation_unavailable() { return device_training_unavailable
 #if !JETMOE_HAVE_CUDA_KERNELS
 
 GenerationResult generate_on_device(const Model&, const std::vector<std::vector<std::int32_t>>&,
-                                    const GenerationParams&, const std::function<void(std::size_t, std::int32_t)>&) {
+                                    const GenerationParams&, const std::function<void(std::size_t, std::int32_t)>&,
+                                    const DeviceGenerationOptions&) {
   fail(ErrorKind::Deck, "generate/precision = bf16: " + device_generation_unavailable());
 }
 
@@ -47,6 +48,33 @@ struct Stream {
   Stream& operator=(const Stream&) = delete;
 };
 
+// A captured step (exec null: not captured, launch it plainly).
+struct Graph {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  Graph() = default;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  ~Graph() {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+  }
+  // Captures launch() on `stream`; on any refusal leaves exec null (and clears the error).
+  template <class Launch>
+  void capture(Launch&& launch, cudaStream_t stream) {
+    if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+      cudaGetLastError();
+      return;
+    }
+    const cudaError_t launched = launch();
+    const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    if (launched != cudaSuccess || ended != cudaSuccess || cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
+      exec = nullptr;
+      cudaGetLastError();
+    }
+  }
+};
+
 void copy(void* to, const void* from, std::size_t bytes, cudaMemcpyKind kind, cudaStream_t stream, const char* what) {
   check(cudaMemcpyAsync(to, from, bytes, kind, stream), what);
   check(cudaStreamSynchronize(stream), what);
@@ -56,7 +84,8 @@ void copy(void* to, const void* from, std::size_t bytes, cudaMemcpyKind kind, cu
 
 GenerationResult generate_on_device(const Model& model, const std::vector<std::vector<std::int32_t>>& prompts,
                                     const GenerationParams& params,
-                                    const std::function<void(std::size_t, std::int32_t)>& on_token) {
+                                    const std::function<void(std::size_t, std::int32_t)>& on_token,
+                                    const DeviceGenerationOptions& options) {
   Region region("generate_on_device");
   const std::string why = device_generation_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "generate/precision = bf16: " + why);
@@ -106,6 +135,16 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   ensure(logits_dev, std::size_t(B * V) * 4, "the logits");
   ensure(invalid_dev, 4, "the id check");
 
+  // The step: its inputs (ids, cache lengths) are uploaded into the same buffers every time, so one
+  // capture serves every step.
+  auto decode = [&] {
+    return jk_model_decode(&w, &cfg, ids_dev.as<std::int32_t>(), B, k_caches.data(), v_caches.data(),
+                           len_dev.as<std::int32_t>(), max_seq, logits_dev.as<float>(), invalid_dev.as<std::int32_t>(),
+                           scratch.p, scratch.bytes, stream.s);
+  };
+  Graph graph;
+  if (options.cuda_graph) graph.capture(decode, stream.s);
+
   Sampler sampler(params.sampling);
   const std::size_t nb = std::size_t(B);
   std::vector<std::int64_t> fed(nb, 0);  // tokens in sequence b's cache
@@ -123,10 +162,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
     }
     copy(ids_dev.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading token ids");
     copy(len_dev.p, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading cache lengths");
-    check(jk_model_decode(&w, &cfg, ids_dev.as<std::int32_t>(), B, k_caches.data(), v_caches.data(),
-                          len_dev.as<std::int32_t>(), max_seq, logits_dev.as<float>(), invalid_dev.as<std::int32_t>(),
-                          scratch.p, scratch.bytes, stream.s),
-          "jk_model_decode");
+    check(graph.exec ? cudaGraphLaunch(graph.exec, stream.s) : decode(), "jk_model_decode");
     std::int32_t invalid = 0;
     copy(&invalid, invalid_dev.p, 4, cudaMemcpyDeviceToHost, stream.s, "reading the id check");
     if (invalid != 0)

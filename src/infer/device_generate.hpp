@@ -22,11 +22,19 @@ namespace jetmoe {
 // kernels not built for it).
 std::string device_generation_unavailable();
 
+struct DeviceGenerationOptions {
+  // The decode step (~35 kernels per block) captured once as a CUDA graph and replayed every step,
+  // which removes the launch latencies that dominate a one-token step; false, or a capture the driver
+  // refuses: plain launches. The same results either way.
+  bool cuda_graph = true;
+};
+
 // As generate(); prefill_seconds covers the steps until every prompt is consumed. Throws
 // jetmoe::Error: Input for an empty prompt, a token id outside the vocabulary, a context longer than
 // the model's or a GPU without the memory for the weights and caches.
 GenerationResult generate_on_device(const Model& model, const std::vector<std::vector<std::int32_t>>& prompts,
                                     const GenerationParams& params,
-                                    const std::function<void(std::size_t, std::int32_t)>& on_token = {});
+                                    const std::function<void(std::size_t, std::int32_t)>& on_token = {},
+                                    const DeviceGenerationOptions& options = {});
 
 }  // namespace jetmoe

@@ -118,6 +118,9 @@ struct Runtime {
   std::mt19937_64 rng{1};
   bool in_kernel = false;
   std::vector<std::pair<const void*, int>> max_dyn;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+  // Stream capture (cudaStreamBeginCapture .. cudaStreamEndCapture): launches and async copies are
+  // recorded here instead of run, and replayed in order by cudaGraphLaunch.
+  std::vector<std::function<void()>>* capture = nullptr;
 };
 inline Runtime& rt() {
   static Runtime r;
@@ -416,11 +419,18 @@ inline cudaError_t run_kernel(const char* name, const void* key, dim3 g, dim3 b,
 template <class... P, class... A>
 inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_t smem, cudaStream_t, A&&... a) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(a)...);
-  const cudaError_t e = run_kernel(name, reinterpret_cast<const void*>(k), g, b, smem, [&] {
-    std::tuple<std::decay_t<P>...> mine = params;  // parameters are per thread
-    std::apply(k, mine);
-  });
-  if (e != cudaSuccess) rt().last = e;
+  auto run = [name, k, g, b, smem, params] {
+    const cudaError_t e = run_kernel(name, reinterpret_cast<const void*>(k), g, b, smem, [&] {
+      std::tuple<std::decay_t<P>...> mine = params;  // parameters are per thread
+      std::apply(k, mine);
+    });
+    if (e != cudaSuccess) rt().last = e;
+  };
+  if (rt().capture) {  // recorded with its parameters' values, as a graph's kernel node
+    rt().capture->push_back(run);
+    return;
+  }
+  run();
 }
 
 inline void begin_case() {

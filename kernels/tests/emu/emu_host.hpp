@@ -53,17 +53,68 @@ cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
 cudaError_t cudaHostAlloc(void** p, size_t n, unsigned int) { return cudaMalloc(p, n); }
 cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, enum cudaMemcpyKind) {
+  if (emu::rt().capture) return cudaErrorStreamCaptureUnsupported;  // a synchronous call while capturing
   if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
   if (n) std::memmove(d, s, n);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKind k, cudaStream_t) { return cudaMemcpy(d, s, n, k); }
+cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKind, cudaStream_t) {
+  if (emu::rt().capture) {
+    emu::rt().capture->push_back([d, s, n] { if (n) std::memmove(d, s, n); });
+    return cudaSuccess;
+  }
+  return cudaMemcpy(d, s, n, cudaMemcpyDefault);
+}
 cudaError_t cudaMemset(void* d, int v, size_t n) {
+  if (emu::rt().capture) return cudaErrorStreamCaptureUnsupported;
   if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
   if (n) std::memset(d, v, n);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) { return cudaMemset(d, v, n); }
+cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) {
+  if (emu::rt().capture) {
+    emu::rt().capture->push_back([d, v, n] { if (n) std::memset(d, v, n); });
+    return cudaSuccess;
+  }
+  return cudaMemset(d, v, n);
+}
+
+// CUDA graphs from stream capture: the recorded operations, replayed in order.
+struct CUgraph_st {
+  std::vector<std::function<void()>> ops;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> ops;
+};
+cudaError_t cudaStreamBeginCapture(cudaStream_t, enum cudaStreamCaptureMode) {
+  if (emu::rt().capture) return cudaErrorIllegalState;
+  emu::rt().capture = new std::vector<std::function<void()>>();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* graph) {
+  if (!emu::rt().capture) return cudaErrorIllegalState;
+  *graph = new CUgraph_st{std::move(*emu::rt().capture)};
+  delete emu::rt().capture;
+  emu::rt().capture = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  *exec = new CUgraphExec_st{graph->ops};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
+  if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
+  for (const auto& op : exec->ops) op();
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { *s = reinterpret_cast<cudaStream_t>(0x5000); return cudaSuccess; }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu::sync_status(); }
