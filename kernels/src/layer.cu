@@ -428,6 +428,17 @@ cudaError_t jk_layer_saved_expert_ids(const jk_layer_config_t* cfg, int64_t batc
   return cudaSuccess;
 }
 
+cudaError_t jk_layer_saved_kv(const jk_layer_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
+                              const uint16_t** k, const uint16_t** v) {
+  if (!valid_config(cfg) || !valid_tokens(*cfg, batch, seq) || saved == nullptr || k == nullptr || v == nullptr)
+    return cudaErrorInvalidValue;
+  Carver c{static_cast<char*>(const_cast<void*>(saved))};
+  const Saved sv = carve_saved(c, dims_of(*cfg, batch, seq));
+  *k = sv.k;
+  *v = sv.v;
+  return cudaSuccess;
+}
+
 cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* cfg, const uint16_t* x, int64_t batch,
                          int64_t seq, uint16_t* out, float* losses, void* saved, size_t saved_bytes, void* scratch,
                          size_t scratch_bytes, jk_layer_profile_t* profile, cudaStream_t stream) {

@@ -159,6 +159,56 @@ bool valid_decode_config(const jk_model_config_t* c) {
   return valid_stage_config(c) && c->has_embedding == 1 && c->has_head == 1;
 }
 
+// The prefill's scratch: the block boundaries [N, D] (ping-pong), one block's forward buffers (reused
+// by every block: nothing is kept for a backward), and the head of the last positions.
+struct PrefillScratch {
+  std::uint16_t* x[2] = {nullptr, nullptr};  // [N, D]
+  void* saved = nullptr;
+  void* layer = nullptr;
+  std::size_t saved_bytes = 0, layer_bytes = 0;
+  std::uint16_t* last = nullptr;  // [B, D] the last position of each prompt
+  std::uint16_t* h = nullptr;     // [B, D]
+  float* rstd = nullptr;          // [B]
+  std::int32_t* head_offsets = nullptr;
+  std::uint16_t* logits = nullptr;  // [B, V]
+};
+
+cudaError_t carve_prefill(Carver& cv, const jk_model_config_t& c, std::int64_t B, std::int64_t T, PrefillScratch* v) {
+  const std::int64_t D = c.layer.hidden, N = B * T;
+  JK_RETURN_IF_ERROR(layer_bytes(c, B, T, &v->saved_bytes, &v->layer_bytes));
+  v->x[0] = cv.take<std::uint16_t>(N * D);
+  v->x[1] = cv.take<std::uint16_t>(N * D);
+  v->saved = cv.take<char>(static_cast<std::int64_t>(v->saved_bytes));
+  v->layer = cv.take<char>(static_cast<std::int64_t>(v->layer_bytes));
+  v->last = cv.take<std::uint16_t>(B * D);
+  v->h = cv.take<std::uint16_t>(B * D);
+  v->rstd = cv.take<float>(B);
+  v->head_offsets = cv.take<std::int32_t>(2);
+  v->logits = cv.take<std::uint16_t>(B * c.vocab);
+  return cudaSuccess;
+}
+
+// The final norm, the LM head and the fp32 logits of B rows `x` (decode and prefill).
+cudaError_t head_logits(const jk_model_weights_t* w, const jk_model_config_t* cfg, const std::uint16_t* x,
+                        std::int64_t B, std::uint16_t* h, float* rstd, std::int32_t* offsets, std::uint16_t* bf16_logits,
+                        float* logits, cudaStream_t stream) {
+  const std::int64_t D = cfg->layer.hidden, V = cfg->vocab;
+  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(x, w->final_norm, h, rstd, B, D, cfg->final_eps, stream));
+  model_single_expert_offsets<<<1, 32, 0, stream>>>(offsets, static_cast<std::int32_t>(B));
+  JK_RETURN_IF_ERROR(cudaGetLastError());
+  const jk_grouped_gemm_algo_t algo =
+      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+  JK_RETURN_IF_ERROR(jk_grouped_gemm_fwd_bf16(h, w->lm_head, bf16_logits, offsets, nullptr, B, 1, V, D, algo, stream));
+  return jk_bf16_to_f32(bf16_logits, logits, B * V, stream);
+}
+
+bool valid_caches(const jk_model_config_t& c, uint16_t* const* k_caches, uint16_t* const* v_caches) {
+  if (c.num_layers > 0 && (k_caches == nullptr || v_caches == nullptr)) return false;
+  for (std::int64_t l = 0; l < c.num_layers; ++l)
+    if (k_caches[l] == nullptr || v_caches[l] == nullptr) return false;
+  return true;
+}
+
 }  // namespace
 }  // namespace jk::detail
 
@@ -180,9 +230,7 @@ cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t
     return cudaErrorInvalidValue;
   if (batch == 0) return invalid_ids ? cudaMemsetAsync(invalid_ids, 0, sizeof(std::int32_t), stream) : cudaSuccess;
   if (ids == nullptr || cache_len == nullptr || logits == nullptr || scratch == nullptr) return cudaErrorInvalidValue;
-  if (cfg->num_layers > 0 && (k_caches == nullptr || v_caches == nullptr)) return cudaErrorInvalidValue;
-  for (std::int64_t l = 0; l < cfg->num_layers; ++l)
-    if (k_caches[l] == nullptr || v_caches[l] == nullptr) return cudaErrorInvalidValue;
+  if (!valid_caches(*cfg, k_caches, v_caches)) return cudaErrorInvalidValue;
   const std::size_t need = jk_model_decode_bytes(cfg, batch, max_seq);
   if (need == 0 || scratch_bytes < need || !is_aligned(scratch, 256)) return cudaErrorInvalidValue;
   Carver a{static_cast<char*>(scratch)};
@@ -194,14 +242,52 @@ cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t
   for (std::int64_t l = 0; l < cfg->num_layers; ++l, cur ^= 1)
     JK_RETURN_IF_ERROR(jk_layer_decode(&w->layers[l], &cfg->layer, sc.x[cur], B, k_caches[l], v_caches[l], cache_len,
                                        max_seq, sc.x[cur ^ 1], sc.layer, sc.layer_bytes, nullptr, stream));
-  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(sc.x[cur], w->final_norm, sc.h, sc.rstd, B, D, cfg->final_eps, stream));
-  model_single_expert_offsets<<<1, 32, 0, stream>>>(sc.head_offsets, static_cast<std::int32_t>(B));
-  JK_RETURN_IF_ERROR(cudaGetLastError());
-  const jk_grouped_gemm_algo_t algo =
-      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
-  JK_RETURN_IF_ERROR(
-      jk_grouped_gemm_fwd_bf16(sc.h, w->lm_head, sc.logits, sc.head_offsets, nullptr, B, 1, V, D, algo, stream));
-  return jk_bf16_to_f32(sc.logits, logits, B * V, stream);
+  return head_logits(w, cfg, sc.x[cur], B, sc.h, sc.rstd, sc.head_offsets, sc.logits, logits, stream);
+}
+
+size_t jk_model_prefill_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq) {
+  if (!valid_decode_config(cfg) || batch < 0 || seq < 1 || (batch > 0 && seq > INT32_MAX / batch)) return 0;
+  if (batch > 0 && cfg->vocab > INT64_MAX / 2 / batch) return 0;
+  Carver a{nullptr};
+  PrefillScratch v;
+  if (carve_prefill(a, *cfg, batch, seq, &v) != cudaSuccess) return 0;
+  return a.used;
+}
+
+cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
+                             int64_t batch, int64_t seq, uint16_t* const* k_caches, uint16_t* const* v_caches,
+                             int64_t max_seq, float* logits, int32_t* invalid_ids, void* scratch, size_t scratch_bytes,
+                             cudaStream_t stream) {
+  if (!valid_decode_config(cfg) || !valid_stage_tensors(w, *cfg) || batch < 0 || seq < 1 || seq > max_seq)
+    return cudaErrorInvalidValue;
+  if (batch == 0) return invalid_ids ? cudaMemsetAsync(invalid_ids, 0, sizeof(std::int32_t), stream) : cudaSuccess;
+  if (ids == nullptr || logits == nullptr || scratch == nullptr || !valid_caches(*cfg, k_caches, v_caches))
+    return cudaErrorInvalidValue;
+  const std::size_t need = jk_model_prefill_bytes(cfg, batch, seq);
+  if (need == 0 || scratch_bytes < need || !is_aligned(scratch, 256)) return cudaErrorInvalidValue;
+  Carver a{static_cast<char*>(scratch)};
+  PrefillScratch sc;
+  JK_RETURN_IF_ERROR(carve_prefill(a, *cfg, batch, seq, &sc));
+  const std::int64_t B = batch, T = seq, N = B * T, D = cfg->layer.hidden, V = cfg->vocab;
+  const std::size_t cache_row = static_cast<std::size_t>(cfg->layer.kv_heads * cfg->layer.head_dim) * sizeof(std::uint16_t);
+
+  JK_RETURN_IF_ERROR(jk_embedding_fwd_bf16(w->embedding, ids, sc.x[0], N, V, D, invalid_ids, jk_embedding_path_auto, stream));
+  int cur = 0;
+  for (std::int64_t l = 0; l < cfg->num_layers; ++l, cur ^= 1) {
+    JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sc.x[cur], B, T, sc.x[cur ^ 1], nullptr, sc.saved,
+                                    sc.saved_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
+    const std::uint16_t *k = nullptr, *v = nullptr;
+    JK_RETURN_IF_ERROR(jk_layer_saved_kv(&cfg->layer, B, T, sc.saved, &k, &v));
+    // Sequence b's T rows go to rows 0..T-1 of its cache (rows max_seq apart).
+    JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(k_caches[l], max_seq * cache_row, k, T * cache_row, T * cache_row, B,
+                                         cudaMemcpyDeviceToDevice, stream));
+    JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(v_caches[l], max_seq * cache_row, v, T * cache_row, T * cache_row, B,
+                                         cudaMemcpyDeviceToDevice, stream));
+  }
+  const std::size_t row = static_cast<std::size_t>(D) * sizeof(std::uint16_t);
+  JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(sc.last, row, sc.x[cur] + (T - 1) * D, T * row, row, B, cudaMemcpyDeviceToDevice,
+                                       stream));
+  return head_logits(w, cfg, sc.last, B, sc.h, sc.rstd, sc.head_offsets, sc.logits, logits, stream);
 }
 
 cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,

@@ -676,6 +676,111 @@ CaseResult decode_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64
                                                 int(same_bits(again, got)), int(untouched), int(guards), bad)};
 }
 
+// Prefill: B prompts of T - 1 tokens through jk_model_prefill, then one decode step at position T - 1:
+// the prefill's logits (last prompt position) and the step's against the reference forward of the
+// whole sequences, every block's cache rows 0..T-2 against the reference K (after RoPE) and V, rows
+// past T untouched; near-tie rows skipped as in decode_case. Arguments: T > max_seq, no embedding,
+// short scratch are cudaErrorInvalidValue.
+CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, tied);
+  const std::int64_t B = z.B, T = z.T, P = T - 1, N = B * T, A = z.Hkv * z.d, Tmax = T + 2, V = z.V;
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, false);
+  RopeTable rope(std::max<std::int64_t>(Tmax, 16), z.d);
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
+  std::vector<std::unique_ptr<GuardedBuffer<std::uint16_t>>> kc, vc;
+  std::vector<std::uint16_t*> kp, vp;
+  for (std::int64_t l = 0; l < z.L; ++l) {
+    kc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
+    vc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
+    kp.push_back(kc.back()->data());
+    vp.push_back(vc.back()->data());
+  }
+  std::vector<std::int32_t> prompt(static_cast<std::size_t>(B * P)), last(static_cast<std::size_t>(B));
+  for (std::int64_t b = 0; b < B; ++b) {
+    std::copy(batch.ids.begin() + b * T, batch.ids.begin() + b * T + P, prompt.begin() + b * P);
+    last[b] = batch.ids[b * T + P];
+  }
+  GuardedBuffer<std::int32_t> ids(prompt.size()), step(static_cast<std::size_t>(B)), len(static_cast<std::size_t>(B));
+  GuardedBuffer<std::int32_t> invalid(1);
+  GuardedBuffer<float> logits(static_cast<std::size_t>(B * V));
+  ids.upload(prompt);
+  step.upload(last);
+  len.upload(std::vector<std::int32_t>(static_cast<std::size_t>(B), static_cast<std::int32_t>(P)));
+  const std::size_t pbytes = jk_model_prefill_bytes(&st.cfg, B, P), dbytes = jk_model_decode_bytes(&st.cfg, B, Tmax);
+  DeviceMem pscratch(pbytes), dscratch(dbytes);
+  invalid.poison();
+  jkt::finish(jk_model_prefill(&st.w, &st.cfg, ids.data(), B, P, kp.data(), vp.data(), Tmax, logits.data(),
+                               invalid.data(), pscratch.p, pbytes, ctx.stream),
+              ctx.stream, "jk_model_prefill");
+  const std::vector<float> after_prefill = logits.download();
+  const std::int32_t invalid_count = invalid.download()[0];
+  jkt::finish(jk_model_decode(&st.w, &st.cfg, step.data(), B, kp.data(), vp.data(), len.data(), Tmax, logits.data(),
+                              nullptr, dscratch.p, dbytes, ctx.stream),
+              ctx.stream, "jk_model_decode");
+  const std::vector<float> after_step = logits.download();
+  // The reference rows: position P - 1 (prefill) and P (the step) of every sequence.
+  const jkref::ModelForward f = jkref::model_forward(s, hw, batch.ids, {}, batch.labels, LayerNumerics::hf_bf16);
+  Vec ref(static_cast<std::size_t>(2 * B * V)), got(ref.size());
+  std::vector<bool> skip(static_cast<std::size_t>(2 * B), false);
+  int skipped = 0;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t j = 0; j < 2; ++j) {
+      const std::int64_t t = b * T + P - 1 + j, r = 2 * b + j;
+      std::copy(f.logits.begin() + t * V, f.logits.begin() + (t + 1) * V, ref.begin() + r * V);
+      const std::vector<float>& src = j == 0 ? after_prefill : after_step;
+      for (std::int64_t v = 0; v < V; ++v) got[r * V + v] = src[b * V + v];
+      for (const auto& lf : f.layers)  // the row's own routing (as decode_case)
+        skip[r] = skip[r] || jkl::near_tie(lf.moa.logits, t, static_cast<int>(z.E), static_cast<int>(z.k)) ||
+                  jkl::near_tie(lf.moe.logits, t, static_cast<int>(z.E), static_cast<int>(z.k));
+      skipped += skip[r] ? 1 : 0;
+    }
+  const Compare cl = jkl::compare(got, ref, 2 * B, V, &skip);
+  // Caches: rows 0..P (prefill's P rows and the step's) against the reference; later rows untouched.
+  double worst_cache = 0;
+  bool untouched = true;
+  for (std::int64_t l = 0; l < z.L; ++l) {
+    const std::vector<std::uint16_t> k = kc[l]->download(), v = vc[l]->download();
+    Vec kg(static_cast<std::size_t>(N * A)), vg(kg.size());
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t u = 0; u < Tmax; ++u)
+        for (std::int64_t c = 0; c < A; ++c) {
+          const std::size_t i = static_cast<std::size_t>((b * Tmax + u) * A + c);
+          if (u < T) {
+            kg[(b * T + u) * A + c] = jkt::bf16_value(k[i]);
+            vg[(b * T + u) * A + c] = jkt::bf16_value(v[i]);
+          } else {
+            untouched = untouched && k[i] == 0xffff && v[i] == 0xffff;
+          }
+        }
+    const Compare ck = jkl::compare(kg, f.layers[l].k, N, A), cv = jkl::compare(vg, f.layers[l].v, N, A);
+    worst_cache = std::max({worst_cache, ck.finite ? ck.rel_rms : 1e9, cv.finite ? cv.rel_rms : 1e9});
+  }
+  int bad = 0;
+  auto expect_invalid = [&](cudaError_t e) { bad += e == cudaErrorInvalidValue ? 0 : 1; };
+  Stage no_embedding = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
+  auto prefill = [&](const Stage& x, std::int64_t T_, std::int64_t max_seq, std::size_t nbytes) {
+    return jk_model_prefill(&x.w, &x.cfg, ids.data(), B, T_, kp.data(), vp.data(), max_seq, logits.data(), nullptr,
+                            pscratch.p, nbytes, ctx.stream);
+  };
+  expect_invalid(prefill(st, P, P - 1, pbytes));
+  expect_invalid(prefill(no_embedding, P, Tmax, pbytes));
+  expect_invalid(prefill(st, P, Tmax, pbytes - 1));
+  expect_invalid(prefill(st, 0, Tmax, pbytes));
+  bool guards = dm.guards_intact() && ids.guards_intact() && step.guards_intact() && len.guards_intact() &&
+                invalid.guards_intact() && logits.guards_intact();
+  for (std::int64_t l = 0; l < z.L; ++l) guards = guards && kc[l]->guards_intact() && vc[l]->guards_intact();
+  const bool pass = within(cl, kFwdRms, kFwdMax) && worst_cache <= kFwdRms && untouched && invalid_count == 0 &&
+                    guards && bad == 0 && skipped < 2 * B;
+  return {pass, describe(z, tied) + jkt::format(": prefill + one step logits rms %.2e max %.2e (%d near-tie rows of %"
+                                                PRId64 " skipped); caches worst rms %.2e; rows past T untouched %d; "
+                                                "guards %d; bad-argument results %d",
+                                                cl.rel_rms, cl.max_rel, skipped, 2 * B, worst_cache, int(untouched),
+                                                int(guards), bad)};
+}
+
 CaseResult argument_case(jkt::Context& ctx) {
   const Sizes z{1, 4, 16, 4, 2, 2, 8, 24, 20, 1};
   jkt::Inputs in(5);
@@ -801,6 +906,9 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
       const std::uint64_t seed = ctx.next_seed();
       cases.push_back(
           {"model.decode " + describe(z, tied), [&ctx, z, tied, seed] { return decode_case(ctx, z, tied, seed); }});
+      const std::uint64_t seed2 = ctx.next_seed();
+      cases.push_back({"model.prefill " + describe(z, tied),
+                       [&ctx, z, tied, seed2] { return prefill_case(ctx, z, tied, seed2); }});
     }
   {
     const std::uint64_t seed = ctx.next_seed();

@@ -151,37 +151,63 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   std::vector<std::int32_t> last(nb, params.pad_id), ids(nb), lens(nb);
   std::vector<bool> done(nb, false);
   std::vector<float> logits(nb * std::size_t(V));
-  std::int64_t prompts_left = B;
+  // Sequence b's next token from its row of `rows`.
+  auto choose = [&](std::int64_t b, const float* row) {
+    const std::int32_t next = sampler.next(row, V);
+    result.tokens[std::size_t(b)].push_back(next);
+    ++result.generated_tokens;
+    if (on_token) on_token(std::size_t(b), next);
+    last[b] = next;
+    done[b] = next == params.eos_id || std::int64_t(result.tokens[std::size_t(b)].size()) >= params.max_new_tokens;
+  };
+  auto check_ids = [&] {
+    std::int32_t invalid = 0;
+    copy(&invalid, invalid_dev.p, 4, cudaMemcpyDeviceToHost, stream.s, "reading the id check");
+    if (invalid != 0)
+      fail(ErrorKind::Input, "a prompt has a token id outside the vocabulary [0, " + std::to_string(V) + ")");
+  };
+
+  // Prefill: each prompt alone (a batch of one) into its sequence's rows of the caches, which are
+  // batch-major; its first token from the logits of its last position (in prompt order, as generate()).
   double t0 = now();
-  while (!std::all_of(done.begin(), done.end(), [](bool x) { return x; })) {
+  {
+    device::Buffer prompt_dev, pscratch;
+    ensure(prompt_dev, std::size_t(max_seq) * 4, "the prompt ids");
+    ensure(pscratch, jk_model_prefill_bytes(&cfg, 1, max_seq - params.max_new_tokens), "the prefill scratch buffer");
+    const std::size_t stride = std::size_t(max_seq * c.num_kv_heads * c.head_dim);  // one sequence's cache rows
+    std::vector<std::uint16_t*> kb(k_caches.size()), vb(v_caches.size());
     for (std::int64_t b = 0; b < B; ++b) {
       const auto& p = prompts[std::size_t(b)];
-      // A finished sequence rewrites its next (unused) cache row with padding.
-      ids[b] = done[b] ? params.pad_id : fed[b] < std::int64_t(p.size()) ? p[std::size_t(fed[b])] : last[b];
+      for (std::size_t l = 0; l < kb.size(); ++l) kb[l] = k_caches[l] + std::size_t(b) * stride;
+      for (std::size_t l = 0; l < vb.size(); ++l) vb[l] = v_caches[l] + std::size_t(b) * stride;
+      copy(prompt_dev.p, p.data(), p.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading a prompt");
+      check(jk_model_prefill(&w, &cfg, prompt_dev.as<std::int32_t>(), 1, std::int64_t(p.size()), kb.data(), vb.data(),
+                             max_seq, logits_dev.as<float>(), invalid_dev.as<std::int32_t>(), pscratch.p,
+                             pscratch.bytes, stream.s),
+            "jk_model_prefill");
+      check_ids();
+      copy(logits.data(), logits_dev.p, std::size_t(V) * 4, cudaMemcpyDeviceToHost, stream.s, "reading the logits");
+      fed[b] = std::int64_t(p.size());
+      choose(b, logits.data());
+    }
+  }
+  result.prefill_seconds = now() - t0;
+
+  // Decode: one token per unfinished sequence per step, each at its own position.
+  t0 = now();
+  while (!std::all_of(done.begin(), done.end(), [](bool x) { return x; })) {
+    for (std::int64_t b = 0; b < B; ++b) {
+      ids[b] = done[b] ? params.pad_id : last[b];  // a finished sequence rewrites its next (unused) cache row
       lens[b] = std::int32_t(fed[b]);
     }
     copy(ids_dev.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading token ids");
     copy(len_dev.p, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading cache lengths");
     check(graph.exec ? cudaGraphLaunch(graph.exec, stream.s) : decode(), "jk_model_decode");
-    std::int32_t invalid = 0;
-    copy(&invalid, invalid_dev.p, 4, cudaMemcpyDeviceToHost, stream.s, "reading the id check");
-    if (invalid != 0)
-      fail(ErrorKind::Input, "a prompt has a token id outside the vocabulary [0, " + std::to_string(V) + ")");
     copy(logits.data(), logits_dev.p, logits.size() * 4, cudaMemcpyDeviceToHost, stream.s, "reading the logits");
     for (std::int64_t b = 0; b < B; ++b) {
       if (done[b]) continue;
-      const std::int64_t prompt_len = std::int64_t(prompts[std::size_t(b)].size());
-      if (++fed[b] < prompt_len) continue;  // still reading its prompt
-      if (fed[b] == prompt_len && --prompts_left == 0) {
-        result.prefill_seconds = now() - t0;
-        t0 = now();
-      }
-      const std::int32_t next = sampler.next(&logits[std::size_t(b * V)], V);
-      result.tokens[std::size_t(b)].push_back(next);
-      ++result.generated_tokens;
-      if (on_token) on_token(std::size_t(b), next);
-      last[b] = next;
-      done[b] = next == params.eos_id || std::int64_t(result.tokens[std::size_t(b)].size()) >= params.max_new_tokens;
+      ++fed[b];
+      choose(b, &logits[std::size_t(b * V)]);
     }
   }
   result.decode_seconds = now() - t0;

@@ -3,11 +3,11 @@
 // weights rounded to bf16 once, one bf16 KV cache per block, each step through jk_model_decode
 // (jetmoe/model.h) in HF's bf16 numerics, the logits to the host and the same Sampler as generate().
 //
-// Prompts go through the decode step one token per step, every sequence at its own position (no
-// padding): a sequence samples its first token from the step that consumed its last prompt token,
-// and its later ones one per step, until EOS or max_new_tokens. With prompts of equal length the
-// samples are drawn in generate()'s order, so a greedy or seeded run differs from the fp32 one only
-// where the bf16 logits change a choice.
+// Each prompt is prefilled alone (jk_model_prefill: one forward over it, writing its rows of the
+// caches) and gives its sequence's first token; then every unfinished sequence takes one token per
+// decode step at its own position (no padding), until EOS or max_new_tokens. Samples are drawn in
+// generate()'s order (first tokens in prompt order, then step by step), so a greedy or seeded run
+// differs from the fp32 one only where the bf16 logits change a choice.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -29,7 +29,7 @@ struct DeviceGenerationOptions {
   bool cuda_graph = true;
 };
 
-// As generate(); prefill_seconds covers the steps until every prompt is consumed. Throws
+// As generate(). Throws
 // jetmoe::Error: Input for an empty prompt, a token id outside the vocabulary, a context longer than
 // the model's or a GPU without the memory for the weights and caches.
 GenerationResult generate_on_device(const Model& model, const std::vector<std::vector<std::int32_t>>& prompts,

@@ -141,6 +141,11 @@ cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
 cudaError_t jk_layer_saved_expert_ids(const jk_layer_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
                                       const int32_t** moa_ids, const int32_t** moe_ids);
 
+// Where the forward's saved buffer keeps K (after RoPE) and V: device bf16 [B, T, H_kv, d] each, the
+// layout of a KV cache's rows (jk_layer_decode). Valid after jk_layer_fwd has run on `stream`.
+cudaError_t jk_layer_saved_kv(const jk_layer_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
+                              const uint16_t** k, const uint16_t** v);
+
 // ---- decode: one new token per sequence against a KV cache ----------------------------------------
 // x [B, D] bf16: the new token of each of the B sequences; out [B, D] bf16.
 // k_cache, v_cache [B, max_seq, H_kv, d] bf16 (K after RoPE, as the training K); cache_len [B] int32

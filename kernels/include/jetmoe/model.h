@@ -118,6 +118,20 @@ cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t
                             const int32_t* cache_len, int64_t max_seq, float* logits, int32_t* invalid_ids,
                             void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
+// ---- prefill: whole prompts through the model, filling the KV caches --------------------------------
+// ids [B, T] int32 device: B prompts of T tokens each (positions 0..T-1; invalid ids as jk_model_decode).
+// k_caches, v_caches: as jk_model_decode's ([B, max_seq, H_kv, d] per block, T <= max_seq): rows 0..T-1
+// of every sequence are written (K after RoPE, V), the others untouched; afterwards cache_len = T and
+// decoding goes on with jk_model_decode. logits [B, V] fp32: the last position's, as jk_model_decode
+// gives them. The blocks run jk_layer_fwd (flash attention over the prompt), so the result equals T
+// decode steps up to the attention's summation order. scratch: jk_model_prefill_bytes(cfg, B, T) bytes
+// (0 for bad arguments), 256-byte aligned; one block's forward buffers at a time.
+size_t jk_model_prefill_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq);
+cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
+                             int64_t batch, int64_t seq, uint16_t* const* k_caches, uint16_t* const* v_caches,
+                             int64_t max_seq, float* logits, int32_t* invalid_ids, void* scratch, size_t scratch_bytes,
+                             cudaStream_t stream);
+
 // Where the forward's saved buffer keeps the logits [N, V] bf16 (valid after jk_model_fwd, before
 // jk_model_bwd) and block l's saved buffer (for jk_layer_saved_expert_ids). For evaluation and tests.
 cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,

@@ -65,6 +65,16 @@ cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKin
   }
   return cudaMemcpy(d, s, n, cudaMemcpyDefault);
 }
+cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width, size_t height,
+                              enum cudaMemcpyKind k, cudaStream_t stream) {
+  if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
+  for (size_t r = 0; r < height; ++r) {
+    const cudaError_t e = cudaMemcpyAsync(static_cast<char*>(d) + r * dpitch, static_cast<const char*>(s) + r * spitch,
+                                          width, k, stream);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
 cudaError_t cudaMemset(void* d, int v, size_t n) {
   if (emu::rt().capture) return cudaErrorStreamCaptureUnsupported;
   if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
