@@ -574,28 +574,72 @@ CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed
   return {pass, describe(z, false) + (pass ? ": beta 1 doubles every gradient exactly" : ": beta 1 accumulation wrong")};
 }
 
+// One K and one V cache [B, Tmax, A] bf16 per block (guarded, poisoned), and the host pointer arrays
+// jk_model_decode / jk_model_prefill take.
+struct Caches {
+  std::vector<std::unique_ptr<GuardedBuffer<std::uint16_t>>> k, v;
+  std::vector<std::uint16_t*> kp, vp;
+  std::int64_t B, Tmax, A;
+  Caches(std::int64_t layers, std::int64_t batch, std::int64_t tmax, std::int64_t a) : B(batch), Tmax(tmax), A(a) {
+    for (std::int64_t l = 0; l < layers; ++l) {
+      k.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
+      v.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
+      kp.push_back(k.back()->data());
+      vp.push_back(v.back()->data());
+    }
+  }
+  bool guards_intact() const {
+    bool ok = true;
+    for (std::size_t l = 0; l < k.size(); ++l) ok = ok && k[l]->guards_intact() && v[l]->guards_intact();
+    return ok;
+  }
+  // Rows T.. of every sequence in every cache still hold the poison.
+  bool untouched_from(std::int64_t T) const {
+    bool ok = true;
+    for (std::size_t l = 0; l < k.size(); ++l) {
+      const std::vector<std::uint16_t> kh = k[l]->download(), vh = v[l]->download();
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t i = (b * Tmax + T) * A; i < (b + 1) * Tmax * A; ++i)
+          ok = ok && kh[i] == 0xffff && vh[i] == 0xffff;
+    }
+    return ok;
+  }
+};
+
+// The decode and prefill cases' fixture: a random whole model on the device as one stage, a batch of
+// ids (no invalid one) and empty caches of Tmax = T + 2 rows.
+struct Generation {
+  jkt::Inputs in;
+  ModelShape s;
+  ModelWeights hw;
+  DeviceModel dm;
+  Batch batch;
+  RopeTable rope;
+  Stage st;
+  Caches caches;
+  std::int64_t Tmax;
+  Generation(const Sizes& z, bool tied, std::uint64_t seed)
+      : in(seed), s(shape_of(z, tied)), hw(random_model_weights(s, in)), dm(s, hw), batch(random_batch(z, in, false)),
+        rope(std::max<std::int64_t>(z.T + 2, 16), z.d), st(make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied)),
+        caches(z.L, z.B, z.T + 2, z.Hkv * z.d), Tmax(z.T + 2) {}
+};
+
 // Decode: the whole model stepped through positions 0..T-1 from empty caches (jk_model_decode); each
 // step's fp32 logits against the reference forward of the whole sequence (hf_bf16: the logits are bf16
 // values), rows with a near-tie routing in any block skipped and counted; a rerun is bit-identical;
 // guards intact, cache rows past T untouched. Arguments: a stage without head or embedding, short or
 // misaligned scratch, a missing cache are cudaErrorInvalidValue; B = 0 is a no-op.
 CaseResult decode_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, tied);
-  const std::int64_t B = z.B, T = z.T, N = B * T, A = z.Hkv * z.d, Tmax = T + 2;
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, false);
-  RopeTable rope(std::max<std::int64_t>(Tmax, 16), z.d);
-  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
-  std::vector<std::unique_ptr<GuardedBuffer<std::uint16_t>>> kc, vc;
-  std::vector<std::uint16_t*> kp, vp;
-  for (std::int64_t l = 0; l < z.L; ++l) {
-    kc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
-    vc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
-    kp.push_back(kc.back()->data());
-    vp.push_back(vc.back()->data());
-  }
+  Generation g(z, tied, seed);
+  const ModelShape& s = g.s;
+  const ModelWeights& hw = g.hw;
+  const Batch& batch = g.batch;
+  DeviceModel& dm = g.dm;
+  Stage& st = g.st;
+  Caches& caches = g.caches;
+  const std::int64_t B = z.B, T = z.T, N = B * T, Tmax = g.Tmax;
+  auto &kc = caches.k, &vc = caches.v;
+  auto &kp = caches.kp, &vp = caches.vp;
   GuardedBuffer<std::int32_t> ids(static_cast<std::size_t>(B)), len(static_cast<std::size_t>(B)), invalid(1);
   GuardedBuffer<float> logits(static_cast<std::size_t>(B * z.V));
   const std::size_t bytes = jk_model_decode_bytes(&st.cfg, B, Tmax);
@@ -638,19 +682,9 @@ CaseResult decode_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64
   const Compare cl = jkl::compare(jkl::widen(got), f.logits, N, z.V, &skip);
   bool bf16_values = true;  // the widened logits are bf16 values
   for (float v : got) bf16_values = bf16_values && jkt::bf16_value(jkt::expected_f32_to_bf16(v)) == v;
-  bool untouched = true;  // cache rows T.. were never written
-  for (std::int64_t l = 0; l < z.L; ++l) {
-    const std::vector<std::uint16_t> k = kc[l]->download(), v = vc[l]->download();
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t u = T; u < Tmax; ++u)
-        for (std::int64_t c = 0; c < A; ++c) {
-          const std::size_t i = static_cast<std::size_t>((b * Tmax + u) * A + c);
-          untouched = untouched && k[i] == 0xffff && v[i] == 0xffff;
-        }
-  }
-  bool guards = dm.guards_intact() && ids.guards_intact() && len.guards_intact() && invalid.guards_intact() &&
-                logits.guards_intact();
-  for (std::int64_t l = 0; l < z.L; ++l) guards = guards && kc[l]->guards_intact() && vc[l]->guards_intact();
+  const bool untouched = caches.untouched_from(T);  // cache rows T.. were never written
+  const bool guards = dm.guards_intact() && ids.guards_intact() && len.guards_intact() && invalid.guards_intact() &&
+                      logits.guards_intact() && caches.guards_intact();
   // Arguments.
   int bad = 0;
   auto expect_invalid = [&](cudaError_t e) { bad += e == cudaErrorInvalidValue ? 0 : 1; };
@@ -658,8 +692,8 @@ CaseResult decode_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64
     return jk_model_decode(&x.w, &x.cfg, ids.data(), batch_size, k, vp.data(), len.data(), Tmax, logits.data(), nullptr,
                            scr, nbytes, ctx.stream);
   };
-  Stage no_head = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, false, tied);
-  Stage no_embedding = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
+  Stage no_head = make_stage(dm, g.rope, JK_LAYER_TUNED, 0, z.L, true, false, tied);
+  Stage no_embedding = make_stage(dm, g.rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
   expect_invalid(decode(no_head, B, kp.data(), bytes, scratch.p));
   expect_invalid(decode(no_embedding, B, kp.data(), bytes, scratch.p));
   expect_invalid(decode(st, B, kp.data(), bytes - 1, scratch.p));
@@ -682,22 +716,16 @@ CaseResult decode_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64
 // past T untouched; near-tie rows skipped as in decode_case. Arguments: T > max_seq, no embedding,
 // short scratch are cudaErrorInvalidValue.
 CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, tied);
-  const std::int64_t B = z.B, T = z.T, P = T - 1, N = B * T, A = z.Hkv * z.d, Tmax = T + 2, V = z.V;
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, false);
-  RopeTable rope(std::max<std::int64_t>(Tmax, 16), z.d);
-  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
-  std::vector<std::unique_ptr<GuardedBuffer<std::uint16_t>>> kc, vc;
-  std::vector<std::uint16_t*> kp, vp;
-  for (std::int64_t l = 0; l < z.L; ++l) {
-    kc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
-    vc.emplace_back(new GuardedBuffer<std::uint16_t>(static_cast<std::size_t>(B * Tmax * A)));
-    kp.push_back(kc.back()->data());
-    vp.push_back(vc.back()->data());
-  }
+  Generation g(z, tied, seed);
+  const ModelShape& s = g.s;
+  const ModelWeights& hw = g.hw;
+  const Batch& batch = g.batch;
+  DeviceModel& dm = g.dm;
+  Stage& st = g.st;
+  Caches& caches = g.caches;
+  const std::int64_t B = z.B, T = z.T, P = T - 1, N = B * T, A = z.Hkv * z.d, Tmax = g.Tmax, V = z.V;
+  auto &kc = caches.k, &vc = caches.v;
+  auto &kp = caches.kp, &vp = caches.vp;
   std::vector<std::int32_t> prompt(static_cast<std::size_t>(B * P)), last(static_cast<std::size_t>(B));
   for (std::int64_t b = 0; b < B; ++b) {
     std::copy(batch.ids.begin() + b * T, batch.ids.begin() + b * T + P, prompt.begin() + b * P);
@@ -740,27 +768,21 @@ CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint6
   const Compare cl = jkl::compare(got, ref, 2 * B, V, &skip);
   // Caches: rows 0..P (prefill's P rows and the step's) against the reference; later rows untouched.
   double worst_cache = 0;
-  bool untouched = true;
+  const bool untouched = caches.untouched_from(T);
   for (std::int64_t l = 0; l < z.L; ++l) {
     const std::vector<std::uint16_t> k = kc[l]->download(), v = vc[l]->download();
     Vec kg(static_cast<std::size_t>(N * A)), vg(kg.size());
     for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t u = 0; u < Tmax; ++u)
-        for (std::int64_t c = 0; c < A; ++c) {
-          const std::size_t i = static_cast<std::size_t>((b * Tmax + u) * A + c);
-          if (u < T) {
-            kg[(b * T + u) * A + c] = jkt::bf16_value(k[i]);
-            vg[(b * T + u) * A + c] = jkt::bf16_value(v[i]);
-          } else {
-            untouched = untouched && k[i] == 0xffff && v[i] == 0xffff;
-          }
-        }
+      for (std::int64_t i = 0; i < T * A; ++i) {
+        kg[b * T * A + i] = jkt::bf16_value(k[b * Tmax * A + i]);
+        vg[b * T * A + i] = jkt::bf16_value(v[b * Tmax * A + i]);
+      }
     const Compare ck = jkl::compare(kg, f.layers[l].k, N, A), cv = jkl::compare(vg, f.layers[l].v, N, A);
     worst_cache = std::max({worst_cache, ck.finite ? ck.rel_rms : 1e9, cv.finite ? cv.rel_rms : 1e9});
   }
   int bad = 0;
   auto expect_invalid = [&](cudaError_t e) { bad += e == cudaErrorInvalidValue ? 0 : 1; };
-  Stage no_embedding = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
+  Stage no_embedding = make_stage(dm, g.rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
   auto prefill = [&](const Stage& x, std::int64_t T_, std::int64_t max_seq, std::size_t nbytes) {
     return jk_model_prefill(&x.w, &x.cfg, ids.data(), B, T_, kp.data(), vp.data(), max_seq, logits.data(), nullptr,
                             pscratch.p, nbytes, ctx.stream);
@@ -769,9 +791,8 @@ CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint6
   expect_invalid(prefill(no_embedding, P, Tmax, pbytes));
   expect_invalid(prefill(st, P, Tmax, pbytes - 1));
   expect_invalid(prefill(st, 0, Tmax, pbytes));
-  bool guards = dm.guards_intact() && ids.guards_intact() && step.guards_intact() && len.guards_intact() &&
-                invalid.guards_intact() && logits.guards_intact();
-  for (std::int64_t l = 0; l < z.L; ++l) guards = guards && kc[l]->guards_intact() && vc[l]->guards_intact();
+  const bool guards = dm.guards_intact() && ids.guards_intact() && step.guards_intact() && len.guards_intact() &&
+                      invalid.guards_intact() && logits.guards_intact() && caches.guards_intact();
   const bool pass = within(cl, kFwdRms, kFwdMax) && worst_cache <= kFwdRms && untouched && invalid_count == 0 &&
                     guards && bad == 0 && skipped < 2 * B;
   return {pass, describe(z, tied) + jkt::format(": prefill + one step logits rms %.2e max %.2e (%d near-tie rows of %"
