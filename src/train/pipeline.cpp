@@ -362,9 +362,7 @@ LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64
 LossTerms Pipeline::evaluate(const ModelWeights& w, std::int64_t m, const MicroBatchSource& load) {
   using Kind = StageLink::Kind;
   const int p = stages_, s = stage_;
-  net_.set_slots(1);
-  if (mpi_link_) mpi_link_->set_slots(1);
-  net_.begin_pass(w);
+  net_.begin_pass(w);  // slot 0 (which always exists) and whatever send buffers the link has
   LossTerms total;
   const Message in{Kind::Activation, 0, s - 1}, out{Kind::Activation, 0, s + 1};
   for (std::int64_t i = 0; i < m; ++i) {
