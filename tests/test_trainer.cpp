@@ -444,3 +444,36 @@ TEST_CASE("train/precision = bf16 trains on a GPU or is a deck error naming why 
   CHECK(message.find("use fp32") != std::string::npos);
   CHECK(!fs::exists(tmp / "bf16/checkpoints"));
 }
+
+TEST_CASE("a fresh run does not mix with an earlier run's checkpoints; a restart runs past later ones", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  REQUIRE(train(tmp, "a") == TrainOutcome::Finished);  // checkpoints at steps 3 and 6
+  const std::string a3 = tmp / "a/checkpoints/step-000000003.h5", a6 = tmp / "a/checkpoints/step-000000006.h5";
+  const std::string a9 = tmp / "a/checkpoints/step-000000009.h5", kept6 = tmp / "a6.h5";
+  fs::copy_file(a6, kept6);
+  const auto metrics = read_bytes(tmp / "a/metrics.jsonl");
+
+  // A fresh run into the same directory: one error naming the directory, the latest checkpoint and the
+  // ways out; nothing of the earlier run touched.
+  const std::string message = jetmoe::testing::error_of([&] { train(tmp, "a"); }, ErrorKind::Input);
+  CHECK_THAT(message, Catch::Contains("a/checkpoints already holds 2 checkpoint(s) of an earlier run"));
+  CHECK_THAT(message, Catch::Contains("step-000000006.h5"));
+  CHECK_THAT(message, Catch::Contains("checkpoint/overwrite = true"));
+  CHECK(read_bytes(tmp / "a/metrics.jsonl") == metrics);
+  CHECK(fs::exists(a3));
+
+  // A restart from step 3 while a later checkpoint (step 9, of an abandoned trajectory) exists, keeping
+  // one checkpoint: the run's own step 6 is kept (the same bits as the first run's), step 9 untouched.
+  fs::copy_file(a6, a9);
+  REQUIRE(train(tmp, "a", {"checkpoint/keep_last=1"}, a3) == TrainOutcome::Finished);
+  require_identical(kept6, a6);
+  CHECK(fs::exists(a9));
+  CHECK_FALSE(fs::exists(a3));
+
+  // checkpoint/overwrite: the fresh run deletes the earlier checkpoints first.
+  REQUIRE(train(tmp, "a", {"checkpoint/overwrite=true"}) == TrainOutcome::Finished);
+  CHECK_FALSE(fs::exists(a9));
+  CHECK(fs::exists(a3));
+  require_identical(kept6, a6);
+}

@@ -137,6 +137,9 @@ DeckSchema make_standard_schema() {
     b.path("dir", "checkpoints", "Directory for checkpoints, relative to job/output_dir unless absolute.");
     b.integer("interval", 500, "Steps between checkpoints (0: only at the end and on SIGTERM).").at_least(0);
     b.integer("keep_last", 3, "Checkpoints kept; older ones are deleted.").at_least(1);
+    b.boolean("overwrite", false,
+              "A fresh run (no restart) whose checkpoint/dir holds an earlier run's checkpoints: false stops with an "
+              "error naming them; true deletes them first.");
   }
   {
     auto& b = s.block("parallel", "Rank layout: ranks = pipeline_stages x data_parallel.", {train});

@@ -121,8 +121,16 @@ std::optional<std::string> latest_checkpoint(const std::string& dir) {
   return found.back().second.string();
 }
 
-void prune_checkpoints(const std::string& dir, int keep_last) {
-  const auto found = list_checkpoints(dir);
+std::vector<std::string> checkpoints_in(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& c : list_checkpoints(dir)) out.push_back(c.second.string());
+  return out;
+}
+
+void prune_checkpoints(const std::string& dir, int keep_last, std::int64_t up_to_step) {
+  auto found = list_checkpoints(dir);
+  found.erase(std::remove_if(found.begin(), found.end(), [&](const auto& c) { return c.first > up_to_step; }),
+              found.end());
   const std::size_t keep = static_cast<std::size_t>(std::max(keep_last, 1));
   for (std::size_t i = 0; i + keep < found.size(); ++i) {
     std::error_code ec;

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -110,8 +111,13 @@ std::string checkpoint_name(std::int64_t step);  // "step-000000300.h5"
 // nullopt when there is none or `dir` does not exist.
 std::optional<std::string> latest_checkpoint(const std::string& dir);
 // Deletes the oldest complete checkpoints beyond the newest `keep_last` (at least 1 is always kept);
-// *.tmp files and files not named like checkpoints are left alone.
-void prune_checkpoints(const std::string& dir, int keep_last);
+// *.tmp files and files not named like checkpoints are left alone. Only checkpoints of steps up to
+// `up_to_step` count: later ones (a trajectory abandoned by a restart from an earlier checkpoint) are
+// neither kept in place of the run's own nor deleted; the run replaces them as it reaches their steps.
+void prune_checkpoints(const std::string& dir, int keep_last,
+                       std::int64_t up_to_step = std::numeric_limits<std::int64_t>::max());
+// Every complete checkpoint in `dir` (paths, oldest first); empty when there is none or no `dir`.
+std::vector<std::string> checkpoints_in(const std::string& dir);
 
 // CRC-64/XZ (ECMA-182 polynomial, reflected, init and xorout all ones) of `size` bytes, continuing
 // from `crc` (0 for a fresh sum). crc64("123456789") = 0x995dc9bbdf1939fa.

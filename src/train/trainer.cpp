@@ -316,6 +316,20 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     };
     make(output_dir_, "<job>/output_dir");
     make(checkpoint_dir_, "<checkpoint>/dir");
+    // A fresh run does not mix its checkpoints with an earlier run's: an error before anything is
+    // written, or with checkpoint/overwrite those are deleted first.
+    const std::vector<std::string> earlier = restart ? std::vector<std::string>() : checkpoints_in(checkpoint_dir_);
+    if (!earlier.empty() && !deck.get_bool("checkpoint", "overwrite"))
+      fail(ErrorKind::Input, checkpoint_dir_ + " already holds " + std::to_string(earlier.size()) +
+                                 " checkpoint(s) of an earlier run (the latest " + earlier.back() +
+                                 "): continue it with -r, give another job/output_dir or checkpoint/dir, or set "
+                                 "checkpoint/overwrite = true to delete them");
+    for (const std::string& c : earlier) {
+      std::error_code ec;
+      fs::remove(c, ec);
+      if (ec) fail(ErrorKind::Input, c + ": cannot delete an earlier run's checkpoint: " + ec.message());
+      log::info("checkpoint/overwrite: deleted the earlier run's %s", c.c_str());
+    }
   }
   if (restart) restore(*restart);
   else if (comm_.is_root()) io::write_text_atomically(metrics_path_, "");
@@ -781,7 +795,7 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
     write_checkpoint(comm_, path, meta,
                      {{"params", owned(params_, false)}, {"adam_m", owned(adam_.exp_avg(), true)},
                       {"adam_v", owned(adam_.exp_avg_sq(), true)}});
-    if (comm_.is_root()) prune_checkpoints(checkpoint_dir_, int(keep_last_));
+    if (comm_.is_root()) prune_checkpoints(checkpoint_dir_, int(keep_last_), step_);
   } else {
     // Serial HDF5: the stages (and ZeRO-1 shards) send rank 0 theirs and rank 0 writes, the others
     // wait. An error on rank 0 ends the job (the app frame aborts every rank).
@@ -790,7 +804,7 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
     if (comm_.is_root()) {
       write_checkpoint(path, meta,
                        {{"params", group(whole_params ? *whole_params : params)}, {"adam_m", group(m)}, {"adam_v", group(v)}});
-      prune_checkpoints(checkpoint_dir_, int(keep_last_));
+      prune_checkpoints(checkpoint_dir_, int(keep_last_), step_);
     }
   }
   comm_.barrier();
