@@ -188,18 +188,21 @@ cudaError_t carve_prefill(Carver& cv, const jk_model_config_t& c, std::int64_t B
   return cudaSuccess;
 }
 
-// The final norm, the LM head and the fp32 logits of B rows `x` (decode and prefill).
-cudaError_t head_logits(const jk_model_weights_t* w, const jk_model_config_t* cfg, const std::uint16_t* x,
-                        std::int64_t B, std::uint16_t* h, float* rstd, std::int32_t* offsets, std::uint16_t* bf16_logits,
-                        float* logits, cudaStream_t stream) {
+// The grouped-GEMM path of the head (the layers' path choice).
+jk_grouped_gemm_algo_t head_algo(const jk_model_config_t& c) {
+  return c.layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+}
+
+// The final norm and the LM head of `rows` rows x: h = RMSNorm(x) (and rstd), bf16 logits = h W_head^T
+// (a one-expert grouped GEMM over offsets {0, rows}). Forward, decode and prefill.
+cudaError_t head_forward(const jk_model_weights_t* w, const jk_model_config_t* cfg, const std::uint16_t* x,
+                         std::int64_t rows, std::uint16_t* h, float* rstd, std::int32_t* offsets, std::uint16_t* logits,
+                         cudaStream_t stream) {
   const std::int64_t D = cfg->layer.hidden, V = cfg->vocab;
-  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(x, w->final_norm, h, rstd, B, D, cfg->final_eps, stream));
-  model_single_expert_offsets<<<1, 32, 0, stream>>>(offsets, static_cast<std::int32_t>(B));
+  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(x, w->final_norm, h, rstd, rows, D, cfg->final_eps, stream));
+  model_single_expert_offsets<<<1, 32, 0, stream>>>(offsets, static_cast<std::int32_t>(rows));
   JK_RETURN_IF_ERROR(cudaGetLastError());
-  const jk_grouped_gemm_algo_t algo =
-      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
-  JK_RETURN_IF_ERROR(jk_grouped_gemm_fwd_bf16(h, w->lm_head, bf16_logits, offsets, nullptr, B, 1, V, D, algo, stream));
-  return jk_bf16_to_f32(bf16_logits, logits, B * V, stream);
+  return jk_grouped_gemm_fwd_bf16(h, w->lm_head, logits, offsets, nullptr, rows, 1, V, D, head_algo(*cfg), stream);
 }
 
 bool valid_caches(const jk_model_config_t& c, uint16_t* const* k_caches, uint16_t* const* v_caches) {
@@ -242,7 +245,8 @@ cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t
   for (std::int64_t l = 0; l < cfg->num_layers; ++l, cur ^= 1)
     JK_RETURN_IF_ERROR(jk_layer_decode(&w->layers[l], &cfg->layer, sc.x[cur], B, k_caches[l], v_caches[l], cache_len,
                                        max_seq, sc.x[cur ^ 1], sc.layer, sc.layer_bytes, nullptr, stream));
-  return head_logits(w, cfg, sc.x[cur], B, sc.h, sc.rstd, sc.head_offsets, sc.logits, logits, stream);
+  JK_RETURN_IF_ERROR(head_forward(w, cfg, sc.x[cur], B, sc.h, sc.rstd, sc.head_offsets, sc.logits, stream));
+  return jk_bf16_to_f32(sc.logits, logits, B * V, stream);
 }
 
 size_t jk_model_prefill_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq) {
@@ -287,7 +291,8 @@ cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_
   const std::size_t row = static_cast<std::size_t>(D) * sizeof(std::uint16_t);
   JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(sc.last, row, sc.x[cur] + (T - 1) * D, T * row, row, B, cudaMemcpyDeviceToDevice,
                                        stream));
-  return head_logits(w, cfg, sc.last, B, sc.h, sc.rstd, sc.head_offsets, sc.logits, logits, stream);
+  JK_RETURN_IF_ERROR(head_forward(w, cfg, sc.last, B, sc.h, sc.rstd, sc.head_offsets, sc.logits, stream));
+  return jk_bf16_to_f32(sc.logits, logits, B * V, stream);
 }
 
 cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
@@ -363,13 +368,7 @@ cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* c
 
   JK_RETURN_IF_ERROR(cudaMemcpyAsync(sv.labels, batch->labels, static_cast<std::size_t>(s.N) * sizeof(std::int32_t),
                                      cudaMemcpyDeviceToDevice, stream));
-  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(sv.x[s.L], w->final_norm, sv.h, sv.rstd, s.N, s.D, cfg->final_eps, stream));
-  model_single_expert_offsets<<<1, 32, 0, stream>>>(sv.head_offsets, static_cast<std::int32_t>(s.N));
-  JK_RETURN_IF_ERROR(cudaGetLastError());
-  const jk_grouped_gemm_algo_t algo =
-      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
-  JK_RETURN_IF_ERROR(
-      jk_grouped_gemm_fwd_bf16(sv.h, w->lm_head, sv.logits, sv.head_offsets, nullptr, s.N, 1, s.V, s.D, algo, stream));
+  JK_RETURN_IF_ERROR(head_forward(w, cfg, sv.x[s.L], s.N, sv.h, sv.rstd, sv.head_offsets, sv.logits, stream));
   return jk_fused_cross_entropy_fwd_bf16(sv.logits, sv.labels, loss_rows, sv.lse, nullptr, nullptr, nullptr, s.N, s.V,
                                          stream);
 }
@@ -391,8 +390,7 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
   StageSaved sv;
   StageScratch sc;
   JK_RETURN_IF_ERROR(prepare(cfg, batch, saved, saved_bytes, scratch, scratch_bytes, &s, &sv, &sc));
-  const jk_grouped_gemm_algo_t algo =
-      cfg->layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+  const jk_grouped_gemm_algo_t algo = head_algo(*cfg);
   const bool tied = cfg->has_head && cfg->has_embedding && grads->lm_head == grads->embedding;
 
   // The gradient of the current boundary x_l: dout, or the head's, then ping-pong through the blocks.

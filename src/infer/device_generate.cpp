@@ -76,8 +76,7 @@ struct Graph {
 };
 
 void copy(void* to, const void* from, std::size_t bytes, cudaMemcpyKind kind, cudaStream_t stream, const char* what) {
-  check(cudaMemcpyAsync(to, from, bytes, kind, stream), what);
-  check(cudaStreamSynchronize(stream), what);
+  check(device::copy_and_wait(to, from, bytes, kind, stream), what);
 }
 
 }  // namespace
@@ -148,7 +147,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   Sampler sampler(params.sampling);
   const std::size_t nb = std::size_t(B);
   std::vector<std::int64_t> fed(nb, 0);  // tokens in sequence b's cache
-  std::vector<std::int32_t> last(nb, params.pad_id), ids(nb), lens(nb);
+  std::vector<std::int32_t> last(nb), ids(nb), lens(nb);  // last: set by each prefill
   std::vector<bool> done(nb, false);
   std::vector<float> logits(nb * std::size_t(V));
   // Sequence b's next token from its row of `rows`.

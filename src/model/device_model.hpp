@@ -25,6 +25,15 @@ namespace jetmoe::device {
 // call named with CUDA's error (ErrorKind::Internal).
 [[noreturn]] void fail_cuda(cudaError_t e, const char* context, const char* what, const char* memory_hint);
 
+// A copy through `stream` (so ordered with its kernels; a plain cudaMemcpy runs on the legacy stream,
+// which a non-blocking stream does not wait for) that has landed when it returns: `from` may be a
+// caller's temporary. The first failing call's error.
+inline cudaError_t copy_and_wait(void* to, const void* from, std::size_t bytes, cudaMemcpyKind kind,
+                                 cudaStream_t stream) {
+  const cudaError_t e = cudaMemcpyAsync(to, from, bytes, kind, stream);
+  return e != cudaSuccess ? e : cudaStreamSynchronize(stream);
+}
+
 // A device allocation that frees itself. ensure(n) makes it at least n bytes (contents lost when it
 // grows) and returns cudaMalloc's result.
 class Buffer {

@@ -90,12 +90,10 @@ void add_into(const Vec<float>& g, const float* src) {
 // plain cudaMemcpy runs on the legacy stream, which a non-blocking stream does not wait for, and returns
 // from a pageable upload before the data has landed.
 void upload(void* to, const void* from, std::size_t bytes, cudaStream_t stream, const char* what) {
-  check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyHostToDevice, stream), what);
-  check(cudaStreamSynchronize(stream), what);  // `from` may be a temporary of the caller
+  check(device::copy_and_wait(to, from, bytes, cudaMemcpyHostToDevice, stream), what);
 }
 void download(void* to, const void* from, std::size_t bytes, cudaStream_t stream, const char* what) {
-  check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyDeviceToHost, stream), what);
-  check(cudaStreamSynchronize(stream), what);
+  check(device::copy_and_wait(to, from, bytes, cudaMemcpyDeviceToHost, stream), what);
 }
 
 class DeviceNetwork final : public StageNetwork, public StageLink {
