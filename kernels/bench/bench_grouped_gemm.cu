@@ -26,7 +26,8 @@ using jkb::DeviceMemory;
 struct Options {
   jkb::Args common{"jetmoe-grouped-gemm-bench.csv", 15, 3};  // --out, --reps, --warmup
   std::vector<std::int64_t> tokens = {4096, 16384};
-  std::vector<jk_grouped_gemm_algo_t> algos = {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_CUBLASLT};
+  std::vector<jk_grouped_gemm_algo_t> algos = {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_WGMMA,
+                                               JK_GROUPED_GEMM_CUBLASLT};
 };
 
 // Random non-zero bf16 bits (magnitude 2^-6 .. 2), splitmix64.
@@ -202,7 +203,7 @@ int run(const Options& opt, const jk_runtime_info_t& info) {
 int main(int argc, char** argv) {
   Options opt;
   jkb::ArgRules rules;
-  rules.extra_usage = " [--tokens T1,T2,...] [--algos simple,mma,cublaslt]";
+  rules.extra_usage = " [--tokens T1,T2,...] [--algos simple,mma,wgmma,cublaslt]";
   rules.help = rules.short_help = true;
   const auto flags = [&](const std::string& arg, const char* value) {
     if (value == nullptr) return 0;
@@ -220,6 +221,7 @@ int main(int argc, char** argv) {
       for (const auto& t : split(value)) {
         if (t == "simple") opt.algos.push_back(JK_GROUPED_GEMM_SIMPLE);
         else if (t == "mma") opt.algos.push_back(JK_GROUPED_GEMM_MMA);
+        else if (t == "wgmma") opt.algos.push_back(JK_GROUPED_GEMM_WGMMA);
         else if (t == "cublaslt") opt.algos.push_back(JK_GROUPED_GEMM_CUBLASLT);
         else return -1;
       }

@@ -21,7 +21,9 @@
 #include <cstring>
 #include <functional>
 #include <iterator>
+#include <optional>
 #include <random>
+#include <regex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -235,8 +237,10 @@ inline void finish(cudaError_t launch_status, cudaStream_t stream, const char* w
 }
 
 inline void usage(const char* argv0) {
-  std::printf("usage: %s [--seed N]\n"
+  std::printf("usage: %s [--seed N] [--only REGEX]\n"
               "Runs every kernel against a CPU double-precision reference.\n"
+              "--only: only the cases whose name matches REGEX (ECMAScript, searched anywhere in the name);\n"
+              "        their inputs then differ from a full run's (seeds are drawn in run order).\n"
               "Exit: 0 all passed, 1 a case failed, 2 bad arguments, %d no CUDA device.\n",
               argv0, kExitNoDevice);
 }
@@ -244,9 +248,17 @@ inline void usage(const char* argv0) {
 inline int run_main(int argc, char** argv, const char* program,
                     const std::function<std::vector<Case>(Context&)>& make_cases) {
   Context ctx;
+  std::optional<std::regex> only;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
       ctx.seed = std::strtoull(argv[++i], nullptr, 10);
+    } else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+      try {
+        only.emplace(argv[++i]);
+      } catch (const std::regex_error& e) {
+        std::printf("--only '%s': not a regular expression (%s)\n", argv[i], e.what());
+        return 2;
+      }
     } else if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
       usage(argv[0]);
       return 0;
@@ -287,7 +299,17 @@ inline int run_main(int argc, char** argv, const char* program,
     std::printf("FAIL setup: %s\n0 passed, 1 failed\n", e.what());
     return 1;
   }
-  for (const Case& c : make_cases(ctx)) {
+  std::vector<Case> cases = make_cases(ctx);
+  if (only) {
+    cases.erase(std::remove_if(cases.begin(), cases.end(),
+                               [&](const Case& c) { return !std::regex_search(c.name, *only); }),
+                cases.end());
+    if (cases.empty()) {
+      std::printf("no case matches --only\n0 passed, 0 failed\n");
+      return 2;
+    }
+  }
+  for (const Case& c : cases) {
     CaseResult result{false, ""};
     try {
       result = c.run();

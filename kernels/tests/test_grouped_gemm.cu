@@ -31,9 +31,12 @@ namespace {
 
 using namespace jkt;
 
-constexpr jk_grouped_gemm_algo_t kOwnAlgos[] = {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA};
-constexpr jk_grouped_gemm_algo_t kAllAlgos[] = {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_AUTO,
-                                                JK_GROUPED_GEMM_CUBLASLT};
+// WGMMA runs its own kernel where k (and for the backward calls n) % 8 == 0 and the bases are 16-byte
+// aligned (here: the small shapes with n, k = 72, 200 / 8, 16 / 256, 136 / 136, 264, every 8B case),
+// MMA's path otherwise (the odd shapes, the unaligned pointers).
+constexpr jk_grouped_gemm_algo_t kOwnAlgos[] = {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_WGMMA};
+constexpr jk_grouped_gemm_algo_t kAllAlgos[] = {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_WGMMA,
+                                                JK_GROUPED_GEMM_AUTO, JK_GROUPED_GEMM_CUBLASLT};
 
 // ---- inputs -----------------------------------------------------------------------------------------
 
@@ -485,7 +488,8 @@ CaseResult check_paths(Context& ctx, std::uint64_t seed, const Routing& rt, std:
   const std::size_t out_size = static_cast<std::size_t>(op == 0 ? rt.rows * n : op == 1 ? rt.rows * k : E * n * k);
   std::vector<std::vector<double>> results;
   std::vector<std::string> names;
-  for (jk_grouped_gemm_algo_t algo : {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_CUBLASLT}) {
+  for (jk_grouped_gemm_algo_t algo :
+       {JK_GROUPED_GEMM_SIMPLE, JK_GROUPED_GEMM_MMA, JK_GROUPED_GEMM_WGMMA, JK_GROUPED_GEMM_CUBLASLT}) {
     std::vector<double> vals(out_size);
     if (op == 2) {
       GuardedBuffer<float> d_out(out_size);
@@ -802,13 +806,13 @@ std::vector<Case> make_cases(Context& ctx) {
 
   // Every element of full outputs, all algorithms against each other.
   const Routing mid = routing({700, 0, 1, 1200, 333, 1, 64, 1});
-  cases.push_back({"paths fwd (simple, mma, cublaslt) E=8 skewed n=1000 k=1024",
+  cases.push_back({"paths fwd (simple, mma, wgmma, cublaslt) E=8 skewed n=1000 k=1024",
                    [&ctx, mid] { return check_paths(ctx, ctx.next_seed(), mid, 1000, 1024, 0); }});
-  cases.push_back({"paths bwd_data (simple, mma, cublaslt) E=8 skewed n=1024 k=1000",
+  cases.push_back({"paths bwd_data (simple, mma, wgmma, cublaslt) E=8 skewed n=1024 k=1000",
                    [&ctx, mid] { return check_paths(ctx, ctx.next_seed(), mid, 1024, 1000, 1); }});
-  cases.push_back({"paths bwd_weight (simple, mma, cublaslt) E=8 skewed n=512 k=520",
+  cases.push_back({"paths bwd_weight (simple, mma, wgmma, cublaslt) E=8 skewed n=512 k=520",
                    [&ctx, mid] { return check_paths(ctx, ctx.next_seed(), mid, 512, 520, 2); }});
-  cases.push_back({"paths 8B MoA W_o fwd (simple, mma, cublaslt) balanced [8192x2048]x[8,2048,2048]", [&ctx] {
+  cases.push_back({"paths 8B MoA W_o fwd (simple, mma, wgmma, cublaslt) balanced [8192x2048]x[8,2048,2048]", [&ctx] {
                      return check_paths(ctx, ctx.next_seed(), routing_8b(false), 2048, 2048, 0);
                    }});
   return cases;

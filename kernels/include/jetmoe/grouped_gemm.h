@@ -43,9 +43,12 @@ typedef enum jk_grouped_gemm_algo_t {
   JK_GROUPED_GEMM_SIMPLE = 1,    // own straightforward mma.sync kernel: 64x64x32 tiles, plain loads (fallback)
   JK_GROUPED_GEMM_MMA = 2,       // own tuned mma.sync kernel: cp.async multi-stage pipeline, ldmatrix, 128x128 tiles
   JK_GROUPED_GEMM_CUBLASLT = 3,  // one cuBLASLt GEMM per non-empty expert (vendor baseline; needs offsets_host)
+  JK_GROUPED_GEMM_WGMMA = 4,     // own sm_90a kernel: TMA loads into an mbarrier ring, wgmma 128x256 tiles, on
+                                 // an sm_90 device with 16-byte aligned operands, k % 8 == 0 (and n % 8 == 0
+                                 // for the backward calls); any other call runs MMA's path (not yet run on a GPU)
 } jk_grouped_gemm_algo_t;
 
-// Name of an algorithm ("auto", "simple", "mma", "cublaslt", or "?").
+// Name of an algorithm ("auto", "simple", "mma", "cublaslt", "wgmma", or "?").
 const char* jk_grouped_gemm_algo_name(jk_grouped_gemm_algo_t algo);
 
 // ---- forward: out[r, :] = in[r, :] W[e]^T for the rows r of expert e -------------------------------

@@ -23,6 +23,7 @@
 //   * cases too large to emulate are skipped (emu::Skip): a cudaMalloc over EMU_MAX_BYTES or more than
 //     EMU_MAX_THREADS emulated threads in one case.
 #pragma once
+#include <cuda.h>  // CUtensorMap (TMA descriptors: emu_sm90.hpp, the fake encoder in emu_host.hpp)
 #include <cuda_runtime.h>
 #include <ucontext.h>
 #include <sys/mman.h>
@@ -34,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -71,7 +73,7 @@ inline Config& cfg() {
   return c;
 }
 
-enum class St { Ready, Block, Warp, Done };
+enum class St { Ready, Block, Warp, Mbar, Done };
 enum Op { kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kMatchAny, kSyncWarp, kLdmatrix, kLdmatrixT, kMma };
 
 struct Group {
@@ -91,7 +93,31 @@ struct Fiber {
   dim3 tid;
   int linear = 0;
   std::shared_ptr<Group> g;
+  std::uint32_t wait_bar = 0, wait_parity = 0;  // St::Mbar: the mbarrier and the phase parity awaited
 };
+
+// An mbarrier (emu_sm90.hpp) in the block's shared memory, by its shared address: the arrival count of
+// a phase, arrivals still pending, the transaction bytes still expected (expect_tx adds, a TMA copy's
+// complete_tx subtracts), the current phase's parity. A phase completes when both pending counts are 0.
+struct Mbar {
+  int expected = 0, pending = 0;
+  long long tx = 0;
+  std::uint32_t phase = 0;
+};
+
+// What the fake cuTensorMapEncodeTiled (emu_host.hpp) stores in a CUtensorMap's 128 opaque bytes and the
+// emulated TMA load (emu_sm90.hpp) reads: 2D tiled maps only.
+struct TensorMap2d {
+  std::uint64_t magic;  // kTensorMapMagic
+  const unsigned char* base;
+  std::uint64_t dim[2];  // elements: dim[0] innermost
+  std::uint64_t stride;  // bytes between rows (dimension 1)
+  std::uint32_t box[2];
+  std::uint32_t elem_bytes;
+  std::uint32_t swizzle;  // CUtensorMapSwizzle
+};
+constexpr std::uint64_t kTensorMapMagic = 0x454d55544d415032ull;  // "EMUTMAP2"
+static_assert(sizeof(TensorMap2d) <= sizeof(CUtensorMap), "emulated tensor map larger than CUtensorMap");
 
 struct Runtime {
   dim3 grid, block, bidx;
@@ -117,6 +143,7 @@ struct Runtime {
   std::uint64_t undefined_reads = 0;
   std::mt19937_64 rng{1};
   bool in_kernel = false;
+  std::map<std::uint32_t, Mbar> mbars;  // the block's mbarriers by shared address (emu_sm90.hpp)
   std::vector<std::pair<const void*, int>> max_dyn;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
   // Stream capture (cudaStreamBeginCapture .. cudaStreamEndCapture): launches and async copies are
   // recorded here instead of run, and replayed in order by cudaGraphLaunch.
@@ -291,10 +318,11 @@ inline void fiber_main() {
 inline std::string describe_states() {
   Runtime& r = rt();
   std::string s;
-  int counts[4] = {0, 0, 0, 0};
+  int counts[5] = {0, 0, 0, 0, 0};
   for (auto& f : r.fibers) counts[static_cast<int>(f.st)]++;
   char b[200];
-  std::snprintf(b, sizeof b, "%d at __syncthreads, %d in warp collectives, %d exited", counts[1], counts[2], counts[3]);
+  std::snprintf(b, sizeof b, "%d at __syncthreads, %d in warp collectives, %d waiting on mbarriers, %d exited",
+                counts[1], counts[2], counts[3], counts[4]);
   s = b;
   for (auto& f : r.fibers)
     if (f.st == St::Warp) {
@@ -315,6 +343,7 @@ inline bool run_block() {
   for (int t = 0; t < n; ++t) r.exists[t / 32] |= 1u << (t % 32);
   r.statics.clear();
   r.static_bytes = 0;
+  r.mbars.clear();
   ++r.block_serial;
   r.dyn_store.assign(r.dyn_bytes + 128, cfg().fill);
   r.dyn = r.dyn_store.data() + (128 - reinterpret_cast<std::uintptr_t>(r.dyn_store.data()) % 128) % 128;
@@ -342,22 +371,26 @@ inline bool run_block() {
       if (!r.error.empty()) return false;
     }
     if (ran) continue;
-    int block = 0, done = 0, warp = 0;
+    int block = 0, done = 0, warp = 0, mbar = 0;
     for (auto& f : r.fibers) {
       block += f.st == St::Block;
       done += f.st == St::Done;
       warp += f.st == St::Warp;
+      mbar += f.st == St::Mbar;
     }
     if (done == n) return true;
-    if (block > 0 && warp == 0 && done == 0) {
+    if (block > 0 && warp == 0 && mbar == 0 && done == 0) {
       for (auto& f : r.fibers) f.st = St::Ready;
       continue;
     }
     r.cur = &r.fibers[0];
     char b[300];
     std::snprintf(b, sizeof b, "%s [kernel %s, block (%u,%u,%u)]",
-                  block > 0 && warp == 0 ? "__syncthreads not reached by every thread of the block (UB)"
-                                         : "deadlock: threads wait at different barriers or for exited lanes",
+                  block > 0 && warp == 0 && mbar == 0
+                      ? "__syncthreads not reached by every thread of the block (UB)"
+                  : mbar > 0 && block == 0 && warp == 0
+                      ? "deadlock: mbarrier waits that no arrival or copy left can complete"
+                      : "deadlock: threads wait at different barriers or for exited lanes",
                   r.kernel, r.bidx.x, r.bidx.y, r.bidx.z);
     r.error = std::string(b) + ": " + describe_states();
     return false;
@@ -457,6 +490,12 @@ inline std::uint32_t f2u(float f) { return static_cast<std::uint32_t>(to_bits(f)
 #define __noinline__
 #undef __launch_bounds__
 #define __launch_bounds__(...)
+#undef __grid_constant__
+#define __grid_constant__
+// The emulated library stands for an sm_90a build (the wgmma/TMA path of grouped_gemm.cu is enabled).
+#ifndef JK_CUDA_ARCHITECTURES
+#define JK_CUDA_ARCHITECTURES "90a"
+#endif
 #undef __shared__
 #define __shared__ EMU_SHARED_NOT_TRANSFORMED
 #define threadIdx (::emu::rt().cur->tid)

@@ -182,6 +182,59 @@ const char* cudaGetErrorString(cudaError_t e) {
   return e == cudaErrorLaunchFailure ? "emulated kernel failed (see EMU ERROR above)" : cudaGetErrorName(e);
 }
 
+// cuTensorMapEncodeTiled as the driver documents its checks, for 2D tiled maps (the only rank the
+// kernels use), storing emu::TensorMap2d for the emulated TMA loads (emu_sm90.hpp); other ranks, data
+// types or interleaves are refused (CUDA_ERROR_INVALID_VALUE), as is anything the driver refuses.
+namespace emu {
+inline CUresult encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, void* base,
+                             const cuuint64_t* dim, const cuuint64_t* strides, const cuuint32_t* box,
+                             const cuuint32_t* elem_strides, CUtensorMapInterleave interleave,
+                             CUtensorMapSwizzle swizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill) {
+  if (map == nullptr || base == nullptr || rank != 2 || interleave != CU_TENSOR_MAP_INTERLEAVE_NONE)
+    return CUDA_ERROR_INVALID_VALUE;
+  std::uint32_t elem = 0;
+  switch (type) {
+    case CU_TENSOR_MAP_DATA_TYPE_BFLOAT16:
+    case CU_TENSOR_MAP_DATA_TYPE_FLOAT16: elem = 2; break;
+    case CU_TENSOR_MAP_DATA_TYPE_FLOAT32: elem = 4; break;
+    default: return CUDA_ERROR_INVALID_VALUE;
+  }
+  if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0) return CUDA_ERROR_INVALID_VALUE;
+  for (int i = 0; i < 2; ++i) {
+    if (dim[i] == 0 || dim[i] > (1ull << 32)) return CUDA_ERROR_INVALID_VALUE;
+    if (box[i] == 0 || box[i] > 256 || elem_strides[i] != 1) return CUDA_ERROR_INVALID_VALUE;
+  }
+  if (strides[0] % 16 != 0 || strides[0] >= (1ull << 40) || strides[0] < dim[0] * elem) return CUDA_ERROR_INVALID_VALUE;
+  if ((box[0] * elem) % 16 != 0) return CUDA_ERROR_INVALID_VALUE;
+  if (swizzle == CU_TENSOR_MAP_SWIZZLE_128B && box[0] * elem > 128) return CUDA_ERROR_INVALID_VALUE;
+  if (swizzle != CU_TENSOR_MAP_SWIZZLE_NONE && swizzle != CU_TENSOR_MAP_SWIZZLE_128B) return CUDA_ERROR_INVALID_VALUE;
+  TensorMap2d m{};
+  m.magic = kTensorMapMagic;
+  m.base = static_cast<const unsigned char*>(base);
+  m.dim[0] = dim[0];
+  m.dim[1] = dim[1];
+  m.stride = strides[0];
+  m.box[0] = box[0];
+  m.box[1] = box[1];
+  m.elem_bytes = elem;
+  m.swizzle = static_cast<std::uint32_t>(swizzle);
+  std::memset(map, 0, sizeof(*map));
+  std::memcpy(map, &m, sizeof m);
+  return CUDA_SUCCESS;
+}
+}  // namespace emu
+
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned int, unsigned long long,
+                                             cudaDriverEntryPointQueryResult* status) {
+  if (std::strcmp(symbol, "cuTensorMapEncodeTiled") != 0) {
+    std::printf("EMU: driver entry point %s not emulated\n", symbol);
+    std::abort();
+  }
+  *fn = reinterpret_cast<void*>(&emu::encode_tiled);
+  if (status) *status = cudaDriverEntryPointSuccess;
+  return cudaSuccess;
+}
+
 // The runtime report: one fake sm_90 device whose image is fine.
 cudaError_t jk_runtime_info(jk_runtime_info_t* info) {
   std::memset(info, 0, sizeof(*info));

@@ -63,6 +63,105 @@ __global__ void with_barrier(int* out) {
   out[threadIdx.x] = s;
 }
 
+// ---- sm_90 asynchronous helpers (emu_sm90.hpp) ----
+
+// A 2-slot ring: thread 0 produces 8 items, threads 32..63 consume each (full: count 1, empty: count 32).
+__global__ void mbarrier_ring(int* out) {
+  extern __shared__ int ring_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(ring_smem);
+  const std::uint32_t full = base + 64, empty = base + 80;  // 2 barriers each, 8 bytes apart
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < 2; ++s) emu::mbar_init(full + 8 * s, 1), emu::mbar_init(empty + 8 * s, 32);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < 8; ++i) {
+      const int s = i % 2;
+      emu::mbar_wait(empty + 8 * s, ((i / 2) & 1) ^ 1);  // fresh: parity 1 passes at once
+      ring_smem[s] = 10 * (i + 1);
+      emu::mbar_arrive(full + 8 * s);
+    }
+  } else if (threadIdx.x >= 32) {
+    int sum = 0;
+    for (int i = 0; i < 8; ++i) {
+      const int s = i % 2;
+      emu::mbar_wait(full + 8 * s, (i / 2) & 1);
+      sum += ring_smem[s];
+      emu::mbar_arrive(empty + 8 * s);
+    }
+    out[threadIdx.x - 32] = sum;
+  }
+}
+
+// Count 1 with 16 transaction bytes still expected: a second arrival in the same phase is one too many.
+__global__ void mbarrier_overarrive(int* out) {
+  extern __shared__ int over_smem[];
+  const std::uint32_t bar = __cvta_generic_to_shared(over_smem);
+  emu::mbar_init(bar, 1);
+  emu::mbar_arrive_expect_tx(bar, 16);
+  emu::mbar_arrive(bar);
+  out[0] = 1;
+}
+
+__global__ void mbarrier_wrong_parity(int* out) {
+  extern __shared__ int parity_smem[];
+  const std::uint32_t bar = __cvta_generic_to_shared(parity_smem);
+  if (threadIdx.x == 0) emu::mbar_init(bar, 32);
+  __syncthreads();
+  emu::mbar_arrive(bar);
+  emu::mbar_wait(bar, 1);  // phase 0 completed; phase 1 (parity 1) never will
+  out[threadIdx.x] = 1;
+}
+
+// TMA box (64 x 8 at (32, 5)) of a 10 x 72 bf16 tensor in the 128-byte swizzle, then wgmma.
+__global__ void tma_box(const CUtensorMap map, std::uint16_t* out) {
+  extern __shared__ __align__(128) unsigned char tma_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(tma_smem);
+  const std::uint32_t bar = base + 1024;
+  emu::mbar_init(bar, 1);
+  emu::mbar_arrive_expect_tx(bar, 64 * 8 * 2);
+  emu::tma_load_2d(base, &map, 32, 5, bar);
+  emu::mbar_wait(bar, 0);
+  for (int i = 0; i < 64 * 8; ++i) std::memcpy(out + i, tma_smem + 2 * i, 2);
+}
+
+// C = A B^T with A [64 x 64], B [256 x 64] loaded by TMA, K-major (trans_b 0: four k16 steps 32 bytes
+// apart inside the swizzled rows) or B as [64 x 256] N-major boxes of 64 x 64, 8 KB apart (trans_b 1:
+// steps of 16 rows, 2 KB); one warpgroup, d[i] of thread t written to out[t * 128 + i].
+__global__ void wgmma_product(const CUtensorMap map_a, const CUtensorMap map_b, int trans_b, float* out) {
+  extern __shared__ __align__(128) unsigned char mma_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(mma_smem);
+  const std::uint32_t a = base, b = base + 8192, bar = base + 8192 + 32768;
+  if (threadIdx.x == 0) {
+    emu::mbar_init(bar, 1);
+    emu::mbar_arrive_expect_tx(bar, 8192 + 32768);
+    emu::tma_load_2d(a, &map_a, 0, 0, bar);
+    if (trans_b) for (int h = 0; h < 4; ++h) emu::tma_load_2d(b + 8192 * h, &map_b, 64 * h, 0, bar);
+    else emu::tma_load_2d(b, &map_b, 0, 0, bar);
+  }
+  __syncthreads();
+  emu::mbar_wait(bar, 0);
+  const auto desc = [](std::uint32_t addr, std::uint32_t lbo) {
+    return static_cast<std::uint64_t>(addr >> 4) | (static_cast<std::uint64_t>(lbo >> 4) << 16) |
+           (static_cast<std::uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+  };
+  float d[128];
+  for (float& x : d) x = 0.0f;
+  for (int ks = 0; ks < 4; ++ks)
+    emu::wgmma_m64n256k16(d, desc(a + 32 * ks, 16), trans_b ? desc(b + 2048 * ks, 8192) : desc(b + 32 * ks, 16), 0,
+                          trans_b);
+  for (int i = 0; i < 128; ++i) out[threadIdx.x * 128 + i] = d[i];
+}
+
+// Two groups of 64 threads, each through its own named barrier; `missing`: one thread of group 2 skips.
+__global__ void named_barriers(int* out, int missing) {
+  __shared__ int v[128];
+  v[threadIdx.x] = static_cast<int>(threadIdx.x);
+  const int group = threadIdx.x / 64;
+  if (!(missing && threadIdx.x == 127)) emu::named_barrier(1 + group, 64);
+  out[threadIdx.x] = v[(threadIdx.x + 1) % 64 + 64 * group];
+}
+
 __global__ void dynamic_smem(int* out, int n) {
   extern __shared__ int dyn[];
   for (int i = threadIdx.x; i < n; i += blockDim.x) dyn[i] = i;
@@ -140,6 +239,97 @@ int main() {
   expect(cudaGetLastError() == cudaErrorInvalidConfiguration, "1025 threads per block is refused");
   with_barrier<<<dim3(1, 65536), 32>>>(d);
   expect(cudaGetLastError() == cudaErrorInvalidConfiguration, "grid.y 65536 is refused");
+  // ---- sm_90 asynchronous helpers
+  for (int order : {0, 1}) {
+    emu::cfg().order = order;
+    cudaFuncSetAttribute(mbarrier_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, 96);
+    mbarrier_ring<<<1, 64, 96>>>(d);
+    bool ring = cudaDeviceSynchronize() == cudaSuccess;
+    for (int t = 0; t < 32; ++t) ring &= d[t] == 360;
+    expect(ring, order == 0 ? "mbarrier ring: 8 items through 2 slots (forward order)"
+                            : "mbarrier ring: 8 items through 2 slots (reverse order)");
+  }
+  emu::cfg().order = saved;
+  mbarrier_overarrive<<<1, 1, 8>>>(d);
+  expect(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "more mbarrier arrivals than its count fail the launch");
+  emu::begin_case();
+  mbarrier_wrong_parity<<<1, 32, 8>>>(d);
+  expect(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "waiting for a phase that never completes is a deadlock");
+  emu::begin_case();
+
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                              const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  void* fn = nullptr;
+  cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, nullptr);
+  const auto encode = reinterpret_cast<Encode>(fn);
+  const auto make_map = [&](CUtensorMap* m, void* p, cuuint64_t inner, cuuint64_t outer, cuuint32_t box_inner,
+                            cuuint32_t box_outer) {
+    const cuuint64_t dim[2] = {inner, outer}, stride[1] = {inner * 2};
+    const cuuint32_t box[2] = {box_inner, box_outer}, one[2] = {1, 1};
+    return encode(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, p, dim, stride, box, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  };
+  std::uint16_t* t = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&t), 10 * 72 * 2 + 64 * 8 * 2);
+  for (int i = 0; i < 10 * 72; ++i) t[i] = static_cast<std::uint16_t>(i + 1);
+  CUtensorMap map;
+  expect(make_map(&map, t, 72, 10, 64, 8) == CUDA_SUCCESS, "cuTensorMapEncodeTiled: a valid 2D map");
+  CUtensorMap bad;
+  expect(make_map(&bad, t, 70, 10, 64, 8) == CUDA_ERROR_INVALID_VALUE, "cuTensorMapEncodeTiled: row stride not 16-byte");
+  expect(make_map(&bad, t, 72, 10, 72, 8) == CUDA_ERROR_INVALID_VALUE, "cuTensorMapEncodeTiled: box over the swizzle");
+  cudaFuncSetAttribute(tma_box, cudaFuncAttributeMaxDynamicSharedMemorySize, 1032);
+  std::uint16_t* box = t + 10 * 72;
+  tma_box<<<1, 1, 1032>>>(map, box);
+  bool placed = cudaDeviceSynchronize() == cudaSuccess;
+  for (int y = 0; y < 8; ++y)
+    for (int x = 0; x < 64; ++x) {
+      const int gx = 32 + x, gy = 5 + y;
+      const std::uint16_t want = gx < 72 && gy < 10 ? static_cast<std::uint16_t>(gy * 72 + gx + 1) : 0;
+      const int byte = y * 128 + ((((2 * x) / 16) ^ (y & 7)) * 16) + (2 * x) % 16;  // chunk c -> c ^ (row & 7)
+      placed &= box[byte / 2] == want;
+    }
+  expect(placed, "TMA box: 128-byte swizzle placement, zero fill outside the tensor");
+
+  // A [64 x 64], B [256 x 64] of small integers (exact fp32 sums); B also stored N-major [64 x 256].
+  std::uint16_t *a = nullptr, *b = nullptr, *bt = nullptr;
+  float* c = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&a), 64 * 64 * 2);
+  cudaMalloc(reinterpret_cast<void**>(&b), 256 * 64 * 2);
+  cudaMalloc(reinterpret_cast<void**>(&bt), 256 * 64 * 2);
+  cudaMalloc(reinterpret_cast<void**>(&c), 128 * 128 * 4);
+  const auto bf16 = [](int v) { return static_cast<std::uint16_t>(emu::f2u(static_cast<float>(v)) >> 16); };
+  for (int r = 0; r < 64; ++r)
+    for (int k = 0; k < 64; ++k) a[r * 64 + k] = bf16((r * 7 + k * 3) % 11 - 5);
+  for (int n = 0; n < 256; ++n)
+    for (int k = 0; k < 64; ++k) b[n * 64 + k] = bt[k * 256 + n] = bf16((n * 5 + k * 13) % 9 - 4);
+  CUtensorMap ma, mb, mbt;
+  make_map(&ma, a, 64, 64, 64, 64);
+  make_map(&mb, b, 64, 256, 64, 256);
+  make_map(&mbt, bt, 256, 64, 64, 64);
+  for (int trans_b : {0, 1}) {
+    cudaFuncSetAttribute(wgmma_product, cudaFuncAttributeMaxDynamicSharedMemorySize, 8192 + 32768 + 8);
+    wgmma_product<<<1, 128, 8192 + 32768 + 8>>>(ma, trans_b ? mbt : mb, trans_b, c);
+    bool exact = cudaDeviceSynchronize() == cudaSuccess;
+    for (int th = 0; th < 128; ++th)
+      for (int i = 0; i < 128; ++i) {
+        const int row = 16 * (th / 32) + (th % 32) / 4 + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * (th % 4) + i % 2;
+        int want = 0;
+        for (int k = 0; k < 64; ++k) want += ((row * 7 + k * 3) % 11 - 5) * ((col * 5 + k * 13) % 9 - 4);
+        exact &= c[th * 128 + i] == static_cast<float>(want);
+      }
+    expect(exact, trans_b ? "wgmma m64n256k16 x 4: N-major B (transpose bit) from TMA boxes = the product"
+                          : "wgmma m64n256k16 x 4: K-major A and B from TMA = the product in the accumulator layout");
+    emu::begin_case();
+  }
+
+  named_barriers<<<1, 128>>>(d, 0);
+  bool named = cudaDeviceSynchronize() == cudaSuccess;
+  for (int th = 0; th < 128; ++th) named &= d[th] == (th + 1) % 64 + 64 * (th / 64);
+  expect(named, "named barriers: two groups of 64 threads");
+  named_barriers<<<1, 128>>>(d, 1);
+  expect(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "a named barrier missing one thread is a deadlock");
+  emu::begin_case();
   std::printf("%d failed\n", failures);
   return failures != 0;
 }

@@ -79,6 +79,21 @@ BODIES = {
         ('__device__ __forceinline__ void ldmatrix_x4_trans(', '::emu::ldmatrix(r, addr, true);'),
         ('cudaError_t lt_handle(', '*out = nullptr; return cudaErrorNotSupported;'),
         ('cudaError_t lt_gemm(', LT_GEMM_HOST),
+        # the sm_90a kernel: mbarriers, TMA, wgmma -> emu_sm90.hpp
+        ('__device__ __forceinline__ void mbar_init(', '::emu::mbar_init(bar, count);'),
+        ('__device__ __forceinline__ void mbar_fence_init(', ''),
+        ('__device__ __forceinline__ void mbar_arrive(', '::emu::mbar_arrive(bar);'),
+        ('__device__ __forceinline__ void mbar_arrive_expect_tx(', '::emu::mbar_arrive_expect_tx(bar, bytes);'),
+        ('__device__ __forceinline__ void mbar_wait(', '::emu::mbar_wait(bar, parity);'),
+        ('__device__ __forceinline__ void tma_load_2d(', '::emu::tma_load_2d(dst, map, c0, c1, bar);'),
+        ('__device__ __forceinline__ void wgmma_fence(', ''),
+        ('__device__ __forceinline__ void wgmma_commit(', ''),
+        ('__device__ __forceinline__ void wgmma_wait(', ''),           # wgmmas complete at issue
+        ('__device__ __forceinline__ void wgmma_m64n256k16(',
+         '::emu::wgmma_m64n256k16(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
+        ('__device__ __forceinline__ void fence_operand(', '(void)x;'),
+        ('__device__ __forceinline__ void fence_proxy_async(', ''),
+        ('__device__ __forceinline__ void named_barrier_sync(', '::emu::named_barrier(id, count);'),
     ],
     # attention.cu's PTX wrappers (not JK_ATTENTION_EMULATE: that is the other, test-internal emulator)
     'attention': [
@@ -93,7 +108,7 @@ BODIES = {
     ],
 }
 # Per source: emulation headers its translation unit includes.
-HEADERS = {'grouped_gemm': ['emu_mma.hpp'], 'attention': ['emu_mma.hpp']}
+HEADERS = {'grouped_gemm': ['emu_mma.hpp', 'emu_sm90.hpp'], 'attention': ['emu_mma.hpp']}
 # Per source: (exact text, replacement) for declarations the regexes above do not see (macros).
 TEXT = {
     'attention': [
@@ -234,7 +249,7 @@ def transform_source(path, key=None):
 def transform_harness(path, skips):
     s = open(path).read()
     pat = '|'.join(skips) if skips else '$^'
-    a = '''  for (const Case& c : make_cases(ctx)) {
+    a = '''  for (const Case& c : cases) {
     CaseResult result{false, ""};
     try {
       result = c.run();
@@ -243,7 +258,7 @@ def transform_harness(path, skips):
     s = s.replace(a, '''  int skipped = 0;
   const std::regex emu_skip(std::string(R"EMU(%s)EMU") + (std::getenv("EMU_SKIP") ? std::string("|") + std::getenv("EMU_SKIP") : std::string()));
   const char* emu_only = std::getenv("EMU_ONLY");
-  for (const Case& c : make_cases(ctx)) {
+  for (const Case& c : cases) {
     CaseResult result{false, ""};
     ::emu::begin_case();
     if (std::regex_search(c.name, emu_skip) || (emu_only && !std::regex_search(c.name, std::regex(emu_only)))) {
@@ -261,7 +276,6 @@ def transform_harness(path, skips):
     b = '  std::printf("%d passed, %d failed\\n", passed, failed);'
     assert b in s
     s = s.replace(b, '  std::printf("%d passed, %d failed, %d skipped (emulation)\\n", passed, failed, skipped);')
-    s = s.replace('#include <cuda_runtime.h>', '#include <cuda_runtime.h>\n#include <regex>', 1)
     return s
 
 
@@ -284,7 +298,8 @@ def main():
         src, nl, ns = transform_source(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'selftest.cu'))
         open(os.path.join(out, 'selftest.cu.inc'), 'w').write(src)
         open(os.path.join(out, 'selftest_emu.cpp'), 'w').write(
-            '#include "emu_cuda.hpp"\n#include "jetmoe/kernels.h"\n#include "emu_host.hpp"\n#include "selftest.cu.inc"\n')
+            '#include "emu_cuda.hpp"\n#include "emu_sm90.hpp"\n#include "jetmoe/kernels.h"\n#include "emu_host.hpp"\n'
+            '#include "selftest.cu.inc"\n')
         print('selftest.cu: %d launches, %d shared declarations rewritten' % (nl, ns))
         return
     names = sources_of(family)
