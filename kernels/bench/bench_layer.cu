@@ -5,6 +5,8 @@
 //    jk_layer_flops_per_token (2 * active matmul params per token: 2 routers, 2 of 8 W_q / W_o / fc1 / fc2
 //    experts, the shared K/V projection; plus causal attention 2 * 2 * (T/2) * Hq * d), the
 //    performance.md convention; plus a per-stage time breakdown from cudaEvents (jk_layer_profile_t);
+//    for each layer path: tuned (rows train.*) and the sm_90a kernels (rows train.*.wgmma; JK_LAYER_WGMMA,
+//    which runs the tuned kernels where the sm_90a ones cannot run); --path tuned|wgmma keeps one;
 //  - decode: B = 1 and 8 single-token steps at context 4096 (cache_len 4095, the new token the 4096th):
 //    tokens/s and achieved GB/s of the bandwidth bound's bytes (active experts' weights of both routers'
 //    choices, min(E, B k) experts each, the shared K/V projection, both routers, the norms and biases,
@@ -100,9 +102,17 @@ Weights make_weights(const jk_layer_config_t& c, std::mt19937_64& gen) {
 int main(int argc, char** argv) {
   jkb::Args args{nullptr, 10, 2};
   bool quick = false;
+  std::vector<jk_layer_path_t> paths = {JK_LAYER_TUNED, JK_LAYER_WGMMA};
   jkb::ArgRules rules;
-  rules.extra_usage = " [--quick]";
-  const auto flags = [&](const std::string& arg, const char*) {
+  rules.extra_usage = " [--quick] [--path tuned|wgmma]";
+  const auto flags = [&](const std::string& arg, const char* value) {
+    if (arg == "--path") {
+      if (value == nullptr) return 0;
+      const std::string v = value;
+      if (v != "tuned" && v != "wgmma") return -1;
+      paths = {v == "tuned" ? JK_LAYER_TUNED : JK_LAYER_WGMMA};
+      return 2;
+    }
     if (arg != "--quick") return 0;
     quick = true;  // 8192 tokens only, fewer decode reps
     return 1;
@@ -136,7 +146,10 @@ int main(int argc, char** argv) {
 
     std::vector<std::int64_t> batches = {2, 4};
     if (quick) batches = {2};
+    for (const jk_layer_path_t path : paths)
     for (const std::int64_t B : batches) {
+      cfg.path = path;
+      const char* suffix = path == JK_LAYER_WGMMA ? ".wgmma" : "";
       const std::int64_t N = B * T;
       std::size_t sb = 0, cb = 0;
       CHECK_CUDA(jk_layer_train_bytes(&cfg, B, T, &sb, &cb));
@@ -165,14 +178,16 @@ int main(int argc, char** argv) {
       const double flop[3] = {fpt * N, 2 * fpt * N, 3 * fpt * N};
       const double t[3] = {t_fwd, t_bwd, t_all};
       const char* names[3] = {"train.fwd", "train.bwd", "train.fwd+bwd"};
-      for (int i = 0; i < 3; ++i) rows.push_back(jkb::throughput_row(names[i], B, T, t[i], double(N), flop[i], 0.0));
+      for (int i = 0; i < 3; ++i)
+        rows.push_back(jkb::throughput_row(std::string(names[i]) + suffix, B, T, t[i], double(N), flop[i], 0.0));
       print_breakdown("forward", fwd, stream);
       print_breakdown("backward", bwd, stream);
       for (void* p : {saved, scratch, (void*)x, (void*)dout, (void*)out, (void*)dx, (void*)losses})
         CHECK_CUDA(cudaFree(p));
     }
 
-    // ---- decode at context 4096 ----
+    // ---- decode at context 4096 (the tuned path: the sm_90a kernels have no decode variant) ----
+    cfg.path = JK_LAYER_TUNED;
     for (const std::int64_t B : {std::int64_t(1), std::int64_t(8)}) {
       const std::int64_t Tmax = T, A = cfg.kv_heads * cfg.head_dim;
       std::uint16_t* kc = device_bf16(static_cast<std::size_t>(B * Tmax * A), gen, 0.05f, 2.0f);

@@ -7,6 +7,8 @@
 //    loops. Obviously correct, any d <= 256, and the fallback for shapes the tuned kernels do not take.
 //  - TUNED (second half): FlashAttention-2 style tiles with mma.sync m16n8k16 bf16 tensor cores
 //    (d in {64, 128}, 16-byte aligned pointers).
+//  - WGMMA (forward only, end of the file): the sm_90a kernel, TMA + mbarriers + wgmma (FA3 style), on
+//    an sm_90 device for the tuned path's shapes; elsewhere, and for the backward, TUNED's path.
 //
 // JK_ATTENTION_EMULATE: when defined (only by tests/kernel_reference/test_attention.cpp, host C++), this
 // file provides just the kernels (simple, decode and tuned), compiled for a host emulator of the warp
@@ -15,6 +17,7 @@
 #ifndef JK_ATTENTION_EMULATE
 #include "common.cuh"
 #include "jetmoe/kernels.h"
+#include "sm90.cuh"
 
 #include <algorithm>
 #include <climits>
@@ -443,6 +446,11 @@ cudaError_t bwd_simple(const std::uint16_t* q, const std::uint16_t* k, const std
 #ifndef JK_ATTENTION_EMULATE
 // Tuned kernels (defined below, in the second part of this file).
 bool attention_tuned_supported(const jk_attention_shape_t& s, const void* const* pointers, int count);
+cudaError_t attention_wgmma_supported(const jk_attention_shape_t& s, const void* const* pointers, int count,
+                                      bool* ok);
+cudaError_t attention_fwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                const std::int32_t* seq_len, std::uint16_t* out, float* lse,
+                                const jk_attention_shape_t& s, cudaStream_t stream);
 cudaError_t attention_fwd_tuned(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
                                 const std::int32_t* seq_len, std::uint16_t* out, float* lse,
                                 const jk_attention_shape_t& s, cudaStream_t stream);
@@ -458,7 +466,8 @@ cudaError_t attention_bwd(const std::uint16_t* q, const std::uint16_t* k, const 
                           const std::int32_t* seq_len, float* delta, TOut* dq, TOut* dk, TOut* dv,
                           const jk_attention_shape_t& s, jk_attention_path_t path, cudaStream_t stream) {
   if (!valid_shape(s)) return cudaErrorInvalidValue;
-  if (path != JK_ATTENTION_AUTO && path != JK_ATTENTION_SIMPLE && path != JK_ATTENTION_TUNED)
+  if (path != JK_ATTENTION_AUTO && path != JK_ATTENTION_SIMPLE && path != JK_ATTENTION_TUNED &&
+      path != JK_ATTENTION_WGMMA)
     return cudaErrorInvalidValue;
   if (is_empty(s)) return cudaSuccess;
   if (!q || !k || !v || !out || !lse || !dout || !delta || !dq || !dk || !dv) return cudaErrorInvalidValue;
@@ -479,13 +488,19 @@ cudaError_t attention_fwd(const std::uint16_t* q, const std::uint16_t* k, const 
                           const std::int32_t* seq_len, std::uint16_t* out, float* lse, const jk_attention_shape_t& s,
                           jk_attention_path_t path, cudaStream_t stream) {
   if (!valid_shape(s)) return cudaErrorInvalidValue;
-  if (path != JK_ATTENTION_AUTO && path != JK_ATTENTION_SIMPLE && path != JK_ATTENTION_TUNED)
+  if (path != JK_ATTENTION_AUTO && path != JK_ATTENTION_SIMPLE && path != JK_ATTENTION_TUNED &&
+      path != JK_ATTENTION_WGMMA)
     return cudaErrorInvalidValue;
   if (is_empty(s)) return cudaSuccess;
   if (!q || !k || !v || !out) return cudaErrorInvalidValue;
   const void* const pointers[] = {q, k, v, out};
   const bool tuned_ok = attention_tuned_supported(s, pointers, 4);
   if (path == JK_ATTENTION_TUNED && !tuned_ok) return cudaErrorInvalidValue;
+  if (path == JK_ATTENTION_WGMMA) {
+    bool wgmma_ok = false;
+    JK_RETURN_IF_ERROR(attention_wgmma_supported(s, pointers, 4, &wgmma_ok));
+    if (wgmma_ok) return attention_fwd_wgmma(q, k, v, seq_len, out, lse, s, stream);
+  }
   if (path != JK_ATTENTION_SIMPLE && tuned_ok) return attention_fwd_tuned(q, k, v, seq_len, out, lse, s, stream);
   return fwd_simple(q, k, v, seq_len, out, lse, s, stream);
 }
@@ -1157,6 +1172,249 @@ cudaError_t launch_bwd_tuned(const std::uint16_t* q, const std::uint16_t* k, con
   return cudaGetLastError();
 }
 
+
+// ================================================================================================
+// sm_90a forward (JK_ATTENTION_WGMMA): TMA + mbarriers + wgmma, FlashAttention-3 style.
+// ================================================================================================
+#ifndef JK_ATTENTION_EMULATE
+// CTA = (64 query rows, K/V head h, a group of G query heads sharing it, sequence b), (1 + G) warpgroups:
+// warpgroup 0 the producer (one thread: the G heads' Q tiles once, then the K and V tiles of 128 keys
+// into a 2-stage ring), warpgroup 1 + c the consumer for query head slot c: S = Q K^T by wgmma from
+// shared memory (m64n128k16, Q and K K-major), the online softmax on the S accumulators in registers
+// (FA2's, as the tuned kernel: unnormalised P rounded to bf16), O += P V by wgmma with P from
+// registers (the S accumulator layout of two n8 column groups is the A fragment of one k16 step) and
+// V N-major from shared memory (transpose bit). Tiles in the 128-byte swizzle: Q and K as rows of 64
+// head-dim elements (d = 128: two halves, 8 / 16 KB apart), V read along its rows (LBO 16 KB between the
+// two 64-column halves). TMA maps are 4D (d, heads, T, B), so rows past T are zero-filled and a box never
+// crosses into the next sequence. The G consumers share every K/V tile (K/V read once for G heads).
+// empty[s] needs the 128 G threads of the consumers after their P V wgmmas have completed.
+constexpr int kWgAttnQ = 64;      // query rows per CTA (one wgmma M)
+constexpr int kWgAttnKeys = 128;  // keys per K/V tile (S: N = 128)
+constexpr int kWgAttnStages = 2;
+
+template <int D, int G>
+struct WgAttnLayout {
+  static constexpr int kHalves = D / 64;                          // 128-byte rows per head-dim
+  static constexpr int kQBytes = G * kHalves * kWgAttnQ * 128;    // Q tiles of the G heads
+  static constexpr int kKvBytes = kHalves * kWgAttnKeys * 128;    // one K (or V) tile
+  static constexpr int kStageBytes = 2 * kKvBytes;                // K then V
+  static constexpr int kBarrierOffset = kQBytes + kWgAttnStages * kStageBytes;
+  static constexpr int kSmemBytes = 1024 + kBarrierOffset + (1 + 2 * kWgAttnStages) * 8;
+};
+
+template <int D, int G>
+__global__ void __launch_bounds__((G + 1) * 128, 1)
+    attn_fwd_wgmma_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                          const __grid_constant__ CUtensorMap map_v, const std::int32_t* __restrict__ seq_len,
+                          std::uint16_t* __restrict__ out, float* __restrict__ lse, std::int64_t T, std::int64_t Hq,
+                          std::int64_t Hkv, float scale) {
+  using L = WgAttnLayout<D, G>;
+  constexpr int kHalves = L::kHalves;
+#ifdef JK_WGMMA_UNAVAILABLE
+  __trap();
+#else
+  extern __shared__ __align__(128) unsigned char attn_wg_smem[];
+  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(attn_wg_smem));
+  const std::uint32_t smem = (raw + 1023u) & ~1023u;
+  const std::uint32_t q_s = smem, kv_s = smem + L::kQBytes;
+  const std::uint32_t q_full = smem + L::kBarrierOffset;
+  const std::uint32_t full0 = q_full + 8, empty0 = full0 + 8 * kWgAttnStages;
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t h = blockIdx.y % Hkv;
+  const std::int64_t group = blockIdx.y / Hkv;
+  const std::int64_t m0 = (static_cast<std::int64_t>(gridDim.x) - 1 - blockIdx.x) * kWgAttnQ;  // longest rows first
+  const std::int64_t len = clamp_len(seq_len, b, T);
+  const std::int64_t q_end = m0 + kWgAttnQ < len ? m0 + kWgAttnQ : len;
+  const int num_tiles = q_end > m0 ? static_cast<int>((q_end + kWgAttnKeys - 1) / kWgAttnKeys) : 0;
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < kWgAttnStages; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, G * 128);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+  const int warpgroup = threadIdx.x / 128;
+
+  if (warpgroup == 0) {  // ---- producer
+    if (threadIdx.x != 0) return;
+    mbar_arrive_expect_tx(q_full, L::kQBytes);
+    for (int c = 0; c < G; ++c) {
+      const int head = static_cast<int>((group * G + c) * Hkv + h);
+      for (int half = 0; half < kHalves; ++half)
+        tma_load_4d(q_s + (c * kHalves + half) * kWgAttnQ * 128, &map_q, 64 * half, head, static_cast<int>(m0),
+                    static_cast<int>(b), q_full);
+    }
+    for (int tile = 0; tile < num_tiles; ++tile) {
+      const int stage = tile % kWgAttnStages;
+      mbar_wait(empty0 + 8 * stage, ((tile / kWgAttnStages) & 1) ^ 1u);
+      const std::uint32_t full = full0 + 8 * stage;
+      const std::uint32_t k_tile = kv_s + stage * L::kStageBytes, v_tile = k_tile + L::kKvBytes;
+      mbar_arrive_expect_tx(full, L::kStageBytes);
+      for (int half = 0; half < kHalves; ++half) {
+        tma_load_4d(k_tile + half * kWgAttnKeys * 128, &map_k, 64 * half, static_cast<int>(h), tile * kWgAttnKeys,
+                    static_cast<int>(b), full);
+        tma_load_4d(v_tile + half * kWgAttnKeys * 128, &map_v, 64 * half, static_cast<int>(h), tile * kWgAttnKeys,
+                    static_cast<int>(b), full);
+      }
+    }
+    return;
+  }
+
+  // ---- consumer c: query head slot c, its 64 rows
+  const int c = warpgroup - 1;
+  const std::int64_t head = (group * G + c) * Hkv + h;
+  const int wt = threadIdx.x % 128;
+  const int w = wt / 32, lane = wt % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const std::int64_t row0 = m0 + 16 * w + g;  // this thread's rows: row0 and row0 + 8
+  const float scale_log2 = scale * 1.4426950408889634f;
+  float o[D / 2];
+  JK_UNROLL
+  for (int i = 0; i < D / 2; ++i) {
+    o[i] = 0.0f;
+    fence_operand(o[i]);
+  }
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};  // thread-local partial sums (this thread's columns)
+  mbar_wait(q_full, 0);
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile % kWgAttnStages;
+    mbar_wait(full0 + 8 * stage, (tile / kWgAttnStages) & 1);
+    const std::uint32_t k_tile = kv_s + stage * L::kStageBytes, v_tile = k_tile + L::kKvBytes;
+    const std::int64_t n0 = static_cast<std::int64_t>(tile) * kWgAttnKeys;
+
+    // S = Q K^T: 64 x 128, reduction over d in k16 steps (32 bytes inside a half's swizzled rows).
+    float s[kWgAttnKeys / 2];
+    JK_UNROLL
+    for (int i = 0; i < kWgAttnKeys / 2; ++i) {
+      s[i] = 0.0f;
+      fence_operand(s[i]);
+    }
+    wgmma_fence();
+    JK_UNROLL
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const int half = ks / 4, kk = ks % 4;
+      wgmma_ss_m64n128k16<0, 0>(s, wgmma_desc_sw128(q_s + (c * kHalves + half) * kWgAttnQ * 128 + 32 * kk, 16),
+                                wgmma_desc_sw128(k_tile + half * kWgAttnKeys * 128 + 32 * kk, 16));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    JK_UNROLL
+    for (int i = 0; i < kWgAttnKeys / 2; ++i) fence_operand(s[i]);
+
+    // Mask (causal and padding) where the tile reaches the diagonal or the sequence's end.
+    if (n0 + kWgAttnKeys > m0 || n0 + kWgAttnKeys > len) {
+      JK_UNROLL
+      for (int i = 0; i < kWgAttnKeys / 2; ++i) {
+        const std::int64_t key = n0 + 8 * (i / 4) + 2 * tq + (i % 2);
+        const std::int64_t row = row0 + 8 * ((i / 2) % 2);
+        if (key > row || key >= len) s[i] = -INFINITY;
+      }
+    }
+
+    // Online softmax: row rr's values are s[4 j + 2 rr + e]; the 4 threads of a quad hold its 128 columns.
+    JK_UNROLL
+    for (int rr = 0; rr < 2; ++rr) {
+      float mx = row_max[rr];
+      JK_UNROLL
+      for (int j = 0; j < kWgAttnKeys / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * rr], s[4 * j + 2 * rr + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_scaled = mx == -INFINITY ? 0.0f : mx * scale_log2;  // fully masked row: p = 0, no NaN
+      const float corr = exp2f(row_max[rr] * scale_log2 - m_scaled);    // 0 when the old max is -inf
+      row_max[rr] = mx;
+      float sum = 0.0f;
+      JK_UNROLL
+      for (int j = 0; j < kWgAttnKeys / 8; ++j) {
+        const float p0 = exp2f(fmaf(s[4 * j + 2 * rr], scale_log2, -m_scaled));
+        const float p1 = exp2f(fmaf(s[4 * j + 2 * rr + 1], scale_log2, -m_scaled));
+        s[4 * j + 2 * rr] = p0;
+        s[4 * j + 2 * rr + 1] = p1;
+        sum += p0 + p1;
+      }
+      row_sum[rr] = row_sum[rr] * corr + sum;
+      JK_UNROLL
+      for (int j = 0; j < D / 8; ++j) {
+        o[4 * j + 2 * rr] *= corr;
+        o[4 * j + 2 * rr + 1] *= corr;
+      }
+    }
+
+    // O += P V: P (bf16) from registers, packed before the fence (the S registers are then free), 8 k16
+    // steps of 16 keys (V rows: 2 KB apart), N = D.
+    std::uint32_t pa[kWgAttnKeys / 16][4];
+    JK_UNROLL
+    for (int kk = 0; kk < kWgAttnKeys / 16; ++kk) {
+      pa[kk][0] = pack_bf16x2(s[8 * kk], s[8 * kk + 1]);
+      pa[kk][1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    wgmma_fence();
+    JK_UNROLL
+    for (int kk = 0; kk < kWgAttnKeys / 16; ++kk) {
+      const std::uint64_t desc_v = wgmma_desc_sw128(v_tile + 2048 * kk, kWgAttnKeys * 128);
+      if constexpr (D == 128) {
+        wgmma_rs_m64n128k16<1>(o, pa[kk], desc_v);
+      } else {
+        wgmma_rs_m64n64k16<1>(o, pa[kk], desc_v);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    JK_UNROLL
+    for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);
+    mbar_arrive(empty0 + 8 * stage);  // this consumer is done with the stage's K and V
+  }
+
+  // Finish: full row sums (fixed butterfly over the quad), normalise, store (rows < T; zeros past len).
+  JK_UNROLL
+  for (int rr = 0; rr < 2; ++rr) {
+    float l = row_sum[rr];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const std::int64_t row = row0 + rr * 8;
+    if (row >= T) continue;
+    const bool valid = row < len;  // valid rows have l >= 1 (their own key)
+    const float inv = valid ? 1.0f / l : 0.0f;
+    std::uint32_t* dst = reinterpret_cast<std::uint32_t*>(out + ((b * T + row) * Hq + head) * D);
+    JK_UNROLL
+    for (int j = 0; j < D / 8; ++j) dst[4 * j + tq] = pack_bf16x2(o[4 * j + 2 * rr] * inv, o[4 * j + 2 * rr + 1] * inv);
+    if (lse != nullptr && tq == 0) lse[(b * Hq + head) * T + row] = valid ? row_max[rr] * scale + logf(l) : -INFINITY;
+  }
+#endif
+}
+
+// q [B, T, Hq, d] or k, v [B, T, Hkv, d] as a 4D TMA map (d, heads, T, B) with boxes of 64 x 1 x rows x 1.
+cudaError_t make_attention_map(CUtensorMap* map, const std::uint16_t* base, std::int64_t B, std::int64_t T,
+                               std::int64_t heads, std::int64_t D, int rows) {
+  const std::int64_t dims[4] = {D, heads, T, B};
+  const std::int64_t strides[3] = {D * 2, heads * D * 2, T * heads * D * 2};
+  const int box[4] = {64, 1, rows, 1};
+  return make_bf16_map(map, base, 4, dims, strides, box);
+}
+
+template <int D, int G>
+cudaError_t launch_fwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                             const std::int32_t* seq_len, std::uint16_t* out, float* lse, const jk_attention_shape_t& s,
+                             cudaStream_t stream) {
+  constexpr int kSmem = WgAttnLayout<D, G>::kSmemBytes;
+  CUtensorMap map_q, map_k, map_v;
+  JK_RETURN_IF_ERROR(make_attention_map(&map_q, q, s.batch, s.seq, s.q_heads, D, kWgAttnQ));
+  JK_RETURN_IF_ERROR(make_attention_map(&map_k, k, s.batch, s.seq, s.kv_heads, D, kWgAttnKeys));
+  JK_RETURN_IF_ERROR(make_attention_map(&map_v, v, s.batch, s.seq, s.kv_heads, D, kWgAttnKeys));
+  JK_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(attn_fwd_wgmma_kernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  const std::int64_t groups = s.q_heads / s.kv_heads / G;
+  const dim3 grid(static_cast<unsigned>((s.seq + kWgAttnQ - 1) / kWgAttnQ), static_cast<unsigned>(s.kv_heads * groups),
+                  static_cast<unsigned>(s.batch));
+  attn_fwd_wgmma_kernel<D, G><<<grid, (G + 1) * 128, kSmem, stream>>>(
+      map_q, map_k, map_v, seq_len, out, lse, s.seq, s.q_heads, s.kv_heads, 1.0f / std::sqrt(static_cast<float>(D)));
+  return cudaGetLastError();
+}
+#endif  // JK_ATTENTION_EMULATE
 #endif  // JK_ATTENTION_EMULATE
 }  // namespace
 
@@ -1168,6 +1426,26 @@ bool attention_tuned_supported(const jk_attention_shape_t& s, const void* const*
   const std::int64_t slots = s.q_heads / s.kv_heads;
   const std::int64_t group = slots % 2 == 0 ? 2 : 1;
   return (s.seq + kTileM - 1) / kTileM <= INT_MAX && s.kv_heads * (slots / group) <= 65535 && s.batch <= 65535;
+}
+
+// The sm_90a forward: the tuned path's shapes on an sm_90 device with sm_90a code, coordinates in int32.
+cudaError_t attention_wgmma_supported(const jk_attention_shape_t& s, const void* const* pointers, int count,
+                                      bool* ok) {
+  *ok = false;
+  if (!attention_tuned_supported(s, pointers, count) || s.seq > INT_MAX || s.q_heads > INT_MAX) return cudaSuccess;
+  return sm90a_available(ok);
+}
+
+cudaError_t attention_fwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                const std::int32_t* seq_len, std::uint16_t* out, float* lse,
+                                const jk_attention_shape_t& s, cudaStream_t stream) {
+  const bool pair = (s.q_heads / s.kv_heads) % 2 == 0;  // one CTA serves two query heads of one K/V head
+  if (s.head_dim == 128) {
+    return pair ? launch_fwd_wgmma<128, 2>(q, k, v, seq_len, out, lse, s, stream)
+                : launch_fwd_wgmma<128, 1>(q, k, v, seq_len, out, lse, s, stream);
+  }
+  return pair ? launch_fwd_wgmma<64, 2>(q, k, v, seq_len, out, lse, s, stream)
+              : launch_fwd_wgmma<64, 1>(q, k, v, seq_len, out, lse, s, stream);
 }
 
 cudaError_t attention_fwd_tuned(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,

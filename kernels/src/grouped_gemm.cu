@@ -16,14 +16,13 @@
 // A persistent grid (a few blocks per SM) strides over the tile numbers.
 #include "common.cuh"
 #include "jetmoe/kernels.h"
+#include "sm90.cuh"
 
 #include <cublasLt.h>
-#include <cuda.h>  // CUtensorMap and its enums (the encoder comes from the driver at run time)
 
 #include <algorithm>
 #include <cmath>
 #include <mutex>
-#include <string>
 #include <vector>
 
 namespace jk::detail {
@@ -631,135 +630,6 @@ constexpr int kWgStageBytes = kWgATileBytes + kWgBTileBytes;              // 48 
 // 2 x kWgStages mbarriers (8 bytes each).
 constexpr int kWgSmemBytes = 1024 + kWgStages * kWgStageBytes + 2 * kWgStages * 8;
 
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define JK_WGMMA_UNAVAILABLE 1  // this device pass (not sm_90a) cannot hold wgmma/TMA: the kernel traps
-#endif
-
-__device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t count) {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-#endif
-}
-// Makes the initialised barriers visible to the async proxy (TMA) and the other threads.
-__device__ __forceinline__ void mbar_fence_init() {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
-               "r"(bytes)
-               : "memory");
-#endif
-}
-// Waits until the phase of parity `parity` has completed (a fresh barrier: parity 1 passes at once).
-__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "JK_MBAR_WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra JK_MBAR_WAIT_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-#endif
-}
-// 2D tile load: box at (c0 = innermost element, c1 = row) of `map` into shared `dst`, completing
-// `bytes` of transaction on `bar`.
-__device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const CUtensorMap* map, int c0, int c1,
-                                            std::uint32_t bar) {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          dst),
-      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
-      : "memory");
-#endif
-}
-
-// Shared-memory matrix descriptor in the 128-byte swizzle (layout type 1 in bits 62-63), addresses in
-// 16-byte units: start address, leading byte offset, stride byte offset. K-major: LBO unused (1), SBO
-// 1024 between 8-row atoms. MN-major: LBO between 64-element blocks of the M/N dimension (our boxes,
-// 8 KB apart), SBO 1024 between groups of 8 reduction rows.
-template <bool MN_MAJOR>
-__device__ __forceinline__ std::uint64_t wgmma_desc_sw128(std::uint32_t addr) {
-  const std::uint64_t lbo = MN_MAJOR ? (64 * 128) >> 4 : 1;
-  return static_cast<std::uint64_t>((addr >> 4) & 0x3fffu) | (lbo << 16) | (static_cast<std::uint64_t>(1024 >> 4) << 32) |
-         (static_cast<std::uint64_t>(1) << 62);
-}
-// Makes this thread's ordinary shared-memory writes visible to the async proxy (wgmma operand reads).
-__device__ __forceinline__ void fence_proxy_async() {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-// Barrier `id` (1..15; 0 is __syncthreads) for `count` threads (a multiple of 32).
-__device__ __forceinline__ void named_barrier_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void wgmma_fence() {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wgmma_commit() {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#endif
-}
-// D[64 x 256] += A[64 x 16] B[256 x 16]^T from shared memory (descriptors; TRANS_A / TRANS_B: the
-// operand is MN-major), fp32 D in the accumulator layout: thread t of the warpgroup holds d[i] at row
-// 16 (t / 32) + (t % 32) / 4 + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (t % 4) + i % 2.
-template <int TRANS_A, int TRANS_B>
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], std::uint64_t desc_a, std::uint64_t desc_b) {
-#ifndef JK_WGMMA_UNAVAILABLE
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, %130, %131;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b), "n"(TRANS_A), "n"(TRANS_B));
-#endif
-}
-
-// Keeps the compiler from moving accesses of an accumulator across the asynchronous wgmmas.
-__device__ __forceinline__ void fence_operand(float& x) { asm volatile("" : "+f"(x)::"memory"); }
 
 template <GgMode MODE, typename OutT>
 __global__ void __launch_bounds__(kWgThreads, 1)
@@ -868,8 +738,8 @@ gg_wgmma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
         // k16 steps: K-major +32 bytes inside the swizzled 128-byte rows, MN-major +16 rows (2 KB)
         const std::uint32_t a_step = kATrans ? 2048 * ks : 32 * ks;
         const std::uint32_t b_step = kBTrans ? 2048 * ks : 32 * ks;
-        wgmma_m64n256k16<kATrans, kBTrans>(acc, wgmma_desc_sw128<kATrans>(a_tile + a_step),
-                                            wgmma_desc_sw128<kBTrans>(b_tile + b_step));
+        wgmma_ss_m64n256k16<kATrans, kBTrans>(acc, wgmma_desc_sw128(a_tile + a_step, kATrans ? kBox : 16),
+                                               wgmma_desc_sw128(b_tile + b_step, kBTrans ? kBox : 16));
       }
       wgmma_commit();
       wgmma_wait<1>();  // the previous reduction tile's wgmmas are done: release its stage
@@ -1176,54 +1046,15 @@ bool tuned_path_ok(const GgParams& p) {
   return is_aligned(p.a, 16) && is_aligned(p.b, 16) && p.n % 8 == 0 && p.k % 8 == 0;
 }
 
-// ---- the wgmma kernel's host side: TMA descriptors and the conditions of the path ----------------
+// ---- the wgmma kernel's host side -------------------------------------------------------------------------
 
-// cuTensorMapEncodeTiled's signature (cuda.h), taken from the driver through the runtime (so the
-// library does not link libcuda).
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-cudaError_t encode_tiled_fn(EncodeTiledFn* out) {
-  static std::once_flag once;
-  static EncodeTiledFn fn = nullptr;
-  static cudaError_t status = cudaSuccess;
-  std::call_once(once, [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    status = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found);
-    if (status == cudaSuccess && (found != cudaDriverEntryPointSuccess || f == nullptr)) status = cudaErrorNotSupported;
-    fn = reinterpret_cast<EncodeTiledFn>(f);
-  });
-  *out = fn;
-  return status;
-}
-
-// A row-major bf16 matrix [outer, inner] as a TMA map with boxes of box_outer rows x 64 elements
-// (128 bytes: one row of the 128-byte swizzle), zero fill outside.
+// A row-major bf16 matrix [outer, inner] as a TMA map with boxes of box_outer rows x 64 elements.
 cudaError_t make_tile_map(CUtensorMap* map, const std::uint16_t* base, std::int64_t inner, std::int64_t outer,
                           int box_outer) {
-  EncodeTiledFn encode = nullptr;
-  JK_RETURN_IF_ERROR(encode_tiled_fn(&encode));
-  const cuuint64_t dim[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
-  const cuuint64_t stride[1] = {static_cast<cuuint64_t>(inner) * 2};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kWgBK), static_cast<cuuint32_t>(box_outer)};
-  const cuuint32_t elem_stride[2] = {1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<std::uint16_t*>(base), dim, stride, box,
-                            elem_stride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
-
-// The library holds sm_90a code (and no plain sm_90 code the runtime could pick instead).
-bool built_for_sm90a() {
-#ifdef JK_CUDA_ARCHITECTURES
-  const std::string list = std::string(",") + JK_CUDA_ARCHITECTURES + ",";
-  return list.find(",90a,") != std::string::npos && list.find(",90,") == std::string::npos &&
-         list.find(",90-real,") == std::string::npos && list.find(",90-virtual,") == std::string::npos;
-#else
-  return false;
-#endif
+  const std::int64_t dims[2] = {inner, outer};
+  const std::int64_t strides[1] = {inner * 2};
+  const int box[2] = {kWgBK, box_outer};
+  return make_bf16_map(map, base, 2, dims, strides, box);
 }
 
 // The wgmma kernel needs TMA-compatible operands (16-byte aligned bases, the mapped rows a multiple of
@@ -1232,15 +1063,10 @@ template <GgMode MODE>
 cudaError_t wgmma_path_ok(const GgParams& p, bool* ok) {
   *ok = false;
   const bool fwd = MODE == GgMode::kFwd || MODE == GgMode::kFwdSwiglu;
-  if (!built_for_sm90a() || !is_aligned(p.a, 16) || !is_aligned(p.b, 16)) return cudaSuccess;
+  if (!is_aligned(p.a, 16) || !is_aligned(p.b, 16)) return cudaSuccess;
   if (p.k % 8 != 0 || p.k == 0 || p.rows == 0 || p.n == 0 || (!fwd && p.n % 8 != 0)) return cudaSuccess;
   if (static_cast<std::int64_t>(p.num_experts) * p.n > INT32_MAX || p.k > INT32_MAX) return cudaSuccess;
-  int device = 0, major = 0, minor = 0;
-  JK_RETURN_IF_ERROR(cudaGetDevice(&device));
-  JK_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  JK_RETURN_IF_ERROR(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  *ok = major == 9 && minor == 0;
-  return cudaSuccess;
+  return sm90a_available(ok);
 }
 
 // The kernel's maps (boxes in the kernel's comment): fwd/swiglu A = in [rows, k], B = W [E n, k];

@@ -252,7 +252,7 @@ bool valid_config(const jk_layer_config_t* c) {
   if (c->head_dim < 2 || c->head_dim > 256 || c->head_dim % 2 != 0 || c->ffn < 1) return false;
   if (!finite_nonneg(c->eps) || !finite_nonneg(c->aux_switch_coef) || !finite_nonneg(c->aux_z_coef)) return false;
   if (c->rope_table == nullptr || c->rope_max_positions < 1) return false;
-  if (c->path != JK_LAYER_TUNED && c->path != JK_LAYER_SIMPLE) return false;
+  if (c->path != JK_LAYER_TUNED && c->path != JK_LAYER_SIMPLE && c->path != JK_LAYER_WGMMA) return false;
   return true;
 }
 
@@ -277,10 +277,12 @@ bool valid_tokens(const jk_layer_config_t& c, std::int64_t B, std::int64_t T) {
 }
 
 jk_grouped_gemm_algo_t gemm_algo(const jk_layer_config_t& c) {
-  return c.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+  return c.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE
+         : c.path == JK_LAYER_WGMMA ? JK_GROUPED_GEMM_WGMMA
+                                    : JK_GROUPED_GEMM_AUTO;
 }
 jk_attention_path_t attention_path(const jk_layer_config_t& c) {
-  return c.path == JK_LAYER_SIMPLE ? JK_ATTENTION_SIMPLE : JK_ATTENTION_AUTO;
+  return c.path == JK_LAYER_SIMPLE ? JK_ATTENTION_SIMPLE : c.path == JK_LAYER_WGMMA ? JK_ATTENTION_WGMMA : JK_ATTENTION_AUTO;
 }
 
 struct Stages {

@@ -190,7 +190,9 @@ cudaError_t carve_prefill(Carver& cv, const jk_model_config_t& c, std::int64_t B
 
 // The grouped-GEMM path of the head (the layers' path choice).
 jk_grouped_gemm_algo_t head_algo(const jk_model_config_t& c) {
-  return c.layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE : JK_GROUPED_GEMM_AUTO;
+  return c.layer.path == JK_LAYER_SIMPLE ? JK_GROUPED_GEMM_SIMPLE
+         : c.layer.path == JK_LAYER_WGMMA ? JK_GROUPED_GEMM_WGMMA
+                                          : JK_GROUPED_GEMM_AUTO;
 }
 
 // The final norm and the LM head of `rows` rows x: h = RMSNorm(x) (and rstd), bf16 logits = h W_head^T

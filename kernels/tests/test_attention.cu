@@ -228,7 +228,7 @@ std::string shape_name(const AttentionShape& s, const std::vector<std::int32_t>&
 jk_attention_shape_t to_api(const AttentionShape& s) { return {s.B, s.T, s.Hq, s.Hkv, s.d}; }
 
 const char* path_name(jk_attention_path_t p) {
-  return p == JK_ATTENTION_SIMPLE ? "simple" : p == JK_ATTENTION_TUNED ? "tuned" : "auto";
+  return p == JK_ATTENTION_SIMPLE ? "simple" : p == JK_ATTENTION_TUNED ? "tuned" : p == JK_ATTENTION_WGMMA ? "wgmma" : "auto";
 }
 
 struct FwdSpec {
@@ -642,8 +642,9 @@ std::vector<Case> make_cases(Context& ctx) {
       {{1, 40, 2, 2, 256}, {}, 1.5f},
       {{1, 9, 3, 1, 1}, {}, 1.5f},
   };
+  // WGMMA: the sm_90a forward where it can run (an sm_90 device; d 64 / 128 here), else TUNED's path.
   for (const auto& spec : fwd) {
-    for (auto path : {JK_ATTENTION_SIMPLE, JK_ATTENTION_TUNED}) {
+    for (auto path : {JK_ATTENTION_SIMPLE, JK_ATTENTION_TUNED, JK_ATTENTION_WGMMA}) {
       cases.push_back({format("fwd.%s %s", path_name(path), shape_name(spec.s, spec.len).c_str()),
                        [&ctx, spec, path] { return check_forward(ctx, spec, path); }});
     }
@@ -700,6 +701,13 @@ std::vector<Case> make_cases(Context& ctx) {
     const FwdSpec spec{{2, 100, 4, 2, 64}, {100, 70}, 1.5f};
     cases.push_back({format("bwd.auto.bf16 (fwd auto) %s", shape_name(spec.s, spec.len).c_str()), [&ctx, spec] {
                        return check_backward<std::uint16_t>(ctx, spec, JK_ATTENTION_AUTO, JK_ATTENTION_AUTO);
+                     }});
+  }
+  // The WGMMA forward's statistics (lse) feed the tuned backward.
+  for (const FwdSpec& spec : {FwdSpec{{2, 7, 4, 2, 128}, {7, 3}, 1.5f}, FwdSpec{{2, 129, 4, 2, 64}, {129, 90}, 6.0f},
+                              FwdSpec{{1, 4096, 32, 16, 128}, {}, 1.5f}}) {
+    cases.push_back({format("bwd.wgmma.bf16 (fwd wgmma) %s", shape_name(spec.s, spec.len).c_str()), [&ctx, spec] {
+                       return check_backward<std::uint16_t>(ctx, spec, JK_ATTENTION_WGMMA, JK_ATTENTION_WGMMA);
                      }});
   }
 

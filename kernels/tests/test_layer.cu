@@ -217,6 +217,11 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed, boo
     same = std::memcmp(a.grads[i].data(), b.grads[i].data(), a.grads[i].size() * sizeof(float)) == 0;
   detail += same ? "rerun bit-identical. " : "RERUN DIFFERS. ";
   pass = pass && same;
+  // The sm_90a kernels (grouped GEMM where n, k % 8 == 0; the attention forward where d is 64 or 128).
+  const jk_layer_config_t wgmma = make_config(z, rope, JK_LAYER_WGMMA, cs, cz);
+  const RunOutputs w = run_device(z, wgmma, dl, x, dout, ctx.stream, &guards);
+  pass = pass && guards;
+  pass = check_against_reference(z, s, hw, xv, doutv, cs, cz, w, "wgmma:", &cache, &detail) && pass;
   if (both_paths) {
     const jk_layer_config_t simple = make_config(z, rope, JK_LAYER_SIMPLE, cs, cz);
     const RunOutputs c = run_device(z, simple, dl, x, dout, ctx.stream, &guards);

@@ -74,7 +74,8 @@ inline Config& cfg() {
 }
 
 enum class St { Ready, Block, Warp, Mbar, Done };
-enum Op { kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kMatchAny, kSyncWarp, kLdmatrix, kLdmatrixT, kMma };
+enum Op { kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kMatchAny, kSyncWarp, kLdmatrix, kLdmatrixT, kMma,
+          kWgmmaA };
 
 struct Group {
   int op = 0;
@@ -106,18 +107,19 @@ struct Mbar {
 };
 
 // What the fake cuTensorMapEncodeTiled (emu_host.hpp) stores in a CUtensorMap's 128 opaque bytes and the
-// emulated TMA load (emu_sm90.hpp) reads: 2D tiled maps only.
-struct TensorMap2d {
+// emulated TMA load (emu_sm90.hpp) reads: tiled maps of rank 1..5 without element strides.
+struct TensorMapNd {
   std::uint64_t magic;  // kTensorMapMagic
   const unsigned char* base;
-  std::uint64_t dim[2];  // elements: dim[0] innermost
-  std::uint64_t stride;  // bytes between rows (dimension 1)
-  std::uint32_t box[2];
+  std::uint32_t rank;
   std::uint32_t elem_bytes;
-  std::uint32_t swizzle;  // CUtensorMapSwizzle
+  std::uint32_t swizzle;     // CUtensorMapSwizzle
+  std::uint32_t box[5];      // elements
+  std::uint64_t dim[5];      // elements: dim[0] innermost
+  std::uint64_t stride[5];   // bytes; stride[0] = the element size
 };
-constexpr std::uint64_t kTensorMapMagic = 0x454d55544d415032ull;  // "EMUTMAP2"
-static_assert(sizeof(TensorMap2d) <= sizeof(CUtensorMap), "emulated tensor map larger than CUtensorMap");
+constexpr std::uint64_t kTensorMapMagic = 0x454d55544d41504eull;  // "EMUTMAPN"
+static_assert(sizeof(TensorMapNd) <= sizeof(CUtensorMap), "emulated tensor map larger than CUtensorMap");
 
 struct Runtime {
   dim3 grid, block, bidx;
@@ -144,6 +146,7 @@ struct Runtime {
   std::mt19937_64 rng{1};
   bool in_kernel = false;
   std::map<std::uint32_t, Mbar> mbars;  // the block's mbarriers by shared address (emu_sm90.hpp)
+  std::map<int, std::vector<float>> wgmma_a;  // per warp: the 16 x 16 A of its last register-A wgmma
   std::vector<std::pair<const void*, int>> max_dyn;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
   // Stream capture (cudaStreamBeginCapture .. cudaStreamEndCapture): launches and async copies are
   // recorded here instead of run, and replayed in order by cudaGraphLaunch.

@@ -182,15 +182,15 @@ const char* cudaGetErrorString(cudaError_t e) {
   return e == cudaErrorLaunchFailure ? "emulated kernel failed (see EMU ERROR above)" : cudaGetErrorName(e);
 }
 
-// cuTensorMapEncodeTiled as the driver documents its checks, for 2D tiled maps (the only rank the
-// kernels use), storing emu::TensorMap2d for the emulated TMA loads (emu_sm90.hpp); other ranks, data
-// types or interleaves are refused (CUDA_ERROR_INVALID_VALUE), as is anything the driver refuses.
+// cuTensorMapEncodeTiled as the driver documents its checks, for tiled maps of rank 1..5 with unit element
+// strides and no interleave (what the kernels use), storing emu::TensorMapNd for the emulated TMA loads
+// (emu_sm90.hpp); anything else, or anything the driver refuses, is CUDA_ERROR_INVALID_VALUE.
 namespace emu {
 inline CUresult encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, void* base,
                              const cuuint64_t* dim, const cuuint64_t* strides, const cuuint32_t* box,
                              const cuuint32_t* elem_strides, CUtensorMapInterleave interleave,
                              CUtensorMapSwizzle swizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill) {
-  if (map == nullptr || base == nullptr || rank != 2 || interleave != CU_TENSOR_MAP_INTERLEAVE_NONE)
+  if (map == nullptr || base == nullptr || rank < 1 || rank > 5 || interleave != CU_TENSOR_MAP_INTERLEAVE_NONE)
     return CUDA_ERROR_INVALID_VALUE;
   std::uint32_t elem = 0;
   switch (type) {
@@ -200,24 +200,27 @@ inline CUresult encode_tiled(CUtensorMap* map, CUtensorMapDataType type, cuuint3
     default: return CUDA_ERROR_INVALID_VALUE;
   }
   if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0) return CUDA_ERROR_INVALID_VALUE;
-  for (int i = 0; i < 2; ++i) {
+  TensorMapNd m{};
+  m.magic = kTensorMapMagic;
+  m.base = static_cast<const unsigned char*>(base);
+  m.rank = rank;
+  m.elem_bytes = elem;
+  m.swizzle = static_cast<std::uint32_t>(swizzle);
+  m.stride[0] = elem;
+  for (cuuint32_t i = 0; i < rank; ++i) {
     if (dim[i] == 0 || dim[i] > (1ull << 32)) return CUDA_ERROR_INVALID_VALUE;
     if (box[i] == 0 || box[i] > 256 || elem_strides[i] != 1) return CUDA_ERROR_INVALID_VALUE;
+    if (i > 0) {
+      const cuuint64_t st = strides[i - 1];
+      if (st % 16 != 0 || st >= (1ull << 40) || st < dim[i - 1] * m.stride[i - 1]) return CUDA_ERROR_INVALID_VALUE;
+      m.stride[i] = st;
+    }
+    m.dim[i] = dim[i];
+    m.box[i] = box[i];
   }
-  if (strides[0] % 16 != 0 || strides[0] >= (1ull << 40) || strides[0] < dim[0] * elem) return CUDA_ERROR_INVALID_VALUE;
   if ((box[0] * elem) % 16 != 0) return CUDA_ERROR_INVALID_VALUE;
   if (swizzle == CU_TENSOR_MAP_SWIZZLE_128B && box[0] * elem > 128) return CUDA_ERROR_INVALID_VALUE;
   if (swizzle != CU_TENSOR_MAP_SWIZZLE_NONE && swizzle != CU_TENSOR_MAP_SWIZZLE_128B) return CUDA_ERROR_INVALID_VALUE;
-  TensorMap2d m{};
-  m.magic = kTensorMapMagic;
-  m.base = static_cast<const unsigned char*>(base);
-  m.dim[0] = dim[0];
-  m.dim[1] = dim[1];
-  m.stride = strides[0];
-  m.box[0] = box[0];
-  m.box[1] = box[1];
-  m.elem_bytes = elem;
-  m.swizzle = static_cast<std::uint32_t>(swizzle);
   std::memset(map, 0, sizeof(*map));
   std::memcpy(map, &m, sizeof m);
   return CUDA_SUCCESS;

@@ -7,11 +7,12 @@
 //     phase starts with `count` arrivals pending. A waiting thread blocks (St::Mbar) until then; if no
 //     thread can run and a wait is left, the launch fails as a deadlock. Arrivals beyond the count, use
 //     before init, or a barrier outside the dynamic shared memory fail the launch.
-//   * TMA: the whole box is written at issue (elements outside the tensor zero-filled), in the 128-byte
+//   * TMA (rank 1..5): the whole box is written at issue (elements outside the tensor zero-filled), in the 128-byte
 //     swizzle when the map has it (16-byte chunk c of a 128-byte row goes to c ^ ((address >> 7) & 7),
 //     computed on the shared address, so a 1024-byte aligned destination gives chunk c ^ (row & 7)), then
 //     completes the box's bytes on the mbarrier. The destination must be 128-byte aligned.
-//   * wgmma: executed at issue by each thread for its own accumulator elements (row 16 (t / 32) +
+//   * wgmma (operands from shared memory, or A from registers): executed at issue by each thread for its
+//     own accumulator elements (row 16 (t / 32) +
 //     (t % 32) / 4 + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (t % 4) + i % 2 of d[i], t the thread's index
 //     in its warpgroup), in k order with fp32 sums. Descriptors in the 128-byte swizzle only (layout
 //     type 1, base offset 0), element (r, k) before the swizzle at (PTX ISA canonical layouts, in bytes)
@@ -25,6 +26,8 @@
 // once here, so reusing a stage too early goes unnoticed unless the barrier protocol itself is wrong),
 // and the hardware's reading of the layouts if the PTX tables were misread.
 #pragma once
+#include <initializer_list>
+
 #include "emu_cuda.hpp"
 #include "emu_mma.hpp"
 
@@ -89,31 +92,38 @@ inline void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
 
 inline std::uint32_t swizzle128(std::uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
 
-// cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [map, {c0, c1}], [bar]
-inline void tma_load_2d(std::uint32_t dst, const void* map_ptr, int c0, int c1, std::uint32_t bar) {
-  TensorMap2d m;
+// cp.async.bulk.tensor.Nd.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [map, {coords}], [bar]
+inline void tma_load(std::uint32_t dst, const void* map_ptr, std::initializer_list<int> coords, std::uint32_t bar) {
+  TensorMapNd m;
   std::memcpy(&m, map_ptr, sizeof m);
   if (m.magic != kTensorMapMagic) fail("TMA load: not a tensor map made by cuTensorMapEncodeTiled");
+  if (coords.size() != m.rank) fail("TMA load: the instruction's rank is not the map's");
   if (dst % 128 != 0) fail("TMA load: shared destination not 128-byte aligned");
   const std::uint32_t row_bytes = m.box[0] * m.elem_bytes;
-  const std::uint32_t bytes = row_bytes * m.box[1];
+  std::uint64_t elems = 1;
+  for (std::uint32_t i = 0; i < m.rank; ++i) elems *= m.box[i];
+  const std::uint32_t bytes = static_cast<std::uint32_t>(elems * m.elem_bytes);
   shared_at(dst, bytes, "TMA load");
   if (m.swizzle != CU_TENSOR_MAP_SWIZZLE_NONE && m.swizzle != CU_TENSOR_MAP_SWIZZLE_128B)
     fail("TMA load: swizzle mode not emulated (NONE and 128B are)");
   if (m.swizzle == CU_TENSOR_MAP_SWIZZLE_128B && row_bytes != 128)
     fail("TMA load: the 128-byte swizzle is emulated for 128-byte box rows only");
-  for (std::uint32_t y = 0; y < m.box[1]; ++y)
-    for (std::uint32_t x = 0; x < m.box[0]; ++x) {
-      const long long gx = static_cast<long long>(c0) + x, gy = static_cast<long long>(c1) + y;
-      const bool in = gx >= 0 && gy >= 0 && static_cast<std::uint64_t>(gx) < m.dim[0] &&
-                      static_cast<std::uint64_t>(gy) < m.dim[1];
-      std::uint32_t a = dst + y * row_bytes + x * m.elem_bytes;
-      if (m.swizzle == CU_TENSOR_MAP_SWIZZLE_128B) a = swizzle128(a);
-      unsigned char* d = shared_at(a, m.elem_bytes, "TMA load");
-      if (in) std::memcpy(d, m.base + static_cast<std::uint64_t>(gy) * m.stride + static_cast<std::uint64_t>(gx) * m.elem_bytes,
-                          m.elem_bytes);
-      else std::memset(d, 0, m.elem_bytes);
+  const int* c = coords.begin();
+  for (std::uint64_t e = 0; e < elems; ++e) {  // the box densely, dimension 0 fastest
+    std::uint64_t rest = e, src = 0;
+    bool in = true;
+    for (std::uint32_t i = 0; i < m.rank; ++i) {
+      const long long g = static_cast<long long>(c[i]) + static_cast<long long>(rest % m.box[i]);
+      rest /= m.box[i];
+      in = in && g >= 0 && static_cast<std::uint64_t>(g) < m.dim[i];
+      if (in) src += static_cast<std::uint64_t>(g) * m.stride[i];
     }
+    std::uint32_t a = dst + static_cast<std::uint32_t>(e) * m.elem_bytes;
+    if (m.swizzle == CU_TENSOR_MAP_SWIZZLE_128B) a = swizzle128(a);
+    unsigned char* d = shared_at(a, m.elem_bytes, "TMA load");
+    if (in) std::memcpy(d, m.base + src, m.elem_bytes);
+    else std::memset(d, 0, m.elem_bytes);
+  }
   mbar_complete_tx(bar, bytes);
 }
 
@@ -139,9 +149,10 @@ inline void wgmma_check_desc(std::uint64_t desc, bool mn_major, const char* whic
   if (mn_major && start % 128u != 0) fail(std::string("wgmma: ") + which + " MN-major start not at a 128-byte row");
 }
 
-// wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 d, desc_a, desc_b, 1, 1, 1, trans_a, trans_b
-// (D += A B^T).
-inline void wgmma_m64n256k16(float (&d)[128], std::uint64_t desc_a, std::uint64_t desc_b, int trans_a, int trans_b) {
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, desc_a, desc_b, 1, 1, 1, trans_a, trans_b
+// (D += A B^T, N = 2 R).
+template <int R>
+inline void wgmma_ss(float (&d)[R], std::uint64_t desc_a, std::uint64_t desc_b, int trans_a, int trans_b) {
   wgmma_check_desc(desc_a, trans_a != 0, "A");
   wgmma_check_desc(desc_b, trans_b != 0, "B");
   const int t = rt().cur->linear % 128;
@@ -149,11 +160,44 @@ inline void wgmma_m64n256k16(float (&d)[128], std::uint64_t desc_a, std::uint64_
   float a[2][16];
   for (int h = 0; h < 2; ++h)
     for (int k = 0; k < 16; ++k) a[h][k] = wgmma_operand(desc_a, trans_a != 0, 16 * w + lane / 4 + 8 * h, k);
-  for (int i = 0; i < 128; ++i) {
+  for (int i = 0; i < R; ++i) {
     const int h = (i / 2) % 2;
     const int col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
     float s = d[i];
     for (int k = 0; k < 16; ++k) s += a[h][k] * wgmma_operand(desc_b, trans_b != 0, col, k);
+    d[i] = s;
+  }
+}
+
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, {a0, a1, a2, a3}, desc_b, 1, 1, 1, trans_b: A from
+// registers, each warp's 16 rows in the m16n8k16 A fragment layout (lane = 4 g + t: a0 = (g, 2t..2t+1),
+// a1 = (g + 8, 2t..), a2 = (g, 2t + 8..), a3 = (g + 8, 2t + 8..), the lower column in the low half). The
+// warp's lanes exchange their fragments (a full-warp collective), then each computes its own elements.
+template <int R>
+inline void wgmma_rs(float (&d)[R], const std::uint32_t (&a)[4], std::uint64_t desc_b, int trans_b) {
+  wgmma_check_desc(desc_b, trans_b != 0, "B");
+  collective(kWgmmaA, 0xffffffffu, 0, 0, 32, [](Group& g) {
+    std::vector<float>& A = rt().wgmma_a[warp_of(rt().cur)];
+    A.assign(256, 0.0f);
+    const auto lo = [](std::uint32_t v) { return bf(static_cast<std::uint16_t>(v & 0xffff)); };
+    const auto hi = [](std::uint32_t v) { return bf(static_cast<std::uint16_t>(v >> 16)); };
+    for (int q = 0; q < 32; ++q) {
+      const int gr = q / 4, t = q % 4;
+      const std::uint32_t* x = g.in[q];
+      A[gr * 16 + 2 * t] = lo(x[0]), A[gr * 16 + 2 * t + 1] = hi(x[0]);
+      A[(gr + 8) * 16 + 2 * t] = lo(x[1]), A[(gr + 8) * 16 + 2 * t + 1] = hi(x[1]);
+      A[gr * 16 + 2 * t + 8] = lo(x[2]), A[gr * 16 + 2 * t + 9] = hi(x[2]);
+      A[(gr + 8) * 16 + 2 * t + 8] = lo(x[3]), A[(gr + 8) * 16 + 2 * t + 9] = hi(x[3]);
+    }
+  }, a, 4, nullptr, 0);
+  // Read before this warp's next collective can overwrite it (every lane reads it right after returning).
+  const std::vector<float>& A = rt().wgmma_a[warp_of(rt().cur)];
+  const int lane = rt().cur->linear % 32;
+  for (int i = 0; i < R; ++i) {
+    const int row = lane / 4 + 8 * ((i / 2) % 2);
+    const int col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+    float s = d[i];
+    for (int k = 0; k < 16; ++k) s += A[row * 16 + k] * wgmma_operand(desc_b, trans_b != 0, col, k);
     d[i] = s;
   }
 }

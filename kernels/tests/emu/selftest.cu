@@ -120,14 +120,15 @@ __global__ void tma_box(const CUtensorMap map, std::uint16_t* out) {
   const std::uint32_t bar = base + 1024;
   emu::mbar_init(bar, 1);
   emu::mbar_arrive_expect_tx(bar, 64 * 8 * 2);
-  emu::tma_load_2d(base, &map, 32, 5, bar);
+  emu::tma_load(base, &map, {32, 5}, bar);
   emu::mbar_wait(bar, 0);
   for (int i = 0; i < 64 * 8; ++i) std::memcpy(out + i, tma_smem + 2 * i, 2);
 }
 
 // C = A B^T with A [64 x 64], B [256 x 64] loaded by TMA, K-major (trans_b 0: four k16 steps 32 bytes
 // apart inside the swizzled rows) or B as [64 x 256] N-major boxes of 64 x 64, 8 KB apart (trans_b 1:
-// steps of 16 rows, 2 KB); one warpgroup, d[i] of thread t written to out[t * 128 + i].
+// steps of 16 rows, 2 KB), or with A from registers (trans_b 2: each thread's m16n8k16 fragments, read from
+// the copy of A after the output); one warpgroup, d[i] of thread t written to out[t * 128 + i].
 __global__ void wgmma_product(const CUtensorMap map_a, const CUtensorMap map_b, int trans_b, float* out) {
   extern __shared__ __align__(128) unsigned char mma_smem[];
   const std::uint32_t base = __cvta_generic_to_shared(mma_smem);
@@ -135,9 +136,9 @@ __global__ void wgmma_product(const CUtensorMap map_a, const CUtensorMap map_b, 
   if (threadIdx.x == 0) {
     emu::mbar_init(bar, 1);
     emu::mbar_arrive_expect_tx(bar, 8192 + 32768);
-    emu::tma_load_2d(a, &map_a, 0, 0, bar);
-    if (trans_b) for (int h = 0; h < 4; ++h) emu::tma_load_2d(b + 8192 * h, &map_b, 64 * h, 0, bar);
-    else emu::tma_load_2d(b, &map_b, 0, 0, bar);
+    emu::tma_load(a, &map_a, {0, 0}, bar);
+    if (trans_b == 1) for (int h = 0; h < 4; ++h) emu::tma_load(b + 8192 * h, &map_b, {64 * h, 0}, bar);
+    else emu::tma_load(b, &map_b, {0, 0}, bar);
   }
   __syncthreads();
   emu::mbar_wait(bar, 0);
@@ -147,9 +148,20 @@ __global__ void wgmma_product(const CUtensorMap map_a, const CUtensorMap map_b, 
   };
   float d[128];
   for (float& x : d) x = 0.0f;
+  if (trans_b == 2) {  // A from registers: each thread's m16n8k16 A fragment of its warp's 16 rows
+    const int w = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+    const std::uint16_t* A = reinterpret_cast<const std::uint16_t*>(out + 128 * 128);  // the A matrix [64][64]
+    const auto pair = [&](int r, int k) { return A[r * 64 + k] | static_cast<std::uint32_t>(A[r * 64 + k + 1]) << 16; };
+    for (int ks = 0; ks < 4; ++ks) {
+      const int r = 16 * w + g, k = 16 * ks + 2 * t;
+      const std::uint32_t a[4] = {pair(r, k), pair(r + 8, k), pair(r, k + 8), pair(r + 8, k + 8)};
+      emu::wgmma_rs(d, a, desc(b + 32 * ks, 16), 0);
+    }
+    for (int i = 0; i < 128; ++i) out[threadIdx.x * 128 + i] = d[i];
+    return;
+  }
   for (int ks = 0; ks < 4; ++ks)
-    emu::wgmma_m64n256k16(d, desc(a + 32 * ks, 16), trans_b ? desc(b + 2048 * ks, 8192) : desc(b + 32 * ks, 16), 0,
-                          trans_b);
+    emu::wgmma_ss(d, desc(a + 32 * ks, 16), trans_b ? desc(b + 2048 * ks, 8192) : desc(b + 32 * ks, 16), 0, trans_b);
   for (int i = 0; i < 128; ++i) out[threadIdx.x * 128 + i] = d[i];
 }
 
@@ -297,7 +309,7 @@ int main() {
   cudaMalloc(reinterpret_cast<void**>(&a), 64 * 64 * 2);
   cudaMalloc(reinterpret_cast<void**>(&b), 256 * 64 * 2);
   cudaMalloc(reinterpret_cast<void**>(&bt), 256 * 64 * 2);
-  cudaMalloc(reinterpret_cast<void**>(&c), 128 * 128 * 4);
+  cudaMalloc(reinterpret_cast<void**>(&c), 128 * 128 * 4 + 64 * 64 * 2);  // + a copy of A for the register case
   const auto bf16 = [](int v) { return static_cast<std::uint16_t>(emu::f2u(static_cast<float>(v)) >> 16); };
   for (int r = 0; r < 64; ++r)
     for (int k = 0; k < 64; ++k) a[r * 64 + k] = bf16((r * 7 + k * 3) % 11 - 5);
@@ -307,9 +319,10 @@ int main() {
   make_map(&ma, a, 64, 64, 64, 64);
   make_map(&mb, b, 64, 256, 64, 256);
   make_map(&mbt, bt, 256, 64, 64, 64);
-  for (int trans_b : {0, 1}) {
+  std::memcpy(c + 128 * 128, a, 64 * 64 * 2);
+  for (int trans_b : {0, 1, 2}) {
     cudaFuncSetAttribute(wgmma_product, cudaFuncAttributeMaxDynamicSharedMemorySize, 8192 + 32768 + 8);
-    wgmma_product<<<1, 128, 8192 + 32768 + 8>>>(ma, trans_b ? mbt : mb, trans_b, c);
+    wgmma_product<<<1, 128, 8192 + 32768 + 8>>>(ma, trans_b == 1 ? mbt : mb, trans_b, c);
     bool exact = cudaDeviceSynchronize() == cudaSuccess;
     for (int th = 0; th < 128; ++th)
       for (int i = 0; i < 128; ++i) {
@@ -318,8 +331,9 @@ int main() {
         for (int k = 0; k < 64; ++k) want += ((row * 7 + k * 3) % 11 - 5) * ((col * 5 + k * 13) % 9 - 4);
         exact &= c[th * 128 + i] == static_cast<float>(want);
       }
-    expect(exact, trans_b ? "wgmma m64n256k16 x 4: N-major B (transpose bit) from TMA boxes = the product"
-                          : "wgmma m64n256k16 x 4: K-major A and B from TMA = the product in the accumulator layout");
+    expect(exact, trans_b == 1 ? "wgmma m64n256k16 x 4: N-major B (transpose bit) from TMA boxes = the product"
+                  : trans_b == 2 ? "wgmma m64n256k16 x 4: A from registers (m16n8k16 fragments) = the product"
+                                 : "wgmma m64n256k16 x 4: K-major A and B from TMA = the product in the accumulator layout");
     emu::begin_case();
   }
 

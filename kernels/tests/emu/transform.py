@@ -79,21 +79,27 @@ BODIES = {
         ('__device__ __forceinline__ void ldmatrix_x4_trans(', '::emu::ldmatrix(r, addr, true);'),
         ('cudaError_t lt_handle(', '*out = nullptr; return cudaErrorNotSupported;'),
         ('cudaError_t lt_gemm(', LT_GEMM_HOST),
-        # the sm_90a kernel: mbarriers, TMA, wgmma -> emu_sm90.hpp
+    ],
+    # sm90.cuh (a header, transformed into OUT_DIR where it shadows the original): mbarriers, TMA, wgmma,
+    # named barriers -> emu_sm90.hpp
+    'sm90': [
         ('__device__ __forceinline__ void mbar_init(', '::emu::mbar_init(bar, count);'),
         ('__device__ __forceinline__ void mbar_fence_init(', ''),
         ('__device__ __forceinline__ void mbar_arrive(', '::emu::mbar_arrive(bar);'),
         ('__device__ __forceinline__ void mbar_arrive_expect_tx(', '::emu::mbar_arrive_expect_tx(bar, bytes);'),
         ('__device__ __forceinline__ void mbar_wait(', '::emu::mbar_wait(bar, parity);'),
-        ('__device__ __forceinline__ void tma_load_2d(', '::emu::tma_load_2d(dst, map, c0, c1, bar);'),
+        ('__device__ __forceinline__ void tma_load_2d(', '::emu::tma_load(dst, map, {c0, c1}, bar);'),
+        ('__device__ __forceinline__ void tma_load_4d(', '::emu::tma_load(dst, map, {c0, c1, c2, c3}, bar);'),
+        ('__device__ __forceinline__ void fence_proxy_async(', ''),
+        ('__device__ __forceinline__ void named_barrier_sync(', '::emu::named_barrier(id, count);'),
         ('__device__ __forceinline__ void wgmma_fence(', ''),
         ('__device__ __forceinline__ void wgmma_commit(', ''),
         ('__device__ __forceinline__ void wgmma_wait(', ''),           # wgmmas complete at issue
-        ('__device__ __forceinline__ void wgmma_m64n256k16(',
-         '::emu::wgmma_m64n256k16(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
         ('__device__ __forceinline__ void fence_operand(', '(void)x;'),
-        ('__device__ __forceinline__ void fence_proxy_async(', ''),
-        ('__device__ __forceinline__ void named_barrier_sync(', '::emu::named_barrier(id, count);'),
+        ('__device__ __forceinline__ void wgmma_ss_m64n256k16(', '::emu::wgmma_ss(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
+        ('__device__ __forceinline__ void wgmma_ss_m64n128k16(', '::emu::wgmma_ss(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
+        ('__device__ __forceinline__ void wgmma_rs_m64n128k16(', '::emu::wgmma_rs(d, a, desc_b, TRANS_B);'),
+        ('__device__ __forceinline__ void wgmma_rs_m64n64k16(', '::emu::wgmma_rs(d, a, desc_b, TRANS_B);'),
     ],
     # attention.cu's PTX wrappers (not JK_ATTENTION_EMULATE: that is the other, test-internal emulator)
     'attention': [
@@ -108,7 +114,10 @@ BODIES = {
     ],
 }
 # Per source: emulation headers its translation unit includes.
-HEADERS = {'grouped_gemm': ['emu_mma.hpp', 'emu_sm90.hpp'], 'attention': ['emu_mma.hpp']}
+HEADERS = {'grouped_gemm': ['emu_mma.hpp', 'emu_sm90.hpp'], 'attention': ['emu_mma.hpp', 'emu_sm90.hpp']}
+# Headers of kernels/src with inline asm: transformed (BODIES keyed by the name without .cuh) into OUT_DIR,
+# where a source's `#include "NAME.cuh"` finds them first.
+ASM_HEADERS = ['sm90.cuh']
 # Per source: (exact text, replacement) for declarations the regexes above do not see (macros).
 TEXT = {
     'attention': [
@@ -304,6 +313,10 @@ def main():
         return
     names = sources_of(family)
     paths = {n: os.path.join(ROOT, 'src', n) for n in names}
+    for h in ASM_HEADERS:
+        src, nl, ns = transform_source(os.path.join(ROOT, 'src', h), h[:-4])
+        assert nl == 0 and ns == 0, '%s: launches or shared declarations in a transformed header' % h
+        open(os.path.join(out, h), 'w').write(src)
     for r in replaced:
         paths[os.path.basename(r) if os.path.basename(r) in paths else family + '.cu'] = r
     for name in names:
