@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
       const double fwd_flops = 4.0 * tr.B * Hq * double(tr.T) * tr.T * d / 2;
       const std::string shape =
           jkt::format("B=%lld T=%lld Hq=32 Hkv=16 d=128", static_cast<long long>(tr.B), static_cast<long long>(tr.T));
-      // wgmma: the sm_90a forward (its backward is tuned's, not repeated)
+      // wgmma: the sm_90a kernels (TUNED's where they cannot run)
       for (auto path : {JK_ATTENTION_SIMPLE, JK_ATTENTION_TUNED, JK_ATTENTION_WGMMA}) {
         const char* pname = path == JK_ATTENTION_SIMPLE ? "simple" : path == JK_ATTENTION_TUNED ? "tuned" : "wgmma";
         const auto fwd = [&] {
@@ -100,7 +100,6 @@ int main(int argc, char** argv) {
                           fwd_flops / ms * 1e-9 / kPeakTflops * 100});
           print_row(rows.back());
         }
-        if (path == JK_ATTENTION_WGMMA) continue;
         const auto bwd = [&] {
           return jk_attention_bwd_bf16(q.as<std::uint16_t>(), k.as<std::uint16_t>(), v.as<std::uint16_t>(),
                                        o.as<std::uint16_t>(), lse.as<float>(), dout.as<std::uint16_t>(), nullptr,

@@ -7,8 +7,8 @@
 //    loops. Obviously correct, any d <= 256, and the fallback for shapes the tuned kernels do not take.
 //  - TUNED (second half): FlashAttention-2 style tiles with mma.sync m16n8k16 bf16 tensor cores
 //    (d in {64, 128}, 16-byte aligned pointers).
-//  - WGMMA (forward only, end of the file): the sm_90a kernel, TMA + mbarriers + wgmma (FA3 style), on
-//    an sm_90 device for the tuned path's shapes; elsewhere, and for the backward, TUNED's path.
+//  - WGMMA (end of the file): the sm_90a kernels, TMA + mbarriers + wgmma (FA3 style), forward and
+//    backward, on an sm_90 device for the tuned path's shapes; elsewhere TUNED's path.
 //
 // JK_ATTENTION_EMULATE: when defined (only by tests/kernel_reference/test_attention.cpp, host C++), this
 // file provides just the kernels (simple, decode and tuned), compiled for a host emulator of the warp
@@ -459,6 +459,11 @@ cudaError_t attention_bwd_tuned(const std::uint16_t* q, const std::uint16_t* k, 
                                 const float* lse, const std::uint16_t* dout, const std::int32_t* seq_len,
                                 const float* delta, TOut* dq, TOut* dk, TOut* dv, const jk_attention_shape_t& s,
                                 cudaStream_t stream);
+template <typename TOut>
+cudaError_t attention_bwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                const float* lse, const std::uint16_t* dout, const std::int32_t* seq_len,
+                                const float* delta, TOut* dq, TOut* dk, TOut* dv, const jk_attention_shape_t& s,
+                                cudaStream_t stream);
 
 template <typename TOut>
 cudaError_t attention_bwd(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
@@ -479,6 +484,11 @@ cudaError_t attention_bwd(const std::uint16_t* q, const std::uint16_t* k, const 
   attn_bwd_delta_kernel<<<warp_blocks(rows), kSimpleThreads, 0, stream>>>(out, dout, seq_len, delta, s.batch, s.seq,
                                                                           s.q_heads, static_cast<int>(s.head_dim));
   JK_RETURN_IF_ERROR(cudaGetLastError());
+  if (path == JK_ATTENTION_WGMMA) {
+    bool wgmma_ok = false;
+    JK_RETURN_IF_ERROR(attention_wgmma_supported(s, pointers, 8, &wgmma_ok));
+    if (wgmma_ok) return attention_bwd_wgmma<TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
+  }
   if (path != JK_ATTENTION_SIMPLE && tuned_ok)
     return attention_bwd_tuned<TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
   return bwd_simple<TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
@@ -1174,7 +1184,7 @@ cudaError_t launch_bwd_tuned(const std::uint16_t* q, const std::uint16_t* k, con
 
 
 // ================================================================================================
-// sm_90a forward (JK_ATTENTION_WGMMA): TMA + mbarriers + wgmma, FlashAttention-3 style.
+// sm_90a forward and backward (JK_ATTENTION_WGMMA): TMA + mbarriers + wgmma, FlashAttention-3 style.
 // ================================================================================================
 #ifndef JK_ATTENTION_EMULATE
 // CTA = (64 query rows, K/V head h, a group of G query heads sharing it, sequence b), (1 + G) warpgroups:
@@ -1387,6 +1397,384 @@ __global__ void __launch_bounds__((G + 1) * 128, 1)
 #endif
 }
 
+// ---- sm_90a backward (JK_ATTENTION_WGMMA) -----------------------------------------------------------------
+// The tuned backward's algorithm and numerics (P^T and dS^T rounded to bf16 for the tensor cores, dK and
+// dQ scaled at the end, every output written once in a fixed order: no atomics) on TMA tiles and wgmma.
+// Tiles of 64 keys x 64 queries; head-dim rows of 64 elements in the 128-byte swizzle as in the forward.
+constexpr int kWgBwdRows = 64;  // keys per dK/dV CTA, queries per tile; queries per dQ CTA, keys per tile
+constexpr int kWgBwdStages = 2;
+
+template <int D>
+struct WgBwdLayout {
+  static constexpr int kHalves = D / 64;
+  static constexpr int kTileBytes = kHalves * kWgBwdRows * 128;  // one 64-row tile of q, k, v or dout
+};
+
+// The P (or dS) values i of a 64 x 64 accumulator (this thread's 32) packed as the A fragments of its
+// four k16 steps: step kk takes columns 16 kk .. 16 kk + 15, i.e. accumulators 8 kk .. 8 kk + 7.
+__device__ __forceinline__ void pack_a_fragments(const float (&x)[32], std::uint32_t (&a)[4][4]) {
+  JK_UNROLL
+  for (int kk = 0; kk < 4; ++kk) {
+    a[kk][0] = pack_bf16x2(x[8 * kk], x[8 * kk + 1]);
+    a[kk][1] = pack_bf16x2(x[8 * kk + 2], x[8 * kk + 3]);
+    a[kk][2] = pack_bf16x2(x[8 * kk + 4], x[8 * kk + 5]);
+    a[kk][3] = pack_bf16x2(x[8 * kk + 6], x[8 * kk + 7]);
+  }
+}
+
+// acc += A B over the 64-long reduction, A from registers (4 k16 steps), B an MN-major 64-row tile whose
+// two head-dim halves (d = 128) are 8 KB apart.
+template <int D>
+__device__ __forceinline__ void wgmma_rows_times_tile(float (&acc)[D / 2], const std::uint32_t (&a)[4][4],
+                                                      std::uint32_t tile) {
+  JK_UNROLL
+  for (int kk = 0; kk < 4; ++kk) {
+    const std::uint64_t desc = wgmma_desc_sw128(tile + 2048 * kk, kWgBwdRows * 128);
+    if constexpr (D == 128) {
+      wgmma_rs_m64n128k16<1>(acc, a[kk], desc);
+    } else {
+      wgmma_rs_m64n64k16<1>(acc, a[kk], desc);
+    }
+  }
+}
+
+// x += A B^T over the head dimension for two 64-row K-major tiles (d / 16 k16 steps).
+template <int D>
+__device__ __forceinline__ void wgmma_tile_times_tile(float (&x)[32], std::uint32_t a_tile, std::uint32_t b_tile) {
+  JK_UNROLL
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const std::uint32_t step = (ks / 4) * kWgBwdRows * 128 + 32 * (ks % 4);
+    wgmma_ss_m64n64k16<0, 0>(x, wgmma_desc_sw128(a_tile + step, 16), wgmma_desc_sw128(b_tile + step, 16));
+  }
+}
+
+// dK, dV: CTA = (64 keys, K/V head h, sequence b), warpgroup 0 the producer (K and V once, then the q and
+// dout tiles of every (query head slot, query tile) in slot order and ascending queries, from the key
+// block on, into a 2-stage ring), warpgroup 1 the consumer: S^T = K Q^T and dP^T = V dO^T (wgmma from
+// shared memory), P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D), dV += P^T dO and dK += dS^T Q (P^T
+// and dS^T from registers, dO and Q N-major).
+template <int D, typename TOut>
+__global__ void __launch_bounds__(256, 1)
+    attn_bwd_dkdv_wgmma_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                               const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_do,
+                               const float* __restrict__ lse, const float* __restrict__ delta,
+                               const std::int32_t* __restrict__ seq_len, TOut* __restrict__ dk, TOut* __restrict__ dv,
+                               std::int64_t T, std::int64_t Hq, std::int64_t Hkv, float scale) {
+  using L = WgBwdLayout<D>;
+  constexpr int kHalves = L::kHalves, kTile = L::kTileBytes;
+#ifdef JK_WGMMA_UNAVAILABLE
+  __trap();
+#else
+  extern __shared__ __align__(128) unsigned char attn_wg_smem[];
+  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(attn_wg_smem));
+  const std::uint32_t smem = (raw + 1023u) & ~1023u;
+  const std::uint32_t k_s = smem, v_s = smem + kTile, ring = smem + 2 * kTile;  // stage s: q, then dout
+  const std::uint32_t kv_full = ring + kWgBwdStages * 2 * kTile;
+  const std::uint32_t full0 = kv_full + 8, empty0 = full0 + 8 * kWgBwdStages;
+  const std::int64_t b = blockIdx.z, h = blockIdx.y;
+  const std::int64_t k0 = static_cast<std::int64_t>(blockIdx.x) * kWgBwdRows;  // block 0 (most work) first
+  const std::int64_t len = clamp_len(seq_len, b, T);
+  const std::int64_t slots = Hq / Hkv;
+  const std::int64_t m_tiles = k0 < len ? (len - k0 + kWgBwdRows - 1) / kWgBwdRows : 0;
+  const int iters = static_cast<int>(slots * m_tiles);
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int st = 0; st < kWgBwdStages; ++st) {
+      mbar_init(full0 + 8 * st, 1);
+      mbar_init(empty0 + 8 * st, 128);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (threadIdx.x < 128) {  // ---- producer
+    if (threadIdx.x != 0 || iters == 0) return;
+    mbar_arrive_expect_tx(kv_full, 2 * kTile);
+    for (int half = 0; half < kHalves; ++half) {
+      tma_load_4d(k_s + half * kWgBwdRows * 128, &map_k, 64 * half, static_cast<int>(h), static_cast<int>(k0),
+                  static_cast<int>(b), kv_full);
+      tma_load_4d(v_s + half * kWgBwdRows * 128, &map_v, 64 * half, static_cast<int>(h), static_cast<int>(k0),
+                  static_cast<int>(b), kv_full);
+    }
+    for (int it = 0; it < iters; ++it) {
+      const int st = it % kWgBwdStages;
+      mbar_wait(empty0 + 8 * st, ((it / kWgBwdStages) & 1) ^ 1u);
+      const std::uint32_t full = full0 + 8 * st, q_t = ring + st * 2 * kTile, do_t = q_t + kTile;
+      const int head = static_cast<int>((it / m_tiles) * Hkv + h);
+      const int m0 = static_cast<int>(k0 + (it % m_tiles) * kWgBwdRows);
+      mbar_arrive_expect_tx(full, 2 * kTile);
+      for (int half = 0; half < kHalves; ++half) {
+        tma_load_4d(q_t + half * kWgBwdRows * 128, &map_q, 64 * half, head, m0, static_cast<int>(b), full);
+        tma_load_4d(do_t + half * kWgBwdRows * 128, &map_do, 64 * half, head, m0, static_cast<int>(b), full);
+      }
+    }
+    return;
+  }
+
+  // ---- consumer
+  const int wt = threadIdx.x - 128;
+  const int w = wt / 32, lane = wt % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const std::int64_t key0 = k0 + 16 * w + g;  // this thread's key rows: key0 and key0 + 8
+  const float log2e = 1.4426950408889634f;
+  const float scale_log2 = scale * log2e;
+  float dk_acc[D / 2], dv_acc[D / 2];
+  JK_UNROLL
+  for (int i = 0; i < D / 2; ++i) {
+    dk_acc[i] = dv_acc[i] = 0.0f;
+    fence_operand(dk_acc[i]);
+    fence_operand(dv_acc[i]);
+  }
+  if (iters > 0) mbar_wait(kv_full, 0);
+  for (int it = 0; it < iters; ++it) {
+    const int st = it % kWgBwdStages;
+    mbar_wait(full0 + 8 * st, (it / kWgBwdStages) & 1);
+    const std::uint32_t q_t = ring + st * 2 * kTile, do_t = q_t + kTile;
+    const std::int64_t head = (it / m_tiles) * Hkv + h;
+    const std::int64_t m0 = k0 + (it % m_tiles) * kWgBwdRows;
+
+    // In an order that keeps few 64 x 64 tiles live (the accumulators of dK and dV take D registers):
+    // S^T; P^T in place; dV += P^T dO together with dP^T = V dO^T; dS^T into dP^T; dK += dS^T Q.
+    float st_acc[32], dpt_acc[32];
+    JK_UNROLL
+    for (int i = 0; i < 32; ++i) {
+      st_acc[i] = dpt_acc[i] = 0.0f;
+      fence_operand(st_acc[i]);
+      fence_operand(dpt_acc[i]);
+    }
+    wgmma_fence();
+    wgmma_tile_times_tile<D>(st_acc, k_s, q_t);
+    wgmma_commit();
+    wgmma_wait<0>();
+    JK_UNROLL
+    for (int i = 0; i < 32; ++i) fence_operand(st_acc[i]);
+    // P^T in place; column (query) 8 j + 2 tq + e; masked: query < key or query >= len.
+    const bool need_mask = m0 < k0 + kWgBwdRows || m0 + kWgBwdRows > len;
+    const float* lse_h = lse + (b * Hq + head) * T;
+    const float* delta_h = delta + (b * Hq + head) * T;
+    JK_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      JK_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const std::int64_t query = m0 + 8 * j + 2 * tq + e;
+        const bool valid = query < len;
+        const float lse_q = valid ? lse_h[query] * log2e : 0.0f;
+        JK_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const int i = 4 * j + 2 * r + e;
+          const float p = exp2f(fmaf(st_acc[i], scale_log2, -lse_q));
+          st_acc[i] = need_mask && (query < key0 + 8 * r || !valid) ? 0.0f : p;
+        }
+      }
+    }
+    {
+      std::uint32_t pa[4][4];
+      pack_a_fragments(st_acc, pa);
+      wgmma_fence();
+      wgmma_rows_times_tile<D>(dv_acc, pa, do_t);
+      wgmma_tile_times_tile<D>(dpt_acc, v_s, do_t);
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+    JK_UNROLL
+    for (int i = 0; i < 32; ++i) fence_operand(dpt_acc[i]);
+    JK_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      JK_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const std::int64_t query = m0 + 8 * j + 2 * tq + e;
+        const float delta_q = query < len ? delta_h[query] : 0.0f;
+        JK_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const int i = 4 * j + 2 * r + e;
+          dpt_acc[i] = st_acc[i] * (dpt_acc[i] - delta_q);
+        }
+      }
+    }
+    std::uint32_t da[4][4];
+    pack_a_fragments(dpt_acc, da);
+    wgmma_fence();
+    wgmma_rows_times_tile<D>(dk_acc, da, q_t);
+    wgmma_commit();
+    wgmma_wait<0>();
+    JK_UNROLL
+    for (int i = 0; i < D / 2; ++i) {
+      fence_operand(dk_acc[i]);
+      fence_operand(dv_acc[i]);
+    }
+    mbar_arrive(empty0 + 8 * st);
+  }
+
+  // Keys < T (zero past len: every P there was masked); column 8 j + 2 tq of rows key0 + 8 r.
+  JK_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t key = key0 + 8 * r;
+    if (key >= T) continue;
+    const std::int64_t off = ((b * T + key) * Hkv + h) * D;
+    JK_UNROLL
+    for (int j = 0; j < D / 8; ++j) {
+      const int col = 8 * j + 2 * tq, i = 4 * j + 2 * r;
+      store_pair(dk + off + col, dk_acc[i] * scale, dk_acc[i + 1] * scale);
+      store_pair(dv + off + col, dv_acc[i], dv_acc[i + 1]);
+    }
+  }
+#endif
+}
+
+// dQ: CTA = (64 queries, K/V head h and G query heads on it, sequence b) as the forward, (1 + G) warpgroups:
+// the producer loads the G heads' q and dout tiles once, then the K and V tiles of 64 keys in ascending
+// order into a 2-stage ring; consumer c (head slot c): S = Q K^T, dP = dO V^T (wgmma from shared memory),
+// P = exp(S scale - lse), dS = P (dP - D), dQ += dS K (dS from registers, K N-major).
+template <int D, int G, typename TOut>
+__global__ void __launch_bounds__((G + 1) * 128, 1)
+    attn_bwd_dq_wgmma_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                             const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_do,
+                             const float* __restrict__ lse, const float* __restrict__ delta,
+                             const std::int32_t* __restrict__ seq_len, TOut* __restrict__ dq, std::int64_t T,
+                             std::int64_t Hq, std::int64_t Hkv, float scale) {
+  using L = WgBwdLayout<D>;
+  constexpr int kHalves = L::kHalves, kTile = L::kTileBytes;
+#ifdef JK_WGMMA_UNAVAILABLE
+  __trap();
+#else
+  extern __shared__ __align__(128) unsigned char attn_wg_smem[];
+  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(attn_wg_smem));
+  const std::uint32_t smem = (raw + 1023u) & ~1023u;
+  const std::uint32_t q_s = smem, do_s = smem + G * kTile, ring = smem + 2 * G * kTile;  // stage s: k, then v
+  const std::uint32_t q_full = ring + kWgBwdStages * 2 * kTile;
+  const std::uint32_t full0 = q_full + 8, empty0 = full0 + 8 * kWgBwdStages;
+  const std::int64_t b = blockIdx.z;
+  const std::int64_t h = blockIdx.y % Hkv;
+  const std::int64_t group = blockIdx.y / Hkv;
+  const std::int64_t m0 = (static_cast<std::int64_t>(gridDim.x) - 1 - blockIdx.x) * kWgBwdRows;  // longest first
+  const std::int64_t len = clamp_len(seq_len, b, T);
+  const std::int64_t q_end = m0 + kWgBwdRows < len ? m0 + kWgBwdRows : len;
+  const int num_tiles = q_end > m0 ? static_cast<int>((q_end + kWgBwdRows - 1) / kWgBwdRows) : 0;
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int st = 0; st < kWgBwdStages; ++st) {
+      mbar_init(full0 + 8 * st, 1);
+      mbar_init(empty0 + 8 * st, G * 128);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+  const int warpgroup = threadIdx.x / 128;
+
+  if (warpgroup == 0) {  // ---- producer
+    if (threadIdx.x != 0) return;
+    mbar_arrive_expect_tx(q_full, 2 * G * kTile);
+    for (int c = 0; c < G; ++c) {
+      const int head = static_cast<int>((group * G + c) * Hkv + h);
+      for (int half = 0; half < kHalves; ++half) {
+        tma_load_4d(q_s + c * kTile + half * kWgBwdRows * 128, &map_q, 64 * half, head, static_cast<int>(m0),
+                    static_cast<int>(b), q_full);
+        tma_load_4d(do_s + c * kTile + half * kWgBwdRows * 128, &map_do, 64 * half, head, static_cast<int>(m0),
+                    static_cast<int>(b), q_full);
+      }
+    }
+    for (int tile = 0; tile < num_tiles; ++tile) {
+      const int st = tile % kWgBwdStages;
+      mbar_wait(empty0 + 8 * st, ((tile / kWgBwdStages) & 1) ^ 1u);
+      const std::uint32_t full = full0 + 8 * st, k_t = ring + st * 2 * kTile, v_t = k_t + kTile;
+      mbar_arrive_expect_tx(full, 2 * kTile);
+      for (int half = 0; half < kHalves; ++half) {
+        tma_load_4d(k_t + half * kWgBwdRows * 128, &map_k, 64 * half, static_cast<int>(h), tile * kWgBwdRows,
+                    static_cast<int>(b), full);
+        tma_load_4d(v_t + half * kWgBwdRows * 128, &map_v, 64 * half, static_cast<int>(h), tile * kWgBwdRows,
+                    static_cast<int>(b), full);
+      }
+    }
+    return;
+  }
+
+  // ---- consumer c
+  const int c = warpgroup - 1;
+  const std::int64_t head = (group * G + c) * Hkv + h;
+  const int wt = threadIdx.x % 128;
+  const int w = wt / 32, lane = wt % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const std::int64_t row0 = m0 + 16 * w + g;  // this thread's query rows: row0 and row0 + 8
+  const float log2e = 1.4426950408889634f;
+  const float scale_log2 = scale * log2e;
+  float lse_r[2], delta_r[2];
+  JK_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = row0 + 8 * r;
+    const bool valid = row < len;
+    lse_r[r] = valid ? lse[(b * Hq + head) * T + row] * log2e : 0.0f;
+    delta_r[r] = valid ? delta[(b * Hq + head) * T + row] : 0.0f;
+  }
+  float dq_acc[D / 2];
+  JK_UNROLL
+  for (int i = 0; i < D / 2; ++i) {
+    dq_acc[i] = 0.0f;
+    fence_operand(dq_acc[i]);
+  }
+  if (num_tiles > 0) mbar_wait(q_full, 0);
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int st = tile % kWgBwdStages;
+    mbar_wait(full0 + 8 * st, (tile / kWgBwdStages) & 1);
+    const std::uint32_t k_t = ring + st * 2 * kTile, v_t = k_t + kTile;
+    const std::int64_t n0 = static_cast<std::int64_t>(tile) * kWgBwdRows;
+    float s_acc[32], dp_acc[32];
+    JK_UNROLL
+    for (int i = 0; i < 32; ++i) {
+      s_acc[i] = dp_acc[i] = 0.0f;
+      fence_operand(s_acc[i]);
+      fence_operand(dp_acc[i]);
+    }
+    // S first and P in place, then dP and dS (fewer live tiles than both products at once).
+    wgmma_fence();
+    wgmma_tile_times_tile<D>(s_acc, q_s + c * kTile, k_t);
+    wgmma_commit();
+    wgmma_wait<0>();
+    JK_UNROLL
+    for (int i = 0; i < 32; ++i) fence_operand(s_acc[i]);
+    // P in place; masked: key > query, key >= len or query >= len.
+    const bool need_mask = n0 + kWgBwdRows > m0 || n0 + kWgBwdRows > len || m0 + kWgBwdRows > len;
+    JK_UNROLL
+    for (int i = 0; i < 32; ++i) {
+      const int r = (i / 2) % 2;
+      const std::int64_t key = n0 + 8 * (i / 4) + 2 * tq + (i % 2);
+      const std::int64_t row = row0 + 8 * r;
+      const float p = exp2f(fmaf(s_acc[i], scale_log2, -lse_r[r]));
+      s_acc[i] = need_mask && (key > row || key >= len || row >= len) ? 0.0f : p;
+    }
+    wgmma_fence();
+    wgmma_tile_times_tile<D>(dp_acc, do_s + c * kTile, v_t);
+    wgmma_commit();
+    wgmma_wait<0>();
+    JK_UNROLL
+    for (int i = 0; i < 32; ++i) {
+      fence_operand(dp_acc[i]);
+      dp_acc[i] = s_acc[i] * (dp_acc[i] - delta_r[(i / 2) % 2]);
+    }
+    std::uint32_t da[4][4];
+    pack_a_fragments(dp_acc, da);
+    wgmma_fence();
+    wgmma_rows_times_tile<D>(dq_acc, da, k_t);
+    wgmma_commit();
+    wgmma_wait<0>();
+    JK_UNROLL
+    for (int i = 0; i < D / 2; ++i) fence_operand(dq_acc[i]);
+    mbar_arrive(empty0 + 8 * st);
+  }
+
+  JK_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = row0 + 8 * r;
+    if (row >= T) continue;
+    TOut* dst = dq + ((b * T + row) * Hq + head) * D;
+    JK_UNROLL
+    for (int j = 0; j < D / 8; ++j) {
+      const int i = 4 * j + 2 * r;
+      store_pair(dst + 8 * j + 2 * tq, dq_acc[i] * scale, dq_acc[i + 1] * scale);
+    }
+  }
+#endif
+}
+
 // q [B, T, Hq, d] or k, v [B, T, Hkv, d] as a 4D TMA map (d, heads, T, B) with boxes of 64 x 1 x rows x 1.
 cudaError_t make_attention_map(CUtensorMap* map, const std::uint16_t* base, std::int64_t B, std::int64_t T,
                                std::int64_t heads, std::int64_t D, int rows) {
@@ -1412,6 +1800,36 @@ cudaError_t launch_fwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, con
                   static_cast<unsigned>(s.batch));
   attn_fwd_wgmma_kernel<D, G><<<grid, (G + 1) * 128, kSmem, stream>>>(
       map_q, map_k, map_v, seq_len, out, lse, s.seq, s.q_heads, s.kv_heads, 1.0f / std::sqrt(static_cast<float>(D)));
+  return cudaGetLastError();
+}
+template <int D, int G, typename TOut>
+cudaError_t launch_bwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v, const float* lse,
+                             const std::uint16_t* dout, const std::int32_t* seq_len, const float* delta, TOut* dq,
+                             TOut* dk, TOut* dv, const jk_attention_shape_t& s, cudaStream_t stream) {
+  using L = WgBwdLayout<D>;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  CUtensorMap map_q, map_k, map_v, map_do;
+  JK_RETURN_IF_ERROR(make_attention_map(&map_q, q, s.batch, s.seq, s.q_heads, D, kWgBwdRows));
+  JK_RETURN_IF_ERROR(make_attention_map(&map_do, dout, s.batch, s.seq, s.q_heads, D, kWgBwdRows));
+  JK_RETURN_IF_ERROR(make_attention_map(&map_k, k, s.batch, s.seq, s.kv_heads, D, kWgBwdRows));
+  JK_RETURN_IF_ERROR(make_attention_map(&map_v, v, s.batch, s.seq, s.kv_heads, D, kWgBwdRows));
+  // dK/dV: K, V, then 2 stages of q + dout; dQ: the G heads' q and dout, then 2 stages of K + V.
+  constexpr int kSmemDkdv = 1024 + (2 + 2 * kWgBwdStages) * L::kTileBytes + (1 + 2 * kWgBwdStages) * 8;
+  constexpr int kSmemDq = 1024 + (2 * G + 2 * kWgBwdStages) * L::kTileBytes + (1 + 2 * kWgBwdStages) * 8;
+  JK_RETURN_IF_ERROR(cudaFuncSetAttribute(attn_bwd_dkdv_wgmma_kernel<D, TOut>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDkdv));
+  const dim3 grid_kv(static_cast<unsigned>((s.seq + kWgBwdRows - 1) / kWgBwdRows), static_cast<unsigned>(s.kv_heads),
+                     static_cast<unsigned>(s.batch));
+  attn_bwd_dkdv_wgmma_kernel<D, TOut><<<grid_kv, 256, kSmemDkdv, stream>>>(
+      map_q, map_k, map_v, map_do, lse, delta, seq_len, dk, dv, s.seq, s.q_heads, s.kv_heads, scale);
+  JK_RETURN_IF_ERROR(cudaGetLastError());
+  JK_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(attn_bwd_dq_wgmma_kernel<D, G, TOut>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDq));
+  const std::int64_t groups = s.q_heads / s.kv_heads / G;
+  const dim3 grid_q(static_cast<unsigned>((s.seq + kWgBwdRows - 1) / kWgBwdRows),
+                    static_cast<unsigned>(s.kv_heads * groups), static_cast<unsigned>(s.batch));
+  attn_bwd_dq_wgmma_kernel<D, G, TOut><<<grid_q, (G + 1) * 128, kSmemDq, stream>>>(
+      map_q, map_k, map_v, map_do, lse, delta, seq_len, dq, s.seq, s.q_heads, s.kv_heads, scale);
   return cudaGetLastError();
 }
 #endif  // JK_ATTENTION_EMULATE
@@ -1446,6 +1864,20 @@ cudaError_t attention_fwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, 
   }
   return pair ? launch_fwd_wgmma<64, 2>(q, k, v, seq_len, out, lse, s, stream)
               : launch_fwd_wgmma<64, 1>(q, k, v, seq_len, out, lse, s, stream);
+}
+
+template <typename TOut>
+cudaError_t attention_bwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                const float* lse, const std::uint16_t* dout, const std::int32_t* seq_len,
+                                const float* delta, TOut* dq, TOut* dk, TOut* dv, const jk_attention_shape_t& s,
+                                cudaStream_t stream) {
+  const bool pair = (s.q_heads / s.kv_heads) % 2 == 0;
+  if (s.head_dim == 128) {
+    return pair ? launch_bwd_wgmma<128, 2, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream)
+                : launch_bwd_wgmma<128, 1, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
+  }
+  return pair ? launch_bwd_wgmma<64, 2, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream)
+              : launch_bwd_wgmma<64, 1, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
 }
 
 cudaError_t attention_fwd_tuned(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,

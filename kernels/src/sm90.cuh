@@ -184,6 +184,26 @@ __device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], std::uint64_
 #endif
 }
 
+// D[64 x 64] += A[64 x 16] B[64 x 16]^T, both from shared memory (descriptors; TRANS_A / TRANS_B: the
+// operand is MN-major). fp32 D in the accumulator layout (see the top of this file).
+template <int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void wgmma_ss_m64n64k16(float (&d)[32], std::uint64_t desc_a, std::uint64_t desc_b) {
+#ifndef JK_WGMMA_UNAVAILABLE
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, %34, %35;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "n"(TRANS_A), "n"(TRANS_B));
+#endif
+}
+
 // D[64 x 128] += A[64 x 16] B[128 x 16]^T with A from registers (a[0..3]: the m16n8k16 A fragment of the
 // thread's warp's 16 rows, bf16 pairs) and B from shared memory (TRANS_B: N-major).
 template <int TRANS_B>

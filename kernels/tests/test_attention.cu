@@ -642,7 +642,7 @@ std::vector<Case> make_cases(Context& ctx) {
       {{1, 40, 2, 2, 256}, {}, 1.5f},
       {{1, 9, 3, 1, 1}, {}, 1.5f},
   };
-  // WGMMA: the sm_90a forward where it can run (an sm_90 device; d 64 / 128 here), else TUNED's path.
+  // WGMMA: the sm_90a kernels where they can run (an sm_90 device; d 64 / 128 here), else TUNED's path.
   for (const auto& spec : fwd) {
     for (auto path : {JK_ATTENTION_SIMPLE, JK_ATTENTION_TUNED, JK_ATTENTION_WGMMA}) {
       cases.push_back({format("fwd.%s %s", path_name(path), shape_name(spec.s, spec.len).c_str()),
@@ -679,18 +679,26 @@ std::vector<Case> make_cases(Context& ctx) {
     cases.push_back({format("bwd.simple.bf16 (fwd simple) %s", name.c_str()), [&ctx, spec] {
                        return check_backward<std::uint16_t>(ctx, spec, JK_ATTENTION_SIMPLE, JK_ATTENTION_SIMPLE);
                      }});
-    if (tuned_ok)
+    if (tuned_ok) {
       cases.push_back({format("bwd.tuned.bf16 (fwd tuned) %s", name.c_str()), [&ctx, spec] {
                          return check_backward<std::uint16_t>(ctx, spec, JK_ATTENTION_TUNED, JK_ATTENTION_TUNED);
                        }});
+      cases.push_back({format("bwd.wgmma.bf16 (fwd wgmma) %s", name.c_str()), [&ctx, spec] {
+                         return check_backward<std::uint16_t>(ctx, spec, JK_ATTENTION_WGMMA, JK_ATTENTION_WGMMA);
+                       }});
+    }
     if (spec.s.T <= 1000) {
       cases.push_back({format("bwd.simple.f32out (fwd simple) %s", name.c_str()), [&ctx, spec] {
                          return check_backward<float>(ctx, spec, JK_ATTENTION_SIMPLE, JK_ATTENTION_SIMPLE);
                        }});
-      if (tuned_ok)
+      if (tuned_ok) {
         cases.push_back({format("bwd.tuned.f32out (fwd simple) %s", name.c_str()), [&ctx, spec] {
                            return check_backward<float>(ctx, spec, JK_ATTENTION_SIMPLE, JK_ATTENTION_TUNED);
                          }});
+        cases.push_back({format("bwd.wgmma.f32out (fwd simple) %s", name.c_str()), [&ctx, spec] {
+                           return check_backward<float>(ctx, spec, JK_ATTENTION_SIMPLE, JK_ATTENTION_WGMMA);
+                         }});
+      }
     }
   }
   for (const FwdSpec& spec :
@@ -703,13 +711,7 @@ std::vector<Case> make_cases(Context& ctx) {
                        return check_backward<std::uint16_t>(ctx, spec, JK_ATTENTION_AUTO, JK_ATTENTION_AUTO);
                      }});
   }
-  // The WGMMA forward's statistics (lse) feed the tuned backward.
-  for (const FwdSpec& spec : {FwdSpec{{2, 7, 4, 2, 128}, {7, 3}, 1.5f}, FwdSpec{{2, 129, 4, 2, 64}, {129, 90}, 6.0f},
-                              FwdSpec{{1, 4096, 32, 16, 128}, {}, 1.5f}}) {
-    cases.push_back({format("bwd.wgmma.bf16 (fwd wgmma) %s", shape_name(spec.s, spec.len).c_str()), [&ctx, spec] {
-                       return check_backward<std::uint16_t>(ctx, spec, JK_ATTENTION_WGMMA, JK_ATTENTION_WGMMA);
-                     }});
-  }
+
 
   // Decode at several lengths (chunk boundaries 256, empty caches, JetMoE-8B at 4096).
   const std::vector<DecodeSpec> dec = {

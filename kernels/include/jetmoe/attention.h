@@ -44,9 +44,9 @@ struct jk_attention_shape_t {
 // aligned pointers), else the simple one. SIMPLE: the reference-style fallback (one warp per row, fp32,
 // online softmax), any d <= 256. TUNED: the tuned path or cudaErrorInvalidValue if it cannot take the
 // shape (lets a test compare the two).
-// WGMMA: the forward on the sm_90a kernel (TMA loads, wgmma; FlashAttention-3 style, same numerics as
-// TUNED: P rounded to bf16) where it can run (TUNED's shapes on an sm_90 device, the library built for
-// 90a), else as AUTO; the backward as AUTO. Not yet run on a GPU: AUTO does not choose it.
+// WGMMA: the sm_90a kernels (TMA loads, wgmma; FlashAttention-3 style, the same algorithms and numerics
+// as TUNED: P and dS rounded to bf16, no atomics) where they can run (TUNED's shapes on an sm_90 device,
+// the library built for 90a), else as AUTO. Not yet run on a GPU: AUTO does not choose them.
 typedef enum jk_attention_path_t {
   JK_ATTENTION_AUTO = 0,
   JK_ATTENTION_SIMPLE = 1,

@@ -98,6 +98,7 @@ BODIES = {
         ('__device__ __forceinline__ void fence_operand(', '(void)x;'),
         ('__device__ __forceinline__ void wgmma_ss_m64n256k16(', '::emu::wgmma_ss(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
         ('__device__ __forceinline__ void wgmma_ss_m64n128k16(', '::emu::wgmma_ss(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
+        ('__device__ __forceinline__ void wgmma_ss_m64n64k16(', '::emu::wgmma_ss(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
         ('__device__ __forceinline__ void wgmma_rs_m64n128k16(', '::emu::wgmma_rs(d, a, desc_b, TRANS_B);'),
         ('__device__ __forceinline__ void wgmma_rs_m64n64k16(', '::emu::wgmma_rs(d, a, desc_b, TRANS_B);'),
     ],
