@@ -1,7 +1,7 @@
 // jetmoe-eval: perplexity, multiple-choice log-likelihood scoring, logits dumps.
-#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <sstream>
 
@@ -9,12 +9,16 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
+#include "eval/device_forward.hpp"
+#include "eval/forward.hpp"
 #include "eval/multiple_choice.hpp"
+#include "eval/perplexity.hpp"
 #include "io/atomic_file.hpp"
 #include "io/npy.hpp"
 #include "model/load.hpp"
 #include "model/model.hpp"
 #include "parallel/comm.hpp"
+#include "train/device_network.hpp"
 
 namespace fs = std::filesystem;
 
@@ -56,17 +60,8 @@ std::vector<std::vector<std::int32_t>> read_token_ids(const Deck& deck, const st
   return seqs;
 }
 
-IntView2 to_device(const std::vector<std::vector<std::int32_t>>& seqs, std::size_t first, std::size_t count, std::size_t T) {
-  IntView2 ids("ids", count, T);
-  auto h = Kokkos::create_mirror_view(ids);
-  for (std::size_t b = 0; b < count; ++b)
-    for (std::size_t t = 0; t < T; ++t) h(b, t) = seqs[first + b][t];
-  Kokkos::deep_copy(ids, h);
-  return ids;
-}
-
-void dump_logits(const Deck& deck, Model& model) {
-  const ModelConfig& c = model.config();
+void dump_logits(const Deck& deck, eval::LmForward& forward) {
+  const ModelConfig& c = forward.config();
   const std::string input = deck.get_string("eval", "input");
   const auto seqs = read_token_ids(deck, input, c.vocab_size);
   const std::size_t B = seqs.size(), T = seqs[0].size();
@@ -79,19 +74,17 @@ void dump_logits(const Deck& deck, Model& model) {
   std::vector<float> all(B * T * V);
   for (std::size_t first = 0; first < B; first += batch) {
     const std::size_t n = std::min(batch, B - first);
-    KvCache cache(c, std::int64_t(n), std::int64_t(T));
-    View2 logits("logits", n * T, V);
-    model.forward(to_device(seqs, first, n, T), cache, logits);
-    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
-    std::copy(h.data(), h.data() + h.size(), all.begin() + std::ptrdiff_t(first * T * V));
+    eval::TokenBatch ids{std::int64_t(n), std::int64_t(T), {}};
+    for (std::size_t b = first; b < first + n; ++b) ids.ids.insert(ids.ids.end(), seqs[b].begin(), seqs[b].end());
+    forward.logits(ids, all.data() + first * T * V);
   }
   fs::create_directories(fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path());
   io::write_npy(out, {std::int64_t(B), std::int64_t(T), std::int64_t(V)}, all.data());
   log::info("wrote logits [%zu, %zu, %zu] (float32) to %s", B, T, V, out.c_str());
 }
 
-void perplexity(const Deck& deck, Model& model, const io::Tokenizer& tok) {
-  const ModelConfig& c = model.config();
+void perplexity(const Deck& deck, eval::LmForward& forward, const io::Tokenizer& tok) {
+  const ModelConfig& c = forward.config();
   const std::string input = deck.get_string("eval", "input");
   std::ifstream in(input, std::ios::binary);
   if (!in) deck.fail_value("eval", "input", "cannot open '" + input + "'");
@@ -103,37 +96,18 @@ void perplexity(const Deck& deck, Model& model, const io::Tokenizer& tok) {
   if (window > c.max_position_embeddings)
     deck.fail_value("eval", "context", std::to_string(window) + " exceeds the model's context of " +
                                            std::to_string(c.max_position_embeddings));
+  if (window < 2) deck.fail_value("eval", "context", "a window of 1 token predicts nothing; give at least 2");
   if (ids.size() < 2) fail(ErrorKind::Input, input + ": fewer than 2 tokens, nothing to predict");
-  // Non-overlapping windows; each predicts its tokens 1..n-1 from the ones before.
-  double nll = 0;
-  std::int64_t predicted = 0;
-  const std::int64_t V = c.vocab_size;
-  for (std::size_t start = 0; start + 1 < ids.size(); start += std::size_t(window)) {
-    const std::size_t n = std::min<std::size_t>(std::size_t(window), ids.size() - start);
-    if (n < 2) break;
-    std::vector<std::vector<std::int32_t>> one{std::vector<std::int32_t>(ids.begin() + std::ptrdiff_t(start),
-                                                                          ids.begin() + std::ptrdiff_t(start + n))};
-    KvCache cache(c, 1, std::int64_t(n));
-    View2 logits("logits", n, V);
-    model.forward(to_device(one, 0, 1, n), cache, logits);
-    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
-    for (std::size_t t = 0; t + 1 < n; ++t) {
-      double m = -1e300, z = 0;
-      for (std::int64_t v = 0; v < V; ++v) m = std::max(m, double(h(t, v)));
-      for (std::int64_t v = 0; v < V; ++v) z += std::exp(double(h(t, v)) - m);
-      nll += m + std::log(z) - double(h(t, one[0][t + 1]));
-      ++predicted;
-    }
-  }
-  const double mean = nll / double(predicted);
+  const eval::PerplexityResult r = eval::perplexity(forward, ids, window, deck.get_int("eval", "batch_size"));
+  const double mean = r.mean_nll();
   log::info("perplexity of %s: %.4f (mean NLL %.6f nats over %lld predicted tokens, windows of %lld tokens)", input.c_str(),
-            std::exp(mean), mean, (long long)predicted, (long long)window);
+            r.perplexity(), mean, (long long)r.predicted, (long long)window);
   const std::string out = output_path(deck);
   fs::create_directories(fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path());
   std::ostringstream json;
-  json << "{\n  \"task\": \"perplexity\",\n  \"input\": \"" << input << "\",\n  \"tokens_predicted\": " << predicted
-       << ",\n  \"mean_nll\": " << mean << ",\n  \"perplexity\": " << std::exp(mean) << ",\n  \"context\": " << window
-       << "\n}\n";
+  json << "{\n  \"task\": \"perplexity\",\n  \"input\": \"" << input << "\",\n  \"tokens_predicted\": " << r.predicted
+       << ",\n  \"mean_nll\": " << mean << ",\n  \"perplexity\": " << r.perplexity() << ",\n  \"context\": " << window
+       << ",\n  \"precision\": \"" << forward.precision() << "\"\n}\n";
   io::write_text_atomically(out, json.str());
   log::info("wrote %s", out.c_str());
 }
@@ -158,7 +132,7 @@ McInputs read_mc_inputs(const Deck& deck) {
   return in;
 }
 
-void multiple_choice(const Deck& deck, Model& model, const io::Tokenizer& tok, const McInputs& in,
+void multiple_choice(const Deck& deck, eval::LmForward& forward, const io::Tokenizer& tok, const McInputs& in,
                      const std::string& model_source) {
   eval::McOptions options;
   options.num_fewshot = deck.get_int("eval", "num_fewshot");
@@ -167,7 +141,7 @@ void multiple_choice(const Deck& deck, Model& model, const io::Tokenizer& tok, c
   options.limit = deck.get_int("eval", "limit");
   options.batch_size = deck.get_int("eval", "batch_size");
   options.add_bos = deck.get_bool("tokenizer", "add_bos");
-  const eval::McReport report = eval::evaluate_mc(model, tok, in.file, options);
+  const eval::McReport report = eval::evaluate_mc(forward, tok, in.file, options);
   log::info("%zu questions, %zu log-likelihood requests, %lld-shot:", report.docs.size(), report.requests.size(),
             (long long)(in.file.format == eval::McFormat::TruthfulQaMc ? 0 : options.num_fewshot));
   log::text(eval::mc_results_table(report));
@@ -196,6 +170,12 @@ int main(int argc, char** argv) {
     const std::string task = deck.get_string("eval", "task");
     const std::string input = deck.get_string("eval", "input");  // required
     const ModelConfig config = ModelConfig::from_deck(deck);
+    const bool on_gpu = deck.get_string("eval", "precision") == "bf16";
+    if (on_gpu) {
+      const std::string why = eval::device_evaluation_unavailable();
+      if (!why.empty())
+        deck.fail_value("eval", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+    }
     if (ctx.command_line.check_only) {
       log::info("model: %s", config.summary().c_str());
       log::info("deck is valid.");
@@ -209,9 +189,16 @@ int main(int argc, char** argv) {
     auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/task != "logits");
     Model model(loaded.config, std::move(loaded.weights));
     if (!ctx.comm.is_root()) return;  // evaluation runs on rank 0
+    std::unique_ptr<eval::LmForward> forward;
+    if (on_gpu) {
+      log::info("evaluating on %s (bf16)", device_training_description().c_str());
+      forward = std::make_unique<eval::DeviceForward>(model);
+    } else {
+      forward = std::make_unique<eval::ModelForward>(model);
+    }
     Region region(task);
-    if (task == "logits") dump_logits(deck, model);
-    else if (mc) multiple_choice(deck, model, *tokenizer, *mc, loaded.source);
-    else perplexity(deck, model, *tokenizer);
+    if (task == "logits") dump_logits(deck, *forward);
+    else if (mc) multiple_choice(deck, *forward, *tokenizer, *mc, loaded.source);
+    else perplexity(deck, *forward, *tokenizer);
   });
 }

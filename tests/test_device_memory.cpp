@@ -1,14 +1,19 @@
-// What a GPU too small for the run does to bf16 training: one clear error naming the buffer and what
-// to change, a failed run, nothing written. Emulated GPU only (jetmoe-device-emu-tests): the fake
+// What a GPU too small for the run does to bf16 training (one clear error naming the buffer and what
+// to change, a failed run, nothing written) and to evaluation on the GPU (the same error, and the
+// evaluator works again once the memory is there). Emulated GPU only (jetmoe-device-emu-tests): the fake
 // runtime (kernels/tests/emu/runtime.cpp) is given a memory size, past which cudaMalloc fails with
 // cudaErrorMemoryAllocation as a full GPU's does.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <string>
 #include <vector>
 
 #include "core/error.hpp"
+#include "eval/device_forward.hpp"
+#include "model/hf_checkpoint.hpp"
+#include "model/model.hpp"
 #include "support.hpp"
 #include "trainer_support.hpp"
 
@@ -58,4 +63,41 @@ TEST_CASE("bf16 training on a GPU too small is one clear error and writes nothin
   }
   // The same process trains again once the memory is there (everything was freed).
   REQUIRE(tt::train(tmp, "again", deck) == TrainOutcome::Finished);
+}
+
+TEST_CASE("evaluation on a GPU too small is one clear error naming what to change", "[unit][device][eval]") {
+  const std::string dir = std::string(JETMOE_SOURCE_DIR) + "/tests/fixtures/eval/model";
+  ModelConfig c = load_hf_config(dir);
+  c.max_position_embeddings = 16;
+  const Model model(c, load_hf_weights(dir, c));
+  const eval::TokenBatch batch{2, 8, std::vector<std::int32_t>(16, 5)};
+  std::vector<float> logits(std::size_t(16 * c.vocab_size));
+  jk_emu_device_bytes_peak(1);
+  std::size_t weights = 0, need = 0;  // device bytes of the weights, and of the weights and one batch
+  {
+    eval::DeviceForward gpu(model);
+    weights = jk_emu_device_bytes_peak(1);
+    gpu.logits(batch, logits.data());
+    need = jk_emu_device_bytes_peak(1);
+  }
+  REQUIRE(need > weights);
+  REQUIRE(weights > 1024);
+  auto check_message = [](const std::string& message, const char* what, const char* hint) {
+    CHECK_THAT(message, Catch::Contains(std::string("evaluation on the GPU: out of GPU memory in ") + what) &&
+                            Catch::Contains(hint));
+    WARN(message);
+  };
+  {
+    const DeviceMemoryLimit gpu(1024);  // not even the weights
+    check_message(jetmoe::testing::error_of([&] { eval::DeviceForward forward(model); }, ErrorKind::Input),
+                  "the bf16 weights", "eval/precision = fp32");
+  }
+  eval::DeviceForward gpu(model);
+  {
+    const DeviceMemoryLimit limit(need - 1);  // the weights, not the batch
+    check_message(jetmoe::testing::error_of([&] { gpu.logits(batch, logits.data()); }, ErrorKind::Input), "the logits",
+                  "eval/batch_size");
+  }
+  gpu.logits(batch, logits.data());  // and again once the memory is there
+  CHECK(std::isfinite(logits[0]));
 }

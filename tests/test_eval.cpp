@@ -42,6 +42,7 @@ TEST_CASE("multiple-choice prompts, tokens, log-likelihoods and metrics equal lm
   const ModelConfig config = load_hf_config(model_dir);
   REQUIRE(config.max_position_embeddings == ref["max_length"].get<std::int64_t>());
   Model model(config, load_hf_weights(model_dir, config));
+  ModelForward forward(model);
   const io::Tokenizer tok(model_dir + "/tokenizer.model");
 
   double worst = 0;
@@ -60,7 +61,7 @@ TEST_CASE("multiple-choice prompts, tokens, log-likelihoods and metrics equal lm
     options.fewshot_seed = run["fewshot_seed"].get<std::uint64_t>();
     options.fewshot_pool = pool ? &*pool : nullptr;
     options.batch_size = 3;  // batches of unequal lengths: right padding must not change a score
-    const McReport report = evaluate_mc(model, tok, file, options);
+    const McReport report = evaluate_mc(forward, tok, file, options);
 
     // per question, in file order within each task (mmlu: per subject); the reference is in line order
     std::vector<const McDocResult*> by_line;
@@ -268,11 +269,12 @@ TEST_CASE("one question per task: stderr N/A in the table and null in the JSON",
   const std::string model_dir = eval_fixtures + "/model";
   const ModelConfig config = load_hf_config(model_dir);
   Model model(config, load_hf_weights(model_dir, config));
+  ModelForward forward(model);
   const io::Tokenizer tok(model_dir + "/tokenizer.model");
   const McFile file = read_mc_jsonl(eval_fixtures + "/mmlu.jsonl", McFormat::Auto);
   McOptions options;
   options.limit = 1;  // one question of each subject
-  const McReport report = evaluate_mc(model, tok, file, options);
+  const McReport report = evaluate_mc(forward, tok, file, options);
   REQUIRE(report.tasks.size() == 3);
   CHECK(report.tasks[2].task == "mmlu");
   CHECK(report.tasks[2].n == 2);
@@ -285,4 +287,5 @@ TEST_CASE("one question per task: stderr N/A in the table and null in the JSON",
   CHECK(j["examples"][0]["line"] == 1);
   CHECK(j["examples"][1]["line"] == 4);
   CHECK(j["examples"][0]["loglikelihoods"].size() == 4);
+  CHECK(j["precision"] == "fp32");
 }

@@ -159,33 +159,51 @@ bool valid_decode_config(const jk_model_config_t* c) {
   return valid_stage_config(c) && c->has_embedding == 1 && c->has_head == 1;
 }
 
-// The prefill's scratch: the block boundaries [N, D] (ping-pong), one block's forward buffers (reused
-// by every block: nothing is kept for a backward), and the head of the last positions.
-struct PrefillScratch {
+// The scratch of a forward that keeps nothing for a backward (prefill, eval): the block boundaries
+// [N, D] (ping-pong), one block's forward buffers (reused by every block), and the head of `head`'s
+// rows: the last position of each sequence (prefill, gathered into `last`) or every position (eval,
+// with the cross-entropy's lse).
+enum class HeadRows { Last, All };
+
+struct ForwardScratch {
   std::uint16_t* x[2] = {nullptr, nullptr};  // [N, D]
   void* saved = nullptr;
   void* layer = nullptr;
   std::size_t saved_bytes = 0, layer_bytes = 0;
-  std::uint16_t* last = nullptr;  // [B, D] the last position of each prompt
-  std::uint16_t* h = nullptr;     // [B, D]
-  float* rstd = nullptr;          // [B]
+  std::uint16_t* last = nullptr;  // [B, D] the last position of each sequence (Last)
+  std::uint16_t* h = nullptr;     // [R, D], R = B (Last) or N (All)
+  float* rstd = nullptr;          // [R]
   std::int32_t* head_offsets = nullptr;
-  std::uint16_t* logits = nullptr;  // [B, V]
+  std::uint16_t* logits = nullptr;  // [R, V]
+  float* lse = nullptr;             // [R] (All)
 };
 
-cudaError_t carve_prefill(Carver& cv, const jk_model_config_t& c, std::int64_t B, std::int64_t T, PrefillScratch* v) {
-  const std::int64_t D = c.layer.hidden, N = B * T;
+cudaError_t carve_forward(Carver& cv, const jk_model_config_t& c, std::int64_t B, std::int64_t T, HeadRows head,
+                          ForwardScratch* v) {
+  const std::int64_t D = c.layer.hidden, N = B * T, R = head == HeadRows::Last ? B : N;
   JK_RETURN_IF_ERROR(layer_bytes(c, B, T, &v->saved_bytes, &v->layer_bytes));
   v->x[0] = cv.take<std::uint16_t>(N * D);
   v->x[1] = cv.take<std::uint16_t>(N * D);
   v->saved = cv.take<char>(static_cast<std::int64_t>(v->saved_bytes));
   v->layer = cv.take<char>(static_cast<std::int64_t>(v->layer_bytes));
-  v->last = cv.take<std::uint16_t>(B * D);
-  v->h = cv.take<std::uint16_t>(B * D);
-  v->rstd = cv.take<float>(B);
+  if (head == HeadRows::Last) v->last = cv.take<std::uint16_t>(B * D);
+  v->h = cv.take<std::uint16_t>(R * D);
+  v->rstd = cv.take<float>(R);
   v->head_offsets = cv.take<std::int32_t>(2);
-  v->logits = cv.take<std::uint16_t>(B * c.vocab);
+  v->logits = cv.take<std::uint16_t>(R * c.vocab);
+  if (head == HeadRows::All) v->lse = cv.take<float>(R);
   return cudaSuccess;
+}
+
+// jk_model_prefill_bytes / jk_model_eval_bytes (0 for bad arguments).
+std::size_t forward_bytes(const jk_model_config_t* cfg, std::int64_t batch, std::int64_t seq, HeadRows head) {
+  if (!valid_decode_config(cfg) || batch < 0 || seq < 1 || (batch > 0 && seq > INT32_MAX / batch)) return 0;
+  const std::int64_t rows = head == HeadRows::Last ? batch : batch * seq;
+  if (rows > 0 && cfg->vocab > INT64_MAX / 2 / rows) return 0;
+  Carver a{nullptr};
+  ForwardScratch v;
+  if (carve_forward(a, *cfg, batch, seq, head, &v) != cudaSuccess) return 0;
+  return a.used;
 }
 
 // The grouped-GEMM path of the head (the layers' path choice).
@@ -212,6 +230,34 @@ bool valid_caches(const jk_model_config_t& c, uint16_t* const* k_caches, uint16_
   for (std::int64_t l = 0; l < c.num_layers; ++l)
     if (k_caches[l] == nullptr || v_caches[l] == nullptr) return false;
   return true;
+}
+
+// The embedding and the blocks of B sequences of T tokens through `sc` (one block's buffers at a time);
+// with caches (not null), each block's K (after RoPE) and V go to rows 0..T-1 of every sequence's cache
+// (rows max_seq apart). *x_out: the blocks' output x_L, one of sc.x. Prefill and eval.
+cudaError_t forward_blocks(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
+                           std::int64_t B, std::int64_t T, uint16_t* const* k_caches, uint16_t* const* v_caches,
+                           std::int64_t max_seq, int32_t* invalid_ids, const ForwardScratch& sc,
+                           const std::uint16_t** x_out, cudaStream_t stream) {
+  const std::int64_t N = B * T, D = cfg->layer.hidden, V = cfg->vocab;
+  const std::size_t cache_row =
+      static_cast<std::size_t>(cfg->layer.kv_heads * cfg->layer.head_dim) * sizeof(std::uint16_t);
+  JK_RETURN_IF_ERROR(
+      jk_embedding_fwd_bf16(w->embedding, ids, sc.x[0], N, V, D, invalid_ids, jk_embedding_path_auto, stream));
+  int cur = 0;
+  for (std::int64_t l = 0; l < cfg->num_layers; ++l, cur ^= 1) {
+    JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sc.x[cur], B, T, sc.x[cur ^ 1], nullptr, sc.saved,
+                                    sc.saved_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
+    if (k_caches == nullptr) continue;
+    const std::uint16_t *k = nullptr, *v = nullptr;
+    JK_RETURN_IF_ERROR(jk_layer_saved_kv(&cfg->layer, B, T, sc.saved, &k, &v));
+    JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(k_caches[l], max_seq * cache_row, k, T * cache_row, T * cache_row, B,
+                                         cudaMemcpyDeviceToDevice, stream));
+    JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(v_caches[l], max_seq * cache_row, v, T * cache_row, T * cache_row, B,
+                                         cudaMemcpyDeviceToDevice, stream));
+  }
+  *x_out = sc.x[cur];
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -252,12 +298,7 @@ cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t
 }
 
 size_t jk_model_prefill_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq) {
-  if (!valid_decode_config(cfg) || batch < 0 || seq < 1 || (batch > 0 && seq > INT32_MAX / batch)) return 0;
-  if (batch > 0 && cfg->vocab > INT64_MAX / 2 / batch) return 0;
-  Carver a{nullptr};
-  PrefillScratch v;
-  if (carve_prefill(a, *cfg, batch, seq, &v) != cudaSuccess) return 0;
-  return a.used;
+  return forward_bytes(cfg, batch, seq, HeadRows::Last);
 }
 
 cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
@@ -272,29 +313,42 @@ cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_
   const std::size_t need = jk_model_prefill_bytes(cfg, batch, seq);
   if (need == 0 || scratch_bytes < need || !is_aligned(scratch, 256)) return cudaErrorInvalidValue;
   Carver a{static_cast<char*>(scratch)};
-  PrefillScratch sc;
-  JK_RETURN_IF_ERROR(carve_prefill(a, *cfg, batch, seq, &sc));
-  const std::int64_t B = batch, T = seq, N = B * T, D = cfg->layer.hidden, V = cfg->vocab;
-  const std::size_t cache_row = static_cast<std::size_t>(cfg->layer.kv_heads * cfg->layer.head_dim) * sizeof(std::uint16_t);
-
-  JK_RETURN_IF_ERROR(jk_embedding_fwd_bf16(w->embedding, ids, sc.x[0], N, V, D, invalid_ids, jk_embedding_path_auto, stream));
-  int cur = 0;
-  for (std::int64_t l = 0; l < cfg->num_layers; ++l, cur ^= 1) {
-    JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sc.x[cur], B, T, sc.x[cur ^ 1], nullptr, sc.saved,
-                                    sc.saved_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
-    const std::uint16_t *k = nullptr, *v = nullptr;
-    JK_RETURN_IF_ERROR(jk_layer_saved_kv(&cfg->layer, B, T, sc.saved, &k, &v));
-    // Sequence b's T rows go to rows 0..T-1 of its cache (rows max_seq apart).
-    JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(k_caches[l], max_seq * cache_row, k, T * cache_row, T * cache_row, B,
-                                         cudaMemcpyDeviceToDevice, stream));
-    JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(v_caches[l], max_seq * cache_row, v, T * cache_row, T * cache_row, B,
-                                         cudaMemcpyDeviceToDevice, stream));
-  }
+  ForwardScratch sc;
+  JK_RETURN_IF_ERROR(carve_forward(a, *cfg, batch, seq, HeadRows::Last, &sc));
+  const std::int64_t B = batch, T = seq, D = cfg->layer.hidden, V = cfg->vocab;
+  const std::uint16_t* x = nullptr;
+  JK_RETURN_IF_ERROR(forward_blocks(w, cfg, ids, B, T, k_caches, v_caches, max_seq, invalid_ids, sc, &x, stream));
   const std::size_t row = static_cast<std::size_t>(D) * sizeof(std::uint16_t);
-  JK_RETURN_IF_ERROR(cudaMemcpy2DAsync(sc.last, row, sc.x[cur] + (T - 1) * D, T * row, row, B, cudaMemcpyDeviceToDevice,
-                                       stream));
+  JK_RETURN_IF_ERROR(
+      cudaMemcpy2DAsync(sc.last, row, x + (T - 1) * D, T * row, row, B, cudaMemcpyDeviceToDevice, stream));
   JK_RETURN_IF_ERROR(head_forward(w, cfg, sc.last, B, sc.h, sc.rstd, sc.head_offsets, sc.logits, stream));
   return jk_bf16_to_f32(sc.logits, logits, B * V, stream);
+}
+
+size_t jk_model_eval_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq) {
+  return forward_bytes(cfg, batch, seq, HeadRows::All);
+}
+
+cudaError_t jk_model_eval(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
+                          int64_t batch, int64_t seq, const int32_t* labels, float* loss_rows, float* logits,
+                          int32_t* invalid_ids, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  if (!valid_decode_config(cfg) || !valid_stage_tensors(w, *cfg) || batch < 0 || seq < 1) return cudaErrorInvalidValue;
+  if ((labels == nullptr) != (loss_rows == nullptr)) return cudaErrorInvalidValue;
+  if (batch == 0) return invalid_ids ? cudaMemsetAsync(invalid_ids, 0, sizeof(std::int32_t), stream) : cudaSuccess;
+  if (ids == nullptr || scratch == nullptr) return cudaErrorInvalidValue;
+  const std::size_t need = jk_model_eval_bytes(cfg, batch, seq);
+  if (need == 0 || scratch_bytes < need || !is_aligned(scratch, 256)) return cudaErrorInvalidValue;
+  Carver a{static_cast<char*>(scratch)};
+  ForwardScratch sc;
+  JK_RETURN_IF_ERROR(carve_forward(a, *cfg, batch, seq, HeadRows::All, &sc));
+  const std::int64_t N = batch * seq, V = cfg->vocab;
+  const std::uint16_t* x = nullptr;
+  JK_RETURN_IF_ERROR(forward_blocks(w, cfg, ids, batch, seq, nullptr, nullptr, 0, invalid_ids, sc, &x, stream));
+  JK_RETURN_IF_ERROR(head_forward(w, cfg, x, N, sc.h, sc.rstd, sc.head_offsets, sc.logits, stream));
+  if (loss_rows != nullptr)
+    JK_RETURN_IF_ERROR(jk_fused_cross_entropy_fwd_bf16(sc.logits, labels, loss_rows, sc.lse, nullptr, nullptr, nullptr,
+                                                       N, V, stream));
+  return logits != nullptr ? jk_bf16_to_f32(sc.logits, logits, N * V, stream) : cudaSuccess;
 }
 
 cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,

@@ -15,7 +15,8 @@
 //    does not occur are 0 (untied); the out-of-range id is counted; a rerun is bit-identical; splitting
 //    the model into two stages at any block boundary gives bit-identical losses and gradients (the
 //    tied embedding gradient of the whole model equals fp32(first stage's + last stage's head part));
-//    grad_beta 1 doubles every gradient exactly (untied).
+//    grad_beta 1 doubles every gradient exactly (untied); jk_model_eval's logits and loss rows are
+//    jk_model_fwd's bit for bit.
 #include "layer_testing.cuh"
 #include "reference/model.hpp"
 
@@ -802,6 +803,64 @@ CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint6
                                                 int(guards), bad)};
 }
 
+// Eval: jk_model_eval of a batch (one id out of range) against jk_model_fwd of the same batch: the fp32
+// logits are the forward's bf16 logits widened and the loss rows its loss rows, bit for bit, the bad id
+// counted; logits alone and loss rows alone give the same bits; guards intact. Arguments: no embedding,
+// no head, labels without loss rows, T = 0, short or misaligned scratch are cudaErrorInvalidValue; B = 0
+// is a no-op.
+CaseResult eval_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, tied);
+  const std::int64_t N = z.B * z.T, V = z.V;
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, true);
+  DeviceBatch db(batch);
+  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
+  bool guards = true;
+  const StageRun r = run_stage(ctx, z, st, db, nullptr, nullptr, 1.0f, 0.0f, false, &guards);
+  const std::size_t bytes = jk_model_eval_bytes(&st.cfg, z.B, z.T);
+  DeviceMem scratch(bytes);
+  GuardedBuffer<float> logits(static_cast<std::size_t>(N * V)), loss(static_cast<std::size_t>(N));
+  GuardedBuffer<std::int32_t> invalid(1);
+  auto eval = [&](const Stage& x, std::int64_t B, std::int64_t T, const std::int32_t* labels, float* rows, float* out,
+                  std::size_t nbytes, void* scr) {
+    return jk_model_eval(&x.w, &x.cfg, db.ids.data(), B, T, labels, rows, out, invalid.data(), scr, nbytes, ctx.stream);
+  };
+  jkt::finish(eval(st, z.B, z.T, db.labels.data(), loss.data(), logits.data(), bytes, scratch.p), ctx.stream,
+              "jk_model_eval");
+  const std::vector<float> got = logits.download(), rows = loss.download();
+  const std::int32_t invalid_count = invalid.download()[0];
+  bool widened = got.size() == r.logits.size();
+  for (std::size_t i = 0; widened && i < got.size(); ++i) widened = jkt::bf16_value(r.logits[i]) == got[i];
+  const bool same_loss = same_bits(rows, r.loss_rows);
+  logits.poison();
+  loss.poison();
+  jkt::finish(eval(st, z.B, z.T, nullptr, nullptr, logits.data(), bytes, scratch.p), ctx.stream, "logits alone");
+  jkt::finish(eval(st, z.B, z.T, db.labels.data(), loss.data(), nullptr, bytes, scratch.p), ctx.stream, "loss alone");
+  const bool alone = same_bits(logits.download(), got) && same_bits(loss.download(), rows);
+  int bad = 0;
+  auto expect_invalid = [&](cudaError_t e) { bad += e == cudaErrorInvalidValue ? 0 : 1; };
+  Stage no_head = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, false, tied);
+  Stage no_embedding = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
+  expect_invalid(eval(no_head, z.B, z.T, nullptr, nullptr, logits.data(), bytes, scratch.p));
+  expect_invalid(eval(no_embedding, z.B, z.T, nullptr, nullptr, logits.data(), bytes, scratch.p));
+  expect_invalid(eval(st, z.B, z.T, db.labels.data(), nullptr, logits.data(), bytes, scratch.p));
+  expect_invalid(eval(st, z.B, 0, nullptr, nullptr, logits.data(), bytes, scratch.p));
+  expect_invalid(eval(st, z.B, z.T, nullptr, nullptr, logits.data(), bytes - 1, scratch.p));
+  expect_invalid(eval(st, z.B, z.T, nullptr, nullptr, logits.data(), bytes, static_cast<char*>(scratch.p) + 16));
+  expect_invalid(jk_model_eval_bytes(&no_head.cfg, z.B, z.T) == 0 ? cudaErrorInvalidValue : cudaSuccess);
+  bad += eval(st, 0, z.T, nullptr, nullptr, logits.data(), 0, nullptr) == cudaSuccess ? 0 : 1;
+  CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+  guards = guards && dm.guards_intact() && logits.guards_intact() && loss.guards_intact() && invalid.guards_intact();
+  const bool pass = widened && same_loss && alone && invalid_count == batch.invalid_ids && guards && bad == 0;
+  return {pass, describe(z, tied) + jkt::format(": logits = jk_model_fwd's widened %d, loss rows bit-identical %d, "
+                                                "alone %d; invalid ids %d; guards %d; bad-argument results %d",
+                                                int(widened), int(same_loss), int(alone), invalid_count, int(guards),
+                                                bad)};
+}
+
 CaseResult argument_case(jkt::Context& ctx) {
   const Sizes z{1, 4, 16, 4, 2, 2, 8, 24, 20, 1};
   jkt::Inputs in(5);
@@ -936,6 +995,12 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
     cases.push_back({"model.grad_accumulate " + describe(tiny, false),
                      [&ctx, tiny, seed] { return accumulate_case(ctx, tiny, seed); }});
   }
+  for (const Sizes& z : {tiny, Sizes{3, 9, 36, 3, 2, 3, 8, 20, 50, 3}})
+    for (const bool tied : {true, false}) {
+      const std::uint64_t seed = ctx.next_seed();
+      cases.push_back(
+          {"model.eval " + describe(z, tied), [&ctx, z, tied, seed] { return eval_case(ctx, z, tied, seed); }});
+    }
   return cases;
 }
 

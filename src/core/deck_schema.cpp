@@ -203,7 +203,10 @@ DeckSchema make_standard_schema() {
         .at_least(0);
     b.integer("limit", 0, "Questions evaluated per task (0: all), as lm-eval's --limit.").at_least(0);
     b.integer("context", 0, "Tokens per evaluated window for perplexity (0: the model's context length).").at_least(0);
-    b.integer("batch_size", 4, "Sequences per forward pass.").at_least(1);
+    b.integer("batch_size", 4, "Sequences per forward pass (perplexity: windows of `context` tokens).").at_least(1);
+    b.choice("precision", "fp32", {"fp32", "bf16"},
+             "fp32: the Kokkos model on any backend; bf16: the CUDA kernels on a GPU (weights rounded to bf16, HF's "
+             "bf16 numerics: bf16 logits, log-likelihoods in fp32 from them).");
     b.path("output", "eval.json",
            "Results file, relative to job/output_dir unless absolute: JSON for perplexity and multiple-choice, a "
            "NumPy `.npy` of float32 logits [sequences, tokens, vocab] for `logits`.");

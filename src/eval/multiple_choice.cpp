@@ -12,11 +12,9 @@
 #include <sstream>
 
 #include "core/error.hpp"
-#include "core/kokkos_compat.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
 #include "io/tokenizer.hpp"
-#include "model/model.hpp"
 
 namespace jetmoe::eval {
 
@@ -599,11 +597,9 @@ std::vector<McRequest> build_mc_requests(const McFile& file, const McOptions& op
   return requests;
 }
 
-void score_mc_requests(Model& model, std::vector<McRequest>& requests, std::int64_t batch_size) {
+void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std::int64_t batch_size) {
   Region region("score");
-  const ModelConfig& c = model.config();
-  const std::size_t max_length = std::size_t(c.max_position_embeddings);
-  const std::int64_t V = c.vocab_size;
+  const std::size_t max_length = std::size_t(forward.config().max_position_embeddings);
   // HFLM: inp = (context + continuation)[-(max_length + 1):][:-1]; the last len(continuation) logits score it.
   std::vector<std::vector<std::int32_t>> inputs(requests.size());
   std::size_t truncated = 0;
@@ -631,56 +627,31 @@ void score_mc_requests(Model& model, std::vector<McRequest>& requests, std::int6
   for (std::size_t first = 0; first < order.size(); first += std::size_t(batch_size)) {
     const std::size_t n = std::min(std::size_t(batch_size), order.size() - first);
     const std::size_t T = inputs[order[first]].size() - 1;
-    IntView2 ids("mc_ids", n, T);
-    auto h_ids = Kokkos::create_mirror_view(ids);
-    std::vector<std::int64_t> rows, targets;  // logit row and target token of every continuation token
+    TokenBatch batch{std::int64_t(n), std::int64_t(T), std::vector<std::int32_t>(n * T, 0)};  // right padding: 0
+    std::vector<std::int32_t> targets(n * T, -1);  // the continuation's tokens, each at the row before it
     for (std::size_t b = 0; b < n; ++b) {
       const auto& in = inputs[order[first + b]];
       const std::size_t len = in.size() - 1, cont = requests[order[first + b]].continuation_ids.size();
-      for (std::size_t t = 0; t < T; ++t) h_ids(b, t) = t < len ? in[t] : 0;  // right padding: never attended to
-      for (std::size_t t = len - cont; t < len; ++t) {
-        rows.push_back(std::int64_t(b * T + t));
-        targets.push_back(in[t + 1]);
-      }
+      std::copy(in.begin(), in.end() - 1, batch.ids.begin() + std::ptrdiff_t(b * T));
+      for (std::size_t t = len - cont; t < len; ++t) targets[b * T + t] = in[t + 1];
     }
-    Kokkos::deep_copy(ids, h_ids);
-    KvCache cache(c, std::int64_t(n), std::int64_t(T));
-    View2 logits("mc_logits", n * T, std::size_t(V));
-    model.forward(ids, cache, logits);
-    // log_softmax(logits[row])[target], in double
-    const std::size_t P = rows.size();
-    Kokkos::View<std::int64_t*, Kokkos::LayoutRight, MemSpace> d_rows("mc_rows", P), d_targets("mc_targets", P);
-    Kokkos::View<double*, Kokkos::LayoutRight, MemSpace> d_logp("mc_logp", P);
-    {
-      Kokkos::View<const std::int64_t*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> hr(rows.data(), P),
-          ht(targets.data(), P);
-      Kokkos::deep_copy(d_rows, hr);
-      Kokkos::deep_copy(d_targets, ht);
-    }
-    Kokkos::parallel_for(
-        "mc_log_softmax", Range(0, std::int64_t(P)), KOKKOS_LAMBDA(std::int64_t p) {
-          const std::int64_t row = d_rows(p);
-          double m = logits(row, 0);
-          for (std::int64_t v = 1; v < V; ++v) m = logits(row, v) > m ? double(logits(row, v)) : m;
-          double z = 0;
-          for (std::int64_t v = 0; v < V; ++v) z += kmath::exp(double(logits(row, v)) - m);
-          d_logp(p) = double(logits(row, d_targets(p))) - m - kmath::log(z);
-        });
-    auto logp = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), d_logp);
-    std::size_t p = 0;
+    const std::vector<double> logp = forward.target_logprobs(batch, targets);
     for (std::size_t b = 0; b < n; ++b) {
       McRequest& r = requests[order[first + b]];
       r.loglikelihood = 0;
-      for (std::size_t t = 0; t < r.continuation_ids.size(); ++t) r.loglikelihood += logp(p++);
+      for (std::size_t i = b * T; i < (b + 1) * T; ++i)
+        if (targets[i] >= 0) r.loglikelihood += logp[i];
     }
   }
 }
 
-McReport evaluate_mc(Model& model, const io::Tokenizer& tokenizer, const McFile& file, const McOptions& options) {
+McReport evaluate_mc(LmForward& forward, const io::Tokenizer& tokenizer, const McFile& file,
+                     const McOptions& options) {
   McReport report;
+  report.precision = forward.precision();
   std::vector<std::size_t> evaluated;
   report.requests = build_mc_requests(file, options, tokenizer, &evaluated);
-  score_mc_requests(model, report.requests, options.batch_size);
+  score_mc_requests(forward, report.requests, options.batch_size);
 
   std::size_t next = 0;
   for (std::size_t di : evaluated) {
@@ -774,6 +745,7 @@ std::string mc_results_json(const McReport& report, const McFile& file, const Mc
   j["fewshot_seed"] = options.fewshot_seed;
   j["limit"] = options.limit;
   j["model"] = model_source;
+  j["precision"] = report.precision;
   auto& results = j["results"];
   results = nlohmann::ordered_json::object();
   for (const auto& m : report.tasks)

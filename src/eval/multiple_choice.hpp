@@ -30,12 +30,11 @@
 #include <string_view>
 #include <vector>
 
-namespace jetmoe {
-class Model;
-namespace io {
+#include "eval/forward.hpp"
+
+namespace jetmoe::io {
 class Tokenizer;
 }
-}  // namespace jetmoe
 
 namespace jetmoe::eval {
 
@@ -120,6 +119,7 @@ struct McReport {
   std::vector<McRequest> requests;     // per evaluated question, one per choice, in order
   std::vector<McDocResult> docs;       // the evaluated questions (limit applied), file order within each task
   std::vector<McTaskMetrics> tasks;    // in order of first appearance; mmlu also gets the group row "mmlu" last
+  std::string precision;               // the forward's (LmForward::precision)
 };
 
 // lm-eval's requests for the questions of `file` (few-shot contexts included), tokenised. Errors (pool too
@@ -129,11 +129,12 @@ std::vector<McRequest> build_mc_requests(const McFile& file, const McOptions& op
 
 // Sum over the continuation's tokens of log p(token | everything before it), the sequences right-padded into
 // batches. Inputs longer than the model's context keep their last max_position_embeddings + 1 tokens (HFLM).
-void score_mc_requests(Model& model, std::vector<McRequest>& requests, std::int64_t batch_size);
+void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std::int64_t batch_size);
 
 // acc (argmax of the log-likelihoods), acc_norm (argmax of log-likelihood / characters of the choice), per task
 // means and stderrs; mmlu's group row: size-weighted mean and lm-eval's pooled stderr over the subjects.
-McReport evaluate_mc(Model& model, const io::Tokenizer& tokenizer, const McFile& file, const McOptions& options);
+McReport evaluate_mc(LmForward& forward, const io::Tokenizer& tokenizer, const McFile& file,
+                     const McOptions& options);
 
 // "| task | n | acc | acc_norm |" Markdown table with value ± stderr.
 std::string mc_results_table(const McReport& report);

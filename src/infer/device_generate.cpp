@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 
-#include "core/bf16.hpp"
 #include "core/error.hpp"
 #include "core/profiling.hpp"
 #include "model/device_model.hpp"
@@ -30,23 +29,8 @@ namespace {
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    device::fail_cuda(e, "generation on the GPU", what, "fewer prompts at once or fewer generate/max_new_tokens");
-}
-
-void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
-
-// A stream of our own, destroyed with the generator.
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"); }
-  ~Stream() {
-    if (s) cudaStreamDestroy(s);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
+// How a failed CUDA call of generation reads.
+const device::CudaErrors cuda{"generation on the GPU", "fewer prompts at once or fewer generate/max_new_tokens"};
 
 // A captured step (exec null: not captured, launch it plainly).
 struct Graph {
@@ -75,10 +59,6 @@ struct Graph {
   }
 };
 
-void copy(void* to, const void* from, std::size_t bytes, cudaMemcpyKind kind, cudaStream_t stream, const char* what) {
-  check(device::copy_and_wait(to, from, bytes, kind, stream), what);
-}
-
 }  // namespace
 
 GenerationResult generate_on_device(const Model& model, const std::vector<std::vector<std::int32_t>>& prompts,
@@ -95,44 +75,27 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   if (B == 0 || params.max_new_tokens <= 0) return result;
   const std::int64_t max_seq = check_prompts(c, prompts, params, result) + params.max_new_tokens;
 
-  // The weights in bf16 (round to nearest even, as HF's .to(bfloat16)), bound to the kernels' structs.
-  Stream stream;
-  device::Buffer rope;
-  check(device::make_rope_table(rope, c), "the RoPE table");
-  const StageSpan whole;
-  jk_model_config_t cfg = device::model_config(c, whole, rope, 0.0, 0.0);
-  jk_model_weights_t w{};
-  std::vector<jk_layer_weights_t> layers(static_cast<std::size_t>(c.num_layers));
-  const std::vector<NamedTensor> named = model.weights().named(c);
-  std::vector<device::Buffer> tensors(named.size());
-  std::vector<std::uint16_t> bits;
-  for (std::size_t i = 0; i < named.size(); ++i) {
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-    bits.resize(host.size());
-    for (std::size_t j = 0; j < bits.size(); ++j) bits[j] = bf16::from_float(host.data()[j]).bits;
-    ensure(tensors[i], bits.size() * 2, "the bf16 weights");
-    copy(tensors[i].p, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice, stream.s, "uploading the weights");
-    device::bind(named[i].name, static_cast<const std::uint16_t*>(tensors[i].as<std::uint16_t>()), 0, layers, true,
-                 c.tie_word_embeddings, w);
-  }
-  w.layers = layers.data();
+  device::Stream stream(cuda);
+  const device::InferenceModel on_device(c, model.weights(), stream.s, cuda);
+  const jk_model_config_t& cfg = *on_device.config();
+  const jk_model_weights_t& w = *on_device.weights();
 
   // One K and one V cache per block, [B, max_seq, H_kv, d] bf16.
   const std::size_t cache_bytes = std::size_t(B * max_seq * c.num_kv_heads * c.head_dim) * 2;
   std::vector<device::Buffer> caches(static_cast<std::size_t>(2 * c.num_layers));
   std::vector<std::uint16_t*> k_caches, v_caches;
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    ensure(caches[std::size_t(2 * l)], cache_bytes, "the KV caches");
-    ensure(caches[std::size_t(2 * l + 1)], cache_bytes, "the KV caches");
+    cuda.ensure(caches[std::size_t(2 * l)], cache_bytes, "the KV caches");
+    cuda.ensure(caches[std::size_t(2 * l + 1)], cache_bytes, "the KV caches");
     k_caches.push_back(caches[std::size_t(2 * l)].as<std::uint16_t>());
     v_caches.push_back(caches[std::size_t(2 * l + 1)].as<std::uint16_t>());
   }
   device::Buffer scratch, ids_dev, len_dev, logits_dev, invalid_dev;
-  ensure(scratch, jk_model_decode_bytes(&cfg, B, max_seq), "the decode scratch buffer");
-  ensure(ids_dev, std::size_t(B) * 4, "token ids");
-  ensure(len_dev, std::size_t(B) * 4, "cache lengths");
-  ensure(logits_dev, std::size_t(B * V) * 4, "the logits");
-  ensure(invalid_dev, 4, "the id check");
+  cuda.ensure(scratch, jk_model_decode_bytes(&cfg, B, max_seq), "the decode scratch buffer");
+  cuda.ensure(ids_dev, std::size_t(B) * 4, "token ids");
+  cuda.ensure(len_dev, std::size_t(B) * 4, "cache lengths");
+  cuda.ensure(logits_dev, std::size_t(B * V) * 4, "the logits");
+  cuda.ensure(invalid_dev, 4, "the id check");
 
   // The step: its inputs (ids, cache lengths) are uploaded into the same buffers every time, so one
   // capture serves every step.
@@ -161,7 +124,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   };
   auto check_ids = [&] {
     std::int32_t invalid = 0;
-    copy(&invalid, invalid_dev.p, 4, cudaMemcpyDeviceToHost, stream.s, "reading the id check");
+    cuda.copy(&invalid, invalid_dev.p, 4, cudaMemcpyDeviceToHost, stream.s, "reading the id check");
     if (invalid != 0)
       fail(ErrorKind::Input, "a prompt has a token id outside the vocabulary [0, " + std::to_string(V) + ")");
   };
@@ -171,21 +134,23 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   double t0 = now();
   {
     device::Buffer prompt_dev, pscratch;
-    ensure(prompt_dev, std::size_t(max_seq) * 4, "the prompt ids");
-    ensure(pscratch, jk_model_prefill_bytes(&cfg, 1, max_seq - params.max_new_tokens), "the prefill scratch buffer");
+    cuda.ensure(prompt_dev, std::size_t(max_seq) * 4, "the prompt ids");
+    cuda.ensure(pscratch, jk_model_prefill_bytes(&cfg, 1, max_seq - params.max_new_tokens),
+                "the prefill scratch buffer");
     const std::size_t stride = std::size_t(max_seq * c.num_kv_heads * c.head_dim);  // one sequence's cache rows
     std::vector<std::uint16_t*> kb(k_caches.size()), vb(v_caches.size());
     for (std::int64_t b = 0; b < B; ++b) {
       const auto& p = prompts[std::size_t(b)];
       for (std::size_t l = 0; l < kb.size(); ++l) kb[l] = k_caches[l] + std::size_t(b) * stride;
       for (std::size_t l = 0; l < vb.size(); ++l) vb[l] = v_caches[l] + std::size_t(b) * stride;
-      copy(prompt_dev.p, p.data(), p.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading a prompt");
-      check(jk_model_prefill(&w, &cfg, prompt_dev.as<std::int32_t>(), 1, std::int64_t(p.size()), kb.data(), vb.data(),
-                             max_seq, logits_dev.as<float>(), invalid_dev.as<std::int32_t>(), pscratch.p,
-                             pscratch.bytes, stream.s),
-            "jk_model_prefill");
+      cuda.copy(prompt_dev.p, p.data(), p.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading a prompt");
+      cuda.check(jk_model_prefill(&w, &cfg, prompt_dev.as<std::int32_t>(), 1, std::int64_t(p.size()), kb.data(),
+                                  vb.data(), max_seq, logits_dev.as<float>(), invalid_dev.as<std::int32_t>(),
+                                  pscratch.p, pscratch.bytes, stream.s),
+                 "jk_model_prefill");
       check_ids();
-      copy(logits.data(), logits_dev.p, std::size_t(V) * 4, cudaMemcpyDeviceToHost, stream.s, "reading the logits");
+      cuda.copy(logits.data(), logits_dev.p, std::size_t(V) * 4, cudaMemcpyDeviceToHost, stream.s,
+                "reading the logits");
       fed[b] = std::int64_t(p.size());
       choose(b, logits.data());
     }
@@ -199,10 +164,10 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
       ids[b] = done[b] ? params.pad_id : last[b];  // a finished sequence rewrites its next (unused) cache row
       lens[b] = std::int32_t(fed[b]);
     }
-    copy(ids_dev.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading token ids");
-    copy(len_dev.p, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading cache lengths");
-    check(graph.exec ? cudaGraphLaunch(graph.exec, stream.s) : decode(), "jk_model_decode");
-    copy(logits.data(), logits_dev.p, logits.size() * 4, cudaMemcpyDeviceToHost, stream.s, "reading the logits");
+    cuda.copy(ids_dev.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading token ids");
+    cuda.copy(len_dev.p, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading cache lengths");
+    cuda.check(graph.exec ? cudaGraphLaunch(graph.exec, stream.s) : decode(), "jk_model_decode");
+    cuda.copy(logits.data(), logits_dev.p, logits.size() * 4, cudaMemcpyDeviceToHost, stream.s, "reading the logits");
     for (std::int64_t b = 0; b < B; ++b) {
       if (done[b]) continue;
       ++fed[b];

@@ -3,6 +3,8 @@
 #if JETMOE_HAVE_CUDA_KERNELS
 #include <algorithm>
 
+#include "core/bf16.hpp"
+
 namespace jetmoe::device {
 
 void fail_cuda(cudaError_t e, const char* context, const char* what, const char* memory_hint) {
@@ -35,6 +37,14 @@ cudaError_t Buffer::ensure(std::size_t n) {
   return e;
 }
 
+Stream::Stream(const CudaErrors& errors) {
+  errors.check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+}
+
+Stream::~Stream() {
+  if (s) cudaStreamDestroy(s);
+}
+
 namespace {
 std::int64_t rope_positions(const ModelConfig& c) { return std::max<std::int64_t>(c.max_position_embeddings, 1); }
 }  // namespace
@@ -60,6 +70,27 @@ jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, cons
   m.has_embedding = span.embedding ? 1 : 0, m.has_head = span.head ? 1 : 0;
   m.final_eps = static_cast<float>(c.rms_norm_eps);
   return m;
+}
+
+InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream,
+                               const CudaErrors& errors) {
+  errors.check(make_rope_table(rope_, c), "the RoPE table");
+  cfg_ = model_config(c, StageSpan{}, rope_, 0.0, 0.0);
+  layers_.resize(static_cast<std::size_t>(c.num_layers));
+  const std::vector<NamedTensor> named = weights.named(c);
+  tensors_.resize(named.size());
+  std::vector<std::uint16_t> bits;
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+    bits.resize(host.size());
+    for (std::size_t j = 0; j < bits.size(); ++j) bits[j] = bf16::from_float(host.data()[j]).bits;
+    errors.ensure(tensors_[i], bits.size() * 2, "the bf16 weights");
+    errors.copy(tensors_[i].p, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice, stream, "uploading the weights");
+    // Qualified: an unqualified call also finds std::bind by the arguments' namespace, a better match.
+    device::bind(named[i].name, static_cast<const std::uint16_t*>(tensors_[i].as<std::uint16_t>()), 0, layers_, true,
+                 c.tie_word_embeddings, w_);
+  }
+  w_.layers = layers_.data();
 }
 
 namespace {

@@ -1,8 +1,8 @@
 #pragma once
 // The model's tensors on a CUDA GPU for the kernels of kernels/ (jetmoe/model.h): device buffers and
 // the mapping of checkpoint tensor names onto the kernels' weight and gradient structs. Shared by the
-// bf16 training stage (train/device_network.cpp) and generation on the GPU (infer/device_generate.cpp).
-// Built with the CUDA kernels only.
+// bf16 training stage (train/device_network.cpp), generation (infer/device_generate.cpp) and
+// evaluation (eval/device_forward.cpp) on the GPU. Built with the CUDA kernels only.
 #include "jetmoe/build_config.hpp"
 
 #if JETMOE_HAVE_CUDA_KERNELS
@@ -55,12 +55,56 @@ class Buffer {
   std::size_t bytes = 0;
 };
 
+// How one user of the GPU reports a failed CUDA call: fail_cuda with its context ("generation on the
+// GPU") and what to change when the GPU is out of memory; and the calls it checks that way.
+struct CudaErrors {
+  const char* context;
+  const char* memory_hint;
+  void check(cudaError_t e, const char* what) const {
+    if (e != cudaSuccess) fail_cuda(e, context, what, memory_hint);
+  }
+  void ensure(Buffer& b, std::size_t bytes, const char* what) const { check(b.ensure(bytes), what); }
+  void copy(void* to, const void* from, std::size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
+            const char* what) const {
+    check(copy_and_wait(to, from, bytes, kind, stream), what);
+  }
+};
+
+// A non-blocking stream of our own, destroyed with the object.
+class Stream {
+ public:
+  explicit Stream(const CudaErrors& errors);
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream();
+  cudaStream_t s = nullptr;
+};
+
 // The kernels' configuration of `span` of the model (tuned paths; router loss coefficients as
 // given) over the RoPE table `rope`, which make_rope_table fills.
 jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, const Buffer& rope, double coef_switch,
                                double coef_z);
 // The RoPE table of every position of the model (cos/sin in fp32), on the device when it returns.
 cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c);
+
+// The whole model for inference (generation, evaluation): its weights rounded to bf16 once (round to
+// nearest even, as HF's .to(bfloat16)) and uploaded through `stream`, bound to the kernels' struct, with
+// the RoPE table and the kernels' configuration (no router losses).
+class InferenceModel {
+ public:
+  InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream, const CudaErrors& errors);
+  InferenceModel(const InferenceModel&) = delete;
+  InferenceModel& operator=(const InferenceModel&) = delete;
+  const jk_model_config_t* config() const { return &cfg_; }
+  const jk_model_weights_t* weights() const { return &w_; }
+
+ private:
+  Buffer rope_;
+  jk_model_config_t cfg_{};
+  std::vector<Buffer> tensors_;
+  std::vector<jk_layer_weights_t> layers_;  // w_.layers points here
+  jk_model_weights_t w_{};
+};
 
 // Where checkpoint tensor `name` goes in the kernels' structs.
 struct TensorPlace {

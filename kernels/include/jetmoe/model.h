@@ -132,6 +132,21 @@ cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_
                              int64_t max_seq, float* logits, int32_t* invalid_ids, void* scratch, size_t scratch_bytes,
                              cudaStream_t stream);
 
+// ---- eval: the logits of whole sequences, nothing kept for a backward --------------------------------
+// ids [B, T] int32 device: B sequences of T tokens (positions 0..T-1; invalid ids as jk_model_decode)
+// through the whole model (has_embedding and has_head) as jk_model_prefill runs it (one block's forward
+// buffers at a time), then the head over all N = B T positions: jk_model_fwd's bf16 logits bit for bit
+// (the same kernels in the same order). Outputs (device; each may be null):
+//   logits    [N, V] fp32  the bf16 logits widened (what HF's bf16 model returns, .float())
+//   loss_rows [N] fp32     given labels [N] int32 (shifted targets, -100 = not counted; both or neither):
+//                          jk_model_fwd's per-token cross-entropy logsumexp(logits[t]) - logits[t, labels[t]]
+// scratch: jk_model_eval_bytes(cfg, B, T) bytes (0 for bad arguments), 256-byte aligned: the block
+// boundaries and the bf16 logits [N, V], one block's buffers rather than jk_model_train_bytes' L.
+size_t jk_model_eval_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq);
+cudaError_t jk_model_eval(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
+                          int64_t batch, int64_t seq, const int32_t* labels, float* loss_rows, float* logits,
+                          int32_t* invalid_ids, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+
 // Where the forward's saved buffer keeps the logits [N, V] bf16 (valid after jk_model_fwd, before
 // jk_model_bwd) and block l's saved buffer (for jk_layer_saved_expert_ids). For evaluation and tests.
 cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,

@@ -1,0 +1,25 @@
+#pragma once
+// Perplexity of a token stream (eval/task = perplexity) over non-overlapping windows: each window of up
+// to `window` tokens predicts its tokens 1..n-1 from the ones before it in the window (no context
+// crosses a window boundary); a last window of one token predicts nothing.
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "eval/forward.hpp"
+
+namespace jetmoe::eval {
+
+struct PerplexityResult {
+  double nll = 0;  // summed over the predicted tokens, nats
+  std::int64_t predicted = 0;
+  double mean_nll() const { return predicted > 0 ? nll / double(predicted) : 0.0; }
+  double perplexity() const { return std::exp(mean_nll()); }
+};
+
+// Full windows go batch_size to a forward, a shorter last one alone; the sum runs in window order,
+// so the result depends on batch_size only as far as the forward's rows do.
+PerplexityResult perplexity(LmForward& forward, const std::vector<std::int32_t>& ids, std::int64_t window,
+                            std::int64_t batch_size);
+
+}  // namespace jetmoe::eval
