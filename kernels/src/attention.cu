@@ -1854,16 +1854,25 @@ cudaError_t attention_wgmma_supported(const jk_attention_shape_t& s, const void*
   return sm90a_available(ok);
 }
 
+// Calls f(D, G) with the kernels' compile-time head dim (64 or 128) and query heads per CTA: two query
+// heads of one K/V head share a CTA when the slots pair up, else one.
+template <typename F>
+cudaError_t with_tile_shape(const jk_attention_shape_t& s, F&& f) {
+  using D64 = std::integral_constant<int, 64>;
+  using D128 = std::integral_constant<int, 128>;
+  using G1 = std::integral_constant<int, 1>;
+  using G2 = std::integral_constant<int, 2>;
+  const bool pair = (s.q_heads / s.kv_heads) % 2 == 0;
+  if (s.head_dim == 128) return pair ? f(D128{}, G2{}) : f(D128{}, G1{});
+  return pair ? f(D64{}, G2{}) : f(D64{}, G1{});
+}
+
 cudaError_t attention_fwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
                                 const std::int32_t* seq_len, std::uint16_t* out, float* lse,
                                 const jk_attention_shape_t& s, cudaStream_t stream) {
-  const bool pair = (s.q_heads / s.kv_heads) % 2 == 0;  // one CTA serves two query heads of one K/V head
-  if (s.head_dim == 128) {
-    return pair ? launch_fwd_wgmma<128, 2>(q, k, v, seq_len, out, lse, s, stream)
-                : launch_fwd_wgmma<128, 1>(q, k, v, seq_len, out, lse, s, stream);
-  }
-  return pair ? launch_fwd_wgmma<64, 2>(q, k, v, seq_len, out, lse, s, stream)
-              : launch_fwd_wgmma<64, 1>(q, k, v, seq_len, out, lse, s, stream);
+  return with_tile_shape(s, [&](auto d, auto g) {
+    return launch_fwd_wgmma<decltype(d)::value, decltype(g)::value>(q, k, v, seq_len, out, lse, s, stream);
+  });
 }
 
 template <typename TOut>
@@ -1871,25 +1880,18 @@ cudaError_t attention_bwd_wgmma(const std::uint16_t* q, const std::uint16_t* k, 
                                 const float* lse, const std::uint16_t* dout, const std::int32_t* seq_len,
                                 const float* delta, TOut* dq, TOut* dk, TOut* dv, const jk_attention_shape_t& s,
                                 cudaStream_t stream) {
-  const bool pair = (s.q_heads / s.kv_heads) % 2 == 0;
-  if (s.head_dim == 128) {
-    return pair ? launch_bwd_wgmma<128, 2, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream)
-                : launch_bwd_wgmma<128, 1, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
-  }
-  return pair ? launch_bwd_wgmma<64, 2, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream)
-              : launch_bwd_wgmma<64, 1, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
+  return with_tile_shape(s, [&](auto d, auto g) {
+    return launch_bwd_wgmma<decltype(d)::value, decltype(g)::value, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk,
+                                                                          dv, s, stream);
+  });
 }
 
 cudaError_t attention_fwd_tuned(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
                                 const std::int32_t* seq_len, std::uint16_t* out, float* lse,
                                 const jk_attention_shape_t& s, cudaStream_t stream) {
-  const bool pair = (s.q_heads / s.kv_heads) % 2 == 0;  // one CTA serves two query heads of one K/V head
-  if (s.head_dim == 128) {
-    return pair ? launch_fwd_tuned<128, 2>(q, k, v, seq_len, out, lse, s, stream)
-                : launch_fwd_tuned<128, 1>(q, k, v, seq_len, out, lse, s, stream);
-  }
-  return pair ? launch_fwd_tuned<64, 2>(q, k, v, seq_len, out, lse, s, stream)
-              : launch_fwd_tuned<64, 1>(q, k, v, seq_len, out, lse, s, stream);
+  return with_tile_shape(s, [&](auto d, auto g) {
+    return launch_fwd_tuned<decltype(d)::value, decltype(g)::value>(q, k, v, seq_len, out, lse, s, stream);
+  });
 }
 
 template <typename TOut>
@@ -1897,13 +1899,10 @@ cudaError_t attention_bwd_tuned(const std::uint16_t* q, const std::uint16_t* k, 
                                 const float* lse, const std::uint16_t* dout, const std::int32_t* seq_len,
                                 const float* delta, TOut* dq, TOut* dk, TOut* dv, const jk_attention_shape_t& s,
                                 cudaStream_t stream) {
-  const bool pair = (s.q_heads / s.kv_heads) % 2 == 0;
-  if (s.head_dim == 128) {
-    return pair ? launch_bwd_tuned<128, 2, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream)
-                : launch_bwd_tuned<128, 1, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
-  }
-  return pair ? launch_bwd_tuned<64, 2, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream)
-              : launch_bwd_tuned<64, 1, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk, dv, s, stream);
+  return with_tile_shape(s, [&](auto d, auto g) {
+    return launch_bwd_tuned<decltype(d)::value, decltype(g)::value, TOut>(q, k, v, lse, dout, seq_len, delta, dq, dk,
+                                                                          dv, s, stream);
+  });
 }
 
 #endif  // JK_ATTENTION_EMULATE

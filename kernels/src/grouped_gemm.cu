@@ -1074,26 +1074,14 @@ cudaError_t wgmma_path_ok(const GgParams& p, bool* ok) {
 // B = in [rows, k] (both 64 x 64 MN-major boxes).
 template <GgMode MODE, typename OutT>
 cudaError_t launch_wgmma(const GgParams& p, cudaStream_t stream) {
-  const std::int64_t w_rows = static_cast<std::int64_t>(p.num_experts) * p.n;
+  const bool fwd = MODE == GgMode::kFwd || MODE == GgMode::kFwdSwiglu;
+  const std::int64_t a_inner = fwd ? p.k : p.n;                        // in, or dout
+  const int a_box = MODE == GgMode::kBwdWeight ? kWgBK : kWgBM;         // MN-major 64 x 64 boxes, or 128 rows
+  const std::int64_t b_outer = MODE == GgMode::kBwdWeight ? p.rows : static_cast<std::int64_t>(p.num_experts) * p.n;
+  const int b_box = MODE == GgMode::kFwd ? kWgBN : MODE == GgMode::kFwdSwiglu ? kWgBN / 2 : kWgBK;
   CUtensorMap map_a, map_b;
-  switch (MODE) {
-    case GgMode::kFwd:
-      JK_RETURN_IF_ERROR(make_tile_map(&map_a, p.a, p.k, p.rows, kWgBM));
-      JK_RETURN_IF_ERROR(make_tile_map(&map_b, p.b, p.k, w_rows, kWgBN));
-      break;
-    case GgMode::kFwdSwiglu:
-      JK_RETURN_IF_ERROR(make_tile_map(&map_a, p.a, p.k, p.rows, kWgBM));
-      JK_RETURN_IF_ERROR(make_tile_map(&map_b, p.b, p.k, w_rows, kWgBN / 2));
-      break;
-    case GgMode::kBwdData:
-      JK_RETURN_IF_ERROR(make_tile_map(&map_a, p.a, p.n, p.rows, kWgBM));
-      JK_RETURN_IF_ERROR(make_tile_map(&map_b, p.b, p.k, w_rows, kWgBK));
-      break;
-    case GgMode::kBwdWeight:
-      JK_RETURN_IF_ERROR(make_tile_map(&map_a, p.a, p.n, p.rows, kWgBK));
-      JK_RETURN_IF_ERROR(make_tile_map(&map_b, p.b, p.k, p.rows, kWgBK));
-      break;
-  }
+  JK_RETURN_IF_ERROR(make_tile_map(&map_a, p.a, a_inner, p.rows, a_box));
+  JK_RETURN_IF_ERROR(make_tile_map(&map_b, p.b, p.k, b_outer, b_box));
   JK_RETURN_IF_ERROR(cudaFuncSetAttribute(gg_wgmma_kernel<MODE, OutT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           kWgSmemBytes));
   int sms = 0;
