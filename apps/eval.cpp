@@ -192,7 +192,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<eval::LmForward> forward;
     if (on_gpu) {
       log::info("evaluating on %s (bf16)", device_training_description().c_str());
-      forward = std::make_unique<eval::DeviceForward>(model);
+      forward = std::make_unique<eval::DeviceForward>(model, gpu_kernels_from(deck.get_string("job", "gpu_kernels")));
     } else {
       forward = std::make_unique<eval::ModelForward>(model);
     }

@@ -115,7 +115,9 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     };
     if (on_gpu) log::info("generating on %s (bf16)", device_training_description().c_str());
-    const GenerationResult result = on_gpu ? generate_on_device(model, prompts, params, on_token)
+    DeviceGenerationOptions device_options;
+    device_options.kernels = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
+    const GenerationResult result = on_gpu ? generate_on_device(model, prompts, params, on_token, device_options)
                                            : generate(model, prompts, params, on_token);
     if (stream) std::printf("%s\n", decoder.finish().c_str());
     if (!stream && ctx.comm.is_root())

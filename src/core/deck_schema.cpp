@@ -24,6 +24,11 @@ DeckSchema make_standard_schema() {
            "Peak GFLOP/s per rank that MFU is relative to (0: measured at start-up as the best of three 1024^3 "
            "SGEMMs on the rank).")
         .at_least(0);
+    b.choice("gpu_kernels", "tuned", {"tuned", "wgmma", "simple"},
+             "Which CUDA kernels the bf16 paths run (train, generate and eval with precision = bf16): tuned (the "
+             "mma.sync kernels), wgmma (the sm_90a TMA/wgmma kernels on an H100/H200 with a 90a build, the tuned ones "
+             "elsewhere; checked on the emulated GPU, not yet on a real one) or simple (the straightforward fallback "
+             "kernels: slow, to rule out a tuned kernel). The same model, different fp32 summation orders.");
   }
   {
     auto& b = s.block("model",

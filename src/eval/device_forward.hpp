@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "eval/forward.hpp"
+#include "model/gpu_kernels.hpp"
 
 namespace jetmoe {
 class Model;
@@ -24,7 +25,8 @@ class DeviceForward final : public LmForward {
  public:
   // Uploads the weights. Throws jetmoe::Error: Deck ("eval/precision = bf16: <why>") where
   // device_evaluation_unavailable() says why, Input for a GPU without the memory for the weights.
-  explicit DeviceForward(const Model& model);
+  // `kernels`: which CUDA kernels (job/gpu_kernels).
+  explicit DeviceForward(const Model& model, GpuKernels kernels = GpuKernels::Tuned);
   ~DeviceForward() override;
   DeviceForward(const DeviceForward&) = delete;
   DeviceForward& operator=(const DeviceForward&) = delete;

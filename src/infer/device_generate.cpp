@@ -76,7 +76,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   const std::int64_t max_seq = check_prompts(c, prompts, params, result) + params.max_new_tokens;
 
   device::Stream stream(cuda);
-  const device::InferenceModel on_device(c, model.weights(), stream.s, cuda);
+  const device::InferenceModel on_device(c, model.weights(), stream.s, cuda, options.kernels);
   const jk_model_config_t& cfg = *on_device.config();
   const jk_model_weights_t& w = *on_device.weights();
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "infer/generate.hpp"
+#include "model/gpu_kernels.hpp"
 #include "model/model.hpp"
 
 namespace jetmoe {
@@ -27,6 +28,8 @@ struct DeviceGenerationOptions {
   // which removes the launch latencies that dominate a one-token step; false, or a capture the driver
   // refuses: plain launches. The same results either way.
   bool cuda_graph = true;
+  // Which CUDA kernels (job/gpu_kernels).
+  GpuKernels kernels = GpuKernels::Tuned;
 };
 
 // As generate(). Throws

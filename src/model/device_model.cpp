@@ -59,13 +59,14 @@ cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c) {
 }
 
 jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, const Buffer& rope, double coef_switch,
-                               double coef_z) {
+                               double coef_z, GpuKernels kernels) {
   jk_model_config_t m{};
   jk_layer_config_t& l = m.layer;
   l.hidden = c.hidden_size, l.num_experts = c.num_experts, l.top_k = c.top_k, l.kv_heads = c.num_kv_heads;
   l.head_dim = c.head_dim, l.ffn = c.ffn_hidden_size, l.eps = static_cast<float>(c.block_norm_eps);
   l.aux_switch_coef = static_cast<float>(coef_switch), l.aux_z_coef = static_cast<float>(coef_z);
-  l.rope_table = rope.as<float>(), l.rope_max_positions = rope_positions(c), l.path = JK_LAYER_TUNED;
+  l.rope_table = rope.as<float>(), l.rope_max_positions = rope_positions(c);
+  l.path = kernels == GpuKernels::Wgmma ? JK_LAYER_WGMMA : kernels == GpuKernels::Simple ? JK_LAYER_SIMPLE : JK_LAYER_TUNED;
   m.vocab = c.vocab_size, m.num_layers = span.end(c) - span.first_layer;
   m.has_embedding = span.embedding ? 1 : 0, m.has_head = span.head ? 1 : 0;
   m.final_eps = static_cast<float>(c.rms_norm_eps);
@@ -73,9 +74,9 @@ jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, cons
 }
 
 InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream,
-                               const CudaErrors& errors) {
+                               const CudaErrors& errors, GpuKernels kernels) {
   errors.check(make_rope_table(rope_, c), "the RoPE table");
-  cfg_ = model_config(c, StageSpan{}, rope_, 0.0, 0.0);
+  cfg_ = model_config(c, StageSpan{}, rope_, 0.0, 0.0, kernels);
   layers_.resize(static_cast<std::size_t>(c.num_layers));
   const std::vector<NamedTensor> named = weights.named(c);
   tensors_.resize(named.size());

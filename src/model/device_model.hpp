@@ -16,6 +16,7 @@
 #include "core/error.hpp"
 #include "jetmoe/kernels.h"
 #include "model/config.hpp"
+#include "model/gpu_kernels.hpp"
 #include "model/weights.hpp"
 
 namespace jetmoe::device {
@@ -80,10 +81,10 @@ class Stream {
   cudaStream_t s = nullptr;
 };
 
-// The kernels' configuration of `span` of the model (tuned paths; router loss coefficients as
-// given) over the RoPE table `rope`, which make_rope_table fills.
+// The kernels' configuration of `span` of the model (the layer path of `kernels`; router loss
+// coefficients as given) over the RoPE table `rope`, which make_rope_table fills.
 jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, const Buffer& rope, double coef_switch,
-                               double coef_z);
+                               double coef_z, GpuKernels kernels = GpuKernels::Tuned);
 // The RoPE table of every position of the model (cos/sin in fp32), on the device when it returns.
 cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c);
 
@@ -92,7 +93,8 @@ cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c);
 // the RoPE table and the kernels' configuration (no router losses).
 class InferenceModel {
  public:
-  InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream, const CudaErrors& errors);
+  InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream, const CudaErrors& errors,
+                 GpuKernels kernels = GpuKernels::Tuned);
   InferenceModel(const InferenceModel&) = delete;
   InferenceModel& operator=(const InferenceModel&) = delete;
   const jk_model_config_t* config() const { return &cfg_; }

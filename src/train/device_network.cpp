@@ -55,7 +55,7 @@ std::string device_training_unavailable() {
 }
 std::string device_training_description() { return "none"; }
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, double, const StageSpan&,
-                                                  std::shared_ptr<GpuComms>) {
+                                                  std::shared_ptr<GpuComms>, GpuKernels) {
   fail(ErrorKind::Deck, "train/precision = bf16: " + device_training_unavailable());
 }
 
@@ -99,13 +99,13 @@ void download(void* to, const void* from, std::size_t bytes, cudaStream_t stream
 class DeviceNetwork final : public StageNetwork, public StageLink {
  public:
   DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span,
-                std::shared_ptr<GpuComms> comms)
+                std::shared_ptr<GpuComms> comms, GpuKernels kernels)
       : c_(c), cs_(coef_switch), cz_(coef_z), span_(span), comms_(std::move(comms)) {
     first_ = span.first_layer;
     layers_ = span.end(c) - span.first_layer;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     check(device::make_rope_table(rope_, c), "the RoPE table");
-    cfg_ = device::model_config(c, span, rope_, coef_switch, coef_z);
+    cfg_ = device::model_config(c, span, rope_, coef_switch, coef_z, kernels);
     layer_w_.assign(static_cast<std::size_t>(layers_), jk_layer_weights_t{});
     layer_g_.assign(static_cast<std::size_t>(layers_), jk_layer_grads_t{});
     slots_.resize(1);
@@ -450,10 +450,11 @@ std::string device_training_description() {
 }
 
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
-                                                  const StageSpan& span, std::shared_ptr<GpuComms> comms) {
+                                                  const StageSpan& span, std::shared_ptr<GpuComms> comms,
+                                                  GpuKernels kernels) {
   const std::string why = device_training_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "train/precision = bf16: " + why + "; use fp32");
-  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms));
+  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms), kernels);
 }
 
 #endif

@@ -28,6 +28,7 @@
 #include <memory>
 #include <string>
 
+#include "model/gpu_kernels.hpp"
 #include "parallel/comm.hpp"
 #include "train/network.hpp"
 
@@ -59,7 +60,9 @@ std::string device_training_description();
 // The device stage for `span` of the model. Throws jetmoe::Error when device_training_unavailable()
 // is not empty or device memory runs out. With `comms`, its boundaries and gradient sums go by NCCL
 // (it is its own StageLink and sums_gradients()); without, by the Pipeline and the trainer over MPI.
+// `kernels`: which CUDA kernels (job/gpu_kernels).
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
-                                                  const StageSpan& span, std::shared_ptr<GpuComms> comms = nullptr);
+                                                  const StageSpan& span, std::shared_ptr<GpuComms> comms = nullptr,
+                                                  GpuKernels kernels = GpuKernels::Tuned);
 
 }  // namespace jetmoe
