@@ -31,6 +31,18 @@ def add_block_args(parser):
     parser.add_argument("--attn", default=None, help="eager or sdpa (default: sdpa on cuda, eager on cpu)")
 
 
+def block_config(a, device, **sizes):
+    """(JetMoeConfig, attention implementation) of add_block_args' sizes plus `sizes` (vocab, layers,
+    context, ...): sdpa on cuda, eager on cpu unless --attn says otherwise."""
+    from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
+    attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
+    cfg = JetMoeConfig(hidden_size=a.hidden, num_local_experts=a.experts, num_experts_per_tok=a.top_k,
+                       num_key_value_heads=a.kv_heads, kv_channels=a.head_dim, intermediate_size=a.ffn,
+                       rope_theta=10000.0, attn_implementation=attn, **sizes)
+    cfg._attn_implementation = attn
+    return cfg, attn
+
+
 def select_device(name, prog, smoke="--device cpu"):
     """torch.device(name); exits 77 (as the C++ benches do) when CUDA is asked for and there is none."""
     device = torch.device(name)

@@ -21,11 +21,10 @@ import argparse
 import torch
 
 from transformers import DynamicCache
-from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
 from transformers.models.jetmoe.modeling_jetmoe import JetMoeDecoderLayer, JetMoeRotaryEmbedding
 
-from peer_common import (add_block_args, add_run_args, decode_block_bytes, layer_flops_per_token, median_ms,
-                         report_throughput, select_device, throughput_row)
+from peer_common import (add_block_args, add_run_args, block_config, decode_block_bytes, layer_flops_per_token,
+                         median_ms, report_throughput, select_device, throughput_row)
 
 
 def aux_loss(logits, k):
@@ -49,13 +48,10 @@ def main():
     add_run_args(p, reps=10, warmup=2)
     a = p.parse_args()
     device = select_device(a.device, "peer_layer.py", "--device cpu and small sizes (see the docstring)")
-    attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
     torch.manual_seed(20240407)
     D, E, k, Hkv, d, F = a.hidden, a.experts, a.top_k, a.kv_heads, a.head_dim, a.ffn
-    cfg = JetMoeConfig(hidden_size=D, num_local_experts=E, num_experts_per_tok=k, num_key_value_heads=Hkv,
-                       kv_channels=d, intermediate_size=F, num_hidden_layers=1, vocab_size=32,
-                       max_position_embeddings=max(a.seq, a.context), rope_theta=10000.0, attn_implementation=attn)
-    cfg._attn_implementation = attn
+    cfg, attn = block_config(a, device, num_hidden_layers=1, vocab_size=32,
+                             max_position_embeddings=max(a.seq, a.context))
     layer = JetMoeDecoderLayer(cfg, layer_idx=0).to(device=device, dtype=torch.bfloat16)
     with torch.no_grad():
         for name, prm in layer.named_parameters():

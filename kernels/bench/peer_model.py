@@ -21,11 +21,10 @@ import argparse
 import torch
 
 from transformers import DynamicCache
-from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
 from transformers.models.jetmoe.modeling_jetmoe import JetMoeForCausalLM, JetMoeRotaryEmbedding
 
-from peer_common import (add_block_args, add_run_args, decode_block_bytes, device_name, layer_flops_per_token,
-                         median_ms, report_throughput, select_device, throughput_row)
+from peer_common import (add_block_args, add_run_args, block_config, decode_block_bytes, device_name,
+                         layer_flops_per_token, median_ms, report_throughput, select_device, throughput_row)
 
 
 def main():
@@ -38,14 +37,11 @@ def main():
     add_run_args(p, reps=50, warmup=5)
     a = p.parse_args()
     device = select_device(a.device, "peer_model.py", "--device cpu and small sizes (see the docstring)")
-    attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
     torch.manual_seed(20240407)
     V, L, D, E, k, Hkv, d, F = a.vocab, a.layers, a.hidden, a.experts, a.top_k, a.kv_heads, a.head_dim, a.ffn
     ctx = a.context
-    cfg = JetMoeConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_local_experts=E, num_experts_per_tok=k,
-                       num_key_value_heads=Hkv, kv_channels=d, intermediate_size=F, max_position_embeddings=ctx,
-                       rope_theta=10000.0, tie_word_embeddings=False, attn_implementation=attn)
-    cfg._attn_implementation = attn
+    cfg, attn = block_config(a, device, vocab_size=V, num_hidden_layers=L, max_position_embeddings=ctx,
+                             tie_word_embeddings=False)
     with torch.device("meta"):
         model = JetMoeForCausalLM(cfg).to(torch.bfloat16)
     model = model.to_empty(device=device)

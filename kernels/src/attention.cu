@@ -1202,6 +1202,40 @@ constexpr int kWgAttnQ = 64;      // query rows per CTA (one wgmma M)
 constexpr int kWgAttnKeys = 128;  // keys per K/V tile (S: N = 128)
 constexpr int kWgAttnStages = 2;
 
+// The query block of a CTA shaped like the forward's: sequence b (blockIdx.z), K/V head h and group of
+// query heads (blockIdx.y), ROWS query rows from m0 (the last block first: the longest rows start first),
+// the sequence's length, and the key tiles of KEYS that the block's rows see (causal, up to len).
+template <int ROWS, int KEYS>
+struct WgQueryBlock {
+  std::int64_t b, h, group, m0, len;
+  int key_tiles;
+  __device__ WgQueryBlock(const std::int32_t* seq_len, std::int64_t T, std::int64_t Hkv)
+      : b(blockIdx.z), h(blockIdx.y % Hkv), group(blockIdx.y / Hkv),
+        m0((static_cast<std::int64_t>(gridDim.x) - 1 - blockIdx.x) * ROWS), len(clamp_len(seq_len, b, T)) {
+    const std::int64_t q_end = m0 + ROWS < len ? m0 + ROWS : len;
+    key_tiles = q_end > m0 ? static_cast<int>((q_end + KEYS - 1) / KEYS) : 0;
+  }
+};
+
+// The producer of a K/V ring (forward, dQ): for each of `num_tiles` tiles of KEYS keys of K/V head h of
+// sequence b, waits until its stage is free (empty[s] at full0 + 8 (STAGES + s)), then loads K and V,
+// each HALVES rows of 128 bytes per key, into stage s at ring + 2 s kv_bytes (K, then V) on full[s].
+template <int KEYS, int HALVES, int STAGES>
+__device__ __forceinline__ void produce_kv_tiles(int num_tiles, std::uint32_t full0, std::uint32_t ring,
+                                                 const CUtensorMap* map_k, const CUtensorMap* map_v, int h, int b) {
+  constexpr std::uint32_t kKvBytes = HALVES * KEYS * 128;
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int st = tile % STAGES;
+    mbar_wait(full0 + 8 * (STAGES + st), ((tile / STAGES) & 1) ^ 1u);
+    const std::uint32_t full = full0 + 8 * st, k_t = ring + st * 2 * kKvBytes, v_t = k_t + kKvBytes;
+    mbar_arrive_expect_tx(full, 2 * kKvBytes);
+    for (int half = 0; half < HALVES; ++half) {
+      tma_load_4d(k_t + half * KEYS * 128, map_k, 64 * half, h, tile * KEYS, b, full);
+      tma_load_4d(v_t + half * KEYS * 128, map_v, 64 * half, h, tile * KEYS, b, full);
+    }
+  }
+}
+
 template <int D, int G>
 struct WgAttnLayout {
   static constexpr int kHalves = D / 64;                          // 128-byte rows per head-dim
@@ -1224,26 +1258,14 @@ __global__ void __launch_bounds__((G + 1) * 128, 1)
   __trap();
 #else
   extern __shared__ __align__(128) unsigned char attn_wg_smem[];
-  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(attn_wg_smem));
-  const std::uint32_t smem = (raw + 1023u) & ~1023u;
+  const std::uint32_t smem = swizzle_aligned(attn_wg_smem);
   const std::uint32_t q_s = smem, kv_s = smem + L::kQBytes;
   const std::uint32_t q_full = smem + L::kBarrierOffset;
   const std::uint32_t full0 = q_full + 8, empty0 = full0 + 8 * kWgAttnStages;
-  const std::int64_t b = blockIdx.z;
-  const std::int64_t h = blockIdx.y % Hkv;
-  const std::int64_t group = blockIdx.y / Hkv;
-  const std::int64_t m0 = (static_cast<std::int64_t>(gridDim.x) - 1 - blockIdx.x) * kWgAttnQ;  // longest rows first
-  const std::int64_t len = clamp_len(seq_len, b, T);
-  const std::int64_t q_end = m0 + kWgAttnQ < len ? m0 + kWgAttnQ : len;
-  const int num_tiles = q_end > m0 ? static_cast<int>((q_end + kWgAttnKeys - 1) / kWgAttnKeys) : 0;
-  if (threadIdx.x == 0) {
-    mbar_init(q_full, 1);
-    for (int s = 0; s < kWgAttnStages; ++s) {
-      mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, G * 128);
-    }
-    mbar_fence_init();
-  }
+  const WgQueryBlock<kWgAttnQ, kWgAttnKeys> blk(seq_len, T, Hkv);
+  const std::int64_t b = blk.b, h = blk.h, group = blk.group, m0 = blk.m0, len = blk.len;
+  const int num_tiles = blk.key_tiles;
+  init_ring_barriers(full0, kWgAttnStages, G * 128, q_full);
   __syncthreads();
   const int warpgroup = threadIdx.x / 128;
 
@@ -1256,19 +1278,8 @@ __global__ void __launch_bounds__((G + 1) * 128, 1)
         tma_load_4d(q_s + (c * kHalves + half) * kWgAttnQ * 128, &map_q, 64 * half, head, static_cast<int>(m0),
                     static_cast<int>(b), q_full);
     }
-    for (int tile = 0; tile < num_tiles; ++tile) {
-      const int stage = tile % kWgAttnStages;
-      mbar_wait(empty0 + 8 * stage, ((tile / kWgAttnStages) & 1) ^ 1u);
-      const std::uint32_t full = full0 + 8 * stage;
-      const std::uint32_t k_tile = kv_s + stage * L::kStageBytes, v_tile = k_tile + L::kKvBytes;
-      mbar_arrive_expect_tx(full, L::kStageBytes);
-      for (int half = 0; half < kHalves; ++half) {
-        tma_load_4d(k_tile + half * kWgAttnKeys * 128, &map_k, 64 * half, static_cast<int>(h), tile * kWgAttnKeys,
-                    static_cast<int>(b), full);
-        tma_load_4d(v_tile + half * kWgAttnKeys * 128, &map_v, 64 * half, static_cast<int>(h), tile * kWgAttnKeys,
-                    static_cast<int>(b), full);
-      }
-    }
+    produce_kv_tiles<kWgAttnKeys, kHalves, kWgAttnStages>(num_tiles, full0, kv_s, &map_k, &map_v, static_cast<int>(h),
+                                                          static_cast<int>(b));
     return;
   }
 
@@ -1466,8 +1477,7 @@ __global__ void __launch_bounds__(256, 1)
   __trap();
 #else
   extern __shared__ __align__(128) unsigned char attn_wg_smem[];
-  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(attn_wg_smem));
-  const std::uint32_t smem = (raw + 1023u) & ~1023u;
+  const std::uint32_t smem = swizzle_aligned(attn_wg_smem);
   const std::uint32_t k_s = smem, v_s = smem + kTile, ring = smem + 2 * kTile;  // stage s: q, then dout
   const std::uint32_t kv_full = ring + kWgBwdStages * 2 * kTile;
   const std::uint32_t full0 = kv_full + 8, empty0 = full0 + 8 * kWgBwdStages;
@@ -1477,14 +1487,7 @@ __global__ void __launch_bounds__(256, 1)
   const std::int64_t slots = Hq / Hkv;
   const std::int64_t m_tiles = k0 < len ? (len - k0 + kWgBwdRows - 1) / kWgBwdRows : 0;
   const int iters = static_cast<int>(slots * m_tiles);
-  if (threadIdx.x == 0) {
-    mbar_init(kv_full, 1);
-    for (int st = 0; st < kWgBwdStages; ++st) {
-      mbar_init(full0 + 8 * st, 1);
-      mbar_init(empty0 + 8 * st, 128);
-    }
-    mbar_fence_init();
-  }
+  init_ring_barriers(full0, kWgBwdStages, 128, kv_full);
   __syncthreads();
 
   if (threadIdx.x < 128) {  // ---- producer
@@ -1638,26 +1641,14 @@ __global__ void __launch_bounds__((G + 1) * 128, 1)
   __trap();
 #else
   extern __shared__ __align__(128) unsigned char attn_wg_smem[];
-  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(attn_wg_smem));
-  const std::uint32_t smem = (raw + 1023u) & ~1023u;
+  const std::uint32_t smem = swizzle_aligned(attn_wg_smem);
   const std::uint32_t q_s = smem, do_s = smem + G * kTile, ring = smem + 2 * G * kTile;  // stage s: k, then v
   const std::uint32_t q_full = ring + kWgBwdStages * 2 * kTile;
   const std::uint32_t full0 = q_full + 8, empty0 = full0 + 8 * kWgBwdStages;
-  const std::int64_t b = blockIdx.z;
-  const std::int64_t h = blockIdx.y % Hkv;
-  const std::int64_t group = blockIdx.y / Hkv;
-  const std::int64_t m0 = (static_cast<std::int64_t>(gridDim.x) - 1 - blockIdx.x) * kWgBwdRows;  // longest first
-  const std::int64_t len = clamp_len(seq_len, b, T);
-  const std::int64_t q_end = m0 + kWgBwdRows < len ? m0 + kWgBwdRows : len;
-  const int num_tiles = q_end > m0 ? static_cast<int>((q_end + kWgBwdRows - 1) / kWgBwdRows) : 0;
-  if (threadIdx.x == 0) {
-    mbar_init(q_full, 1);
-    for (int st = 0; st < kWgBwdStages; ++st) {
-      mbar_init(full0 + 8 * st, 1);
-      mbar_init(empty0 + 8 * st, G * 128);
-    }
-    mbar_fence_init();
-  }
+  const WgQueryBlock<kWgBwdRows, kWgBwdRows> blk(seq_len, T, Hkv);
+  const std::int64_t b = blk.b, h = blk.h, group = blk.group, m0 = blk.m0, len = blk.len;
+  const int num_tiles = blk.key_tiles;
+  init_ring_barriers(full0, kWgBwdStages, G * 128, q_full);
   __syncthreads();
   const int warpgroup = threadIdx.x / 128;
 
@@ -1673,18 +1664,8 @@ __global__ void __launch_bounds__((G + 1) * 128, 1)
                     static_cast<int>(b), q_full);
       }
     }
-    for (int tile = 0; tile < num_tiles; ++tile) {
-      const int st = tile % kWgBwdStages;
-      mbar_wait(empty0 + 8 * st, ((tile / kWgBwdStages) & 1) ^ 1u);
-      const std::uint32_t full = full0 + 8 * st, k_t = ring + st * 2 * kTile, v_t = k_t + kTile;
-      mbar_arrive_expect_tx(full, 2 * kTile);
-      for (int half = 0; half < kHalves; ++half) {
-        tma_load_4d(k_t + half * kWgBwdRows * 128, &map_k, 64 * half, static_cast<int>(h), tile * kWgBwdRows,
-                    static_cast<int>(b), full);
-        tma_load_4d(v_t + half * kWgBwdRows * 128, &map_v, 64 * half, static_cast<int>(h), tile * kWgBwdRows,
-                    static_cast<int>(b), full);
-      }
-    }
+    produce_kv_tiles<kWgBwdRows, kHalves, kWgBwdStages>(num_tiles, full0, ring, &map_k, &map_v, static_cast<int>(h),
+                                                        static_cast<int>(b));
     return;
   }
 

@@ -644,17 +644,10 @@ gg_wgmma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
   extern __shared__ __align__(128) unsigned char wg_smem[];
   build_schedule<MODE, kWgBM, kWgBN>(p, sched);
   const std::int64_t total = sched.tile_prefix[p.num_experts];
-  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(wg_smem));
-  const std::uint32_t smem = (raw + 1023u) & ~1023u;  // the 128-byte swizzle repeats every 1024 bytes
+  const std::uint32_t smem = swizzle_aligned(wg_smem);
   const std::uint32_t full0 = smem + kWgStages * kWgStageBytes;  // full[s] at full0 + 8 s
   const std::uint32_t empty0 = full0 + kWgStages * 8;             // empty[s] at empty0 + 8 s
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kWgStages; ++s) {
-      mbar_init(full0 + 8 * s, 1);                         // the producer's arrive.expect_tx
-      mbar_init(empty0 + 8 * s, kWgThreads - 128);         // every consumer thread
-    }
-    mbar_fence_init();
-  }
+  init_ring_barriers(full0, kWgStages, kWgThreads - 128);         // released by every consumer thread
   __syncthreads();
   const int warpgroup = threadIdx.x / 128;
 
@@ -702,7 +695,8 @@ gg_wgmma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
   const int wt = threadIdx.x % 128;
   const int w = wt / 32, lane = wt % 32;
   const int g = lane / 4, tq = lane % 4;
-  unsigned char* const ring = wg_smem + (smem - raw);
+  // The generic pointer of the aligned ring (bwd_weight writes zeros into it).
+  unsigned char* const ring = wg_smem + (smem - static_cast<std::uint32_t>(__cvta_generic_to_shared(wg_smem)));
   int stage = 0;
   std::uint32_t phase = 0;
   float acc[128];

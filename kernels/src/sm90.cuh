@@ -59,6 +59,28 @@ __device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parit
       : "memory");
 #endif
 }
+// The shared address of the dynamic shared memory `dynamic_smem` rounded up to 1024 bytes, where the
+// 128-byte swizzle's pattern starts (the launches reserve 1024 bytes of slack for it).
+__device__ __forceinline__ std::uint32_t swizzle_aligned(const void* dynamic_smem) {
+  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(dynamic_smem));
+  return (raw + 1023u) & ~1023u;
+}
+
+// By thread 0: the barriers of a `stages`-stage ring, full[s] at full0 + 8 s (count 1: the producer's
+// arrive.expect_tx) and empty[s] at full0 + 8 (stages + s) (count `consumers`: the threads that release
+// a stage), and, when `once` is not 0, a one-shot barrier there (count 1: one arrive.expect_tx); then
+// the fence that makes them visible to TMA. The caller synchronises the block before using them.
+__device__ __forceinline__ void init_ring_barriers(std::uint32_t full0, int stages, std::uint32_t consumers,
+                                                   std::uint32_t once = 0) {
+  if (threadIdx.x != 0) return;
+  if (once != 0) mbar_init(once, 1);
+  for (int s = 0; s < stages; ++s) {
+    mbar_init(full0 + 8 * s, 1);
+    mbar_init(full0 + 8 * (stages + s), consumers);
+  }
+  mbar_fence_init();
+}
+
 // 2D tile load: box at (c0 = innermost element, c1 = row) of `map` into shared `dst`, completing
 // `bytes` of transaction on `bar`.
 __device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const CUtensorMap* map, int c0, int c1,

@@ -80,14 +80,20 @@ inline void mbar_complete_tx(std::uint32_t bar, std::uint32_t bytes) {
   mbar_progress(bar, b);
 }
 
+// Blocks the calling thread until barrier `key` (an mbarrier's shared address, or a named barrier's
+// key) leaves the phase of parity `parity` (mbar_progress wakes it).
+inline void block_until_phase_completes(std::uint32_t key, std::uint32_t parity) {
+  Fiber* f = rt().cur;
+  f->wait_bar = key;
+  f->wait_parity = parity;
+  f->st = St::Mbar;
+  yield();
+}
+
 inline void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
   Mbar& b = mbar_at(bar, "mbarrier.try_wait.parity");
   if (b.phase != (parity & 1u)) return;  // that phase has completed
-  Fiber* f = rt().cur;
-  f->wait_bar = bar;
-  f->wait_parity = parity & 1u;
-  f->st = St::Mbar;
-  yield();
+  block_until_phase_completes(bar, parity & 1u);
 }
 
 inline std::uint32_t swizzle128(std::uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
@@ -219,11 +225,7 @@ inline void named_barrier(int id, int count) {
   --it->second.pending;
   mbar_progress(key, it->second);
   if (it->second.phase != parity) return;  // this arrival completed it
-  Fiber* f = rt().cur;
-  f->wait_bar = key;
-  f->wait_parity = parity;
-  f->st = St::Mbar;
-  yield();
+  block_until_phase_completes(key, parity);
 }
 
 }  // namespace emu
