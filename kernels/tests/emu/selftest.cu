@@ -180,6 +180,151 @@ __global__ void dynamic_smem(int* out, int n) {
   __syncthreads();
   if (threadIdx.x == 0) out[blockIdx.y * gridDim.x + blockIdx.x] = dyn[n - 1] + static_cast<int>(blockDim.x);
 }
+
+// ---- cross-check of the sm_90 rules against public sources, written independently of emu_sm90.hpp's own
+// formulas (the emulator and the kernels had one author; these cases encode what NVIDIA's CUTLASS/CuTe and
+// the PTX ISA state, not the emulator's restatement of it):
+//   * CuTe include/cute/atom/mma_traits_sm90_gmma.hpp: CLayout_64xN (the f32 accumulators) and
+//     ALayout_64x16 (A from registers, 16-bit types) as (thread, value) -> m + 64 n (m + 64 k) layouts;
+//     make_gmma_desc's canonical shared layouts for the 128-byte swizzle, in 16-byte units:
+//       K-major  ((8,m),(T,2)) : ((8T,SBO),(1,T))        (LBO unused: "assumed 1")
+//       MN-major ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO))   (LBO between 64-element MN blocks, SBO between
+//                                                         groups of 8 k)
+//     composed with Swizzle<3,4,3> on the byte address (bits 7..9 xor-ed into bits 4..6);
+//   * cute/arch/mma_sm90_desc.hpp (GmmaDescriptor): start >> 4 in bits 0..13, LBO >> 4 in 16..29, SBO >> 4
+//     in 32..45, base offset 49..51, layout type 62..63 with 1 = 128-byte swizzle;
+//   * PTX ISA (wgmma, shared memory matrix layout): imm-trans-a/b 0 = K-major, 1 = M-/N-major;
+//     mbarrier.try_wait.parity waits for the phase of the given parity among the current and the
+//     immediately preceding phase; a phase needs its pending arrivals and its tx-count at zero;
+//     cvt.rn.bf16x2.f32 d, a, b puts a in the upper half;
+//   * cuda.h (cuTensorMapEncodeTiled): boxDim[0] innermost; TMA fills out-of-bound elements per dimension;
+//     CUTLASS's TmaTransactionBytes (gemm/collective/sm90_mma_tma_gmma_ss_warpspecialized.hpp) is the whole
+//     box, zero-filled parts included.
+
+// A CuTe layout written as its flat modes: index i -> sum_j ((i / prod(shape[<j])) % shape[j]) * stride[j].
+struct FlatLayout {
+  int n;
+  int shape[3], stride[3];
+  int operator()(int i) const {
+    int off = 0;
+    for (int j = 0; j < n; ++j) off += (i % shape[j]) * stride[j], i /= shape[j];
+    return off;
+  }
+};
+// CuTe CLayout_64xN / ALayout_64x16: thread mode (4,8,4):(128,1,16) (both); value modes
+// (2,2,N/8):(64,8,512) (C) and (2,2,2):(64,8,512) (A); the result is m + 64 n (C) or m + 64 k (A).
+constexpr FlatLayout kGmmaThreads{3, {4, 8, 4}, {128, 1, 16}};
+inline FlatLayout gmma_c_values(int n) { return FlatLayout{3, {2, 2, n / 8}, {64, 8, 512}}; }
+constexpr FlatLayout kGmmaAValues{3, {2, 2, 2}, {64, 8, 512}};
+
+// Swizzle<3,4,3> (cute/swizzle.hpp): offset ^ ((offset & (7 << 7)) >> 3), on byte offsets from a 1024-byte
+// aligned base.
+inline std::uint32_t cute_sw128(std::uint32_t off) { return off ^ ((off & (7u << 7)) >> 3); }
+// The canonical layouts above in bytes (bf16: T = 8 elements per 16 bytes), before the swizzle.
+inline std::uint32_t kmajor_byte(int r, int k, std::uint32_t sbo) {
+  return static_cast<std::uint32_t>(r % 8) * 128 + static_cast<std::uint32_t>(r / 8) * sbo + 2 * (k % 8) + 16 * (k / 8);
+}
+inline std::uint32_t mnmajor_byte(int r, int k, std::uint32_t lbo, std::uint32_t sbo) {
+  return 2 * static_cast<std::uint32_t>(r % 8) + 16 * static_cast<std::uint32_t>((r / 8) % 8) +
+         static_cast<std::uint32_t>(r / 64) * lbo + static_cast<std::uint32_t>(k % 8) * 128 +
+         static_cast<std::uint32_t>(k / 8) * sbo;
+}
+// GmmaDescriptor's bit fields.
+inline std::uint64_t gmma_desc(std::uint32_t start, std::uint32_t lbo, std::uint32_t sbo) {
+  return static_cast<std::uint64_t>((start >> 4) & 0x3fff) | static_cast<std::uint64_t>((lbo >> 4) & 0x3fff) << 16 |
+         static_cast<std::uint64_t>((sbo >> 4) & 0x3fff) << 32 | 1ull << 62;
+}
+
+// The operands' strides in the cases below, chosen unlike the kernels' (SBO 1024, MN-major LBO 8 / 16 KB)
+// so that swapped LBO/SBO roles or an ignored SBO would show: K-major SBO 2048 with LBO garbage (unused);
+// MN-major A: SBO 2048; MN-major B: LBO 1024 (the 64-wide N blocks adjacent), SBO (N / 64 + 1) KB.
+constexpr std::uint32_t kKSbo = 2048, kKLboGarbage = 0x5a50, kMnLbo = 1024;
+inline std::uint32_t mn_sbo(int n) { return static_cast<std::uint32_t>(n / 64 + 1) * 1024; }
+
+// D[64 x N] = A[64 x 32] B[N x 32]^T in two k16 steps (global A [64][32], B [N][32] bf16, row-major), N = 2 R:
+// a_mode 0 = A K-major in shared memory, 1 = A M-major (trans-a 1), 2 = A from registers by ALayout_64x16;
+// b_mode 0 = B K-major, 1 = B N-major (trans-b 1). Thread 0 stores the operands in the canonical layouts;
+// d[v] of thread t goes to out[t * R + v].
+template <int R>
+__global__ void cute_gmma_product(const std::uint16_t* ga, const std::uint16_t* gb, int a_mode, int b_mode, float* out) {
+  constexpr int N = 2 * R;
+  extern __shared__ __align__(128) unsigned char cute_smem[];
+  const std::uint32_t raw = __cvta_generic_to_shared(cute_smem);
+  const std::uint32_t s = (raw + 1023u) & ~1023u;
+  unsigned char* const p = cute_smem + (s - raw);
+  const std::uint32_t a_off = 0, b_off = 16384;  // A <= 16 KB (K-major, SBO 2 KB), B after it
+  if (threadIdx.x == 0) {
+    const auto put = [&](std::uint32_t off, std::uint16_t v) { std::memcpy(p + cute_sw128(off), &v, 2); };
+    for (int m = 0; m < 64; ++m)
+      for (int k = 0; k < 32; ++k)
+        put(a_off + (a_mode == 1 ? mnmajor_byte(m, k, kMnLbo, kKSbo) : kmajor_byte(m, k % 16, kKSbo) + 32 * (k / 16)),
+            ga[m * 32 + k]);
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < 32; ++k)
+        put(b_off + (b_mode == 1 ? mnmajor_byte(n, k, kMnLbo, mn_sbo(N)) : kmajor_byte(n, k % 16, kKSbo) + 32 * (k / 16)),
+            gb[n * 32 + k]);
+  }
+  __syncthreads();
+  float d[R];
+  for (float& x : d) x = 0.0f;
+  const int t = threadIdx.x;
+  for (int j = 0; j < 2; ++j) {  // k16 step j: K-major +32 bytes inside the swizzled rows, MN-major +2 SBO
+    const std::uint64_t db = b_mode == 1 ? gmma_desc(s + b_off + 2 * mn_sbo(N) * j, kMnLbo, mn_sbo(N))
+                                         : gmma_desc(s + b_off + 32 * j, kKLboGarbage, kKSbo);
+    if (a_mode == 2) {
+      std::uint32_t a[4] = {0, 0, 0, 0};
+      for (int v = 0; v < 8; ++v) {  // value v: register v / 2, the lower value in the low half
+        const int idx = kGmmaThreads(t) + kGmmaAValues(v), m = idx % 64, k = idx / 64;
+        a[v / 2] |= static_cast<std::uint32_t>(ga[m * 32 + 16 * j + k]) << (16 * (v % 2));
+      }
+      emu::wgmma_rs(d, a, db, b_mode);
+    } else {
+      const std::uint64_t da = a_mode == 1 ? gmma_desc(s + a_off + 2 * kKSbo * j, kMnLbo, kKSbo)
+                                           : gmma_desc(s + a_off + 32 * j, kKLboGarbage, kKSbo);
+      emu::wgmma_ss(d, da, db, a_mode, b_mode);
+    }
+  }
+  for (int v = 0; v < R; ++v) out[t * R + v] = d[v];
+}
+
+// 4D TMA box {64, 1, 8, 1} at (64, 2, 5, 1) of a (d 128, heads 3, T 10, B 2) bf16 tensor, as the attention
+// kernels map q/k/v: expect_tx of the whole box (rows T >= 10 are zero-filled, yet counted).
+__global__ void tma_box_4d(const CUtensorMap map, std::uint16_t* out) {
+  extern __shared__ __align__(128) unsigned char tma4_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(tma4_smem);
+  const std::uint32_t bar = base + 1024;
+  emu::mbar_init(bar, 1);
+  emu::mbar_arrive_expect_tx(bar, 64 * 8 * 2);
+  emu::tma_load(base, &map, {64, 2, 5, 1}, bar);
+  emu::mbar_wait(bar, 0);
+  std::memcpy(out, tma4_smem, 1024);
+}
+
+// Parity after two completed phases (count 1): the current phase is 2 (parity 0, open), the preceding one
+// (parity 1) has completed. `wait_open`: also wait for parity 0, which never completes (a deadlock).
+__global__ void mbarrier_two_phases(int* out, int wait_open) {
+  extern __shared__ int two_smem[];
+  const std::uint32_t bar = __cvta_generic_to_shared(two_smem);
+  emu::mbar_init(bar, 1);
+  emu::mbar_arrive(bar);
+  emu::mbar_arrive(bar);
+  emu::mbar_wait(bar, 1);
+  out[0] = 7;
+  if (wait_open) emu::mbar_wait(bar, 0);
+  out[1] = 8;
+}
+
+// expect_tx of 2048 bytes, a 1024-byte box: the arrival count is met but the tx-count is not (a deadlock).
+__global__ void mbarrier_tx_short(const CUtensorMap map, int* out) {
+  extern __shared__ __align__(128) unsigned char txs_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(txs_smem);
+  const std::uint32_t bar = base + 1024;
+  emu::mbar_init(bar, 1);
+  emu::mbar_arrive_expect_tx(bar, 2048);
+  emu::tma_load(base, &map, {64, 2, 5, 1}, bar);
+  emu::mbar_wait(bar, 0);
+  out[0] = 1;
+}
 }  // namespace
 
 int main() {
@@ -335,6 +480,101 @@ int main() {
                   : trans_b == 2 ? "wgmma m64n256k16 x 4: A from registers (m16n8k16 fragments) = the product"
                                  : "wgmma m64n256k16 x 4: K-major A and B from TMA = the product in the accumulator layout");
     emu::begin_case();
+  }
+
+
+  // ---- cross-check against CuTe / PTX / cuda.h (see the kernels' comment above)
+  {
+    std::uint16_t *ga = nullptr, *gb = nullptr;
+    float* out = nullptr;
+    cudaMalloc(reinterpret_cast<void**>(&ga), 64 * 32 * 2);
+    cudaMalloc(reinterpret_cast<void**>(&gb), 256 * 32 * 2);
+    cudaMalloc(reinterpret_cast<void**>(&out), 128 * 128 * 4);
+    const auto av = [](int m, int k) { return (m * 5 + k * 7) % 13 - 6; };
+    const auto bv = [](int n, int k) { return (n * 3 + k * 11) % 7 - 3; };
+    for (int m = 0; m < 64; ++m)
+      for (int k = 0; k < 32; ++k) ga[m * 32 + k] = bf16(av(m, k));
+    for (int n = 0; n < 256; ++n)
+      for (int k = 0; k < 32; ++k) gb[n * 32 + k] = bf16(bv(n, k));
+    const int smem_bytes = 1024 + 16384 + 256 / 8 * 2048;
+    struct Case { int n, a_mode, b_mode; const char* what; };
+    const Case cases[] = {
+        {64, 0, 0, "CuTe: m64n64k16 SS, A and B K-major (SBO 2 KB, LBO unused) -> CLayout_64x64"},
+        {128, 1, 1, "CuTe: m64n128k16 SS, A M-major (trans-a 1) and B N-major (trans-b 1, LBO 1 KB, SBO 3 KB) -> CLayout_64x128"},
+        {256, 0, 1, "CuTe: m64n256k16 SS, A K-major, B N-major (LBO 1 KB between N blocks, SBO 5 KB) -> CLayout_64x256"},
+        {64, 2, 1, "CuTe: m64n64k16 RS, A by ALayout_64x16, B N-major (the attention P V / dS K use) -> CLayout_64x64"},
+        {128, 2, 0, "CuTe: m64n128k16 RS, A by ALayout_64x16, B K-major -> CLayout_64x128"},
+        {256, 1, 0, "CuTe: m64n256k16 SS, A M-major, B K-major -> CLayout_64x256"},
+    };
+    for (const Case& cs : cases) {
+      const int r = cs.n / 2;
+      for (int i = 0; i < 128 * 128; ++i) out[i] = -1.0f;
+      if (r == 32) {
+        cudaFuncSetAttribute(cute_gmma_product<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+        cute_gmma_product<32><<<1, 128, smem_bytes>>>(ga, gb, cs.a_mode, cs.b_mode, out);
+      } else if (r == 64) {
+        cudaFuncSetAttribute(cute_gmma_product<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+        cute_gmma_product<64><<<1, 128, smem_bytes>>>(ga, gb, cs.a_mode, cs.b_mode, out);
+      } else {
+        cudaFuncSetAttribute(cute_gmma_product<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+        cute_gmma_product<128><<<1, 128, smem_bytes>>>(ga, gb, cs.a_mode, cs.b_mode, out);
+      }
+      bool exact = cudaDeviceSynchronize() == cudaSuccess;
+      const FlatLayout cv = gmma_c_values(cs.n);
+      for (int th = 0; th < 128; ++th)
+        for (int v = 0; v < r; ++v) {
+          const int idx = kGmmaThreads(th) + cv(v), m = idx % 64, n = idx / 64;  // C(m, n), column-major 64 x N
+          int want = 0;
+          for (int k = 0; k < 32; ++k) want += av(m, k) * bv(n, k);
+          exact &= out[th * r + v] == static_cast<float>(want);
+        }
+      expect(exact, cs.what);
+      emu::begin_case();
+    }
+
+    // 4D TMA map as make_attention_map builds it: dims (d, heads, T, B), byte strides of dims 1..3.
+    std::uint16_t* q = nullptr;
+    cudaMalloc(reinterpret_cast<void**>(&q), 2 * 10 * 3 * 128 * 2 + 1024);
+    for (int i = 0; i < 2 * 10 * 3 * 128; ++i) q[i] = static_cast<std::uint16_t>(i + 1);
+    const cuuint64_t dim4[4] = {128, 3, 10, 2}, stride4[3] = {128 * 2, 3 * 128 * 2, 10 * 3 * 128 * 2};
+    const cuuint32_t box4[4] = {64, 1, 8, 1}, one4[4] = {1, 1, 1, 1};
+    CUtensorMap m4;
+    expect(encode(&m4, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, q, dim4, stride4, box4, one4, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) ==
+               CUDA_SUCCESS,
+           "cuTensorMapEncodeTiled: the attention kernels' 4D map (64 x 1 x 8 x 1 box)");
+    const cuuint32_t box_big[4] = {64, 1, 257, 1};
+    CUtensorMap m4bad;
+    expect(encode(&m4bad, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, q, dim4, stride4, box_big, one4, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) ==
+               CUDA_ERROR_INVALID_VALUE,
+           "cuTensorMapEncodeTiled: a box dimension over 256 is refused (cuda.h)");
+    std::uint16_t* box_out = q + 2 * 10 * 3 * 128;
+    cudaFuncSetAttribute(tma_box_4d, cudaFuncAttributeMaxDynamicSharedMemorySize, 1032);
+    tma_box_4d<<<1, 1, 1032>>>(m4, box_out);
+    bool placed4 = cudaDeviceSynchronize() == cudaSuccess;
+    for (int y = 0; y < 8; ++y)
+      for (int x = 0; x < 64; ++x) {
+        const int d = 64 + x, h = 2, t = 5 + y, b = 1;
+        const std::uint16_t want = t < 10 ? static_cast<std::uint16_t>(((b * 10 + t) * 3 + h) * 128 + d + 1) : 0;
+        const std::uint32_t byte = cute_sw128(static_cast<std::uint32_t>(y * 128 + 2 * x));  // dim 0 innermost, dense
+        placed4 &= box_out[byte / 2] == want;
+      }
+    expect(placed4, "TMA 4D box: dims in boxDim order, rows past T zero-filled (not the next sequence), whole box on the tx-count");
+    emu::begin_case();
+    mbarrier_tx_short<<<1, 1, 1032>>>(m4, d);
+    expect(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "mbarrier: arrivals met but tx-count short -> the phase stays open");
+    emu::begin_case();
+
+    mbarrier_two_phases<<<1, 1, 8>>>(d, 0);
+    expect(cudaDeviceSynchronize() == cudaSuccess && d[0] == 7 && d[1] == 8,
+           "mbarrier: after two phases, try_wait.parity 1 (the preceding phase) passes");
+    emu::begin_case();
+    mbarrier_two_phases<<<1, 1, 8>>>(d, 1);
+    expect(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "mbarrier: after two phases, parity 0 (the current phase) waits");
+    emu::begin_case();
+
+    expect(emu::cvt_rn_bf16x2(1.0f, 2.0f) == 0x3f804000u, "cvt.rn.bf16x2.f32 d, a, b: a in the upper half (PTX)");
   }
 
   named_barriers<<<1, 128>>>(d, 0);
