@@ -117,6 +117,7 @@ int main(int argc, char** argv) {
     if (on_gpu) log::info("generating on %s (bf16)", device_training_description().c_str());
     DeviceGenerationOptions device_options;
     device_options.kernels = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
+    device_options.prefill_tokens = deck.get_int("generate", "prefill_tokens");
     const GenerationResult result = on_gpu ? generate_on_device(model, prompts, params, on_token, device_options)
                                            : generate(model, prompts, params, on_token);
     if (stream) std::printf("%s\n", decoder.finish().c_str());

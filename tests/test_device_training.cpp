@@ -403,6 +403,20 @@ TEST_CASE("generation on the GPU: each sequence as if alone, the fp32 model's gr
   DeviceGenerationOptions plain;
   plain.cuda_graph = false;
   CHECK(generate_on_device(model, prompts, gp, {}, plain).tokens == all.tokens);
+  // The prompts prefilled in one padded batch (above), one by one, and two then one: the same tokens
+  // (a prompt's logits and cache rows do not depend on its batch), also when sampling with a seed (the
+  // first tokens are drawn in prompt order whatever the batches).
+  for (const std::int64_t budget : {std::int64_t(1), std::int64_t(6), std::int64_t(10)}) {
+    INFO("prefill_tokens " << budget);
+    DeviceGenerationOptions batched;
+    batched.prefill_tokens = budget;
+    CHECK(generate_on_device(model, prompts, gp, {}, batched).tokens == all.tokens);
+    GenerationParams sampled = gp;
+    sampled.sampling.temperature = 1.3;
+    sampled.sampling.seed = 7;
+    CHECK(generate_on_device(model, prompts, sampled, {}, batched).tokens ==
+          generate_on_device(model, prompts, sampled).tokens);
+  }
   int agree = 0, total = 0;
   double worst = 0;  // the fp32 model's logit of the GPU's choice below its best, relative to the row's range
   for (std::size_t b = 0; b < prompts.size(); ++b) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <random>
 
+#include "infer/device_generate.hpp"
 #include "infer/generate.hpp"
 #include "model/model.hpp"
 
@@ -125,4 +126,21 @@ TEST_CASE("generation stops a sequence at EOS and samples reproducibly", "[unit]
   params.sampling.top_k = 0;
   params.sampling.top_p = 1e-6;  // nucleus of one token: greedy again
   CHECK(generate(model, {{1, 2, 3}}, params).tokens[0] == greedy);
+}
+
+TEST_CASE("the GPU prefill's batches: longest first, within the token budget, every prompt once", "[unit][model]") {
+  // Lengths 3, 7, 1, 7, 5, 2 (prompt order): longest first, equal lengths in prompt order.
+  const std::vector<std::vector<std::int32_t>> prompts = {std::vector<std::int32_t>(3, 1), std::vector<std::int32_t>(7, 1),
+                                                          std::vector<std::int32_t>(1, 1), std::vector<std::int32_t>(7, 1),
+                                                          std::vector<std::int32_t>(5, 1), std::vector<std::int32_t>(2, 1)};
+  using Batches = std::vector<std::pair<std::size_t, std::size_t>>;
+  const PrefillPlan a = plan_prefill(prompts, 16);
+  CHECK(a.order == std::vector<std::size_t>{1, 3, 4, 0, 5, 2});
+  // 2 x 7 = 14 <= 16 (a third would pad to 21); 3 x 5 = 15 (a fourth: 20); then 2 and 1.
+  CHECK(a.batches == Batches{{0, 2}, {2, 5}, {5, 6}});
+  // A budget below the longest prompt: one prompt per batch.
+  CHECK(plan_prefill(prompts, 1).batches == Batches{{0, 1}, {1, 2}, {2, 3}, {3, 4}, {4, 5}, {5, 6}});
+  // A large budget: one batch.
+  CHECK(plan_prefill(prompts, 1000).batches == Batches{{0, 6}});
+  CHECK(plan_prefill({}, 8).batches.empty());
 }

@@ -6,7 +6,10 @@
 //    active experts' weights of both routers' choices (min(E, B k) experts each), the shared K/V
 //    projection, both routers, the norms and biases, and the K/V cache read (B * 4096 * 2 * H_kv * d * 2
 //    bytes); plus the B embedding rows, the final norm and the LM head (V x D). Target: >= 60% (HBM%);
-//  - once with plain launches (decode.step), once replayed from a CUDA graph (decode.graph).
+//  - once with plain launches (decode.step), once replayed from a CUDA graph (decode.graph);
+// and the prefill of 8 prompts of different lengths (1024, 96, 512, 37, 768, 256, 1, 640 tokens): each
+// alone (prefill.alone, jk_model_prefill with B 1) and as one right-padded batch (prefill.batched, with
+// lens); tokens/s and MFU count the prompts' own tokens (not the padding), the head once per prompt.
 // Median of cudaEvent-timed steps after a warm-up; weights and caches filled on the device with
 // non-zero values from a counter hash (fast for 8.5B parameters). Prints a table and writes raw rows
 // with --out FILE.csv; the same columns as kernels/bench/peer_model.py (HF JetMoeForCausalLM on the GPU).
@@ -17,6 +20,10 @@
 namespace {
 
 using jkb::kHbmPeak;
+
+// The prefill rows' prompts (tokens; scaled down when --context is below the longest).
+constexpr std::int64_t kPrefillLens[] = {1024, 96, 512, 37, 768, 256, 1, 640};
+constexpr std::int64_t kPrefillLongest = 1024;
 
 // x[i] = offset +- U(lo, hi) from a hash of (seed, i), as bf16 bits (round to nearest even).
 __global__ void fill_bf16(std::uint16_t* x, std::int64_t n, std::uint64_t seed, float lo, float hi, float offset) {
@@ -95,7 +102,7 @@ int main(int argc, char** argv) {
   jk_runtime_info_t info;
   if (const int rc = jkb::open_device("jetmoe-model-bench", info, jkb::kExitNoDevice, 1); rc != jkb::kContinue)
     return rc;
-  std::printf("jetmoe-model-bench: decode through %lld blocks at context %lld\n%s", (long long)layers,
+  std::printf("jetmoe-model-bench: decode and prefill through %lld blocks at context %lld\n%s", (long long)layers,
               (long long)context, jkb::describe(info).c_str());
 
   std::vector<jkb::ThroughputRow> rows;
@@ -168,12 +175,55 @@ int main(int argc, char** argv) {
       std::printf("decode B %lld: bandwidth-bound bytes %.3f GB per step: bound %.3f ms, %.0f tokens/s\n", (long long)B,
                   total_bytes / 1e9, total_bytes / kHbmPeak * 1e3, double(B) * kHbmPeak / total_bytes);
     }
+    {  // Prefill of prompts of different lengths: each alone (B 1), then as one right-padded batch (lens).
+      const std::int64_t A = l.kv_heads * l.head_dim, Tp = std::min<std::int64_t>(kPrefillLongest, T);
+      std::vector<std::int64_t> lens;
+      for (const std::int64_t n : kPrefillLens) lens.push_back(std::max<std::int64_t>(1, n * Tp / kPrefillLongest));
+      const std::int64_t n = static_cast<std::int64_t>(lens.size());
+      Owned pre_own;
+      std::vector<std::uint16_t*> kc, vc;
+      for (std::int64_t b = 0; b < layers; ++b) {
+        kc.push_back(pre_own.zero<std::uint16_t>(static_cast<std::size_t>(n * Tp * A)));
+        vc.push_back(pre_own.zero<std::uint16_t>(static_cast<std::size_t>(n * Tp * A)));
+      }
+      std::vector<std::int32_t> ids_h(static_cast<std::size_t>(n * Tp));
+      for (std::size_t i = 0; i < ids_h.size(); ++i) ids_h[i] = static_cast<std::int32_t>((7919 * (i + 1)) % V);
+      std::int32_t* ids = pre_own.zero<std::int32_t>(ids_h.size());
+      CHECK_CUDA(cudaMemcpy(ids, ids_h.data(), ids_h.size() * 4, cudaMemcpyHostToDevice));
+      float* logits = pre_own.zero<float>(static_cast<std::size_t>(n * V));
+      const std::size_t bytes = jk_model_prefill_bytes(&cfg, n, Tp);
+      void* scratch = pre_own.zero<char>(bytes);
+      CHECK_CUDA(cudaDeviceSynchronize());
+      double tokens = 0, flops = 0;  // the prompts' own tokens (padding excluded) and their model FLOPs
+      for (const std::int64_t len : lens) {
+        tokens += double(len);
+        flops += double(len) * double(layers) * jk_layer_flops_per_token(&l, len) + 2.0 * double(V) * double(D);
+      }
+      auto alone = [&] {
+        std::vector<std::uint16_t*> kb(kc.size()), vb(vc.size());
+        for (std::int64_t b = 0; b < n; ++b) {
+          for (std::size_t i = 0; i < kc.size(); ++i) kb[i] = kc[i] + b * Tp * A, vb[i] = vc[i] + b * Tp * A;
+          CHECK_CUDA(jk_model_prefill(&w, &cfg, ids + b * Tp, 1, lens[b], nullptr, kb.data(), vb.data(), Tp,
+                                      logits + b * V, nullptr, scratch, bytes, stream));
+        }
+      };
+      auto batched = [&] {
+        CHECK_CUDA(jk_model_prefill(&w, &cfg, ids, n, Tp, lens.data(), kc.data(), vc.data(), Tp, logits, nullptr,
+                                    scratch, bytes, stream));
+      };
+      const int reps = std::max(3, args.reps / 5);
+      rows.push_back(jkb::throughput_row("prefill.alone", n, Tp, jkb::median_ms(alone, stream, 1, reps), tokens, flops, 0));
+      rows.push_back(
+          jkb::throughput_row("prefill.batched", n, Tp, jkb::median_ms(batched, stream, 1, reps), tokens, flops, 0));
+      std::printf("prefill: %lld prompts of %.0f tokens in all, the longest %lld\n", (long long)n, tokens,
+                  (long long)Tp);
+    }
     CHECK_CUDA(cudaStreamDestroy(stream));
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());
     return 1;
   }
 
-  if (!jkb::report_throughput(rows, "Target: decode >= 60% of the bandwidth bound (HBM% column).", args.out)) return 1;
+  if (!jkb::report_throughput(rows, "Target: decode >= 60% of the bandwidth bound (HBM% column); prefill.batched ahead of prefill.alone.", args.out)) return 1;
   return 0;
 }

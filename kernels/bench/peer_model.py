@@ -1,4 +1,4 @@
-"""PyTorch / HF transformers peer of kernels/bench/bench_model.cu: the decode step of HF's
+"""PyTorch / HF transformers peer of kernels/bench/bench_model.cu: the decode step and the prefill of HF's
 JetMoeForCausalLM (transformers.models.jetmoe) in bf16 at the same shapes, timed the same way (median
 after a warm-up; CUDA events on a GPU), printing the same table columns (op, B, T, time_ms,
 tokens_per_s, TFLOP/s, MFU%, GB/s, HBM%).
@@ -8,6 +8,10 @@ tokens_per_s, TFLOP/s, MFU%, GB/s, HBM%).
                B = 1 and 8 at context 4096; attention 'sdpa' on the GPU)
   CPU smoke:   python kernels/bench/peer_model.py --device cpu --vocab 64 --layers 2 --hidden 32 --experts 4 \
                    --kv-heads 2 --head-dim 8 --ffn 24 --batches 1 2 --context 16 --reps 2
+
+Prefill ops (as the bench): 8 prompts of 1024, 96, 512, 37, 768, 256, 1 and 640 tokens, each alone
+(prefill.alone) and as one left-padded batch with an attention mask (prefill.batched); tokens/s and
+MFU count the prompts' own tokens.
 
 Decode op: one token per sequence through the whole model (logits of the last position), with a
 DynamicCache holding context - 1 tokens (cropped back after each step); bytes of the same bandwidth bound
@@ -25,6 +29,10 @@ from transformers.models.jetmoe.modeling_jetmoe import JetMoeForCausalLM, JetMoe
 
 from peer_common import (add_block_args, add_run_args, block_config, decode_block_bytes, device_name,
                          layer_flops_per_token, median_ms, report_throughput, select_device, throughput_row)
+
+# The bench's prefill prompts (tokens; scaled down when --context is below the longest).
+PREFILL_LENS = [1024, 96, 512, 37, 768, 256, 1, 640]
+PREFILL_LONGEST = 1024
 
 
 def main():
@@ -77,6 +85,36 @@ def main():
         flops = B * (L * layer_flops_per_token(D, E, k, Hkv, d, F, 2 * ctx) + 2.0 * V * D)
         rows.append(throughput_row("decode.step", B, ctx, t, B, flops, total))
         print("decode B %d: bandwidth-bound bytes %.3f GB per step" % (B, total / 1e9))
+
+    # Prefill of the bench's prompts of different lengths: each alone, then one left-padded batch with an
+    # attention mask (HF's way of batching prompts); the prompts' own tokens and FLOPs, as the bench counts.
+    longest = min(PREFILL_LONGEST, ctx)
+    lens = [max(1, n * longest // PREFILL_LONGEST) for n in PREFILL_LENS]
+    prompts = [torch.randint(0, V, (n,), device=device) for n in lens]
+    ids = torch.zeros((len(lens), longest), dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for b, q in enumerate(prompts):
+        ids[b, longest - len(q):] = q
+        mask[b, longest - len(q):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    tokens = float(sum(lens))
+    flops = sum(n * L * layer_flops_per_token(D, E, k, Hkv, d, F, n) + 2.0 * V * D for n in lens)
+
+    def alone():
+        for q in prompts:
+            model(input_ids=q[None], past_key_values=DynamicCache(config=cfg), use_cache=True, logits_to_keep=1)
+
+    def batched():
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=DynamicCache(config=cfg),
+              use_cache=True, logits_to_keep=1)
+
+    reps = max(3, a.reps // 5)
+    with torch.no_grad():
+        rows.append(throughput_row("prefill.alone", len(lens), longest, median_ms(alone, device, 1, reps), tokens,
+                                   flops, 0.0))
+        rows.append(throughput_row("prefill.batched", len(lens), longest, median_ms(batched, device, 1, reps), tokens,
+                                   flops, 0.0))
+    print("prefill: %d prompts of %d tokens in all, the longest %d" % (len(lens), int(tokens), longest))
 
     report_throughput(rows, a.out)
 

@@ -18,6 +18,14 @@ __global__ void model_single_expert_offsets(std::int32_t* offsets, std::int32_t 
   }
 }
 
+// out[b] = row rows[b] of x [., D] (bf16): each prompt's last position, for the head of a ragged prefill.
+__global__ void model_gather_rows(const std::uint16_t* x, const std::int32_t* rows, std::int64_t D,
+                                  std::uint16_t* out) {
+  const std::int64_t b = blockIdx.x;
+  const std::uint16_t* src = x + static_cast<std::int64_t>(rows[b]) * D;
+  for (std::int64_t i = threadIdx.x; i < D; i += blockDim.x) out[b * D + i] = src[i];
+}
+
 struct StageDims {
   std::int64_t B, T, N, D, V, L;
 };
@@ -170,7 +178,8 @@ struct ForwardScratch {
   void* saved = nullptr;
   void* layer = nullptr;
   std::size_t saved_bytes = 0, layer_bytes = 0;
-  std::uint16_t* last = nullptr;  // [B, D] the last position of each sequence (Last)
+  std::uint16_t* last = nullptr;      // [B, D] the last position of each sequence (Last)
+  std::int32_t* last_rows = nullptr;  // [B] which row of x that is (Last, prompts of different lengths)
   std::uint16_t* h = nullptr;     // [R, D], R = B (Last) or N (All)
   float* rstd = nullptr;          // [R]
   std::int32_t* head_offsets = nullptr;
@@ -186,7 +195,10 @@ cudaError_t carve_forward(Carver& cv, const jk_model_config_t& c, std::int64_t B
   v->x[1] = cv.take<std::uint16_t>(N * D);
   v->saved = cv.take<char>(static_cast<std::int64_t>(v->saved_bytes));
   v->layer = cv.take<char>(static_cast<std::int64_t>(v->layer_bytes));
-  if (head == HeadRows::Last) v->last = cv.take<std::uint16_t>(B * D);
+  if (head == HeadRows::Last) {
+    v->last = cv.take<std::uint16_t>(B * D);
+    v->last_rows = cv.take<std::int32_t>(B);
+  }
   v->h = cv.take<std::uint16_t>(R * D);
   v->rstd = cv.take<float>(R);
   v->head_offsets = cv.take<std::int32_t>(2);
@@ -302,9 +314,9 @@ size_t jk_model_prefill_bytes(const jk_model_config_t* cfg, int64_t batch, int64
 }
 
 cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
-                             int64_t batch, int64_t seq, uint16_t* const* k_caches, uint16_t* const* v_caches,
-                             int64_t max_seq, float* logits, int32_t* invalid_ids, void* scratch, size_t scratch_bytes,
-                             cudaStream_t stream) {
+                             int64_t batch, int64_t seq, const int64_t* lens, uint16_t* const* k_caches,
+                             uint16_t* const* v_caches, int64_t max_seq, float* logits, int32_t* invalid_ids,
+                             void* scratch, size_t scratch_bytes, cudaStream_t stream) {
   if (!valid_decode_config(cfg) || !valid_stage_tensors(w, *cfg) || batch < 0 || seq < 1 || seq > max_seq)
     return cudaErrorInvalidValue;
   if (batch == 0) return invalid_ids ? cudaMemsetAsync(invalid_ids, 0, sizeof(std::int32_t), stream) : cudaSuccess;
@@ -312,15 +324,33 @@ cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_
     return cudaErrorInvalidValue;
   const std::size_t need = jk_model_prefill_bytes(cfg, batch, seq);
   if (need == 0 || scratch_bytes < need || !is_aligned(scratch, 256)) return cudaErrorInvalidValue;
+  const std::int64_t B = batch, T = seq, D = cfg->layer.hidden, V = cfg->vocab;
+  // Each prompt's last row of x [B T, D] (B T fits int32: jk_model_prefill_bytes checked it); without
+  // lens every prompt fills its row and one strided copy gathers them.
+  std::vector<std::int32_t> last_rows;
+  if (lens != nullptr) {
+    last_rows.resize(static_cast<std::size_t>(B));
+    for (std::int64_t b = 0; b < B; ++b) {
+      if (lens[b] < 1 || lens[b] > T) return cudaErrorInvalidValue;
+      last_rows[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(b * T + lens[b] - 1);
+    }
+  }
   Carver a{static_cast<char*>(scratch)};
   ForwardScratch sc;
-  JK_RETURN_IF_ERROR(carve_forward(a, *cfg, batch, seq, HeadRows::Last, &sc));
-  const std::int64_t B = batch, T = seq, D = cfg->layer.hidden, V = cfg->vocab;
+  JK_RETURN_IF_ERROR(carve_forward(a, *cfg, B, T, HeadRows::Last, &sc));
   const std::uint16_t* x = nullptr;
   JK_RETURN_IF_ERROR(forward_blocks(w, cfg, ids, B, T, k_caches, v_caches, max_seq, invalid_ids, sc, &x, stream));
   const std::size_t row = static_cast<std::size_t>(D) * sizeof(std::uint16_t);
-  JK_RETURN_IF_ERROR(
-      cudaMemcpy2DAsync(sc.last, row, x + (T - 1) * D, T * row, row, B, cudaMemcpyDeviceToDevice, stream));
+  if (lens == nullptr) {
+    JK_RETURN_IF_ERROR(
+        cudaMemcpy2DAsync(sc.last, row, x + (T - 1) * D, T * row, row, B, cudaMemcpyDeviceToDevice, stream));
+  } else {
+    // From pageable memory: the copy is staged before cudaMemcpyAsync returns, so last_rows may go.
+    JK_RETURN_IF_ERROR(cudaMemcpyAsync(sc.last_rows, last_rows.data(), last_rows.size() * sizeof(std::int32_t),
+                                       cudaMemcpyHostToDevice, stream));
+    model_gather_rows<<<static_cast<unsigned>(B), 128, 0, stream>>>(x, sc.last_rows, D, sc.last);
+    JK_RETURN_IF_ERROR(cudaGetLastError());
+  }
   JK_RETURN_IF_ERROR(head_forward(w, cfg, sc.last, B, sc.h, sc.rstd, sc.head_offsets, sc.logits, stream));
   return jk_bf16_to_f32(sc.logits, logits, B * V, stream);
 }

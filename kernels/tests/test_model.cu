@@ -741,7 +741,7 @@ CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint6
   const std::size_t pbytes = jk_model_prefill_bytes(&st.cfg, B, P), dbytes = jk_model_decode_bytes(&st.cfg, B, Tmax);
   DeviceMem pscratch(pbytes), dscratch(dbytes);
   invalid.poison();
-  jkt::finish(jk_model_prefill(&st.w, &st.cfg, ids.data(), B, P, kp.data(), vp.data(), Tmax, logits.data(),
+  jkt::finish(jk_model_prefill(&st.w, &st.cfg, ids.data(), B, P, nullptr, kp.data(), vp.data(), Tmax, logits.data(),
                                invalid.data(), pscratch.p, pbytes, ctx.stream),
               ctx.stream, "jk_model_prefill");
   const std::vector<float> after_prefill = logits.download();
@@ -785,8 +785,8 @@ CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint6
   auto expect_invalid = [&](cudaError_t e) { bad += e == cudaErrorInvalidValue ? 0 : 1; };
   Stage no_embedding = make_stage(dm, g.rope, JK_LAYER_TUNED, 0, z.L, false, true, tied);
   auto prefill = [&](const Stage& x, std::int64_t T_, std::int64_t max_seq, std::size_t nbytes) {
-    return jk_model_prefill(&x.w, &x.cfg, ids.data(), B, T_, kp.data(), vp.data(), max_seq, logits.data(), nullptr,
-                            pscratch.p, nbytes, ctx.stream);
+    return jk_model_prefill(&x.w, &x.cfg, ids.data(), B, T_, nullptr, kp.data(), vp.data(), max_seq, logits.data(),
+                            nullptr, pscratch.p, nbytes, ctx.stream);
   };
   expect_invalid(prefill(st, P, P - 1, pbytes));
   expect_invalid(prefill(no_embedding, P, Tmax, pbytes));
@@ -802,6 +802,120 @@ CaseResult prefill_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint6
                                                 cl.rel_rms, cl.max_rel, skipped, 2 * B, worst_cache, int(untouched),
                                                 int(guards), bad)};
 }
+
+// A ragged prefill: B prompts of different lengths len[b] in 1..P (P = T - 1; prompt 0 has P tokens,
+// prompt 1 one token),
+// right-padded to P with ids that differ from the sequences' own, through one jk_model_prefill with
+// lens. Each prompt's logits and its cache rows 0..len[b]-1 are those of the prompt prefilled alone
+// (B = 1, T = len[b], no lens) bit for bit; the logits also against the reference. Then one decode step
+// per sequence at its own position len[b], over caches whose rows len[b].. hold the padding's K/V,
+// against the reference row len[b] of the whole sequence (the step overwrites the padding's row before
+// reading it). Rows past P untouched. Arguments: a length of 0 or above T is cudaErrorInvalidValue.
+CaseResult prefill_ragged_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed) {
+  Generation g(z, tied, seed);
+  const Batch& batch = g.batch;
+  Stage& st = g.st;
+  Caches& caches = g.caches;
+  const std::int64_t B = z.B, T = z.T, P = T - 1, A = z.Hkv * z.d, Tmax = g.Tmax, V = z.V;
+  std::vector<std::int64_t> lens(static_cast<std::size_t>(B));
+  for (std::int64_t b = 0; b < B; ++b) lens[b] = b == 0 ? P : b == 1 ? 1 : b == B - 1 ? P - 1 : 1 + (b * 37 + 5) % P;
+  std::vector<std::int32_t> prompt(static_cast<std::size_t>(B * P)), next(static_cast<std::size_t>(B)),
+      cache_len(static_cast<std::size_t>(B));
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t t = 0; t < P; ++t) {
+      const std::int32_t own = batch.ids[b * T + t];
+      prompt[b * P + t] = t < lens[b] ? own : static_cast<std::int32_t>((own + 1) % V);
+    }
+    next[b] = batch.ids[b * T + lens[b]];
+    cache_len[b] = static_cast<std::int32_t>(lens[b]);
+  }
+  GuardedBuffer<std::int32_t> ids(prompt.size()), step(static_cast<std::size_t>(B)), len(static_cast<std::size_t>(B));
+  GuardedBuffer<std::int32_t> invalid(1);
+  GuardedBuffer<float> logits(static_cast<std::size_t>(B * V));
+  ids.upload(prompt);
+  step.upload(next);
+  len.upload(cache_len);
+  const std::size_t pbytes = jk_model_prefill_bytes(&st.cfg, B, P), dbytes = jk_model_decode_bytes(&st.cfg, B, Tmax);
+  DeviceMem pscratch(pbytes), dscratch(dbytes);
+  invalid.poison();
+  logits.poison();
+  jkt::finish(jk_model_prefill(&st.w, &st.cfg, ids.data(), B, P, lens.data(), caches.kp.data(), caches.vp.data(), Tmax,
+                               logits.data(), invalid.data(), pscratch.p, pbytes, ctx.stream),
+              ctx.stream, "jk_model_prefill (ragged)");
+  const std::vector<float> after_prefill = logits.download();
+  const std::int32_t invalid_count = invalid.download()[0];
+  const bool untouched = caches.untouched_from(P);
+  std::vector<std::vector<std::uint16_t>> kb, vb;  // the batch's caches after the prefill
+  for (std::int64_t l = 0; l < z.L; ++l) {
+    kb.push_back(caches.k[l]->download());
+    vb.push_back(caches.v[l]->download());
+  }
+  // Each prompt alone.
+  int alone_differ = 0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t n = lens[b];
+    Caches one(z.L, 1, Tmax, A);
+    GuardedBuffer<std::int32_t> one_ids(static_cast<std::size_t>(n));
+    GuardedBuffer<float> one_logits(static_cast<std::size_t>(V));
+    one_ids.upload(std::vector<std::int32_t>(prompt.begin() + b * P, prompt.begin() + b * P + n));
+    const std::size_t obytes = jk_model_prefill_bytes(&st.cfg, 1, n);
+    DeviceMem oscratch(obytes);
+    jkt::finish(jk_model_prefill(&st.w, &st.cfg, one_ids.data(), 1, n, nullptr, one.kp.data(), one.vp.data(), Tmax,
+                                 one_logits.data(), nullptr, oscratch.p, obytes, ctx.stream),
+                ctx.stream, "jk_model_prefill (alone)");
+    const std::vector<float> o = one_logits.download();
+    bool same = same_bits(o, std::vector<float>(after_prefill.begin() + b * V, after_prefill.begin() + (b + 1) * V)) &&
+                one.guards_intact();
+    for (std::int64_t l = 0; l < z.L; ++l) {
+      const std::vector<std::uint16_t> k1 = one.k[l]->download(), v1 = one.v[l]->download();
+      same = same && std::equal(k1.begin(), k1.begin() + n * A, kb[l].begin() + b * Tmax * A) &&
+             std::equal(v1.begin(), v1.begin() + n * A, vb[l].begin() + b * Tmax * A);
+    }
+    alone_differ += same ? 0 : 1;
+  }
+  jkt::finish(jk_model_decode(&st.w, &st.cfg, step.data(), B, caches.kp.data(), caches.vp.data(), len.data(), Tmax,
+                              logits.data(), nullptr, dscratch.p, dbytes, ctx.stream),
+              ctx.stream, "jk_model_decode");
+  const std::vector<float> after_step = logits.download();
+  // The reference rows: position len[b] - 1 (prefill) and len[b] (the step) of every sequence.
+  const jkref::ModelForward f = jkref::model_forward(g.s, g.hw, batch.ids, {}, batch.labels, LayerNumerics::hf_bf16);
+  Vec ref(static_cast<std::size_t>(2 * B * V)), got(ref.size());
+  std::vector<bool> skip(static_cast<std::size_t>(2 * B), false);
+  int skipped = 0;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t j = 0; j < 2; ++j) {
+      const std::int64_t t = b * T + lens[b] - 1 + j, r = 2 * b + j;
+      std::copy(f.logits.begin() + t * V, f.logits.begin() + (t + 1) * V, ref.begin() + r * V);
+      const std::vector<float>& src = j == 0 ? after_prefill : after_step;
+      for (std::int64_t v = 0; v < V; ++v) got[r * V + v] = src[b * V + v];
+      for (const auto& lf : f.layers)
+        skip[r] = skip[r] || jkl::near_tie(lf.moa.logits, t, static_cast<int>(z.E), static_cast<int>(z.k)) ||
+                  jkl::near_tie(lf.moe.logits, t, static_cast<int>(z.E), static_cast<int>(z.k));
+      skipped += skip[r] ? 1 : 0;
+    }
+  const Compare cl = jkl::compare(got, ref, 2 * B, V, &skip);
+  int bad = 0;
+  for (const std::int64_t wrong : {std::int64_t(0), P + 1}) {
+    std::vector<std::int64_t> l2 = lens;
+    l2[static_cast<std::size_t>(B - 1)] = wrong;
+    bad += jk_model_prefill(&st.w, &st.cfg, ids.data(), B, P, l2.data(), caches.kp.data(), caches.vp.data(), Tmax,
+                            logits.data(), nullptr, pscratch.p, pbytes, ctx.stream) == cudaErrorInvalidValue
+               ? 0
+               : 1;
+  }
+  const bool guards = g.dm.guards_intact() && ids.guards_intact() && step.guards_intact() && len.guards_intact() &&
+                      invalid.guards_intact() && logits.guards_intact() && caches.guards_intact();
+  const bool pass = alone_differ == 0 && within(cl, kFwdRms, kFwdMax) && untouched && invalid_count == 0 && guards &&
+                    bad == 0 && skipped < 2 * B;
+  std::string shown;
+  for (const std::int64_t n : lens) shown += jkt::format("%s%" PRId64, shown.empty() ? "" : ",", n);
+  return {pass, describe(z, tied) + jkt::format(" lens {%s}: prompts that differ from alone %d; prefill + one step "
+                                                "logits rms %.2e max %.2e (%d near-tie rows of %" PRId64 " skipped); "
+                                                "rows past P untouched %d; guards %d; bad-argument results %d",
+                                                shown.c_str(), alone_differ, cl.rel_rms, cl.max_rel, skipped, 2 * B,
+                                                int(untouched), int(guards), bad)};
+}
+
 
 // Eval: jk_model_eval of a batch (one id out of range) against jk_model_fwd of the same batch: the fp32
 // logits are the forward's bf16 logits widened and the loss rows its loss rows, bit for bit, the bad id
@@ -981,6 +1095,15 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
       {3, 9, 36, 3, 2, 3, 8, 20, 50, 3},          // odd sizes, 3 blocks
       {1, 40, 2048, 8, 2, 16, 128, 5632, 32000, 2},  // JetMoE-8B sizes (two blocks)
   };
+  const Sizes ragged_shapes[] = {
+      {5, 12, 32, 4, 2, 2, 8, 24, 40, 2},    // the simple attention (d 8)
+      {4, 71, 64, 4, 2, 2, 64, 48, 40, 2},   // the tuned attention (d 64), prompts across 64-row tiles
+  };
+  for (const Sizes& z : ragged_shapes) {
+    const std::uint64_t seed = ctx.next_seed();
+    cases.push_back({"model.prefill_ragged " + describe(z, z.T < 20),
+                     [&ctx, z, seed] { return prefill_ragged_case(ctx, z, z.T < 20, seed); }});
+  }
   for (const Sizes& z : decode_shapes)
     for (const bool tied : {true, false}) {
       const std::uint64_t seed = ctx.next_seed();

@@ -188,7 +188,12 @@ DeckSchema make_standard_schema() {
     b.real("top_p", 1.0, "Nucleus sampling mass.").greater_than(0).at_most(1);
     b.choice("precision", "fp32", {"fp32", "bf16"},
              "fp32: the Kokkos model on any backend; bf16: the CUDA kernels on a GPU (weights rounded to bf16, HF's "
-             "bf16 numerics, one decode step per token, prompts included).");
+             "bf16 numerics; prompts prefilled in batches, then one decode step per new token).");
+    b.integer("prefill_tokens", 8192,
+              "precision = bf16: the most tokens, padding included, in one prefill batch (prompts are batched "
+              "longest first and right-padded to the batch's longest; a longer prompt goes alone). Larger batches "
+              "prefill faster and need more GPU memory; the results do not depend on it.")
+        .at_least(1);
   }
   {
     auto& b = s.block("eval", "Evaluation.", {eval});

@@ -15,6 +15,22 @@ namespace jetmoe {
 
 std::string device_generation_unavailable() { return device_training_unavailable(); }
 
+PrefillPlan plan_prefill(const std::vector<std::vector<std::int32_t>>& prompts, std::int64_t max_tokens) {
+  PrefillPlan plan;
+  plan.order.resize(prompts.size());
+  for (std::size_t b = 0; b < prompts.size(); ++b) plan.order[b] = b;
+  std::stable_sort(plan.order.begin(), plan.order.end(),
+                   [&](std::size_t a, std::size_t b) { return prompts[a].size() > prompts[b].size(); });
+  for (std::size_t s0 = 0; s0 < plan.order.size();) {
+    const std::int64_t T = std::int64_t(prompts[plan.order[s0]].size());
+    std::size_t s1 = s0 + 1;
+    while (s1 < plan.order.size() && std::int64_t(s1 - s0 + 1) * T <= max_tokens) ++s1;
+    plan.batches.emplace_back(s0, s1);
+    s0 = s1;
+  }
+  return plan;
+}
+
 #if !JETMOE_HAVE_CUDA_KERNELS
 
 GenerationResult generate_on_device(const Model&, const std::vector<std::vector<std::int32_t>>&,
@@ -109,6 +125,10 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
 
   Sampler sampler(params.sampling);
   const std::size_t nb = std::size_t(B);
+  // Sequence b lives in cache slot slot[b] (its rows of the caches, ids, lengths and logits).
+  const PrefillPlan plan = plan_prefill(prompts, options.prefill_tokens);
+  std::vector<std::size_t> slot(nb);
+  for (std::size_t s = 0; s < nb; ++s) slot[plan.order[s]] = s;
   std::vector<std::int64_t> fed(nb, 0);  // tokens in sequence b's cache
   std::vector<std::int32_t> last(nb), ids(nb), lens(nb);  // last: set by each prefill
   std::vector<bool> done(nb, false);
@@ -129,30 +149,49 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
       fail(ErrorKind::Input, "a prompt has a token id outside the vocabulary [0, " + std::to_string(V) + ")");
   };
 
-  // Prefill: each prompt alone (a batch of one) into its sequence's rows of the caches, which are
-  // batch-major; its first token from the logits of its last position (in prompt order, as generate()).
+  // Prefill: the prompts in batches of similar lengths (plan_prefill), right-padded, each batch one
+  // jk_model_prefill into its slots' cache rows and logits; then every prompt's first token from its
+  // last position, in prompt order (as generate()).
   double t0 = now();
   {
     device::Buffer prompt_dev, pscratch;
-    cuda.ensure(prompt_dev, std::size_t(max_seq) * 4, "the prompt ids");
-    cuda.ensure(pscratch, jk_model_prefill_bytes(&cfg, 1, max_seq - params.max_new_tokens),
-                "the prefill scratch buffer");
+    std::size_t most_bytes = 0, most_ids = 0;
+    for (const auto& [s0, s1] : plan.batches) {
+      const std::int64_t n = std::int64_t(s1 - s0), T = std::int64_t(prompts[plan.order[s0]].size());
+      most_bytes = std::max(most_bytes, jk_model_prefill_bytes(&cfg, n, T));
+      most_ids = std::max(most_ids, std::size_t(n * T));
+    }
+    cuda.ensure(prompt_dev, most_ids * 4, "the prompt ids");
+    cuda.ensure(pscratch, most_bytes, "the prefill scratch buffer");
     const std::size_t stride = std::size_t(max_seq * c.num_kv_heads * c.head_dim);  // one sequence's cache rows
     std::vector<std::uint16_t*> kb(k_caches.size()), vb(v_caches.size());
-    for (std::int64_t b = 0; b < B; ++b) {
-      const auto& p = prompts[std::size_t(b)];
-      for (std::size_t l = 0; l < kb.size(); ++l) kb[l] = k_caches[l] + std::size_t(b) * stride;
-      for (std::size_t l = 0; l < vb.size(); ++l) vb[l] = v_caches[l] + std::size_t(b) * stride;
-      cuda.copy(prompt_dev.p, p.data(), p.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading a prompt");
-      cuda.check(jk_model_prefill(&w, &cfg, prompt_dev.as<std::int32_t>(), 1, std::int64_t(p.size()), kb.data(),
-                                  vb.data(), max_seq, logits_dev.as<float>(), invalid_dev.as<std::int32_t>(),
+    std::vector<std::int32_t> batch_ids;
+    std::vector<std::int64_t> prompt_lens;
+    for (const auto& [s0, s1] : plan.batches) {
+      const std::int64_t n = std::int64_t(s1 - s0), T = std::int64_t(prompts[plan.order[s0]].size());
+      batch_ids.assign(std::size_t(n * T), 0);
+      prompt_lens.assign(std::size_t(n), 0);
+      for (std::int64_t i = 0; i < n; ++i) {
+        const auto& p = prompts[plan.order[s0 + std::size_t(i)]];
+        // Padding: the prompt's first token (a valid id; causal attention keeps it out of the prompt).
+        std::fill(batch_ids.begin() + i * T, batch_ids.begin() + (i + 1) * T, p.front());
+        std::copy(p.begin(), p.end(), batch_ids.begin() + i * T);
+        prompt_lens[std::size_t(i)] = std::int64_t(p.size());
+      }
+      for (std::size_t l = 0; l < kb.size(); ++l) kb[l] = k_caches[l] + s0 * stride;
+      for (std::size_t l = 0; l < vb.size(); ++l) vb[l] = v_caches[l] + s0 * stride;
+      cuda.copy(prompt_dev.p, batch_ids.data(), batch_ids.size() * 4, cudaMemcpyHostToDevice, stream.s,
+                "uploading the prompts");
+      cuda.check(jk_model_prefill(&w, &cfg, prompt_dev.as<std::int32_t>(), n, T, prompt_lens.data(), kb.data(), vb.data(),
+                                  max_seq, logits_dev.as<float>() + s0 * std::size_t(V), invalid_dev.as<std::int32_t>(),
                                   pscratch.p, pscratch.bytes, stream.s),
                  "jk_model_prefill");
       check_ids();
-      cuda.copy(logits.data(), logits_dev.p, std::size_t(V) * 4, cudaMemcpyDeviceToHost, stream.s,
-                "reading the logits");
-      fed[b] = std::int64_t(p.size());
-      choose(b, logits.data());
+    }
+    cuda.copy(logits.data(), logits_dev.p, logits.size() * 4, cudaMemcpyDeviceToHost, stream.s, "reading the logits");
+    for (std::int64_t b = 0; b < B; ++b) {
+      fed[b] = std::int64_t(prompts[std::size_t(b)].size());
+      choose(b, &logits[slot[b] * std::size_t(V)]);
     }
   }
   result.prefill_seconds = now() - t0;
@@ -161,8 +200,8 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   t0 = now();
   while (!std::all_of(done.begin(), done.end(), [](bool x) { return x; })) {
     for (std::int64_t b = 0; b < B; ++b) {
-      ids[b] = done[b] ? params.pad_id : last[b];  // a finished sequence rewrites its next (unused) cache row
-      lens[b] = std::int32_t(fed[b]);
+      ids[slot[b]] = done[b] ? params.pad_id : last[b];  // a finished sequence rewrites its next (unused) cache row
+      lens[slot[b]] = std::int32_t(fed[b]);
     }
     cuda.copy(ids_dev.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading token ids");
     cuda.copy(len_dev.p, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice, stream.s, "uploading cache lengths");
@@ -171,7 +210,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
     for (std::int64_t b = 0; b < B; ++b) {
       if (done[b]) continue;
       ++fed[b];
-      choose(b, &logits[std::size_t(b * V)]);
+      choose(b, &logits[slot[b] * std::size_t(V)]);
     }
   }
   result.decode_seconds = now() - t0;

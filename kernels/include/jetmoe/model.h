@@ -119,18 +119,25 @@ cudaError_t jk_model_decode(const jk_model_weights_t* w, const jk_model_config_t
                             void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 // ---- prefill: whole prompts through the model, filling the KV caches --------------------------------
-// ids [B, T] int32 device: B prompts of T tokens each (positions 0..T-1; invalid ids as jk_model_decode).
+// ids [B, T] int32 device: B prompts, right-padded to T tokens (positions 0..T-1; invalid ids as
+// jk_model_decode, padding included: pad with any valid id).
+// lens [B] int64 HOST, optional (null = every prompt has T tokens): prompt b is ids[b, 0..lens[b]-1],
+// 1 <= lens[b] <= T; the rest of its row is padding. The attention is causal, so no prompt token sees
+// padding: prompt b's results are those of the prompt alone (B = 1, T = lens[b]) bit for bit.
 // k_caches, v_caches: as jk_model_decode's ([B, max_seq, H_kv, d] per block, T <= max_seq): rows 0..T-1
-// of every sequence are written (K after RoPE, V), the others untouched; afterwards cache_len = T and
-// decoding goes on with jk_model_decode. logits [B, V] fp32: the last position's, as jk_model_decode
-// gives them. The blocks run jk_layer_fwd (flash attention over the prompt), so the result equals T
-// decode steps up to the attention's summation order. scratch: jk_model_prefill_bytes(cfg, B, T) bytes
-// (0 for bad arguments), 256-byte aligned; one block's forward buffers at a time.
+// of every sequence are written (K after RoPE, V), the others untouched; rows lens[b]..T-1 hold the
+// padding's K/V, which decoding overwrites before reading (a step writes row cache_len[b] and attends
+// over rows 0..cache_len[b]). Afterwards cache_len[b] = lens[b] and decoding goes on with
+// jk_model_decode. logits [B, V] fp32: those of prompt b's last token (position lens[b] - 1), as
+// jk_model_decode gives them. The blocks run jk_layer_fwd (flash attention over the prompt), so the
+// result equals lens[b] decode steps up to the attention's summation order. scratch:
+// jk_model_prefill_bytes(cfg, B, T) bytes (0 for bad arguments), 256-byte aligned; one block's
+// forward buffers at a time.
 size_t jk_model_prefill_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq);
 cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
-                             int64_t batch, int64_t seq, uint16_t* const* k_caches, uint16_t* const* v_caches,
-                             int64_t max_seq, float* logits, int32_t* invalid_ids, void* scratch, size_t scratch_bytes,
-                             cudaStream_t stream);
+                             int64_t batch, int64_t seq, const int64_t* lens, uint16_t* const* k_caches,
+                             uint16_t* const* v_caches, int64_t max_seq, float* logits, int32_t* invalid_ids,
+                             void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 // ---- eval: the logits of whole sequences, nothing kept for a backward --------------------------------
 // ids [B, T] int32 device: B sequences of T tokens (positions 0..T-1; invalid ids as jk_model_decode)
