@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# One GPU session's checks of the CUDA kernels as one prepared command, for a machine that has nvcc,
+# CMake, ninja and PyTorch/transformers but none of the application's dependencies (Kokkos, MPI, HDF5):
+#
+#   scripts/gpu/session.sh tests     # the GPU test programs (kernels/tests), several at a time
+#   scripts/gpu/session.sh bench     # every benchmark beside its PyTorch/HF peer (scripts/bench/run_gpu_bench.sh)
+#   scripts/gpu/session.sh all       # both
+#
+# Programs: from .gpu/bin.tar.xz when it exists and was built from this checkout's kernels/
+# (scripts/gpu/pack.sh makes it on a machine without a GPU; carry .gpu), else built here by the
+# standalone kernels build (cmake -S kernels, all cores; a few minutes of device time).
+#
+# Output (fits the device tool's $OUT: few files, one level): OUT (default $OUT, else ./gpu-session)
+# gets summary.txt (the machine, each program's verdict and PASS/FAIL counts, failing case lines),
+# logs.tar.gz (every log and CSV), and for bench bench.md (the side-by-side tables).
+#
+# Settings (environment): BIN (a directory holding jetmoe-<name>-test/-bench: use those, no archive, no
+# build), TESTS (the test programs, default all: kernels router embedding fused
+# grouped-gemm attention layer model), ONLY (a --only regex for every test program; default all cases),
+# JOBS (test programs at a time, default 3), TEST_TIMEOUT (s per test program, default 420),
+# SANITIZE (1: also compute-sanitizer memcheck on small cases), BENCH_FAMILIES (default all),
+# JETMOE_BENCH_TIMEOUT (s per benchmark or peer, default 240), PYTHON (default python3).
+# Exit: 0 when every test program that ran passed, 1 otherwise, 2 bad arguments.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+mode="${1:-}"
+case "$mode" in tests|bench|all) ;; *) echo "usage: $0 tests|bench|all" >&2; exit 2 ;; esac
+OUT="${OUT:-$PWD/gpu-session}"
+TESTS="${TESTS:-kernels router embedding fused grouped-gemm attention layer model}"
+JOBS="${JOBS:-3}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-420}"
+PYTHON="${PYTHON:-python3}"
+work="$(mktemp -d /tmp/jk-session.XXXXXX)"
+mkdir -p "$OUT" "$work/logs"
+summary="$OUT/summary.txt"
+: > "$summary"
+say() { echo "[session $(date +%T)] $*" | tee -a "$summary"; }
+pack_logs() { tar -C "$work" -czf "$OUT/logs.tar.gz" logs 2>/dev/null; }
+trap pack_logs EXIT
+
+say "revision $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), mode $mode"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+  echo "nvcc: $(nvcc --version 2>/dev/null | tail -1)"
+  echo "cpus: $(nproc)"; } | tee -a "$summary"
+
+# ---- the programs ----------------------------------------------------------------------------------
+bin="${BIN:-}"
+if [[ -n "$bin" ]]; then
+  say "programs from BIN=$bin"
+elif [[ -f "$REPO/.gpu/bin.tar.xz" ]]; then
+  tar -C "$work" -xJf "$REPO/.gpu/bin.tar.xz"
+  want="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo none)"
+  if grep -q "^revision: $want\$" "$work/bin/MANIFEST"; then
+    bin="$work/bin"
+    say "prebuilt programs from .gpu/bin.tar.xz ($(sed -n 's/^built: //p' "$work/bin/MANIFEST"))"
+  else
+    say "ignoring .gpu/bin.tar.xz: $(head -1 "$work/bin/MANIFEST") is not this checkout ($want)"
+  fi
+fi
+if [[ -n "$bin" && -z "${BIN:-}" ]]; then
+  # The programs link the shared CUDA runtime and cuBLASLt: find them where this machine keeps them.
+  missing="$(ldd "$bin/jetmoe-model-test" 2>/dev/null | awk '/not found/ {print $1}')"
+  if [[ -n "$missing" ]]; then
+    dirs="$(find / -xdev \( -name 'libcudart.so.*' -o -name 'libcublasLt.so.*' \) -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')"
+    export LD_LIBRARY_PATH="${dirs}${LD_LIBRARY_PATH:-}"
+    if ldd "$bin/jetmoe-model-test" | grep -q "not found"; then
+      say "prebuilt programs miss libraries ($(echo $missing)); building here instead"
+      bin=""
+    fi
+  fi
+fi
+if [[ -z "$bin" ]]; then
+  say "building the kernels standalone (cmake -S kernels) with $(nproc) jobs"
+  start=$SECONDS
+  if ! { cmake -S "$REPO/kernels" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release &&
+         ninja -C "$work/build" -j "$(nproc)"; } > "$work/logs/build.log" 2>&1; then
+    say "BUILD FAILED (logs/build.log):"; tail -30 "$work/logs/build.log" | tee -a "$summary"; exit 1
+  fi
+  bin="$work/build"
+  say "built in $((SECONDS - start)) s"
+fi
+
+status=0
+# ---- tests -------------------------------------------------------------------------------------------
+run_test() {  # name: one test program, its log and one verdict line
+  local name="$1" log="$work/logs/test-$1.log" args=() rc
+  [[ -n "${ONLY:-}" ]] && args=(--only "$ONLY")
+  local start=$SECONDS
+  timeout -k 10 "$TEST_TIMEOUT" "$bin/jetmoe-$name-test" "${args[@]}" > "$log" 2>&1
+  rc=$?
+  local verdict=PASS
+  [[ $rc -eq 0 ]] || verdict="FAIL (exit $rc$([[ $rc -eq 124 ]] && echo ', timed out'))"
+  printf '%-14s %-28s %4ds  %s\n' "$name" "$verdict" "$((SECONDS - start))" \
+    "$(grep -E '^[0-9]+ passed' "$log" | tail -1)" > "$work/logs/verdict-$name"
+}
+if [[ $mode != bench ]]; then
+  say "tests: $TESTS (${JOBS} at a time, ${TEST_TIMEOUT} s each${ONLY:+, --only '$ONLY'})"
+  export -f run_test
+  export bin work TEST_TIMEOUT ONLY
+  printf '%s\n' $TESTS | xargs -P "$JOBS" -I{} bash -c 'run_test {}'
+  for name in $TESTS; do
+    cat "$work/logs/verdict-$name" | tee -a "$summary"
+    grep -q ' PASS ' "$work/logs/verdict-$name" || status=1
+    grep -E '^FAIL ' "$work/logs/test-$name.log" | head -20 | sed 's/^/    /' | tee -a "$summary"
+  done
+  if [[ "${SANITIZE:-0}" == 1 ]]; then
+    say "compute-sanitizer memcheck on small cases"
+    for spec in "model|model.(arguments|stages)" "attention|^arguments|B=1 T=1 |T=7 |T=63 " \
+                "grouped-gemm|api|wgmma" "layer|arguments"; do
+      name="${spec%%|*}"; only="${spec#*|}"
+      log="$work/logs/memcheck-$name.log"
+      timeout -k 10 "$TEST_TIMEOUT" compute-sanitizer --tool memcheck --error-exitcode 3 \
+        "$bin/jetmoe-$name-test" --only "$only" > "$log" 2>&1
+      rc=$?
+      printf 'memcheck %-14s %s\n' "$name" "$([[ $rc -eq 0 ]] && echo clean || echo "FAIL (exit $rc)")" | tee -a "$summary"
+      [[ $rc -eq 0 ]] || status=1
+    done
+  fi
+fi
+
+# ---- benchmarks beside their peers -----------------------------------------------------------------------
+if [[ $mode != tests ]]; then
+  say "benchmarks and peers: ${BENCH_FAMILIES:-all}"
+  BIN="$bin" PYTHON="$PYTHON" "$REPO/scripts/bench/run_gpu_bench.sh" "$work/logs/bench" ${BENCH_FAMILIES:-} \
+    > "$work/logs/bench.log" 2>&1
+  if [[ -f "$work/logs/bench/summary.md" ]]; then cp "$work/logs/bench/summary.md" "$OUT/bench.md"; fi
+  tail -5 "$work/logs/bench.log" | tee -a "$summary"
+fi
+say "done: $([[ $status -eq 0 ]] && echo 'every test program passed' || echo 'FAILURES above')"
+exit $status
