@@ -23,7 +23,8 @@
 # The CSVs and logs of the families run are removed first, so nothing stale is compared.
 #
 # Settings (environment): BUILD (the checkout's build/; any directory holding kernels/jetmoe-<family>-bench:
-# nothing is built here), PYTHON (python3: the peers need torch and transformers; compare_gpu.py only the
+# nothing is built here), BIN (the directory of the benches themselves, default $BUILD/kernels; a standalone
+# kernels build, cmake -S kernels, puts them at its top), PYTHON (python3: the peers need torch and transformers; compare_gpu.py only the
 # standard library), JETMOE_BENCH_TIMEOUT (300: seconds per program; SIGTERM, then SIGKILL 10 s later),
 # JK_ARGS_<family> and PEER_ARGS_<family> (extra arguments of one program, e.g. JK_ARGS_attention=--quick
 # PEER_ARGS_layer="--reps 3"), REVISION (the source revision to record; default: git rev-parse --short HEAD).
@@ -31,16 +32,11 @@
 # out or is missing (the summary is still written); 77 when nothing was measured because there is no CUDA
 # device; 2 for an unknown family.
 #
-# From a one-shot GPU session (one prepared command; only what it writes under $OUT comes back): the benches
-# must exist first. Either build them there (cmake as in kernels/README.md "On the H100 machine", then
-# `ninja -C build jetmoe-{kernels,embedding,fused,router,grouped-gemm,attention,layer,model}-bench`: minutes of
-# nvcc), or build them here and send them along: build/ is git-ignored and build/kernels is over 100 MB, so
-# copy the eight binaries (~35 MB, linked to the toolkit's libcudart / libcublasLt) into an ignored directory,
-# e.g. build-gpu/kernels/, carry build-gpu, and set BUILD=build-gpu. Then, for example,
-#   BUILD=build-gpu JETMOE_BENCH_TIMEOUT=150 \
-#     scripts/bench/run_gpu_bench.sh "$OUT/gpu-bench" layer attention grouped_gemm
-# sizing families x timeout to the session's per-command limit (every family at the default timeout can take
-# far longer than 10 minutes; --reps in JK_ARGS_* / PEER_ARGS_* shortens a program). Read summary.md.
+# From a one-shot GPU session (one prepared command; only what it writes under $OUT comes back):
+# scripts/gpu/session.sh bench runs this with the programs that scripts/gpu/pack.sh built here (or builds
+# them there), e.g. BENCH_FAMILIES="layer attention grouped_gemm" JETMOE_BENCH_TIMEOUT=150, sizing families x
+# timeout to the session's per-command limit (every family at the default timeout can take far longer than
+# 10 minutes; --reps in JK_ARGS_* / PEER_ARGS_* shortens a program). Read summary.md.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -65,6 +61,8 @@ command -v timeout >/dev/null || { echo "run_gpu_bench.sh: needs timeout (coreut
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 BUILD="$(cd "$BUILD" 2>/dev/null && pwd || echo "$BUILD")"  # a relative BUILD: from the caller's directory
+BIN="${BIN:-$BUILD/kernels}"
+BIN="$(cd "$BIN" 2>/dev/null && pwd || echo "$BIN")"
 cd "$REPO"
 
 {
@@ -77,7 +75,7 @@ cd "$REPO"
     echo "gpu: (no nvidia-smi)"
   fi
   echo "revision: ${REVISION:-$REV$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (modified)')}"
-  echo "settings: BUILD=$BUILD PYTHON=$PYTHON JETMOE_BENCH_TIMEOUT=$TIMEOUT families='${FAMILIES[*]}'"
+  echo "settings: BUILD=$BUILD BIN=$BIN PYTHON=$PYTHON JETMOE_BENCH_TIMEOUT=$TIMEOUT families='${FAMILIES[*]}'"
   echo "peer: $("$PYTHON" -c 'import torch, transformers
 print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)' 2>&1 |
                 tail -n 1)"
@@ -111,7 +109,7 @@ run_one() {
 
 for f in "${FAMILIES[@]}"; do
   rm -f "$OUTDIR/jk-$f.csv" "$OUTDIR/peer-$f.csv" "$OUTDIR/jk-$f.log" "$OUTDIR/peer-$f.log"
-  bin="$BUILD/kernels/jetmoe-${f//_/-}-bench"
+  bin="$BIN/jetmoe-${f//_/-}-bench"
   jk_args_var="JK_ARGS_$f" peer_args_var="PEER_ARGS_$f"
   read -r -a jk_args <<< "${!jk_args_var:-}"
   read -r -a peer_args <<< "${!peer_args_var:-}"

@@ -270,6 +270,7 @@ class RunScriptTest(unittest.TestCase):
                                     layer_row("train.fwd+bwd", 2, 4096, 20.0, 409600, 200.0)))
         env = dict(os.environ, BUILD=build, PYTHON=python, JETMOE_BENCH_TIMEOUT="1", JK_ARGS_layer="--reps 3",
                    PEER_ARGS_layer="--device cpu --reps 2")
+        env.pop("BIN", None)  # the benches from $BUILD/kernels
         proc = subprocess.run(["bash", RUN, out, "layer", "attention", "grouped_gemm", "kernels"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
         self.assertEqual(proc.returncode, 1, proc.stdout)  # a failure, a timeout and a missing binary

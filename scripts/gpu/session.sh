@@ -20,7 +20,7 @@
 # JOBS (test programs at a time, default 3), TEST_TIMEOUT (s per test program, default 420),
 # SANITIZE (1: also compute-sanitizer memcheck on small cases), BENCH_FAMILIES (default all),
 # JETMOE_BENCH_TIMEOUT (s per benchmark or peer, default 240), PYTHON (default python3).
-# Exit: 0 when every test program that ran passed, 1 otherwise, 2 bad arguments.
+# Exit: 0 when every test program that ran passed and every benchmark ran, 1 otherwise, 2 bad arguments.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -124,8 +124,18 @@ if [[ $mode != tests ]]; then
   say "benchmarks and peers: ${BENCH_FAMILIES:-all}"
   BIN="$bin" PYTHON="$PYTHON" "$REPO/scripts/bench/run_gpu_bench.sh" "$work/logs/bench" ${BENCH_FAMILIES:-} \
     > "$work/logs/bench.log" 2>&1
+  rc=$?
   if [[ -f "$work/logs/bench/summary.md" ]]; then cp "$work/logs/bench/summary.md" "$OUT/bench.md"; fi
-  tail -5 "$work/logs/bench.log" | tee -a "$summary"
+  [[ -f "$work/logs/bench/status.tsv" ]] && sed 's/^/    /' "$work/logs/bench/status.tsv" | tee -a "$summary"
+  case $rc in
+    0) if grep -q 'no-device' "$work/logs/bench/status.tsv" 2>/dev/null; then
+         say "benchmarks: some programs found no CUDA device (status above)"; status=1
+       else
+         say "benchmarks: every program ran (bench.md)"
+       fi ;;
+    77) say "benchmarks: nothing measured (no CUDA device)"; status=1 ;;
+    *) say "benchmarks: a program failed, timed out or is missing (exit $rc; bench.md, logs/bench.log)"; status=1 ;;
+  esac
 fi
-say "done: $([[ $status -eq 0 ]] && echo 'every test program passed' || echo 'FAILURES above')"
+say "done: $([[ $status -eq 0 ]] && echo 'everything passed' || echo 'FAILURES above')"
 exit $status
