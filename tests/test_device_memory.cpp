@@ -1,5 +1,5 @@
 // What a GPU too small for the run does to bf16 training (one clear error naming the buffer and what
-// to change, a failed run, nothing written) and to evaluation on the GPU (the same error, and the
+// to change, a failed run, nothing written), what train/recompute saves of it, and to evaluation on the GPU (the same error, and the
 // evaluator works again once the memory is there). Emulated GPU only (jetmoe-device-emu-tests): the fake
 // runtime (kernels/tests/emu/runtime.cpp) is given a memory size, past which cudaMalloc fails with
 // cudaErrorMemoryAllocation as a full GPU's does.
@@ -56,6 +56,7 @@ TEST_CASE("bf16 training on a GPU too small is one clear error and writes nothin
     }
     CHECK(message.find("bf16 training: out of GPU memory in ") != std::string::npos);
     CHECK(message.find("train/micro_batch_size") != std::string::npos);
+    CHECK(message.find("train/recompute") != std::string::npos);
     const fs::path checkpoints = tmp / (run + "/checkpoints");  // made at the start, left empty
     CHECK((!fs::exists(checkpoints) || fs::is_empty(checkpoints)));
     CHECK(!fs::exists(tmp / (run + "/final")));
@@ -63,6 +64,27 @@ TEST_CASE("bf16 training on a GPU too small is one clear error and writes nothin
   }
   // The same process trains again once the memory is there (everything was freed).
   REQUIRE(tt::train(tmp, "again", deck) == TrainOutcome::Finished);
+}
+
+TEST_CASE("bf16 training with train/recompute: the same run bit for bit in less GPU memory", "[unit][device][train]") {
+  TempDir tmp;
+  tt::prepare_corpus(tmp);
+  const std::vector<std::string> deck = {"train/precision=bf16", "train/eval_interval=0", "train/sample_tokens=0"};
+  std::vector<std::string> recompute = deck;
+  recompute.push_back("train/recompute=true");
+  jk_emu_device_bytes_peak(1);
+  REQUIRE(tt::train(tmp, "kept", deck) == TrainOutcome::Finished);
+  const std::size_t kept = jk_emu_device_bytes_peak(1);
+  REQUIRE(tt::train(tmp, "recomputed", recompute) == TrainOutcome::Finished);
+  const std::size_t recomputed = jk_emu_device_bytes_peak(1);
+  // Six steps: every loss, gradient norm and router statistic, and the final checkpoint, bit for bit.
+  CHECK(tt::lines_of(tmp / "recomputed/metrics.jsonl", "train") == tt::lines_of(tmp / "kept/metrics.jsonl", "train"));
+  tt::require_identical(tmp / "kept/checkpoints/step-000000006.h5", tmp / "recomputed/checkpoints/step-000000006.h5");
+  // The micro model's two blocks: one block's saved buffer instead of two (the rest of the peak is the
+  // weights, gradients and the head's logits, which recompute does not change).
+  WARN("GPU memory peak: " << kept << " bytes with every block's activations kept, " << recomputed
+                           << " with train/recompute");
+  CHECK(recomputed < kept);
 }
 
 TEST_CASE("evaluation on a GPU too small is one clear error naming what to change", "[unit][device][eval]") {

@@ -37,7 +37,7 @@ StageDims stage_dims(const jk_model_config_t& c, std::int64_t B, std::int64_t T)
 // What the forward keeps for the backward.
 struct StageSaved {
   std::vector<std::uint16_t*> x;      // [L + 1] block inputs x_0..x_{L-1} and the stage output x_L, [N, D]
-  std::vector<void*> layer;           // [L] each block's jk_layer saved buffer
+  std::vector<void*> layer;           // [L] each block's jk_layer saved buffer (none with recompute)
   std::size_t layer_bytes = 0;
   std::int32_t* ids = nullptr;        // [N] (embedding)
   std::int32_t* labels = nullptr;     // [N] (head)
@@ -51,6 +51,7 @@ struct StageSaved {
 struct StageScratch {
   void* layer = nullptr;  // shared by every block
   std::size_t layer_bytes = 0;
+  void* layer_saved = nullptr;  // recompute: the one block's jk_layer saved buffer, shared by every block
   std::uint16_t* dx[2] = {nullptr, nullptr};  // [N, D] ping-pong gradient of the block boundaries
   float* norm_ws = nullptr;                    // final norm backward workspace
   void* emb_ws = nullptr;                      // embedding backward workspace
@@ -68,7 +69,8 @@ StageSaved carve_stage_saved(Carver& cv, const jk_model_config_t& c, const Stage
   StageSaved v;
   v.layer_bytes = layer_saved;
   for (std::int64_t l = 0; l <= s.L; ++l) v.x.push_back(cv.take<std::uint16_t>(s.N * s.D));
-  for (std::int64_t l = 0; l < s.L; ++l) v.layer.push_back(cv.take<char>(static_cast<std::int64_t>(layer_saved)));
+  if (!c.recompute)
+    for (std::int64_t l = 0; l < s.L; ++l) v.layer.push_back(cv.take<char>(static_cast<std::int64_t>(layer_saved)));
   if (c.has_embedding) v.ids = cv.take<std::int32_t>(s.N);
   if (c.has_head) {
     v.labels = cv.take<std::int32_t>(s.N);
@@ -82,10 +84,11 @@ StageSaved carve_stage_saved(Carver& cv, const jk_model_config_t& c, const Stage
 }
 
 StageScratch carve_stage_scratch(Carver& cv, const jk_model_config_t& c, const StageDims& s,
-                                 std::size_t layer_scratch) {
+                                 std::size_t layer_scratch, std::size_t layer_saved) {
   StageScratch v;
   v.layer_bytes = layer_scratch;
   v.layer = cv.take<char>(static_cast<std::int64_t>(layer_scratch));
+  if (c.recompute && s.L > 0) v.layer_saved = cv.take<char>(static_cast<std::int64_t>(layer_saved));
   v.dx[0] = cv.take<std::uint16_t>(s.N * s.D);
   v.dx[1] = cv.take<std::uint16_t>(s.N * s.D);
   if (c.has_head) v.norm_ws = cv.take<float>(jk_fused_rmsnorm_bwd_workspace_elems(s.N, s.D));
@@ -99,6 +102,7 @@ StageScratch carve_stage_scratch(Carver& cv, const jk_model_config_t& c, const S
 bool valid_stage_config(const jk_model_config_t* c) {
   if (c == nullptr || c->vocab < 1 || c->num_layers < 0) return false;
   if ((c->has_embedding != 0 && c->has_embedding != 1) || (c->has_head != 0 && c->has_head != 1)) return false;
+  if (c->recompute != 0 && c->recompute != 1) return false;
   if (c->num_layers == 0 && !c->has_embedding && !c->has_head) return false;  // an empty stage
   if (c->has_head && !(c->final_eps >= 0.0f && c->final_eps < 1.0f)) return false;
   if (c->layer.hidden < 1 || c->layer.hidden > INT32_MAX || c->vocab > INT32_MAX) return false;
@@ -133,7 +137,7 @@ cudaError_t prepare(const jk_model_config_t* cfg, const jk_model_batch_t* batch,
   Carver a{static_cast<char*>(saved)};
   *sv = carve_stage_saved(a, *cfg, *dims, ls);
   Carver b{static_cast<char*>(scratch)};
-  *sc = carve_stage_scratch(b, *cfg, *dims, lc);
+  *sc = carve_stage_scratch(b, *cfg, *dims, lc, ls);
   return cudaSuccess;
 }
 
@@ -392,7 +396,7 @@ cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, in
   Carver a{nullptr};
   carve_stage_saved(a, *cfg, s, ls);
   Carver b{nullptr};
-  carve_stage_scratch(b, *cfg, s, lc);
+  carve_stage_scratch(b, *cfg, s, lc, ls);
   *saved_bytes = a.used;
   *scratch_bytes = b.used;
   return cudaSuccess;
@@ -414,7 +418,7 @@ cudaError_t jk_model_saved_layer(const jk_model_config_t* cfg, int64_t batch, in
                                  int64_t layer, const void** layer_saved) {
   std::size_t need_saved = 0, need_scratch = 0;
   JK_RETURN_IF_ERROR(jk_model_train_bytes(cfg, batch, seq, &need_saved, &need_scratch));
-  if (saved == nullptr || layer_saved == nullptr || layer < 0 || layer >= cfg->num_layers)
+  if (saved == nullptr || layer_saved == nullptr || layer < 0 || layer >= cfg->num_layers || cfg->recompute)
     return cudaErrorInvalidValue;
   std::size_t ls = 0, lc = 0;
   JK_RETURN_IF_ERROR(layer_bytes(*cfg, batch, seq, &ls, &lc));
@@ -445,9 +449,11 @@ cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* c
     JK_RETURN_IF_ERROR(cudaMemcpyAsync(sv.x[0], batch->x_in, row_bytes, cudaMemcpyDeviceToDevice, stream));
     if (invalid_ids != nullptr) JK_RETURN_IF_ERROR(cudaMemsetAsync(invalid_ids, 0, sizeof(std::int32_t), stream));
   }
+  // With recompute every block saves into the one shared buffer; the backward runs the block again.
   for (std::int64_t l = 0; l < s.L; ++l)
     JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sv.x[l], s.B, s.T, sv.x[l + 1],
-                                    aux != nullptr ? aux + 4 * l : nullptr, sv.layer[l], sv.layer_bytes, sc.layer,
+                                    aux != nullptr ? aux + 4 * l : nullptr,
+                                    cfg->recompute ? sc.layer_saved : sv.layer[l], sv.layer_bytes, sc.layer,
                                     sc.layer_bytes, nullptr, stream));
   if (!cfg->has_head)
     return cudaMemcpyAsync(out, sv.x[s.L], row_bytes, cudaMemcpyDeviceToDevice, stream);
@@ -504,8 +510,12 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
   for (std::int64_t l = s.L - 1; l >= 0; --l) {
     // The gradient of the stage input goes straight to dx_in when there is no embedding.
     std::uint16_t* dst = (l == 0 && !cfg->has_embedding && dx_in != nullptr) ? dx_in : sc.dx[next];
+    void* layer_saved = sv.layer.empty() ? sc.layer_saved : sv.layer[l];
+    if (cfg->recompute)  // the block's forward again from its kept input: the same bits as the first time
+      JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sv.x[l], s.B, s.T, sv.x[l + 1], nullptr, layer_saved,
+                                      sv.layer_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
     JK_RETURN_IF_ERROR(jk_layer_bwd(&w->layers[l], &cfg->layer, sv.x[l], dcur, s.B, s.T, dst, &grads->layers[l],
-                                    grad_beta, sv.layer[l], sv.layer_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
+                                    grad_beta, layer_saved, sv.layer_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
     dcur = dst;
     next = dst == sc.dx[0] ? 1 : 0;
   }

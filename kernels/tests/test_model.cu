@@ -228,7 +228,7 @@ StageRun run_stage(jkt::Context& ctx, const Sizes& z, Stage& st, DeviceBatch& db
   r.aux = aux.download();
   r.aux.resize(static_cast<std::size_t>(4 * st.cfg.num_layers));
   r.invalid = invalid.download()[0];
-  for (std::int64_t l = 0; l < st.cfg.num_layers; ++l) {
+  for (std::int64_t l = 0; l < (st.cfg.recompute ? 0 : st.cfg.num_layers); ++l) {  // recompute keeps none
     const void* ls = nullptr;
     CHECK_CUDA(jk_model_saved_layer(&st.cfg, z.B, z.T, saved.p, l, &ls));
     const std::int32_t *moa = nullptr, *moe = nullptr;
@@ -475,6 +475,74 @@ CaseResult stages_case(jkt::Context& ctx, const Sizes& z, bool tied, std::int64_
                                                 split, loss_same ? "bit-identical" : "DIFFER",
                                                 emb_same ? "bit-identical" : "DIFFER",
                                                 layers_same ? "bit-identical" : "DIFFER", int(guards))};
+}
+
+// Activation recomputation (cfg.recompute = 1) against the same stage without it, same batch: losses,
+// logits, aux, the stage output, dx_in and every weight gradient bit for bit; saved holds L fewer block
+// buffers and scratch one more; jk_model_saved_layer refuses the recompute stage and recompute = 2 is
+// cudaErrorInvalidValue. The whole model, or (middle) its blocks alone with random x_in and dout.
+CaseResult recompute_case(jkt::Context& ctx, const Sizes& z, bool tied, bool middle, std::uint64_t seed) {
+  jkt::Inputs in(seed);
+  const ModelShape s = shape_of(z, tied);
+  const std::int64_t N = z.B * z.T;
+  const ModelWeights hw = random_model_weights(s, in);
+  DeviceModel dm(s, hw);
+  const Batch batch = random_batch(z, in, false);
+  DeviceBatch db(batch);
+  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
+  const float ce_scale = 1.0f / static_cast<float>(std::max<std::int64_t>(batch.n_valid, 1));
+  GuardedBuffer<std::uint16_t> x_in(static_cast<std::size_t>(N * z.D)), dout(x_in.size());
+  std::vector<float> xs(x_in.size()), ds(x_in.size());
+  for (auto& v : xs) v = in.nonzero(0.05f, 1.5f);
+  for (auto& v : ds) v = in.nonzero(1e-3f, 2e-2f);
+  x_in.upload(jkt::to_bf16(xs));
+  dout.upload(jkt::to_bf16(ds));
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, !middle, !middle, tied);
+  StageRun run[2];
+  Grads grads[2];
+  std::size_t sb[2] = {0, 0}, cb[2] = {0, 0};
+  bool guards = true;
+  for (int r = 0; r < 2; ++r) {
+    st.cfg.recompute = r;
+    CHECK_CUDA(jk_model_train_bytes(&st.cfg, z.B, z.T, &sb[r], &cb[r]));
+    dm.poison_grads();
+    bool g = true;
+    run[r] = run_stage(ctx, z, st, db, middle ? x_in.data() : nullptr, middle ? dout.data() : nullptr, ce_scale, 0.0f,
+                       true, &g);
+    grads[r] = download_grads(dm);
+    guards = guards && g && dm.guards_intact() && x_in.guards_intact() && dout.guards_intact();
+  }
+  const StageRun &a = run[0], &b = run[1];
+  bool layers_same = true;
+  for (std::int64_t l = 0; l < z.L; ++l)
+    for (int i = 0; i < 11; ++i) layers_same = layers_same && same_bits(grads[0].layers[l][i], grads[1].layers[l][i]);
+  const bool ends_same = same_bits(grads[0].emb, grads[1].emb) && same_bits(grads[0].head, grads[1].head) &&
+                         same_bits(grads[0].norm, grads[1].norm);
+  const bool fwd_same = a.logits == b.logits && same_bits(a.loss_rows, b.loss_rows) && same_bits(a.aux, b.aux) &&
+                        a.out == b.out && a.dx_in == b.dx_in && a.invalid == b.invalid;
+  // Memory: L block buffers fewer in saved, one more in scratch (each between its size and its size
+  // rounded up to the Carver's 256 bytes: a buffer at the end of a region is not padded).
+  std::size_t ls = 0, lc = 0;
+  CHECK_CUDA(jk_layer_train_bytes(&st.cfg.layer, z.B, z.T, &ls, &lc));
+  const std::size_t block = (ls + 255) / 256 * 256, L = static_cast<std::size_t>(z.L);
+  const bool bytes_ok = sb[1] + L * ls <= sb[0] && sb[0] <= sb[1] + L * block && cb[0] + ls <= cb[1] &&
+                        cb[1] <= cb[0] + block;
+  int bad = 0;
+  const void* layer_saved = nullptr;
+  DeviceMem saved(sb[0]);
+  st.cfg.recompute = 1;
+  bad += jk_model_saved_layer(&st.cfg, z.B, z.T, saved.p, 0, &layer_saved) == cudaErrorInvalidValue ? 0 : 1;
+  st.cfg.recompute = 2;
+  std::size_t x = 0, y = 0;
+  bad += jk_model_train_bytes(&st.cfg, z.B, z.T, &x, &y) == cudaErrorInvalidValue ? 0 : 1;
+  const bool pass = fwd_same && layers_same && ends_same && bytes_ok && bad == 0 && guards;
+  return {pass, describe(z, tied) + jkt::format("%s: forward %s, block gradients %s, embedding/norm/head %s; saved "
+                                                "%zu -> %zu bytes, scratch %zu -> %zu (block %zu) %s; bad-argument "
+                                                "results %d; guards %d",
+                                                middle ? " blocks only" : "", fwd_same ? "bit-identical" : "DIFFER",
+                                                layers_same ? "bit-identical" : "DIFFER",
+                                                ends_same ? "bit-identical" : "DIFFER", sb[0], sb[1], cb[0], cb[1],
+                                                block, bytes_ok ? "as expected" : "WRONG", bad, int(guards))};
 }
 
 // Per-row loss weights (DPO-style objectives): random weights of both signs vs the reference; uniform
@@ -1090,6 +1158,13 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
     const std::uint64_t seed = ctx.next_seed();
     cases.push_back({"model.weighted " + describe(tiny, true), [&ctx, tiny, seed] { return weighted_case(ctx, tiny, seed); }});
   }
+  for (const Sizes& z : {tiny, Sizes{2, 64, 256, 8, 2, 4, 64, 384, 1000, 2}})
+    for (const int variant : {0, 1, 2}) {  // tied, untied, blocks only
+      const std::uint64_t seed = ctx.next_seed();
+      const bool tied = variant == 0, middle = variant == 2;
+      cases.push_back({"model.recompute " + describe(z, tied) + (middle ? " blocks" : ""),
+                       [&ctx, z, tied, middle, seed] { return recompute_case(ctx, z, tied, middle, seed); }});
+    }
   const Sizes decode_shapes[] = {
       tiny,
       {3, 9, 36, 3, 2, 3, 8, 20, 50, 3},          // odd sizes, 3 blocks

@@ -55,7 +55,7 @@ std::string device_training_unavailable() {
 }
 std::string device_training_description() { return "none"; }
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, double, const StageSpan&,
-                                                  std::shared_ptr<GpuComms>, GpuKernels) {
+                                                  std::shared_ptr<GpuComms>, GpuKernels, bool) {
   fail(ErrorKind::Deck, "train/precision = bf16: " + device_training_unavailable());
 }
 
@@ -66,7 +66,8 @@ namespace {
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
     device::fail_cuda(e, "bf16 training", what,
-                      "reduce train/micro_batch_size or train/seq_len, or use more pipeline stages");
+                      "set train/recompute = true, reduce train/micro_batch_size or train/seq_len, or use more "
+                      "pipeline stages");
 }
 
 void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
@@ -99,13 +100,14 @@ void download(void* to, const void* from, std::size_t bytes, cudaStream_t stream
 class DeviceNetwork final : public StageNetwork, public StageLink {
  public:
   DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span,
-                std::shared_ptr<GpuComms> comms, GpuKernels kernels)
+                std::shared_ptr<GpuComms> comms, GpuKernels kernels, bool recompute)
       : c_(c), cs_(coef_switch), cz_(coef_z), span_(span), comms_(std::move(comms)) {
     first_ = span.first_layer;
     layers_ = span.end(c) - span.first_layer;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     check(device::make_rope_table(rope_, c), "the RoPE table");
     cfg_ = device::model_config(c, span, rope_, coef_switch, coef_z, kernels);
+    cfg_.recompute = recompute ? 1 : 0;
     layer_w_.assign(static_cast<std::size_t>(layers_), jk_layer_weights_t{});
     layer_g_.assign(static_cast<std::size_t>(layers_), jk_layer_grads_t{});
     slots_.resize(1);
@@ -451,10 +453,10 @@ std::string device_training_description() {
 
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
                                                   const StageSpan& span, std::shared_ptr<GpuComms> comms,
-                                                  GpuKernels kernels) {
+                                                  GpuKernels kernels, bool recompute) {
   const std::string why = device_training_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "train/precision = bf16: " + why + "; use fp32");
-  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms), kernels);
+  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms), kernels, recompute);
 }
 
 #endif

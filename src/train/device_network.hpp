@@ -23,8 +23,9 @@
 // data-parallel replicas (one call over one contiguous buffer), then the tied embedding's copies
 // between the first and the last stage, before they are added to the trainer's.
 //
-// Not (yet) on this path: activation recomputation (every block's activations are kept), the
-// optimizer on the device (jk_fused_adamw is bit-identical to the CPU AdamW and is the next step).
+// Activation recomputation (train/recompute) keeps each block's input only and runs the block again in
+// the backward, with bit-identical results. Not (yet) on this path: the optimizer on the device
+// (jk_fused_adamw is bit-identical to the CPU AdamW and is the next step).
 #include <memory>
 #include <string>
 
@@ -60,9 +61,12 @@ std::string device_training_description();
 // The device stage for `span` of the model. Throws jetmoe::Error when device_training_unavailable()
 // is not empty or device memory runs out. With `comms`, its boundaries and gradient sums go by NCCL
 // (it is its own StageLink and sums_gradients()); without, by the Pipeline and the trainer over MPI.
-// `kernels`: which CUDA kernels (job/gpu_kernels).
+// `kernels`: which CUDA kernels (job/gpu_kernels). `recompute` (train/recompute): keep only each
+// block's input from forward to backward and run the block's forward again in the backward
+// (jk_model_config_t::recompute): one block's activations instead of every block's, the same results
+// bit for bit.
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
                                                   const StageSpan& span, std::shared_ptr<GpuComms> comms = nullptr,
-                                                  GpuKernels kernels = GpuKernels::Tuned);
+                                                  GpuKernels kernels = GpuKernels::Tuned, bool recompute = false);
 
 }  // namespace jetmoe

@@ -210,8 +210,6 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   if (run_.precision == "bf16") {
     const std::string why = device_training_unavailable();
     if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
-    if (deck.get_bool("train", "recompute"))
-      log::warn("train/recompute has no effect with train/precision = bf16 (the GPU stage keeps every block's activations)");
     const std::string no_nccl = gpu_comms_unavailable();
     if (communication == "nccl" && !no_nccl.empty())
       deck.fail_value("parallel", "communication", "nccl: " + no_nccl + "; use mpi or auto");
@@ -220,7 +218,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       gpu_comms_ = make_gpu_comms(pipe_comm_, dp_comm_, embed_comm_);
     gpu_kernels_ = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
     net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span(), gpu_comms_,
-                               gpu_kernels_);
+                               gpu_kernels_, deck.get_bool("train", "recompute"));
     log::info("bf16 training on %s (%s kernels); stage boundaries and gradient sums %s",
               device_training_description().c_str(), deck.get_string("job", "gpu_kernels").c_str(),
               comm_.size() == 1 ? "local (one rank)" : gpu_comms_ ? "GPU to GPU (NCCL)" : "through host memory (MPI)");
@@ -304,7 +302,8 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     copy_weights(config_, params_, ref_params_);
     // The frozen reference runs as the policy does (bf16 on the GPU, or the fp32 network).
     if (run_.precision == "bf16")
-      ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span(), gpu_comms_, gpu_kernels_);
+      // Forward only: with recompute it keeps just the block boundaries (the same results).
+      ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span(), gpu_comms_, gpu_kernels_, true);
     else
       ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span());
     ref_pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *ref_net_, layout_.stage, layout_.stages);

@@ -46,6 +46,11 @@ struct jk_model_config_t {
   int32_t has_embedding;    // 1: the stage starts with the token embedding (input ids); 0: input x_in
   int32_t has_head;         // 1: final norm, LM head and cross-entropy (input labels); 0: output x_L
   float final_eps;          // final RMSNorm eps (HF rms_norm_eps; JetMoE-8B 1e-5)
+  int32_t recompute;        // 1: activation recomputation: the forward keeps only each block's input and
+                            // jk_model_bwd runs each block's forward again before its backward (one
+                            // block's saved buffer, in scratch, instead of L in saved; the same results
+                            // bit for bit, about a third more block FLOPs); 0: every block's saved
+                            // buffer is kept from forward to backward
 };
 
 // bf16 weights (HF layouts). `layers` is a HOST array of num_layers entries (device pointers inside).
@@ -74,8 +79,9 @@ struct jk_model_batch_t {
 };
 
 // Saved (kept from forward to backward, 256-byte aligned) and scratch (temporaries of either call)
-// device bytes for a micro-batch of [B, T]. saved holds the stage input, every block's saved buffer and
-// input, the final norm output and the logits [N, V] bf16 (0.52 GB at N = 8192, V = 32000).
+// device bytes for a micro-batch of [B, T]. saved holds the stage input, every block's saved buffer
+// (1.13 GB at JetMoE-8B, N = 8192; none with recompute, whose scratch holds one) and input (33.5 MB),
+// the final norm output and the logits [N, V] bf16 (0.52 GB at N = 8192, V = 32000).
 cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
                                  size_t* scratch_bytes);
 
@@ -155,7 +161,8 @@ cudaError_t jk_model_eval(const jk_model_weights_t* w, const jk_model_config_t* 
                           int32_t* invalid_ids, void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 // Where the forward's saved buffer keeps the logits [N, V] bf16 (valid after jk_model_fwd, before
-// jk_model_bwd) and block l's saved buffer (for jk_layer_saved_expert_ids). For evaluation and tests.
+// jk_model_bwd) and block l's saved buffer (for jk_layer_saved_expert_ids; cudaErrorInvalidValue with
+// recompute, which keeps none). For evaluation and tests.
 cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
                                   const uint16_t** logits);
 cudaError_t jk_model_saved_layer(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
