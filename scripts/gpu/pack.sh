@@ -6,11 +6,13 @@
 #   BUILD=/path/to/build scripts/gpu/pack.sh
 #
 # then, with the device tool: run command "scripts/gpu/session.sh tests" with carry [".gpu"] (.gpu/ is
-# git-ignored; about 12 MB). The archive records the source revision; session.sh rebuilds (standalone
-# kernels build, scripts/gpu/session.sh) when it does not match the checkout it runs in.
+# git-ignored; about 9 MB). The archive records a hash of the kernels/ sources; session.sh rebuilds
+# (the standalone kernels build) when it does not match the sources of the tree it runs in.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/gpu/common.sh
+source "$REPO/scripts/gpu/common.sh"
 BUILD="${BUILD:-$REPO/build}"
 PROGRAMS=(kernels attention embedding fused grouped-gemm layer model router)
 
@@ -25,7 +27,8 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin"
 for t in "${targets[@]}"; do cp "$BUILD/kernels/$t" "$stage/bin/"; done
 {
-  echo "revision: $(git -C "$REPO" rev-parse HEAD)$(git -C "$REPO" diff --quiet HEAD -- kernels 2>/dev/null || echo ' (kernels/ modified)')"
+  echo "kernels: $(kernels_hash "$REPO")"
+  echo "revision: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- kernels 2>/dev/null || echo ' (kernels/ modified)')"
   echo "built: $(date -Is) on $(uname -n)"
   echo "nvcc: $(nvcc --version | tail -1)"
   grep -m1 '^CMAKE_CUDA_ARCHITECTURES' "$BUILD/CMakeCache.txt" || true

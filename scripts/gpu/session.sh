@@ -6,7 +6,7 @@
 #   scripts/gpu/session.sh bench     # every benchmark beside its PyTorch/HF peer (scripts/bench/run_gpu_bench.sh)
 #   scripts/gpu/session.sh all       # both
 #
-# Programs: from .gpu/bin.tar.xz when it exists and was built from this checkout's kernels/
+# Programs: from .gpu/bin.tar.xz when it exists and was built from this tree's kernels/ sources
 # (scripts/gpu/pack.sh makes it on a machine without a GPU; carry .gpu), else built here by the
 # standalone kernels build (cmake -S kernels, all cores; a few minutes of device time).
 #
@@ -24,6 +24,8 @@
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/gpu/common.sh
+source "$REPO/scripts/gpu/common.sh"
 mode="${1:-}"
 case "$mode" in tests|bench|all) ;; *) echo "usage: $0 tests|bench|all" >&2; exit 2 ;; esac
 OUT="${OUT:-$PWD/gpu-session}"
@@ -50,12 +52,12 @@ if [[ -n "$bin" ]]; then
   say "programs from BIN=$bin"
 elif [[ -f "$REPO/.gpu/bin.tar.xz" ]]; then
   tar -C "$work" -xJf "$REPO/.gpu/bin.tar.xz"
-  want="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo none)"
-  if grep -q "^revision: $want\$" "$work/bin/MANIFEST"; then
+  want="$(kernels_hash "$REPO")"
+  if grep -q "^kernels: $want\$" "$work/bin/MANIFEST"; then
     bin="$work/bin"
-    say "prebuilt programs from .gpu/bin.tar.xz ($(sed -n 's/^built: //p' "$work/bin/MANIFEST"))"
+    say "prebuilt programs from .gpu/bin.tar.xz ($(sed -n 's/^built: //p' "$work/bin/MANIFEST"), $(sed -n 's/^revision: //p' "$work/bin/MANIFEST"))"
   else
-    say "ignoring .gpu/bin.tar.xz: $(head -1 "$work/bin/MANIFEST") is not this checkout ($want)"
+    say "ignoring .gpu/bin.tar.xz: built from other kernels/ sources ($(head -1 "$work/bin/MANIFEST"), here $want)"
   fi
 fi
 if [[ -n "$bin" && -z "${BIN:-}" ]]; then
