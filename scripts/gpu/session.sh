@@ -20,6 +20,11 @@
 # JOBS (test programs at a time, default 3), TEST_TIMEOUT (s per test program, default 420),
 # SANITIZE (1: also compute-sanitizer memcheck on small cases), BENCH_FAMILIES (default all),
 # JETMOE_BENCH_TIMEOUT (s per benchmark or peer, default 240), PYTHON (default python3).
+# tests also runs, after the test programs, kernels/tests/torch_check.py (the kernels against PyTorch /
+# HF transformers, through the shared library libjetmoe_kernels.so of the archive or the build) unless
+# TORCH_CHECK=0: TORCH_CHECK_ARGS (default "--shape 8b --paths tuned,wgmma"), TORCH_CHECK_TIMEOUT (s,
+# default 420). Optional: without the library, or exit 77 (no torch / transformers), it is reported as
+# skipped and does not fail the session; a failure does.
 # Exit: 0 when every test program that ran passed and every benchmark ran, 1 otherwise, 2 bad arguments.
 set -uo pipefail
 
@@ -118,6 +123,29 @@ if [[ $mode != bench ]]; then
       printf 'memcheck %-14s %s\n' "$name" "$([[ $rc -eq 0 ]] && echo clean || echo "FAIL (exit $rc)")" | tee -a "$summary"
       [[ $rc -eq 0 ]] || status=1
     done
+  fi
+  if [[ "${TORCH_CHECK:-1}" != 0 ]]; then
+    # The kernels against PyTorch / HF transformers in one process (ctypes on libjetmoe_kernels.so).
+    lib="$bin/libjetmoe_kernels.so"
+    log="$work/logs/torch-check.log"
+    if [[ ! -f "$lib" ]]; then
+      printf '%-14s %s\n' torch_check "SKIPPED (no $lib)" | tee -a "$summary"
+    else
+      start=$SECONDS
+      # shellcheck disable=SC2086
+      timeout -k 10 "${TORCH_CHECK_TIMEOUT:-420}" "$PYTHON" "$REPO/kernels/tests/torch_check.py" --lib "$lib" \
+        --device cuda ${TORCH_CHECK_ARGS:---shape 8b --paths tuned,wgmma} > "$log" 2>&1
+      rc=$?
+      case $rc in
+        0) verdict=PASS ;;
+        77) verdict="SKIPPED (exit 77: $(grep -m1 'exit 77' "$log" | cut -c1-80))" ;;
+        *) verdict="FAIL (exit $rc$([[ $rc -eq 124 ]] && echo ', timed out'))"; status=1 ;;
+      esac
+      printf '%-14s %-28s %4ds  %s\n' torch_check "$verdict" "$((SECONDS - start))" \
+        "$(grep -E '^[0-9]+ passed' "$log" | tail -1)" | tee -a "$summary"
+      grep -E '^(PASS|FAIL) ' "$log" | cut -c1-400 | sed 's/^/    /' | tee -a "$summary"
+      [[ $rc -eq 0 || $rc -eq 77 ]] || tail -5 "$log" | sed 's/^/    | /' | tee -a "$summary"
+    fi
   fi
 fi
 
