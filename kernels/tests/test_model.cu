@@ -189,6 +189,24 @@ struct DeviceBatch {
   }
 };
 
+// The training-style cases' fixture: a random model of shape z on the device, a batch of ids and labels
+// (one out-of-range id with bad_id), the RoPE table and ce_scale = 1 / the counted labels (0 for none).
+// A case unpacks it: auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
+struct ModelFixture {
+  jkt::Inputs in;
+  ModelShape s;
+  ModelWeights hw;
+  DeviceModel dm;
+  Batch batch;
+  DeviceBatch db;
+  RopeTable rope;
+  float ce_scale;
+  ModelFixture(const Sizes& z, bool tied, std::uint64_t seed, bool bad_id = false)
+      : in(seed), s(shape_of(z, tied)), hw(random_model_weights(s, in)), dm(s, hw), batch(random_batch(z, in, bad_id)),
+        db(batch), rope(std::max<std::int64_t>(z.T, 16), z.d),
+        ce_scale(batch.n_valid > 0 ? 1.0f / static_cast<float>(batch.n_valid) : 0.0f) {}
+};
+
 struct StageRun {
   std::vector<std::uint16_t> out, dx_in, logits;
   std::vector<float> loss_rows, aux;
@@ -322,15 +340,9 @@ GradCheck check_grads(const Grads& g, const jkref::ModelGrads& rg, const Sizes& 
 
 // Whole model, one stage: device vs reference (with the device's expert choices), rerun bit-identical.
 CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed, bool both_paths) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, tied);
+  ModelFixture fx(z, tied, seed, true);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
   const std::int64_t N = z.B * z.T;
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, true);
-  DeviceBatch db(batch);
-  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
-  const float ce_scale = batch.n_valid > 0 ? 1.0f / static_cast<float>(batch.n_valid) : 0.0f;
   std::string detail;
   bool pass = true;
   std::vector<jk_layer_path_t> paths = {JK_LAYER_TUNED};
@@ -411,15 +423,9 @@ CaseResult train_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_
 // Two stages [embedding, blocks 0..split) and [blocks split..L, head], chained through device buffers,
 // against the whole model as one stage: bit-identical.
 CaseResult stages_case(jkt::Context& ctx, const Sizes& z, bool tied, std::int64_t split, std::uint64_t seed) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, tied);
+  ModelFixture fx(z, tied, seed);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
   const std::size_t ND = static_cast<std::size_t>(z.B * z.T * z.D);
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, false);
-  DeviceBatch db(batch);
-  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
-  const float ce_scale = 1.0f / static_cast<float>(std::max<std::int64_t>(batch.n_valid, 1));
   bool guards = true, g1 = true, g2 = true, g3 = true;
 
   Stage whole = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
@@ -482,15 +488,9 @@ CaseResult stages_case(jkt::Context& ctx, const Sizes& z, bool tied, std::int64_
 // buffers and scratch one more; jk_model_saved_layer refuses the recompute stage and recompute = 2 is
 // cudaErrorInvalidValue. The whole model, or (middle) its blocks alone with random x_in and dout.
 CaseResult recompute_case(jkt::Context& ctx, const Sizes& z, bool tied, bool middle, std::uint64_t seed) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, tied);
+  ModelFixture fx(z, tied, seed);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
   const std::int64_t N = z.B * z.T;
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, false);
-  DeviceBatch db(batch);
-  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
-  const float ce_scale = 1.0f / static_cast<float>(std::max<std::int64_t>(batch.n_valid, 1));
   GuardedBuffer<std::uint16_t> x_in(static_cast<std::size_t>(N * z.D)), dout(x_in.size());
   std::vector<float> xs(x_in.size()), ds(x_in.size());
   for (auto& v : xs) v = in.nonzero(0.05f, 1.5f);
@@ -548,15 +548,9 @@ CaseResult recompute_case(jkt::Context& ctx, const Sizes& z, bool tied, bool mid
 // Per-row loss weights (DPO-style objectives): random weights of both signs vs the reference; uniform
 // weights equal to ce_scale give the scalar path's gradients bit for bit.
 CaseResult weighted_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, true);
+  ModelFixture fx(z, true, seed);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
   const std::int64_t N = z.B * z.T;
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, false);
-  DeviceBatch db(batch);
-  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
-  const float ce_scale = 1.0f / static_cast<float>(std::max<std::int64_t>(batch.n_valid, 1));
   std::vector<float> weights(static_cast<std::size_t>(N));
   for (auto& v : weights) v = in.nonzero(0.01f, 0.5f);
   GuardedBuffer<float> d_w(weights.size()), d_u(weights.size());
@@ -602,24 +596,19 @@ CaseResult weighted_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) 
 
 // grad_beta = 1 adds to the old gradients: run with beta 0, then the backward again with beta 1.
 CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, false);
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, false);
-  DeviceBatch db(batch);
-  RopeTable rope(16, z.d);
+  ModelFixture fx(z, false, seed);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
   Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, false);
   jk_model_batch_t b{z.B, z.T, db.ids.data(), nullptr, db.labels.data()};
   std::size_t sb = 0, cb = 0;
   CHECK_CUDA(jk_model_train_bytes(&st.cfg, z.B, z.T, &sb, &cb));
   DeviceMem saved(sb), scratch(cb);
   GuardedBuffer<float> loss(static_cast<std::size_t>(z.B * z.T));
-  const float ce_scale = 0.125f;
+  const float scale = 0.125f;  // any ce_scale: the case compares beta 0 and 1
   jkt::finish(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_fwd");
-  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
+  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, scale, nullptr, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_bwd beta 0");
   const Grads first = download_grads(dm);
@@ -627,7 +616,7 @@ CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed
   jkt::finish(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_fwd again");
-  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, nullptr, &st.g, 1.0f, saved.p, sb, scratch.p, cb,
+  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, scale, nullptr, nullptr, &st.g, 1.0f, saved.p, sb, scratch.p, cb,
                            ctx.stream),
               ctx.stream, "jk_model_bwd beta 1");
   const Grads second = download_grads(dm);
@@ -991,14 +980,9 @@ CaseResult prefill_ragged_case(jkt::Context& ctx, const Sizes& z, bool tied, std
 // no head, labels without loss rows, T = 0, short or misaligned scratch are cudaErrorInvalidValue; B = 0
 // is a no-op.
 CaseResult eval_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t seed) {
-  jkt::Inputs in(seed);
-  const ModelShape s = shape_of(z, tied);
+  ModelFixture fx(z, tied, seed, true);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
   const std::int64_t N = z.B * z.T, V = z.V;
-  const ModelWeights hw = random_model_weights(s, in);
-  DeviceModel dm(s, hw);
-  const Batch batch = random_batch(z, in, true);
-  DeviceBatch db(batch);
-  RopeTable rope(std::max<std::int64_t>(z.T, 16), z.d);
   Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
   bool guards = true;
   const StageRun r = run_stage(ctx, z, st, db, nullptr, nullptr, 1.0f, 0.0f, false, &guards);
@@ -1008,7 +992,7 @@ CaseResult eval_case(jkt::Context& ctx, const Sizes& z, bool tied, std::uint64_t
   GuardedBuffer<std::int32_t> invalid(1);
   auto eval = [&](const Stage& x, std::int64_t B, std::int64_t T, const std::int32_t* labels, float* rows, float* out,
                   std::size_t nbytes, void* scr) {
-    return jk_model_eval(&x.w, &x.cfg, db.ids.data(), B, T, labels, rows, out, invalid.data(), scr, nbytes, ctx.stream);
+    return jk_model_eval(&x.w, &x.cfg, fx.db.ids.data(), B, T, labels, rows, out, invalid.data(), scr, nbytes, ctx.stream);
   };
   jkt::finish(eval(st, z.B, z.T, db.labels.data(), loss.data(), logits.data(), bytes, scratch.p), ctx.stream,
               "jk_model_eval");
