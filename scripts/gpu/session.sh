@@ -17,7 +17,9 @@
 # Settings (environment): BIN (a directory holding jetmoe-<name>-test/-bench: use those, no archive, no
 # build), TESTS (the test programs, default all: kernels router embedding fused
 # grouped-gemm attention layer model), ONLY (a --only regex for every test program; default all cases),
-# JOBS (test programs at a time, default 3), TEST_TIMEOUT (s per test program, default 420),
+# BUDGET (s for the whole command, default 560: every timeout is cut to what is left of it, so the
+# command ends inside the device tool's 600 s per call with its logs packed), JOBS (test programs at a
+# time, default 3), TEST_TIMEOUT (s per test program, default 420),
 # SANITIZE (1: also compute-sanitizer memcheck on small cases), BENCH_FAMILIES (default all),
 # JETMOE_BENCH_TIMEOUT (s per benchmark or peer, default 240), PYTHON (default python3).
 # tests also runs, after the test programs, kernels/tests/torch_check.py (the kernels against PyTorch /
@@ -37,6 +39,10 @@ OUT="${OUT:-$PWD/gpu-session}"
 TESTS="${TESTS:-kernels router embedding fused grouped-gemm attention layer model}"
 JOBS="${JOBS:-3}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-420}"
+BUDGET="${BUDGET:-560}"  # s for the whole command (the device tool allows 600 per call)
+DEADLINE=$(($(date +%s) + BUDGET))
+# left [CAP]: seconds left before DEADLINE (at least 1), at most CAP: every timeout below is cut to it.
+left() { local l=$((DEADLINE - $(date +%s))); ((l < 1)) && l=1; [[ -n "${1:-}" ]] && ((l > $1)) && l=$1; echo "$l"; }
 PYTHON="${PYTHON:-python3}"
 work="$(mktemp -d /tmp/jk-session.XXXXXX)"
 mkdir -p "$OUT" "$work/logs"
@@ -94,7 +100,7 @@ run_test() {  # name: one test program, its log and one verdict line
   local name="$1" log="$work/logs/test-$1.log" args=() rc
   [[ -n "${ONLY:-}" ]] && args=(--only "$ONLY")
   local start=$SECONDS
-  timeout -k 10 "$TEST_TIMEOUT" "$bin/jetmoe-$name-test" "${args[@]}" > "$log" 2>&1
+  timeout -k 10 "$(left "$TEST_TIMEOUT")" "$bin/jetmoe-$name-test" "${args[@]}" > "$log" 2>&1
   rc=$?
   local verdict=PASS
   [[ $rc -eq 0 ]] || verdict="FAIL (exit $rc$([[ $rc -eq 124 ]] && echo ', timed out'))"
@@ -104,7 +110,8 @@ run_test() {  # name: one test program, its log and one verdict line
 if [[ $mode != bench ]]; then
   say "tests: $TESTS (${JOBS} at a time, ${TEST_TIMEOUT} s each${ONLY:+, --only '$ONLY'})"
   export -f run_test
-  export bin work TEST_TIMEOUT ONLY
+  export bin work TEST_TIMEOUT ONLY DEADLINE
+  export -f left
   printf '%s\n' $TESTS | xargs -P "$JOBS" -I{} bash -c 'run_test {}'
   for name in $TESTS; do
     cat "$work/logs/verdict-$name" | tee -a "$summary"
@@ -117,7 +124,7 @@ if [[ $mode != bench ]]; then
                 "grouped-gemm|api|wgmma" "layer|arguments"; do
       name="${spec%%|*}"; only="${spec#*|}"
       log="$work/logs/memcheck-$name.log"
-      timeout -k 10 "$TEST_TIMEOUT" compute-sanitizer --tool memcheck --error-exitcode 3 \
+      timeout -k 10 "$(left "$TEST_TIMEOUT")" compute-sanitizer --tool memcheck --error-exitcode 3 \
         "$bin/jetmoe-$name-test" --only "$only" > "$log" 2>&1
       rc=$?
       printf 'memcheck %-14s %s\n' "$name" "$([[ $rc -eq 0 ]] && echo clean || echo "FAIL (exit $rc)")" | tee -a "$summary"
@@ -133,7 +140,7 @@ if [[ $mode != bench ]]; then
     else
       start=$SECONDS
       # shellcheck disable=SC2086
-      timeout -k 10 "${TORCH_CHECK_TIMEOUT:-420}" "$PYTHON" "$REPO/kernels/tests/torch_check.py" --lib "$lib" \
+      timeout -k 10 "$(left "${TORCH_CHECK_TIMEOUT:-420}")" "$PYTHON" "$REPO/kernels/tests/torch_check.py" --lib "$lib" \
         --device cuda ${TORCH_CHECK_ARGS:---shape 8b --paths tuned,wgmma} > "$log" 2>&1
       rc=$?
       case $rc in
@@ -152,9 +159,13 @@ fi
 # ---- benchmarks beside their peers -----------------------------------------------------------------------
 if [[ $mode != tests ]]; then
   say "benchmarks and peers: ${BENCH_FAMILIES:-all}"
-  BIN="$bin" PYTHON="$PYTHON" "$REPO/scripts/bench/run_gpu_bench.sh" "$work/logs/bench" ${BENCH_FAMILIES:-} \
-    > "$work/logs/bench.log" 2>&1
+  BIN="$bin" PYTHON="$PYTHON" timeout -k 5 "$(left)" "$REPO/scripts/bench/run_gpu_bench.sh" "$work/logs/bench" \
+    ${BENCH_FAMILIES:-} > "$work/logs/bench.log" 2>&1
   rc=$?
+  if [[ $rc -eq 124 || $rc -eq 137 ]]; then  # out of BUDGET: compare what was measured
+    say "benchmarks: stopped at the time budget (BUDGET=$BUDGET s); comparing what finished"
+    "$PYTHON" "$REPO/scripts/bench/compare_gpu.py" "$work/logs/bench" >> "$work/logs/bench.log" 2>&1
+  fi
   if [[ -f "$work/logs/bench/summary.md" ]]; then cp "$work/logs/bench/summary.md" "$OUT/bench.md"; fi
   [[ -f "$work/logs/bench/status.tsv" ]] && sed 's/^/    /' "$work/logs/bench/status.tsv" | tee -a "$summary"
   case $rc in
