@@ -31,16 +31,22 @@ def add_block_args(parser):
     parser.add_argument("--attn", default=None, help="eager or sdpa (default: sdpa on cuda, eager on cpu)")
 
 
+def jetmoe_config(hidden, experts, top_k, kv_heads, head_dim, ffn, attn, **sizes):
+    """HF's JetMoeConfig of a block's sizes plus `sizes` (vocab, layers, context, ...), attention
+    implementation `attn` (eager or sdpa). Also kernels/tests/torch_check.py's."""
+    from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
+    cfg = JetMoeConfig(hidden_size=hidden, num_local_experts=experts, num_experts_per_tok=top_k,
+                       num_key_value_heads=kv_heads, kv_channels=head_dim, intermediate_size=ffn,
+                       rope_theta=10000.0, attn_implementation=attn, **sizes)
+    cfg._attn_implementation = attn
+    return cfg
+
+
 def block_config(a, device, **sizes):
     """(JetMoeConfig, attention implementation) of add_block_args' sizes plus `sizes` (vocab, layers,
     context, ...): sdpa on cuda, eager on cpu unless --attn says otherwise."""
-    from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
     attn = a.attn or ("sdpa" if device.type == "cuda" else "eager")
-    cfg = JetMoeConfig(hidden_size=a.hidden, num_local_experts=a.experts, num_experts_per_tok=a.top_k,
-                       num_key_value_heads=a.kv_heads, kv_channels=a.head_dim, intermediate_size=a.ffn,
-                       rope_theta=10000.0, attn_implementation=attn, **sizes)
-    cfg._attn_implementation = attn
-    return cfg, attn
+    return jetmoe_config(a.hidden, a.experts, a.top_k, a.kv_heads, a.head_dim, a.ffn, attn, **sizes), attn
 
 
 def select_device(name, prog, smoke="--device cpu"):

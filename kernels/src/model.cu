@@ -119,6 +119,11 @@ bool valid_stage_tensors(const Tensors* t, const jk_model_config_t& c) {
   return true;
 }
 
+// Block l's jk_layer saved buffer: its own, or with recompute the one that every block shares.
+void* block_saved(const jk_model_config_t& c, const StageSaved& sv, const StageScratch& sc, std::int64_t l) {
+  return c.recompute ? sc.layer_saved : sv.layer[static_cast<std::size_t>(l)];
+}
+
 // Checks the configuration, the batch and the buffers common to forward and backward; on success
 // carves the saved and scratch buffers.
 cudaError_t prepare(const jk_model_config_t* cfg, const jk_model_batch_t* batch, void* saved, std::size_t saved_bytes,
@@ -452,9 +457,8 @@ cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* c
   // With recompute every block saves into the one shared buffer; the backward runs the block again.
   for (std::int64_t l = 0; l < s.L; ++l)
     JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sv.x[l], s.B, s.T, sv.x[l + 1],
-                                    aux != nullptr ? aux + 4 * l : nullptr,
-                                    cfg->recompute ? sc.layer_saved : sv.layer[l], sv.layer_bytes, sc.layer,
-                                    sc.layer_bytes, nullptr, stream));
+                                    aux != nullptr ? aux + 4 * l : nullptr, block_saved(*cfg, sv, sc, l),
+                                    sv.layer_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
   if (!cfg->has_head)
     return cudaMemcpyAsync(out, sv.x[s.L], row_bytes, cudaMemcpyDeviceToDevice, stream);
 
@@ -510,7 +514,7 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
   for (std::int64_t l = s.L - 1; l >= 0; --l) {
     // The gradient of the stage input goes straight to dx_in when there is no embedding.
     std::uint16_t* dst = (l == 0 && !cfg->has_embedding && dx_in != nullptr) ? dx_in : sc.dx[next];
-    void* layer_saved = sv.layer.empty() ? sc.layer_saved : sv.layer[l];
+    void* layer_saved = block_saved(*cfg, sv, sc, l);
     if (cfg->recompute)  // the block's forward again from its kept input: the same bits as the first time
       JK_RETURN_IF_ERROR(jk_layer_fwd(&w->layers[l], &cfg->layer, sv.x[l], s.B, s.T, sv.x[l + 1], nullptr, layer_saved,
                                       sv.layer_bytes, sc.layer, sc.layer_bytes, nullptr, stream));

@@ -59,12 +59,14 @@ import time
 
 try:
     import torch
-    from transformers.models.jetmoe.configuration_jetmoe import JetMoeConfig
     from transformers.models.jetmoe.modeling_jetmoe import (JetMoeDecoderLayer, JetMoeForCausalLM,
                                                             JetMoeRotaryEmbedding, JetMoeTopKGating)
 except ImportError as e:  # pragma: no cover
     print("torch_check.py: needs torch and transformers (%s); exit 77" % e)
     sys.exit(77)
+# HF's config of a block's sizes, as the benchmarks' peers build it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from peer_common import jetmoe_config  # noqa: E402
 
 # Tolerances (why: the docstring's last paragraph), relative to the reference's RMS (per row or tensor).
 FWD_RMS, FWD_MAX = 3e-2, 0.25   # out, logits: per token row (test_layer.cu kFwdRms, kFwdMax)
@@ -323,11 +325,7 @@ class Verdicts:
 
 
 def hf_config(s, attn, **extra):
-    cfg = JetMoeConfig(hidden_size=s["hidden"], num_local_experts=s["experts"], num_experts_per_tok=s["top_k"],
-                       num_key_value_heads=s["kv_heads"], kv_channels=s["head_dim"], intermediate_size=s["ffn"],
-                       rope_theta=10000.0, attn_implementation=attn, **extra)
-    cfg._attn_implementation = attn
-    return cfg
+    return jetmoe_config(s["hidden"], s["experts"], s["top_k"], s["kv_heads"], s["head_dim"], s["ffn"], attn, **extra)
 
 
 def layer_config(s, rope_ptr, rope_positions, path):

@@ -96,6 +96,9 @@ fi
 
 status=0
 # ---- tests -------------------------------------------------------------------------------------------
+failed() { echo "FAIL (exit $1$([[ $1 -eq 124 ]] && echo ', timed out'))"; }  # rc
+# name verdict seconds log: one verdict line, with the log's "N passed, M failed" count.
+verdict_line() { printf '%-14s %-28s %4ds  %s\n' "$1" "$2" "$3" "$(grep -E '^[0-9]+ passed' "$4" | tail -1)"; }
 run_test() {  # name: one test program, its log and one verdict line
   local name="$1" log="$work/logs/test-$1.log" args=() rc
   [[ -n "${ONLY:-}" ]] && args=(--only "$ONLY")
@@ -103,15 +106,14 @@ run_test() {  # name: one test program, its log and one verdict line
   timeout -k 10 "$(left "$TEST_TIMEOUT")" "$bin/jetmoe-$name-test" "${args[@]}" > "$log" 2>&1
   rc=$?
   local verdict=PASS
-  [[ $rc -eq 0 ]] || verdict="FAIL (exit $rc$([[ $rc -eq 124 ]] && echo ', timed out'))"
-  printf '%-14s %-28s %4ds  %s\n' "$name" "$verdict" "$((SECONDS - start))" \
-    "$(grep -E '^[0-9]+ passed' "$log" | tail -1)" > "$work/logs/verdict-$name"
+  [[ $rc -eq 0 ]] || verdict="$(failed $rc)"
+  verdict_line "$name" "$verdict" "$((SECONDS - start))" "$log" > "$work/logs/verdict-$name"
 }
 if [[ $mode != bench ]]; then
   say "tests: $TESTS (${JOBS} at a time, ${TEST_TIMEOUT} s each${ONLY:+, --only '$ONLY'})"
   export -f run_test
   export bin work TEST_TIMEOUT ONLY DEADLINE
-  export -f left
+  export -f left failed verdict_line
   printf '%s\n' $TESTS | xargs -P "$JOBS" -I{} bash -c 'run_test {}'
   for name in $TESTS; do
     cat "$work/logs/verdict-$name" | tee -a "$summary"
@@ -146,10 +148,9 @@ if [[ $mode != bench ]]; then
       case $rc in
         0) verdict=PASS ;;
         77) verdict="SKIPPED (exit 77: $(grep -m1 'exit 77' "$log" | cut -c1-80))" ;;
-        *) verdict="FAIL (exit $rc$([[ $rc -eq 124 ]] && echo ', timed out'))"; status=1 ;;
+        *) verdict="$(failed $rc)"; status=1 ;;
       esac
-      printf '%-14s %-28s %4ds  %s\n' torch_check "$verdict" "$((SECONDS - start))" \
-        "$(grep -E '^[0-9]+ passed' "$log" | tail -1)" | tee -a "$summary"
+      verdict_line torch_check "$verdict" "$((SECONDS - start))" "$log" | tee -a "$summary"
       grep -E '^(PASS|FAIL) ' "$log" | cut -c1-400 | sed 's/^/    /' | tee -a "$summary"
       [[ $rc -eq 0 || $rc -eq 77 ]] || tail -5 "$log" | sed 's/^/    | /' | tee -a "$summary"
     fi
