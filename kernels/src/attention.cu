@@ -1653,7 +1653,9 @@ __global__ void __launch_bounds__((G + 1) * 128, 1)
   const int warpgroup = threadIdx.x / 128;
 
   if (warpgroup == 0) {  // ---- producer
-    if (threadIdx.x != 0) return;
+    // Nothing to load for a query block past the sequence's end: the consumers neither wait for q/dO
+    // nor read it, and a CTA must not exit with TMA loads still writing into its shared memory.
+    if (threadIdx.x != 0 || num_tiles == 0) return;
     mbar_arrive_expect_tx(q_full, 2 * G * kTile);
     for (int c = 0; c < G; ++c) {
       const int head = static_cast<int>((group * G + c) * Hkv + h);

@@ -57,6 +57,11 @@ struct Config {
   std::uint64_t max_threads = 4u << 20;
   std::size_t device_memory = 0;  // the emulated GPU's memory: cudaMalloc fails beyond it (0: no limit)
   int sms = 4;
+  // sm_90 asynchrony (emu_sm90.hpp): EMU_WGMMA=async (default) completes a wgmma at the wgmma.wait_group
+  // that covers it, =issue at issue (the older model); EMU_TMA=issue (default) lands a TMA copy at issue,
+  // =late only when no thread of the block can run any more.
+  bool wgmma_async = true;
+  bool tma_late = false;
 };
 inline Config& cfg() {
   static Config c = [] {
@@ -68,6 +73,8 @@ inline Config& cfg() {
     if (const char* t = std::getenv("EMU_MAX_THREADS")) k.max_threads = std::strtoull(t, nullptr, 0);
     if (const char* m = std::getenv("EMU_SMS")) k.sms = std::atoi(m);
     if (const char* d = std::getenv("EMU_DEVICE_MEMORY")) k.device_memory = std::strtoull(d, nullptr, 0);
+    if (const char* w = std::getenv("EMU_WGMMA")) k.wgmma_async = std::strcmp(w, "issue") != 0;
+    if (const char* t = std::getenv("EMU_TMA")) k.tma_late = std::strcmp(t, "late") == 0;
     return k;
   }();
   return c;
@@ -88,6 +95,18 @@ struct Group {
   std::uint32_t out[32][4];
 };
 
+// A wgmma a thread has issued and that has not completed (emu_sm90.hpp, EMU_WGMMA=async): its
+// accumulator registers, its operands (A from shared memory by descriptor, or this thread's two rows of
+// a register A), its commit group (-1 until wgmma.commit_group).
+struct AsyncMma {
+  float* d = nullptr;
+  int n = 0;
+  std::uint64_t desc_a = 0, desc_b = 0;
+  bool trans_a = false, trans_b = false, reg_a = false;
+  float a[2][16] = {};
+  long long group = -1;
+};
+
 struct Fiber {
   ucontext_t ctx;
   St st = St::Ready;
@@ -95,6 +114,13 @@ struct Fiber {
   int linear = 0;
   std::shared_ptr<Group> g;
   std::uint32_t wait_bar = 0, wait_parity = 0;  // St::Mbar: the mbarrier and the phase parity awaited
+  // wgmma state (emu_sm90.hpp): the issued, uncompleted wgmmas in issue order; the accumulators they
+  // write (the registers hold a poison meanwhile) with their values after the completed ones; the
+  // commit groups made; whether a wgmma.fence came after the last time registers were handed back.
+  std::vector<AsyncMma> mma;
+  std::map<float*, std::vector<float>> inflight;
+  long long mma_groups = 0;
+  bool mma_fenced = false;
 };
 
 // An mbarrier (emu_sm90.hpp) in the block's shared memory, by its shared address: the arrival count of
@@ -120,6 +146,14 @@ struct TensorMapNd {
 };
 constexpr std::uint64_t kTensorMapMagic = 0x454d55544d41504eull;  // "EMUTMAPN"
 static_assert(sizeof(TensorMapNd) <= sizeof(CUtensorMap), "emulated tensor map larger than CUtensorMap");
+
+// A TMA load issued and not landed yet (EMU_TMA=late; emu_sm90.hpp): destination, map, box coordinates,
+// the mbarrier its bytes complete on.
+struct TmaCopy {
+  std::uint32_t dst = 0, bar = 0;
+  TensorMapNd map{};
+  int coords[5] = {};
+};
 
 struct Runtime {
   dim3 grid, block, bidx;
@@ -147,6 +181,12 @@ struct Runtime {
   bool in_kernel = false;
   std::map<std::uint32_t, Mbar> mbars;  // the block's mbarriers by shared address (emu_sm90.hpp)
   std::map<int, std::vector<float>> wgmma_a;  // per warp: the 16 x 16 A of its last register-A wgmma
+  // The dynamic shared memory as the async proxy (TMA, wgmma) sees it: TMA writes both, a
+  // fence.proxy.async copies the generic view into it, a wgmma operand read that finds the two different
+  // is an ordinary store not made visible by a fence (or one racing an in-flight wgmma).
+  std::vector<unsigned char> async_view;
+  std::vector<TmaCopy> tma_inflight;  // EMU_TMA=late: issued, not landed, in issue order
+  void (*land_tma)() = nullptr;       // lands them (emu_sm90.hpp): when no thread of the block can run
   std::vector<std::pair<const void*, int>> max_dyn;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
   // Stream capture (cudaStreamBeginCapture .. cudaStreamEndCapture): launches and async copies are
   // recorded here instead of run, and replayed in order by cudaGraphLaunch.
@@ -315,6 +355,7 @@ inline unsigned ballot(int op, unsigned mask, int pred) {
 // ---- kernel launch ----------------------------------------------------------------------------------------
 inline void fiber_main() {
   rt().body();
+  if (!rt().cur->mma.empty()) fail("thread exited with wgmma.mma_async not completed by a wgmma.wait_group (UB)");
   rt().cur->st = St::Done;
 }
 
@@ -350,6 +391,8 @@ inline bool run_block() {
   ++r.block_serial;
   r.dyn_store.assign(r.dyn_bytes + 128, cfg().fill);
   r.dyn = r.dyn_store.data() + (128 - reinterpret_cast<std::uintptr_t>(r.dyn_store.data()) % 128) % 128;
+  r.async_view.assign(r.dyn_bytes, cfg().fill);
+  r.tma_inflight.clear();
   for (int t = 0; t < n; ++t) {
     Fiber& f = r.fibers[t];
     f.linear = t;
@@ -374,6 +417,20 @@ inline bool run_block() {
       if (!r.error.empty()) return false;
     }
     if (ran) continue;
+    bool all_done = true;
+    for (auto& f : r.fibers) all_done = all_done && f.st == St::Done;
+    if (!r.tma_inflight.empty() && !all_done) {  // EMU_TMA=late: the copies land once nothing else can run
+      r.land_tma();
+      if (!r.error.empty()) return false;
+      continue;
+    }
+    if (!r.tma_inflight.empty()) {
+      char b[200];
+      std::snprintf(b, sizeof b, "every thread exited with %zu TMA loads in flight (never waited for) [kernel %s, block (%u,%u,%u)]",
+                    r.tma_inflight.size(), r.kernel, r.bidx.x, r.bidx.y, r.bidx.z);
+      r.error = b;
+      return false;
+    }
     int block = 0, done = 0, warp = 0, mbar = 0;
     for (auto& f : r.fibers) {
       block += f.st == St::Block;

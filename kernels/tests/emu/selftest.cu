@@ -1,7 +1,9 @@
 // Self-test of the CUDA emulation (run.sh selftest): CUDA-syntax kernels with known results under the
 // CUDA/PTX rules the emulator claims to follow (warp shuffles with widths and masks, ballot, match,
 // barriers, shared memory as garbage, launch checks, failure detection). Not a GPU program.
+#include <cmath>
 #include <cstdio>
+#include <string>
 
 namespace {
 int failures = 0;
@@ -155,14 +157,100 @@ __global__ void wgmma_product(const CUtensorMap map_a, const CUtensorMap map_b, 
     for (int ks = 0; ks < 4; ++ks) {
       const int r = 16 * w + g, k = 16 * ks + 2 * t;
       const std::uint32_t a[4] = {pair(r, k), pair(r + 8, k), pair(r, k + 8), pair(r + 8, k + 8)};
+      if (ks == 0) emu::wgmma_fence();
       emu::wgmma_rs(d, a, desc(b + 32 * ks, 16), 0);
     }
+    emu::wgmma_commit();
+    emu::wgmma_wait(0);
     for (int i = 0; i < 128; ++i) out[threadIdx.x * 128 + i] = d[i];
     return;
   }
+  emu::wgmma_fence();
   for (int ks = 0; ks < 4; ++ks)
     emu::wgmma_ss(d, desc(a + 32 * ks, 16), trans_b ? desc(b + 2048 * ks, 8192) : desc(b + 32 * ks, 16), 0, trans_b);
+  emu::wgmma_commit();
+  emu::wgmma_wait(0);
   for (int i = 0; i < 128; ++i) out[threadIdx.x * 128 + i] = d[i];
+}
+
+// The asynchrony of wgmma and TMA (PTX ISA: wgmma.mma_async completes at a wgmma.wait_group covering its
+// commit group; its accumulators may not be accessed before; a wgmma on registers the thread accessed
+// needs a wgmma.fence first; ordinary shared-memory stores reach the async proxy through
+// fence.proxy.async). A [64 x 64] and B [256 x 64] K-major by TMA as in wgmma_product; `mode`:
+//   0  d[0] read between issue and wait (-> out[16384 + t]), then d after the wait;
+//   1  B replaced by a second TMA load (map_b2) between issue and wait: the wgmma reads it at the wait;
+//   2  no wgmma.fence before the first wgmma (UB: the launch fails);
+//   3  the thread exits with its wgmmas in flight (fails);
+//   4  thread 0 stores into A after the TMA, without fence.proxy.async (fails at the wgmma's read);
+//   5  the same store followed by fence.proxy.async (the wgmma reads the new value);
+//   6  two groups on two accumulators, wait_group 1 then 0: after the first wait the older group's
+//      accumulators are back (d), the newer's still in flight (e[0] -> out[16384 + t]); then e = d.
+__global__ void wgmma_async(const CUtensorMap map_a, const CUtensorMap map_b, const CUtensorMap map_b2, int mode,
+                            float* out) {
+  extern __shared__ __align__(128) unsigned char async_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(async_smem);
+  const std::uint32_t a = base, b = base + 8192, bar = base + 8192 + 32768, bar2 = bar + 8;
+  if (threadIdx.x == 0) {
+    emu::mbar_init(bar, 1);
+    emu::mbar_init(bar2, 1);
+    emu::mbar_arrive_expect_tx(bar, 8192 + 32768);
+    emu::tma_load(a, &map_a, {0, 0}, bar);
+    emu::tma_load(b, &map_b, {0, 0}, bar);
+  }
+  __syncthreads();
+  emu::mbar_wait(bar, 0);
+  if (mode == 4 || mode == 5) {
+    if (threadIdx.x == 0) {  // A(0, 0) = 3: row 0, chunk 0 (the swizzle keeps row 0's chunks in place)
+      const std::uint16_t three = 0x4040;
+      std::memcpy(async_smem, &three, 2);
+      if (mode == 5) emu::fence_proxy_async();
+    }
+    __syncthreads();
+  }
+  const auto desc = [](std::uint32_t addr) {
+    return static_cast<std::uint64_t>(addr >> 4) | (1ull << 16) | (static_cast<std::uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+  };
+  float d[128], e[128];
+  for (int i = 0; i < 128; ++i) d[i] = e[i] = 0.0f;
+  if (mode != 2) emu::wgmma_fence();
+  for (int ks = 0; ks < 4; ++ks) emu::wgmma_ss(d, desc(a + 32 * ks), desc(b + 32 * ks), 0, 0);
+  emu::wgmma_commit();
+  if (mode == 3) return;
+  if (mode == 0) out[16384 + threadIdx.x] = d[0];
+  if (mode == 1) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      emu::mbar_arrive_expect_tx(bar2, 32768);
+      emu::tma_load(b, &map_b2, {0, 0}, bar2);
+    }
+    emu::mbar_wait(bar2, 0);
+  }
+  if (mode == 6) {
+    for (int ks = 0; ks < 4; ++ks) emu::wgmma_ss(e, desc(a + 32 * ks), desc(b + 32 * ks), 0, 0);
+    emu::wgmma_commit();
+    emu::wgmma_wait(1);
+    out[16384 + threadIdx.x] = e[0];
+  }
+  emu::wgmma_wait(0);
+  bool same = true;
+  for (int i = 0; i < 128; ++i) same = same && (mode != 6 || e[i] == d[i]);
+  for (int i = 0; i < 128; ++i) out[threadIdx.x * 128 + i] = same ? d[i] : -1.0f;
+}
+
+// EMU_TMA=late: a TMA load lands only when no thread can run: a read of the box before the mbarrier wait
+// sees the old bytes (out[0]), after it the tensor's (out[1]); `no_wait`: the thread exits with the copy in
+// flight (fails).
+__global__ void tma_late(const CUtensorMap map, std::uint16_t* out, int no_wait) {
+  extern __shared__ __align__(128) unsigned char late_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(late_smem);
+  const std::uint32_t bar = base + 1024;
+  emu::mbar_init(bar, 1);
+  emu::mbar_arrive_expect_tx(bar, 64 * 8 * 2);
+  emu::tma_load(base, &map, {0, 0}, bar);
+  std::memcpy(out, late_smem, 2);
+  if (no_wait) return;
+  emu::mbar_wait(bar, 0);
+  std::memcpy(out + 1, late_smem, 2);
 }
 
 // Two groups of 64 threads, each through its own named barrier; `missing`: one thread of group 2 skips.
@@ -263,6 +351,7 @@ __global__ void cute_gmma_product(const std::uint16_t* ga, const std::uint16_t* 
       for (int k = 0; k < 32; ++k)
         put(b_off + (b_mode == 1 ? mnmajor_byte(n, k, kMnLbo, mn_sbo(N)) : kmajor_byte(n, k % 16, kKSbo) + 32 * (k / 16)),
             gb[n * 32 + k]);
+    emu::fence_proxy_async();  // ordinary stores read by wgmma (the async proxy)
   }
   __syncthreads();
   float d[R];
@@ -277,13 +366,17 @@ __global__ void cute_gmma_product(const std::uint16_t* ga, const std::uint16_t* 
         const int idx = kGmmaThreads(t) + kGmmaAValues(v), m = idx % 64, k = idx / 64;
         a[v / 2] |= static_cast<std::uint32_t>(ga[m * 32 + 16 * j + k]) << (16 * (v % 2));
       }
+      if (j == 0) emu::wgmma_fence();
       emu::wgmma_rs(d, a, db, b_mode);
     } else {
       const std::uint64_t da = a_mode == 1 ? gmma_desc(s + a_off + 2 * kKSbo * j, kMnLbo, kKSbo)
                                            : gmma_desc(s + a_off + 32 * j, kKLboGarbage, kKSbo);
+      if (j == 0) emu::wgmma_fence();
       emu::wgmma_ss(d, da, db, a_mode, b_mode);
     }
   }
+  emu::wgmma_commit();
+  emu::wgmma_wait(0);
   for (int v = 0; v < R; ++v) out[t * R + v] = d[v];
 }
 
@@ -482,6 +575,75 @@ int main() {
     emu::begin_case();
   }
 
+  // wgmma and TMA asynchrony (wgmma_async, tma_late above).
+  {
+    std::uint16_t* b2 = nullptr;
+    cudaMalloc(reinterpret_cast<void**>(&b2), 256 * 64 * 2);
+    for (int n = 0; n < 256; ++n)
+      for (int k = 0; k < 64; ++k) b2[n * 64 + k] = bf16((n * 3 + k * 7) % 5 - 2);
+    CUtensorMap mb2;
+    make_map(&mb2, b2, 64, 256, 64, 256);
+    const auto product = [&](bool second_b, bool a00_three) {  // the exact product in the accumulator layout
+      bool exact = true;
+      for (int th = 0; th < 128; ++th)
+        for (int i = 0; i < 128; ++i) {
+          const int row = 16 * (th / 32) + (th % 32) / 4 + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * (th % 4) + i % 2;
+          int want = 0;
+          for (int k = 0; k < 64; ++k) {
+            const int av = a00_three && row == 0 && k == 0 ? 3 : (row * 7 + k * 3) % 11 - 5;
+            want += av * (second_b ? (col * 3 + k * 7) % 5 - 2 : (col * 5 + k * 13) % 9 - 4);
+          }
+          exact &= c[th * 128 + i] == static_cast<float>(want);
+        }
+      return exact;
+    };
+    const int smem_bytes = 8192 + 32768 + 16;
+    cudaFuncSetAttribute(wgmma_async, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    const auto run = [&](int mode) {
+      emu::begin_case();
+      wgmma_async<<<1, 128, smem_bytes>>>(ma, mb, mb2, mode, c);
+      return cudaDeviceSynchronize();
+    };
+    for (const bool late : {false, true}) {
+      emu::cfg().tma_late = late;
+      const std::string when = late ? " (EMU_TMA=late)" : " (EMU_TMA=issue)";
+      bool poisoned = run(0) == cudaSuccess && product(false, false);
+      for (int th = 0; th < 128; ++th) poisoned &= std::isnan(c[16384 + th]);
+      expect(poisoned, ("wgmma: accumulators read before wgmma.wait_group are a poison (NaN), right after it" + when).c_str());
+      expect(run(1) == cudaSuccess && product(true, false),
+             ("wgmma: operands are read at the wait_group (a stage refilled in between shows)" + when).c_str());
+      expect(run(2) == cudaErrorLaunchFailure, ("wgmma: no wgmma.fence before the first wgmma fails the launch" + when).c_str());
+      expect(run(3) == cudaErrorLaunchFailure, ("wgmma: a thread exiting with wgmmas in flight fails the launch" + when).c_str());
+      expect(run(4) == cudaErrorLaunchFailure,
+             ("async proxy: an ordinary store read by wgmma without fence.proxy.async fails the launch" + when).c_str());
+      expect(run(5) == cudaSuccess && product(false, true),
+             ("async proxy: the same store after fence.proxy.async is what wgmma reads" + when).c_str());
+      bool newest = run(6) == cudaSuccess && product(false, false);
+      for (int th = 0; th < 128; ++th) newest &= std::isnan(c[16384 + th]);
+      expect(newest, ("wgmma.wait_group 1 completes the older group only, 0 the rest" + when).c_str());
+    }
+    emu::cfg().wgmma_async = false;
+    bool at_issue = run(0) == cudaSuccess;
+    for (int th = 0; th < 128; ++th) at_issue &= !std::isnan(c[16384 + th]);
+    expect(at_issue && run(1) == cudaSuccess && product(false, false),
+           "EMU_WGMMA=issue: the older model, wgmmas complete at issue");
+    emu::cfg().wgmma_async = true;
+
+    std::uint16_t* late_out = b2;  // reused: 2 values
+    cudaFuncSetAttribute(tma_late, cudaFuncAttributeMaxDynamicSharedMemorySize, 1032);
+    emu::begin_case();
+    emu::cfg().tma_late = true;
+    tma_late<<<1, 1, 1032>>>(map, late_out, 0);
+    expect(cudaDeviceSynchronize() == cudaSuccess && late_out[0] == 0x0101u * emu::cfg().fill && late_out[1] == 1,
+           "EMU_TMA=late: the box lands at the mbarrier wait, not at issue");
+    tma_late<<<1, 1, 1032>>>(map, late_out, 1);
+    expect(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "EMU_TMA=late: a block exiting with a TMA load in flight fails");
+    emu::begin_case();
+    emu::cfg().tma_late = false;
+    tma_late<<<1, 1, 1032>>>(map, late_out, 0);
+    expect(cudaDeviceSynchronize() == cudaSuccess && late_out[0] == 1 && late_out[1] == 1,
+           "EMU_TMA=issue: the box lands at issue");
+  }
 
   // ---- cross-check against CuTe / PTX / cuda.h (see the kernels' comment above)
   {

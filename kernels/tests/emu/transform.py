@@ -84,17 +84,17 @@ BODIES = {
     # named barriers -> emu_sm90.hpp
     'sm90': [
         ('__device__ __forceinline__ void mbar_init(', '::emu::mbar_init(bar, count);'),
-        ('__device__ __forceinline__ void mbar_fence_init(', ''),
+        ('__device__ __forceinline__ void mbar_fence_init(', '::emu::fence_proxy_async();'),
         ('__device__ __forceinline__ void mbar_arrive(', '::emu::mbar_arrive(bar);'),
         ('__device__ __forceinline__ void mbar_arrive_expect_tx(', '::emu::mbar_arrive_expect_tx(bar, bytes);'),
         ('__device__ __forceinline__ void mbar_wait(', '::emu::mbar_wait(bar, parity);'),
         ('__device__ __forceinline__ void tma_load_2d(', '::emu::tma_load(dst, map, {c0, c1}, bar);'),
         ('__device__ __forceinline__ void tma_load_4d(', '::emu::tma_load(dst, map, {c0, c1, c2, c3}, bar);'),
-        ('__device__ __forceinline__ void fence_proxy_async(', ''),
+        ('__device__ __forceinline__ void fence_proxy_async(', '::emu::fence_proxy_async();'),
         ('__device__ __forceinline__ void named_barrier_sync(', '::emu::named_barrier(id, count);'),
-        ('__device__ __forceinline__ void wgmma_fence(', ''),
-        ('__device__ __forceinline__ void wgmma_commit(', ''),
-        ('__device__ __forceinline__ void wgmma_wait(', ''),           # wgmmas complete at issue
+        ('__device__ __forceinline__ void wgmma_fence(', '::emu::wgmma_fence();'),
+        ('__device__ __forceinline__ void wgmma_commit(', '::emu::wgmma_commit();'),
+        ('__device__ __forceinline__ void wgmma_wait(', '::emu::wgmma_wait(N);'),  # completes the groups (EMU_WGMMA)
         ('__device__ __forceinline__ void fence_operand(', '(void)x;'),
         ('__device__ __forceinline__ void wgmma_ss_m64n256k16(', '::emu::wgmma_ss(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
         ('__device__ __forceinline__ void wgmma_ss_m64n128k16(', '::emu::wgmma_ss(d, desc_a, desc_b, TRANS_A, TRANS_B);'),
