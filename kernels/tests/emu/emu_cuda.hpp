@@ -22,6 +22,10 @@
 //     are immediate, streams and events are no-ops, one device with EMU_SMS (default 4) SMs.
 //   * cases too large to emulate are skipped (emu::Skip): a cudaMalloc over EMU_MAX_BYTES or more than
 //     EMU_MAX_THREADS emulated threads in one case.
+//   * asynchronous operations (emu_mma.hpp, emu_sm90.hpp; Config): a wgmma completes at the
+//     wgmma.wait_group covering it (EMU_WGMMA), TMA boxes land at issue or when nothing else can run
+//     (EMU_TMA), cp.async copies at issue or at their thread's cp.async.wait_group (EMU_CP_ASYNC); a
+//     thread may not exit with wgmmas or copies in flight, nor a block with TMA loads in flight.
 #pragma once
 #include <cuda.h>  // CUtensorMap (TMA descriptors: emu_sm90.hpp, the fake encoder in emu_host.hpp)
 #include <cuda_runtime.h>
@@ -62,6 +66,9 @@ struct Config {
   // =late only when no thread of the block can run any more.
   bool wgmma_async = true;
   bool tma_late = false;
+  // cp.async (emu_mma.hpp): EMU_CP_ASYNC=issue (default) lands a copy at issue, =wait at the issuing
+  // thread's cp.async.wait_group that covers it.
+  bool cp_async_late = false;
 };
 inline Config& cfg() {
   static Config c = [] {
@@ -75,6 +82,7 @@ inline Config& cfg() {
     if (const char* d = std::getenv("EMU_DEVICE_MEMORY")) k.device_memory = std::strtoull(d, nullptr, 0);
     if (const char* w = std::getenv("EMU_WGMMA")) k.wgmma_async = std::strcmp(w, "issue") != 0;
     if (const char* t = std::getenv("EMU_TMA")) k.tma_late = std::strcmp(t, "late") == 0;
+    if (const char* c = std::getenv("EMU_CP_ASYNC")) k.cp_async_late = std::strcmp(c, "wait") == 0;
     return k;
   }();
   return c;
@@ -107,6 +115,15 @@ struct AsyncMma {
   long long group = -1;
 };
 
+// A 16-byte cp.async a thread has issued and that has not landed (emu_mma.hpp, EMU_CP_ASYNC=wait): the
+// shared destination, the bytes (read from global memory at issue), its commit group (-1 until
+// cp.async.commit_group).
+struct CpCopy {
+  std::uint32_t dst = 0;
+  unsigned char bytes[16] = {};
+  long long group = -1;
+};
+
 struct Fiber {
   ucontext_t ctx;
   St st = St::Ready;
@@ -121,6 +138,8 @@ struct Fiber {
   std::map<float*, std::vector<float>> inflight;
   long long mma_groups = 0;
   bool mma_fenced = false;
+  std::vector<CpCopy> cp;  // cp.async issued, not landed (EMU_CP_ASYNC=wait), in issue order
+  long long cp_groups = 0;
 };
 
 // An mbarrier (emu_sm90.hpp) in the block's shared memory, by its shared address: the arrival count of
@@ -356,6 +375,7 @@ inline unsigned ballot(int op, unsigned mask, int pred) {
 inline void fiber_main() {
   rt().body();
   if (!rt().cur->mma.empty()) fail("thread exited with wgmma.mma_async not completed by a wgmma.wait_group (UB)");
+  if (!rt().cur->cp.empty()) fail("thread exited with cp.async copies that no cp.async.wait_group waited for");
   rt().cur->st = St::Done;
 }
 

@@ -1,5 +1,6 @@
 // Tensor-core and async-copy helpers for emu_cuda.hpp (families with inline asm: grouped_gemm, attention):
-// mma.sync.m16n8k16 bf16 -> fp32, ldmatrix.x4(.trans), cp.async (16 bytes, src-size 0..16, completes at issue),
+// mma.sync.m16n8k16 bf16 -> fp32, ldmatrix.x4(.trans), cp.async (16 bytes, src-size 0..16, with
+// commit_group / wait_group: lands at issue, or with EMU_CP_ASYNC=wait at the wait that covers it),
 // cvt.rn.bf16x2.f32,
 // __cvta_generic_to_shared, all from the PTX ISA fragment layouts (as kernels/tests/emu/grouped_gemm
 // did with OS threads), as full-warp collectives with the mask/exit rules of emu_cuda.hpp.
@@ -23,12 +24,27 @@ inline unsigned char* shared_at(std::uint32_t addr, std::size_t bytes, const cha
   return r.dyn + addr;
 }
 
+// A 16-byte copy into shared memory: at issue (EMU_CP_ASYNC=issue), or recorded until the issuing
+// thread's cp.async.wait_group that covers it (=wait: a read of the stage before that wait, or by another
+// thread before the barrier after it, sees the old bytes).
+inline void cp_async_issue(std::uint32_t dst, const unsigned char (&bytes)[16]) {
+  unsigned char* d = shared_at(dst, 16, "cp.async");
+  if (!cfg().cp_async_late) {
+    std::memcpy(d, bytes, 16);
+    return;
+  }
+  CpCopy c;
+  c.dst = dst;
+  std::memcpy(c.bytes, bytes, 16);
+  rt().cur->cp.push_back(c);
+}
+
 inline void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
   if (dst % 16 != 0) fail("cp.async: shared address not 16-byte aligned");
-  unsigned char* d = shared_at(dst, 16, "cp.async");
   if (valid && reinterpret_cast<std::uintptr_t>(src) % 16 != 0) fail("cp.async: global source not 16-byte aligned");
-  if (valid) std::memcpy(d, src, 16);
-  else std::memset(d, 0, 16);
+  unsigned char b[16] = {};
+  if (valid) std::memcpy(b, src, 16);
+  cp_async_issue(dst, b);
 }
 
 // cp.async.cg.shared.global [dst], [src], 16, src_bytes: the first src_bytes (0..16) bytes from src,
@@ -36,10 +52,30 @@ inline void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
 inline void cp_async_16_bytes(std::uint32_t dst, const void* src, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside 0..16");
   if (dst % 16 != 0) fail("cp.async: shared address not 16-byte aligned");
-  unsigned char* d = shared_at(dst, 16, "cp.async");
   if (src_bytes > 0 && reinterpret_cast<std::uintptr_t>(src) % 16 != 0) fail("cp.async: global source not 16-byte aligned");
-  std::memset(d, 0, 16);
-  if (src_bytes > 0) std::memcpy(d, src, static_cast<std::size_t>(src_bytes));
+  unsigned char b[16] = {};
+  if (src_bytes > 0) std::memcpy(b, src, static_cast<std::size_t>(src_bytes));
+  cp_async_issue(dst, b);
+}
+
+// cp.async.commit_group: the thread's uncommitted copies form its next group.
+inline void cp_async_commit() {
+  Fiber* f = rt().cur;
+  for (CpCopy& c : f->cp)
+    if (c.group < 0) c.group = f->cp_groups;
+  ++f->cp_groups;
+}
+
+// cp.async.wait_group N: the thread's committed groups but the newest N land, in issue order.
+inline void cp_async_wait(int n) {
+  Fiber* f = rt().cur;
+  const long long limit = f->cp_groups - n;
+  std::vector<CpCopy> left;
+  for (const CpCopy& c : f->cp) {
+    if (c.group >= 0 && c.group < limit) std::memcpy(shared_at(c.dst, 16, "cp.async"), c.bytes, 16);
+    else left.push_back(c);
+  }
+  f->cp.swap(left);
 }
 
 // cvt.rn.bf16x2.f32 d, a, b: a -> the upper half, b -> the lower half, round to nearest even,

@@ -237,6 +237,24 @@ __global__ void wgmma_async(const CUtensorMap map_a, const CUtensorMap map_b, co
   for (int i = 0; i < 128; ++i) out[threadIdx.x * 128 + i] = same ? d[i] : -1.0f;
 }
 
+// EMU_CP_ASYNC=wait: a cp.async lands at its thread's cp.async.wait_group: two groups of one copy each,
+// read before any wait (out[0]), after wait_group 1 (out[1]: the first group's bytes, the second's not yet)
+// and after wait_group 0 (out[2]); `no_wait`: the thread exits with copies in flight (fails).
+__global__ void cp_async_groups(const int* src, int* out, int no_wait) {
+  extern __shared__ __align__(16) int cp_smem[];
+  const std::uint32_t base = __cvta_generic_to_shared(cp_smem);
+  emu::cp_async_16(base, src, true);
+  emu::cp_async_commit();
+  emu::cp_async_16(base + 16, src + 4, true);
+  emu::cp_async_commit();
+  out[0] = cp_smem[0] + cp_smem[4];
+  if (no_wait) return;
+  emu::cp_async_wait(1);
+  out[1] = cp_smem[0] + cp_smem[4];
+  emu::cp_async_wait(0);
+  out[2] = cp_smem[0] + cp_smem[4];
+}
+
 // EMU_TMA=late: a TMA load lands only when no thread can run: a read of the box before the mbarrier wait
 // sees the old bytes (out[0]), after it the tensor's (out[1]); `no_wait`: the thread exits with the copy in
 // flight (fails).
@@ -643,6 +661,28 @@ int main() {
     tma_late<<<1, 1, 1032>>>(map, late_out, 0);
     expect(cudaDeviceSynchronize() == cudaSuccess && late_out[0] == 1 && late_out[1] == 1,
            "EMU_TMA=issue: the box lands at issue");
+  }
+
+  // cp.async groups (cp_async_groups above): src[0] = 10, src[4] = 1000; shared memory filled with 0.
+  {
+    int* src = nullptr;
+    cudaMalloc(reinterpret_cast<void**>(&src), 8 * sizeof(int));
+    for (int i = 0; i < 8; ++i) src[i] = i == 0 ? 10 : i == 4 ? 1000 : 0;
+    const unsigned char fill = emu::cfg().fill;
+    emu::cfg().fill = 0;
+    emu::cfg().cp_async_late = true;
+    emu::begin_case();
+    cp_async_groups<<<1, 1, 32>>>(src, d, 0);
+    expect(cudaDeviceSynchronize() == cudaSuccess && d[0] == 0 && d[1] == 10 && d[2] == 1010,
+           "EMU_CP_ASYNC=wait: cp.async.wait_group 1 lands all but the newest group, 0 the rest");
+    cp_async_groups<<<1, 1, 32>>>(src, d, 1);
+    expect(cudaDeviceSynchronize() == cudaErrorLaunchFailure, "EMU_CP_ASYNC=wait: a thread exiting with copies in flight fails");
+    emu::begin_case();
+    emu::cfg().cp_async_late = false;
+    cp_async_groups<<<1, 1, 32>>>(src, d, 0);
+    expect(cudaDeviceSynchronize() == cudaSuccess && d[0] == 1010 && d[1] == 1010 && d[2] == 1010,
+           "EMU_CP_ASYNC=issue: copies land at issue");
+    emu::cfg().fill = fill;
   }
 
   // ---- cross-check against CuTe / PTX / cuda.h (see the kernels' comment above)

@@ -73,8 +73,8 @@ BODIES = {
     'grouped_gemm': [
         ('__device__ __forceinline__ void mma_bf16_16816(', '::emu::mma(d, a, b);'),
         ('__device__ __forceinline__ void cp_async_16(', '::emu::cp_async_16(dst, src, valid);'),
-        ('__device__ __forceinline__ void cp_async_commit(', ''),      # copies complete at issue
-        ('__device__ __forceinline__ void cp_async_wait(', ''),
+        ('__device__ __forceinline__ void cp_async_commit(', '::emu::cp_async_commit();'),
+        ('__device__ __forceinline__ void cp_async_wait(', '::emu::cp_async_wait(N);'),  # lands the groups (EMU_CP_ASYNC)
         ('__device__ __forceinline__ void ldmatrix_x4(', '::emu::ldmatrix(r, addr, false);'),
         ('__device__ __forceinline__ void ldmatrix_x4_trans(', '::emu::ldmatrix(r, addr, true);'),
         ('cudaError_t lt_handle(', '*out = nullptr; return cudaErrorNotSupported;'),
@@ -105,8 +105,8 @@ BODIES = {
     # attention.cu's PTX wrappers (not JK_ATTENTION_EMULATE: that is the other, test-internal emulator)
     'attention': [
         ('__device__ __forceinline__ void cp_async_16(', '::emu::cp_async_16_bytes(dst, src, src_bytes);'),
-        ('__device__ __forceinline__ void cp_async_commit(', ''),      # copies complete at issue
-        ('__device__ __forceinline__ void cp_async_wait(', ''),
+        ('__device__ __forceinline__ void cp_async_commit(', '::emu::cp_async_commit();'),
+        ('__device__ __forceinline__ void cp_async_wait(', '::emu::cp_async_wait(N);'),  # lands the groups (EMU_CP_ASYNC)
         ('__device__ __forceinline__ void ldmatrix_x4(', '::emu::ldmatrix(r, addr, false);'),
         ('__device__ __forceinline__ void ldmatrix_x4_trans(', '::emu::ldmatrix(r, addr, true);'),
         ('__device__ __forceinline__ void mma_bf16_16816(',
