@@ -20,7 +20,8 @@
 # BUDGET (s for the whole command, default 560: every timeout is cut to what is left of it, so the
 # command ends inside the device tool's 600 s per call with its logs packed), JOBS (test programs at a
 # time, default 3), TEST_TIMEOUT (s per test program, default 420),
-# SANITIZE (1: also compute-sanitizer memcheck on small cases), BENCH_FAMILIES (default all),
+# SANITIZE (compute-sanitizer tools on small cases: 1 = memcheck, or a list such as
+# memcheck,racecheck,synccheck,initcheck), BENCH_FAMILIES (default all),
 # JETMOE_BENCH_TIMEOUT (s per benchmark or peer, default 240), PYTHON (default python3).
 # tests also runs, after the test programs, kernels/tests/torch_check.py (the kernels against PyTorch /
 # HF transformers, through the shared library libjetmoe_kernels.so of the archive or the build) unless
@@ -120,19 +121,26 @@ if [[ $mode != bench ]]; then
     grep -q ' PASS ' "$work/logs/verdict-$name" || status=1
     grep -E '^FAIL ' "$work/logs/test-$name.log" | head -20 | sed 's/^/    /' | tee -a "$summary"
   done
-  if [[ "${SANITIZE:-0}" == 1 ]]; then
-    say "compute-sanitizer memcheck on small cases"
+  # SANITIZE: compute-sanitizer tools, comma-separated (1 = memcheck): memcheck (out-of-bounds and
+  # misaligned accesses, leaks of device memory), racecheck (shared-memory hazards between threads),
+  # synccheck (barriers reached by part of a block or warp), initcheck (reads of uninitialised device
+  # memory); each on the same small cases.
+  sanitize="${SANITIZE:-0}"
+  [[ $sanitize == 1 ]] && sanitize=memcheck
+  [[ $sanitize == 0 ]] && sanitize=
+  for tool in ${sanitize//,/ }; do
+    say "compute-sanitizer $tool on small cases"
     for spec in "model|model.(arguments|stages)" "attention|^arguments|B=1 T=1 |T=7 |T=63 " \
                 "grouped-gemm|api|wgmma" "layer|arguments"; do
       name="${spec%%|*}"; only="${spec#*|}"
-      log="$work/logs/memcheck-$name.log"
-      timeout -k 10 "$(left "$TEST_TIMEOUT")" compute-sanitizer --tool memcheck --error-exitcode 3 \
+      log="$work/logs/$tool-$name.log"
+      timeout -k 10 "$(left "$TEST_TIMEOUT")" compute-sanitizer --tool "$tool" --error-exitcode 3 \
         "$bin/jetmoe-$name-test" --only "$only" > "$log" 2>&1
       rc=$?
-      printf 'memcheck %-14s %s\n' "$name" "$([[ $rc -eq 0 ]] && echo clean || echo "FAIL (exit $rc)")" | tee -a "$summary"
+      printf '%-9s %-14s %s\n' "$tool" "$name" "$([[ $rc -eq 0 ]] && echo clean || echo "FAIL (exit $rc)")" | tee -a "$summary"
       [[ $rc -eq 0 ]] || status=1
     done
-  fi
+  done
   if [[ "${TORCH_CHECK:-1}" != 0 ]]; then
     # The kernels against PyTorch / HF transformers in one process (ctypes on libjetmoe_kernels.so).
     lib="$bin/libjetmoe_kernels.so"
