@@ -124,53 +124,48 @@ class ModelBatch(ctypes.Structure):  # jk_model_batch_t
     _fields_ = [("batch", c_i64), ("seq", c_i64), ("ids", c_vp), ("x_in", c_vp), ("labels", c_vp)]
 
 
-# sizeof / offsetof on x86-64 Linux, from the headers (g++ -std=c++17, printed once): a field added to or
-# moved in a header changes these and stops the script before it passes wrong structs.
-for _s, _size in ((LayerConfig, 88), (LayerWeights, 88), (LayerGrads, 88), (ModelConfig, 120), (ModelWeights, 32),
-                  (ModelBatch, 40)):
-    assert ctypes.sizeof(_s) == _size, (_s.__name__, ctypes.sizeof(_s), _size)
-assert LayerConfig.rope_table.offset == 64 and LayerConfig.path.offset == 80
-assert ModelConfig.vocab.offset == 88 and ModelConfig.final_eps.offset == 112 and ModelConfig.recompute.offset == 116
+# The interface version these bindings were written for (kernels/include/jetmoe/kernels.h, JK_ABI_VERSION),
+# and each structure's jk_* name: Kernels() checks both against the library before any call.
+ABI_VERSION = 1
+STRUCTS = {"jk_layer_config_t": LayerConfig, "jk_layer_weights_t": LayerWeights, "jk_layer_grads_t": LayerGrads,
+           "jk_model_config_t": ModelConfig, "jk_model_weights_t": ModelWeights, "jk_model_batch_t": ModelBatch}
 
 P = ctypes.POINTER
-# The interface has C++ linkage: the functions are bound by their Itanium-mangled names (g++ / nvcc on
-# Linux), which encode the parameter types, so a changed signature fails here rather than at a call.
+# The functions (C linkage: plain names) with the types of kernels/include/jetmoe/*.h at ABI_VERSION.
 FUNCTIONS = {
-    # name: (mangled, restype, argtypes)
-    "jk_compiled_architectures": ("_Z25jk_compiled_architecturesv", ctypes.c_char_p, []),
-    "jk_runtime_info": ("_Z15jk_runtime_infoP17jk_runtime_info_t", ctypes.c_int, [c_vp]),
-    "jk_runtime_info_describe": ("_Z24jk_runtime_info_describePK17jk_runtime_info_tPcm", ctypes.c_int,
+    # name: (restype, argtypes)
+    "jk_abi_version": (ctypes.c_int, []),
+    "jk_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
+    "jk_compiled_architectures": (ctypes.c_char_p, []),
+    "jk_runtime_info": (ctypes.c_int, [c_vp]),
+    "jk_runtime_info_describe": (ctypes.c_int,
                                  [c_vp, ctypes.c_char_p, ctypes.c_size_t]),
-    "jk_fused_rope_table_elems": ("_Z25jk_fused_rope_table_elemsll", c_i64, [c_i64, c_i64]),
-    "jk_fused_rope_table": ("_Z19jk_fused_rope_tablePfllf", ctypes.c_int, [c_vp, c_i64, c_i64, c_f32]),
-    "jk_layer_train_bytes": ("_Z20jk_layer_train_bytesPK17jk_layer_config_tllPmS2_", ctypes.c_int,
+    "jk_fused_rope_table_elems": (c_i64, [c_i64, c_i64]),
+    "jk_fused_rope_table": (ctypes.c_int, [c_vp, c_i64, c_i64, c_f32]),
+    "jk_layer_train_bytes": (ctypes.c_int,
                              [P(LayerConfig), c_i64, c_i64, P(ctypes.c_size_t), P(ctypes.c_size_t)]),
-    "jk_layer_fwd": ("_Z12jk_layer_fwdPK18jk_layer_weights_tPK17jk_layer_config_tPKtllPtPfPvmS9_mP18jk_layer_profile_tP11CUstream_st",
-                     ctypes.c_int, [P(LayerWeights), P(LayerConfig), c_vp, c_i64, c_i64, c_vp, c_vp, c_vp,
+    "jk_layer_fwd": (ctypes.c_int, [P(LayerWeights), P(LayerConfig), c_vp, c_i64, c_i64, c_vp, c_vp, c_vp,
                                     ctypes.c_size_t, c_vp, ctypes.c_size_t, c_vp, c_vp]),
-    "jk_layer_bwd": ("_Z12jk_layer_bwdPK18jk_layer_weights_tPK17jk_layer_config_tPKtS6_llPtPK16jk_layer_grads_tfPKvmPvmP18jk_layer_profile_tP11CUstream_st",
-                     ctypes.c_int, [P(LayerWeights), P(LayerConfig), c_vp, c_vp, c_i64, c_i64, c_vp, P(LayerGrads),
+    "jk_layer_bwd": (ctypes.c_int, [P(LayerWeights), P(LayerConfig), c_vp, c_vp, c_i64, c_i64, c_vp, P(LayerGrads),
                                     c_f32, c_vp, ctypes.c_size_t, c_vp, ctypes.c_size_t, c_vp, c_vp]),
-    "jk_layer_saved_expert_ids": ("_Z25jk_layer_saved_expert_idsPK17jk_layer_config_tllPKvPPKiS6_", ctypes.c_int,
+    "jk_layer_saved_expert_ids": (ctypes.c_int,
                                   [P(LayerConfig), c_i64, c_i64, c_vp, P(c_vp), P(c_vp)]),
-    "jk_model_train_bytes": ("_Z20jk_model_train_bytesPK17jk_model_config_tllPmS2_", ctypes.c_int,
+    "jk_model_train_bytes": (ctypes.c_int,
                              [P(ModelConfig), c_i64, c_i64, P(ctypes.c_size_t), P(ctypes.c_size_t)]),
-    "jk_model_fwd": ("_Z12jk_model_fwdPK18jk_model_weights_tPK17jk_model_config_tPK16jk_model_batch_tPtPfS9_PiPvmSB_mP11CUstream_st",
-                     ctypes.c_int, [P(ModelWeights), P(ModelConfig), P(ModelBatch), c_vp, c_vp, c_vp, c_vp, c_vp,
+    "jk_model_fwd": (ctypes.c_int, [P(ModelWeights), P(ModelConfig), P(ModelBatch), c_vp, c_vp, c_vp, c_vp, c_vp,
                                     ctypes.c_size_t, c_vp, ctypes.c_size_t, c_vp]),
-    "jk_model_saved_layer": ("_Z20jk_model_saved_layerPK17jk_model_config_tllPKvlPS3_", ctypes.c_int,
+    "jk_model_saved_layer": (ctypes.c_int,
                              [P(ModelConfig), c_i64, c_i64, c_vp, c_i64, P(c_vp)]),
-    "jk_model_saved_logits": ("_Z21jk_model_saved_logitsPK17jk_model_config_tllPKvPPKt", ctypes.c_int,
+    "jk_model_saved_logits": (ctypes.c_int,
                               [P(ModelConfig), c_i64, c_i64, c_vp, P(c_vp)]),
-    "jk_model_eval_bytes": ("_Z19jk_model_eval_bytesPK17jk_model_config_tll", ctypes.c_size_t,
+    "jk_model_eval_bytes": (ctypes.c_size_t,
                             [P(ModelConfig), c_i64, c_i64]),
-    "jk_model_eval": ("_Z13jk_model_evalPK18jk_model_weights_tPK17jk_model_config_tPKillS6_PfS7_PiPvmP11CUstream_st",
-                      ctypes.c_int, [P(ModelWeights), P(ModelConfig), c_vp, c_i64, c_i64, c_vp, c_vp, c_vp, c_vp, c_vp,
+    "jk_model_eval": (ctypes.c_int, [P(ModelWeights), P(ModelConfig), c_vp, c_i64, c_i64, c_vp, c_vp, c_vp, c_vp, c_vp,
                                      ctypes.c_size_t, c_vp]),
     # the CUDA runtime (libcudart through the library's dependencies, or the emulated one)
-    "cudaMemcpy": ("cudaMemcpy", ctypes.c_int, [c_vp, c_vp, ctypes.c_size_t, ctypes.c_int]),
-    "cudaDeviceSynchronize": ("cudaDeviceSynchronize", ctypes.c_int, []),
-    "cudaGetErrorName": ("cudaGetErrorName", ctypes.c_char_p, [ctypes.c_int]),
+    "cudaMemcpy": (ctypes.c_int, [c_vp, c_vp, ctypes.c_size_t, ctypes.c_int]),
+    "cudaDeviceSynchronize": (ctypes.c_int, []),
+    "cudaGetErrorName": (ctypes.c_char_p, [ctypes.c_int]),
 }
 CUDA_MEMCPY_DEFAULT = 4
 
@@ -181,21 +176,25 @@ class Kernels:
     def __init__(self, path):
         self.lib = ctypes.CDLL(os.path.abspath(path))
         missing = []
-        for name, (mangled, restype, argtypes) in FUNCTIONS.items():
-            fn = None
-            for sym in (mangled, name):  # the mangled name, or a C-linkage one
-                try:
-                    fn = getattr(self.lib, sym)
-                    break
-                except AttributeError:
-                    pass
-            if fn is None:
+        for name, (restype, argtypes) in FUNCTIONS.items():
+            try:
+                fn = getattr(self.lib, name)
+            except AttributeError:
                 missing.append(name)
                 continue
             fn.restype, fn.argtypes = restype, argtypes
             setattr(self, name, fn)
         if missing:
-            raise SystemExit("torch_check.py: %s lacks %s (signature changed? see FUNCTIONS)" % (path, ", ".join(missing)))
+            raise SystemExit("torch_check.py: %s lacks %s (a library older than these bindings?)" % (path, ", ".join(missing)))
+        version = self.jk_abi_version()
+        if version != ABI_VERSION:
+            raise SystemExit("torch_check.py: %s has interface version %d, these bindings are for %d "
+                             "(JK_ABI_VERSION): update FUNCTIONS and the structures" % (path, version, ABI_VERSION))
+        for cname, struct in STRUCTS.items():
+            size = self.jk_struct_size(cname.encode())
+            if size != ctypes.sizeof(struct):
+                raise SystemExit("torch_check.py: %s in %s is %d bytes, the binding's %s is %d" %
+                                 (cname, path, size, struct.__name__, ctypes.sizeof(struct)))
 
     def call(self, name, *args):
         err = getattr(self, name)(*args)

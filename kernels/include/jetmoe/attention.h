@@ -32,6 +32,9 @@
 #include <cstddef>
 #include <cstdint>
 
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
 struct jk_attention_shape_t {
   int64_t batch;     // B >= 0 (0: no-op)
   int64_t seq;       // T >= 0 (0: no-op); T of the query and the key sequences (self-attention)
@@ -100,3 +103,5 @@ cudaError_t jk_attention_decode_bf16(const uint16_t* q, const uint16_t* k_cache,
                                      const int32_t* cache_len, uint16_t* out, float* lse, int64_t batch,
                                      int64_t max_seq, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                                      void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // extern "C"

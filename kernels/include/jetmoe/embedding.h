@@ -25,6 +25,9 @@
 #include <cstddef>
 #include <cstdint>
 
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
 // Which implementation runs. auto: 16-byte vector loads/stores where pointers are 16-byte aligned
 // and D is a multiple of the vector width (8 bf16 / 4 fp32), a scalar path otherwise. simple: always
 // the scalar path (one element per thread and step) and, in the backward, the single-pass rank kernel
@@ -79,3 +82,5 @@ cudaError_t jk_embedding_group_tokens(const std::int32_t* ids, std::int64_t N, s
                                       std::int32_t* offsets, std::int32_t* sorted_token,
                                       std::int32_t* invalid_count, void* workspace, std::size_t workspace_bytes,
                                       cudaStream_t stream);
+
+}  // extern "C"

@@ -15,6 +15,9 @@
 #include <cstddef>
 #include <cstdint>
 
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
 // ---- RMSNorm backward -----------------------------------------------------------------------------
 // Shapes: x, dy, dx [rows, hidden] row-major contiguous; weight [hidden]; rstd [rows] (written by
 // jk_rmsnorm_fwd_*); dw [hidden] fp32; workspace: jk_fused_rmsnorm_bwd_workspace_elems(rows, hidden)
@@ -179,3 +182,5 @@ cudaError_t jk_fused_rmsnorm_bwd_f32_simple(const float* x, const float* weight,
 cudaError_t jk_fused_rmsnorm_bwd_bf16_simple(const uint16_t* x, const uint16_t* weight, const float* rstd,
                                              const uint16_t* dy, uint16_t* dx, float* dw, float beta,
                                              float* workspace, int64_t rows, int64_t hidden, cudaStream_t stream);
+
+}  // extern "C"

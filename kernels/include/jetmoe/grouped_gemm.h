@@ -35,6 +35,9 @@
 #include <cstddef>
 #include <cstdint>
 
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
 // Largest E accepted (the tile scheduler keeps a prefix over the experts in shared memory).
 #define JK_GROUPED_GEMM_MAX_EXPERTS 256
 
@@ -110,3 +113,5 @@ cudaError_t jk_swiglu_fwd_bf16(const uint16_t* z, uint16_t* h, int64_t rows, int
 // dh [rows, f] bf16; dz [rows, 2f] bf16 (written completely).
 cudaError_t jk_swiglu_bwd_bf16(const uint16_t* z, const uint16_t* dh, uint16_t* dz, int64_t rows, int64_t f,
                                cudaStream_t stream);
+
+}  // extern "C"

@@ -11,11 +11,19 @@
 //    reported by the CUDA runtime for the launch. A zero-size call is a no-op that returns cudaSuccess.
 //    Errors of earlier asynchronous work on the same thread may surface here (CUDA's sticky errors).
 //  - The header is plain C++17 and needs only the CUDA runtime headers (from CUDA::cudart), so code
-//    compiled by the host compiler (the Kokkos side) can include it.
+//    compiled by the host compiler (the Kokkos side) can include it. The functions have C linkage:
+//    libjetmoe_kernels.so exports them under their plain names, for ctypes and other languages, which
+//    check jk_abi_version() and jk_struct_size() against what they were written for.
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
 #include <cstdint>
+
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
+// The interface's version: raised whenever a function's parameters or a structure's layout change.
+#define JK_ABI_VERSION 1
 
 // ---- runtime and device report ------------------------------------------------------------------
 
@@ -51,7 +59,14 @@ cudaError_t jk_runtime_info(jk_runtime_info_t* info);
 int jk_runtime_info_describe(const jk_runtime_info_t* info, char* buf, size_t buf_size);
 
 // The CUDA architectures this library was compiled for (CMAKE_CUDA_ARCHITECTURES, e.g. "90a").
-const char* jk_compiled_architectures();
+const char* jk_compiled_architectures(void);
+
+// JK_ABI_VERSION as this library was compiled.
+int jk_abi_version(void);
+
+// sizeof the interface structure called `name` (e.g. "jk_layer_config_t") in this library, 0 for a
+// name it does not know.
+size_t jk_struct_size(const char* name);
 
 // ---- bf16 <-> fp32 --------------------------------------------------------------------------------
 
@@ -79,6 +94,8 @@ cudaError_t jk_rmsnorm_fwd_f32(const float* x, const float* weight, float* y, fl
 
 cudaError_t jk_rmsnorm_fwd_bf16(const uint16_t* x, const uint16_t* weight, uint16_t* y, float* rstd,
                                 int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
+
+}  // extern "C"
 
 // ---- kernel families (one header each, keep sorted) -----------------------------------------------
 #include "jetmoe/attention.h"

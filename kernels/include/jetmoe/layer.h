@@ -41,6 +41,9 @@
 #include <cstddef>
 #include <cstdint>
 
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
 // Weights of one block, bf16, HF layouts (jetmoe-spec.md section 2). All required.
 struct jk_layer_weights_t {
   const uint16_t* input_norm;  // [D]          input_layernorm.weight
@@ -166,3 +169,5 @@ cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t
 // 2 * active matmul parameters + attention 2 * 2 * T/2 * Hq * d for causal sequences of length T).
 // Training = 3x this. Host function.
 double jk_layer_flops_per_token(const jk_layer_config_t* cfg, int64_t seq);
+
+}  // extern "C"

@@ -39,6 +39,9 @@
 
 #include "jetmoe/layer.h"
 
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
 struct jk_model_config_t {
   jk_layer_config_t layer;  // the blocks' configuration (hidden, experts, heads, rope table, path, aux coefs)
   int64_t vocab;            // V (JetMoE-8B 32000), >= 1
@@ -167,3 +170,5 @@ cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, i
                                   const uint16_t** logits);
 cudaError_t jk_model_saved_layer(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
                                  int64_t layer, const void** layer_saved);
+
+}  // extern "C"

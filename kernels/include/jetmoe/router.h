@@ -24,6 +24,9 @@
 #include <cstddef>
 #include <cstdint>
 
+// C linkage: the library exports these functions under their plain names (ctypes, other languages).
+extern "C" {
+
 // ---- forward: logits, top-k, gates, plan ----------------------------------------------------------
 
 inline constexpr int jk_router_max_experts = 64;
@@ -168,3 +171,5 @@ cudaError_t jk_router_bwd_bf16(const std::uint16_t* u, const std::uint16_t* w, c
 cudaError_t jk_router_bwd_f32(const float* u, const float* w, const float* dlogits, std::int64_t N, std::int64_t D,
                               int E, float* dw, int accumulate_dw, float* du, void* workspace,
                               std::size_t workspace_bytes, cudaStream_t stream);
+
+}  // extern "C"

@@ -45,7 +45,7 @@ SKIP = {
 SOURCES = {
     'layer': ['layer.cu', 'router.cu', 'grouped_gemm.cu', 'attention.cu', 'fused.cu', 'rmsnorm.cu', 'convert.cu'],
     'model': ['model.cu', 'layer.cu', 'embedding.cu', 'router.cu', 'grouped_gemm.cu', 'attention.cu', 'fused.cu',
-              'rmsnorm.cu', 'convert.cu'],
+              'rmsnorm.cu', 'convert.cu', 'interface.cu'],
 }
 
 # Column-major cublasLtMatmul semantics on the host (bf16 A, B; fp32 accumulation; D fp32 or bf16).
