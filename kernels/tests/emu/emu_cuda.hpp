@@ -216,6 +216,25 @@ inline Runtime& rt() {
   return r;
 }
 
+// Commit groups of a thread's asynchronous operations (cp.async: CpCopy, wgmma: AsyncMma; both have a
+// `group`, -1 until committed): commit_group makes the uncommitted ones group number `groups`;
+// wait_group(n) completes, by `done` and in issue order, every committed one but the newest n groups'.
+template <class Op>
+inline void commit_group(std::vector<Op>& ops, long long& groups) {
+  for (Op& op : ops)
+    if (op.group < 0) op.group = groups;
+  ++groups;
+}
+template <class Op, class Done>
+inline void wait_group(std::vector<Op>& ops, long long groups, int n, Done done) {
+  std::vector<Op> left;
+  for (const Op& op : ops) {
+    if (op.group >= 0 && op.group < groups - n) done(op);
+    else left.push_back(op);
+  }
+  ops.swap(left);
+}
+
 inline int lane_of(const Fiber* f) { return f->linear % 32; }
 inline int warp_of(const Fiber* f) { return f->linear / 32; }
 

@@ -58,24 +58,11 @@ inline void cp_async_16_bytes(std::uint32_t dst, const void* src, int src_bytes)
   cp_async_issue(dst, b);
 }
 
-// cp.async.commit_group: the thread's uncommitted copies form its next group.
-inline void cp_async_commit() {
-  Fiber* f = rt().cur;
-  for (CpCopy& c : f->cp)
-    if (c.group < 0) c.group = f->cp_groups;
-  ++f->cp_groups;
-}
-
-// cp.async.wait_group N: the thread's committed groups but the newest N land, in issue order.
+// cp.async.commit_group / cp.async.wait_group N (the thread's copies; wait: all but the newest N groups land).
+inline void cp_async_commit() { commit_group(rt().cur->cp, rt().cur->cp_groups); }
 inline void cp_async_wait(int n) {
   Fiber* f = rt().cur;
-  const long long limit = f->cp_groups - n;
-  std::vector<CpCopy> left;
-  for (const CpCopy& c : f->cp) {
-    if (c.group >= 0 && c.group < limit) std::memcpy(shared_at(c.dst, 16, "cp.async"), c.bytes, 16);
-    else left.push_back(c);
-  }
-  f->cp.swap(left);
+  wait_group(f->cp, f->cp_groups, n, [](const CpCopy& c) { std::memcpy(shared_at(c.dst, 16, "cp.async"), c.bytes, 16); });
 }
 
 // cvt.rn.bf16x2.f32 d, a, b: a -> the upper half, b -> the lower half, round to nearest even,

@@ -262,25 +262,14 @@ inline void wgmma_issue(AsyncMma op, float (&d)[R]) {
 inline void wgmma_fence() { rt().cur->mma_fenced = true; }
 
 // wgmma.commit_group: the uncommitted wgmmas form the next group.
-inline void wgmma_commit() {
-  Fiber* f = rt().cur;
-  for (AsyncMma& op : f->mma)
-    if (op.group < 0) op.group = f->mma_groups;
-  ++f->mma_groups;
-}
+inline void wgmma_commit() { commit_group(rt().cur->mma, rt().cur->mma_groups); }
 
 // wgmma.wait_group N: every committed group but the newest N completes, in issue order; accumulators
 // with nothing left in flight get their values back.
 inline void wgmma_wait(int n) {
   if (!cfg().wgmma_async) return;
   Fiber* f = rt().cur;
-  const long long limit = f->mma_groups - n;
-  std::vector<AsyncMma> left;
-  for (const AsyncMma& op : f->mma) {
-    if (op.group >= 0 && op.group < limit) wgmma_execute(op, f->inflight.at(op.d).data());
-    else left.push_back(op);
-  }
-  f->mma.swap(left);
+  wait_group(f->mma, f->mma_groups, n, [f](const AsyncMma& op) { wgmma_execute(op, f->inflight.at(op.d).data()); });
   for (auto it = f->inflight.begin(); it != f->inflight.end();) {
     bool busy = false;
     for (const AsyncMma& op : f->mma) busy = busy || op.d == it->first;
