@@ -12,21 +12,15 @@ size_t jk_struct_size(const char* name) {
     const char* name;
     size_t size;
   };
+#define JK_STRUCT(type) {#type, sizeof(type)}  // the name written once
   static const Entry kSizes[] = {
-      {"jk_runtime_info_t", sizeof(jk_runtime_info_t)},
-      {"jk_attention_shape_t", sizeof(jk_attention_shape_t)},
-      {"jk_adamw_tensor_t", sizeof(jk_adamw_tensor_t)},
-      {"jk_adamw_hyper_t", sizeof(jk_adamw_hyper_t)},
-      {"jk_layer_weights_t", sizeof(jk_layer_weights_t)},
-      {"jk_layer_grads_t", sizeof(jk_layer_grads_t)},
-      {"jk_layer_profile_t", sizeof(jk_layer_profile_t)},
-      {"jk_layer_config_t", sizeof(jk_layer_config_t)},
-      {"jk_model_config_t", sizeof(jk_model_config_t)},
-      {"jk_model_weights_t", sizeof(jk_model_weights_t)},
-      {"jk_model_grads_t", sizeof(jk_model_grads_t)},
-      {"jk_model_batch_t", sizeof(jk_model_batch_t)},
-      {"jk_router_outputs_t", sizeof(jk_router_outputs_t)},
+      JK_STRUCT(jk_runtime_info_t),  JK_STRUCT(jk_attention_shape_t), JK_STRUCT(jk_adamw_tensor_t),
+      JK_STRUCT(jk_adamw_hyper_t),   JK_STRUCT(jk_layer_weights_t),   JK_STRUCT(jk_layer_grads_t),
+      JK_STRUCT(jk_layer_profile_t), JK_STRUCT(jk_layer_config_t),    JK_STRUCT(jk_model_config_t),
+      JK_STRUCT(jk_model_weights_t), JK_STRUCT(jk_model_grads_t),     JK_STRUCT(jk_model_batch_t),
+      JK_STRUCT(jk_router_outputs_t),
   };
+#undef JK_STRUCT
   for (const Entry& e : kSizes)
     if (std::strcmp(e.name, name) == 0) return e.size;
   return 0;

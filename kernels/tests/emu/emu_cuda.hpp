@@ -456,26 +456,24 @@ inline bool run_block() {
       if (!r.error.empty()) return false;
     }
     if (ran) continue;
-    bool all_done = true;
-    for (auto& f : r.fibers) all_done = all_done && f.st == St::Done;
-    if (!r.tma_inflight.empty() && !all_done) {  // EMU_TMA=late: the copies land once nothing else can run
-      r.land_tma();
-      if (!r.error.empty()) return false;
-      continue;
-    }
-    if (!r.tma_inflight.empty()) {
-      char b[200];
-      std::snprintf(b, sizeof b, "every thread exited with %zu TMA loads in flight (never waited for) [kernel %s, block (%u,%u,%u)]",
-                    r.tma_inflight.size(), r.kernel, r.bidx.x, r.bidx.y, r.bidx.z);
-      r.error = b;
-      return false;
-    }
     int block = 0, done = 0, warp = 0, mbar = 0;
     for (auto& f : r.fibers) {
       block += f.st == St::Block;
       done += f.st == St::Done;
       warp += f.st == St::Warp;
       mbar += f.st == St::Mbar;
+    }
+    if (!r.tma_inflight.empty()) {  // EMU_TMA=late: the copies land once nothing else can run
+      if (done < n) {
+        r.land_tma();
+        if (!r.error.empty()) return false;
+        continue;
+      }
+      char b[200];
+      std::snprintf(b, sizeof b, "every thread exited with %zu TMA loads in flight (never waited for) [kernel %s, block (%u,%u,%u)]",
+                    r.tma_inflight.size(), r.kernel, r.bidx.x, r.bidx.y, r.bidx.z);
+      r.error = b;
+      return false;
     }
     if (done == n) return true;
     if (block > 0 && warp == 0 && mbar == 0 && done == 0) {
