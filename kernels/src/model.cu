@@ -281,6 +281,11 @@ cudaError_t forward_blocks(const jk_model_weights_t* w, const jk_model_config_t*
   return cudaSuccess;
 }
 
+// jk_model_grads_t::ready[i]: recorded on `stream` when given.
+cudaError_t record_ready(const jk_model_grads_t* grads, std::int64_t i, cudaStream_t stream) {
+  return grads->ready != nullptr && grads->ready[i] != nullptr ? cudaEventRecord(grads->ready[i], stream) : cudaSuccess;
+}
+
 }  // namespace
 }  // namespace jk::detail
 
@@ -510,6 +515,7 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
                                                  grad_beta, sc.norm_ws, s.N, s.D, stream));
     dcur = dh;
     next = 0;
+    JK_RETURN_IF_ERROR(record_ready(grads, s.L, stream));
   }
   for (std::int64_t l = s.L - 1; l >= 0; --l) {
     // The gradient of the stage input goes straight to dx_in when there is no embedding.
@@ -522,11 +528,14 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
                                     grad_beta, layer_saved, sv.layer_bytes, sc.layer, sc.layer_bytes, nullptr, stream));
     dcur = dst;
     next = dst == sc.dx[0] ? 1 : 0;
+    JK_RETURN_IF_ERROR(record_ready(grads, l, stream));
   }
-  if (cfg->has_embedding)
-    return jk_embedding_bwd_bf16(dcur, sv.ids, grads->embedding, s.N, s.V, s.D, tied ? 1.0f : grad_beta,
-                                 /*zero_untouched=*/1, nullptr, sc.emb_ws, sc.emb_ws_bytes, jk_embedding_path_auto,
-                                 stream);
+  if (cfg->has_embedding) {
+    JK_RETURN_IF_ERROR(jk_embedding_bwd_bf16(dcur, sv.ids, grads->embedding, s.N, s.V, s.D, tied ? 1.0f : grad_beta,
+                                             /*zero_untouched=*/1, nullptr, sc.emb_ws, sc.emb_ws_bytes,
+                                             jk_embedding_path_auto, stream));
+    return record_ready(grads, s.L + 1, stream);
+  }
   if (dx_in != nullptr && dcur != dx_in)
     return cudaMemcpyAsync(dx_in, dcur, static_cast<std::size_t>(s.N * s.D) * sizeof(std::uint16_t),
                            cudaMemcpyDeviceToDevice, stream);

@@ -632,6 +632,84 @@ CaseResult accumulate_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed
   return {pass, describe(z, false) + (pass ? ": beta 1 doubles every gradient exactly" : ": beta 1 accumulation wrong")};
 }
 
+// jk_model_grads_t::ready: a second stream waits for each event and copies the part it stands for
+// while the backward goes on (as the data-parallel sums do); every copy must equal the final gradients.
+// The backward accumulates (grad_beta 1 over a first backward), so a copy taken too early differs. On a
+// GPU the second stream really runs concurrently; on the emulated one EMU_STREAMS=lazy runs each copy
+// right after its event's record, before the rest of the backward (kernels.emu.model.lazy), and
+// EMU_STREAMS=eager only checks that the calls are accepted.
+CaseResult ready_case(jkt::Context& ctx, const Sizes& z, bool tied, bool recompute, std::uint64_t seed) {
+  ModelFixture fx(z, tied, seed);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
+  st.cfg.recompute = recompute ? 1 : 0;
+  jk_model_batch_t b{z.B, z.T, db.ids.data(), nullptr, db.labels.data()};
+  std::size_t sb = 0, cb = 0;
+  CHECK_CUDA(jk_model_train_bytes(&st.cfg, z.B, z.T, &sb, &cb));
+  DeviceMem saved(sb), scratch(cb);
+  GuardedBuffer<float> loss(static_cast<std::size_t>(z.B * z.T));
+  auto forward = [&] {
+    jkt::finish(jk_model_fwd(&st.w, &st.cfg, &b, nullptr, loss.data(), nullptr, nullptr, saved.p, sb, scratch.p, cb,
+                             ctx.stream),
+                ctx.stream, "jk_model_fwd");
+  };
+  forward();
+  jkt::finish(jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, nullptr, &st.g, 0.0f, saved.p, sb, scratch.p,
+                           cb, ctx.stream),
+              ctx.stream, "jk_model_bwd beta 0");
+  forward();
+  // The parts in the order of their events: head (index L), blocks L-1 .. 0, embedding (index L + 1).
+  struct Part {
+    std::int64_t event;
+    float* grad;
+    std::size_t n;
+  };
+  std::vector<Part> parts;
+  if (!tied) parts.push_back({z.L, dm.g_head->data(), dm.g_head->size()});
+  parts.push_back({z.L, dm.g_norm->data(), dm.g_norm->size()});
+  for (std::int64_t l = z.L - 1; l >= 0; --l)
+    for (auto& g : dm.layers[static_cast<std::size_t>(l)]->g) parts.push_back({l, g->data(), g->size()});
+  parts.push_back({z.L + 1, dm.g_emb->data(), dm.g_emb->size()});  // with the tied head's part
+  std::vector<cudaEvent_t> ready(static_cast<std::size_t>(z.L + 2));
+  for (auto& e : ready) CHECK_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  cudaStream_t side = nullptr;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  std::vector<std::unique_ptr<GuardedBuffer<float>>> copies;
+  for (const Part& p : parts) {
+    copies.emplace_back(new GuardedBuffer<float>(p.n));
+    copies.back()->poison();
+  }
+  st.g.ready = ready.data();
+  const cudaError_t launched = jk_model_bwd(&st.w, &st.cfg, &b, nullptr, ce_scale, nullptr, nullptr, &st.g, 1.0f, saved.p,
+                                            sb, scratch.p, cb, ctx.stream);
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    CHECK_CUDA(cudaStreamWaitEvent(side, ready[static_cast<std::size_t>(parts[i].event)], 0));
+    CHECK_CUDA(cudaMemcpyAsync(copies[i]->data(), parts[i].grad, parts[i].n * sizeof(float), cudaMemcpyDeviceToDevice,
+                               side));
+  }
+  jkt::finish(launched, ctx.stream, "jk_model_bwd beta 1 with ready events");
+  CHECK_CUDA(cudaStreamSynchronize(side));
+  int early = 0;
+  std::int64_t first_early = -2;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    std::vector<float> final_grad(parts[i].n);
+    CHECK_CUDA(cudaMemcpy(final_grad.data(), parts[i].grad, parts[i].n * sizeof(float), cudaMemcpyDeviceToHost));
+    if (!same_bits(copies[i]->download(), final_grad)) {
+      if (early++ == 0) first_early = parts[i].event;
+    }
+  }
+  bool guards = dm.guards_intact() && loss.guards_intact();
+  for (auto& c : copies) guards = guards && c->guards_intact();
+  CHECK_CUDA(cudaStreamDestroy(side));
+  for (auto& e : ready) CHECK_CUDA(cudaEventDestroy(e));
+  const bool pass = early == 0 && guards;
+  return {pass, describe(z, tied) + (recompute ? " recompute" : "") +
+                    (pass ? jkt::format(": %zu parts copied behind their events equal the final gradients", parts.size())
+                          : jkt::format(": %d of %zu parts copied behind their events differ from the final gradients "
+                                        "(first: event %" PRId64 "); guards %d",
+                                        early, parts.size(), first_early, int(guards)))};
+}
+
 // One K and one V cache [B, Tmax, A] bf16 per block (guarded, poisoned), and the host pointer arrays
 // jk_model_decode / jk_model_prefill take.
 struct Caches {
@@ -1182,6 +1260,13 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
       const std::uint64_t seed = ctx.next_seed();
       cases.push_back(
           {"model.eval " + describe(z, tied), [&ctx, z, tied, seed] { return eval_case(ctx, z, tied, seed); }});
+    }
+  for (const bool tied : {true, false})
+    for (const bool recompute : {false, true}) {
+      const Sizes z{2, 9, 36, 3, 2, 3, 8, 20, 50, 3};
+      const std::uint64_t seed = ctx.next_seed();
+      cases.push_back({"model.ready_events " + describe(z, tied) + (recompute ? " recompute" : ""),
+                       [&ctx, z, tied, recompute, seed] { return ready_case(ctx, z, tied, recompute, seed); }});
     }
   return cases;
 }

@@ -126,7 +126,7 @@ class ModelBatch(ctypes.Structure):  # jk_model_batch_t
 
 # The interface version these bindings were written for (kernels/include/jetmoe/kernels.h, JK_ABI_VERSION),
 # and each structure's jk_* name: Kernels() checks both against the library before any call.
-ABI_VERSION = 1
+ABI_VERSION = 2
 STRUCTS = {"jk_layer_config_t": LayerConfig, "jk_layer_weights_t": LayerWeights, "jk_layer_grads_t": LayerGrads,
            "jk_model_config_t": ModelConfig, "jk_model_weights_t": ModelWeights, "jk_model_batch_t": ModelBatch}
 

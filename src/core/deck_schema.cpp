@@ -169,11 +169,12 @@ DeckSchema make_standard_schema() {
         .greater_than(0);
     b.choice("communication", "auto", {"auto", "mpi", "nccl"},
              "How the GPUs of train/precision = bf16 exchange stage boundaries and gradient sums: nccl (GPU to GPU; the "
-             "gradients summed after the step's last backward pass), mpi (through host memory, as fp32 does) or auto "
-             "(nccl when the build has NCCL). fp32 always uses MPI.");
+             "replicas' sums overlap the step's last backward pass, see overlap_allreduce), mpi (through host memory, "
+             "as fp32 does) or auto (nccl when the build has NCCL). fp32 always uses MPI.");
     b.boolean("overlap_allreduce", true,
               "Start each gradient bucket's all-reduce during the last micro-batch's backward pass, as soon as its "
-              "layers are done (false: all buckets after the backward pass; the same sums, for comparison).");
+              "layers are done (false: all buckets after the backward pass; the same sums, for comparison). With "
+              "NCCL (bf16) the buckets are the head, each block and the embedding, summed on a second GPU stream.");
     b.boolean("zero1", false,
               "Shard the AdamW moments over the data-parallel replicas (ZeRO-1): each replica keeps and updates every "
               "data_parallel-th tensor of its stage and broadcasts it; the same results, 1/data_parallel of the "

@@ -3,9 +3,11 @@
 
 #include "jetmoe/build_config.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/bf16.hpp"
@@ -55,7 +57,7 @@ std::string device_training_unavailable() {
 }
 std::string device_training_description() { return "none"; }
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, double, const StageSpan&,
-                                                  std::shared_ptr<GpuComms>, GpuKernels, bool) {
+                                                  std::shared_ptr<GpuComms>, GpuKernels, bool, bool) {
   fail(ErrorKind::Deck, "train/precision = bf16: " + device_training_unavailable());
 }
 
@@ -100,11 +102,22 @@ void download(void* to, const void* from, std::size_t bytes, cudaStream_t stream
 class DeviceNetwork final : public StageNetwork, public StageLink {
  public:
   DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span,
-                std::shared_ptr<GpuComms> comms, GpuKernels kernels, bool recompute)
+                std::shared_ptr<GpuComms> comms, GpuKernels kernels, bool recompute, bool overlap_sums)
       : c_(c), cs_(coef_switch), cz_(coef_z), span_(span), comms_(std::move(comms)) {
     first_ = span.first_layer;
     layers_ = span.end(c) - span.first_layer;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+#if JETMOE_HAVE_NCCL
+    // The replicas' sums overlapped with the last backward pass: their own stream, which waits for the
+    // backward's events (one per part of the gradients: the head, each block, the embedding).
+    if (overlap_sums && comms_ && comms_->replicas.size() > 1) {
+      check(cudaStreamCreateWithFlags(&sum_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+      ready_.assign(static_cast<std::size_t>(layers_ + 2), nullptr);
+      for (cudaEvent_t& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    }
+#else
+    (void)overlap_sums;
+#endif
     check(device::make_rope_table(rope_, c), "the RoPE table");
     cfg_ = device::model_config(c, span, rope_, coef_switch, coef_z, kernels);
     cfg_.recompute = recompute ? 1 : 0;
@@ -113,6 +126,8 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     slots_.resize(1);
   }
   ~DeviceNetwork() override {
+    for (cudaEvent_t e : ready_) cudaEventDestroy(e);
+    if (sum_stream_) cudaStreamDestroy(sum_stream_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -233,11 +248,17 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
       upload(row_w_dev_.p, s.row_weights.data(), s.row_weights.size() * sizeof(float), stream_, "uploading loss weights");
     cfg_.layer.aux_switch_coef = static_cast<float>(cs_ * aux_scale);
     cfg_.layer.aux_z_coef = static_cast<float>(cz_ * aux_scale);
+    // The step's last backward pass completes the gradients: each part's sum over the replicas starts
+    // on sum_stream_ as soon as the backward has written it.
+    const bool overlap = sum_stream_ != nullptr && last_of_step;
+    jk_model_grads_t grads = grads_;
+    grads.ready = overlap ? ready_.data() : nullptr;
     check(jk_model_bwd(&weights_, &cfg_, &batch, span_.head ? nullptr : dout_dev_.as<std::uint16_t>(),
                        static_cast<float>(s.ce_scale), weighted ? row_w_dev_.as<float>() : nullptr,
-                       span_.embedding ? nullptr : dx_dev_.as<std::uint16_t>(), &grads_,
+                       span_.embedding ? nullptr : dx_dev_.as<std::uint16_t>(), &grads,
                        pending_ ? 1.0f : 0.0f, s.saved.p, s.saved.bytes, scratch_.p, scratch_.bytes, stream_),
           "jk_model_bwd");
+    if (overlap) start_sums();
     check(cudaStreamSynchronize(stream_), "the backward pass");
     pending_ = true;
     terms.switch_loss += s.switch_loss, terms.z_loss += s.z_loss;
@@ -249,11 +270,15 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     const std::vector<NamedTensor> named = grads.named(c_);
     JETMOE_ASSERT(named.size() == tensors_.size(), "DeviceNetwork: gradient tensors");
 #if JETMOE_HAVE_NCCL
-    if (comms_) {  // the sums over the replicas (one buffer), then the tied embedding's two copies
-      comms_->replicas.sum_in_place(grad_arena_.as<float>(), grad_arena_.bytes / sizeof(float), stream_);
+    if (comms_) {  // the sums over the replicas (one buffer, unless started by start_sums), then the tied
+                   // embedding's two copies, on the stream of the replicas' sums
+      cudaStream_t sums = summing_ ? sum_stream_ : stream_;
+      if (!summing_)
+        comms_->replicas.sum_in_place(grad_arena_.as<float>(), grad_arena_.bytes / sizeof(float), stream_);
       for (const Tensor& t : tensors_)
-        if (t.name == "model.embed_tokens.weight") comms_->embedding.sum_in_place(t.grad, std::size_t(t.numel), stream_);
-      check(cudaStreamSynchronize(stream_), "summing the gradients (NCCL)");
+        if (t.name == "model.embed_tokens.weight") comms_->embedding.sum_in_place(t.grad, std::size_t(t.numel), sums);
+      check(cudaStreamSynchronize(sums), "summing the gradients (NCCL)");
+      summing_ = false;
     }
 #endif
     check(cudaStreamSynchronize(stream_), "the gradients");
@@ -276,6 +301,42 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   }
 
   StageLink* own_link() override { return comms_ ? this : nullptr; }
+
+#if JETMOE_HAVE_NCCL
+  // After jk_model_bwd (with `ready`) is enqueued on stream_: on sum_stream_, each part of the gradient
+  // arena (the head, the blocks from the last, the embedding: the order of their events, the same on
+  // every replica) waits for its event and is summed over the replicas in place. Each part is one
+  // contiguous range of the arena: its tensors are neighbours in the stage's tensor order.
+  void start_sums() {
+    struct Part {
+      std::int64_t event;
+      std::size_t begin, end;  // floats of the arena
+    };
+    std::vector<Part> parts;
+    const float* base = grad_arena_.as<float>();
+    for (const Tensor& t : tensors_) {
+      std::int64_t event = layers_;  // final norm, head, the last stage's copy of a tied embedding
+      if (t.name.rfind("model.layers.", 0) == 0)
+        event = std::stoll(t.name.substr(13)) - first_;
+      else if (t.name == "model.embed_tokens.weight" && span_.embedding)
+        event = layers_ + 1;  // with a head tied on this stage, final only after the embedding's part
+      const std::size_t begin = std::size_t(t.grad - base), end = begin + std::size_t(t.numel);
+      if (!parts.empty() && parts.back().event == event && parts.back().end <= begin)
+        parts.back().end = end;
+      else
+        parts.push_back({event, begin, end});
+    }
+    auto order = [this](std::int64_t event) { return event == layers_ ? -1 : event == layers_ + 1 ? layers_ : layers_ - 1 - event; };
+    std::stable_sort(parts.begin(), parts.end(), [&](const Part& a, const Part& b) { return order(a.event) < order(b.event); });
+    for (const Part& p : parts) {
+      check(cudaStreamWaitEvent(sum_stream_, ready_[std::size_t(p.event)], 0), "cudaStreamWaitEvent (gradient sums)");
+      comms_->replicas.sum_in_place(grad_arena_.as<float>() + p.begin, p.end - p.begin, sum_stream_);
+    }
+    summing_ = true;
+  }
+#else
+  void start_sums() {}
+#endif
   bool sums_gradients() const override { return comms_ != nullptr; }
 
   // StageLink (with NCCL): the bf16 boundaries straight from and into the kernels' buffers; one NCCL
@@ -388,6 +449,9 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   StageSpan span_;
   std::int64_t first_ = 0, layers_ = 0, B_ = 0, T_ = 0;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t sum_stream_ = nullptr;  // the replicas' sums overlapped with the last backward (with NCCL)
+  std::vector<cudaEvent_t> ready_;     // [layers + 2]: jk_model_grads_t::ready
+  bool summing_ = false;               // start_sums has enqueued this step's sums on sum_stream_
   std::shared_ptr<GpuComms> comms_;  // null: boundaries and sums over MPI (Pipeline, trainer)
   device::Buffer rope_, staging_, scratch_, grad_arena_;
   device::Buffer x_dev_, out_dev_, dout_dev_, dx_dev_, ids_dev_, labels_dev_, loss_dev_, row_w_dev_, aux_dev_, invalid_dev_;
@@ -453,10 +517,11 @@ std::string device_training_description() {
 
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
                                                   const StageSpan& span, std::shared_ptr<GpuComms> comms,
-                                                  GpuKernels kernels, bool recompute) {
+                                                  GpuKernels kernels, bool recompute, bool overlap_sums) {
   const std::string why = device_training_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "train/precision = bf16: " + why + "; use fp32");
-  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms), kernels, recompute);
+  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms), kernels, recompute,
+                                         overlap_sums);
 }
 
 #endif

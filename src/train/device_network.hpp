@@ -20,8 +20,11 @@
 // through host memory and MPI, as in fp32. With `nccl` (GpuComms) they stay on the GPUs: boundaries
 // move as bf16 by ncclSend/ncclRecv (the Pipeline's exchanges become NCCL groups), and after the
 // step's last backward pass the fp32 gradients are summed by ncclAllReduce over the stage's
-// data-parallel replicas (one call over one contiguous buffer), then the tied embedding's copies
-// between the first and the last stage, before they are added to the trainer's.
+// data-parallel replicas, then the tied embedding's copies between the first and the last stage, before
+// they are added to the trainer's. The replicas' sums overlap the last backward pass: one ncclAllReduce
+// per part of the gradient buffer (the head, each block, the embedding) on a second stream, each
+// behind the event jk_model_bwd records when that part is final (parallel/overlap_allreduce = false:
+// one call over the whole buffer after the backward pass).
 //
 // Activation recomputation (train/recompute) keeps each block's input only and runs the block again in
 // the backward, with bit-identical results. Not (yet) on this path: the optimizer on the device
@@ -64,9 +67,13 @@ std::string device_training_description();
 // `kernels`: which CUDA kernels (job/gpu_kernels). `recompute` (train/recompute): keep only each
 // block's input from forward to backward and run the block's forward again in the backward
 // (jk_model_config_t::recompute): one block's activations instead of every block's, the same results
-// bit for bit.
+// bit for bit. `overlap_sums` (parallel/overlap_allreduce; with `comms` and more than one replica):
+// the replicas' sums run on a second stream during the step's last backward pass, each part of the
+// gradients (the head, each block from the last, the embedding) as soon as jk_model_bwd's event says
+// it is final (jk_model_grads_t::ready); false: one sum over all of them after the backward pass.
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
                                                   const StageSpan& span, std::shared_ptr<GpuComms> comms = nullptr,
-                                                  GpuKernels kernels = GpuKernels::Tuned, bool recompute = false);
+                                                  GpuKernels kernels = GpuKernels::Tuned, bool recompute = false,
+                                                  bool overlap_sums = true);
 
 }  // namespace jetmoe

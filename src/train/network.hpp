@@ -68,6 +68,9 @@ class StageNetworkT {
   // and head, each layer from the last to the first, -1 after the embedding. The gradients of every
   // tensor of those layers (and after them) are then final for the pass. Unset: not called.
   std::function<void(std::int64_t first_done_layer)> backward_progress;
+  // Set by the Pipeline around the step's last backward pass (after it, this pass's gradients are
+  // complete): a network that sums them elsewhere may start during that pass.
+  bool last_of_step = false;
 
   // A pass over micro-batches with the weights `w` begins (a training step or an evaluation): a network
   // that keeps its own copy of the weights refreshes it here. Default: nothing.
@@ -100,6 +103,7 @@ class Network : public StageNetworkT<R> {
  public:
   using typename StageNetworkT<R>::RowWeights;
   using StageNetworkT<R>::backward_progress;
+  using StageNetworkT<R>::last_of_step;
   // coef_switch, coef_z: weights of each router's switch and z losses (0.01 and 0.001 in the paper).
   // `span`: the part of the model this network runs (a pipeline stage; default the whole model).
   Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute = false,

@@ -304,8 +304,10 @@ LossTerms Pipeline::train(const ModelWeights& w, ModelWeights& grads, std::int64
     const auto t0 = Clock::now();
     // The last micro-batch completes the gradients: their sums over the replicas start layer by layer.
     if (reducer && i == m - 1) net_.backward_progress = [reducer](std::int64_t layer) { reducer->ready(layer); };
+    net_.last_of_step = i == m - 1;
     net_.stage_backward(w, grads, aux_scale, total, slot_of(i));
     net_.backward_progress = nullptr;
+    net_.last_of_step = false;
     fence("pipeline_backward");
     times_.busy += seconds_since(t0);
   };

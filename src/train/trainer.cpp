@@ -218,7 +218,8 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       gpu_comms_ = make_gpu_comms(pipe_comm_, dp_comm_, embed_comm_);
     gpu_kernels_ = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
     net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span(), gpu_comms_,
-                               gpu_kernels_, deck.get_bool("train", "recompute"));
+                               gpu_kernels_, deck.get_bool("train", "recompute"),
+                               deck.get_bool("parallel", "overlap_allreduce"));
     log::info("bf16 training on %s (%s kernels); stage boundaries and gradient sums %s",
               device_training_description().c_str(), deck.get_string("job", "gpu_kernels").c_str(),
               comm_.size() == 1 ? "local (one rank)" : gpu_comms_ ? "GPU to GPU (NCCL)" : "through host memory (MPI)");

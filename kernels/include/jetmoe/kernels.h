@@ -23,7 +23,8 @@
 extern "C" {
 
 // The interface's version: raised whenever a function's parameters or a structure's layout change.
-#define JK_ABI_VERSION 1
+// 2: jk_model_grads_t::ready (events recorded as the backward's gradients become final).
+#define JK_ABI_VERSION 2
 
 // ---- runtime and device report ------------------------------------------------------------------
 

@@ -65,11 +65,23 @@ struct jk_model_weights_t {
 };
 
 // fp32 gradients, same shapes; `layers` a HOST array. grad_beta 0 overwrites, 1 accumulates.
+//
+// `ready` (optional, null for none): a HOST array of num_layers + 2 events that jk_model_bwd records on
+// `stream` (cudaEventRecord; a null entry is skipped) as soon as a part of the gradients is final for
+// this call, so that another stream may wait for it (cudaStreamWaitEvent) and read that part while the
+// backward goes on: the data-parallel sums of the last micro-batch overlapped with its backward pass.
+//   ready[num_layers]      final_norm and lm_head (has_head), recorded first; a head tied on this stage
+//                          (lm_head == embedding) is final only at ready[num_layers + 1]
+//   ready[l]               block l's gradients (0 <= l < num_layers), recorded from the last block down
+//   ready[num_layers + 1]  the embedding (has_embedding), recorded last
+// Entries of parts the stage does not have are not recorded. Nothing later in the call writes a part
+// after its event. The events are the caller's (cudaEventCreateWithFlags, cudaEventDisableTiming).
 struct jk_model_grads_t {
   float* embedding;                 // has_embedding
   const jk_layer_grads_t* layers;   // [num_layers]
   float* final_norm;                // has_head
   float* lm_head;                   // has_head; may equal `embedding` (tied, see above)
+  const cudaEvent_t* ready;         // [num_layers + 2] HOST, optional (see above)
 };
 
 // One micro-batch of B sequences of T tokens (positions 0..T-1 in each).

@@ -69,6 +69,10 @@ struct Config {
   // cp.async (emu_mma.hpp): EMU_CP_ASYNC=issue (default) lands a copy at issue, =wait at the issuing
   // thread's cp.async.wait_group that covers it.
   bool cp_async_late = false;
+  // Streams (emu_host.hpp): EMU_STREAMS=eager (default) runs every operation when it is enqueued;
+  // =lazy queues it on its stream and runs it only when something needs it (a synchronisation, an
+  // event another stream waits for), other streams' ready work first (see the emulator README).
+  bool streams_lazy = false;
 };
 inline Config& cfg() {
   static Config c = [] {
@@ -83,6 +87,7 @@ inline Config& cfg() {
     if (const char* w = std::getenv("EMU_WGMMA")) k.wgmma_async = std::strcmp(w, "issue") != 0;
     if (const char* t = std::getenv("EMU_TMA")) k.tma_late = std::strcmp(t, "late") == 0;
     if (const char* c = std::getenv("EMU_CP_ASYNC")) k.cp_async_late = std::strcmp(c, "wait") == 0;
+    if (const char* q = std::getenv("EMU_STREAMS")) k.streams_lazy = std::strcmp(q, "lazy") == 0;
     return k;
   }();
   return c;
@@ -494,17 +499,25 @@ inline bool run_block() {
   }
 }
 
-inline cudaError_t run_kernel(const char* name, const void* key, dim3 g, dim3 b, std::size_t smem, std::function<void()> body) {
-  Runtime& r = rt();
+// What the launch itself refuses (at the launch, before anything runs): a bad grid or block, more
+// dynamic shared memory than the kernel's attribute allows.
+inline cudaError_t launch_error(const void* key, dim3 g, dim3 b, std::size_t smem) {
   const std::uint64_t threads = static_cast<std::uint64_t>(b.x) * b.y * b.z;
   const std::uint64_t blocks = static_cast<std::uint64_t>(g.x) * g.y * g.z;
   if (threads == 0 || blocks == 0 || threads > 1024 || b.x > 1024 || b.y > 1024 || b.z > 64 || g.x > 2147483647u ||
       g.y > 65535 || g.z > 65535)
-    return r.last = cudaErrorInvalidConfiguration;
+    return cudaErrorInvalidConfiguration;
   std::size_t allowed = 48 * 1024;
-  for (auto& m : r.max_dyn)
+  for (auto& m : rt().max_dyn)
     if (m.first == key) allowed = static_cast<std::size_t>(m.second);
-  if (smem > allowed) return r.last = cudaErrorInvalidValue;
+  return smem > allowed ? cudaErrorInvalidValue : cudaSuccess;
+}
+
+inline cudaError_t run_kernel(const char* name, const void* key, dim3 g, dim3 b, std::size_t smem, std::function<void()> body) {
+  Runtime& r = rt();
+  const std::uint64_t threads = static_cast<std::uint64_t>(b.x) * b.y * b.z;
+  const std::uint64_t blocks = static_cast<std::uint64_t>(g.x) * g.y * g.z;
+  if (const cudaError_t e = launch_error(key, g, b, smem); e != cudaSuccess) return r.last = e;
   r.case_threads += threads * blocks;
   if (r.case_threads > cfg().max_threads) {
     char w[160];
@@ -546,8 +559,12 @@ inline cudaError_t run_kernel(const char* name, const void* key, dim3 g, dim3 b,
   return cudaSuccess;
 }
 
+// EMU_STREAMS=lazy: queues `op` on `stream` (emu_host.hpp, which defines it) and returns true; false in
+// eager mode, where the caller runs it now.
+bool stream_defer(cudaStream_t stream, std::function<void()> op);
+
 template <class... P, class... A>
-inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_t smem, cudaStream_t, A&&... a) {
+inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_t smem, cudaStream_t stream, A&&... a) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(a)...);
   auto run = [name, k, g, b, smem, params] {
     const cudaError_t e = run_kernel(name, reinterpret_cast<const void*>(k), g, b, smem, [&] {
@@ -560,7 +577,13 @@ inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_
     rt().capture->push_back(run);
     return;
   }
-  run();
+  if (cfg().streams_lazy) {  // the launch's own errors now, the kernel when its stream gets to it
+    if (const cudaError_t e = launch_error(reinterpret_cast<const void*>(k), g, b, smem); e != cudaSuccess) {
+      rt().last = e;
+      return;
+    }
+  }
+  if (!stream_defer(stream, run)) run();
 }
 
 inline void begin_case() {

@@ -1,10 +1,34 @@
 // Fake host CUDA runtime for the emulation (definitions of the cuda_runtime_api.h functions the kernels
 // and tests use; libcudart is not linked, so a call to anything else is a link error, never a silent
-// no-op). One address space: device pointers are host pointers. Everything is synchronous. A kernel
-// that failed in the emulator (see emu_cuda.hpp) leaves a sticky cudaErrorLaunchFailure, returned by the
-// next synchronising call, as a device fault would be (reset at the start of each test case).
+// no-op). One address space: device pointers are host pointers. A kernel that failed in the emulator
+// (see emu_cuda.hpp) leaves a sticky cudaErrorLaunchFailure, returned by the next synchronising call, as
+// a device fault would be (reset at the start of each test case).
+//
+// Streams. EMU_STREAMS=eager (the default) runs every operation when it is enqueued, in call order.
+// EMU_STREAMS=lazy keeps CUDA's ordering rules and nothing more, and takes the latest schedule they
+// allow for the work the host waits on and the earliest for everything else:
+//   * kernels, async copies and memsets, event records and waits, graph launches and the emulated NCCL's
+//     operations (nccl.cpp) queue on their stream and run only when something needs them:
+//     cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, a copy into pageable
+//     host memory (which returns once it has landed), the legacy stream, or a stream waiting for an event;
+//   * before each operation of a stream it is driving, the scheduler runs every other stream's ready
+//     operations (so a consumer behind cudaStreamWaitEvent runs as soon as the event's record does, before
+//     the producer's next operation, and a consumer with no wait at all before the producer);
+//   * a copy from pageable host memory reads it when enqueued (CUDA stages it), from device or pinned
+//     memory when it runs;
+//   * the legacy default stream (0) waits for the blocking streams' work and they for it (here: its
+//     operations run at once, after the blocking streams' queued work); non-blocking streams
+//     (cudaStreamNonBlocking) do not wait for it, so a plain cudaMemcpy does not see their pending kernels.
+// What this catches: an event recorded before the work it stands for, a missing cudaStreamWaitEvent, a
+// host read of results before the synchronisation that makes them land, a plain cudaMemcpy racing a
+// non-blocking stream.
 #pragma once
 #include "emu_cuda.hpp"
+
+#include <deque>
+
+struct CUstream_st;
+struct CUevent_st;
 
 namespace emu {
 inline cudaError_t sync_status() { return rt().sticky; }
@@ -18,30 +42,163 @@ inline std::size_t& peak_bytes() {  // the most live_bytes since the last reset 
   return n;
 }
 constexpr std::size_t kHeader = 256;
+
+// Where a pointer lives: a cudaMalloc allocation, pinned host memory (cudaMallocHost), or anything else
+// (pageable host memory).
+enum class Memory { Device, Pinned, Pageable };
+inline std::map<std::uintptr_t, std::pair<std::size_t, bool>>& allocations() {  // begin -> (bytes, pinned)
+  static std::map<std::uintptr_t, std::pair<std::size_t, bool>> m;
+  return m;
+}
+inline Memory memory_of(const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  auto& m = allocations();
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return Memory::Pageable;
+  --it;
+  if (a >= it->first + std::max<std::size_t>(it->second.first, 1)) return Memory::Pageable;
+  return it->second.second ? Memory::Pinned : Memory::Device;
+}
+
+// One queued operation: work to run, or the record of an event, or a wait until stream `wait_on` has
+// run `upto` operations (the event's record).
+struct StreamOp {
+  std::function<void()> run;
+  CUevent_st* record = nullptr;
+  std::uint64_t seq = 0;  // which record of `record`
+  CUstream_st* wait_on = nullptr;
+  std::uint64_t upto = 0;
+};
 }  // namespace emu
 
-cudaError_t cudaMalloc(void** p, size_t n) {
+struct CUstream_st {
+  bool blocking = true;  // waits for the legacy stream (cudaStreamDefault); false: cudaStreamNonBlocking
+  std::deque<emu::StreamOp> ops;
+  std::uint64_t enqueued = 0, done = 0;
+};
+struct CUevent_st {
+  std::uint64_t recorded = 0, completed = 0;  // records enqueued; the newest that has run
+  CUstream_st* stream = nullptr;               // the newest record's stream and its position there
+  std::uint64_t position = 0;
+};
+
+namespace emu {
+inline std::vector<CUstream_st*>& streams() {  // the live created streams, in creation order
+  static std::vector<CUstream_st*> v;
+  return v;
+}
+inline std::vector<CUevent_st*>& events() {  // the live events
+  static std::vector<CUevent_st*> v;
+  return v;
+}
+inline bool lazy() { return cfg().streams_lazy && !rt().capture; }
+// The legacy default stream (0, cudaStreamLegacy, cudaStreamPerThread): not a queue here.
+inline bool legacy(cudaStream_t s) {
+  return s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread;
+}
+inline bool head_ready(const CUstream_st* s) {
+  return !s->ops.empty() && (!s->ops.front().wait_on || s->ops.front().wait_on->done >= s->ops.front().upto);
+}
+inline void run_head(CUstream_st* s) {
+  StreamOp op = std::move(s->ops.front());
+  s->ops.pop_front();
+  ++s->done;
+  if (op.run) op.run();
+  if (op.record) op.record->completed = std::max(op.record->completed, op.seq);
+}
+inline void drive(CUstream_st* s, std::uint64_t upto);
+// Every stream but `s` runs what it can, as early as possible.
+inline void run_others(const CUstream_st* s) {
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (std::size_t i = 0; i < streams().size(); ++i) {
+      CUstream_st* t = streams()[i];
+      if (t != s && head_ready(t)) run_head(t), progress = true;
+    }
+  }
+}
+// Runs `s` until it has done `upto` operations, the other streams' ready work before each of them and
+// the streams it waits for as far as needed.
+inline void drive(CUstream_st* s, std::uint64_t upto) {
+  while (s->done < upto) {
+    run_others(s);
+    const StreamOp& head = s->ops.front();
+    if (head.wait_on && head.wait_on->done < head.upto) {
+      drive(head.wait_on, head.upto);
+      continue;
+    }
+    run_head(s);
+  }
+}
+inline void finish(CUstream_st* s) { drive(s, s->enqueued); }
+inline void finish_all(bool blocking_only) {
+  for (bool left = true; left;) {
+    left = false;
+    for (std::size_t i = 0; i < streams().size(); ++i) {
+      CUstream_st* t = streams()[i];
+      if (blocking_only && !t->blocking) continue;
+      if (t->done < t->enqueued) finish(t), left = true;
+    }
+  }
+}
+// Before an operation of the legacy stream, which runs at once: the blocking streams' work.
+inline void legacy_wait() {
+  if (cfg().streams_lazy) finish_all(true);
+}
+inline void push(CUstream_st* s, StreamOp op) {
+  s->ops.push_back(std::move(op));
+  ++s->enqueued;
+}
+}  // namespace emu
+
+bool emu::stream_defer(cudaStream_t stream, std::function<void()> op) {
+  if (!lazy()) return false;
+  if (legacy(stream)) {
+    legacy_wait();
+    return false;
+  }
+  StreamOp q;
+  q.run = std::move(op);
+  push(stream, std::move(q));
+  return true;
+}
+
+namespace emu {
+inline cudaError_t allocate(void** p, size_t n, bool pinned) {
   if (!p) return cudaErrorInvalidValue;
-  if (n > emu::cfg().max_bytes) {
+  if (n > cfg().max_bytes) {
     char w[120];
     std::snprintf(w, sizeof w, "cudaMalloc of %zu bytes over EMU_MAX_BYTES", n);
-    throw emu::Skip{w};
+    throw Skip{w};
   }
   // A full GPU: the allocation that would take the live total over EMU_DEVICE_MEMORY fails.
-  if (emu::cfg().device_memory != 0 && emu::live_bytes() + n > emu::cfg().device_memory) {
+  if (cfg().device_memory != 0 && live_bytes() + n > cfg().device_memory) {
     *p = nullptr;
     return cudaErrorMemoryAllocation;
   }
-  char* block = static_cast<char*>(std::aligned_alloc(256, emu::kHeader + (n + 255) / 256 * 256 + 256));
+  char* block = static_cast<char*>(std::aligned_alloc(256, kHeader + (n + 255) / 256 * 256 + 256));
   if (!block) return cudaErrorMemoryAllocation;
   std::memcpy(block, &n, sizeof n);
-  emu::live_bytes() += n;
-  emu::peak_bytes() = std::max(emu::peak_bytes(), emu::live_bytes());
-  *p = block + emu::kHeader;
+  live_bytes() += n;
+  peak_bytes() = std::max(peak_bytes(), live_bytes());
+  *p = block + kHeader;
+  allocations()[reinterpret_cast<std::uintptr_t>(*p)] = {n, pinned};
   return cudaSuccess;
 }
+// The copy's operation: `from` read when it runs, or (pageable host memory, which CUDA stages) now.
+inline std::function<void()> copy_op(void* d, const void* s, size_t n) {
+  if (memory_of(s) != Memory::Pageable) return [d, s, n] { if (n) std::memmove(d, s, n); };
+  auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(s),
+                                                             static_cast<const unsigned char*>(s) + n);
+  return [d, staged] { if (!staged->empty()) std::memcpy(d, staged->data(), staged->size()); };
+}
+}  // namespace emu
+
+cudaError_t cudaMalloc(void** p, size_t n) { return emu::allocate(p, n, false); }
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
+  if (emu::cfg().streams_lazy) emu::finish_all(false);  // cudaFree waits for the device
+  emu::allocations().erase(reinterpret_cast<std::uintptr_t>(p));
   char* block = static_cast<char*>(p) - emu::kHeader;
   std::size_t n = 0;
   std::memcpy(&n, block, sizeof n);
@@ -49,21 +206,30 @@ cudaError_t cudaFree(void* p) {
   std::free(block);
   return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
-cudaError_t cudaHostAlloc(void** p, size_t n, unsigned int) { return cudaMalloc(p, n); }
+cudaError_t cudaMallocHost(void** p, size_t n) { return emu::allocate(p, n, true); }
+cudaError_t cudaHostAlloc(void** p, size_t n, unsigned int) { return emu::allocate(p, n, true); }
 cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, enum cudaMemcpyKind) {
   if (emu::rt().capture) return cudaErrorStreamCaptureUnsupported;  // a synchronous call while capturing
+  emu::legacy_wait();  // the legacy stream: after the blocking streams' work, not the non-blocking ones'
   if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
   if (n) std::memmove(d, s, n);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKind, cudaStream_t) {
+cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKind, cudaStream_t stream) {
   if (emu::rt().capture) {
     emu::rt().capture->push_back([d, s, n] { if (n) std::memmove(d, s, n); });
     return cudaSuccess;
   }
-  return cudaMemcpy(d, s, n, cudaMemcpyDefault);
+  if (!emu::lazy() || emu::legacy(stream)) return cudaMemcpy(d, s, n, cudaMemcpyDefault);
+  if (emu::memory_of(d) == emu::Memory::Pageable) {  // into pageable memory: returns once it has landed
+    emu::finish(stream);
+    return cudaMemcpy(d, s, n, cudaMemcpyDefault);
+  }
+  emu::StreamOp op;
+  op.run = emu::copy_op(d, s, n);
+  emu::push(stream, std::move(op));
+  return cudaSuccess;
 }
 cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width, size_t height,
                               enum cudaMemcpyKind k, cudaStream_t stream) {
@@ -77,15 +243,17 @@ cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spit
 }
 cudaError_t cudaMemset(void* d, int v, size_t n) {
   if (emu::rt().capture) return cudaErrorStreamCaptureUnsupported;
+  emu::legacy_wait();
   if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
   if (n) std::memset(d, v, n);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) {
+cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t stream) {
   if (emu::rt().capture) {
     emu::rt().capture->push_back([d, v, n] { if (n) std::memset(d, v, n); });
     return cudaSuccess;
   }
+  if (emu::stream_defer(stream, [d, v, n] { if (n) std::memset(d, v, n); })) return cudaSuccess;
   return cudaMemset(d, v, n);
 }
 
@@ -112,9 +280,11 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsig
   *exec = new CUgraphExec_st{graph->ops};
   return cudaSuccess;
 }
-cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (emu::rt().sticky != cudaSuccess) return emu::rt().sticky;
-  for (const auto& op : exec->ops) op();
+  auto ops = std::make_shared<std::vector<std::function<void()>>>(exec->ops);  // the exec may be destroyed first
+  if (emu::stream_defer(stream, [ops] { for (const auto& op : *ops) op(); })) return cudaSuccess;
+  for (const auto& op : *ops) op();
   return cudaSuccess;
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
@@ -125,10 +295,38 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   delete graph;
   return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { *s = reinterpret_cast<cudaStream_t>(0x5000); return cudaSuccess; }
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu::sync_status(); }
-cudaError_t cudaDeviceSynchronize(void) { return emu::sync_status(); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+  if (!s) return cudaErrorInvalidValue;
+  *s = new CUstream_st;
+  (*s)->blocking = (flags & cudaStreamNonBlocking) == 0;
+  emu::streams().push_back(*s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (emu::legacy(s)) return cudaErrorInvalidResourceHandle;
+  emu::finish(s);  // its work completes (CUDA lets it finish after the call returns)
+  auto& v = emu::streams();
+  v.erase(std::remove(v.begin(), v.end(), s), v.end());
+  for (CUstream_st* t : v)  // waits for it are satisfied now
+    for (emu::StreamOp& op : t->ops)
+      if (op.wait_on == s) op.wait_on = nullptr;
+  for (CUevent_st* e : emu::events())  // and so are its events' records
+    if (e->stream == s) e->stream = nullptr;
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (emu::cfg().streams_lazy) {
+    if (emu::legacy(s)) emu::finish_all(true);
+    else emu::finish(s);
+  }
+  return emu::sync_status();
+}
+cudaError_t cudaDeviceSynchronize(void) {
+  if (emu::cfg().streams_lazy) emu::finish_all(false);
+  return emu::sync_status();
+}
 cudaError_t cudaGetLastError(void) {
   emu::Runtime& r = emu::rt();
   if (r.sticky != cudaSuccess) return r.sticky;
@@ -162,10 +360,53 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, i
   *n = threads > 0 && threads <= 1024 ? 2 : 0;  // a fixed guess: the emulation has no occupancy model
   return cudaSuccess;
 }
-cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = reinterpret_cast<cudaEvent_t>(0x6000); return cudaSuccess; }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return emu::sync_status(); }
-cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) {
+  if (!e) return cudaErrorInvalidValue;
+  *e = new CUevent_st;
+  emu::events().push_back(*e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, cudaEventDefault); }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  if (emu::rt().capture) return cudaSuccess;  // (not used inside a capture)
+  const std::uint64_t seq = ++e->recorded;
+  if (!emu::cfg().streams_lazy || emu::legacy(s)) {  // complete now (after the blocking streams' work)
+    emu::legacy_wait();
+    e->completed = seq, e->stream = nullptr, e->position = 0;
+    return cudaSuccess;
+  }
+  emu::StreamOp op;
+  op.record = e, op.seq = seq;
+  emu::push(s, std::move(op));
+  e->stream = s, e->position = s->enqueued;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  if (!emu::cfg().streams_lazy || e->stream == nullptr || e->stream->done >= e->position) return cudaSuccess;
+  if (emu::legacy(s)) {  // the legacy stream's next operation runs at once: the record first
+    emu::drive(e->stream, e->position);
+    return cudaSuccess;
+  }
+  emu::StreamOp op;
+  op.wait_on = e->stream, op.upto = e->position;
+  emu::push(s, std::move(op));
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  if (e->stream) emu::drive(e->stream, e->position);
+  return emu::sync_status();
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  if (!e) return cudaErrorInvalidResourceHandle;
+  if (e->stream) emu::drive(e->stream, e->position);  // its pending record refers to it
+  auto& v = emu::events();
+  v.erase(std::remove(v.begin(), v.end(), e), v.end());
+  delete e;
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) { *ms = 0.0f; return cudaSuccess; }
 const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {

@@ -7,18 +7,30 @@
 // Semantics kept from NCCL, so that what deadlocks on GPUs deadlocks here too:
 //   * ncclCommInitRank blocks until every rank of the new communicator has called it;
 //   * a send outside a group is a rendezvous (MPI_Ssend): it returns once the peer receives, as an
-//     NCCL send blocks its stream (the emulated streams run everything at once, in call order);
+//     NCCL send blocks its stream;
 //   * operations between ncclGroupStart and ncclGroupEnd progress together (non-blocking point to
-//     point, then the collectives in call order, then a wait for everything).
+//     point, then the collectives in call order, then a wait for everything);
+//   * an operation runs on its stream: at once with the emulated runtime's EMU_STREAMS=eager (the
+//     default), or queued there with EMU_STREAMS=lazy, running when the stream gets to it (a group as
+//     one operation on its first operation's stream), so that a sum behind cudaStreamWaitEvent reads
+//     the gradients as they are when the event's record runs.
 // Supported: fp32 sums (ncclAllReduce), point to point of any datatype, groups; other reductions and
-// datatypes return ncclInvalidArgument. Streams are ignored (the emulated runtime's are no-ops).
+// datatypes return ncclInvalidArgument.
 #include <mpi.h>
 #include <nccl.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
+
+namespace emu {  // the emulated runtime's (emu_host.hpp): queue `op` on `stream` when streams are lazy
+bool stream_defer(cudaStream_t stream, std::function<void()> op);
+}
 
 struct ncclComm {
   MPI_Comm mpi = MPI_COMM_NULL;
@@ -71,6 +83,7 @@ struct Pending {
   std::size_t bytes = 0, count = 0;
   int peer = 0;
   ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
 };
 
 int group_depth = 0;
@@ -124,13 +137,22 @@ ncclResult_t run_group(std::vector<Pending>& ops) {
   return r;
 }
 
+// A queued operation that fails has no caller to return to: the emulation stops (an MPI failure).
+void must(ncclResult_t r) {
+  if (r == ncclSuccess) return;
+  std::fprintf(stderr, "EMU ERROR %s\n", last_error().c_str());
+  std::abort();
+}
+
 ncclResult_t submit(const Pending& p) {
   if (!usable(p.comm)) return error(ncclInvalidArgument, "invalid communicator");
   if (group_depth > 0) {
     pending.push_back(p);
     return ncclSuccess;
   }
-  return p.kind == Pending::AllReduce ? all_reduce_now(p) : point_to_point_now(p);
+  auto run = [p] { return p.kind == Pending::AllReduce ? all_reduce_now(p) : point_to_point_now(p); };
+  if (emu::stream_defer(p.stream, [run] { must(run()); })) return ncclSuccess;
+  return run();
 }
 
 }  // namespace
@@ -247,32 +269,36 @@ ncclResult_t ncclGroupStart() {
 ncclResult_t ncclGroupEnd() {
   if (group_depth == 0) return error(ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
   if (--group_depth > 0) return ncclSuccess;
-  return run_group(pending);
+  if (pending.empty()) return ncclSuccess;
+  auto ops = std::make_shared<std::vector<Pending>>(std::move(pending));
+  pending.clear();
+  if (emu::stream_defer(ops->front().stream, [ops] { must(run_group(*ops)); })) return ncclSuccess;
+  return run_group(*ops);
 }
 
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (datatype != ncclFloat32 || op != ncclSum)
     return error(ncclInvalidArgument, "only fp32 sums are emulated");
   Pending p{Pending::AllReduce};
-  p.send = sendbuff, p.recv = recvbuff, p.count = count, p.comm = comm;
+  p.send = sendbuff, p.recv = recvbuff, p.count = count, p.comm = comm, p.stream = stream;
   return submit(p);
 }
 
 ncclResult_t ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
-                      cudaStream_t) {
+                      cudaStream_t stream) {
   if (type_bytes(datatype) == 0) return error(ncclInvalidArgument, "datatype");
   if (!usable(comm) || peer < 0 || peer >= comm->size) return error(ncclInvalidArgument, "ncclSend peer");
   Pending p{Pending::Send};
-  p.send = sendbuff, p.bytes = count * type_bytes(datatype), p.peer = peer, p.comm = comm;
+  p.send = sendbuff, p.bytes = count * type_bytes(datatype), p.peer = peer, p.comm = comm, p.stream = stream;
   return submit(p);
 }
 
-ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm, cudaStream_t) {
+ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm, cudaStream_t stream) {
   if (type_bytes(datatype) == 0) return error(ncclInvalidArgument, "datatype");
   if (!usable(comm) || peer < 0 || peer >= comm->size) return error(ncclInvalidArgument, "ncclRecv peer");
   Pending p{Pending::Recv};
-  p.recv = recvbuff, p.bytes = count * type_bytes(datatype), p.peer = peer, p.comm = comm;
+  p.recv = recvbuff, p.bytes = count * type_bytes(datatype), p.peer = peer, p.comm = comm, p.stream = stream;
   return submit(p);
 }
 

@@ -438,6 +438,14 @@ __global__ void mbarrier_tx_short(const CUtensorMap map, int* out) {
 }
 }  // namespace
 
+// Streams (emu_host.hpp, EMU_STREAMS): one thread writes a value, or copies one.
+__global__ void set_value(int* p, int v) {
+  if (threadIdx.x == 0) *p = v;
+}
+__global__ void copy_value(const int* from, int* to) {
+  if (threadIdx.x == 0) *to = *from;
+}
+
 int main() {
   int* d = nullptr;
   cudaMalloc(&d, 4096 * sizeof(int));
@@ -683,6 +691,116 @@ int main() {
     expect(cudaDeviceSynchronize() == cudaSuccess && d[0] == 1010 && d[1] == 1010 && d[2] == 1010,
            "EMU_CP_ASYNC=issue: copies land at issue");
     emu::cfg().fill = fill;
+  }
+
+  // ---- streams: EMU_STREAMS=lazy keeps CUDA's ordering rules only (emu_host.hpp)
+  {
+    int* a = nullptr;  // a[0] value, a[1] copy, a[2] spare
+    cudaMalloc(reinterpret_cast<void**>(&a), 4 * sizeof(int));
+    int* pinned = nullptr;
+    cudaMallocHost(reinterpret_cast<void**>(&pinned), sizeof(int));
+    cudaStream_t producer = nullptr, consumer = nullptr, blocking = nullptr;
+    cudaStreamCreateWithFlags(&producer, cudaStreamNonBlocking);
+    cudaStreamCreateWithFlags(&consumer, cudaStreamNonBlocking);
+    cudaStreamCreate(&blocking);
+    cudaEvent_t e = nullptr;
+    cudaEventCreate(&e);
+    emu::begin_case();
+    const bool lazy = emu::cfg().streams_lazy;
+    // A consumer behind a wait: the record's value (lazy: it runs right after the record), or the last.
+    const auto behind_wait = [&] {
+      a[0] = a[1] = 0;
+      set_value<<<1, 32, 0, producer>>>(a, 1);
+      cudaEventRecord(e, producer);
+      set_value<<<1, 32, 0, producer>>>(a, 2);
+      cudaStreamWaitEvent(consumer, e, 0);
+      copy_value<<<1, 32, 0, consumer>>>(a, a + 1);
+      cudaDeviceSynchronize();
+      return a[1];
+    };
+    const auto no_wait = [&] {  // the same without the wait: lazy runs the consumer first
+      a[0] = a[1] = 0;
+      set_value<<<1, 32, 0, producer>>>(a, 5);
+      copy_value<<<1, 32, 0, consumer>>>(a, a + 1);
+      cudaStreamSynchronize(producer);
+      cudaStreamSynchronize(consumer);
+      return a[1];
+    };
+    const auto plain_copy = [&] {  // cudaMemcpy on the legacy stream with a non-blocking stream's kernel pending
+      a[0] = 0;
+      int host = -1;
+      set_value<<<1, 32, 0, producer>>>(a, 7);
+      cudaMemcpy(&host, a, sizeof host, cudaMemcpyDeviceToHost);
+      cudaStreamSynchronize(producer);
+      return host;
+    };
+    emu::cfg().streams_lazy = true;
+    expect(behind_wait() == 1, "EMU_STREAMS=lazy: a consumer behind cudaStreamWaitEvent runs right after the record");
+    expect(no_wait() == 0, "EMU_STREAMS=lazy: a consumer with no wait runs before the producer");
+    expect(plain_copy() == 0, "EMU_STREAMS=lazy: a plain cudaMemcpy does not wait for a non-blocking stream");
+    {
+      a[0] = 0;
+      int host = -1;
+      set_value<<<1, 32, 0, blocking>>>(a, 9);
+      cudaMemcpy(&host, a, sizeof host, cudaMemcpyDeviceToHost);
+      expect(host == 9, "EMU_STREAMS=lazy: a plain cudaMemcpy waits for a blocking stream");
+    }
+    {
+      a[0] = 0;
+      int host = -1;
+      set_value<<<1, 32, 0, producer>>>(a, 11);
+      const bool queued = a[0] == 0;
+      cudaMemcpyAsync(&host, a, sizeof host, cudaMemcpyDeviceToHost, producer);
+      expect(queued && host == 11, "EMU_STREAMS=lazy: kernels wait in their queue; a copy into pageable memory returns landed");
+    }
+    {
+      int host = 21;
+      *pinned = 31;
+      cudaMemcpyAsync(a, &host, sizeof host, cudaMemcpyHostToDevice, producer);
+      cudaMemcpyAsync(a + 1, pinned, sizeof host, cudaMemcpyHostToDevice, producer);
+      host = 22, *pinned = 32;
+      cudaStreamSynchronize(producer);
+      expect(a[0] == 21 && a[1] == 32,
+             "EMU_STREAMS=lazy: a copy reads pageable memory when enqueued (staged), pinned memory when it runs");
+    }
+    {
+      a[0] = 0;
+      set_value<<<1, 32, 0, producer>>>(a, 1);
+      cudaEventRecord(e, producer);
+      set_value<<<1, 32, 0, producer>>>(a, 2);
+      cudaEventSynchronize(e);
+      const int at_event = a[0];
+      cudaStreamSynchronize(producer);
+      expect(at_event == 1 && a[0] == 2, "EMU_STREAMS=lazy: cudaEventSynchronize runs the stream up to the record");
+    }
+    {
+      a[0] = 0;
+      cudaMemsetAsync(a, 0x01, sizeof(int), producer);
+      int* scratch = nullptr;
+      cudaMalloc(reinterpret_cast<void**>(&scratch), sizeof(int));
+      const bool pending = a[0] == 0;
+      cudaFree(scratch);
+      expect(pending && a[0] == 0x01010101, "EMU_STREAMS=lazy: cudaFree waits for every stream");
+    }
+    {
+      set_value<<<1, 1025, 0, producer>>>(a, 3);
+      expect(cudaGetLastError() == cudaErrorInvalidConfiguration, "EMU_STREAMS=lazy: a bad launch fails at the launch");
+      early_exit_then_barrier<<<1, 64, 0, producer>>>(a);
+      const bool launched = cudaGetLastError() == cudaSuccess;
+      expect(launched && cudaStreamSynchronize(producer) == cudaErrorLaunchFailure,
+             "EMU_STREAMS=lazy: a kernel's failure shows at the synchronisation");
+      emu::begin_case();
+    }
+    emu::cfg().streams_lazy = false;
+    expect(behind_wait() == 2 && no_wait() == 5 && plain_copy() == 7,
+           "EMU_STREAMS=eager: every operation runs when enqueued");
+    emu::cfg().streams_lazy = lazy;
+    cudaEventDestroy(e);
+    cudaStreamDestroy(producer);
+    cudaStreamDestroy(consumer);
+    cudaStreamDestroy(blocking);
+    cudaFreeHost(pinned);
+    cudaFree(a);
   }
 
   // ---- cross-check against CuTe / PTX / cuda.h (see the kernels' comment above)
