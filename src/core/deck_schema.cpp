@@ -175,6 +175,10 @@ DeckSchema make_standard_schema() {
               "Start each gradient bucket's all-reduce during the last micro-batch's backward pass, as soon as its "
               "layers are done (false: all buckets after the backward pass; the same sums, for comparison). With "
               "NCCL (bf16) the buckets are the head, each block and the embedding, summed on a second GPU stream.");
+    b.real("timeout", 600.0,
+           "Seconds a rank waits for the others (a pipeline exchange, the gradient sums, NCCL's start) before it "
+           "stops the job with an error naming the wait; 0: wait forever. Training with more than one rank.")
+        .at_least(0);
     b.boolean("zero1", false,
               "Shard the AdamW moments over the data-parallel replicas (ZeRO-1): each replica keeps and updates every "
               "data_parallel-th tensor of its stage and broadcasts it; the same results, 1/data_parallel of the "

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "parallel/watchdog.hpp"
 
 namespace jetmoe {
 
@@ -44,8 +45,15 @@ Comm Comm::self() {
 }
 
 namespace {
+// Every blocking call below is a wait on other ranks: a section of the installed watchdog
+// (parallel/watchdog.hpp; none installed: nothing).
+std::string over(const char* what, int size) { return std::string("an MPI ") + what + " over " + std::to_string(size) + " ranks"; }
+
 template <class T>
 T reduce(MPI_Comm comm, T v, MPI_Datatype type, MPI_Op op) {
+  int size = 1;
+  MPI_Comm_size(comm, &size);
+  WatchdogSection wait(over("reduction", size));
   T out{};
   MPI_Allreduce(&v, &out, 1, type, op, comm);
   return out;
@@ -61,6 +69,9 @@ std::int64_t Comm::sum(std::int64_t v) const { return reduce(comm_, v, MPI_INT64
 namespace {
 template <class T>
 void sum_chunks(MPI_Comm comm, T* data, std::size_t n, MPI_Datatype type) {
+  int size = 1;
+  MPI_Comm_size(comm, &size);
+  WatchdogSection wait(over("sum", size));
   constexpr std::size_t chunk = std::size_t(1) << 30;  // MPI counts are int
   for (std::size_t i = 0; i < n; i += chunk)
     MPI_Allreduce(MPI_IN_PLACE, data + i, int(std::min(chunk, n - i)), type, MPI_SUM, comm);
@@ -72,12 +83,17 @@ void Comm::sum_in_place(float* data, std::size_t n) const {
 void Comm::sum_in_place(double* data, std::size_t n) const {
   if (size_ > 1) sum_chunks(comm_, data, n, MPI_DOUBLE);
 }
-void Comm::barrier() const { MPI_Barrier(comm_); }
+void Comm::barrier() const {
+  WatchdogSection wait(over("barrier", size_));
+  MPI_Barrier(comm_);
+}
 void Comm::broadcast(float* data, std::size_t n, int root) const {
+  WatchdogSection wait(over("broadcast", size_));
   constexpr std::size_t chunk = std::size_t(1) << 30;  // MPI counts are int
   for (std::size_t i = 0; i < n; i += chunk) MPI_Bcast(data + i, int(std::min(chunk, n - i)), MPI_FLOAT, root, comm_);
 }
 void Comm::broadcast(std::string& s, int root) const {
+  WatchdogSection wait(over("broadcast", size_));
   long long n = static_cast<long long>(s.size());
   MPI_Bcast(&n, 1, MPI_LONG_LONG, root, comm_);
   s.resize(static_cast<std::size_t>(n));
@@ -115,9 +131,11 @@ Request Comm::isend(const float* data, std::size_t n, int dest, int tag) const {
   return r;
 }
 void Comm::send(const float* data, std::size_t n, int dest, int tag) const {
+  WatchdogSection wait("an MPI send to rank " + std::to_string(dest));
   MPI_Send(data, message_count(n), MPI_FLOAT, dest, tag, comm_);
 }
 void Comm::recv(float* data, std::size_t n, int source, int tag) const {
+  WatchdogSection wait("an MPI receive from rank " + std::to_string(source));
   MPI_Recv(data, message_count(n), MPI_FLOAT, source, tag, comm_, MPI_STATUS_IGNORE);
 }
 
@@ -135,7 +153,10 @@ Request& Request::operator=(Request&& o) noexcept {
 }
 Request::~Request() { wait(); }
 void Request::wait() {
-  if (active_) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  if (active_) {
+    WatchdogSection wait("an MPI transfer started earlier");
+    MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  }
   active_ = false;
 }
 bool Request::test() {

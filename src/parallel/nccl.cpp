@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "parallel/watchdog.hpp"
 
 namespace jetmoe {
 
@@ -33,6 +34,7 @@ NcclComm::NcclComm(const Comm& comm) : rank_(comm.rank()), size_(comm.size()) {
   comm.broadcast(bytes, 0);
   JETMOE_ASSERT(bytes.size() == sizeof id, "NcclComm: the broadcast id has the wrong size");
   std::copy(bytes.begin(), bytes.end(), reinterpret_cast<char*>(&id));
+  WatchdogSection wait("starting NCCL (ncclCommInitRank over " + std::to_string(size_) + " ranks)");
   check(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
 }
 

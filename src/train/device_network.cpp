@@ -14,6 +14,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "model/device_model.hpp"
+#include "parallel/watchdog.hpp"
 #include "train/losses.hpp"
 
 #if JETMOE_HAVE_CUDA_KERNELS
@@ -277,6 +278,7 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
         comms_->replicas.sum_in_place(grad_arena_.as<float>(), grad_arena_.bytes / sizeof(float), stream_);
       for (const Tensor& t : tensors_)
         if (t.name == "model.embed_tokens.weight") comms_->embedding.sum_in_place(t.grad, std::size_t(t.numel), sums);
+      WatchdogSection wait("the gradient sums over the replicas (NCCL)");
       check(cudaStreamSynchronize(sums), "summing the gradients (NCCL)");
       summing_ = false;
     }

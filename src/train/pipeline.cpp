@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
 #include "core/profiling.hpp"
+#include "parallel/watchdog.hpp"
 
 namespace jetmoe {
 
@@ -255,12 +256,17 @@ Pipeline::~Pipeline() = default;
 void Pipeline::exchange(const Message* out, const Message* in) {
   if (!out && !in) return;
   Region region("pipeline_wait");
+  WatchdogSection wait(in && out && in->peer != out->peer
+                           ? "a pipeline exchange with stages " + std::to_string(out->peer) + " and " +
+                                 std::to_string(in->peer)
+                           : "a pipeline exchange with stage " + std::to_string(in ? in->peer : out->peer));
   const auto t0 = Clock::now();
   link_->exchange(out, in);
   times_.idle += seconds_since(t0);
 }
 
 void Pipeline::drain() {
+  WatchdogSection wait("the pipeline's last sends");
   const auto t0 = Clock::now();
   link_->drain();
   times_.idle += seconds_since(t0);

@@ -25,6 +25,7 @@
 #include "model/load.hpp"
 #include "model/model.hpp"
 #include "parallel/comm.hpp"
+#include "parallel/watchdog.hpp"
 #include "train/config.hpp"
 #include "train/device_network.hpp"
 #include "train/dpo.hpp"
@@ -156,6 +157,7 @@ class Trainer {
   TrainConfig run_;
   RankLayout layout_;
   Comm pipe_comm_, dp_comm_, embed_comm_;  // a replica's stages; a stage's replicas; first + last stage (tied)
+  std::optional<WatchdogScope> watchdog_;  // parallel/timeout over the waits on other ranks (more than one rank)
   bool sum_embedding_ = false;             // tied embeddings split over the first and last stage
   std::string name_, output_dir_, checkpoint_dir_, metrics_path_;
   std::uint64_t seed_;
@@ -199,6 +201,12 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       layout_(make_layout(config_, int(run_.pipeline_stages), int(run_.data_parallel), comm.rank(), run_.stage_layers)),
       adam_(config_, AdamWSettings{run_.beta1, run_.beta2, run_.eps, run_.weight_decay}, layout_.span()),
       schedule_(LrSchedule::from(run_)) {
+  if (comm_.size() > 1) {
+    char where[160];
+    std::snprintf(where, sizeof where, "rank %d (pipeline stage %d, data-parallel replica %d)", comm_.rank(),
+                  layout_.stage, layout_.replica);
+    watchdog_.emplace(deck.get_real("parallel", "timeout"), where);
+  }
   // Every rank of the job calls each split, in the same order.
   pipe_comm_ = comm_.split(layout_.replica, layout_.stage);
   dp_comm_ = comm_.split(layout_.stage, layout_.replica);
@@ -476,12 +484,14 @@ StepStats Trainer::accumulate(int phase) {
   }
   if (reducer) {
     Region region("allreduce");
+    WatchdogSection wait("the gradient sums over the replicas (MPI)");
     reducer->finish();
   }
   if (sum_embedding_ && (layout_.first() || layout_.last()) && !net_->sums_gradients()) {
     // The tied embedding's two copies: the gradient of the embedding (first stage) plus that of the head
     // (last stage), on both, so both copies take the same update.
     Region region("allreduce");
+    WatchdogSection wait("the tied embedding's gradient sum between the first and last stage (MPI)");
     std::vector<NamedTensor> embedding = grads_.named(config_);
     embedding.resize(1);  // model.embed_tokens.weight comes first
     sum_gradients(embed_comm_, embedding, bucket_floats_);

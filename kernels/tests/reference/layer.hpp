@@ -2,8 +2,8 @@
 // CPU double-precision reference of one JetMoE block (jetmoe/layer.h), composed from the families'
 // references: router.hpp (logits, top-k, plan, gather, combine and their backward, aux losses),
 // attention.hpp (MoA attention forward/backward with tiled K/V), fused.hpp (RMSNorm, RoPE). The expert
-// and K/V linears are plain loops here (grouped_gemm.hpp cannot be included together with fused.hpp:
-// both define jkref::bf16_round). Header-only, plain C++17, no CUDA: compiled by g++ in
+// and K/V linears are plain loops here (written before grouped_gemm.hpp and fused.hpp could be included
+// together; both now take bf16_round from rounding.hpp). Header-only, plain C++17, no CUDA: compiled by g++ in
 // tests/kernel_reference/test_layer.cpp (proven there against HF JetMoeDecoderLayer fixtures and by
 // finite differences) and by nvcc inside kernels/tests/test_layer.cu.
 //
