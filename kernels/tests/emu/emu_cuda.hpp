@@ -513,18 +513,28 @@ inline cudaError_t launch_error(const void* key, dim3 g, dim3 b, std::size_t sme
   return smem > allowed ? cudaErrorInvalidValue : cudaSuccess;
 }
 
-inline cudaError_t run_kernel(const char* name, const void* key, dim3 g, dim3 b, std::size_t smem, std::function<void()> body) {
-  Runtime& r = rt();
+// The case's budget of emulated threads (EMU_MAX_THREADS): a case over it is skipped (Skip is thrown).
+inline void charge_threads(const char* name, dim3 g, dim3 b) {
   const std::uint64_t threads = static_cast<std::uint64_t>(b.x) * b.y * b.z;
   const std::uint64_t blocks = static_cast<std::uint64_t>(g.x) * g.y * g.z;
-  if (const cudaError_t e = launch_error(key, g, b, smem); e != cudaSuccess) return r.last = e;
-  r.case_threads += threads * blocks;
-  if (r.case_threads > cfg().max_threads) {
+  rt().case_threads += threads * blocks;
+  if (rt().case_threads > cfg().max_threads) {
     char w[160];
     std::snprintf(w, sizeof w, "over EMU_MAX_THREADS emulated threads (kernel %s: %llu blocks x %llu)", name,
                   static_cast<unsigned long long>(blocks), static_cast<unsigned long long>(threads));
     throw Skip{w};
   }
+}
+
+// `charged`: the launch already counted its threads (a queued launch counts them when enqueued, so the
+// Skip is thrown inside the case, not from a later synchronisation, perhaps in a destructor).
+inline cudaError_t run_kernel(const char* name, const void* key, dim3 g, dim3 b, std::size_t smem, std::function<void()> body,
+                              bool charged = false) {
+  Runtime& r = rt();
+  const std::uint64_t threads = static_cast<std::uint64_t>(b.x) * b.y * b.z;
+  const std::uint64_t blocks = static_cast<std::uint64_t>(g.x) * g.y * g.z;
+  if (const cudaError_t e = launch_error(key, g, b, smem); e != cudaSuccess) return r.last = e;
+  if (!charged) charge_threads(name, g, b);
   if (!r.stacks) {
     r.stacks = static_cast<char*>(mmap(nullptr, 1024 * r.stack_size, PROT_READ | PROT_WRITE,
                                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
@@ -566,24 +576,30 @@ bool stream_defer(cudaStream_t stream, std::function<void()> op);
 template <class... P, class... A>
 inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_t smem, cudaStream_t stream, A&&... a) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(a)...);
-  auto run = [name, k, g, b, smem, params] {
-    const cudaError_t e = run_kernel(name, reinterpret_cast<const void*>(k), g, b, smem, [&] {
-      std::tuple<std::decay_t<P>...> mine = params;  // parameters are per thread
-      std::apply(k, mine);
-    });
-    if (e != cudaSuccess) rt().last = e;
+  auto make_run = [name, k, g, b, smem, &params](bool charged) {
+    return [name, k, g, b, smem, params, charged] {
+      const cudaError_t e = run_kernel(name, reinterpret_cast<const void*>(k), g, b, smem, [&] {
+        std::tuple<std::decay_t<P>...> mine = params;  // parameters are per thread
+        std::apply(k, mine);
+      }, charged);
+      if (e != cudaSuccess) rt().last = e;
+    };
   };
   if (rt().capture) {  // recorded with its parameters' values, as a graph's kernel node
-    rt().capture->push_back(run);
+    rt().capture->push_back(make_run(false));
     return;
   }
-  if (cfg().streams_lazy) {  // the launch's own errors now, the kernel when its stream gets to it
+  if (cfg().streams_lazy) {  // the launch's own errors and thread budget now, the kernel when its stream gets to it
     if (const cudaError_t e = launch_error(reinterpret_cast<const void*>(k), g, b, smem); e != cudaSuccess) {
       rt().last = e;
       return;
     }
+    charge_threads(name, g, b);
+    if (stream_defer(stream, make_run(true))) return;
+    make_run(true)();
+    return;
   }
-  if (!stream_defer(stream, run)) run();
+  make_run(false)();
 }
 
 inline void begin_case() {
