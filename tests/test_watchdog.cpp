@@ -94,3 +94,23 @@ TEST_CASE("watchdog: waits that end in time, and sections without a watchdog, re
   }
   CHECK(Watchdog::installed() == nullptr);
 }
+
+TEST_CASE("watchdog: nothing inside an exempt part (a checkpoint write) is timed", "[unit][watchdog]") {
+  Recorder r;
+  {
+    auto w = std::make_shared<Watchdog>(0.1, "rank 1", r.action());
+    Watchdog::install(w);
+    {
+      jetmoe::WatchdogExempt io("writing a checkpoint");
+      WatchdogSection barrier("an MPI barrier over 2 ranks");  // rank 0 writes, this one waits
+      std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    }
+    CHECK(r.count() == 0);
+    // The same wait outside the exempt part is timed again.
+    WatchdogSection barrier("an MPI barrier over 2 ranks");
+    CHECK(fired_within(r, 20.0));
+    Watchdog::install(nullptr);
+  }
+  REQUIRE(r.count() == 1);
+  CHECK_THAT(r.messages[0], Contains("rank 1: an MPI barrier over 2 ranks has not finished after"));
+}

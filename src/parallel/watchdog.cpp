@@ -53,9 +53,9 @@ std::shared_ptr<Watchdog> Watchdog::installed() {
   return installed_watchdog();
 }
 
-void Watchdog::begin(const std::string& what) {
+void Watchdog::begin(const std::string& what, bool timed) {
   std::lock_guard<std::mutex> lock(mu_);
-  open_.emplace_back(what, Clock::now());
+  open_.push_back({what, Clock::now(), timed});
 }
 
 void Watchdog::end() {
@@ -64,9 +64,9 @@ void Watchdog::end() {
 }
 
 std::string Watchdog::message(const Clock::time_point& now) const {
-  const double waited = std::chrono::duration<double>(now - open_.front().second).count();
-  std::string what = open_.back().first;
-  for (std::size_t i = open_.size() - 1; i-- > 0;) what += ", during " + open_[i].first;
+  const double waited = std::chrono::duration<double>(now - open_.front().since).count();
+  std::string what = open_.back().what;
+  for (std::size_t i = open_.size() - 1; i-- > 0;) what += ", during " + open_[i].what;
   char head[160];
   std::snprintf(head, sizeof head, " has not finished after %.0f s (parallel/timeout = %g s)", waited, timeout_s_);
   return where_ + ": " + what + head +
@@ -84,8 +84,9 @@ void Watchdog::watch() {
   while (!stop_) {
     wake_.wait_for(lock, period);
     if (stop_ || fired_ || open_.empty()) continue;
+    if (std::any_of(open_.begin(), open_.end(), [](const Open& o) { return !o.timed; })) continue;
     const auto now = Clock::now();
-    if (std::chrono::duration<double>(now - open_.front().second).count() <= timeout_s_) continue;
+    if (std::chrono::duration<double>(now - open_.front().since).count() <= timeout_s_) continue;
     fired_ = true;
     const std::string m = message(now);
     lock.unlock();
@@ -99,6 +100,14 @@ WatchdogScope::WatchdogScope(double timeout_s, const std::string& where) {
 }
 
 WatchdogScope::~WatchdogScope() { Watchdog::install(nullptr); }
+
+WatchdogExempt::WatchdogExempt(const std::string& what) : w_(Watchdog::installed()) {
+  if (w_) w_->begin(what, false);
+}
+
+WatchdogExempt::~WatchdogExempt() {
+  if (w_) w_->end();
+}
 
 WatchdogSection::WatchdogSection(const std::string& what) : w_(Watchdog::installed()) {
   if (w_) w_->begin(what);

@@ -8,7 +8,9 @@
 // this a lost peer or a network NCCL cannot use holds the allocation until the job's time limit.
 //
 // Sections nest (the message names the innermost and what it is part of). Without an installed watchdog
-// a section does nothing, so library code marks its waits unconditionally.
+// a section does nothing, so library code marks its waits unconditionally. Work that may legitimately
+// keep the other ranks waiting for long (writing or reading a checkpoint: one rank may write a
+// 100 GB file while the others wait at a barrier) is a WatchdogExempt: nothing inside it is timed.
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -36,7 +38,7 @@ class Watchdog {
   static void install(std::shared_ptr<Watchdog> w);
   static std::shared_ptr<Watchdog> installed();
 
-  void begin(const std::string& what);
+  void begin(const std::string& what, bool timed = true);
   void end();
   double timeout_s() const { return timeout_s_; }
 
@@ -50,7 +52,12 @@ class Watchdog {
   Action action_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
-  std::vector<std::pair<std::string, Clock::time_point>> open_;  // outermost first
+  struct Open {
+    std::string what;
+    Clock::time_point since;
+    bool timed;
+  };
+  std::vector<Open> open_;  // outermost first
   bool stop_ = false, fired_ = false;
   std::thread thread_;
 };
@@ -62,6 +69,18 @@ class WatchdogScope {
   ~WatchdogScope();
   WatchdogScope(const WatchdogScope&) = delete;
   WatchdogScope& operator=(const WatchdogScope&) = delete;
+};
+
+// Marks work during which no wait is timed (see above), from construction to destruction.
+class WatchdogExempt {
+ public:
+  explicit WatchdogExempt(const std::string& what);
+  ~WatchdogExempt();
+  WatchdogExempt(const WatchdogExempt&) = delete;
+  WatchdogExempt& operator=(const WatchdogExempt&) = delete;
+
+ private:
+  std::shared_ptr<Watchdog> w_;
 };
 
 // Marks a wait on other ranks for the installed watchdog, from construction to destruction.

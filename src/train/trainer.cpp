@@ -746,6 +746,7 @@ double Trainer::validation_loss() {
 std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
   if (last_checkpoint_step_ == step_) return last_checkpoint_;
   Region region("checkpoint");
+  WatchdogExempt io("writing a checkpoint");  // one rank may write while the others wait
   const auto t0 = Clock::now();
   std::vector<Kokkos::View<float*, Kokkos::HostSpace>> keep;
   auto group = [&](const ModelWeights& w) {
@@ -831,6 +832,7 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
 
 void Trainer::restore(const std::string& path) {
   Region region("restore");
+  WatchdogExempt io("reading a checkpoint");
   CheckpointReader reader(path);
   const CheckpointMeta& meta = reader.meta();
   auto expect_same = [&](const char* key, double ours) {
@@ -947,6 +949,7 @@ void Trainer::finish() {
   // Replica 0 of each stage writes the stage's shard (the tied head's copy of the embedding stays out:
   // owner_stage puts it on the first stage); one stage: rank 0 writes model.safetensors.
   const std::string final_dir = (fs::path(output_dir_) / "final").string();
+  WatchdogExempt io("writing the final model");
   save_hf_checkpoint(comm_, final_dir, config_, params_, layout_.replica == 0 ? layout_.stage : -1, layout_.stages,
                      [&](const std::string& name) { return layout_.owner_stage(config_, name); }, "fp32");
   log::info("final model: %s (Hugging Face format%s; checkpoint %s)", final_dir.c_str(),
