@@ -101,16 +101,8 @@ WatchdogScope::WatchdogScope(double timeout_s, const std::string& where) {
 
 WatchdogScope::~WatchdogScope() { Watchdog::install(nullptr); }
 
-WatchdogExempt::WatchdogExempt(const std::string& what) : w_(Watchdog::installed()) {
-  if (w_) w_->begin(what, false);
-}
-
-WatchdogExempt::~WatchdogExempt() {
-  if (w_) w_->end();
-}
-
-WatchdogSection::WatchdogSection(const std::string& what) : w_(Watchdog::installed()) {
-  if (w_) w_->begin(what);
+WatchdogSection::WatchdogSection(const std::string& what, bool timed) : w_(Watchdog::installed()) {
+  if (w_) w_->begin(what, timed);
 }
 
 WatchdogSection::~WatchdogSection() {

@@ -71,28 +71,25 @@ class WatchdogScope {
   WatchdogScope& operator=(const WatchdogScope&) = delete;
 };
 
-// Marks work during which no wait is timed (see above), from construction to destruction.
-class WatchdogExempt {
+// Marks a wait on other ranks for the installed watchdog, from construction to destruction.
+class WatchdogSection {
  public:
-  explicit WatchdogExempt(const std::string& what);
-  ~WatchdogExempt();
-  WatchdogExempt(const WatchdogExempt&) = delete;
-  WatchdogExempt& operator=(const WatchdogExempt&) = delete;
+  explicit WatchdogSection(const std::string& what) : WatchdogSection(what, true) {}
+  ~WatchdogSection();
+  WatchdogSection(const WatchdogSection&) = delete;
+  WatchdogSection& operator=(const WatchdogSection&) = delete;
+
+ protected:
+  WatchdogSection(const std::string& what, bool timed);
 
  private:
   std::shared_ptr<Watchdog> w_;
 };
 
-// Marks a wait on other ranks for the installed watchdog, from construction to destruction.
-class WatchdogSection {
+// Marks work during which no wait is timed (see above), from construction to destruction.
+class WatchdogExempt : public WatchdogSection {
  public:
-  explicit WatchdogSection(const std::string& what);
-  ~WatchdogSection();
-  WatchdogSection(const WatchdogSection&) = delete;
-  WatchdogSection& operator=(const WatchdogSection&) = delete;
-
- private:
-  std::shared_ptr<Watchdog> w_;
+  explicit WatchdogExempt(const std::string& what) : WatchdogSection(what, false) {}
 };
 
 }  // namespace jetmoe
