@@ -585,21 +585,17 @@ inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_
       if (e != cudaSuccess) rt().last = e;
     };
   };
-  if (rt().capture) {  // recorded with its parameters' values, as a graph's kernel node
+  if (rt().capture) {  // recorded with its parameters' values, as a graph's kernel node (checked at each replay)
     rt().capture->push_back(make_run(false));
     return;
   }
-  if (cfg().streams_lazy) {  // the launch's own errors and thread budget now, the kernel when its stream gets to it
-    if (const cudaError_t e = launch_error(reinterpret_cast<const void*>(k), g, b, smem); e != cudaSuccess) {
-      rt().last = e;
-      return;
-    }
-    charge_threads(name, g, b);
-    if (stream_defer(stream, make_run(true))) return;
-    make_run(true)();
+  // The launch's own errors and thread budget now; the kernel now, or when its stream gets to it.
+  if (const cudaError_t e = launch_error(reinterpret_cast<const void*>(k), g, b, smem); e != cudaSuccess) {
+    rt().last = e;
     return;
   }
-  make_run(false)();
+  charge_threads(name, g, b);
+  if (!stream_defer(stream, make_run(true))) make_run(true)();
 }
 
 inline void begin_case() {

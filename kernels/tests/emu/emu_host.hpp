@@ -32,7 +32,7 @@ struct CUevent_st;
 
 namespace emu {
 inline cudaError_t sync_status() { return rt().sticky; }
-// Bytes live in cudaMalloc allocations (each block records its size in the 256 bytes before it).
+// Bytes live in cudaMalloc allocations (their sizes: allocations() below).
 inline std::size_t& live_bytes() {
   static std::size_t n = 0;
   return n;
@@ -41,8 +41,6 @@ inline std::size_t& peak_bytes() {  // the most live_bytes since the last reset 
   static std::size_t n = 0;
   return n;
 }
-constexpr std::size_t kHeader = 256;
-
 // Where a pointer lives: a cudaMalloc allocation, pinned host memory (cudaMallocHost), or anything else
 // (pageable host memory).
 enum class Memory { Device, Pinned, Pageable };
@@ -60,12 +58,10 @@ inline Memory memory_of(const void* p) {
   return it->second.second ? Memory::Pinned : Memory::Device;
 }
 
-// One queued operation: work to run, or the record of an event, or a wait until stream `wait_on` has
-// run `upto` operations (the event's record).
+// One queued operation: work to run, or a wait until stream `wait_on` has run `upto` operations (an
+// event's record, which is an operation with nothing to run: a position in its stream).
 struct StreamOp {
   std::function<void()> run;
-  CUevent_st* record = nullptr;
-  std::uint64_t seq = 0;  // which record of `record`
   CUstream_st* wait_on = nullptr;
   std::uint64_t upto = 0;
 };
@@ -77,8 +73,7 @@ struct CUstream_st {
   std::uint64_t enqueued = 0, done = 0;
 };
 struct CUevent_st {
-  std::uint64_t recorded = 0, completed = 0;  // records enqueued; the newest that has run
-  CUstream_st* stream = nullptr;               // the newest record's stream and its position there
+  CUstream_st* stream = nullptr;  // the newest record's stream and its position there (null: complete)
   std::uint64_t position = 0;
 };
 
@@ -104,7 +99,6 @@ inline void run_head(CUstream_st* s) {
   s->ops.pop_front();
   ++s->done;
   if (op.run) op.run();
-  if (op.record) op.record->completed = std::max(op.record->completed, op.seq);
 }
 inline void drive(CUstream_st* s, std::uint64_t upto);
 // Every stream but `s` runs what it can, as early as possible.
@@ -176,12 +170,10 @@ inline cudaError_t allocate(void** p, size_t n, bool pinned) {
     *p = nullptr;
     return cudaErrorMemoryAllocation;
   }
-  char* block = static_cast<char*>(std::aligned_alloc(256, kHeader + (n + 255) / 256 * 256 + 256));
-  if (!block) return cudaErrorMemoryAllocation;
-  std::memcpy(block, &n, sizeof n);
+  *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
+  if (!*p) return cudaErrorMemoryAllocation;
   live_bytes() += n;
   peak_bytes() = std::max(peak_bytes(), live_bytes());
-  *p = block + kHeader;
   allocations()[reinterpret_cast<std::uintptr_t>(*p)] = {n, pinned};
   return cudaSuccess;
 }
@@ -197,13 +189,12 @@ inline std::function<void()> copy_op(void* d, const void* s, size_t n) {
 cudaError_t cudaMalloc(void** p, size_t n) { return emu::allocate(p, n, false); }
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
+  const auto it = emu::allocations().find(reinterpret_cast<std::uintptr_t>(p));
+  if (it == emu::allocations().end()) return cudaErrorInvalidValue;  // not an allocation's start
   if (emu::cfg().streams_lazy) emu::finish_all(false);  // cudaFree waits for the device
-  emu::allocations().erase(reinterpret_cast<std::uintptr_t>(p));
-  char* block = static_cast<char*>(p) - emu::kHeader;
-  std::size_t n = 0;
-  std::memcpy(&n, block, sizeof n);
-  emu::live_bytes() -= n;
-  std::free(block);
+  emu::live_bytes() -= it->second.first;
+  emu::allocations().erase(it);
+  std::free(p);
   return cudaSuccess;
 }
 cudaError_t cudaMallocHost(void** p, size_t n) { return emu::allocate(p, n, true); }
@@ -226,9 +217,7 @@ cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKin
     emu::finish(stream);
     return cudaMemcpy(d, s, n, cudaMemcpyDefault);
   }
-  emu::StreamOp op;
-  op.run = emu::copy_op(d, s, n);
-  emu::push(stream, std::move(op));
+  emu::stream_defer(stream, emu::copy_op(d, s, n));  // lazy, not the legacy stream: queued
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width, size_t height,
@@ -370,15 +359,12 @@ cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e,
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!e) return cudaErrorInvalidResourceHandle;
   if (emu::rt().capture) return cudaSuccess;  // (not used inside a capture)
-  const std::uint64_t seq = ++e->recorded;
   if (!emu::cfg().streams_lazy || emu::legacy(s)) {  // complete now (after the blocking streams' work)
     emu::legacy_wait();
-    e->completed = seq, e->stream = nullptr, e->position = 0;
+    e->stream = nullptr, e->position = 0;
     return cudaSuccess;
   }
-  emu::StreamOp op;
-  op.record = e, op.seq = seq;
-  emu::push(s, std::move(op));
+  emu::push(s, emu::StreamOp{});  // the record: a position in the stream
   e->stream = s, e->position = s->enqueued;
   return cudaSuccess;
 }
