@@ -50,9 +50,7 @@ namespace {
 std::string over(const char* what, int size) { return std::string("an MPI ") + what + " over " + std::to_string(size) + " ranks"; }
 
 template <class T>
-T reduce(MPI_Comm comm, T v, MPI_Datatype type, MPI_Op op) {
-  int size = 1;
-  MPI_Comm_size(comm, &size);
+T reduce(MPI_Comm comm, int size, T v, MPI_Datatype type, MPI_Op op) {
   WatchdogSection wait(over("reduction", size));
   T out{};
   MPI_Allreduce(&v, &out, 1, type, op, comm);
@@ -60,17 +58,15 @@ T reduce(MPI_Comm comm, T v, MPI_Datatype type, MPI_Op op) {
 }
 }  // namespace
 
-double Comm::max(double v) const { return reduce(comm_, v, MPI_DOUBLE, MPI_MAX); }
-double Comm::min(double v) const { return reduce(comm_, v, MPI_DOUBLE, MPI_MIN); }
-double Comm::sum(double v) const { return reduce(comm_, v, MPI_DOUBLE, MPI_SUM); }
-int Comm::max(int v) const { return reduce(comm_, v, MPI_INT, MPI_MAX); }
-int Comm::min(int v) const { return reduce(comm_, v, MPI_INT, MPI_MIN); }
-std::int64_t Comm::sum(std::int64_t v) const { return reduce(comm_, v, MPI_INT64_T, MPI_SUM); }
+double Comm::max(double v) const { return reduce(comm_, size_, v, MPI_DOUBLE, MPI_MAX); }
+double Comm::min(double v) const { return reduce(comm_, size_, v, MPI_DOUBLE, MPI_MIN); }
+double Comm::sum(double v) const { return reduce(comm_, size_, v, MPI_DOUBLE, MPI_SUM); }
+int Comm::max(int v) const { return reduce(comm_, size_, v, MPI_INT, MPI_MAX); }
+int Comm::min(int v) const { return reduce(comm_, size_, v, MPI_INT, MPI_MIN); }
+std::int64_t Comm::sum(std::int64_t v) const { return reduce(comm_, size_, v, MPI_INT64_T, MPI_SUM); }
 namespace {
 template <class T>
-void sum_chunks(MPI_Comm comm, T* data, std::size_t n, MPI_Datatype type) {
-  int size = 1;
-  MPI_Comm_size(comm, &size);
+void sum_chunks(MPI_Comm comm, int size, T* data, std::size_t n, MPI_Datatype type) {
   WatchdogSection wait(over("sum", size));
   constexpr std::size_t chunk = std::size_t(1) << 30;  // MPI counts are int
   for (std::size_t i = 0; i < n; i += chunk)
@@ -78,10 +74,10 @@ void sum_chunks(MPI_Comm comm, T* data, std::size_t n, MPI_Datatype type) {
 }
 }  // namespace
 void Comm::sum_in_place(float* data, std::size_t n) const {
-  if (size_ > 1) sum_chunks(comm_, data, n, MPI_FLOAT);
+  if (size_ > 1) sum_chunks(comm_, size_, data, n, MPI_FLOAT);
 }
 void Comm::sum_in_place(double* data, std::size_t n) const {
-  if (size_ > 1) sum_chunks(comm_, data, n, MPI_DOUBLE);
+  if (size_ > 1) sum_chunks(comm_, size_, data, n, MPI_DOUBLE);
 }
 void Comm::barrier() const {
   WatchdogSection wait(over("barrier", size_));

@@ -215,6 +215,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
                                                                                    : layout_.replicas + comm_.rank(),
                             layout_.stage);
   const std::string communication = deck.get_string("parallel", "communication");
+  overlap_allreduce_ = deck.get_bool("parallel", "overlap_allreduce");
   if (run_.precision == "bf16") {
     const std::string why = device_training_unavailable();
     if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
@@ -226,8 +227,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       gpu_comms_ = make_gpu_comms(pipe_comm_, dp_comm_, embed_comm_);
     gpu_kernels_ = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
     net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span(), gpu_comms_,
-                               gpu_kernels_, deck.get_bool("train", "recompute"),
-                               deck.get_bool("parallel", "overlap_allreduce"));
+                               gpu_kernels_, deck.get_bool("train", "recompute"), overlap_allreduce_);
     log::info("bf16 training on %s (%s kernels); stage boundaries and gradient sums %s",
               device_training_description().c_str(), deck.get_string("job", "gpu_kernels").c_str(),
               comm_.size() == 1 ? "local (one rank)" : gpu_comms_ ? "GPU to GPU (NCCL)" : "through host memory (MPI)");
@@ -240,7 +240,6 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   }
   pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *net_, layout_.stage, layout_.stages);
   zero1_ = deck.get_bool("parallel", "zero1") && layout_.replicas > 1;
-  overlap_allreduce_ = deck.get_bool("parallel", "overlap_allreduce");
   if (zero1_) {
     const std::size_t dp = std::size_t(layout_.replicas), mine = std::size_t(layout_.replica);
     adam_.shard([dp, mine](std::size_t i, const std::string&) { return i % dp == mine; });
