@@ -129,7 +129,7 @@ TEST_CASE("the bf16 device stage matches the fp32 network", "[unit][device]") {
     ModelWeights g_cpu(c, true);
     const LossTerms tc = cpu.run(w, b.ids, b.targets, &g_cpu, ce_scale, 1.0);
 
-    auto dev = make_device_network(c, 0.01, 0.001, StageSpan(), nullptr, kernels);
+    auto dev = make_device_network(c, 0.01, 0.001, StageSpan(), nullptr, DeviceNetworkOptions{kernels});
     ModelWeights g_dev(c, true);
     const LossTerms td = device_step(*dev, w, g_dev, b, ce_scale);
 
@@ -224,6 +224,62 @@ TEST_CASE("two bf16 device stages equal the whole device stage bit for bit", "[u
   }
 }
 
+TEST_CASE("train/logits_chunk_tokens: the bf16 stage's head in chunks gives the same losses and gradients",
+          "[unit][device]") {
+  // 2 x 10 = 20 tokens in chunks of 7 (the last 6): every loss term and every gradient but the head's
+  // bit for bit; the head's weight gradient (tied: the embedding's, which holds it) sums its chunks'
+  // fp32 partial sums, a few ulps apart. A DPO-style forward-only stage (forward_only) gives the same
+  // losses too.
+  const DeviceNetworkOptions fo = forward_only({});
+  CHECK(fo.recompute);
+  CHECK(fo.logits_chunk == kForwardLogitsChunk);
+  DeviceNetworkOptions big;
+  big.logits_chunk = 2 * kForwardLogitsChunk;
+  CHECK(forward_only(big).logits_chunk == kForwardLogitsChunk);
+  for (const bool tied : {true, false}) {
+    INFO("tied " << tied);
+    const ModelConfig c = tiny_config(tied);
+    ModelWeights w(c);
+    randomize(c, w, 14);
+    const Batch b = make_batch(c, 2, 10, 9);
+    const double ce_scale = 1.0 / double(b.count);
+    DeviceNetworkOptions whole_head, chunked;
+    chunked.logits_chunk = 7;
+    auto a = make_device_network(c, 0.01, 0.001, StageSpan(), nullptr, whole_head);
+    auto d = make_device_network(c, 0.01, 0.001, StageSpan(), nullptr, chunked);
+    ModelWeights ga(c, true), gd(c, true);
+    const LossTerms ta = device_step(*a, w, ga, b, ce_scale), td = device_step(*d, w, gd, b, ce_scale);
+    CHECK(td.ce_sum == ta.ce_sum);
+    CHECK(td.switch_loss == ta.switch_loss);
+    CHECK(td.z_loss == ta.z_loss);
+    CHECK(td.count == ta.count);
+    const std::string head = tied ? "model.embed_tokens.weight" : "lm_head.weight";
+    const auto na = ga.named(c), nd = gd.named(c);
+    REQUIRE(na.size() == nd.size());
+    for (std::size_t i = 0; i < na.size(); ++i) {
+      INFO(na[i].name);
+      const auto x = host(na[i].flat), y = host(nd[i].flat);
+      if (na[i].name != head) {
+        CHECK(same_bits(x, y));
+        continue;
+      }
+      CHECK_FALSE(same_bits(x, y));  // the chunks really ran: the partial sums round differently somewhere
+      double se = 0, sr = 0;
+      for (std::size_t j = 0; j < x.size(); ++j) se += (double(y[j]) - x[j]) * (double(y[j]) - x[j]), sr += double(x[j]) * x[j];
+      CHECK(std::sqrt(se / std::max(sr, 1e-300)) <= 1e-6);
+    }
+    auto ref = make_device_network(c, 0.0, 0.0, StageSpan(), nullptr, forward_only(chunked));
+    auto ref_whole = make_device_network(c, 0.0, 0.0, StageSpan(), nullptr);
+    for (StageNetwork* n : {ref.get(), ref_whole.get()}) {
+      n->set_slots(1);
+      n->begin_pass(w);
+      n->prepare(2, 10);
+    }
+    CHECK(ref->stage_forward(w, b.ids, b.targets, false, ce_scale, 0, nullptr).ce_sum ==
+          ref_whole->stage_forward(w, b.ids, b.targets, false, ce_scale, 0, nullptr).ce_sum);
+  }
+}
+
 TEST_CASE("bf16 gradients of two micro-batches accumulate on the device", "[unit][device]") {
   const ModelConfig c = tiny_config(true);
   ModelWeights w(c);
@@ -279,6 +335,18 @@ TEST_CASE("bf16 training on the emulated GPU: the loss falls, restarts are exact
                                                   << ce(ref[5]));
   const auto evals = tt::lines_of(tmp / "bf16/metrics.jsonl", "eval");
   REQUIRE(evals.size() == 3);
+  // The LM head in chunks of 24 of the micro-batch's 64 tokens (train/logits_chunk_tokens): the first
+  // step's loss bit for bit (the same forward), then within the head gradient's few ulps per step.
+  std::vector<std::string> chunked_deck = bf16;
+  chunked_deck.push_back("train/logits_chunk_tokens=24");
+  REQUIRE(tt::train(tmp, "chunked", chunked_deck) == TrainOutcome::Finished);
+  const auto chunked = tt::lines_of(tmp / "chunked/metrics.jsonl", "train");
+  REQUIRE(chunked.size() == 6);
+  CHECK(ce(chunked[0]) == ce(lines[0]));
+  for (std::size_t i = 0; i < chunked.size(); ++i) {
+    INFO("step " << i + 1 << ": chunked " << ce(chunked[i]) << ", whole " << ce(lines[i]));
+    CHECK(std::fabs(ce(chunked[i]) - ce(lines[i])) <= 1e-4 * ce(lines[i]));
+  }
   // Restart from step 3: the same step-6 checkpoint, bit for bit.
   REQUIRE(tt::train(tmp, "again", bf16, tmp / "bf16/checkpoints/step-000000003.h5") ==
           TrainOutcome::Finished);

@@ -4,17 +4,21 @@
 #include "common.cuh"
 #include "jetmoe/kernels.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 namespace jk::detail {
 namespace {
 
-// offsets {0, rows} of the one-expert grouped GEMMs of the LM head.
-__global__ void model_single_expert_offsets(std::int32_t* offsets, std::int32_t rows) {
+// The one-expert grouped GEMMs of the LM head: offsets {0, rows, 0, tail}, i.e. {0, rows} for a
+// chunk of `rows` rows and {0, tail} for the last, shorter chunk.
+__global__ void model_single_expert_offsets(std::int32_t* offsets, std::int32_t rows, std::int32_t tail) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     offsets[0] = 0;
     offsets[1] = rows;
+    offsets[2] = 0;
+    offsets[3] = tail;
   }
 }
 
@@ -28,10 +32,17 @@ __global__ void model_gather_rows(const std::uint16_t* x, const std::int32_t* ro
 
 struct StageDims {
   std::int64_t B, T, N, D, V, L;
+  std::int64_t C;  // rows of one LM-head chunk (jk_model_config_t::head_chunk): N when unchunked
+  bool chunked() const { return C < N; }
 };
 
+// Rows of one chunk of the LM head for N rows: head_chunk when 0 < head_chunk < N, else all N.
+std::int64_t head_chunk_rows(const jk_model_config_t& c, std::int64_t N) {
+  return c.head_chunk > 0 && c.head_chunk < N ? c.head_chunk : N;
+}
+
 StageDims stage_dims(const jk_model_config_t& c, std::int64_t B, std::int64_t T) {
-  return {B, T, B * T, c.layer.hidden, c.vocab, c.num_layers};
+  return {B, T, B * T, c.layer.hidden, c.vocab, c.num_layers, head_chunk_rows(c, B * T)};
 }
 
 // What the forward keeps for the backward.
@@ -43,9 +54,9 @@ struct StageSaved {
   std::int32_t* labels = nullptr;     // [N] (head)
   std::uint16_t* h = nullptr;         // [N, D] final norm output (head)
   float* rstd = nullptr;              // [N] (head)
-  std::uint16_t* logits = nullptr;    // [N, V] (head); the backward turns it into dlogits
+  std::uint16_t* logits = nullptr;    // [N, V] (head, unchunked); the backward turns it into dlogits
   float* lse = nullptr;               // [N] (head)
-  std::int32_t* head_offsets = nullptr;  // [2] = {0, N}
+  std::int32_t* head_offsets = nullptr;  // [4] = {0, C, 0, last chunk's rows}
 };
 
 struct StageScratch {
@@ -56,6 +67,7 @@ struct StageScratch {
   float* norm_ws = nullptr;                    // final norm backward workspace
   void* emb_ws = nullptr;                      // embedding backward workspace
   std::size_t emb_ws_bytes = 0;
+  std::uint16_t* logits = nullptr;             // [C, V] one chunk's logits (head, chunked)
 };
 
 cudaError_t layer_bytes(const jk_model_config_t& c, std::int64_t B, std::int64_t T, std::size_t* saved,
@@ -76,9 +88,9 @@ StageSaved carve_stage_saved(Carver& cv, const jk_model_config_t& c, const Stage
     v.labels = cv.take<std::int32_t>(s.N);
     v.h = cv.take<std::uint16_t>(s.N * s.D);
     v.rstd = cv.take<float>(s.N);
-    v.logits = cv.take<std::uint16_t>(s.N * s.V);
+    if (!s.chunked()) v.logits = cv.take<std::uint16_t>(s.N * s.V);
     v.lse = cv.take<float>(s.N);
-    v.head_offsets = cv.take<std::int32_t>(2);
+    v.head_offsets = cv.take<std::int32_t>(4);
   }
   return v;
 }
@@ -96,6 +108,7 @@ StageScratch carve_stage_scratch(Carver& cv, const jk_model_config_t& c, const S
     v.emb_ws_bytes = jk_embedding_bwd_workspace_bytes(s.N, s.V);
     v.emb_ws = cv.take<char>(static_cast<std::int64_t>(v.emb_ws_bytes));
   }
+  if (c.has_head && s.chunked()) v.logits = cv.take<std::uint16_t>(s.C * s.V);
   return v;
 }
 
@@ -103,6 +116,7 @@ bool valid_stage_config(const jk_model_config_t* c) {
   if (c == nullptr || c->vocab < 1 || c->num_layers < 0) return false;
   if ((c->has_embedding != 0 && c->has_embedding != 1) || (c->has_head != 0 && c->has_head != 1)) return false;
   if (c->recompute != 0 && c->recompute != 1) return false;
+  if (c->head_chunk < 0) return false;
   if (c->num_layers == 0 && !c->has_embedding && !c->has_head) return false;  // an empty stage
   if (c->has_head && !(c->final_eps >= 0.0f && c->final_eps < 1.0f)) return false;
   if (c->layer.hidden < 1 || c->layer.hidden > INT32_MAX || c->vocab > INT32_MAX) return false;
@@ -152,7 +166,7 @@ struct DecodeScratch {
   std::uint16_t* x[2] = {nullptr, nullptr};  // [B, D]
   std::uint16_t* h = nullptr;                // [B, D]
   float* rstd = nullptr;                     // [B]
-  std::int32_t* head_offsets = nullptr;      // [2] = {0, B}
+  std::int32_t* head_offsets = nullptr;      // [4] = {0, B, 0, B}
   std::uint16_t* logits = nullptr;           // [B, V]
   void* layer = nullptr;
   std::size_t layer_bytes = 0;
@@ -165,7 +179,7 @@ DecodeScratch carve_decode(Carver& cv, const jk_model_config_t& c, std::int64_t 
   v.x[1] = cv.take<std::uint16_t>(B * D);
   v.h = cv.take<std::uint16_t>(B * D);
   v.rstd = cv.take<float>(B);
-  v.head_offsets = cv.take<std::int32_t>(2);
+  v.head_offsets = cv.take<std::int32_t>(4);
   v.logits = cv.take<std::uint16_t>(B * c.vocab);
   v.layer_bytes = c.num_layers > 0 ? jk_layer_decode_bytes(&c.layer, B, max_seq) : 0;
   v.layer = cv.take<char>(static_cast<std::int64_t>(v.layer_bytes));
@@ -191,8 +205,8 @@ struct ForwardScratch {
   std::int32_t* last_rows = nullptr;  // [B] which row of x that is (Last, prompts of different lengths)
   std::uint16_t* h = nullptr;     // [R, D], R = B (Last) or N (All)
   float* rstd = nullptr;          // [R]
-  std::int32_t* head_offsets = nullptr;
-  std::uint16_t* logits = nullptr;  // [R, V]
+  std::int32_t* head_offsets = nullptr;  // [4]
+  std::uint16_t* logits = nullptr;  // [B, V] (Last) or one chunk's [C, V] (All; C = N unchunked)
   float* lse = nullptr;             // [R] (All)
 };
 
@@ -210,8 +224,8 @@ cudaError_t carve_forward(Carver& cv, const jk_model_config_t& c, std::int64_t B
   }
   v->h = cv.take<std::uint16_t>(R * D);
   v->rstd = cv.take<float>(R);
-  v->head_offsets = cv.take<std::int32_t>(2);
-  v->logits = cv.take<std::uint16_t>(R * c.vocab);
+  v->head_offsets = cv.take<std::int32_t>(4);
+  v->logits = cv.take<std::uint16_t>((head == HeadRows::Last ? B : head_chunk_rows(c, N)) * c.vocab);
   if (head == HeadRows::All) v->lse = cv.take<float>(R);
   return cudaSuccess;
 }
@@ -234,16 +248,47 @@ jk_grouped_gemm_algo_t head_algo(const jk_model_config_t& c) {
                                           : JK_GROUPED_GEMM_AUTO;
 }
 
-// The final norm and the LM head of `rows` rows x: h = RMSNorm(x) (and rstd), bf16 logits = h W_head^T
-// (a one-expert grouped GEMM over offsets {0, rows}). Forward, decode and prefill.
+// The final norm of `rows` >= 1 rows x: h = RMSNorm(x) (and rstd), and offsets [4] of the head's
+// one-expert grouped GEMMs over chunks of `chunk` rows (head_offsets_of picks a chunk's pair).
+cudaError_t head_norm(const jk_model_weights_t* w, const jk_model_config_t* cfg, const std::uint16_t* x,
+                      std::int64_t rows, std::int64_t chunk, std::uint16_t* h, float* rstd, std::int32_t* offsets,
+                      cudaStream_t stream) {
+  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(x, w->final_norm, h, rstd, rows, cfg->layer.hidden, cfg->final_eps, stream));
+  const std::int64_t tail = rows - (rows - 1) / chunk * chunk;
+  model_single_expert_offsets<<<1, 32, 0, stream>>>(offsets, static_cast<std::int32_t>(chunk),
+                                                    static_cast<std::int32_t>(tail));
+  return cudaGetLastError();
+}
+
+// A chunk of n rows' offsets: {0, n} (n == chunk) or the last chunk's {0, tail}.
+const std::int32_t* head_offsets_of(const std::int32_t* offsets, std::int64_t n, std::int64_t chunk) {
+  return n == chunk ? offsets : offsets + 2;
+}
+
+// bf16 logits [n, V] = h[r0 .. r0 + n) W_head^T: the LM head of one chunk (fp32 accumulation over D in
+// the same order whatever the chunk, so a row's logits do not depend on the chunking).
+cudaError_t head_logits(const jk_model_weights_t* w, const jk_model_config_t* cfg, const std::uint16_t* h,
+                        std::int64_t r0, std::int64_t n, std::int64_t chunk, const std::int32_t* offsets,
+                        std::uint16_t* logits, cudaStream_t stream) {
+  const std::int64_t D = cfg->layer.hidden;
+  return jk_grouped_gemm_fwd_bf16(h + r0 * D, w->lm_head, logits, head_offsets_of(offsets, n, chunk), nullptr, n, 1,
+                                  cfg->vocab, D, head_algo(*cfg), stream);
+}
+
+// f(r0, n) for the chunks [r0, r0 + n) of `chunk` rows of `rows` rows, in order; the first error returned.
+template <typename F>
+cudaError_t for_each_chunk(std::int64_t rows, std::int64_t chunk, F&& f) {
+  for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) JK_RETURN_IF_ERROR(f(r0, std::min(chunk, rows - r0)));
+  return cudaSuccess;
+}
+
+// The final norm and the LM head of `rows` rows x at once: h, rstd and bf16 logits = h W_head^T.
+// Decode and prefill (one row per sequence).
 cudaError_t head_forward(const jk_model_weights_t* w, const jk_model_config_t* cfg, const std::uint16_t* x,
                          std::int64_t rows, std::uint16_t* h, float* rstd, std::int32_t* offsets, std::uint16_t* logits,
                          cudaStream_t stream) {
-  const std::int64_t D = cfg->layer.hidden, V = cfg->vocab;
-  JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(x, w->final_norm, h, rstd, rows, D, cfg->final_eps, stream));
-  model_single_expert_offsets<<<1, 32, 0, stream>>>(offsets, static_cast<std::int32_t>(rows));
-  JK_RETURN_IF_ERROR(cudaGetLastError());
-  return jk_grouped_gemm_fwd_bf16(h, w->lm_head, logits, offsets, nullptr, rows, 1, V, D, head_algo(*cfg), stream);
+  JK_RETURN_IF_ERROR(head_norm(w, cfg, x, rows, rows, h, rstd, offsets, stream));
+  return head_logits(w, cfg, h, 0, rows, rows, offsets, logits, stream);
 }
 
 bool valid_caches(const jk_model_config_t& c, uint16_t* const* k_caches, uint16_t* const* v_caches) {
@@ -385,14 +430,17 @@ cudaError_t jk_model_eval(const jk_model_weights_t* w, const jk_model_config_t* 
   Carver a{static_cast<char*>(scratch)};
   ForwardScratch sc;
   JK_RETURN_IF_ERROR(carve_forward(a, *cfg, batch, seq, HeadRows::All, &sc));
-  const std::int64_t N = batch * seq, V = cfg->vocab;
+  const std::int64_t N = batch * seq, V = cfg->vocab, C = head_chunk_rows(*cfg, N);
   const std::uint16_t* x = nullptr;
   JK_RETURN_IF_ERROR(forward_blocks(w, cfg, ids, batch, seq, nullptr, nullptr, 0, invalid_ids, sc, &x, stream));
-  JK_RETURN_IF_ERROR(head_forward(w, cfg, x, N, sc.h, sc.rstd, sc.head_offsets, sc.logits, stream));
-  if (loss_rows != nullptr)
-    JK_RETURN_IF_ERROR(jk_fused_cross_entropy_fwd_bf16(sc.logits, labels, loss_rows, sc.lse, nullptr, nullptr, nullptr,
-                                                       N, V, stream));
-  return logits != nullptr ? jk_bf16_to_f32(sc.logits, logits, N * V, stream) : cudaSuccess;
+  JK_RETURN_IF_ERROR(head_norm(w, cfg, x, N, C, sc.h, sc.rstd, sc.head_offsets, stream));
+  return for_each_chunk(N, C, [&](std::int64_t r0, std::int64_t n) {
+    JK_RETURN_IF_ERROR(head_logits(w, cfg, sc.h, r0, n, C, sc.head_offsets, sc.logits, stream));
+    if (loss_rows != nullptr)
+      JK_RETURN_IF_ERROR(jk_fused_cross_entropy_fwd_bf16(sc.logits, labels + r0, loss_rows + r0, sc.lse + r0, nullptr,
+                                                         nullptr, nullptr, n, V, stream));
+    return logits != nullptr ? jk_bf16_to_f32(sc.logits, logits + r0 * V, n * V, stream) : cudaSuccess;
+  });
 }
 
 cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
@@ -417,6 +465,7 @@ cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, i
   std::size_t need_saved = 0, need_scratch = 0;
   JK_RETURN_IF_ERROR(jk_model_train_bytes(cfg, batch, seq, &need_saved, &need_scratch));
   if (!cfg->has_head || saved == nullptr || logits == nullptr) return cudaErrorInvalidValue;
+  if (stage_dims(*cfg, batch, seq).chunked()) return cudaErrorInvalidValue;  // no logits kept
   std::size_t ls = 0, lc = 0;
   JK_RETURN_IF_ERROR(layer_bytes(*cfg, batch, seq, &ls, &lc));
   Carver a{static_cast<char*>(const_cast<void*>(saved))};
@@ -469,9 +518,14 @@ cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* c
 
   JK_RETURN_IF_ERROR(cudaMemcpyAsync(sv.labels, batch->labels, static_cast<std::size_t>(s.N) * sizeof(std::int32_t),
                                      cudaMemcpyDeviceToDevice, stream));
-  JK_RETURN_IF_ERROR(head_forward(w, cfg, sv.x[s.L], s.N, sv.h, sv.rstd, sv.head_offsets, sv.logits, stream));
-  return jk_fused_cross_entropy_fwd_bf16(sv.logits, sv.labels, loss_rows, sv.lse, nullptr, nullptr, nullptr, s.N, s.V,
-                                         stream);
+  // The head chunk by chunk (one chunk of all N rows, kept in saved, when unchunked).
+  JK_RETURN_IF_ERROR(head_norm(w, cfg, sv.x[s.L], s.N, s.C, sv.h, sv.rstd, sv.head_offsets, stream));
+  std::uint16_t* logits = s.chunked() ? sc.logits : sv.logits;
+  return for_each_chunk(s.N, s.C, [&](std::int64_t r0, std::int64_t n) {
+    JK_RETURN_IF_ERROR(head_logits(w, cfg, sv.h, r0, n, s.C, sv.head_offsets, logits, stream));
+    return jk_fused_cross_entropy_fwd_bf16(logits, sv.labels + r0, loss_rows + r0, sv.lse + r0, nullptr, nullptr,
+                                           nullptr, n, s.V, stream);
+  });
 }
 
 cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* cfg, const jk_model_batch_t* batch,
@@ -498,18 +552,27 @@ cudaError_t jk_model_bwd(const jk_model_weights_t* w, const jk_model_config_t* c
   const std::uint16_t* dcur = dout;
   int next = 0;
   if (cfg->has_head) {
-    // dlogits in place of the logits (bf16, one rounding of (softmax - onehot) * ce_scale).
-    if (ce_row_weights != nullptr)
-      JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16_weighted(sv.logits, sv.labels, sv.lse, sv.logits,
-                                                                  ce_row_weights, s.N, s.V, stream));
-    else
-      JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16(sv.logits, sv.labels, sv.lse, sv.logits, nullptr, ce_scale,
-                                                         s.N, s.V, stream));
-    JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(sv.logits, sv.h, grads->lm_head, grad_beta, sv.head_offsets,
-                                                      nullptr, s.N, 1, s.V, s.D, algo, stream));
     std::uint16_t* dh = sc.dx[1];
-    JK_RETURN_IF_ERROR(
-        jk_grouped_gemm_bwd_data_bf16(sv.logits, w->lm_head, dh, sv.head_offsets, nullptr, s.N, 1, s.V, s.D, algo, stream));
+    std::uint16_t* logits = s.chunked() ? sc.logits : sv.logits;
+    auto chunk_backward = [&](std::int64_t r0, std::int64_t n) {
+      const std::int32_t* offsets = head_offsets_of(sv.head_offsets, n, s.C);
+      // A chunk's logits again (the forward's bits); unchunked, the saved ones.
+      if (s.chunked()) JK_RETURN_IF_ERROR(head_logits(w, cfg, sv.h, r0, n, s.C, sv.head_offsets, logits, stream));
+      // dlogits in place of the logits (bf16, one rounding of (softmax - onehot) * ce_scale).
+      if (ce_row_weights != nullptr)
+        JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16_weighted(logits, sv.labels + r0, sv.lse + r0, logits,
+                                                                    ce_row_weights + r0, n, s.V, stream));
+      else
+        JK_RETURN_IF_ERROR(jk_fused_cross_entropy_bwd_bf16(logits, sv.labels + r0, sv.lse + r0, logits, nullptr,
+                                                           ce_scale, n, s.V, stream));
+      // dW_head: the first chunk writes (grad_beta), the others add their rows' fp32 sum.
+      JK_RETURN_IF_ERROR(jk_grouped_gemm_bwd_weight_f32(logits, sv.h + r0 * s.D, grads->lm_head,
+                                                        r0 == 0 ? grad_beta : 1.0f, offsets, nullptr, n, 1, s.V, s.D,
+                                                        algo, stream));
+      return jk_grouped_gemm_bwd_data_bf16(logits, w->lm_head, dh + r0 * s.D, offsets, nullptr, n, 1, s.V, s.D, algo,
+                                           stream);
+    };
+    JK_RETURN_IF_ERROR(for_each_chunk(s.N, s.C, chunk_backward));
     // d x_L in place of dh (the fused RMSNorm backward allows dx == dy).
     JK_RETURN_IF_ERROR(jk_fused_rmsnorm_bwd_bf16(sv.x[s.L], w->final_norm, sv.rstd, dh, dh, grads->final_norm,
                                                  grad_beta, sc.norm_ws, s.N, s.D, stream));

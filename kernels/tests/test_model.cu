@@ -16,7 +16,9 @@
 //    the model into two stages at any block boundary gives bit-identical losses and gradients (the
 //    tied embedding gradient of the whole model equals fp32(first stage's + last stage's head part));
 //    grad_beta 1 doubles every gradient exactly (untied); jk_model_eval's logits and loss rows are
-//    jk_model_fwd's bit for bit.
+//    jk_model_fwd's bit for bit; the LM head in chunks (head_chunk) gives the unchunked stage's
+//    losses and every gradient below the head bit for bit (the head's weight gradient, summed chunk
+//    by chunk, within 1e-5 relative RMS).
 #include "layer_testing.cuh"
 #include "reference/model.hpp"
 
@@ -235,10 +237,12 @@ StageRun run_stage(jkt::Context& ctx, const Sizes& z, Stage& st, DeviceBatch& db
               ctx.stream, "jk_model_fwd");
   StageRun r;
   if (st.cfg.has_head) {
-    const std::uint16_t* logits = nullptr;
-    CHECK_CUDA(jk_model_saved_logits(&st.cfg, z.B, z.T, saved.p, &logits));
-    r.logits.resize(static_cast<std::size_t>(N * z.V));
-    CHECK_CUDA(cudaMemcpy(r.logits.data(), logits, r.logits.size() * 2, cudaMemcpyDeviceToHost));
+    if (st.cfg.head_chunk == 0 || st.cfg.head_chunk >= N) {  // a chunked head keeps no logits
+      const std::uint16_t* logits = nullptr;
+      CHECK_CUDA(jk_model_saved_logits(&st.cfg, z.B, z.T, saved.p, &logits));
+      r.logits.resize(static_cast<std::size_t>(N * z.V));
+      CHECK_CUDA(cudaMemcpy(r.logits.data(), logits, r.logits.size() * 2, cudaMemcpyDeviceToHost));
+    }
     r.loss_rows = loss.download();
   } else {
     r.out = out.download();
@@ -592,6 +596,117 @@ CaseResult weighted_case(jkt::Context& ctx, const Sizes& z, std::uint64_t seed) 
     for (int i = 0; i < 11 && same; ++i) same = same_bits(gu.layers[l][i], gs.layers[l][i]);
   detail += same ? "uniform weights = scalar scale bit for bit" : "UNIFORM WEIGHTS DIFFER FROM THE SCALAR SCALE";
   return {pass && same, describe(z, true) + ": " + detail};
+}
+
+// The LM head in chunks (cfg.head_chunk) against the same stage unchunked, same batch: loss rows, aux,
+// every block gradient, the final norm's gradient and (untied) the embedding's bit for bit; the head's
+// weight gradient (tied: the embedding's, which contains it), an fp32 sum over the rows rounded once per
+// chunk, within 1e-5 relative RMS; saved loses the logits [N, V], scratch gains one chunk's [C, V];
+// jk_model_saved_logits refuses a chunked stage; jk_model_eval with the same chunks gives the unchunked
+// logits and loss rows bit for bit; head_chunk < 0 is cudaErrorInvalidValue. Chunks of 1 row, an uneven
+// split (the last chunk shorter), N - 1 (a last chunk of 1 row) and N (no chunking); with per-row loss weights (the
+// DPO path: each chunk reads its rows' weights) when `weighted`. grad_beta 0 over poisoned gradients:
+// a chunk after the first that overwrote the head's gradient, or a first one that added, would show.
+CaseResult head_chunk_case(jkt::Context& ctx, const Sizes& z, bool tied, bool weighted, std::uint64_t seed) {
+  ModelFixture fx(z, tied, seed);
+  auto& [in, s, hw, dm, batch, db, rope, ce_scale] = fx;
+  const std::int64_t N = z.B * z.T, V = z.V;
+  std::vector<float> weights(static_cast<std::size_t>(N));
+  for (auto& v : weights) v = in.nonzero(0.01f, 0.5f);
+  GuardedBuffer<float> d_w(weights.size());
+  d_w.upload(weights);
+  Stage st = make_stage(dm, rope, JK_LAYER_TUNED, 0, z.L, true, true, tied);
+  const std::int64_t chunks[] = {0, 1, N / 2 + 1, N - 1, N};
+  constexpr int kRuns = 5;
+  StageRun run[kRuns];
+  Grads grads[kRuns];
+  std::size_t sb[kRuns], cb[kRuns];
+  bool guards = true;
+  for (int r = 0; r < kRuns; ++r) {
+    st.cfg.head_chunk = chunks[r];
+    CHECK_CUDA(jk_model_train_bytes(&st.cfg, z.B, z.T, &sb[r], &cb[r]));
+    dm.poison_grads();
+    bool g = true;
+    run[r] = run_stage(ctx, z, st, db, nullptr, nullptr, ce_scale, 0.0f, true, &g, weighted ? d_w.data() : nullptr);
+    grads[r] = download_grads(dm);
+    guards = guards && g && dm.guards_intact() && d_w.guards_intact();
+  }
+  // The reference run (head_chunk 0) against each other.
+  auto rel = [](const std::vector<float>& got, const std::vector<float>& ref) {
+    return jkl::compare(Vec(got.begin(), got.end()), Vec(ref.begin(), ref.end()), 0, 0);
+  };
+  const std::size_t chunk_pad = 256;
+  bool exact = true, head_ok = true, bytes_ok = true;
+  double worst = 0;
+  std::string differ;
+  for (int r = 1; r < kRuns; ++r) {
+    const bool chunked = chunks[r] < N;
+    const StageRun &a = run[0], &b = run[r];
+    bool same = same_bits(a.loss_rows, b.loss_rows) && same_bits(a.aux, b.aux) && a.invalid == b.invalid &&
+                same_bits(grads[0].norm, grads[r].norm) && (chunked || a.logits == b.logits);
+    for (std::int64_t l = 0; l < z.L; ++l)
+      for (int i = 0; i < 11; ++i) same = same && same_bits(grads[0].layers[l][i], grads[r].layers[l][i]);
+    // The head's gradient: in g_emb when tied (with the scatter-add), in g_head when untied.
+    const std::vector<float>& h0 = tied ? grads[0].emb : grads[0].head;
+    const std::vector<float>& hr = tied ? grads[r].emb : grads[r].head;
+    if (!tied) same = same && same_bits(grads[0].emb, grads[r].emb);
+    if (!chunked) same = same && same_bits(h0, hr);
+    const Compare c = rel(hr, h0);
+    worst = std::max(worst, c.rel_rms);
+    head_ok = head_ok && c.finite && c.rel_rms <= 1e-5;
+    if (!same) differ += jkt::format(" %" PRId64, chunks[r]);
+    exact = exact && same;
+    // saved: N V bf16 fewer when chunked; scratch: C V more (each buffer padded to 256 bytes at most).
+    const std::size_t logits_bytes = static_cast<std::size_t>(N * V) * 2;
+    const std::size_t chunk_bytes = static_cast<std::size_t>(chunks[r] * V) * 2;
+    bytes_ok = bytes_ok && (chunked ? sb[r] + logits_bytes <= sb[0] && sb[0] <= sb[r] + logits_bytes + chunk_pad &&
+                                          cb[0] + chunk_bytes <= cb[r] && cb[r] <= cb[0] + chunk_bytes + chunk_pad
+                                    : sb[r] == sb[0] && cb[r] == cb[0]);
+  }
+  // The chunked stage keeps no logits to show; a negative chunk is refused.
+  int bad = 0;
+  {
+    DeviceMem saved(sb[0]);
+    const std::uint16_t* lp = nullptr;
+    st.cfg.head_chunk = chunks[2];
+    bad += jk_model_saved_logits(&st.cfg, z.B, z.T, saved.p, &lp) == cudaErrorInvalidValue ? 0 : 1;
+    st.cfg.head_chunk = -1;
+    std::size_t x = 0, y = 0;
+    bad += jk_model_train_bytes(&st.cfg, z.B, z.T, &x, &y) == cudaErrorInvalidValue ? 0 : 1;
+    bad += jk_model_eval_bytes(&st.cfg, z.B, z.T) == 0 ? 0 : 1;
+  }
+  // Eval chunked = eval unchunked, bit for bit (logits and loss rows in one call).
+  bool eval_same = true;
+  std::vector<float> eval_logits[2], eval_rows[2];
+  std::size_t eval_bytes[2];
+  GuardedBuffer<float> logits(static_cast<std::size_t>(N * V)), loss(static_cast<std::size_t>(N));
+  for (int e = 0; e < 2; ++e) {
+    st.cfg.head_chunk = e == 0 ? 0 : chunks[2];
+    eval_bytes[e] = jk_model_eval_bytes(&st.cfg, z.B, z.T);
+    DeviceMem scratch(eval_bytes[e]);
+    CHECK_CUDA(cudaMemset(scratch.p, 0xff, eval_bytes[e]));
+    logits.poison();
+    loss.poison();
+    jkt::finish(jk_model_eval(&st.w, &st.cfg, db.ids.data(), z.B, z.T, db.labels.data(), loss.data(), logits.data(),
+                              nullptr, scratch.p, eval_bytes[e], ctx.stream),
+                ctx.stream, "jk_model_eval");
+    eval_logits[e] = logits.download();
+    eval_rows[e] = loss.download();
+  }
+  eval_same = same_bits(eval_logits[0], eval_logits[1]) && same_bits(eval_rows[0], eval_rows[1]) &&
+              same_bits(eval_rows[0], run[0].loss_rows) && eval_bytes[1] < eval_bytes[0];
+  guards = guards && logits.guards_intact() && loss.guards_intact() && dm.guards_intact();
+  const bool pass = exact && head_ok && bytes_ok && eval_same && bad == 0 && guards;
+  return {pass, describe(z, tied) +
+                    jkt::format("%s, chunks 1, %" PRId64 ", %" PRId64 ", %" PRId64
+                                ": loss rows, aux, blocks, norm%s %s%s; head gradient rel RMS %.2e (<= 1e-5); saved "
+                                "%zu -> %zu bytes, scratch %zu -> %zu at chunk %" PRId64 " %s; eval %s (%zu -> %zu "
+                                "bytes); bad-argument results %d; guards %d",
+                                weighted ? " row weights" : "", chunks[2], chunks[3], chunks[4],
+                                tied ? "" : ", embedding", exact ? "bit-identical" : "DIFFER at chunk", differ.c_str(),
+                                worst, sb[0], sb[2], cb[0], cb[2], chunks[2], bytes_ok ? "as expected" : "WRONG",
+                                eval_same ? "bit-identical" : "DIFFERS", eval_bytes[0], eval_bytes[1], bad,
+                                int(guards))};
 }
 
 // grad_beta = 1 adds to the old gradients: run with beta 0, then the backward again with beta 1.
@@ -1260,6 +1375,16 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
       const std::uint64_t seed = ctx.next_seed();
       cases.push_back(
           {"model.eval " + describe(z, tied), [&ctx, z, tied, seed] { return eval_case(ctx, z, tied, seed); }});
+    }
+  // tiny: the tuned head GEMM; D36 V50: the simple one (k, n not multiples of 8); D256: tiles of 128
+  // rows cut by the chunks (a GPU's case: skipped under emulation).
+  for (const Sizes& z : {tiny, Sizes{2, 9, 36, 3, 2, 3, 8, 20, 50, 3}, Sizes{2, 64, 256, 8, 2, 4, 64, 384, 1000, 2}})
+    for (const int variant : {0, 1, 2}) {  // tied, untied, tied with per-row weights
+      const bool tied = variant != 1, weighted = variant == 2;
+      if (z.D == 36 && variant != 1) continue;
+      const std::uint64_t seed = ctx.next_seed();
+      cases.push_back({"model.head_chunks " + describe(z, tied) + (weighted ? " weighted" : ""),
+                       [&ctx, z, tied, weighted, seed] { return head_chunk_case(ctx, z, tied, weighted, seed); }});
     }
   for (const bool tied : {true, false})
     for (const bool recompute : {false, true}) {

@@ -113,7 +113,8 @@ class LayerGrads(ctypes.Structure):  # jk_layer_grads_t: float* each
 
 class ModelConfig(ctypes.Structure):  # jk_model_config_t
     _fields_ = [("layer", LayerConfig), ("vocab", c_i64), ("num_layers", c_i64), ("has_embedding", ctypes.c_int32),
-                ("has_head", ctypes.c_int32), ("final_eps", c_f32), ("recompute", ctypes.c_int32)]
+                ("has_head", ctypes.c_int32), ("final_eps", c_f32), ("recompute", ctypes.c_int32),
+                ("head_chunk", c_i64)]
 
 
 class ModelWeights(ctypes.Structure):  # jk_model_weights_t (layers: a host array)
@@ -126,7 +127,7 @@ class ModelBatch(ctypes.Structure):  # jk_model_batch_t
 
 # The interface version these bindings were written for (kernels/include/jetmoe/kernels.h, JK_ABI_VERSION),
 # and each structure's jk_* name: Kernels() checks both against the library before any call.
-ABI_VERSION = 2
+ABI_VERSION = 3
 STRUCTS = {"jk_layer_config_t": LayerConfig, "jk_layer_weights_t": LayerWeights, "jk_layer_grads_t": LayerGrads,
            "jk_model_config_t": ModelConfig, "jk_model_weights_t": ModelWeights, "jk_model_batch_t": ModelBatch}
 

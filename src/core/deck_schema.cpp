@@ -109,6 +109,14 @@ DeckSchema make_standard_schema() {
               "Recompute activations in backward instead of storing them: only each block's input is kept and "
               "the block's forward runs again before its backward (fp32 and bf16 alike; the same results, about "
               "a third more block FLOPs, one block's activations in memory instead of every block's).");
+    b.integer("logits_chunk_tokens", 0,
+              "precision = bf16: the LM head and the cross-entropy of at most this many tokens at a time (0: "
+              "the whole micro-batch). Below micro_batch_size x seq_len, one chunk's bf16 logits (tokens x "
+              "vocabulary x 2 bytes) are in GPU memory instead of the micro-batch's, for one more LM-head "
+              "forward per micro-batch (the backward computes a chunk's logits again); the same results bit "
+              "for bit except the LM-head weight gradient, whose fp32 sum over the tokens is rounded once per "
+              "chunk. fp32 ignores it.")
+        .at_least(0);
     b.string("sample_prompt", "The", "Prompt of the sample generated at the end of training (needs <tokenizer>/model).");
     b.integer("sample_tokens", 48, "Tokens of that sample (0: no sample).").at_least(0);
   }

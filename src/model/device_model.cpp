@@ -77,6 +77,7 @@ InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights
                                const CudaErrors& errors, GpuKernels kernels) {
   errors.check(make_rope_table(rope_, c), "the RoPE table");
   cfg_ = model_config(c, StageSpan{}, rope_, 0.0, 0.0, kernels);
+  cfg_.head_chunk = kForwardLogitsChunk;  // evaluation (jk_model_eval); decode and prefill ignore it
   layers_.resize(static_cast<std::size_t>(c.num_layers));
   const std::vector<NamedTensor> named = weights.named(c);
   tensors_.resize(named.size());

@@ -90,7 +90,8 @@ cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c);
 
 // The whole model for inference (generation, evaluation): its weights rounded to bf16 once (round to
 // nearest even, as HF's .to(bfloat16)) and uploaded through `stream`, bound to the kernels' struct, with
-// the RoPE table and the kernels' configuration (no router losses).
+// the RoPE table and the kernels' configuration (no router losses; the head of jk_model_eval
+// kForwardLogitsChunk tokens at a time).
 class InferenceModel {
  public:
   InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream, const CudaErrors& errors,

@@ -58,7 +58,7 @@ std::string device_training_unavailable() {
 }
 std::string device_training_description() { return "none"; }
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, double, const StageSpan&,
-                                                  std::shared_ptr<GpuComms>, GpuKernels, bool, bool) {
+                                                  std::shared_ptr<GpuComms>, const DeviceNetworkOptions&) {
   fail(ErrorKind::Deck, "train/precision = bf16: " + device_training_unavailable());
 }
 
@@ -103,7 +103,7 @@ void download(void* to, const void* from, std::size_t bytes, cudaStream_t stream
 class DeviceNetwork final : public StageNetwork, public StageLink {
  public:
   DeviceNetwork(const ModelConfig& c, double coef_switch, double coef_z, const StageSpan& span,
-                std::shared_ptr<GpuComms> comms, GpuKernels kernels, bool recompute, bool overlap_sums)
+                std::shared_ptr<GpuComms> comms, const DeviceNetworkOptions& options)
       : c_(c), cs_(coef_switch), cz_(coef_z), span_(span), comms_(std::move(comms)) {
     first_ = span.first_layer;
     layers_ = span.end(c) - span.first_layer;
@@ -111,17 +111,16 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
 #if JETMOE_HAVE_NCCL
     // The replicas' sums overlapped with the last backward pass: their own stream, which waits for the
     // backward's events (one per part of the gradients: the head, each block, the embedding).
-    if (overlap_sums && comms_ && comms_->replicas.size() > 1) {
+    if (options.overlap_sums && comms_ && comms_->replicas.size() > 1) {
       check(cudaStreamCreateWithFlags(&sum_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
       ready_.assign(static_cast<std::size_t>(layers_ + 2), nullptr);
       for (cudaEvent_t& e : ready_) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     }
-#else
-    (void)overlap_sums;
 #endif
     check(device::make_rope_table(rope_, c), "the RoPE table");
-    cfg_ = device::model_config(c, span, rope_, coef_switch, coef_z, kernels);
-    cfg_.recompute = recompute ? 1 : 0;
+    cfg_ = device::model_config(c, span, rope_, coef_switch, coef_z, options.kernels);
+    cfg_.recompute = options.recompute ? 1 : 0;
+    cfg_.head_chunk = options.logits_chunk;
     layer_w_.assign(static_cast<std::size_t>(layers_), jk_layer_weights_t{});
     layer_g_.assign(static_cast<std::size_t>(layers_), jk_layer_grads_t{});
     slots_.resize(1);
@@ -519,11 +518,10 @@ std::string device_training_description() {
 
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
                                                   const StageSpan& span, std::shared_ptr<GpuComms> comms,
-                                                  GpuKernels kernels, bool recompute, bool overlap_sums) {
+                                                  const DeviceNetworkOptions& options) {
   const std::string why = device_training_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "train/precision = bf16: " + why + "; use fp32");
-  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms), kernels, recompute,
-                                         overlap_sums);
+  return std::make_unique<DeviceNetwork>(config, coef_switch, coef_z, span, std::move(comms), options);
 }
 
 #endif

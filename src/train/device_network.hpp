@@ -27,8 +27,10 @@
 // one call over the whole buffer after the backward pass).
 //
 // Activation recomputation (train/recompute) keeps each block's input only and runs the block again in
-// the backward, with bit-identical results. Not (yet) on this path: the optimizer on the device
+// the backward, with bit-identical results. train/logits_chunk_tokens runs the LM head and the
+// cross-entropy a chunk of tokens at a time (jk_model_config_t::head_chunk). Not (yet) on this path: the optimizer on the device
 // (jk_fused_adamw is bit-identical to the CPU AdamW and is the next step).
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -61,19 +63,39 @@ std::string device_training_unavailable();
 // One line naming the GPU the device network runs on (for the run's log).
 std::string device_training_description();
 
+// How the device stage runs (the deck's choices).
+struct DeviceNetworkOptions {
+  // Which CUDA kernels (job/gpu_kernels).
+  GpuKernels kernels = GpuKernels::Tuned;
+  // train/recompute: keep only each block's input from forward to backward and run the block's forward
+  // again in the backward (jk_model_config_t::recompute): one block's activations instead of every
+  // block's, the same results bit for bit.
+  bool recompute = false;
+  // parallel/overlap_allreduce (with NCCL comms and more than one replica): the replicas' sums run on a
+  // second stream during the step's last backward pass, each part of the gradients (the head, each
+  // block from the last, the embedding) as soon as jk_model_bwd's event says it is final
+  // (jk_model_grads_t::ready); false: one sum over all of them after the backward pass.
+  bool overlap_sums = true;
+  // train/logits_chunk_tokens (jk_model_config_t::head_chunk): the LM head and the cross-entropy of at
+  // most this many tokens at a time, one chunk's logits in memory instead of the micro-batch's, computed
+  // again in the backward; 0: the whole micro-batch at once.
+  std::int64_t logits_chunk = 0;
+};
+
+// The options of a stage that only runs forward passes (DPO's frozen reference): recompute, and the
+// head at most kForwardLogitsChunk tokens at a time; without a backward neither costs anything, and
+// the results are the same bit for bit.
+inline DeviceNetworkOptions forward_only(DeviceNetworkOptions options) {
+  options.recompute = true;
+  if (options.logits_chunk == 0 || options.logits_chunk > kForwardLogitsChunk) options.logits_chunk = kForwardLogitsChunk;
+  return options;
+}
+
 // The device stage for `span` of the model. Throws jetmoe::Error when device_training_unavailable()
 // is not empty or device memory runs out. With `comms`, its boundaries and gradient sums go by NCCL
 // (it is its own StageLink and sums_gradients()); without, by the Pipeline and the trainer over MPI.
-// `kernels`: which CUDA kernels (job/gpu_kernels). `recompute` (train/recompute): keep only each
-// block's input from forward to backward and run the block's forward again in the backward
-// (jk_model_config_t::recompute): one block's activations instead of every block's, the same results
-// bit for bit. `overlap_sums` (parallel/overlap_allreduce; with `comms` and more than one replica):
-// the replicas' sums run on a second stream during the step's last backward pass, each part of the
-// gradients (the head, each block from the last, the embedding) as soon as jk_model_bwd's event says
-// it is final (jk_model_grads_t::ready); false: one sum over all of them after the backward pass.
 std::unique_ptr<StageNetwork> make_device_network(const ModelConfig& config, double coef_switch, double coef_z,
                                                   const StageSpan& span, std::shared_ptr<GpuComms> comms = nullptr,
-                                                  GpuKernels kernels = GpuKernels::Tuned, bool recompute = false,
-                                                  bool overlap_sums = true);
+                                                  const DeviceNetworkOptions& options = {});
 
 }  // namespace jetmoe

@@ -167,7 +167,7 @@ class Trainer {
   AdamW adam_;
   LrSchedule schedule_;
   std::shared_ptr<GpuComms> gpu_comms_;  // bf16 with NCCL: the GPU communicators of pipe/dp/embed_comm_
-  GpuKernels gpu_kernels_ = GpuKernels::Tuned;  // bf16: job/gpu_kernels
+  DeviceNetworkOptions device_options_;   // bf16: job/gpu_kernels, train/recompute, logits_chunk_tokens, ...
   std::unique_ptr<StageNetwork> net_;     // this rank's stage: fp32 Kokkos network, or the bf16 device network
   std::unique_ptr<DataSampler> train_data_;                       // pretrain
   std::vector<data::ChatExample> sft_, sft_validation_;           // sft
@@ -225,9 +225,12 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     // auto: NCCL when the build has it and there is traffic (more than one rank).
     if (comm_.size() > 1 && (communication == "nccl" || (communication == "auto" && no_nccl.empty())))
       gpu_comms_ = make_gpu_comms(pipe_comm_, dp_comm_, embed_comm_);
-    gpu_kernels_ = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
+    device_options_.kernels = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
+    device_options_.recompute = deck.get_bool("train", "recompute");
+    device_options_.overlap_sums = overlap_allreduce_;
+    device_options_.logits_chunk = deck.get_int("train", "logits_chunk_tokens");
     net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span(), gpu_comms_,
-                               gpu_kernels_, deck.get_bool("train", "recompute"), overlap_allreduce_);
+                               device_options_);
     log::info("bf16 training on %s (%s kernels); stage boundaries and gradient sums %s",
               device_training_description().c_str(), deck.get_string("job", "gpu_kernels").c_str(),
               comm_.size() == 1 ? "local (one rank)" : gpu_comms_ ? "GPU to GPU (NCCL)" : "through host memory (MPI)");
@@ -310,8 +313,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     copy_weights(config_, params_, ref_params_);
     // The frozen reference runs as the policy does (bf16 on the GPU, or the fp32 network).
     if (run_.precision == "bf16")
-      // Forward only: with recompute it keeps just the block boundaries (the same results).
-      ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span(), gpu_comms_, gpu_kernels_, true);
+      ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span(), gpu_comms_, forward_only(device_options_));
     else
       ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span());
     ref_pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *ref_net_, layout_.stage, layout_.stages);

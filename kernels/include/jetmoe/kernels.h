@@ -24,7 +24,8 @@ extern "C" {
 
 // The interface's version: raised whenever a function's parameters or a structure's layout change.
 // 2: jk_model_grads_t::ready (events recorded as the backward's gradients become final).
-#define JK_ABI_VERSION 2
+// 3: jk_model_config_t::head_chunk (the LM head and cross-entropy a chunk of rows at a time).
+#define JK_ABI_VERSION 3
 
 // ---- runtime and device report ------------------------------------------------------------------
 

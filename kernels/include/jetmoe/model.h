@@ -54,6 +54,17 @@ struct jk_model_config_t {
                             // block's saved buffer, in scratch, instead of L in saved; the same results
                             // bit for bit, about a third more block FLOPs); 0: every block's saved
                             // buffer is kept from forward to backward
+  int64_t head_chunk;       // >= 0. The LM head and the cross-entropy of at most head_chunk rows at a time
+                            // (has_head; jk_model_fwd/bwd and jk_model_eval): 0, or >= N = B T: all N rows
+                            // at once, the forward keeping the logits [N, V] bf16 for the backward;
+                            // 0 < head_chunk < N: only one chunk's logits [head_chunk, V] exist at a time
+                            // (in scratch): the forward computes each chunk's logits, loss rows and lse
+                            // and drops the logits; the backward computes them again chunk by chunk
+                            // (one more head GEMM forward) and sums the head's weight gradient chunk by
+                            // chunk. Every output is bit-identical to the unchunked stage's except
+                            // grads.lm_head (and a tied embedding's gradient), whose fp32 sum over the
+                            // rows is then rounded once per chunk. Decode and prefill ignore it (their
+                            // head has B rows).
 };
 
 // bf16 weights (HF layouts). `layers` is a HOST array of num_layers entries (device pointers inside).
@@ -96,7 +107,8 @@ struct jk_model_batch_t {
 // Saved (kept from forward to backward, 256-byte aligned) and scratch (temporaries of either call)
 // device bytes for a micro-batch of [B, T]. saved holds the stage input, every block's saved buffer
 // (1.13 GB at JetMoE-8B, N = 8192; none with recompute, whose scratch holds one) and input (33.5 MB),
-// the final norm output and the logits [N, V] bf16 (0.52 GB at N = 8192, V = 32000).
+// the final norm output and the logits [N, V] bf16 (0.52 GB at N = 8192, V = 32000; with head_chunk
+// < N none, and scratch holds one chunk's [head_chunk, V] instead: 16.4 MB for 256 rows).
 cudaError_t jk_model_train_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq, size_t* saved_bytes,
                                  size_t* scratch_bytes);
 
@@ -110,7 +122,8 @@ cudaError_t jk_model_fwd(const jk_model_weights_t* w, const jk_model_config_t* c
                          size_t saved_bytes, void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 // Backward of the micro-batch whose forward filled `saved` (same w, cfg and batch). It consumes the
-// saved logits (overwritten by their gradient): run it once per forward.
+// saved logits (overwritten by their gradient): run it once per forward. With head_chunk < N it
+// computes the logits again from the saved final norm output, one chunk at a time.
 //   dout  [N, D] bf16  gradient of the stage output (required without head; ignored with head)
 //   dx_in [N, D] bf16  gradient of x_in, written (stage without embedding; may be null when not wanted)
 //   ce_scale           the loss rows' weight (host value; with head)
@@ -169,15 +182,18 @@ cudaError_t jk_model_prefill(const jk_model_weights_t* w, const jk_model_config_
 //   loss_rows [N] fp32     given labels [N] int32 (shifted targets, -100 = not counted; both or neither):
 //                          jk_model_fwd's per-token cross-entropy logsumexp(logits[t]) - logits[t, labels[t]]
 // scratch: jk_model_eval_bytes(cfg, B, T) bytes (0 for bad arguments), 256-byte aligned: the block
-// boundaries and the bf16 logits [N, V], one block's buffers rather than jk_model_train_bytes' L.
+// boundaries and the bf16 logits [N, V] (with 0 < head_chunk < N, one chunk's [head_chunk, V]: the
+// head runs chunk by chunk, each chunk's logits widened into `logits` and scored; the same results bit
+// for bit), one block's buffers rather than jk_model_train_bytes' L.
 size_t jk_model_eval_bytes(const jk_model_config_t* cfg, int64_t batch, int64_t seq);
 cudaError_t jk_model_eval(const jk_model_weights_t* w, const jk_model_config_t* cfg, const int32_t* ids,
                           int64_t batch, int64_t seq, const int32_t* labels, float* loss_rows, float* logits,
                           int32_t* invalid_ids, void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 // Where the forward's saved buffer keeps the logits [N, V] bf16 (valid after jk_model_fwd, before
-// jk_model_bwd) and block l's saved buffer (for jk_layer_saved_expert_ids; cudaErrorInvalidValue with
-// recompute, which keeps none). For evaluation and tests.
+// jk_model_bwd; cudaErrorInvalidValue with 0 < head_chunk < N, which keeps none) and block l's saved
+// buffer (for jk_layer_saved_expert_ids; cudaErrorInvalidValue with recompute, which keeps none). For
+// evaluation and tests.
 cudaError_t jk_model_saved_logits(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
                                   const uint16_t** logits);
 cudaError_t jk_model_saved_layer(const jk_model_config_t* cfg, int64_t batch, int64_t seq, const void* saved,
