@@ -18,6 +18,13 @@ endif()
 set(JETMOE_MPIEXEC_EXTRA_FLAGS "${_jetmoe_default_mpiexec_flags}" CACHE STRING
     "Extra mpiexec flags for tests (Open MPI: --oversubscribe, as the tests run more ranks than cores)")
 
+# The environment of the tests (every test that runs mpiexec, and the Catch2 cases): Open MPI allowed
+# to run as root (CI machines and containers do), oversubscribed (more ranks than cores), and without
+# the shared-memory single-copy mechanism, which containers without ptrace rights refuse. Other MPI
+# implementations ignore these variables.
+set(JETMOE_MPI_TEST_ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
+    "OMPI_MCA_btl_vader_single_copy_mechanism=none;OMPI_MCA_rmaps_base_oversubscribe=1")
+
 function(jetmoe_add_catch_tests target)
   set(_out "${CMAKE_CURRENT_BINARY_DIR}/${target}_ctest.cmake")
   set(_ranks "")
@@ -26,6 +33,7 @@ function(jetmoe_add_catch_tests target)
     set(_ranks "${JETMOE_MPI_TEST_RANKS}")
     set(_mpiexec "${MPIEXEC_EXECUTABLE}")
   endif()
+  string(REPLACE ";" "|" _environment "${JETMOE_MPI_TEST_ENVIRONMENT}")  # one argument of the command
   add_custom_command(TARGET ${target} POST_BUILD
     COMMAND "${CMAKE_COMMAND}"
             -D "EXE=$<TARGET_FILE:${target}>"
@@ -35,6 +43,7 @@ function(jetmoe_add_catch_tests target)
             -D "MPIEXEC_NUMPROC_FLAG=${MPIEXEC_NUMPROC_FLAG}"
             -D "MPIEXEC_EXTRA_FLAGS=${JETMOE_MPIEXEC_EXTRA_FLAGS}"
             -D "MPI_RANKS=${_ranks}"
+            -D "ENVIRONMENT=${_environment}"
             -P "${_JETMOE_CATCH_SCRIPT}"
     BYPRODUCTS "${_out}"
     COMMENT "Listing the Catch2 test cases of ${target} for CTest"

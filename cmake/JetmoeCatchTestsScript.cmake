@@ -26,7 +26,7 @@ foreach(tag IN LISTS labels_known)
   list_cases("[${tag}]" cases_${tag})
 endforeach()
 
-set(env "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_btl_vader_single_copy_mechanism=none;OMPI_MCA_rmaps_base_oversubscribe=1")
+string(REPLACE "|" ";" env "${ENVIRONMENT}")  # JETMOE_MPI_TEST_ENVIRONMENT
 set(content "# Generated from ${EXE}; do not edit.\n")
 foreach(name IN LISTS all_cases)
   # Catch test specs treat , [ ] * \\ specially: escape them so each name selects exactly itself.
