@@ -9,7 +9,12 @@
 //  - once with plain launches (decode.step), once replayed from a CUDA graph (decode.graph);
 // and the prefill of 8 prompts of different lengths (1024, 96, 512, 37, 768, 256, 1, 640 tokens): each
 // alone (prefill.alone, jk_model_prefill with B 1) and as one right-padded batch (prefill.batched, with
-// lens); tokens/s and MFU count the prompts' own tokens (not the padding), the head once per prompt.
+// lens); tokens/s and MFU count the prompts' own tokens (not the padding), the head once per prompt;
+// and the LM head of training (head.train.cC): a last stage without blocks (final norm, LM head,
+// cross-entropy) forward and backward over 2 x context tokens, the whole micro-batch's logits at once
+// (c0) and in chunks of C rows (jk_model_config_t::head_chunk; the backward computes each chunk's
+// logits again), with the stage's saved + scratch bytes printed per row; MFU counts 6 N D V (the
+// recomputed chunks' forward not included).
 // Median of cudaEvent-timed steps after a warm-up; weights and caches filled on the device with
 // non-zero values from a counter hash (fast for 8.5B parameters). Prints a table and writes raw rows
 // with --out FILE.csv; the same columns as kernels/bench/peer_model.py (HF JetMoeForCausalLM on the GPU).
@@ -218,12 +223,55 @@ int main(int argc, char** argv) {
       std::printf("prefill: %lld prompts of %.0f tokens in all, the longest %lld\n", (long long)n, tokens,
                   (long long)Tp);
     }
+    {  // The LM head of training, whole and in chunks: a stage of no blocks from x_in to the loss.
+      const std::int64_t Bh = 2, Th = T, N = Bh * Th;
+      Owned head_own;
+      jk_model_config_t hc = cfg;
+      hc.num_layers = 0, hc.has_embedding = 0;
+      jk_model_weights_t hw{};
+      hw.final_norm = w.final_norm, hw.lm_head = w.lm_head;
+      const std::uint16_t* x = head_own.bf16(static_cast<std::size_t>(N * D), 11, 0.05f, 1.5f);
+      std::vector<std::int32_t> labels_h(static_cast<std::size_t>(N));
+      for (std::size_t i = 0; i < labels_h.size(); ++i) labels_h[i] = static_cast<std::int32_t>((104729 * (i + 3)) % V);
+      std::int32_t* labels = head_own.zero<std::int32_t>(labels_h.size());
+      CHECK_CUDA(cudaMemcpy(labels, labels_h.data(), labels_h.size() * 4, cudaMemcpyHostToDevice));
+      float* loss = head_own.zero<float>(static_cast<std::size_t>(N));
+      jk_model_grads_t hg{};
+      hg.final_norm = head_own.zero<float>(static_cast<std::size_t>(D));
+      hg.lm_head = head_own.zero<float>(static_cast<std::size_t>(V * D));
+      const jk_model_batch_t hb{Bh, Th, nullptr, x, labels};
+      const float scale = 1.0f / static_cast<float>(N);
+      const double flops = 6.0 * double(N) * double(D) * double(V);
+      for (const std::int64_t C : {std::int64_t(0), std::int64_t(4096), std::int64_t(1024), std::int64_t(256)}) {
+        if (C >= N) continue;
+        hc.head_chunk = C;
+        std::size_t sb = 0, cb = 0;
+        CHECK_CUDA(jk_model_train_bytes(&hc, Bh, Th, &sb, &cb));
+        Owned run_own;
+        void* saved = run_own.zero<char>(sb);
+        void* scratch = run_own.zero<char>(cb);
+        auto step = [&] {
+          CHECK_CUDA(jk_model_fwd(&hw, &hc, &hb, nullptr, loss, nullptr, nullptr, saved, sb, scratch, cb, stream));
+          CHECK_CUDA(jk_model_bwd(&hw, &hc, &hb, nullptr, scale, nullptr, nullptr, &hg, 0.0f, saved, sb, scratch, cb,
+                                  stream));
+        };
+        const std::string op = "head.train.c" + std::to_string(C);
+        rows.push_back(jkb::throughput_row(op, Bh, Th, jkb::median_ms(step, stream, std::max(args.warmup, 2), args.reps),
+                                           double(N), flops, 0));
+        std::printf("%s: %lld tokens, saved %.1f MB + scratch %.1f MB\n", op.c_str(), (long long)N, double(sb) / 1e6,
+                    double(cb) / 1e6);
+      }
+    }
     CHECK_CUDA(cudaStreamDestroy(stream));
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());
     return 1;
   }
 
-  if (!jkb::report_throughput(rows, "Target: decode >= 60% of the bandwidth bound (HBM% column); prefill.batched ahead of prefill.alone.", args.out)) return 1;
+  if (!jkb::report_throughput(rows,
+                              "Target: decode >= 60% of the bandwidth bound (HBM% column); prefill.batched ahead of "
+                              "prefill.alone; head.train.cC within ~1/3 of head.train.c0 (one more head GEMM forward).",
+                              args.out))
+    return 1;
   return 0;
 }

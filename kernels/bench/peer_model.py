@@ -13,6 +13,9 @@ Prefill ops (as the bench): 8 prompts of 1024, 96, 512, 37, 768, 256, 1 and 640 
 (prefill.alone) and as one left-padded batch with an attention mask (prefill.batched); tokens/s and
 MFU count the prompts' own tokens.
 
+Head op (head.train.c0, as the bench's): HF's final norm, LM head and cross-entropy (logits upcast to
+fp32, as JetMoeForCausalLM's loss) forward and backward over 2 x context tokens; MFU counts 6 N D V.
+
 Decode op: one token per sequence through the whole model (logits of the last position), with a
 DynamicCache holding context - 1 tokens (cropped back after each step); bytes of the same bandwidth bound
 as the bench (per layer the active experts, the shared K/V projection, routers, norms, biases and the K/V
@@ -115,6 +118,19 @@ def main():
         rows.append(throughput_row("prefill.batched", len(lens), longest, median_ms(batched, device, 1, reps), tokens,
                                    flops, 0.0))
     print("prefill: %d prompts of %d tokens in all, the longest %d" % (len(lens), int(tokens), longest))
+
+    # The LM head of training: final norm, head and cross-entropy of 2 x context tokens, forward and backward.
+    N = 2 * ctx
+    x = torch.randn(N, D, device=device).to(torch.bfloat16).requires_grad_(True)
+    labels = torch.randint(0, V, (N,), device=device)
+
+    def head_step():
+        logits = model.lm_head(model.model.norm(x))
+        torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+
+    with torch.enable_grad():
+        rows.append(throughput_row("head.train.c0", 2, ctx, median_ms(head_step, device, a.warmup, a.reps), N,
+                                   6.0 * N * D * V, 0.0))
 
     report_throughput(rows, a.out)
 
