@@ -1,5 +1,6 @@
 // What a GPU too small for the run does to bf16 training (one clear error naming the buffer and what
-// to change, a failed run, nothing written), what train/recompute saves of it, and to evaluation on the GPU (the same error, and the
+// to change, a failed run, nothing written), what train/recompute and train/logits_chunk_tokens save of
+// it, and to evaluation on the GPU (the same error, and the
 // evaluator works again once the memory is there). Emulated GPU only (jetmoe-device-emu-tests): the fake
 // runtime (kernels/tests/emu/runtime.cpp) is given a memory size, past which cudaMalloc fails with
 // cudaErrorMemoryAllocation as a full GPU's does.
@@ -57,6 +58,7 @@ TEST_CASE("bf16 training on a GPU too small is one clear error and writes nothin
     CHECK(message.find("bf16 training: out of GPU memory in ") != std::string::npos);
     CHECK(message.find("train/micro_batch_size") != std::string::npos);
     CHECK(message.find("train/recompute") != std::string::npos);
+    CHECK(message.find("train/logits_chunk_tokens") != std::string::npos);
     const fs::path checkpoints = tmp / (run + "/checkpoints");  // made at the start, left empty
     CHECK((!fs::exists(checkpoints) || fs::is_empty(checkpoints)));
     CHECK(!fs::exists(tmp / (run + "/final")));
@@ -85,6 +87,29 @@ TEST_CASE("bf16 training with train/recompute: the same run bit for bit in less 
   WARN("GPU memory peak: " << kept << " bytes with every block's activations kept, " << recomputed
                            << " with train/recompute");
   CHECK(recomputed < kept);
+}
+
+TEST_CASE("bf16 training with train/logits_chunk_tokens: the head's logits a chunk at a time, in less GPU memory",
+          "[unit][device][train]") {
+  TempDir tmp;
+  tt::prepare_corpus(tmp);
+  const std::vector<std::string> deck = {"train/precision=bf16", "train/eval_interval=0", "train/sample_tokens=0",
+                                         "schedule/total=1",     "schedule/warmup=0",     "schedule/decay=1"};
+  std::vector<std::string> chunked = deck;
+  chunked.push_back("train/logits_chunk_tokens=16");
+  jk_emu_device_bytes_peak(1);
+  REQUIRE(tt::train(tmp, "whole", deck) == TrainOutcome::Finished);
+  const std::size_t whole = jk_emu_device_bytes_peak(1);
+  REQUIRE(tt::train(tmp, "chunked", chunked) == TrainOutcome::Finished);
+  const std::size_t in_chunks = jk_emu_device_bytes_peak(1);
+  // The micro-batch's 4 x 16 = 64 tokens' bf16 logits over the vocabulary of 400 (51200 bytes) give
+  // way to one chunk's 16 rows (12800 bytes), up to the buffers' 256-byte alignment.
+  const std::size_t saving = 64 * 400 * 2 - 16 * 400 * 2;
+  WARN("GPU memory peak: " << whole << " bytes with the micro-batch's logits, " << in_chunks
+                           << " in chunks of 16 tokens");
+  CHECK(in_chunks + saving - 1024 <= whole);
+  CHECK(whole <= in_chunks + saving + 1024);
+  // (The losses: "bf16 training on the emulated GPU" in test_device_training.cpp.)
 }
 
 TEST_CASE("evaluation on a GPU too small is one clear error naming what to change", "[unit][device][eval]") {

@@ -69,8 +69,8 @@ namespace {
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
     device::fail_cuda(e, "bf16 training", what,
-                      "set train/recompute = true, reduce train/micro_batch_size or train/seq_len, or use more "
-                      "pipeline stages");
+                      "set train/recompute = true or train/logits_chunk_tokens (e.g. 1024), reduce "
+                      "train/micro_batch_size or train/seq_len, or use more pipeline stages");
 }
 
 void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
