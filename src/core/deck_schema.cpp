@@ -111,7 +111,8 @@ DeckSchema make_standard_schema() {
               "a third more block FLOPs, one block's activations in memory instead of every block's).");
     b.integer("logits_chunk_tokens", 0,
               "precision = bf16: the LM head and the cross-entropy of at most this many tokens at a time (0: "
-              "the whole micro-batch). Below micro_batch_size x seq_len, one chunk's bf16 logits (tokens x "
+              "the whole micro-batch). Below the micro-batch's tokens (micro_batch_size x seq_len, twice that for "
+              "DPO's pairs), one chunk's bf16 logits (tokens x "
               "vocabulary x 2 bytes) are in GPU memory instead of the micro-batch's, for one more LM-head "
               "forward per micro-batch (the backward computes a chunk's logits again); the same results bit "
               "for bit except the LM-head weight gradient, whose fp32 sum over the tokens is rounded once per "
