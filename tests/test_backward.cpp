@@ -64,7 +64,7 @@ struct Case {
   std::int64_t B, T;
 };
 
-void finite_difference_check(const Case& cs, bool recompute) {
+void finite_difference_check(const Case& cs, bool recompute, std::int64_t logits_chunk = 0) {
   const ModelConfig& c = cs.config;
   const double coef_switch = 0.5, coef_z = 0.3, aux_scale = 0.7;
   ModelWeightsT<double> w(c);
@@ -78,7 +78,7 @@ void finite_difference_check(const Case& cs, bool recompute) {
   const IntView2 dids = device_ids(ids, cs.B, cs.T);
   const IntView1 dtargets = device_targets(targets);
 
-  Network<double> net(c, coef_switch, coef_z, recompute);
+  Network<double> net(c, coef_switch, coef_z, recompute, StageSpan(), logits_chunk);
   ModelWeightsT<double> g(c, /*zeros=*/true);
   const LossTerms base = net.run(w, dids, dtargets, &g, 1.0 / 17.0, aux_scale);
   REQUIRE(base.count == std::int64_t(std::count_if(targets.begin(), targets.end(), [](int t) { return t != ignore_index; })));
@@ -127,6 +127,10 @@ TEST_CASE("backward equals finite differences in double precision for every para
   SECTION("tied head, 4 experts top-2, blocked attention") { finite_difference_check({small_config(4, 2, true), 2, 11}, false); }
   SECTION("untied head, 3 experts top-1, direct attention") { finite_difference_check({small_config(3, 1, false), 3, 5}, false); }
   SECTION("5 experts top-3, recomputed activations") { finite_difference_check({small_config(5, 3, true), 2, 9}, true); }
+  SECTION("untied head in chunks of 4 of the 15 tokens") {
+    finite_difference_check({small_config(3, 1, false), 3, 5}, false, 4);
+  }
+  SECTION("tied head in chunks of 1 token") { finite_difference_check({small_config(4, 2, true), 2, 5}, false, 1); }
   SECTION("blocked attention over several query blocks") {
     ModelConfig c = small_config(4, 2, true);
     c.max_position_embeddings = 160;
@@ -154,6 +158,56 @@ TEST_CASE("recomputing activations gives bit-identical gradients", "[unit][backw
     INFO(n1[p].name);
     const auto x = host_of(n1[p].flat), y = host_of(n2[p].flat);
     CHECK(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("the LM head in chunks (train/logits_chunk_tokens): the same losses and gradients, no [N, V] logits",
+          "[unit][backward]") {
+  // 3 x 16 = 48 tokens in chunks of 7 (the last 6), against the whole micro-batch at once: the plain
+  // mean loss and the per-row weighted loss (SFT, DPO), each with its gradients. The chunks' GEMMs may
+  // round differently from the whole one (the vendor BLAS picks kernels by shape), and the head's
+  // weight gradient is summed chunk by chunk: float agreement, not bits.
+  for (const bool tied : {true, false}) {
+    INFO("tied " << tied);
+    const ModelConfig c = small_config(4, 2, tied);
+    ModelWeights w(c);
+    w.init_random(c, 9);
+    std::vector<std::int64_t> ids(3 * 16);
+    std::vector<std::int32_t> targets(ids.size());
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      ids[i] = std::int64_t((i * 7 + 3) % 29), targets[i] = i % 6 == 5 ? ignore_index : std::int32_t((i * 5 + 1) % 29);
+    const IntView2 dids = device_ids(ids, 3, 16);
+    const IntView1 dtargets = device_targets(targets);
+    Network<float> whole(c, 0.01, 0.001, false), chunked(c, 0.01, 0.001, false, StageSpan(), 7);
+    const auto weigh = [](const std::vector<double>& rows, std::vector<double>& wt) {
+      for (std::size_t t = 0; t < rows.size(); ++t) wt[t] = 0.01 + 0.003 * double(t % 11) - 0.002 * rows[t];
+    };
+    for (const bool weighted : {false, true}) {
+      INFO("weighted " << weighted);
+      ModelWeights g1(c, true), g2(c, true);
+      const LossTerms a = weighted ? whole.run_weighted(w, dids, dtargets, &g1, weigh) : whole.run(w, dids, dtargets, &g1, 1.0 / 40);
+      const LossTerms b =
+          weighted ? chunked.run_weighted(w, dids, dtargets, &g2, weigh) : chunked.run(w, dids, dtargets, &g2, 1.0 / 40);
+      CHECK(a.count == b.count);
+      CHECK(b.ce_sum == Approx(a.ce_sum).epsilon(1e-6));
+      CHECK(b.switch_loss == a.switch_loss);  // the blocks' forward is the same
+      if (weighted) {
+        REQUIRE(whole.row_losses().size() == chunked.row_losses().size());
+        for (std::size_t t = 0; t < whole.row_losses().size(); ++t)
+          CHECK(chunked.row_losses()[t] == Approx(whole.row_losses()[t]).epsilon(1e-5).margin(1e-6));
+      }
+      const auto n1 = g1.named(c), n2 = g2.named(c);
+      for (std::size_t p = 0; p < n1.size(); ++p) {
+        INFO(n1[p].name);
+        const auto x = host_of(n1[p].flat), y = host_of(n2[p].flat);
+        double se = 0, sr = 0;
+        for (std::size_t i = 0; i < x.size(); ++i) se += (double(y[i]) - x[i]) * (double(y[i]) - x[i]), sr += double(x[i]) * x[i];
+        CHECK(sr > 0);
+        CHECK(std::sqrt(se / sr) <= 1e-5);
+      }
+    }
+    CHECK(whole.logits().extent(0) == 48);
+    CHECK(chunked.logits().extent(0) == 0);  // no [N, V] logits kept
   }
 }
 

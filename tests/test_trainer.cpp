@@ -219,6 +219,7 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
       o.push_back("parallel/pipeline_stages=" + std::to_string(pp));
       o.push_back("parallel/data_parallel=" + std::to_string(dp));
       if (pp == 2) o.push_back("parallel/stage_layers=3, 1");  // an explicit, uneven split
+      if (pp == 2) o.push_back("train/logits_chunk_tokens=5");   // the last stage's head in chunks of 5 of 16
       if (pp == 1) o.push_back("parallel/bucket_mb=0.002");      // 500-float buckets: packed and lone tensors
       Deck deck = micro_deck(tmp, run, o);
       REQUIRE(run_training(deck, world, std::nullopt) == TrainOutcome::Finished);
@@ -259,6 +260,7 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
       o.push_back("parallel/pipeline_stages=" + std::to_string(pp));
       o.push_back("parallel/data_parallel=" + std::to_string(dp));
       if (dp > 1) o.push_back("parallel/zero1=true");  // each replica reads its share of the moments
+      if (pp == 2) o.push_back("train/logits_chunk_tokens=5");  // as the first run of that layout
       Deck deck = micro_deck(tmp, run, o);
       REQUIRE(run_training(deck, world, checkpoint.string()) == TrainOutcome::Finished);
       if (world.is_root()) {

@@ -110,13 +110,13 @@ DeckSchema make_standard_schema() {
               "the block's forward runs again before its backward (fp32 and bf16 alike; the same results, about "
               "a third more block FLOPs, one block's activations in memory instead of every block's).");
     b.integer("logits_chunk_tokens", 0,
-              "precision = bf16: the LM head and the cross-entropy of at most this many tokens at a time (0: "
-              "the whole micro-batch). Below the micro-batch's tokens (micro_batch_size x seq_len, twice that for "
-              "DPO's pairs), one chunk's bf16 logits (tokens x "
-              "vocabulary x 2 bytes) are in GPU memory instead of the micro-batch's, for one more LM-head "
-              "forward per micro-batch (the backward computes a chunk's logits again); the same results bit "
-              "for bit except the LM-head weight gradient, whose fp32 sum over the tokens is rounded once per "
-              "chunk. fp32 ignores it.")
+              "The LM head and the cross-entropy of at most this many tokens at a time (0: the whole "
+              "micro-batch). Below the micro-batch's tokens (micro_batch_size x seq_len, twice that for DPO's "
+              "pairs), one chunk's logits (tokens x vocabulary: bf16 on the GPU; fp32, and their gradient, in "
+              "fp32) are in memory instead of the micro-batch's, for one more LM-head forward per micro-batch "
+              "(the backward computes a chunk's logits again). bf16: the same results bit for bit except the "
+              "LM-head weight gradient, whose fp32 sum over the tokens is rounded once per chunk; fp32: the "
+              "same up to the rounding of the chunks' matrix products.")
         .at_least(0);
     b.string("sample_prompt", "The", "Prompt of the sample generated at the end of training (needs <tokenizer>/model).");
     b.integer("sample_tokens", 48, "Tokens of that sample (0: no sample).").at_least(0);

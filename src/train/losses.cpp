@@ -107,8 +107,6 @@ CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const 
   return CrossEntropy{count > 0 ? total / double(count) : 0.0, count};
 }
 
-namespace {
-// Targets outside [0, V) other than ignore_index are an input error.
 void check_targets(const IntView1& targets, std::int64_t V) {
   std::int64_t bad = 0;
   Kokkos::parallel_reduce(
@@ -120,7 +118,6 @@ void check_targets(const IntView1& targets, std::int64_t V) {
       bad);
   if (bad) fail(ErrorKind::Input, std::to_string(bad) + " target token id(s) outside [0, " + std::to_string(V) + ")");
 }
-}  // namespace
 
 template <class R>
 std::vector<double> cross_entropy_rows(const Mat<R>& logits, const IntView1& targets) {

@@ -34,6 +34,9 @@ template <class R>
 CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const Mat<R>& dlogits = Mat<R>(),
                            double grad_scale = 1.0);
 
+// A target outside [0, V) other than ignore_index is an ErrorKind::Input naming how many there are.
+void check_targets(const IntView1& targets, std::int64_t V);
+
 // The same per row, for losses that weigh tokens differently (SFT over many sequences, DPO):
 // loss_t = logsumexp(logits[t]) - logits[t, target_t], 0 for ignore_index (host vector [N]).
 template <class R>

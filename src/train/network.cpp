@@ -1,6 +1,9 @@
 #include "train/network.hpp"
 
+#include <algorithm>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/profiling.hpp"
@@ -47,9 +50,12 @@ double training_flops_per_token(const ModelConfig& c, std::int64_t seq_len) {
 }
 
 template <class R>
-Network<R>::Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute, const StageSpan& span)
-    : config_(config), coef_switch_(coef_switch), coef_z_(coef_z), recompute_(recompute), span_(span) {
+Network<R>::Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute, const StageSpan& span,
+                    std::int64_t logits_chunk)
+    : config_(config), coef_switch_(coef_switch), coef_z_(coef_z), recompute_(recompute), span_(span),
+      logits_chunk_(logits_chunk) {
   config_.validate("model");
+  JETMOE_ASSERT(logits_chunk >= 0, "Network: logits_chunk >= 0");
   first_ = span_.first_layer;
   layers_ = span_.end(config_) - first_;
   JETMOE_ASSERT(first_ >= 0 && layers_ >= 0 && first_ + layers_ <= config_.num_layers, "Network: stage span");
@@ -99,8 +105,12 @@ void Network<R>::allocate_slot(Slot& a) {
   if (recompute_ && scratch_.q.data() == nullptr) make(scratch_);
   if (span_.head) {
     a.rstd_final = Vec<R>("rstd_final", N);
-    a.logits = Mat<R>("logits", N, V);
-    a.dlogits = Mat<R>("dlogits", N, V);
+    if (chunked_head()) {
+      a.targets = IntView1("targets_kept", N);
+    } else {
+      a.logits = Mat<R>("logits", N, V);
+      a.dlogits = Mat<R>("dlogits", N, V);
+    }
   }
 }
 
@@ -113,6 +123,12 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
                     F = std::size_t(c.ffn_hidden_size), E = std::size_t(c.num_experts);
   const std::size_t NK = N * k, Hq = H * k;
   B_ = B, T_ = T;
+  head_rows_ = logits_chunk_ > 0 && logits_chunk_ < B * T ? logits_chunk_ : B * T;
+  chunk_logits_ = chunk_dlogits_ = Mat<R>();
+  if (chunked_head()) {
+    chunk_logits_ = Mat<R>("logits_chunk", head_rows_, c.vocab_size);
+    chunk_dlogits_ = Mat<R>("dlogits_chunk", head_rows_, c.vocab_size);
+  }
   rope_cos_ = Ten3<R>("rope_cos", B, T, d / 2);
   rope_sin_ = Ten3<R>("rope_sin", B, T, d / 2);
   {
@@ -276,13 +292,62 @@ LossTerms Network<R>::forward(const ModelWeightsT<R>& w, const IntView2& ids, bo
   if (span_.head) {
     rmsnorm_forward(s.x.back(), w.final_norm, c.rms_norm_eps, u_, s.rstd_final);
     Region head("lm_head");
-    linear(u_, w.lm_head, s.logits);
+    if (!chunked_head()) linear(u_, w.lm_head, s.logits);  // in chunks: by the loss, from u_
   }
   return terms;
 }
 
+namespace {
+// Rows [r0, r0 + n) of a row-major matrix, or of a vector, as an unmanaged view of the same memory.
 template <class R>
-double Network<R>::loss(const IntView1& targets, bool with_grads, double ce_scale, int slot, LossTerms& terms) {
+Mat<R> rows_of(const Mat<R>& m, std::int64_t r0, std::int64_t n) {
+  return Mat<R>(m.data() + r0 * std::int64_t(m.extent(1)), n, m.extent(1));
+}
+IntView1 rows_of(const IntView1& v, std::int64_t r0, std::int64_t n) { return IntView1(v.data() + r0, n); }
+}  // namespace
+
+template <class R>
+std::vector<double> Network<R>::chunked_rows(const ModelWeightsT<R>& w, const IntView1& targets) {
+  const std::int64_t N = B_ * T_;
+  check_targets(targets, config_.vocab_size);  // all of them at once, as the unchunked loss does
+  std::vector<double> rows(static_cast<std::size_t>(N));
+  for (std::int64_t r0 = 0; r0 < N; r0 += head_rows_) {
+    const std::int64_t n = std::min(head_rows_, N - r0);
+    const Mat<R> logits = rows_of(chunk_logits_, 0, n);
+    {
+      Region head("lm_head");
+      linear(rows_of(u_, r0, n), w.lm_head, logits);
+    }
+    const std::vector<double> part = cross_entropy_rows(logits, rows_of(targets, r0, n));
+    std::copy(part.begin(), part.end(), rows.begin() + r0);
+  }
+  return rows;
+}
+
+template <class R>
+void Network<R>::keep_for_backward(Slot& s, const IntView1& targets, std::vector<double> row_weights) {
+  Kokkos::deep_copy(s.targets, targets);
+  s.row_weights = std::move(row_weights);
+}
+
+template <class R>
+void Network<R>::chunked_head_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, const Slot& s) {
+  const std::int64_t N = B_ * T_;
+  for (std::int64_t r0 = 0; r0 < N; r0 += head_rows_) {
+    const std::int64_t n = std::min(head_rows_, N - r0);
+    const Mat<R> logits = rows_of(chunk_logits_, 0, n), dlogits = rows_of(chunk_dlogits_, 0, n);
+    const Mat<R> u = rows_of(u_, r0, n);
+    linear(u, w.lm_head, logits);  // the loss's logits of these rows again
+    cross_entropy_backward(logits, rows_of(s.targets, r0, n),
+                           std::vector<double>(s.row_weights.begin() + r0, s.row_weights.begin() + r0 + n), dlogits);
+    matmul_tn(dlogits, u, g.lm_head, 1.0);
+    matmul_nn(dlogits, w.lm_head, rows_of(du_, r0, n));
+  }
+}
+
+template <class R>
+double Network<R>::loss(const ModelWeightsT<R>& w, const IntView1& targets, bool with_grads, double ce_scale, int slot,
+                        LossTerms& terms) {
   Region region("loss");
   Slot& s = slots_.at(std::size_t(slot));
   const std::int64_t N = std::int64_t(targets.extent(0));
@@ -291,6 +356,23 @@ double Network<R>::loss(const IntView1& targets, bool with_grads, double ce_scal
   Kokkos::parallel_reduce(
       "count_targets", Range(0, N), KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; },
       count);
+  if (chunked_head()) {
+    // cross_entropy's mean and per-row gradient scale, from the rows' losses a chunk at a time.
+    const std::vector<double> rows = chunked_rows(w, targets);
+    double total = 0;
+    for (const double r : rows) total += r;
+    const double loss = count > 0 ? total / double(count) : 0.0;
+    terms.ce_sum = loss * double(count);
+    terms.count = count;
+    if (with_grads) {
+      const double row_scale = count > 0 ? ce_scale * double(count) / double(count) : 0.0;
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), targets);
+      std::vector<double> weights(std::size_t(N), 0.0);
+      for (std::int64_t t = 0; t < N; ++t) weights[std::size_t(t)] = h(t) == ignore_index ? 0.0 : row_scale;
+      keep_for_backward(s, targets, std::move(weights));
+    }
+    return loss;
+  }
   const CrossEntropy ce = cross_entropy(s.logits, targets, with_grads ? s.dlogits : Mat<R>(), ce_scale * double(count));
   terms.ce_sum = ce.loss * double(ce.count);
   terms.count = ce.count;
@@ -306,8 +388,12 @@ void Network<R>::backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double
       Region head("lm_head");
       // The final norm's output again (u_ is a workspace other slots' forward passes overwrite).
       rmsnorm_forward(s.x.back(), w.final_norm, config_.rms_norm_eps, u_);
-      matmul_tn(s.dlogits, u_, g.lm_head, 1.0);
-      matmul_nn(s.dlogits, w.lm_head, du_);
+      if (chunked_head()) {
+        chunked_head_backward(w, g, s);
+      } else {
+        matmul_tn(s.dlogits, u_, g.lm_head, 1.0);
+        matmul_nn(s.dlogits, w.lm_head, du_);
+      }
     }
     Kokkos::deep_copy(dx_, R(0));
     rmsnorm_backward(s.x.back(), w.final_norm, s.rstd_final, du_, dx_, g.final_norm);
@@ -325,17 +411,18 @@ void Network<R>::backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double
 }
 
 template <class R>
-void Network<R>::weighted_loss(const IntView1& targets, bool with_grads, const RowWeights& weigh, int slot,
-                               LossTerms& terms) {
+void Network<R>::weighted_loss(const ModelWeightsT<R>& w, const IntView1& targets, bool with_grads,
+                               const RowWeights& weigh, int slot, LossTerms& terms) {
   Region region("loss");
   Slot& s = slots_.at(std::size_t(slot));
-  row_losses_ = cross_entropy_rows(s.logits, targets);
+  row_losses_ = chunked_head() ? chunked_rows(w, targets) : cross_entropy_rows(s.logits, targets);
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), targets);
   for (std::size_t t = 0; t < row_losses_.size(); ++t)
     if (h(t) != ignore_index) terms.ce_sum += row_losses_[t], ++terms.count;
   std::vector<double> weights(row_losses_.size(), 0.0);
   weigh(row_losses_, weights);
-  if (with_grads) cross_entropy_backward(s.logits, targets, weights, s.dlogits);
+  if (with_grads && chunked_head()) keep_for_backward(s, targets, std::move(weights));
+  else if (with_grads) cross_entropy_backward(s.logits, targets, weights, s.dlogits);
 }
 
 template <class R>
@@ -343,8 +430,8 @@ LossTerms Network<R>::stage_forward(const ModelWeightsT<R>& w, const IntView2& i
                                     bool with_grads, double ce_scale, int slot, const RowWeights* weigh) {
   LossTerms terms = forward(w, ids, with_grads, slot);
   if (span_.head) {
-    if (weigh && *weigh) weighted_loss(targets, with_grads, *weigh, slot, terms);
-    else loss(targets, with_grads, ce_scale, slot, terms);
+    if (weigh && *weigh) weighted_loss(w, targets, with_grads, *weigh, slot, terms);
+    else loss(w, targets, with_grads, ce_scale, slot, terms);
   }
   return terms;
 }
@@ -362,7 +449,7 @@ LossTerms Network<R>::run(const ModelWeightsT<R>& w, const IntView2& ids, const 
   JETMOE_ASSERT(targets.extent(0) == ids.extent(0) * ids.extent(1), "Network::run: targets shape");
   prepare(std::int64_t(ids.extent(0)), std::int64_t(ids.extent(1)));
   LossTerms terms = forward(w, ids, grads != nullptr, 0);
-  loss(targets, grads != nullptr, ce_scale, 0, terms);
+  loss(w, targets, grads != nullptr, ce_scale, 0, terms);
   if (grads) backward(w, *grads, aux_scale, terms, 0);
   return terms;
 }
@@ -375,10 +462,10 @@ LossTerms Network<R>::run_weighted(const ModelWeightsT<R>& w, const IntView2& id
   prepare(std::int64_t(ids.extent(0)), std::int64_t(ids.extent(1)));
   LossTerms terms = forward(w, ids, grads != nullptr, 0);
   if (!grads) {  // the row losses only
-    weighted_loss(targets, false, [](const std::vector<double>&, std::vector<double>&) {}, 0, terms);
+    weighted_loss(w, targets, false, [](const std::vector<double>&, std::vector<double>&) {}, 0, terms);
     return terms;
   }
-  weighted_loss(targets, true, weigh, 0, terms);
+  weighted_loss(w, targets, true, weigh, 0, terms);
   backward(w, *grads, aux_scale, terms, 0);
   return terms;
 }

@@ -106,8 +106,12 @@ class Network : public StageNetworkT<R> {
   using StageNetworkT<R>::last_of_step;
   // coef_switch, coef_z: weights of each router's switch and z losses (0.01 and 0.001 in the paper).
   // `span`: the part of the model this network runs (a pipeline stage; default the whole model).
+  // `logits_chunk` (train/logits_chunk_tokens; 0: off): the LM head and the cross-entropy of at most
+  // this many tokens at a time. A micro-batch of more tokens keeps no logits [N, V] (nor their
+  // gradient): the loss computes each chunk's logits into one shared [chunk, V] buffer, and the backward
+  // computes them again, chunk by chunk, for the head's gradients (one more head GEMM per micro-batch).
   Network(const ModelConfig& config, double coef_switch, double coef_z, bool recompute = false,
-          const StageSpan& span = StageSpan());
+          const StageSpan& span = StageSpan(), std::int64_t logits_chunk = 0);
 
   // ids [B, T] token ids; targets [B*T] (row b*T + t: the label predicted at (b, t), or ignore_index).
   // Runs the forward pass and returns the loss terms. With `grads`, also runs the backward pass and
@@ -127,7 +131,7 @@ class Network : public StageNetworkT<R> {
   // The per-row cross-entropies of the last run_weighted.
   const std::vector<double>& row_losses() const { return row_losses_; }
 
-  // The logits of the last run ([B*T, V]).
+  // The logits of the last run ([B*T, V]; empty when the head ran in chunks).
   const Mat<R>& logits() const { return slots_.at(0).logits; }
   const ModelConfig& config() const { return config_; }
   const StageSpan& span() const { return span_; }
@@ -170,15 +174,27 @@ class Network : public StageNetworkT<R> {
     std::vector<Mat<R>> x;      // block inputs of the stage's layers, then the stage output
     std::vector<Block> blocks;  // one per layer of the stage (none with `recompute`)
     Vec<R> rstd_final;
-    Mat<R> logits, dlogits;     // last stage
+    Mat<R> logits, dlogits;     // last stage (none when the head runs in chunks)
+    IntView1 targets;           // last stage, head in chunks: the targets and each row's weight in the
+    std::vector<double> row_weights;  // loss the backward differentiates (kept from the forward)
   };
   void allocate(std::int64_t B, std::int64_t T);
   void allocate_slot(Slot& s);
   Block& block_of(Slot& s, std::int64_t i) { return recompute_ ? scratch_ : s.blocks[std::size_t(i)]; }
   LossTerms forward(const ModelWeightsT<R>& w, const IntView2& ids, bool with_grads, int slot);
-  double loss(const IntView1& targets, bool with_grads, double ce_scale, int slot, LossTerms& terms);
+  double loss(const ModelWeightsT<R>& w, const IntView1& targets, bool with_grads, double ce_scale, int slot,
+              LossTerms& terms);
   // run_weighted's loss: the per-row cross-entropies, then (with grads) weights from `weigh`.
-  void weighted_loss(const IntView1& targets, bool with_grads, const RowWeights& weigh, int slot, LossTerms& terms);
+  void weighted_loss(const ModelWeightsT<R>& w, const IntView1& targets, bool with_grads, const RowWeights& weigh,
+                     int slot, LossTerms& terms);
+  // The head in chunks: rows of at most head_rows_ tokens (B_ T_ when it does not chunk).
+  bool chunked_head() const { return span_.head && head_rows_ < B_ * T_; }
+  // Chunked: each row's cross-entropy (0 for ignore_index) from the final norm's output in u_.
+  std::vector<double> chunked_rows(const ModelWeightsT<R>& w, const IntView1& targets);
+  // Chunked: keeps the targets and the rows' weights for the backward.
+  void keep_for_backward(Slot& s, const IntView1& targets, std::vector<double> row_weights);
+  // Chunked backward of the head: g.lm_head += dlogits^T u and du_ = dlogits W, a chunk at a time.
+  void chunked_head_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, const Slot& s);
   void backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& g, double aux_scale, LossTerms& terms, int slot);
   void block_forward(const LayerWeightsT<R>& w, const Mat<R>& x_in, Block& a, const Mat<R>& x_out);
   // dx: gradient of the block output in, of the block input out.
@@ -189,6 +205,9 @@ class Network : public StageNetworkT<R> {
   double coef_switch_, coef_z_;
   bool recompute_;
   StageSpan span_;
+  std::int64_t logits_chunk_ = 0;  // train/logits_chunk_tokens (0: off)
+  std::int64_t head_rows_ = 0;     // rows of one head chunk for the prepared [B_, T_]
+  Mat<R> chunk_logits_, chunk_dlogits_;  // [head_rows_, V], chunked
   std::int64_t first_ = 0, layers_ = 0;  // the stage's first layer and layer count
   std::int64_t B_ = 0, T_ = 0;
   Ten3<R> rope_cos_, rope_sin_;

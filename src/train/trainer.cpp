@@ -239,7 +239,8 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       deck.fail_value("parallel", "communication",
                       "nccl carries the GPU traffic of train/precision = bf16; fp32 communicates over MPI (use auto or mpi)");
     net_ = std::make_unique<Network<float>>(config_, run_.load_balance_coef, run_.z_loss_coef,
-                                            deck.get_bool("train", "recompute"), layout_.span());
+                                            deck.get_bool("train", "recompute"), layout_.span(),
+                                            deck.get_int("train", "logits_chunk_tokens"));
   }
   pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *net_, layout_.stage, layout_.stages);
   zero1_ = deck.get_bool("parallel", "zero1") && layout_.replicas > 1;
@@ -315,7 +316,8 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     if (run_.precision == "bf16")
       ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span(), gpu_comms_, forward_only(device_options_));
     else
-      ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span());
+      ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span(),
+                                                  deck.get_int("train", "logits_chunk_tokens"));
     ref_pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *ref_net_, layout_.stage, layout_.stages);
   }
   ids_ = IntView2("ids", rows_, run_.seq_len);
