@@ -526,15 +526,18 @@ inline void charge_threads(const char* name, dim3 g, dim3 b) {
   }
 }
 
-// `charged`: the launch already counted its threads (a queued launch counts them when enqueued, so the
-// Skip is thrown inside the case, not from a later synchronisation, perhaps in a destructor).
+// `checked`: the launch already checked its errors and counted its threads (a launch does both when
+// it is made, so a queued kernel's Skip is thrown inside the case, not from a later synchronisation,
+// perhaps in a destructor); a graph's kernel node is checked here, at each replay.
 inline cudaError_t run_kernel(const char* name, const void* key, dim3 g, dim3 b, std::size_t smem, std::function<void()> body,
-                              bool charged = false) {
+                              bool checked) {
   Runtime& r = rt();
   const std::uint64_t threads = static_cast<std::uint64_t>(b.x) * b.y * b.z;
   const std::uint64_t blocks = static_cast<std::uint64_t>(g.x) * g.y * g.z;
-  if (const cudaError_t e = launch_error(key, g, b, smem); e != cudaSuccess) return r.last = e;
-  if (!charged) charge_threads(name, g, b);
+  if (!checked) {
+    if (const cudaError_t e = launch_error(key, g, b, smem); e != cudaSuccess) return r.last = e;
+    charge_threads(name, g, b);
+  }
   if (!r.stacks) {
     r.stacks = static_cast<char*>(mmap(nullptr, 1024 * r.stack_size, PROT_READ | PROT_WRITE,
                                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
@@ -576,12 +579,12 @@ bool stream_defer(cudaStream_t stream, std::function<void()> op);
 template <class... P, class... A>
 inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_t smem, cudaStream_t stream, A&&... a) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(a)...);
-  auto make_run = [name, k, g, b, smem, &params](bool charged) {
-    return [name, k, g, b, smem, params, charged] {
+  auto make_run = [name, k, g, b, smem, &params](bool checked) {
+    return [name, k, g, b, smem, params, checked] {
       const cudaError_t e = run_kernel(name, reinterpret_cast<const void*>(k), g, b, smem, [&] {
         std::tuple<std::decay_t<P>...> mine = params;  // parameters are per thread
         std::apply(k, mine);
-      }, charged);
+      }, checked);
       if (e != cudaSuccess) rt().last = e;
     };
   };
@@ -595,7 +598,8 @@ inline void launch(const char* name, void (*k)(P...), dim3 g, dim3 b, std::size_
     return;
   }
   charge_threads(name, g, b);
-  if (!stream_defer(stream, make_run(true))) make_run(true)();
+  const std::function<void()> run = make_run(true);
+  if (!stream_defer(stream, run)) run();
 }
 
 inline void begin_case() {
