@@ -28,8 +28,8 @@
 //
 // Activation recomputation (train/recompute) keeps each block's input only and runs the block again in
 // the backward, with bit-identical results. train/logits_chunk_tokens runs the LM head and the
-// cross-entropy a chunk of tokens at a time (jk_model_config_t::head_chunk). Not (yet) on this path: the optimizer on the device
-// (jk_fused_adamw is bit-identical to the CPU AdamW and is the next step).
+// cross-entropy a chunk of tokens at a time (jk_model_config_t::head_chunk). Not (yet) on this path:
+// the optimizer on the device (jk_fused_adamw is bit-identical to the CPU AdamW and is the next step).
 #include <cstdint>
 #include <memory>
 #include <string>

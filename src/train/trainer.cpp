@@ -167,7 +167,9 @@ class Trainer {
   AdamW adam_;
   LrSchedule schedule_;
   std::shared_ptr<GpuComms> gpu_comms_;  // bf16 with NCCL: the GPU communicators of pipe/dp/embed_comm_
-  DeviceNetworkOptions device_options_;   // bf16: job/gpu_kernels, train/recompute, logits_chunk_tokens, ...
+  // train/recompute and train/logits_chunk_tokens (either precision); bf16: also job/gpu_kernels and
+  // parallel/overlap_allreduce.
+  DeviceNetworkOptions device_options_;
   std::unique_ptr<StageNetwork> net_;     // this rank's stage: fp32 Kokkos network, or the bf16 device network
   std::unique_ptr<DataSampler> train_data_;                       // pretrain
   std::vector<data::ChatExample> sft_, sft_validation_;           // sft
@@ -216,6 +218,8 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
                             layout_.stage);
   const std::string communication = deck.get_string("parallel", "communication");
   overlap_allreduce_ = deck.get_bool("parallel", "overlap_allreduce");
+  device_options_.recompute = deck.get_bool("train", "recompute");
+  device_options_.logits_chunk = deck.get_int("train", "logits_chunk_tokens");
   if (run_.precision == "bf16") {
     const std::string why = device_training_unavailable();
     if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
@@ -226,9 +230,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     if (comm_.size() > 1 && (communication == "nccl" || (communication == "auto" && no_nccl.empty())))
       gpu_comms_ = make_gpu_comms(pipe_comm_, dp_comm_, embed_comm_);
     device_options_.kernels = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
-    device_options_.recompute = deck.get_bool("train", "recompute");
     device_options_.overlap_sums = overlap_allreduce_;
-    device_options_.logits_chunk = deck.get_int("train", "logits_chunk_tokens");
     net_ = make_device_network(config_, run_.load_balance_coef, run_.z_loss_coef, layout_.span(), gpu_comms_,
                                device_options_);
     log::info("bf16 training on %s (%s kernels); stage boundaries and gradient sums %s",
@@ -239,8 +241,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       deck.fail_value("parallel", "communication",
                       "nccl carries the GPU traffic of train/precision = bf16; fp32 communicates over MPI (use auto or mpi)");
     net_ = std::make_unique<Network<float>>(config_, run_.load_balance_coef, run_.z_loss_coef,
-                                            deck.get_bool("train", "recompute"), layout_.span(),
-                                            deck.get_int("train", "logits_chunk_tokens"));
+                                            device_options_.recompute, layout_.span(), device_options_.logits_chunk);
   }
   pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *net_, layout_.stage, layout_.stages);
   zero1_ = deck.get_bool("parallel", "zero1") && layout_.replicas > 1;
@@ -316,8 +317,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     if (run_.precision == "bf16")
       ref_net_ = make_device_network(config_, 0.0, 0.0, layout_.span(), gpu_comms_, forward_only(device_options_));
     else
-      ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span(),
-                                                  deck.get_int("train", "logits_chunk_tokens"));
+      ref_net_ = std::make_unique<Network<float>>(config_, 0.0, 0.0, false, layout_.span(), device_options_.logits_chunk);
     ref_pipeline_ = std::make_unique<Pipeline>(pipe_comm_, *ref_net_, layout_.stage, layout_.stages);
   }
   ids_ = IntView2("ids", rows_, run_.seq_len);
