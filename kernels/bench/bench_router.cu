@@ -1,7 +1,8 @@
 // Benchmark of the 'router' kernels at JetMoE-8B shapes (D = C = 2048, E = 8, k = 2, N = 4096 and
 // 16384 tokens per micro-batch): router forward (logits + top-k + gates + plan), aux losses with
 // gradient, gather and its backward, combine and its backward, router weight/input backward.
-// Median of cudaEvent-timed launches after a warm-up, fresh random non-zero inputs. Prints a table
+// The forward and the router backward also on their simple reference paths (the tuned / simple ratio
+// of the optimisation log in kernels/notes/router.md). Median of cudaEvent-timed launches after a warm-up, fresh random non-zero inputs. Prints a table
 // (time, GB/s of the minimal traffic, % of the H100 SXM HBM3 peak 3.35 TB/s, TFLOP/s and % of the
 // bf16 dense peak 989 TFLOP/s where there are FLOPs) and writes the raw rows with --out FILE.csv.
 // The same columns as kernels/bench/peer_router.py (PyTorch / HF on the same GPU).
@@ -114,6 +115,8 @@ int main(int argc, char** argv) {
     };
     add("router_fwd_bf16 (logits+topk+plan)", D, N * D * bf + E * D * bf + N * E * f4 + nk * (4 * 4 + 2 + 4), 2.0 * N * D * E,
         [&] { CHECK_CUDA(jk_router_fwd_bf16(u, w, N, D, E, k, &out, ws, ws_bytes, s)); });
+    add("router_fwd_bf16 (logits+topk+plan) simple", D, N * D * bf + E * D * bf + N * E * f4 + nk * (4 * 4 + 2 + 4), 2.0 * N * D * E,
+        [&] { CHECK_CUDA(jk_router_fwd_bf16_simple(u, w, N, D, E, k, &out, ws, ws_bytes, s)); });
     add("router_plan", E, nk * 4.0 * 4, 0, [&] {
       CHECK_CUDA(jk_router_plan(ids, N, E, k, counts, offsets, stok, sslot, pos, nullptr, ws, ws_bytes, s));
     });
@@ -133,6 +136,9 @@ int main(int argc, char** argv) {
     add("router_bwd_bf16 (dW + du f32)", D, N * D * bf + 2.0 * N * D * f4, 4.0 * N * D * E, [&] {
       CHECK_CUDA(jk_router_bwd_bf16(u, w, dlog, N, D, E, dw, 0, du32, nullptr, ws, ws_bytes, s));
     });
+    add("router_bwd_bf16 (dW + du f32) simple", D, N * D * bf + 2.0 * N * D * f4, 4.0 * N * D * E, [&] {
+      CHECK_CUDA(jk_router_bwd_bf16_simple(u, w, dlog, N, D, E, dw, 0, du32, nullptr, ws, ws_bytes, s));
+    });
     add("memcpy_d2d (gather bytes)", C, 2.0 * nk * C * bf, 0, [&] {
       CHECK_CUDA(cudaMemcpyAsync(xp, y, nk * C * bf, cudaMemcpyDeviceToDevice, s));
     });
@@ -142,9 +148,9 @@ int main(int argc, char** argv) {
   }
   CHECK_CUDA(cudaStreamDestroy(s));
 
-  std::printf("%-36s %7s %6s %10s %9s %7s %9s %7s\n", "op", "N", "D/C", "time_us", "GB/s", "%HBM", "TFLOP/s", "%bf16");
+  std::printf("%-43s %7s %6s %10s %9s %7s %9s %7s\n", "op", "N", "D/C", "time_us", "GB/s", "%HBM", "TFLOP/s", "%bf16");
   for (const Row& r : rows)
-    std::printf("%-36s %7lld %6lld %10.2f %9.1f %7.1f %9.2f %7.2f\n", r.op.c_str(), r.N, r.C, r.us, r.gbs, r.hbm_pct,
+    std::printf("%-43s %7lld %6lld %10.2f %9.1f %7.1f %9.2f %7.2f\n", r.op.c_str(), r.N, r.C, r.us, r.gbs, r.hbm_pct,
                 r.tflops, r.flop_pct);
   if (out_path) {
     FILE* f = std::fopen(out_path, "w");

@@ -284,6 +284,15 @@ jk_grouped_gemm_algo_t gemm_algo(const jk_layer_config_t& c) {
 jk_attention_path_t attention_path(const jk_layer_config_t& c) {
   return c.path == JK_LAYER_SIMPLE ? JK_ATTENTION_SIMPLE : c.path == JK_LAYER_WGMMA ? JK_ATTENTION_WGMMA : JK_ATTENTION_AUTO;
 }
+// The router's forward and backward: JK_LAYER_SIMPLE takes its simple path (bit-identical results).
+using RouterFwd = decltype(&jk_router_fwd_bf16);
+using RouterBwd = decltype(&jk_router_bwd_bf16);
+RouterFwd router_fwd(const jk_layer_config_t& c) {
+  return c.path == JK_LAYER_SIMPLE ? jk_router_fwd_bf16_simple : jk_router_fwd_bf16;
+}
+RouterBwd router_bwd(const jk_layer_config_t& c) {
+  return c.path == JK_LAYER_SIMPLE ? jk_router_bwd_bf16_simple : jk_router_bwd_bf16;
+}
 
 struct Stages {
   jk_layer_profile_t* profile;
@@ -304,8 +313,8 @@ struct Stages {
 // ---- shared pieces of the forward (training and decode) -------------------------------------------
 
 // Router forward + the (token, slot) row map.
-cudaError_t route(const std::uint16_t* u, const std::uint16_t* w_router, std::int64_t N, const Dims& s,
-                  const Routing& r, void* ws, std::size_t ws_bytes, cudaStream_t stream) {
+cudaError_t route(const jk_layer_config_t& c, const std::uint16_t* u, const std::uint16_t* w_router, std::int64_t N,
+                  const Dims& s, const Routing& r, void* ws, std::size_t ws_bytes, cudaStream_t stream) {
   jk_router_outputs_t out{};
   out.logits = r.logits;
   out.expert_ids = r.ids;
@@ -317,8 +326,8 @@ cudaError_t route(const std::uint16_t* u, const std::uint16_t* w_router, std::in
   out.sorted_slot = r.sorted_slot;
   out.position = r.position;
   out.host_offsets = nullptr;
-  JK_RETURN_IF_ERROR(jk_router_fwd_bf16(u, w_router, N, s.D, static_cast<int>(s.E), static_cast<int>(s.k), &out, ws,
-                                        ws_bytes, stream));
+  JK_RETURN_IF_ERROR(router_fwd(c)(u, w_router, N, s.D, static_cast<int>(s.E), static_cast<int>(s.k), &out, ws,
+                                   ws_bytes, stream));
   JK_LAUNCH(token_slot_rows, N * s.k, r.sorted_token, r.sorted_slot, N * s.k, static_cast<int>(s.k), r.flat);
   return cudaSuccess;
 }
@@ -467,7 +476,7 @@ cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   // ---- mixture of attention heads ----
   JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(x, w->input_norm, sv.u1, sv.rstd1, N, s.D, c.eps, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.rmsnorm"));
-  JK_RETURN_IF_ERROR(route(sv.u1, w->moa_router, N, s, sv.moa, sc.ws, sc.ws_bytes, stream));
+  JK_RETURN_IF_ERROR(route(c, sv.u1, w->moa_router, N, s, sv.moa, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.router"));
   JK_RETURN_IF_ERROR(
       moa_qkv(*w, c, s, N, sv.u1, sv.moa, sv.kv_offsets, sv.g1, sc.rows_mid, sv.q, sv.k, sv.v, st, stream));
@@ -484,7 +493,7 @@ cudaError_t jk_layer_fwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   // ---- mixture of experts ----
   JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(sv.x_mid, w->post_norm, sv.u2, sv.rstd2, N, s.D, c.eps, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.rmsnorm"));
-  JK_RETURN_IF_ERROR(route(sv.u2, w->moe_router, N, s, sv.moe, sc.ws, sc.ws_bytes, stream));
+  JK_RETURN_IF_ERROR(route(c, sv.u2, w->moe_router, N, s, sv.moe, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.router"));
   JK_RETURN_IF_ERROR(
       moe_forward(*w, c, s, N, sv.u2, sv.moe, sv.g2, sv.z, sv.h, sv.y_mlp, sc.tok_a, sv.x_mid, out, st, stream));
@@ -554,8 +563,8 @@ cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   JK_RETURN_IF_ERROR(st.mark("moe.fc1_bwd"));
   // du2 = sum over slots (fp32) + router part, rounded once to bf16.
   JK_RETURN_IF_ERROR(jk_router_gather_bwd_bf16_f32(sc.rows_d2, sv.moe.position, N, k, D, sc.du, 0, stream));
-  JK_RETURN_IF_ERROR(jk_router_bwd_bf16(sv.u2, w->moe_router, sc.dlogits, N, D, E, grads->moe_router, acc, sc.du,
-                                        nullptr, sc.ws, sc.ws_bytes, stream));
+  JK_RETURN_IF_ERROR(router_bwd(c)(sv.u2, w->moe_router, sc.dlogits, N, D, E, grads->moe_router, acc, sc.du, nullptr,
+                                   sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(jk_f32_to_bf16(sc.du, sc.du_bf16, N * D, stream));
   JK_RETURN_IF_ERROR(jk_fused_rmsnorm_bwd_bf16(sv.x_mid, w->post_norm, sv.rstd2, sc.du_bf16, sc.tok_b, grads->post_norm,
                                                grad_beta, static_cast<float*>(sc.ws), N, D, stream));
@@ -604,8 +613,8 @@ cudaError_t jk_layer_bwd(const jk_layer_weights_t* w, const jk_layer_config_t* c
   // du1 = gathered-rows part + K/V part + router part (fp32), rounded once.
   JK_RETURN_IF_ERROR(jk_router_gather_bwd_bf16_f32(sc.rows_d2, sv.moa.position, N, k, D, sc.du, 0, stream));
   JK_LAUNCH(accumulate_bf16_into_f32, N * D, sc.du, sc.tok_b, N * D);
-  JK_RETURN_IF_ERROR(jk_router_bwd_bf16(sv.u1, w->moa_router, sc.dlogits, N, D, E, grads->moa_router, acc, sc.du,
-                                        nullptr, sc.ws, sc.ws_bytes, stream));
+  JK_RETURN_IF_ERROR(router_bwd(c)(sv.u1, w->moa_router, sc.dlogits, N, D, E, grads->moa_router, acc, sc.du, nullptr,
+                                   sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(jk_f32_to_bf16(sc.du, sc.du_bf16, N * D, stream));
   JK_RETURN_IF_ERROR(jk_fused_rmsnorm_bwd_bf16(x, w->input_norm, sv.rstd1, sc.du_bf16, sc.tok_b, grads->input_norm,
                                                grad_beta, static_cast<float*>(sc.ws), N, D, stream));
@@ -700,7 +709,7 @@ cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t
   JK_LAUNCH(set_single_expert_offsets, 1, sc.kv_offsets, static_cast<std::int32_t>(B));
   JK_LAUNCH(decode_positions, B, cache_len, sc.positions, sc.len_after, B);
   JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(x, w->input_norm, sc.u1, nullptr, B, s.D, c.eps, stream));
-  JK_RETURN_IF_ERROR(route(sc.u1, w->moa_router, B, s, sc.moa, sc.ws, sc.ws_bytes, stream));
+  JK_RETURN_IF_ERROR(route(c, sc.u1, w->moa_router, B, s, sc.moa, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moa.norm_router"));
   JK_RETURN_IF_ERROR(moa_qkv(*w, c, s, B, sc.u1, sc.moa, sc.kv_offsets, sc.rows_in, sc.rows_mid, sc.q, sc.k_new,
                              sc.v_new, st, stream));
@@ -713,7 +722,7 @@ cudaError_t jk_layer_decode(const jk_layer_weights_t* w, const jk_layer_config_t
   JK_RETURN_IF_ERROR(st.mark("moa.attention_decode"));
   JK_RETURN_IF_ERROR(moa_output(*w, c, s, B, sc.attn, sc.moa, sc.rows_in, sc.y, sc.comb, x, sc.x_mid, st, stream));
   JK_RETURN_IF_ERROR(jk_rmsnorm_fwd_bf16(sc.x_mid, w->post_norm, sc.u2, nullptr, B, s.D, c.eps, stream));
-  JK_RETURN_IF_ERROR(route(sc.u2, w->moe_router, B, s, sc.moe, sc.ws, sc.ws_bytes, stream));
+  JK_RETURN_IF_ERROR(route(c, sc.u2, w->moe_router, B, s, sc.moe, sc.ws, sc.ws_bytes, stream));
   JK_RETURN_IF_ERROR(st.mark("moe.norm_router"));
   // h lives in rows_mid; y_mlp reuses y; comb reused.
   JK_RETURN_IF_ERROR(

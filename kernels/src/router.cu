@@ -60,79 +60,121 @@ __device__ __forceinline__ bool better(const Cand& a, const Cand& b) {
   return a.e < b.e;  // ties (and NaN, which compares neither way): the lower index
 }
 
-// One warp per token. Lane l holds the logits of experts l and l + 32.
+// Top-k of one token's logits (lane l holds experts l and l + 32: mine0, mine1; every lane the same
+// values, as the xor-tree sums give), then the gates: k rounds of warp arg-max, softmax over the k
+// chosen values. Writes the token's logits, ids and gates. Called by the whole warp.
+__device__ __forceinline__ void topk_gates_write(int lane, std::int64_t t, float mine0, float mine1, int E, int k,
+                                                 float* __restrict__ logits, std::int32_t* __restrict__ ids,
+                                                 float* __restrict__ gates_f32, std::uint16_t* __restrict__ gates_bf16) {
+  if (lane < E) logits[t * E + lane] = mine0;
+  if (lane + kWarpSize < E) logits[t * E + lane + kWarpSize] = mine1;
+
+  // Top-k by repeated warp arg-max; chosen values stay with lane j % 32 (slot j / 32).
+  bool taken0 = lane >= E, taken1 = lane + kWarpSize >= E;
+  float chosen0 = 0.0f, chosen1 = 0.0f;
+  float top = 0.0f, sum = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    Cand c{0.0f, -1};
+    if (!taken0) c = Cand{mine0, lane};
+    if (!taken1) {
+      const Cand c1{mine1, lane + kWarpSize};
+      if (better(c1, c)) c = c1;
+    }
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      const Cand o{__shfl_xor_sync(0xffffffffu, c.v, offset), __shfl_xor_sync(0xffffffffu, c.e, offset)};
+      if (better(o, c)) c = o;
+    }
+    if (c.e == lane) taken0 = true;
+    if (c.e == lane + kWarpSize) taken1 = true;
+    if (j == 0) top = c.v;
+    sum += expf(c.v - top);  // the same order on every lane
+    if (lane == j % kWarpSize) {
+      if (j < kWarpSize) chosen0 = c.v;
+      else chosen1 = c.v;
+      ids[t * k + j] = c.e;
+    }
+  }
+  for (int j = lane; j < k; j += kWarpSize) {
+    const float g = expf((j < kWarpSize ? chosen0 : chosen1) - top) / sum;
+    gates_f32[t * k + j] = g;
+    if (gates_bf16 != nullptr) gates_bf16[t * k + j] = float_to_bf16_bits(g);
+  }
+}
+
+// One warp per TOK consecutive tokens. Lane l holds the logits of experts l and l + 32.
 // VEC elements per load (8 bf16 / 4 fp32 = 16 bytes when D and the pointers allow, else 1).
-template <typename T, int VEC, bool ROUND_BF16>
+// Every logit is summed in the same order whatever TOK and SMEM_W: lane l adds the products of the
+// vectors i = l, l + 32, ... (elements in order), then the xor tree; so every instance gives the same bits.
+//   simple: TOK = 1, W read from global memory (L1/L2) for each token: E * D elements per token.
+//   tuned:  TOK = 4 (each W load serves four tokens) and, when E * D fits (SMEM_W), W copied once per
+//           block into shared memory, the blocks persistent over the tokens.
+template <typename T, int VEC, bool ROUND_BF16, int TOK, bool SMEM_W>
 // (256, 1): without the occupancy hint ptxas caps this kernel at 64 registers and spills (fp32, VEC 4).
 __global__ void __launch_bounds__(256, 1)
 router_logits_topk_kernel(const T* __restrict__ u, const T* __restrict__ w, std::int64_t N, std::int64_t D, int E,
                           int k, float* __restrict__ logits, std::int32_t* __restrict__ ids,
                           float* __restrict__ gates_f32, std::uint16_t* __restrict__ gates_bf16) {
   using V = Pack<T, VEC>;
-  const int lane = threadIdx.x % kWarpSize;
-  const std::int64_t warps_per_grid = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / kWarpSize);
+  extern __shared__ __align__(16) unsigned char router_w_smem[];
   const std::int64_t nvec = D / VEC;
-  for (std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
-       t < N; t += warps_per_grid) {
-    const V* urow = reinterpret_cast<const V*>(u + t * D);
-    float mine0 = 0.0f, mine1 = 0.0f;  // logits of experts lane, lane + 32
-    for (int e0 = 0; e0 < E; e0 += kExpertGroup) {
-      float acc[kExpertGroup];
+  if constexpr (SMEM_W) {  // W [E, D] into shared memory, 16-byte vectors (SMEM_W needs VEC * sizeof(T) = 16)
+    V* dst = reinterpret_cast<V*>(router_w_smem);
+    const V* src = reinterpret_cast<const V*>(w);
+    for (std::int64_t i = threadIdx.x; i < E * nvec; i += blockDim.x) dst[i] = src[i];
+    __syncthreads();
+  }
+  // The W vector i of expert e, from shared or global memory.
+  const auto w_vec = [&](int e, std::int64_t i) -> V {
+    if constexpr (SMEM_W) return reinterpret_cast<const V*>(router_w_smem)[e * nvec + i];
+    else return reinterpret_cast<const V*>(w + static_cast<std::int64_t>(e) * D)[i];
+  };
+  const int lane = threadIdx.x % kWarpSize;
+  const std::int64_t warps_per_block = blockDim.x / kWarpSize;
+  const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * warps_per_block * TOK;
+  for (std::int64_t t0 = (static_cast<std::int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize) * TOK;
+       t0 < N; t0 += step) {
+    float mine0[TOK], mine1[TOK];  // logits of experts lane, lane + 32 of token t0 + tt
 #pragma unroll
-      for (int g = 0; g < kExpertGroup; ++g) acc[g] = 0.0f;
+    for (int tt = 0; tt < TOK; ++tt) mine0[tt] = mine1[tt] = 0.0f;
+    for (int e0 = 0; e0 < E; e0 += kExpertGroup) {
+      float acc[TOK][kExpertGroup];
+#pragma unroll
+      for (int tt = 0; tt < TOK; ++tt)
+#pragma unroll
+        for (int g = 0; g < kExpertGroup; ++g) acc[tt][g] = 0.0f;
       for (std::int64_t i = lane; i < nvec; i += kWarpSize) {
-        const V uv = urow[i];
+        V uv[TOK];
+#pragma unroll
+        for (int tt = 0; tt < TOK; ++tt) {
+          if (TOK == 1 || t0 + tt < N) uv[tt] = reinterpret_cast<const V*>(u + (t0 + tt) * D)[i];
+          else uv[tt] = V{};  // past the last token: computed, never written
+        }
 #pragma unroll
         for (int g = 0; g < kExpertGroup; ++g) {
           if (e0 + g < E) {
-            const V wv = reinterpret_cast<const V*>(w + static_cast<std::int64_t>(e0 + g) * D)[i];
+            const V wv = w_vec(e0 + g, i);
 #pragma unroll
-            for (int q = 0; q < VEC; ++q) acc[g] = fmaf(to_f32(uv.v[q]), to_f32(wv.v[q]), acc[g]);
+            for (int tt = 0; tt < TOK; ++tt)
+#pragma unroll
+              for (int q = 0; q < VEC; ++q) acc[tt][g] = fmaf(to_f32(uv[tt].v[q]), to_f32(wv.v[q]), acc[tt][g]);
           }
         }
       }
 #pragma unroll
-      for (int g = 0; g < kExpertGroup; ++g) {
-        const float s = warp_sum(acc[g]);  // xor tree: every lane gets the same bits
-        const float value = ROUND_BF16 ? round_bf16(s) : s;
-        if (lane == e0 + g) mine0 = value;
-        if (lane + kWarpSize == e0 + g) mine1 = value;
-      }
-    }
-    if (lane < E) logits[t * E + lane] = mine0;
-    if (lane + kWarpSize < E) logits[t * E + lane + kWarpSize] = mine1;
-
-    // Top-k by repeated warp arg-max; chosen values stay with lane j % 32 (slot j / 32).
-    bool taken0 = lane >= E, taken1 = lane + kWarpSize >= E;
-    float chosen0 = 0.0f, chosen1 = 0.0f;
-    float top = 0.0f, sum = 0.0f;
-    for (int j = 0; j < k; ++j) {
-      Cand c{0.0f, -1};
-      if (!taken0) c = Cand{mine0, lane};
-      if (!taken1) {
-        const Cand c1{mine1, lane + kWarpSize};
-        if (better(c1, c)) c = c1;
-      }
+      for (int tt = 0; tt < TOK; ++tt) {
 #pragma unroll
-      for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        const Cand o{__shfl_xor_sync(0xffffffffu, c.v, offset), __shfl_xor_sync(0xffffffffu, c.e, offset)};
-        if (better(o, c)) c = o;
-      }
-      if (c.e == lane) taken0 = true;
-      if (c.e == lane + kWarpSize) taken1 = true;
-      if (j == 0) top = c.v;
-      sum += expf(c.v - top);  // the same order on every lane
-      if (lane == j % kWarpSize) {
-        if (j < kWarpSize) chosen0 = c.v;
-        else chosen1 = c.v;
-        ids[t * k + j] = c.e;
+        for (int g = 0; g < kExpertGroup; ++g) {
+          const float s = warp_sum(acc[tt][g]);  // xor tree: every lane gets the same bits
+          const float value = ROUND_BF16 ? round_bf16(s) : s;
+          if (lane == e0 + g) mine0[tt] = value;
+          if (lane + kWarpSize == e0 + g) mine1[tt] = value;
+        }
       }
     }
-    for (int j = lane; j < k; j += kWarpSize) {
-      const float g = expf((j < kWarpSize ? chosen0 : chosen1) - top) / sum;
-      gates_f32[t * k + j] = g;
-      if (gates_bf16 != nullptr) gates_bf16[t * k + j] = float_to_bf16_bits(g);
-    }
+#pragma unroll
+    for (int tt = 0; tt < TOK; ++tt)
+      if (TOK == 1 || t0 + tt < N) topk_gates_write(lane, t0 + tt, mine0[tt], mine1[tt], E, k, logits, ids, gates_f32, gates_bf16);
   }
 }
 
@@ -273,9 +315,27 @@ bool plan_ptrs_ok(std::int64_t N, const void* workspace, std::size_t workspace_b
   return true;
 }
 
+// Largest W [E, D] the tuned forward stages in shared memory (fp32 E = 8, D = 2048 is 64 KB; three
+// 64 KB blocks fit in an H100 SM's 228 KB). Larger routers read W from L1/L2 as the simple path does.
+constexpr std::size_t kRouterSmemW = 96 * 1024;
+constexpr int kRouterTokensPerWarp = 4;  // tuned: tokens per warp sharing each W load
+constexpr int kRouterThreads = 256;
+
+template <typename T, int VEC, bool ROUND, int TOK, bool SMEM_W>
+cudaError_t launch_logits(const T* u, const T* w, std::int64_t N, std::int64_t D, int E, int k,
+                          const jk_router_outputs_t* out, unsigned grid, std::size_t smem, cudaStream_t stream) {
+  if constexpr (SMEM_W) {
+    JK_RETURN_IF_ERROR(cudaFuncSetAttribute(router_logits_topk_kernel<T, VEC, ROUND, TOK, SMEM_W>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  router_logits_topk_kernel<T, VEC, ROUND, TOK, SMEM_W><<<grid, kRouterThreads, smem, stream>>>(
+      u, w, N, D, E, k, out->logits, out->expert_ids, out->gates_f32, out->gates_bf16);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t router_fwd(const T* u, const T* w, std::int64_t N, std::int64_t D, int E, int k,
-                       const jk_router_outputs_t* out, void* workspace, std::size_t workspace_bytes,
+                       const jk_router_outputs_t* out, void* workspace, std::size_t workspace_bytes, bool tuned,
                        cudaStream_t stream) {
   if (out == nullptr || !plan_args_ok(N, E, k) || D < 1) return cudaErrorInvalidValue;
   if (!plan_ptrs_ok(N, workspace, workspace_bytes, out->counts, out->offsets, out->sorted_token, out->sorted_slot,
@@ -285,19 +345,28 @@ cudaError_t router_fwd(const T* u, const T* w, std::int64_t N, std::int64_t D, i
                 out->gates_f32 == nullptr))
     return cudaErrorInvalidValue;
   if (N > 0) {
-    constexpr int kThreads = 256;
-    const unsigned grid = grid_for(N, kThreads / kWarpSize);
+    constexpr int kWarps = kRouterThreads / kWarpSize;
     constexpr bool kRound = std::is_same_v<T, std::uint16_t>;
     constexpr int kVec = vec_width<T>();
+    constexpr int kTok = kRouterTokensPerWarp;
     const bool vec_ok = D % kVec == 0 && is_aligned(u, 16) && is_aligned(w, 16);
-    if (vec_ok) {
-      router_logits_topk_kernel<T, kVec, kRound><<<grid, kThreads, 0, stream>>>(
-          u, w, N, D, E, k, out->logits, out->expert_ids, out->gates_f32, out->gates_bf16);
+    const std::size_t w_bytes = static_cast<std::size_t>(E) * static_cast<std::size_t>(D) * sizeof(T);
+    if (!tuned) {
+      const unsigned grid = grid_for(N, kWarps);
+      JK_RETURN_IF_ERROR((vec_ok ? launch_logits<T, kVec, kRound, 1, false>(u, w, N, D, E, k, out, grid, 0, stream)
+                                 : launch_logits<T, 1, kRound, 1, false>(u, w, N, D, E, k, out, grid, 0, stream)));
+    } else if (vec_ok && w_bytes <= kRouterSmemW) {
+      // Persistent blocks (two per SM): each copies W once, then walks its share of the tokens.
+      int device = 0, sms = 0;
+      JK_RETURN_IF_ERROR(cudaGetDevice(&device));
+      JK_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      const unsigned grid = std::min(grid_for(N, kWarps * kTok), static_cast<unsigned>(std::max(sms, 1) * 2));
+      JK_RETURN_IF_ERROR((launch_logits<T, kVec, kRound, kTok, true>(u, w, N, D, E, k, out, grid, w_bytes, stream)));
     } else {
-      router_logits_topk_kernel<T, 1, kRound><<<grid, kThreads, 0, stream>>>(
-          u, w, N, D, E, k, out->logits, out->expert_ids, out->gates_f32, out->gates_bf16);
+      const unsigned grid = grid_for(N, kWarps * kTok);
+      JK_RETURN_IF_ERROR((vec_ok ? launch_logits<T, kVec, kRound, kTok, false>(u, w, N, D, E, k, out, grid, 0, stream)
+                                 : launch_logits<T, 1, kRound, kTok, false>(u, w, N, D, E, k, out, grid, 0, stream)));
     }
-    JK_RETURN_IF_ERROR(cudaGetLastError());
   }
   return launch_plan(out->expert_ids, N, E, k, out->counts, out->offsets, out->sorted_token, out->sorted_slot,
                      out->position, out->host_offsets, workspace, stream);
@@ -653,25 +722,53 @@ router_dw_partial_kernel(const T* __restrict__ u, const float* __restrict__ dlog
   }
 }
 
-// du[t, d] += sum_e dlogits[t, e] w[e, d] (experts in order), one thread per element.
-template <typename T, typename TOut>
+// du[t, d] += sum_e dlogits[t, e] w[e, d], experts in order, one thread per VEC consecutive columns of a
+// token. Simple path: VEC = 1 (one element per thread). Tuned: a 16-byte vector of W columns (8 bf16 /
+// 4 fp32) and the matching du vector; each element's sum runs in the same order, so the bits are the same.
+template <typename T, typename TOut, int VEC>
 __global__ void __launch_bounds__(256)
 router_du_kernel(const T* __restrict__ w, const float* __restrict__ dlogits, std::int64_t N, std::int64_t D, int E,
-                 TOut* __restrict__ du) {
-  const std::int64_t total = N * D;
+                     TOut* __restrict__ du) {
+  using WV = Pack<T, VEC>;
+  using OV = Pack<TOut, VEC>;
+  const std::int64_t nvec = D / VEC;
+  const std::int64_t total = N * nvec;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t t = idx / D, d = idx % D;
-    float s = 0.0f;
-    for (int e = 0; e < E; ++e) s = fmaf(dlogits[t * E + e], to_f32(w[static_cast<std::int64_t>(e) * D + d]), s);
-    du[idx] = from_f32<TOut>(to_f32(du[idx]) + s);
+    const std::int64_t t = idx / nvec, i = idx % nvec;
+    float s[VEC];
+#pragma unroll
+    for (int q = 0; q < VEC; ++q) s[q] = 0.0f;
+    for (int e = 0; e < E; ++e) {
+      const float g = dlogits[t * E + e];
+      const WV wv = reinterpret_cast<const WV*>(w + static_cast<std::int64_t>(e) * D)[i];
+#pragma unroll
+      for (int q = 0; q < VEC; ++q) s[q] = fmaf(g, to_f32(wv.v[q]), s[q]);
+    }
+    OV* dst = reinterpret_cast<OV*>(du + t * D) + i;
+    OV o = *dst;
+#pragma unroll
+    for (int q = 0; q < VEC; ++q) o.v[q] = from_f32<TOut>(to_f32(o.v[q]) + s[q]);
+    *dst = o;
   }
+}
+
+template <typename T, typename TOut>
+cudaError_t launch_du(const T* w, const float* dlogits, std::int64_t N, std::int64_t D, int E, TOut* du, bool tuned,
+                      cudaStream_t stream) {
+  constexpr int kVec = vec_width<T>();  // 8 bf16 / 4 fp32 columns of W per 16-byte load
+  if (tuned && D % kVec == 0 && is_aligned(w, 16) && is_aligned(du, sizeof(TOut) * kVec)) {
+    router_du_kernel<T, TOut, kVec><<<grid_for(N * (D / kVec), 256), 256, 0, stream>>>(w, dlogits, N, D, E, du);
+  } else {
+    router_du_kernel<T, TOut, 1><<<grid_for(N * D, 256), 256, 0, stream>>>(w, dlogits, N, D, E, du);
+  }
+  return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t router_bwd(const T* u, const T* w, const float* dlogits, std::int64_t N, std::int64_t D, int E, float* dw,
                        int accumulate_dw, float* du_f32, std::uint16_t* du_bf16, void* workspace,
-                       std::size_t workspace_bytes, cudaStream_t stream) {
+                       std::size_t workspace_bytes, bool tuned, cudaStream_t stream) {
   if (N < 0 || D < 1 || E < 1 || E > kMaxExperts) return cudaErrorInvalidValue;
   if (du_f32 != nullptr && du_bf16 != nullptr) return cudaErrorInvalidValue;
   if (dw != nullptr && workspace_bytes < jk_router_bwd_workspace_bytes(N, D, E)) return cudaErrorInvalidValue;
@@ -693,14 +790,8 @@ cudaError_t router_bwd(const T* u, const T* w, const float* dlogits, std::int64_
                                                                                    accumulate_dw);
     JK_RETURN_IF_ERROR(cudaGetLastError());
   }
-  if (N > 0 && du_f32 != nullptr) {
-    router_du_kernel<T, float><<<grid_for(N * D, 256), 256, 0, stream>>>(w, dlogits, N, D, E, du_f32);
-    JK_RETURN_IF_ERROR(cudaGetLastError());
-  }
-  if (N > 0 && du_bf16 != nullptr) {
-    router_du_kernel<T, std::uint16_t><<<grid_for(N * D, 256), 256, 0, stream>>>(w, dlogits, N, D, E, du_bf16);
-    JK_RETURN_IF_ERROR(cudaGetLastError());
-  }
+  if (N > 0 && du_f32 != nullptr) JK_RETURN_IF_ERROR(launch_du(w, dlogits, N, D, E, du_f32, tuned, stream));
+  if (N > 0 && du_bf16 != nullptr) JK_RETURN_IF_ERROR(launch_du(w, dlogits, N, D, E, du_bf16, tuned, stream));
   return cudaSuccess;
 }
 
@@ -794,13 +885,22 @@ std::size_t jk_router_fwd_workspace_bytes(std::int64_t N, int E, int k) {
 cudaError_t jk_router_fwd_bf16(const std::uint16_t* u, const std::uint16_t* w, std::int64_t N, std::int64_t D, int E,
                                int k, const jk_router_outputs_t* out, void* workspace, std::size_t workspace_bytes,
                                cudaStream_t stream) {
-  return router_fwd(u, w, N, D, E, k, out, workspace, workspace_bytes, stream);
+  return router_fwd(u, w, N, D, E, k, out, workspace, workspace_bytes, true, stream);
 }
-
 cudaError_t jk_router_fwd_f32(const float* u, const float* w, std::int64_t N, std::int64_t D, int E, int k,
                               const jk_router_outputs_t* out, void* workspace, std::size_t workspace_bytes,
                               cudaStream_t stream) {
-  return router_fwd(u, w, N, D, E, k, out, workspace, workspace_bytes, stream);
+  return router_fwd(u, w, N, D, E, k, out, workspace, workspace_bytes, true, stream);
+}
+cudaError_t jk_router_fwd_bf16_simple(const std::uint16_t* u, const std::uint16_t* w, std::int64_t N, std::int64_t D,
+                                      int E, int k, const jk_router_outputs_t* out, void* workspace,
+                                      std::size_t workspace_bytes, cudaStream_t stream) {
+  return router_fwd(u, w, N, D, E, k, out, workspace, workspace_bytes, false, stream);
+}
+cudaError_t jk_router_fwd_f32_simple(const float* u, const float* w, std::int64_t N, std::int64_t D, int E, int k,
+                                     const jk_router_outputs_t* out, void* workspace, std::size_t workspace_bytes,
+                                     cudaStream_t stream) {
+  return router_fwd(u, w, N, D, E, k, out, workspace, workspace_bytes, false, stream);
 }
 
 cudaError_t jk_router_plan(const std::int32_t* expert_ids, std::int64_t N, int E, int k, std::int32_t* counts,
@@ -911,11 +1011,25 @@ cudaError_t jk_router_bwd_bf16(const std::uint16_t* u, const std::uint16_t* w, c
                                std::int64_t D, int E, float* dw, int accumulate_dw, float* du_f32,
                                std::uint16_t* du_bf16, void* workspace, std::size_t workspace_bytes,
                                cudaStream_t stream) {
-  return router_bwd(u, w, dlogits, N, D, E, dw, accumulate_dw, du_f32, du_bf16, workspace, workspace_bytes, stream);
+  return router_bwd(u, w, dlogits, N, D, E, dw, accumulate_dw, du_f32, du_bf16, workspace, workspace_bytes, true,
+                    stream);
 }
 cudaError_t jk_router_bwd_f32(const float* u, const float* w, const float* dlogits, std::int64_t N, std::int64_t D,
                               int E, float* dw, int accumulate_dw, float* du, void* workspace,
                               std::size_t workspace_bytes, cudaStream_t stream) {
   return router_bwd(u, w, dlogits, N, D, E, dw, accumulate_dw, du, static_cast<std::uint16_t*>(nullptr), workspace,
-                    workspace_bytes, stream);
+                    workspace_bytes, true, stream);
+}
+cudaError_t jk_router_bwd_bf16_simple(const std::uint16_t* u, const std::uint16_t* w, const float* dlogits,
+                                      std::int64_t N, std::int64_t D, int E, float* dw, int accumulate_dw,
+                                      float* du_f32, std::uint16_t* du_bf16, void* workspace,
+                                      std::size_t workspace_bytes, cudaStream_t stream) {
+  return router_bwd(u, w, dlogits, N, D, E, dw, accumulate_dw, du_f32, du_bf16, workspace, workspace_bytes, false,
+                    stream);
+}
+cudaError_t jk_router_bwd_f32_simple(const float* u, const float* w, const float* dlogits, std::int64_t N,
+                                     std::int64_t D, int E, float* dw, int accumulate_dw, float* du, void* workspace,
+                                     std::size_t workspace_bytes, cudaStream_t stream) {
+  return router_bwd(u, w, dlogits, N, D, E, dw, accumulate_dw, du, static_cast<std::uint16_t*>(nullptr), workspace,
+                    workspace_bytes, false, stream);
 }

@@ -145,23 +145,37 @@ CaseResult forward_case(jkt::Context& ctx, std::uint64_t seed, std::int64_t N, s
   device_ready();
   jk_router_outputs_t out{logits.data(), ids.data(), gates.data(), gates16.data(), counts.data(), offsets.data(),
                           stok.data(),   sslot.data(), pos.data(), host_offsets};
-  auto run = [&]() {
-    const cudaError_t st = bf16 ? jk_router_fwd_bf16(u16.data(), w16.data(), N, D, E, k, &out, ws.data(), ws_bytes, ctx.stream)
-                                : jk_router_fwd_f32(u32.data(), w32.data(), N, D, E, k, &out, ws.data(), ws_bytes, ctx.stream);
-    jkt::finish(st, ctx.stream, "jk_router_fwd");
+  // simple = false: the tuned path (the public functions); true: the simple reference path.
+  auto run = [&](bool simple) {
+    for (auto* b : {&logits, &gates}) b->poison();
+    for (auto* b : {&ids, &counts, &offsets, &stok, &sslot, &pos}) b->poison();
+    gates16.poison();
+    cudaError_t st;
+    if (bf16)
+      st = (simple ? jk_router_fwd_bf16_simple : jk_router_fwd_bf16)(u16.data(), w16.data(), N, D, E, k, &out, ws.data(),
+                                                                    ws_bytes, ctx.stream);
+    else
+      st = (simple ? jk_router_fwd_f32_simple : jk_router_fwd_f32)(u32.data(), w32.data(), N, D, E, k, &out, ws.data(),
+                                                                  ws_bytes, ctx.stream);
+    jkt::finish(st, ctx.stream, simple ? "jk_router_fwd_*_simple" : "jk_router_fwd");
   };
-  run();
+  run(false);
   const auto g_logits = dl(logits);
   const auto g_ids = dl(ids);
   const auto g_gates = dl(gates);
   const auto g_gates16 = dl(gates16);
   const auto g_counts = dl(counts), g_offsets = dl(offsets), g_stok = dl(stok), g_sslot = dl(sslot), g_pos = dl(pos);
   const std::vector<std::int32_t> g_host(host_offsets, host_offsets + E + 1);
-  // Determinism: a second run gives the same bits.
-  run();
-  const bool same = same_bits(dl(logits), g_logits) && dl(ids) == g_ids && same_bits(dl(gates), g_gates) &&
-                    dl(gates16) == g_gates16 && dl(stok) == g_stok && dl(sslot) == g_sslot && dl(pos) == g_pos &&
-                    dl(counts) == g_counts && dl(offsets) == g_offsets;
+  // Determinism: a second run gives the same bits; so does the simple path (same order of every sum).
+  const auto same_as_first = [&] {
+    return same_bits(dl(logits), g_logits) && dl(ids) == g_ids && same_bits(dl(gates), g_gates) &&
+           dl(gates16) == g_gates16 && dl(stok) == g_stok && dl(sslot) == g_sslot && dl(pos) == g_pos &&
+           dl(counts) == g_counts && dl(offsets) == g_offsets;
+  };
+  run(false);
+  const bool same = same_as_first();
+  run(true);
+  const bool same_simple = same_as_first();
   const bool nans = variant == Variant::NaNs;
   CHECK_CUDA(cudaFreeHost(host_offsets));
 
@@ -221,11 +235,12 @@ CaseResult forward_case(jkt::Context& ctx, std::uint64_t seed, std::int64_t N, s
                       counts.guards_intact() && offsets.guards_intact() && stok.guards_intact() &&
                       sslot.guards_intact() && pos.guards_intact() && ws.guards_intact();
   const bool pass = bad_logits == 0 && bad_ids == 0 && bad_gates == 0 && bad_gates16 == 0 && bad_plan == 0 && guards &&
-                    same && (variant != Variant::OneExpert || plan.counts[E / 2] == N);
+                    same && same_simple && (variant != Variant::OneExpert || plan.counts[E / 2] == N);
   return {pass, format("logits %zu wrong (%zu near a boundary took the other side), ids %zu, gates %zu, gates_bf16 %zu, "
-                       "plan %zu wrong; %d empty experts; guards %s; rerun %s",
+                       "plan %zu wrong; %d empty experts; guards %s; rerun %s; simple path %s",
                        bad_logits, ambiguous, bad_ids, bad_gates, bad_gates16, bad_plan, empty,
-                       guards ? "intact" : "WRITTEN", same ? "bit-identical" : "DIFFERS")};
+                       guards ? "intact" : "WRITTEN", same ? "bit-identical" : "DIFFERS",
+                       same_simple ? "bit-identical" : "DIFFERS")};
 }
 
 // ---- plan from given ids --------------------------------------------------------------------------------
@@ -500,13 +515,28 @@ CaseResult router_bwd_case(jkt::Context& ctx, std::uint64_t seed, std::int64_t N
   const std::size_t ws_bytes = jk_router_bwd_workspace_bytes(N, D, E);
   GuardedBuffer<unsigned char> ws(ws_bytes);
   device_ready();
-  const cudaError_t st =
-      bf16 ? jk_router_bwd_bf16(u16.data(), w16.data(), dl_d.data(), N, D, E, dw.data(), accumulate_dw,
-                                du_bf16 ? nullptr : du32.data(), du_bf16 ? du16.data() : nullptr, ws.data(), ws_bytes,
-                                ctx.stream)
-           : jk_router_bwd_f32(u32.data(), w32.data(), dl_d.data(), N, D, E, dw.data(), accumulate_dw, du32.data(),
-                               ws.data(), ws_bytes, ctx.stream);
-  jkt::finish(st, ctx.stream, "jk_router_bwd");
+  // simple = false: the tuned path (the public functions); true: the simple reference path.
+  const auto run = [&](bool simple) {
+    const cudaError_t st =
+        bf16 ? (simple ? jk_router_bwd_bf16_simple : jk_router_bwd_bf16)(
+                   u16.data(), w16.data(), dl_d.data(), N, D, E, dw.data(), accumulate_dw,
+                   du_bf16 ? nullptr : du32.data(), du_bf16 ? du16.data() : nullptr, ws.data(), ws_bytes, ctx.stream)
+             : (simple ? jk_router_bwd_f32_simple : jk_router_bwd_f32)(u32.data(), w32.data(), dl_d.data(), N, D, E,
+                                                                      dw.data(), accumulate_dw, du32.data(), ws.data(),
+                                                                      ws_bytes, ctx.stream);
+    jkt::finish(st, ctx.stream, simple ? "jk_router_bwd_*_simple" : "jk_router_bwd");
+  };
+  // The simple path first (from the same dw0 / du0), then the tuned one, whose outputs are checked.
+  run(true);
+  const auto simple_dw = dl(dw);
+  const auto simple_du16 = dl(du16);
+  const auto simple_du32 = dl(du32);
+  dw.upload(dw0);
+  if (du_bf16) du16.upload(jkt::to_bf16(du0));
+  else du32.upload(du0);
+  run(false);
+  const bool same_simple = same_bits(dl(dw), simple_dw) && same_bits(dl(du16), simple_du16) &&
+                           same_bits(dl(du32), simple_du32);
   const std::vector<double> ud(u.begin(), u.end()), wd(w.begin(), w.end()), dld(dlg.begin(), dlg.end());
   std::vector<double> au(ud), aw(wd), adl(dld);
   for (auto& v : au) v = std::fabs(v);
@@ -536,9 +566,10 @@ CaseResult router_bwd_case(jkt::Context& ctx, std::uint64_t seed, std::int64_t N
     }
   }
   const bool guards = dw.guards_intact() && du16.guards_intact() && du32.guards_intact() && ws.guards_intact();
-  return {bad_dw == 0 && bad_du == 0 && guards,
-          format("dW %zu outside rtol %g (worst %.2g), du %zu wrong (worst %.2g); guards %s", bad_dw, kDwRtol, worst_dw, bad_du,
-                 worst_du, guards ? "intact" : "WRITTEN")};
+  return {bad_dw == 0 && bad_du == 0 && guards && same_simple,
+          format("dW %zu outside rtol %g (worst %.2g), du %zu wrong (worst %.2g); guards %s; simple path %s", bad_dw,
+                 kDwRtol, worst_dw, bad_du, worst_du, guards ? "intact" : "WRITTEN",
+                 same_simple ? "bit-identical" : "DIFFERS")};
 }
 
 // ---- argument validation --------------------------------------------------------------------------------
@@ -624,7 +655,7 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
                    {513, 64, 64, 5, Variant::Ties},     {300, 16, 3, 3, Variant::Plain},
                    {70, 24, 1, 1, Variant::Plain},      {2000, 128, 40, 40, Variant::Plain},
                    {5000, 96, 16, 4, Variant::OneExpert}, {257, 64, 8, 2, Variant::NaNs},
-                   {300, 40, 64, 6, Variant::NaNs}};
+                   {300, 40, 64, 6, Variant::NaNs},     {1000, 1024, 64, 2, Variant::Plain}};
   for (bool bf16 : {true, false}) {
     for (const F& c : fwd) {
       const std::uint64_t seed = ctx.next_seed();
@@ -681,7 +712,7 @@ std::vector<jkt::Case> make_cases(jkt::Context& ctx) {
   };
   const B bwds[] = {{1, 2048, 8, true, false, 0},     {7, 33, 8, true, true, 1},        {1000, 2048, 8, true, false, 1},
                     {4096, 2048, 8, true, true, 0},   {16384, 2048, 8, true, false, 0}, {3000, 100, 64, true, false, 0},
-                    {1000, 2048, 8, false, false, 1}, {2500, 40, 3, false, false, 0}};
+                    {1000, 2048, 8, false, false, 1}, {2500, 40, 3, false, false, 0}, {1000, 264, 64, true, true, 1}};
   for (const B& b : bwds) {
     const std::uint64_t seed = ctx.next_seed();
     cases.push_back({format("router.bwd_%s N=%lld D=%lld E=%d du=%s%s", b.bf16 ? "bf16" : "f32", (long long)b.N,

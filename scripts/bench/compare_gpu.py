@@ -22,7 +22,7 @@ measured in the same run, stands in as the peer ("memcpy").
 Variants: a family's variant column (attention `path`, grouped_gemm and embedding `impl`) and suffixes of the op
 name (layer/model `.wgmma` etc.: `train.fwd+bwd.wgmma` is shape `train.fwd+bwd`, variant `wgmma`, the plain op our
 default path `tuned`; embedding `_simple` / the peer's `_det`; fused ` simple` and a trailing "(...)"
-annotation). layer/model `decode.graph` (our decode step replayed from a CUDA graph) is a variant `graph` of
+annotation; router ` simple`). layer/model `decode.graph` (our decode step replayed from a CUDA graph) is a variant `graph` of
 `decode.step`. The best variant of a side is the one with the highest throughput (ties: the shorter time).
 
 Standard-library Python only (runs where the benchmarks ran, or anywhere the CSVs are copied to).
@@ -54,7 +54,8 @@ SPECS = {
     "fused": dict(keys=("kernel",), op="kernel", info=("shape",), suffixes=((" simple", "simple"),),
                   annotation=True, ours="jk", peer="torch", metric=(("", "gb_per_s", "GB/s"),),
                   time=("median_us", "us")),
-    "router": dict(keys=("op", "N", "C"), op="op", ours="jk", peer="torch", metric=(("", "GB_s", "GB/s"),),
+    "router": dict(keys=("op", "N", "C"), op="op", ours="jk", peer="torch", suffixes=((" simple", "simple"),),
+                   metric=(("", "GB_s", "GB/s"),),
                    time=("time_us", "us")),
     "grouped_gemm": dict(keys=("op", "tokens", "routing"), op="op", variant="impl",
                          metric=(("swiglu.bwd", "gbs", "GB/s"), ("", "tflops", "TFLOP/s")),

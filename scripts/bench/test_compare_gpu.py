@@ -138,7 +138,9 @@ class HandMadeCsvTest(unittest.TestCase):
         # router: ours without its peer.
         write(os.path.join(d, "jk-router.csv"), "op,N,C,time_us,GB_s,pct_hbm,TFLOP_s,pct_bf16\n"
               "gather_bf16,4096,2048,20.000,1677.72,50.08,0.0000,0.0000\n"
-              "router_plan,4096,8,5.000,26.21,0.78,0.0000,0.0000\n")
+              "router_plan,4096,8,5.000,26.21,0.78,0.0000,0.0000\n"
+              "router_fwd_bf16 (logits+topk+plan) simple,4096,2048,30.000,600.00,17.91,0.0000,0.0000\n"
+              "router_fwd_bf16 (logits+topk+plan),4096,2048,20.000,900.00,26.87,0.0000,0.0000\n")
         write(os.path.join(d, "jk-unknown.csv"), "a,b\n1,2\n")
         cls.markdown, cls.rows = run_compare(d)
         cls.summary = by_key(cls.rows)
@@ -209,12 +211,15 @@ class HandMadeCsvTest(unittest.TestCase):
                    "ours only; peer missing (peer-router.csv)")
         self.check("router", "op=router_plan; N=4096; C=8", "jk", 26.21, "", None, None,
                    "ours only; peer missing (peer-router.csv)")
+        # the " simple" suffix is a variant of the same op: the tuned row (jk, faster here) is the best one.
+        self.check("router", "op=router_fwd_bf16 (logits+topk+plan); N=4096; C=2048", "jk", 900.0, "", None, None,
+                   "ours only; peer missing (peer-router.csv)")
         self.assertIn("**Missing its partner: peer missing (peer-router.csv)**", self.markdown)
         self.assertIn("No CSV on either side: embedding, model.", self.markdown)
         self.assertIn("Not a known family, not compared: jk-unknown.csv.", self.markdown)
 
     def test_every_summary_row_expected(self):
-        self.assertEqual(len(self.rows), 6 + 4 + 3 + 2 + 1 + 2)
+        self.assertEqual(len(self.rows), 6 + 4 + 3 + 2 + 1 + 3)  # router: 3 shapes (its simple row is a variant)
 
     def test_markdown_table(self):
         md = self.markdown

@@ -77,8 +77,9 @@ struct jk_layer_grads_t {
 
 // Which implementation of the heavy families to use. JK_LAYER_TUNED: grouped GEMM AUTO and
 // attention AUTO (the tuned kernels where they take the shape). JK_LAYER_SIMPLE: the families'
-// simple kernels (JK_GROUPED_GEMM_SIMPLE, JK_ATTENTION_SIMPLE): slower, kept as a fallback and as a
-// cross-check of the tuned path. JK_LAYER_WGMMA: the sm_90a kernels where they can run (grouped GEMM
+// simple kernels (JK_GROUPED_GEMM_SIMPLE, JK_ATTENTION_SIMPLE, and the router's jk_router_*_simple,
+// which give the same bits as its tuned path): slower, kept as a fallback and as a cross-check of the
+// tuned path. JK_LAYER_WGMMA: the sm_90a kernels where they can run (grouped GEMM
 // JK_GROUPED_GEMM_WGMMA, attention forward JK_ATTENTION_WGMMA), else as TUNED; not yet run on a GPU, so
 // TUNED does not choose them yet. All are deterministic; they differ by fp32 summation order and the
 // attention path's bf16 rounding of P (see attention.h).

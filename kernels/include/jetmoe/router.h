@@ -69,6 +69,18 @@ cudaError_t jk_router_fwd_f32(const float* u, const float* w, std::int64_t N, st
                               const jk_router_outputs_t* out, void* workspace, std::size_t workspace_bytes,
                               cudaStream_t stream);
 
+// The simple reference path of the two forwards above (kept callable for tests and as a fallback): one
+// warp per token reading W from global memory for every token. The functions above take the tuned path:
+// four tokens per warp share each W load, and W is staged once per block in shared memory when
+// E * D fits in 96 KB. Every logit is summed in the same order on both paths, so every output is
+// bit-identical between them.
+cudaError_t jk_router_fwd_bf16_simple(const std::uint16_t* u, const std::uint16_t* w, std::int64_t N, std::int64_t D,
+                                      int E, int k, const jk_router_outputs_t* out, void* workspace,
+                                      std::size_t workspace_bytes, cudaStream_t stream);
+cudaError_t jk_router_fwd_f32_simple(const float* u, const float* w, std::int64_t N, std::int64_t D, int E, int k,
+                                     const jk_router_outputs_t* out, void* workspace, std::size_t workspace_bytes,
+                                     cudaStream_t stream);
+
 // The plan alone from given expert ids [N, k] (each row k distinct ids in [0, E); ids outside [0, E)
 // are skipped: they get position -1 and no row, and offsets[E] is then less than N * k).
 // Fills counts, offsets, sorted_token, sorted_slot, position (and host_offsets when not null).
@@ -171,5 +183,15 @@ cudaError_t jk_router_bwd_bf16(const std::uint16_t* u, const std::uint16_t* w, c
 cudaError_t jk_router_bwd_f32(const float* u, const float* w, const float* dlogits, std::int64_t N, std::int64_t D,
                               int E, float* dw, int accumulate_dw, float* du, void* workspace,
                               std::size_t workspace_bytes, cudaStream_t stream);
+// The simple reference path of the two functions above (one thread per du element); the functions above
+// compute du with VEC consecutive columns per thread (16-byte loads of W) when D is a multiple of 8 (bf16)
+// / 4 (fp32) and w, du are aligned to that width. Bit-identical outputs (the same order of every sum).
+cudaError_t jk_router_bwd_bf16_simple(const std::uint16_t* u, const std::uint16_t* w, const float* dlogits,
+                                      std::int64_t N, std::int64_t D, int E, float* dw, int accumulate_dw,
+                                      float* du_f32, std::uint16_t* du_bf16, void* workspace,
+                                      std::size_t workspace_bytes, cudaStream_t stream);
+cudaError_t jk_router_bwd_f32_simple(const float* u, const float* w, const float* dlogits, std::int64_t N,
+                                     std::int64_t D, int E, float* dw, int accumulate_dw, float* du, void* workspace,
+                                     std::size_t workspace_bytes, cudaStream_t stream);
 
 }  // extern "C"
