@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -153,6 +154,8 @@ TEST_CASE("evaluation on the GPU: perplexity and logits in bf16 track fp32 and r
     const double rel = std::fabs(got.mean_nll() - want.mean_nll()) / want.mean_nll();
     CHECK(rel <= 1e-2);
     WARN("perplexity: mean NLL fp32 " << want.mean_nll() << ", bf16 " << got.mean_nll() << " (relative " << rel << ")");
+    DeviceForward chunked(f.model, GpuKernels::Tuned, 7);  // the head 7 tokens at a time: the same sum
+    CHECK(perplexity(chunked, ids, 16, 3).nll == got.nll);
     for (const std::int64_t batch : {1, 4}) {
       CHECK(perplexity(gpu, ids, 16, batch).nll == got.nll);
       CHECK(std::fabs(perplexity(cpu, ids, 16, batch).nll - want.nll) <= 1e-6 * std::fabs(want.nll));
@@ -217,6 +220,17 @@ TEST_CASE("evaluation on the GPU: perplexity and logits in bf16 track fp32 and r
                                                     << logp_error.back());
     CHECK(logp_error[logp_error.size() / 2] <= kNatsPerToken);
     CHECK(logp_error.back() <= 5 * kNatsPerToken);
+
+    // The head a few tokens at a time (as the default 4096-token chunks run on long batches): the same
+    // logits and log-probabilities bit for bit, for a chunk dividing the 36 tokens and one that does not.
+    for (const std::int64_t chunk : {4, 5, 36}) {
+      INFO("logits_chunk " << chunk);
+      DeviceForward chunked(f.model, GpuKernels::Tuned, chunk);
+      std::vector<float> got_chunked(got.size(), std::nanf(""));
+      chunked.logits(batch, got_chunked.data());
+      CHECK(std::memcmp(got_chunked.data(), got.data(), got.size() * sizeof(float)) == 0);
+      CHECK(chunked.target_logprobs(batch, targets) == logp);
+    }
   }
 }
 

@@ -247,6 +247,17 @@ TEST_CASE("train/logits_chunk_tokens: the bf16 stage's head in chunks gives the 
     chunked.logits_chunk = 7;
     auto a = make_device_network(c, 0.01, 0.001, StageSpan(), nullptr, whole_head);
     auto d = make_device_network(c, 0.01, 0.001, StageSpan(), nullptr, chunked);
+    {  // the run's memory line says what the options arranged (a chunk of 20 or more tokens is the whole head)
+      const auto says = [](const std::string& line, const std::string& what) {
+        INFO(line);
+        CHECK(line.find(what) != std::string::npos);
+      };
+      says(a->memory_summary(2, 10), "(every block's kept; LM head whole)");
+      says(d->memory_summary(2, 10), "LM head in chunks of 7 of the 20 tokens: train/logits_chunk_tokens)");
+      says(d->memory_summary(2, 3), "LM head whole)");
+      says(make_device_network(c, 0.0, 0.0, StageSpan(), nullptr, forward_only(chunked))->memory_summary(2, 10),
+           "(blocks computed again in the backward: train/recompute; LM head in chunks of 7 of the 20 tokens");
+    }
     ModelWeights ga(c, true), gd(c, true);
     const LossTerms ta = device_step(*a, w, ga, b, ce_scale), td = device_step(*d, w, gd, b, ce_scale);
     CHECK(td.ce_sum == ta.ce_sum);

@@ -17,7 +17,7 @@ std::string device_evaluation_unavailable() { return device_training_unavailable
 
 struct DeviceForward::State {};
 
-DeviceForward::DeviceForward(const Model& model, GpuKernels) : config_(model.config()) {
+DeviceForward::DeviceForward(const Model& model, GpuKernels, std::int64_t) : config_(model.config()) {
   fail(ErrorKind::Deck, "eval/precision = bf16: " + device_evaluation_unavailable());
 }
 DeviceForward::~DeviceForward() = default;
@@ -40,7 +40,8 @@ struct DeviceForward::State {
   device::Stream stream{cuda};
   device::InferenceModel model;
   device::Buffer scratch, ids, labels, loss_rows, logits, invalid;
-  State(const Model& m, GpuKernels kernels) : model(m.config(), m.weights(), stream.s, cuda_weights, kernels) {}
+  State(const Model& m, GpuKernels kernels, std::int64_t logits_chunk)
+      : model(m.config(), m.weights(), stream.s, cuda_weights, kernels, logits_chunk) {}
 
   // One jk_model_eval of `batch`: the logits into `out` (host [N, V], or null), the loss rows of
   // `targets` (or null; < 0: not scored) returned.
@@ -77,11 +78,12 @@ struct DeviceForward::State {
   }
 };
 
-DeviceForward::DeviceForward(const Model& model, GpuKernels kernels) : config_(model.config()) {
+DeviceForward::DeviceForward(const Model& model, GpuKernels kernels, std::int64_t logits_chunk)
+    : config_(model.config()) {
   Region region("upload_weights");
   const std::string why = device_evaluation_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "eval/precision = bf16: " + why);
-  state_ = std::make_unique<State>(model, kernels);
+  state_ = std::make_unique<State>(model, kernels, logits_chunk);
 }
 
 DeviceForward::~DeviceForward() = default;

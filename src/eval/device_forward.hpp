@@ -25,8 +25,11 @@ class DeviceForward final : public LmForward {
  public:
   // Uploads the weights. Throws jetmoe::Error: Deck ("eval/precision = bf16: <why>") where
   // device_evaluation_unavailable() says why, Input for a GPU without the memory for the weights.
-  // `kernels`: which CUDA kernels (job/gpu_kernels).
-  explicit DeviceForward(const Model& model, GpuKernels kernels = GpuKernels::Tuned);
+  // `kernels`: which CUDA kernels (job/gpu_kernels). `logits_chunk`: the LM head and the cross-entropy
+  // of at most this many tokens at a time (>= 1; the results do not depend on it, only the GPU memory
+  // of one chunk's logits does).
+  explicit DeviceForward(const Model& model, GpuKernels kernels = GpuKernels::Tuned,
+                         std::int64_t logits_chunk = kForwardLogitsChunk);
   ~DeviceForward() override;
   DeviceForward(const DeviceForward&) = delete;
   DeviceForward& operator=(const DeviceForward&) = delete;

@@ -74,10 +74,11 @@ jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, cons
 }
 
 InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream,
-                               const CudaErrors& errors, GpuKernels kernels) {
+                               const CudaErrors& errors, GpuKernels kernels, std::int64_t logits_chunk) {
+  JETMOE_ASSERT(logits_chunk >= 1, "InferenceModel: logits_chunk >= 1");
   errors.check(make_rope_table(rope_, c), "the RoPE table");
   cfg_ = model_config(c, StageSpan{}, rope_, 0.0, 0.0, kernels);
-  cfg_.head_chunk = kForwardLogitsChunk;  // evaluation (jk_model_eval); decode and prefill ignore it
+  cfg_.head_chunk = logits_chunk;  // evaluation (jk_model_eval); decode and prefill ignore it
   layers_.resize(static_cast<std::size_t>(c.num_layers));
   const std::vector<NamedTensor> named = weights.named(c);
   tensors_.resize(named.size());

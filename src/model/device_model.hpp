@@ -91,11 +91,12 @@ cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c);
 // The whole model for inference (generation, evaluation): its weights rounded to bf16 once (round to
 // nearest even, as HF's .to(bfloat16)) and uploaded through `stream`, bound to the kernels' struct, with
 // the RoPE table and the kernels' configuration (no router losses; the head of jk_model_eval
-// kForwardLogitsChunk tokens at a time).
+// `logits_chunk` tokens at a time: the same logits and losses bit for bit for any chunk >= 1, in the
+// memory of one chunk's logits; tests choose small chunks).
 class InferenceModel {
  public:
   InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream, const CudaErrors& errors,
-                 GpuKernels kernels = GpuKernels::Tuned);
+                 GpuKernels kernels = GpuKernels::Tuned, std::int64_t logits_chunk = kForwardLogitsChunk);
   InferenceModel(const InferenceModel&) = delete;
   InferenceModel& operator=(const InferenceModel&) = delete;
   const jk_model_config_t* config() const { return &cfg_; }

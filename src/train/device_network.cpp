@@ -166,6 +166,23 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     allocate(B, T);
   }
 
+  std::string memory_summary(std::int64_t B, std::int64_t T) const override {
+    std::size_t saved = 0, scratch = 0;
+    check(jk_model_train_bytes(&cfg_, B, T, &saved, &scratch), "jk_model_train_bytes");
+    const std::int64_t N = B * T;
+    const bool chunked = span_.head && cfg_.head_chunk > 0 && cfg_.head_chunk < N;
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "GPU activations: %.1f MB saved per micro-batch in flight, %.1f MB scratch (%s; LM head %s)",
+                  double(saved) / 1e6, double(scratch) / 1e6,
+                  cfg_.recompute ? "blocks computed again in the backward: train/recompute" : "every block's kept",
+                  !span_.head ? "on another stage"
+                  : chunked   ? ("in chunks of " + std::to_string(cfg_.head_chunk) + " of the " + std::to_string(N) +
+                               " tokens: train/logits_chunk_tokens").c_str()
+                              : "whole");
+    return buf;
+  }
+
   const Mat<float>& stage_input(int slot) const override { return slots_.at(std::size_t(slot)).x_in; }
   const Mat<float>& stage_output(int slot) const override { return slots_.at(std::size_t(slot)).x_out; }
   const Mat<float>& boundary_grad() const override { return dx_; }

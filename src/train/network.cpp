@@ -1,6 +1,7 @@
 #include "train/network.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -468,6 +469,31 @@ LossTerms Network<R>::run_weighted(const ModelWeightsT<R>& w, const IntView2& id
   weighted_loss(w, targets, true, weigh, 0, terms);
   backward(w, *grads, aux_scale, terms, 0);
   return terms;
+}
+
+template <class R>
+std::string Network<R>::memory_summary(std::int64_t B, std::int64_t T) const {
+  const std::int64_t N = B * T, V = config_.vocab_size;
+  const char* type = sizeof(R) == 4 ? "fp32" : "fp64";
+  std::string s = recompute_ ? "one block's activations at a time, computed again in the backward (train/recompute)"
+                             : "the activations of all " + std::to_string(layers_) +
+                                   " block(s) kept for the backward, per micro-batch in flight";
+  if (span_.head) {
+    const std::int64_t rows = logits_chunk_ > 0 && logits_chunk_ < N ? logits_chunk_ : N;
+    char buf[256];
+    const double mb = 2.0 * double(rows) * double(V) * double(sizeof(R)) / 1e6;
+    if (rows < N)
+      std::snprintf(buf, sizeof buf,
+                    "; LM head in chunks of %lld of the %lld tokens (train/logits_chunk_tokens): logits and their gradient "
+                    "2 x [%lld, %lld] %s = %.1f MB, shared",
+                    (long long)rows, (long long)N, (long long)rows, (long long)V, type, mb);
+    else
+      std::snprintf(buf, sizeof buf,
+                    "; LM head whole: logits and their gradient 2 x [%lld, %lld] %s = %.1f MB per micro-batch in flight",
+                    (long long)N, (long long)V, type, mb);
+    s += buf;
+  }
+  return s;
 }
 
 template class Network<float>;

@@ -11,6 +11,7 @@
 // during the backward pass (one block's activations live at a time).
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "core/tensor.hpp"
@@ -95,6 +96,9 @@ class StageNetworkT {
   virtual const Mat<R>& boundary_grad() const = 0;
   virtual void stage_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& grads, double aux_scale, LossTerms& terms,
                               int slot) = 0;
+  // One line for the run's start: the activation memory of micro-batches of [B, T] as train/recompute
+  // and train/logits_chunk_tokens arranged it (what is kept per micro-batch in flight, what is shared).
+  virtual std::string memory_summary(std::int64_t B, std::int64_t T) const = 0;
 };
 using StageNetwork = StageNetworkT<float>;
 
@@ -160,6 +164,7 @@ class Network : public StageNetworkT<R> {
   // Backward of the micro-batch in `slot` (after its stage_forward with_grads); adds to grads.
   void stage_backward(const ModelWeightsT<R>& w, ModelWeightsT<R>& grads, double aux_scale, LossTerms& terms,
                       int slot) override;
+  std::string memory_summary(std::int64_t B, std::int64_t T) const override;
 
  private:
   struct Block {  // what one block keeps for its backward pass

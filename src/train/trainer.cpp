@@ -375,6 +375,12 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
             run_.schedule_unit.c_str(), run_.lr);
   log::info("MFU reference: %.1f GFLOP/s (%s); %.3f GFLOP per trained token", peak_gflops_,
             peak > 0 ? "job/peak_gflops" : "measured 1024^3 SGEMM, mean over ranks", flops_per_token_ / 1e9);
+  // Each stage's activation memory as its own network arranged it (rank 0 prints every stage's line).
+  for (int p = 0; p < layout_.stages; ++p) {
+    std::string line = layout_.stage == p ? net_->memory_summary(rows_, run_.seq_len) : std::string();
+    if (layout_.stages > 1) pipe_comm_.broadcast(line, p);
+    log::info("memory%s: %s", layout_.stages > 1 ? (" of stage " + std::to_string(p)).c_str() : "", line.c_str());
+  }
 }
 
 StepStats Trainer::accumulate(int phase) {
