@@ -28,8 +28,9 @@
 //
 // Activation recomputation (train/recompute) keeps each block's input only and runs the block again in
 // the backward, with bit-identical results. train/logits_chunk_tokens runs the LM head and the
-// cross-entropy a chunk of tokens at a time (jk_model_config_t::head_chunk). Not (yet) on this path:
-// the optimizer on the device (jk_fused_adamw is bit-identical to the CPU AdamW and is the next step).
+// cross-entropy a chunk of tokens at a time (jk_model_config_t::head_chunk). The optimizer is not part
+// of this stage: it is the trainer's Kokkos AdamW, which runs on the GPU with a Kokkos::Cuda build;
+// jk_fused_adamw (bit-identical to it) would also keep a host-Kokkos build's masters on the GPU.
 #include <cstdint>
 #include <memory>
 #include <string>
