@@ -128,6 +128,13 @@ int main(int argc, char** argv) {
       rows.push_back({"rope_fwd f32", shape, 2.0 * (nq + nk) * 4, median_us([&] {
         return jk_fused_rope_fwd_f32(q32.ptr, k32.ptr, pos.ptr, table.ptr, 4096, T, HQ, HK, D, 0);
       }, 0, warmup, reps)});
+      // The one-pair-per-thread paths (the vector paths' baseline, same bits).
+      rows.push_back({"rope_fwd bf16 simple", shape, 2.0 * (nq + nk) * 2, median_us([&] {
+        return jk_fused_rope_fwd_bf16_simple(q16.ptr, k16.ptr, pos.ptr, table.ptr, 4096, T, HQ, HK, D, 0);
+      }, 0, warmup, reps)});
+      rows.push_back({"rope_bwd bf16 simple", shape, 2.0 * (nq + nk) * 2, median_us([&] {
+        return jk_fused_rope_bwd_bf16_simple(q16.ptr, k16.ptr, pos.ptr, table.ptr, 4096, T, HQ, HK, D, 0);
+      }, 0, warmup, reps)});
     }
     // ---- cross-entropy: 4096 x 32000 --------------------------------------------------------------------------
     {

@@ -261,44 +261,80 @@ cudaError_t rmsnorm_bwd_tuned(const T* x, const T* w, const float* rstd, const T
 
 constexpr int kRopeThreads = 256;
 
-// One thread per (token, head, i < half): reads and writes the pair (i, i + half), so in place is
-// race free. BACKWARD applies the transposed rotation. table [max_positions, half, 2] holds (cos, sin)
-// in fp32; a position outside [0, max_positions) makes the pair NaN (visible, never a stray read).
-template <typename T, bool BACKWARD>
+// One thread per (token, head, VEC consecutive i < half): reads and writes the pairs (i, i + half), so in
+// place is race free. BACKWARD applies the transposed rotation. table [max_positions, half, 2] holds
+// (cos, sin) in fp32; a position outside [0, max_positions) makes the pairs NaN (visible, never a stray
+// read). VEC = 1: the simple path; VEC = 16 bytes / sizeof(T) (half a multiple of VEC, q / k aligned):
+// 16-byte loads and stores of each half and of the table. Every element's arithmetic is the same, so
+// both give the same bits.
+template <typename T, bool BACKWARD, int VEC>
 __global__ void __launch_bounds__(kRopeThreads)
 rope_kernel(T* __restrict__ v, const std::int32_t* __restrict__ positions, const float2* __restrict__ table,
             std::int64_t max_positions, std::int64_t tokens, std::int64_t heads, std::int64_t half) {
-  const std::int64_t total = tokens * heads * half;
+  using P = Pack<T, VEC>;
+  using C = Pack<float2, VEC>;
+  const std::int64_t nvec = half / VEC;
+  const std::int64_t total = tokens * heads * nvec;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t i = idx % half;
-    const std::int64_t token_head = idx / half;
+    const std::int64_t i = idx % nvec * VEC;
+    const std::int64_t token_head = idx / nvec;
     const std::int64_t token = token_head / heads;
     const std::int32_t pos = positions[token];
-    float2 cs = make_float2(NAN, NAN);
-    if (pos >= 0 && pos < max_positions) cs = table[pos * half + i];
-    const float c = Io<T>::round(cs.x);
-    const float s = Io<T>::round(cs.y);
-    T* base = v + token_head * 2 * half;
-    const float a = Io<T>::load(base[i]);
-    const float b = Io<T>::load(base[i + half]);
-    // HF: each product rounded to the storage type, the sum in fp32 rounded to the storage type.
-    const float ac = Io<T>::round(__fmul_rn(a, c)), as = Io<T>::round(__fmul_rn(a, s));
-    const float bc = Io<T>::round(__fmul_rn(b, c)), bs = Io<T>::round(__fmul_rn(b, s));
-    if (BACKWARD) {
-      base[i] = Io<T>::store(__fadd_rn(ac, bs));
-      base[i + half] = Io<T>::store(__fsub_rn(bc, as));
+    C cs;
+    if (pos >= 0 && pos < max_positions) {
+      cs = *reinterpret_cast<const C*>(table + pos * half + i);
     } else {
-      base[i] = Io<T>::store(__fsub_rn(ac, bs));
-      base[i + half] = Io<T>::store(__fadd_rn(bc, as));
+#pragma unroll
+      for (int q = 0; q < VEC; ++q) cs.v[q] = make_float2(NAN, NAN);
     }
+    T* base = v + token_head * 2 * half;
+    P* pa = reinterpret_cast<P*>(base + i);
+    P* pb = reinterpret_cast<P*>(base + i + half);
+    const P va = *pa, vb = *pb;
+    P oa, ob;
+#pragma unroll
+    for (int q = 0; q < VEC; ++q) {
+      const float c = Io<T>::round(cs.v[q].x);
+      const float s = Io<T>::round(cs.v[q].y);
+      const float a = Io<T>::load(va.v[q]);
+      const float b = Io<T>::load(vb.v[q]);
+      // HF: each product rounded to the storage type, the sum in fp32 rounded to the storage type.
+      const float ac = Io<T>::round(__fmul_rn(a, c)), as = Io<T>::round(__fmul_rn(a, s));
+      const float bc = Io<T>::round(__fmul_rn(b, c)), bs = Io<T>::round(__fmul_rn(b, s));
+      if (BACKWARD) {
+        oa.v[q] = Io<T>::store(__fadd_rn(ac, bs));
+        ob.v[q] = Io<T>::store(__fsub_rn(bc, as));
+      } else {
+        oa.v[q] = Io<T>::store(__fsub_rn(ac, bs));
+        ob.v[q] = Io<T>::store(__fadd_rn(bc, as));
+      }
+    }
+    *pa = oa;
+    *pb = ob;
   }
+}
+
+// One tensor (q or k) of `heads` heads: the vector path where the shapes and pointers allow, or `simple`.
+template <typename T, bool BACKWARD>
+cudaError_t launch_rope_one(T* v, const std::int32_t* positions, const float2* table, std::int64_t max_positions,
+                            std::int64_t tokens, std::int64_t heads, std::int64_t half, bool simple,
+                            cudaStream_t stream) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // 8 bf16 / 4 fp32
+  if (!simple && half % kVec == 0 && is_aligned(v, 16) && is_aligned(table, sizeof(float2) * kVec)) {
+    rope_kernel<T, BACKWARD, kVec><<<grid_for(tokens * heads * (half / kVec), kRopeThreads), kRopeThreads, 0, stream>>>(
+        v, positions, table, max_positions, tokens, heads, half);
+  } else {
+    rope_kernel<T, BACKWARD, 1><<<grid_for(tokens * heads * half, kRopeThreads), kRopeThreads, 0, stream>>>(
+        v, positions, table, max_positions, tokens, heads, half);
+  }
+  return cudaGetLastError();
 }
 
 template <typename T, bool BACKWARD>
 cudaError_t launch_rope(T* q, T* k, const std::int32_t* positions, const float* table, std::int64_t max_positions,
                         std::int64_t tokens, std::int64_t q_heads, std::int64_t k_heads, std::int64_t head_dim,
-                        cudaStream_t stream) {
+                        bool simple, cudaStream_t stream) {
   if (tokens < 0 || q_heads < 0 || k_heads < 0 || head_dim <= 0 || head_dim % 2 != 0 || max_positions <= 0)
     return cudaErrorInvalidValue;
   if (tokens > 0 && (positions == nullptr || table == nullptr)) return cudaErrorInvalidValue;
@@ -308,16 +344,12 @@ cudaError_t launch_rope(T* q, T* k, const std::int32_t* positions, const float* 
   if (tokens == 0) return cudaSuccess;
   const std::int64_t half = head_dim / 2;
   const float2* cs = reinterpret_cast<const float2*>(table);
-  if (q_heads > 0) {
-    rope_kernel<T, BACKWARD><<<grid_for(tokens * q_heads * half, kRopeThreads), kRopeThreads, 0, stream>>>(
-        q, positions, cs, max_positions, tokens, q_heads, half);
-    JK_RETURN_IF_ERROR(cudaGetLastError());
-  }
-  if (k_heads > 0) {
-    rope_kernel<T, BACKWARD><<<grid_for(tokens * k_heads * half, kRopeThreads), kRopeThreads, 0, stream>>>(
-        k, positions, cs, max_positions, tokens, k_heads, half);
-    JK_RETURN_IF_ERROR(cudaGetLastError());
-  }
+  if (q_heads > 0)
+    JK_RETURN_IF_ERROR((launch_rope_one<T, BACKWARD>(q, positions, cs, max_positions, tokens, q_heads, half, simple,
+                                                     stream)));
+  if (k_heads > 0)
+    JK_RETURN_IF_ERROR((launch_rope_one<T, BACKWARD>(k, positions, cs, max_positions, tokens, k_heads, half, simple,
+                                                     stream)));
   return cudaSuccess;
 }
 
@@ -740,16 +772,21 @@ cudaError_t jk_fused_rope_table(float* table, std::int64_t max_positions, std::i
   return status;
 }
 
-#define JK_ROPE_ENTRY(name, T, BWD)                                                                            \
+#define JK_ROPE_ENTRY(name, T, BWD, SIMPLE)                                                                    \
   cudaError_t name(T* q, T* k, const std::int32_t* positions, const float* table, std::int64_t max_positions,  \
                    std::int64_t tokens, std::int64_t q_heads, std::int64_t k_heads, std::int64_t head_dim,      \
                    cudaStream_t stream) {                                                                     \
-    return launch_rope<T, BWD>(q, k, positions, table, max_positions, tokens, q_heads, k_heads, head_dim, stream); \
+    return launch_rope<T, BWD>(q, k, positions, table, max_positions, tokens, q_heads, k_heads, head_dim, SIMPLE, \
+                               stream);                                                                       \
   }
-JK_ROPE_ENTRY(jk_fused_rope_fwd_f32, float, false)
-JK_ROPE_ENTRY(jk_fused_rope_bwd_f32, float, true)
-JK_ROPE_ENTRY(jk_fused_rope_fwd_bf16, std::uint16_t, false)
-JK_ROPE_ENTRY(jk_fused_rope_bwd_bf16, std::uint16_t, true)
+JK_ROPE_ENTRY(jk_fused_rope_fwd_f32, float, false, false)
+JK_ROPE_ENTRY(jk_fused_rope_bwd_f32, float, true, false)
+JK_ROPE_ENTRY(jk_fused_rope_fwd_bf16, std::uint16_t, false, false)
+JK_ROPE_ENTRY(jk_fused_rope_bwd_bf16, std::uint16_t, true, false)
+JK_ROPE_ENTRY(jk_fused_rope_fwd_f32_simple, float, false, true)
+JK_ROPE_ENTRY(jk_fused_rope_bwd_f32_simple, float, true, true)
+JK_ROPE_ENTRY(jk_fused_rope_fwd_bf16_simple, std::uint16_t, false, true)
+JK_ROPE_ENTRY(jk_fused_rope_bwd_bf16_simple, std::uint16_t, true, true)
 #undef JK_ROPE_ENTRY
 
 cudaError_t jk_fused_cross_entropy_fwd_f32(const float* logits, const std::int32_t* labels, float* loss_rows,

@@ -218,13 +218,21 @@ CaseResult check_rmsnorm_tuned_vs_simple(Context& ctx, std::int64_t rows, std::i
 
 // ---- RoPE -----------------------------------------------------------------------------------------
 
+// simple: the one-pair-per-thread path (jk_fused_rope_*_simple).
 template <typename T>
-cudaError_t rope(bool backward, T* q, T* k, const std::int32_t* pos, const float* table, std::int64_t max_pos,
-                 std::int64_t tokens, std::int64_t hq, std::int64_t hk, std::int64_t d, cudaStream_t s) {
+cudaError_t rope(bool backward, bool simple, T* q, T* k, const std::int32_t* pos, const float* table,
+                 std::int64_t max_pos, std::int64_t tokens, std::int64_t hq, std::int64_t hk, std::int64_t d,
+                 cudaStream_t s) {
   if constexpr (std::is_same_v<T, float>) {
+    if (simple)
+      return backward ? jk_fused_rope_bwd_f32_simple(q, k, pos, table, max_pos, tokens, hq, hk, d, s)
+                      : jk_fused_rope_fwd_f32_simple(q, k, pos, table, max_pos, tokens, hq, hk, d, s);
     return backward ? jk_fused_rope_bwd_f32(q, k, pos, table, max_pos, tokens, hq, hk, d, s)
                     : jk_fused_rope_fwd_f32(q, k, pos, table, max_pos, tokens, hq, hk, d, s);
   } else {
+    if (simple)
+      return backward ? jk_fused_rope_bwd_bf16_simple(q, k, pos, table, max_pos, tokens, hq, hk, d, s)
+                      : jk_fused_rope_fwd_bf16_simple(q, k, pos, table, max_pos, tokens, hq, hk, d, s);
     return backward ? jk_fused_rope_bwd_bf16(q, k, pos, table, max_pos, tokens, hq, hk, d, s)
                     : jk_fused_rope_fwd_bf16(q, k, pos, table, max_pos, tokens, hq, hk, d, s);
   }
@@ -272,14 +280,15 @@ CaseResult check_rope(Context& ctx, const RopeShape& s, bool backward) {
   GuardedBuffer<T> d_q(nq, s.offset), d_k(nk, s.offset);
   GuardedBuffer<std::int32_t> d_pos(pos.size());
   d_pos.upload(pos);
-  std::vector<T> out_q[2], out_k[2];
-  for (int run = 0; run < 2; ++run) {
+  // Runs 0 and 1: the default path (twice: determinism); run 2: the simple path (the same bits).
+  std::vector<T> out_q[3], out_k[3];
+  for (int run = 0; run < 3; ++run) {
     d_q.upload(q);
     if (nk) d_k.upload(k);
     settle();
-    finish(rope<T>(backward, d_q.data(), s.hk ? d_k.data() : nullptr, d_pos.data(), table.data(), s.max_pos, s.tokens,
-                   s.hq, s.hk, s.d, ctx.stream),
-           ctx.stream, "jk_fused_rope");
+    finish(rope<T>(backward, run == 2, d_q.data(), s.hk ? d_k.data() : nullptr, d_pos.data(), table.data(), s.max_pos,
+                   s.tokens, s.hq, s.hk, s.d, ctx.stream),
+           ctx.stream, run == 2 ? "jk_fused_rope_*_simple" : "jk_fused_rope");
     out_q[run] = d_q.download();
     out_k[run] = d_k.download();
   }
@@ -303,12 +312,14 @@ CaseResult check_rope(Context& ctx, const RopeShape& s, bool backward) {
     }
   }
   const bool deterministic = same_bits(out_q[0], out_q[1]) && same_bits(out_k[0], out_k[1]);
+  const bool same_simple = same_bits(out_q[0], out_q[2]) && same_bits(out_k[0], out_k[2]);
   const bool guards = d_q.guards_intact() && d_k.guards_intact();
   std::string detail = format("%zu of %zu values differ (tol: bit-exact%s)", bad, nq + nk,
                               with_bad_pos ? "; token 1 has an out-of-table position: NaN expected" : "");
   if (!deterministic) detail += "; NOT DETERMINISTIC";
+  detail += same_simple ? "; simple path bit-identical" : "; SIMPLE PATH DIFFERS";
   if (!guards) detail += "; WROTE OUTSIDE THE OUTPUT";
-  return {bad == 0 && deterministic && guards, detail};
+  return {bad == 0 && deterministic && same_simple && guards, detail};
 }
 
 // ---- cross-entropy ----------------------------------------------------------------------------------
@@ -716,8 +727,11 @@ std::vector<Case> make_cases(Context& ctx) {
 
   cases.push_back({"rope.table 4096 positions d=128", [] { return check_rope_table(4096, 128); }});
   cases.push_back({"rope.table 100 positions d=10", [] { return check_rope_table(100, 10); }});
+  // Vector path: d = 128 and 16 (half 8: bf16 and fp32), d = 24 (half 12: fp32 only); one pair per thread:
+  // d = 2 and 10 (odd half), unaligned q / k (offsets 1 and 3).
   const RopeShape rope_shapes[] = {{1, 1, 0, 2, 1, 0},    {5, 3, 1, 10, 64, 1},     {17, 32, 16, 128, 4096, 0},
-                                   {4096, 32, 16, 128, 4096, 0}, {9, 2, 2, 256, 100000, 3}};
+                                   {4096, 32, 16, 128, 4096, 0}, {9, 2, 2, 256, 100000, 3},
+                                   {7, 4, 2, 16, 64, 0}, {6, 3, 1, 24, 50, 0}};
   for (const RopeShape& s : rope_shapes) {
     for (int bwd = 0; bwd < 2; ++bwd) {
       const std::string label = format("%s tokens=%" PRId64 " hq=%" PRId64 " hk=%" PRId64 " d=%" PRId64 " max_pos=%" PRId64 "%s",

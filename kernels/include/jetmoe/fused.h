@@ -77,6 +77,23 @@ cudaError_t jk_fused_rope_fwd_bf16(uint16_t* q, uint16_t* k, const int32_t* posi
 cudaError_t jk_fused_rope_bwd_bf16(uint16_t* dq, uint16_t* dk, const int32_t* positions, const float* table,
                                    int64_t max_positions, int64_t tokens, int64_t q_heads, int64_t k_heads,
                                    int64_t head_dim, cudaStream_t stream);
+// The four functions above take 16-byte vectors (8 bf16 / 4 fp32 elements of each half, and their
+// table entries) per thread when head_dim / 2 is a multiple of that width, q (or k) is 16-byte aligned
+// and the table 64-byte (bf16) / 32-byte (fp32) aligned (cudaMalloc gives 256); else one pair per
+// thread. The _simple functions always take one pair per thread (reference and fallback). Every element
+// is computed the same way, so all give the same bits.
+cudaError_t jk_fused_rope_fwd_f32_simple(float* q, float* k, const int32_t* positions, const float* table,
+                                         int64_t max_positions, int64_t tokens, int64_t q_heads, int64_t k_heads,
+                                         int64_t head_dim, cudaStream_t stream);
+cudaError_t jk_fused_rope_bwd_f32_simple(float* dq, float* dk, const int32_t* positions, const float* table,
+                                         int64_t max_positions, int64_t tokens, int64_t q_heads, int64_t k_heads,
+                                         int64_t head_dim, cudaStream_t stream);
+cudaError_t jk_fused_rope_fwd_bf16_simple(uint16_t* q, uint16_t* k, const int32_t* positions, const float* table,
+                                          int64_t max_positions, int64_t tokens, int64_t q_heads, int64_t k_heads,
+                                          int64_t head_dim, cudaStream_t stream);
+cudaError_t jk_fused_rope_bwd_bf16_simple(uint16_t* dq, uint16_t* dk, const int32_t* positions, const float* table,
+                                          int64_t max_positions, int64_t tokens, int64_t q_heads, int64_t k_heads,
+                                          int64_t head_dim, cudaStream_t stream);
 
 // ---- cross-entropy over the vocabulary -----------------------------------------------------------
 // logits [rows, vocab] (bf16 or fp32, read as fp32 as HF's logits.float() does), labels int32 [rows]
