@@ -68,17 +68,23 @@ TEST_CASE("bf16 training on a GPU too small is one clear error and writes nothin
   REQUIRE(tt::train(tmp, "again", deck) == TrainOutcome::Finished);
 }
 
+namespace {
+// The emulated GPU's memory peak over one training run `run` of `deck` (which must finish).
+std::size_t training_peak(const TempDir& tmp, const std::string& run, const std::vector<std::string>& deck) {
+  jk_emu_device_bytes_peak(1);
+  REQUIRE(tt::train(tmp, run, deck) == TrainOutcome::Finished);
+  return jk_emu_device_bytes_peak(1);
+}
+}  // namespace
+
 TEST_CASE("bf16 training with train/recompute: the same run bit for bit in less GPU memory", "[unit][device][train]") {
   TempDir tmp;
   tt::prepare_corpus(tmp);
   const std::vector<std::string> deck = {"train/precision=bf16", "train/eval_interval=0", "train/sample_tokens=0"};
   std::vector<std::string> recompute = deck;
   recompute.push_back("train/recompute=true");
-  jk_emu_device_bytes_peak(1);
-  REQUIRE(tt::train(tmp, "kept", deck) == TrainOutcome::Finished);
-  const std::size_t kept = jk_emu_device_bytes_peak(1);
-  REQUIRE(tt::train(tmp, "recomputed", recompute) == TrainOutcome::Finished);
-  const std::size_t recomputed = jk_emu_device_bytes_peak(1);
+  const std::size_t kept = training_peak(tmp, "kept", deck);
+  const std::size_t recomputed = training_peak(tmp, "recomputed", recompute);
   // Six steps: every loss, gradient norm and router statistic, and the final checkpoint, bit for bit.
   CHECK(tt::lines_of(tmp / "recomputed/metrics.jsonl", "train") == tt::lines_of(tmp / "kept/metrics.jsonl", "train"));
   tt::require_identical(tmp / "kept/checkpoints/step-000000006.h5", tmp / "recomputed/checkpoints/step-000000006.h5");
@@ -97,11 +103,8 @@ TEST_CASE("bf16 training with train/logits_chunk_tokens: the head's logits a chu
                                          "schedule/total=1",     "schedule/warmup=0",     "schedule/decay=1"};
   std::vector<std::string> chunked = deck;
   chunked.push_back("train/logits_chunk_tokens=16");
-  jk_emu_device_bytes_peak(1);
-  REQUIRE(tt::train(tmp, "whole", deck) == TrainOutcome::Finished);
-  const std::size_t whole = jk_emu_device_bytes_peak(1);
-  REQUIRE(tt::train(tmp, "chunked", chunked) == TrainOutcome::Finished);
-  const std::size_t in_chunks = jk_emu_device_bytes_peak(1);
+  const std::size_t whole = training_peak(tmp, "whole", deck);
+  const std::size_t in_chunks = training_peak(tmp, "chunked", chunked);
   // The micro-batch's 4 x 16 = 64 tokens' bf16 logits over the vocabulary of 400 (51200 bytes) give
   // way to one chunk's 16 rows (12800 bytes), up to the buffers' 256-byte alignment.
   const std::size_t saving = 64 * 400 * 2 - 16 * 400 * 2;

@@ -21,6 +21,13 @@ inline bool is_aligned(const void* p, std::size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
+// The current device's SM count (for persistent grids).
+inline cudaError_t multiprocessor_count(int* sms) {
+  int device = 0;
+  JK_RETURN_IF_ERROR(cudaGetDevice(&device));
+  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
 // Bump allocator carving typed, 256-byte aligned regions out of one device buffer (a workspace or a
 // saved-activations buffer); with base == nullptr it only measures (used = the bytes needed).
 struct Carver {

@@ -863,9 +863,8 @@ cudaError_t jk_fused_adamw(const jk_adamw_tensor_t* tensors, std::int64_t num_te
   s.eps = static_cast<float>(h.eps);
   s.neg_step_size = -static_cast<float>(h.lr / bias_correction1);
   s.bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  int device = 0, sms = 0;
-  JK_RETURN_IF_ERROR(cudaGetDevice(&device));
-  JK_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int sms = 0;
+  JK_RETURN_IF_ERROR(multiprocessor_count(&sms));
   const unsigned grid = static_cast<unsigned>(std::max(1, sms) * 8);
   adamw_kernel<<<grid, kAdamThreads, 0, stream>>>(tensors, num_tensors, s, grad_scale_device);
   return cudaGetLastError();

@@ -764,12 +764,6 @@ gg_wgmma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
 
 // ---- launch helpers -------------------------------------------------------------------------------
 
-cudaError_t multiprocessor_count(int* sms) {
-  int device = 0;
-  JK_RETURN_IF_ERROR(cudaGetDevice(&device));
-  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
-}
-
 // An upper bound of the tile count that needs no look at the device offsets.
 std::int64_t tile_upper_bound(GgMode mode, const GgParams& p, int bm, int bn) {
   const auto cdiv = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };

@@ -357,9 +357,8 @@ cudaError_t router_fwd(const T* u, const T* w, std::int64_t N, std::int64_t D, i
                                  : launch_logits<T, 1, kRound, 1, false>(u, w, N, D, E, k, out, grid, 0, stream)));
     } else if (vec_ok && w_bytes <= kRouterSmemW) {
       // Persistent blocks (two per SM): each copies W once, then walks its share of the tokens.
-      int device = 0, sms = 0;
-      JK_RETURN_IF_ERROR(cudaGetDevice(&device));
-      JK_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      int sms = 0;
+      JK_RETURN_IF_ERROR(multiprocessor_count(&sms));
       const unsigned grid = std::min(grid_for(N, kWarps * kTok), static_cast<unsigned>(std::max(sms, 1) * 2));
       JK_RETURN_IF_ERROR((launch_logits<T, kVec, kRound, kTok, true>(u, w, N, D, E, k, out, grid, w_bytes, stream)));
     } else {

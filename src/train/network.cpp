@@ -124,7 +124,7 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
                     F = std::size_t(c.ffn_hidden_size), E = std::size_t(c.num_experts);
   const std::size_t NK = N * k, Hq = H * k;
   B_ = B, T_ = T;
-  head_rows_ = logits_chunk_ > 0 && logits_chunk_ < B * T ? logits_chunk_ : B * T;
+  head_rows_ = head_rows_for(B * T);
   chunk_logits_ = chunk_dlogits_ = Mat<R>();
   if (chunked_head()) {
     chunk_logits_ = Mat<R>("logits_chunk", head_rows_, c.vocab_size);
@@ -479,7 +479,7 @@ std::string Network<R>::memory_summary(std::int64_t B, std::int64_t T) const {
                              : "the activations of all " + std::to_string(layers_) +
                                    " block(s) kept for the backward, per micro-batch in flight";
   if (span_.head) {
-    const std::int64_t rows = logits_chunk_ > 0 && logits_chunk_ < N ? logits_chunk_ : N;
+    const std::int64_t rows = head_rows_for(N);
     char buf[256];
     const double mb = 2.0 * double(rows) * double(V) * double(sizeof(R)) / 1e6;
     if (rows < N)

@@ -192,6 +192,8 @@ class Network : public StageNetworkT<R> {
   // run_weighted's loss: the per-row cross-entropies, then (with grads) weights from `weigh`.
   void weighted_loss(const ModelWeightsT<R>& w, const IntView1& targets, bool with_grads, const RowWeights& weigh,
                      int slot, LossTerms& terms);
+  // Rows of one head chunk for micro-batches of N tokens (N when the head does not chunk).
+  std::int64_t head_rows_for(std::int64_t N) const { return logits_chunk_ > 0 && logits_chunk_ < N ? logits_chunk_ : N; }
   // The head in chunks: rows of at most head_rows_ tokens (B_ T_ when it does not chunk).
   bool chunked_head() const { return span_.head && head_rows_ < B_ * T_; }
   // Chunked: each row's cross-entropy (0 for ignore_index) from the final norm's output in u_.
