@@ -22,9 +22,10 @@
 
 namespace fs = std::filesystem;
 
+// In namespace jetmoe rather than `using namespace jetmoe` at file scope: that would make jetmoe::log
+// clash with ::log where nvcc (a Kokkos::Cuda build) appends its math functions to this file.
+namespace jetmoe {
 namespace {
-
-using namespace jetmoe;
 
 std::string output_path(const Deck& deck) {
   const fs::path out = deck.get_string("eval", "output");
@@ -152,6 +153,7 @@ void multiple_choice(const Deck& deck, eval::LmForward& forward, const io::Token
 }
 
 }  // namespace
+}  // namespace jetmoe
 
 int main(int argc, char** argv) {
   const jetmoe::AppSpec spec{"jetmoe-eval",

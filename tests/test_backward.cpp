@@ -161,6 +161,19 @@ TEST_CASE("recomputing activations gives bit-identical gradients", "[unit][backw
   }
 }
 
+TEST_CASE("token ids outside the vocabulary stop a training pass as an input error", "[unit][backward]") {
+  const ModelConfig c = small_config(2, 2, true);
+  ModelWeights w(c), g(c, true);
+  w.init_random(c, 5);
+  std::vector<std::int64_t> ids(2 * 8, 3);
+  ids[5] = c.vocab_size, ids[12] = -1;
+  const std::vector<std::int32_t> targets(ids.size(), 1);
+  Network<float> net(c, 0.01, 0.001);
+  CHECK_THROWS_WITH(net.run(w, device_ids(ids, 2, 8), device_targets(targets), &g, 1.0 / 16),
+                    Catch::Matchers::Contains("2 token id(s) outside the model's vocabulary [0, " +
+                                              std::to_string(c.vocab_size) + ")"));
+}
+
 TEST_CASE("the LM head in chunks (train/logits_chunk_tokens): the same losses and gradients, no [N, V] logits",
           "[unit][backward]") {
   // 3 x 16 = 48 tokens in chunks of 7 (the last 6), against the whole micro-batch at once: the plain

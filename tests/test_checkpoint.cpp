@@ -578,11 +578,11 @@ TEST_CASE("checkpoint: a collective write holds every rank's tensors bit for bit
   SECTION("bf16 and fp16 tensors owned by different ranks") {
     const std::vector<float> values = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, 1e-8f, -0.0f, 0.33333334f};
     const std::vector<std::int64_t> shape = {2, 4};
-    const jetmoe::CheckpointGroups half = {{"params",
-                                            {{"b", shape, values.data(), CheckpointDType::BF16},
-                                             {"h", shape, values.data(), CheckpointDType::F16}}}};
+    const jetmoe::CheckpointGroups sixteen_bit = {{"params",
+                                                {{"b", shape, values.data(), CheckpointDType::BF16},
+                                                 {"h", shape, values.data(), CheckpointDType::F16}}}};
     const std::string half_path = shared_dir(comm, dir) + "/half.h5";
-    jetmoe::write_checkpoint(comm, half_path, CheckpointMeta{}, owned_part(half, comm.size() - 1 - comm.rank(), comm.size()));
+    jetmoe::write_checkpoint(comm, half_path, CheckpointMeta{}, owned_part(sixteen_bit, comm.size() - 1 - comm.rank(), comm.size()));
     const CheckpointReader h(half_path);
     std::vector<float> b(8), f16(8);
     h.read("params", "b", shape, b.data());

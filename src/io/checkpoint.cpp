@@ -740,7 +740,8 @@ void write_file_collective(const Comm& comm, const std::string& tmp, const std::
         if (element_count(t.shape) == 0) {
           crc = crc64(nullptr, 0);
         } else if (t.data != nullptr && write_error.empty()) {
-          write_error = attempt([&] { crc = w.write_tensor(datasets[i].get(), group, t); });
+          const std::string& name = group;  // a structured binding is captured only from C++20 on
+          write_error = attempt([&] { crc = w.write_tensor(datasets[i].get(), name, t); });
         }
         crcs.push_back(crc);
         ++i;

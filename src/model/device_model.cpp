@@ -82,17 +82,30 @@ InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights
   layers_.resize(static_cast<std::size_t>(c.num_layers));
   const std::vector<NamedTensor> named = weights.named(c);
   tensors_.resize(named.size());
+  // fp32 -> bf16, round to nearest even: on the GPU from Kokkos' views where they are GPU memory (a
+  // Kokkos::Cuda build), else on the host and uploaded.
+  constexpr bool kokkos_on_gpu = !Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+  if (kokkos_on_gpu) Kokkos::fence();  // the weights are loaded (Kokkos' stream is not `stream`)
   std::vector<std::uint16_t> bits;
   for (std::size_t i = 0; i < named.size(); ++i) {
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-    bits.resize(host.size());
-    for (std::size_t j = 0; j < bits.size(); ++j) bits[j] = bf16::from_float(host.data()[j]).bits;
-    errors.ensure(tensors_[i], bits.size() * 2, "the bf16 weights");
-    errors.copy(tensors_[i].p, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice, stream, "uploading the weights");
+    const std::size_t n = named[i].flat.extent(0);
+    errors.ensure(tensors_[i], n * 2, "the bf16 weights");
+    if (kokkos_on_gpu) {
+      errors.check(jk_f32_to_bf16(named[i].flat.data(), tensors_[i].as<std::uint16_t>(), std::int64_t(n), stream),
+                   "jk_f32_to_bf16 (the weights)");
+    } else {
+      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+      bits.resize(n);
+      for (std::size_t j = 0; j < n; ++j) bits[j] = bf16::from_float(host.data()[j]).bits;
+      // Synchronous: `bits` is reused by the next tensor.
+      errors.copy(tensors_[i].p, bits.data(), n * 2, cudaMemcpyHostToDevice, stream, "uploading the weights");
+    }
     // Qualified: an unqualified call also finds std::bind by the arguments' namespace, a better match.
     device::bind(named[i].name, static_cast<const std::uint16_t*>(tensors_[i].as<std::uint16_t>()), 0, layers_, true,
                  c.tie_word_embeddings, w_);
   }
+  // The caller may free the fp32 weights once this returns.
+  if (kokkos_on_gpu) errors.check(cudaStreamSynchronize(stream), "jk_f32_to_bf16 (the weights)");
   w_.layers = layers_.data();
 }
 

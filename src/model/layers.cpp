@@ -22,6 +22,29 @@ constexpr std::int64_t column_block = host_memory ? 64 : 1;
 constexpr std::int64_t attention_query_block = 64;
 }  // namespace
 
+std::int64_t flatten_ids(const IntView2& ids, std::int64_t vocab, const IntView1& flat) {
+  const std::int64_t B = std::int64_t(ids.extent(0)), T = std::int64_t(ids.extent(1));
+  JETMOE_ASSERT(std::int64_t(flat.extent(0)) == B * T, "flatten_ids: shapes");
+  std::int64_t bad = 0;
+  Kokkos::parallel_reduce(
+      "flatten_ids", Policy2({0, 0}, {B, T}),
+      KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t & n) {
+        const std::int32_t id = ids(b, t);
+        flat(b * T + t) = id;
+        n += (id < 0 || id >= vocab);
+      },
+      bad);
+  return bad;
+}
+
+IntView2 sequence_positions(std::int64_t B, std::int64_t T, std::int64_t past) {
+  IntView2 positions("positions", B, T);
+  Kokkos::parallel_for(
+      "positions", Policy2({0, 0}, {B, T}),
+      KOKKOS_LAMBDA(std::int64_t b, std::int64_t t) { positions(b, t) = std::int32_t(past + t); });
+  return positions;
+}
+
 template <class R>
 void embedding_forward(const IntView1& ids, const Mat<R>& emb, const Mat<R>& x) {
   const std::int64_t N = std::int64_t(x.extent(0)), D = std::int64_t(x.extent(1));

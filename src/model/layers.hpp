@@ -10,6 +10,12 @@
 
 namespace jetmoe {
 
+// flat[b*T + t] = ids[b, t]                      ids [B, T], flat [B*T]; returns how many ids lie
+// outside the vocabulary [0, vocab) (the caller's error: an embedding row that does not exist).
+std::int64_t flatten_ids(const IntView2& ids, std::int64_t vocab, const IntView1& flat);
+// The positions past, ..., past + T - 1 of each of B sequences: [B, T] (RoPE without padding).
+IntView2 sequence_positions(std::int64_t B, std::int64_t T, std::int64_t past = 0);
+
 // x[t, :] = emb[ids[t], :]                      ids [N], emb [V, D], x [N, D]
 template <class R>
 void embedding_forward(const IntView1& ids, const Mat<R>& emb, const Mat<R>& x);

@@ -24,11 +24,7 @@ Model::Model(const ModelConfig& config, ModelWeights weights) : config_(config),
 
 void Model::forward(const IntView2& ids, KvCache& cache, const View2& logits) {
   const std::int64_t B = std::int64_t(ids.extent(0)), T = std::int64_t(ids.extent(1)), past = cache.length;
-  IntView2 positions("positions", B, T);
-  Kokkos::parallel_for(
-      "positions", Policy2({0, 0}, {B, T}),
-      KOKKOS_LAMBDA(std::int64_t b, std::int64_t t) { positions(b, t) = std::int32_t(past + t); });
-  forward(ids, positions, IntView1(), cache, logits);
+  forward(ids, sequence_positions(B, T, past), IntView1(), cache, logits);
 }
 
 void Model::forward(const IntView2& ids, const IntView2& positions, const IntView1& key_start, KvCache& cache,
@@ -46,20 +42,10 @@ void Model::forward(const IntView2& ids, const IntView2& positions, const IntVie
   JETMOE_ASSERT(logits.extent(0) == std::size_t(N) && logits.extent(1) == std::size_t(V), "forward: logits shape");
 
   // Token ids must index the embedding.
-  {
-    std::int64_t bad = 0;
-    const std::int64_t vocab = V;
-    Kokkos::parallel_reduce(
-        "check_ids", Policy2({0, 0}, {B, T}),
-        KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t & n) { n += (ids(b, t) < 0 || ids(b, t) >= vocab); },
-        bad);
-    if (bad) fail(ErrorKind::Input, std::to_string(bad) + " token id(s) outside the model's vocabulary [0, " +
-                                        std::to_string(V) + ")");
-  }
-
   IntView1 flat_ids("flat_ids", N);
-  Kokkos::parallel_for(
-      "flatten_ids", Policy2({0, 0}, {B, T}), KOKKOS_LAMBDA(std::int64_t b, std::int64_t t) { flat_ids(b * T + t) = ids(b, t); });
+  if (const std::int64_t bad = flatten_ids(ids, V, flat_ids))
+    fail(ErrorKind::Input, std::to_string(bad) + " token id(s) outside the model's vocabulary [0, " +
+                               std::to_string(V) + ")");
   View2 x("hidden", N, D), u("normed", N, D), tmp("block_out", N, D);
   View2 gathered("gathered", N * k, D), q_sorted("q_sorted", N * k, A), o_sorted("o_sorted", N * k, A);
   View2 y_sorted("y_sorted", N * k, D), z("z", N * k, 2 * F), hidden_ffn("h", N * k, F), kv("kv", N, 2 * A);

@@ -150,8 +150,9 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
         master = staging_.as<float>();
       }
       check(jk_f32_to_bf16(master, t.bf16.as<std::uint16_t>(), t.numel, stream_), "jk_f32_to_bf16");
-      check(cudaStreamSynchronize(stream_), "uploading the weights");
+      if (!kKokkosOnGpu) check(cudaStreamSynchronize(stream_), "uploading the weights");  // staging_ is reused
     }
+    if (kKokkosOnGpu) check(cudaStreamSynchronize(stream_), "jk_f32_to_bf16 (the weights)");
   }
 
   void set_slots(int n) override {
@@ -448,13 +449,26 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   }
 
   // fp32 (bf16 values) [N, D] host -> bf16 device, and back.
+  // A stage boundary between an fp32 Kokkos view (holding bf16 values, MPI's side) and a bf16 buffer
+  // of the kernels: converted on the GPU when the view is GPU memory (Kokkos::Cuda), else on the host.
   void upload_bf16(const Mat<float>& from, device::Buffer& to, const char* what) {
+    if (kKokkosOnGpu) {
+      Kokkos::fence();  // `from` was written on Kokkos' stream
+      check(jk_f32_to_bf16(from.data(), to.as<std::uint16_t>(), std::int64_t(from.size()), stream_), what);
+      check(cudaStreamSynchronize(stream_), what);  // `from` may be received into again once this returns
+      return;
+    }
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), from);
     std::vector<std::uint16_t> bits(h.size());
     for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = to_bf16_bits(h.data()[i]);
     upload(to.p, bits.data(), bits.size() * 2, stream_, what);
   }
   void download_bf16(const device::Buffer& from, const Mat<float>& to, const char* what) {
+    if (kKokkosOnGpu) {
+      check(jk_bf16_to_f32(from.as<std::uint16_t>(), to.data(), std::int64_t(to.size()), stream_), what);
+      check(cudaStreamSynchronize(stream_), what);  // before Kokkos (its own stream) or MPI reads `to`
+      return;
+    }
     auto h = Kokkos::create_mirror_view(Kokkos::HostSpace(), to);
     std::vector<std::uint16_t> bits(h.size());
     download(bits.data(), from.p, bits.size() * 2, stream_, what);
@@ -484,6 +498,7 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   bool pending_ = false;  // the device gradients hold sums not yet added to the trainer's
 };
 
+#if !defined(KOKKOS_ENABLE_CUDA)
 // The launcher's node-local rank (Open MPI, Slurm, MPICH/Hydra, PMI, MVAPICH), or -1.
 int node_local_rank() {
   for (const char* name :
@@ -491,12 +506,22 @@ int node_local_rank() {
     if (const char* v = std::getenv(name)) return std::atoi(v);
   return -1;
 }
+#endif
 
 // One GPU per rank: with several visible GPUs, rank r of a node takes GPU r mod count (with one visible
 // GPU per task, as `srun --gpus-per-task=1` binds them, there is nothing to choose). Once per process.
+// On a Kokkos::Cuda build, Kokkos chose the GPU when it started (--kokkos-device-id,
+// KOKKOS_VISIBLE_DEVICES, else its own node-local rank rule, which reads the launchers' variables in
+// another order): the kernels use that one, where Kokkos' views (the masters, the gradients) live.
 void select_device(const jk_runtime_info_t& info) {
   static bool done = false;
-  if (done || info.device_count <= 1) return;
+  if (done) return;
+#if defined(KOKKOS_ENABLE_CUDA)
+  done = true;
+  (void)info;
+  check(cudaSetDevice(Kokkos::Cuda().cuda_device()), "cudaSetDevice (the GPU Kokkos::Cuda runs on)");
+#else
+  if (info.device_count <= 1) return;
   done = true;
   const int local = node_local_rank();
   if (local < 0) {
@@ -505,6 +530,7 @@ void select_device(const jk_runtime_info_t& info) {
     return;
   }
   check(cudaSetDevice(local % info.device_count), "cudaSetDevice (one GPU per node-local rank)");
+#endif
 }
 
 }  // namespace

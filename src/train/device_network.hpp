@@ -58,7 +58,8 @@ std::shared_ptr<GpuComms> make_gpu_comms(const Comm& pipe, const Comm& replicas,
 // build has no CUDA kernels, there is no usable GPU (with the runtime's reason), or the kernels were
 // not built for the GPU's architecture. With several visible GPUs it first makes this rank use GPU
 // (node-local rank mod count), the local rank taken from the launcher's environment (Open MPI, Slurm,
-// MPICH, PMI, MVAPICH); with one visible GPU per task there is nothing to choose.
+// MPICH, PMI, MVAPICH); with one visible GPU per task there is nothing to choose. On a Kokkos::Cuda
+// build it uses the GPU Kokkos chose at start-up.
 std::string device_training_unavailable();
 
 // One line naming the GPU the device network runs on (for the run's log).

@@ -119,6 +119,14 @@ void check_targets(const IntView1& targets, std::int64_t V) {
   if (bad) fail(ErrorKind::Input, std::to_string(bad) + " target token id(s) outside [0, " + std::to_string(V) + ")");
 }
 
+std::int64_t count_targets(const IntView1& targets) {
+  std::int64_t count = 0;
+  Kokkos::parallel_reduce(
+      "count_targets", Range(0, std::int64_t(targets.extent(0))),
+      KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; }, count);
+  return count;
+}
+
 template <class R>
 std::vector<double> cross_entropy_rows(const Mat<R>& logits, const IntView1& targets) {
   const std::int64_t N = std::int64_t(logits.extent(0)), V = std::int64_t(logits.extent(1));

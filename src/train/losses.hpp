@@ -36,6 +36,8 @@ CrossEntropy cross_entropy(const Mat<R>& logits, const IntView1& targets, const 
 
 // A target outside [0, V) other than ignore_index is an ErrorKind::Input naming how many there are.
 void check_targets(const IntView1& targets, std::int64_t V);
+// How many targets are not ignore_index (the cross-entropy mean's denominator).
+std::int64_t count_targets(const IntView1& targets);
 
 // The same per row, for losses that weigh tokens differently (SFT over many sequences, DPO):
 // loss_t = logsumexp(logits[t]) - logits[t, target_t], 0 for ignore_index (host vector [N]).

@@ -132,13 +132,7 @@ void Network<R>::allocate(std::int64_t B, std::int64_t T) {
   }
   rope_cos_ = Ten3<R>("rope_cos", B, T, d / 2);
   rope_sin_ = Ten3<R>("rope_sin", B, T, d / 2);
-  {
-    IntView2 positions("positions", B, T);
-    Kokkos::parallel_for(
-        "positions", Policy2({0, 0}, {B, T}),
-        KOKKOS_LAMBDA(std::int64_t b, std::int64_t t) { positions(b, t) = std::int32_t(t); });
-    rope_tables(positions, c.rope_theta, c.head_dim, rope_cos_, rope_sin_);
-  }
+  rope_tables(sequence_positions(B, T), c.rope_theta, c.head_dim, rope_cos_, rope_sin_);
   scratch_ = Block();
   for (Slot& a : slots_) allocate_slot(a);
   u_ = Mat<R>("normed", N, D);
@@ -264,17 +258,8 @@ LossTerms Network<R>::forward(const ModelWeightsT<R>& w, const IntView2& ids, bo
   const std::int64_t B = B_, T = T_, V = c.vocab_size;
   if (span_.embedding) {
     JETMOE_ASSERT(std::int64_t(ids.extent(0)) == B && std::int64_t(ids.extent(1)) == T, "Network: ids shape");
-    std::int64_t bad = 0;
-    const IntView1 flat_ids = s.flat_ids;
-    Kokkos::parallel_reduce(
-        "flatten_ids", Policy2({0, 0}, {B, T}),
-        KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t & n) {
-          const std::int32_t id = ids(b, t);
-          flat_ids(b * T + t) = id;
-          n += (id < 0 || id >= V);
-        },
-        bad);
-    if (bad) fail(ErrorKind::Input, std::to_string(bad) + " token id(s) outside the model's vocabulary [0, " +
+    if (const std::int64_t bad = flatten_ids(ids, V, s.flat_ids))
+      fail(ErrorKind::Input, std::to_string(bad) + " token id(s) outside the model's vocabulary [0, " +
                                         std::to_string(V) + ")");
   }
   LossTerms terms;
@@ -353,10 +338,7 @@ double Network<R>::loss(const ModelWeightsT<R>& w, const IntView1& targets, bool
   Slot& s = slots_.at(std::size_t(slot));
   const std::int64_t N = std::int64_t(targets.extent(0));
   JETMOE_ASSERT(N == B_ * T_, "Network: targets shape");
-  std::int64_t count = 0;
-  Kokkos::parallel_reduce(
-      "count_targets", Range(0, N), KOKKOS_LAMBDA(std::int64_t t, std::int64_t & n) { n += targets(t) != ignore_index; },
-      count);
+  const std::int64_t count = count_targets(targets);
   if (chunked_head()) {
     // cross_entropy's mean and per-row gradient scale, from the rows' losses a chunk at a time.
     const std::vector<double> rows = chunked_rows(w, targets);

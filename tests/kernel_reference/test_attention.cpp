@@ -483,7 +483,12 @@ TEST_CASE("attention FA2-style bf16 backward numerics stay inside the GPU test's
 // a read of a tile that was never loaded poisons the result. This proves the kernels' index, mask,
 // pipeline and softmax logic before a GPU runs them (what it cannot prove: that the PTX layouts
 // written down here are the hardware's, and timing-dependent races).
+//
+// Host compilers only: a C++ compiler that compiles CUDA (Kokkos' nvcc_wrapper, which a Kokkos::Cuda
+// build uses for every .cpp) has the real built-ins this section replaces, and such a build runs the
+// kernels themselves (kernels/tests).
 // =====================================================================================================
+#if !defined(__CUDACC__)
 #include <ucontext.h>
 
 #include <cstring>
@@ -1061,3 +1066,5 @@ TEST_CASE("attention simple and decode kernels (emulated on the CPU) match the r
   }
   SECTION("decode, d = 80, 3 slots") { emu_check_decode(2, 40, 3, 1, 80, {40, 17}, 54, false); }
 }
+
+#endif  // !defined(__CUDACC__)
