@@ -15,6 +15,9 @@ namespace jetmoe {
 using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
 using Range = Kokkos::RangePolicy<ExecSpace>;
+// Whether host code may touch MemSpace's memory directly: true on the host backends (Serial, OpenMP),
+// false on Kokkos::Cuda, whose views are GPU memory (host code then goes through host mirrors).
+constexpr bool host_memory = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 
 // Views of scalar R: the model runs in float; the training code is also instantiated in double so that
 // finite-difference gradient checks can run in double precision.

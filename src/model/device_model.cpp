@@ -84,13 +84,12 @@ InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights
   tensors_.resize(named.size());
   // fp32 -> bf16, round to nearest even: on the GPU from Kokkos' views where they are GPU memory (a
   // Kokkos::Cuda build), else on the host and uploaded.
-  constexpr bool kokkos_on_gpu = !Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
-  if (kokkos_on_gpu) Kokkos::fence();  // the weights are loaded (Kokkos' stream is not `stream`)
+  if (!host_memory) Kokkos::fence();  // the weights are loaded (Kokkos' stream is not `stream`)
   std::vector<std::uint16_t> bits;
   for (std::size_t i = 0; i < named.size(); ++i) {
     const std::size_t n = named[i].flat.extent(0);
     errors.ensure(tensors_[i], n * 2, "the bf16 weights");
-    if (kokkos_on_gpu) {
+    if (!host_memory) {
       errors.check(jk_f32_to_bf16(named[i].flat.data(), tensors_[i].as<std::uint16_t>(), std::int64_t(n), stream),
                    "jk_f32_to_bf16 (the weights)");
     } else {
@@ -105,7 +104,7 @@ InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights
                  c.tie_word_embeddings, w_);
   }
   // The caller may free the fp32 weights once this returns.
-  if (kokkos_on_gpu) errors.check(cudaStreamSynchronize(stream), "jk_f32_to_bf16 (the weights)");
+  if (!host_memory) errors.check(cudaStreamSynchronize(stream), "jk_f32_to_bf16 (the weights)");
   w_.layers = layers_.data();
 }
 

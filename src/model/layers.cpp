@@ -16,7 +16,6 @@ namespace {
 // Host backends give each thread a block of this many columns in the column reductions below, so
 // that the inner loop runs along rows of contiguous memory (and vectorises); a device takes one
 // column per thread. Each column is summed over rows in order either way: the same bits.
-constexpr bool host_memory = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 constexpr std::int64_t column_block = host_memory ? 64 : 1;
 // Query positions per block of the GEMM-based attention (forward and backward).
 constexpr std::int64_t attention_query_block = 64;

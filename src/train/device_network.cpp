@@ -80,7 +80,7 @@ std::uint16_t to_bf16_bits(float f) { return bf16::from_float(f).bits; }
 // Where the trainer's fp32 masters and gradients live. On a Kokkos::Cuda build (Kokkos' memory space
 // is GPU memory) the kernels read the masters and the gradients are added in place, on the GPU; on a
 // host-memory Kokkos build (Serial, OpenMP) they travel through host copies.
-constexpr bool kKokkosOnGpu = !Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+constexpr bool kKokkosOnGpu = !host_memory;
 
 // g += src over g's extent, in Kokkos' execution space (src: memory that space reads).
 void add_into(const Vec<float>& g, const float* src) {
@@ -448,7 +448,6 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     dx_ = Mat<float>("device_stage_dx", N, D);
   }
 
-  // fp32 (bf16 values) [N, D] host -> bf16 device, and back.
   // A stage boundary between an fp32 Kokkos view (holding bf16 values, MPI's side) and a bf16 buffer
   // of the kernels: converted on the GPU when the view is GPU memory (Kokkos::Cuda), else on the host.
   void upload_bf16(const Mat<float>& from, device::Buffer& to, const char* what) {

@@ -14,7 +14,6 @@ namespace {
 
 // The host backends run each kernel below over blocks of this many elements with a plain inner loop,
 // which the compiler vectorises; a device runs one element per thread.
-constexpr bool host_memory = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 constexpr std::int64_t elementwise_block = host_memory ? 4096 : 1;
 
 std::int64_t blocks_of(std::int64_t n, std::int64_t block) { return (n + block - 1) / block; }
