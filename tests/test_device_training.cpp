@@ -36,6 +36,7 @@
 #include "infer/device_generate.hpp"
 #include "model/model.hpp"
 #include "model/config.hpp"
+#include "model/device_model.hpp"
 #include "model/weights.hpp"
 #include "random_weights.hpp"
 #include "support.hpp"
@@ -470,6 +471,44 @@ TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run, over 
       }
     }
   }
+}
+
+TEST_CASE("ZeRO-1's parameter broadcast over NCCL leaves every replica with each part's owner's values",
+          "[mpi][device]") {
+  // What the trainer runs after AdamW on a Kokkos::Cuda build with parallel/zero1 (its views are GPU
+  // memory there; here the parts are plain device buffers): part i from replica i mod size, in one group.
+  const Comm world = Comm::world();
+  if (!gpu_comms_unavailable().empty()) {
+    CHECK(world.size() >= 1);  // no NCCL in this build: the trainer broadcasts through host memory
+    return;
+  }
+  const auto comms = make_gpu_comms(Comm::self(), world, Comm::self());
+  const std::vector<std::size_t> sizes = {5, 1 << 12, 1, 0, 3};
+  auto value = [](int rank, std::size_t part, std::size_t j) { return float(1000 * rank + 17 * part) + 0.25f * float(j); };
+  std::vector<device::Buffer> buffers(sizes.size());
+  std::vector<std::pair<float*, std::size_t>> parts;
+  std::vector<int> owners;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    REQUIRE(buffers[i].ensure(std::max<std::size_t>(1, sizes[i]) * sizeof(float)) == cudaSuccess);
+    std::vector<float> mine(sizes[i]);
+    for (std::size_t j = 0; j < sizes[i]; ++j) mine[j] = value(world.rank(), i, j);
+    REQUIRE(device::copy_and_wait(buffers[i].p, mine.data(), sizes[i] * sizeof(float), cudaMemcpyHostToDevice,
+                                  nullptr) == cudaSuccess);
+    parts.emplace_back(buffers[i].as<float>(), sizes[i]);
+    owners.push_back(int(i % std::size_t(world.size())));
+  }
+  broadcast_from_owners(*comms, parts, owners);
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    std::vector<float> got(sizes[i]);
+    REQUIRE(device::copy_and_wait(got.data(), buffers[i].p, sizes[i] * sizeof(float), cudaMemcpyDeviceToHost,
+                                  nullptr) == cudaSuccess);
+    for (std::size_t j = 0; j < sizes[i]; ++j) {
+      INFO("rank " << world.rank() << ", part " << i << " (owner " << owners[i] << "), element " << j);
+      REQUIRE(got[j] == value(owners[i], i, j));
+    }
+  }
+  // The owners' lists must agree with the parts: a mismatch is a programming error, found before NCCL.
+  CHECK_THROWS_WITH(broadcast_from_owners(*comms, parts, {0}), Catch::Matchers::Contains("one owner per part"));
 }
 
 TEST_CASE("generation on the GPU: each sequence as if alone, the fp32 model's greedy choices up to bf16, EOS and "

@@ -68,6 +68,61 @@ TEST_CASE("incremental decode with the KV cache equals the full forward", "[unit
   CHECK(worst < 1e-5);
 }
 
+TEST_CASE("logits of the last positions only are those rows of the full logits", "[unit][model]") {
+  const ModelConfig c = small_config();
+  ModelWeights w(c);
+  w.init_random(c, 9);
+  Model model(c, w);
+  const int B = 3, T = 7;
+  const IntView2 ids = random_ids(B, T, int(c.vocab_size), 4);
+  // Left padding as generate() lays it out: sequence b starts at column b.
+  IntView2 positions("positions", B, T);
+  IntView1 key_start("key_start", B);
+  auto hpos = Kokkos::create_mirror_view(positions);
+  auto hstart = Kokkos::create_mirror_view(key_start);
+  for (int b = 0; b < B; ++b) {
+    hstart(b) = b;
+    for (int t = 0; t < T; ++t) hpos(b, t) = std::max(0, t - b);
+  }
+  Kokkos::deep_copy(positions, hpos);
+  Kokkos::deep_copy(key_start, hstart);
+
+  KvCache all_cache(c, B, T + 2), last_cache(c, B, T + 2);
+  View2 all("all", B * T, c.vocab_size), last("last", B, c.vocab_size);
+  model.forward(ids, positions, key_start, all_cache, all);
+  model.forward(ids, positions, key_start, last_cache, last);
+  auto ha = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), all);
+  auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), last);
+  double worst = 0, largest = 0;
+  for (int b = 0; b < B; ++b)
+    for (int v = 0; v < c.vocab_size; ++v) {
+      worst = std::max(worst, double(std::fabs(hl(b, v) - ha((b + 1) * T - 1, v))));
+      largest = std::max(largest, double(std::fabs(ha((b + 1) * T - 1, v))));
+    }
+  CHECK(largest > 0.1);  // logits of a scale where a wrong row would show
+  CHECK(worst < 1e-5);
+  // Both caches hold the same keys and values.
+  CHECK(last_cache.length == T);
+  for (std::size_t l = 0; l < all_cache.k.size(); ++l) {
+    auto ka = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), all_cache.k[l]);
+    auto kl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), last_cache.k[l]);
+    auto va = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), all_cache.v[l]);
+    auto vl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), last_cache.v[l]);
+    for (std::size_t i = 0; i < std::size_t(B) * T * c.num_kv_heads * c.head_dim; ++i) {
+      const std::size_t b = i / (std::size_t(T) * c.num_kv_heads * c.head_dim),
+                        rest = i % (std::size_t(T) * c.num_kv_heads * c.head_dim);
+      const std::size_t at = b * std::size_t(T + 2) * c.num_kv_heads * c.head_dim + rest;
+      REQUIRE(ka.data()[at] == kl.data()[at]);
+      REQUIRE(va.data()[at] == vl.data()[at]);
+    }
+  }
+  // A logits view of neither shape is a programming error, caught before anything runs.
+  KvCache other(c, B, T);
+  View2 wrong("wrong", B + 1, c.vocab_size);
+  CHECK_THROWS(model.forward(ids, positions, key_start, other, wrong));
+  CHECK(other.length == 0);
+}
+
 TEST_CASE("token ids outside the vocabulary are an input error", "[unit][model]") {
   const ModelConfig c = small_config();
   Model model(c, ModelWeights(c));

@@ -51,3 +51,27 @@ build_release() {  # build_release REPO BUILD_DIR TARGET...: a Release build of 
   fi
   nice cmake --build "$dir" -j2 --target "$@"
 }
+extra_builds() {  # extra_builds PROGRAM: EXTRA_BUILDS ("name:dir[:blas[:libdir]] ...") as lines "name dir blas libdir"
+  # More builds of ours to run beside BUILD_DIR's (a Kokkos 4 OpenMP build, an earlier revision). blas is
+  # the OPENBLAS_NUM_THREADS of their runs: a number, or t for the run's thread count (a Serial build, or
+  # an OpenMP OpenBLAS, which shares the Kokkos threads); default BLAS_T (1: a threaded Kokkos and a
+  # pthreads OpenBLAS oversubscribe the cores). libdir, when given, leads LD_LIBRARY_PATH in that build's
+  # runs (Debian's OpenMP OpenBLAS, say: /usr/lib/x86_64-linux-gnu/openblas-openmp).
+  local eb name dir blas libdir
+  for eb in ${EXTRA_BUILDS:-}; do
+    IFS=: read -r name dir blas libdir <<<"$eb"
+    [[ "$dir" = /* ]] || dir="$REPO/$dir"
+    if [[ -z "$name" || ! -x "$dir/bench/$1" ]]; then
+      echo "$(basename "$0"): EXTRA_BUILDS entry '$eb': no $dir/bench/$1" >&2
+      return 1
+    fi
+    echo "$name $dir ${blas:-${BLAS_T:-1}} ${libdir:--}"
+  done
+}
+extra_env() {  # extra_env BLAS LIBDIR THREADS: the environment of an extra build's run (see extra_builds)
+  local blas=$1 libdir=$2 t=$3
+  [[ "$blas" == t ]] && blas=$t
+  echo "OMP_NUM_THREADS=$t MKL_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$blas OMP_PROC_BIND=false"
+  [[ "$libdir" != - ]] && echo "LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  return 0
+}

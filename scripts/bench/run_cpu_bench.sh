@@ -6,6 +6,8 @@
 #
 #   scripts/bench/run_cpu_bench.sh                 # threads 1 and 2, batch 1 and 4, prompt 128, 32 new tokens
 #   THREADS=1 BATCHES=4 REPEATS=3 scripts/bench/run_cpu_bench.sh
+#   EXTRA_BUILDS="base:/tmp/build-base:t omp:/tmp/build-omp:t:/usr/lib/x86_64-linux-gnu/openblas-openmp" \
+#     scripts/bench/run_cpu_bench.sh          # also an earlier revision's build and a Kokkos OpenMP build
 #
 # Settings (environment): THREADS ("1 2"), BATCHES ("1 4"), PROMPT (128), NEW (32), REPEATS (5: prefill/decode rounds),
 # GEN_REPEATS (2: timed generate calls), WARMUP (1),
@@ -14,6 +16,9 @@
 # BUILD_DIR (/tmp/build-bench), PYTHON (/opt/oracle-venv/bin/python), MODEL_DIR (/tmp/jetmoe-bench-model-$PRESET-$SEED),
 # RESULTS (bench/results/<date>-<time>), PROFILE (1: add the per-kernel profile to our first run of each case),
 # REVISION (what to record as the source revision; default: git describe of the checkout),
+# EXTRA_BUILDS ("": more builds of ours beside BUILD_DIR's, "name:dir[:blas[:libdir]] ...", reported as variant
+# `name`, each run with OMP_NUM_THREADS = t, OPENBLAS_NUM_THREADS = blas (a number, or t: a Serial build or an
+# OpenMP OpenBLAS; default BLAS_T, 1) and libdir leading LD_LIBRARY_PATH (an OpenMP OpenBLAS, say); see measure.sh),
 # GEMM (0; 1: also time the model's GEMM shapes alone, jetmoe-bench-gemm against bench_gemm_torch.py).
 set -euo pipefail
 
@@ -41,6 +46,7 @@ source "$REPO/scripts/bench/measure.sh"  # say, wait_quiet, measure (conditions.
 
 say "building jetmoe-bench-forward in $BUILD_DIR"
 build_release "$REPO" "$BUILD_DIR" jetmoe-bench-forward jetmoe-bench-gemm
+extras="$(extra_builds jetmoe-bench-forward)" || exit 1
 [[ -x "$PYTHON" ]] || { echo "run_cpu_bench.sh: no Python at $PYTHON (set PYTHON; scripts/oracle/requirements.txt)" >&2; exit 1; }
 
 mkdir -p "$RESULTS"
@@ -52,7 +58,7 @@ say "exporting the $PRESET model (seed $SEED) to $MODEL_DIR"
   echo "host: $(uname -n) $(uname -r)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores online"
   echo "revision: ${REVISION:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (modified)')}"
-  echo "settings: THREADS='$THREADS' BATCHES='$BATCHES' PROMPT=$PROMPT NEW=$NEW REPEATS=$REPEATS GEN_REPEATS=$GEN_REPEATS WARMUP=$WARMUP SEED=$SEED PRESET=$PRESET CORETYPES='$CORETYPES' ATTNS='$ATTNS'"
+  echo "settings: THREADS='$THREADS' BATCHES='$BATCHES' PROMPT=$PROMPT NEW=$NEW REPEATS=$REPEATS GEN_REPEATS=$GEN_REPEATS WARMUP=$WARMUP SEED=$SEED PRESET=$PRESET CORETYPES='$CORETYPES' ATTNS='$ATTNS' EXTRA_BUILDS='${EXTRA_BUILDS:-}'"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$RESULTS/environment.txt"
 
@@ -76,6 +82,14 @@ for t in $THREADS; do
       first=0
       ref="$RESULTS/$tag.json"
     done
+    while read -r name dir blas libdir; do
+      [[ -n "$name" ]] || continue
+      tag="jetmoe-$name-t$t-b$b"
+      say "$tag (load $(cut -d' ' -f1 /proc/loadavg))"
+      read -r -d '' -a xenv < <(extra_env "$blas" "$libdir" "$t") || true
+      measure "$tag" env -u OPENBLAS_CORETYPE "${xenv[@]}" "$dir/bench/jetmoe-bench-forward" --preset "$PRESET" \
+        "${case_args[@]}" --json "$RESULTS/$tag.json" | tee "$RESULTS/$tag.txt"
+    done <<<"$extras"
     for attn in $ATTNS; do
       tag="hf-$attn-t$t-b$b"
       say "$tag (load $(cut -d' ' -f1 /proc/loadavg))"

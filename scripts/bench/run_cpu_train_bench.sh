@@ -18,9 +18,11 @@
 #   ATTNS ("sdpa")                  transformers attention implementations ("eager sdpa" for both)
 #   ADAMWS ("default")              torch.optim.AdamW implementations ("default fused" for both)
 #   BUILD_DIR (/tmp/build-bench)    where jetmoe-bench-train is built (Release, Debian Kokkos)
-#   EXTRA_BUILDS ("")               more of ours, "name:dir ..." of existing build directories (e.g. Kokkos 4
-#                                   OpenMP); each runs with OMP_NUM_THREADS = t and OPENBLAS_NUM_THREADS = BLAS_T
-#                                   (default 1: a threaded Kokkos and threaded OpenBLAS oversubscribe the cores)
+#   EXTRA_BUILDS ("")               more of ours, "name:dir[:blas[:libdir]] ..." of existing build directories
+#                                   (a Kokkos 4 OpenMP build, an earlier revision); each runs with
+#                                   OMP_NUM_THREADS = t, OPENBLAS_NUM_THREADS = blas (a number or t; default
+#                                   BLAS_T, 1: a threaded Kokkos and a pthreads OpenBLAS oversubscribe the
+#                                   cores) and libdir leading LD_LIBRARY_PATH (an OpenMP OpenBLAS, say)
 #   PROFILE (1)                     one kernel-profiled step in our first run of each case (its own process,
 #                                   after the timed ones; not part of the numbers)
 #   PYTHON (/opt/oracle-venv/bin/python), RESULTS (bench/results/<date>-<time>-<rev>-train),
@@ -49,12 +51,9 @@ source "$REPO/scripts/bench/measure.sh"  # say, wait_quiet, measure (conditions.
 
 say "building jetmoe-bench-train in $BUILD_DIR"
 build_release "$REPO" "$BUILD_DIR" jetmoe-bench-train
-builds=("serial:$BUILD_DIR")
-for eb in $EXTRA_BUILDS; do
-  dir="${eb#*:}"; [[ "$dir" = /* ]] || dir="$REPO/$dir"
-  [[ -x "$dir/bench/jetmoe-bench-train" ]] || { echo "run_cpu_train_bench.sh: $dir/bench/jetmoe-bench-train is missing" >&2; exit 1; }
-  builds+=("${eb%%:*}:$dir")
-done
+builds=("serial:$BUILD_DIR:-:-")
+extras="$(extra_builds jetmoe-bench-train)" || exit 1
+while read -r name dir blas libdir; do [[ -n "$name" ]] && builds+=("$name:$dir:$blas:$libdir"); done <<<"$extras"
 "$PYTHON" -c "import torch, transformers" 2>/dev/null ||
   { echo "run_cpu_train_bench.sh: $PYTHON lacks torch/transformers (scripts/oracle/requirements.txt)" >&2; exit 1; }
 
@@ -77,12 +76,12 @@ for t in $THREADS; do
     args=(--preset "$preset" --batch "$batch" --seq-len "$seq" --steps "$STEPS" --warmup "$WARMUP")
     first=1
     for build in "${builds[@]}"; do
-      bname="${build%%:*}" bdir="${build#*:}"
-      # Serial Kokkos: only OpenBLAS threads. A threaded Kokkos gets the t threads, OpenBLAS BLAS_T.
+      IFS=: read -r bname bdir blas libdir <<<"$build"
+      # Serial Kokkos: only OpenBLAS threads. A threaded Kokkos gets the t threads, OpenBLAS its blas.
       if [[ "$bname" == serial ]]; then
         threads=(OMP_NUM_THREADS="$t" MKL_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$t")
       else
-        threads=(OMP_NUM_THREADS="$t" MKL_NUM_THREADS="$t" OPENBLAS_NUM_THREADS="$BLAS_T" OMP_PROC_BIND=false)
+        read -r -d '' -a threads < <(extra_env "$blas" "$libdir" "$t") || true
       fi
       for ct in $CORETYPES; do
         variant="$bname"; [[ "$ct" != default ]] && variant="$bname-$ct"

@@ -22,13 +22,30 @@ void linear(const Mat<R>& x, const Mat<R>& w, const Mat<R>& y, double beta_) {
   // so a LayoutRight W would fall back to its slow native kernel).
   const std::size_t M = x.extent(0), N = w.extent(0), K = w.extent(1);
   const bool small_w = N * K <= (std::size_t(2) << 20);  // <= 8 MB: stays in cache across the M calls
-  if ((M == 1 || (M <= 4 && small_w)) && w.stride(0) == K && x.stride(1) == 1 && y.stride(1) == 1) {
+  const bool dense = w.stride(0) == K && x.stride(1) == 1 && y.stride(1) == 1;
+  if ((M == 1 || (M <= 4 && small_w)) && dense) {
     using LeftMatrix = Kokkos::View<const R**, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
     using LeftIn = Kokkos::View<const R*, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
     using LeftOut = Kokkos::View<R*, Kokkos::LayoutLeft, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
     const LeftMatrix wt(w.data(), K, N);
     for (std::size_t m = 0; m < M; ++m)
       KokkosBlas::gemv("T", R(1), wt, LeftIn(x.data() + m * x.stride(0), K), beta, LeftOut(y.data() + m * y.stride(0), N));
+    return;
+  }
+  if (host_memory && M <= 4 && dense) {
+    // 2-4 rows against a W too large for the cache (the LM head of a decoding batch, large experts):
+    // one pass over W, each row of W against the M rows of x (which stay in L1). M GEMV calls would
+    // read W M times, and OpenBLAS's GEMM packs W for so few rows (the small model's LM head, 4 x 512 x
+    // 32000: 10.1 against GEMM's 12.6 ms per decode step, one core; bench/README.md, bottleneck 1).
+    const std::int64_t rows_x = std::int64_t(M), k = std::int64_t(K);
+    const Mat<R> xx = x, ww = w, yy = y;
+    Kokkos::parallel_for(
+        "linear_few_rows", Range(0, std::int64_t(N)), KOKKOS_LAMBDA(std::int64_t n) {
+          for (std::int64_t m = 0; m < rows_x; ++m) {
+            const R dot = dot_lanes(&xx(m, 0), &ww(n, 0), k);
+            yy(m, n) = beta == R(0) ? dot : beta * yy(m, n) + dot;
+          }
+        });
     return;
   }
   KokkosBlas::gemm("N", "T", R(1), x, w, beta, y);

@@ -49,6 +49,20 @@ Vec<typename V::value_type> flat(const V& v) {
   return Vec<typename V::value_type>(v.data(), v.size());
 }
 
+// sum_c x[c] y[c] over 8 interleaved lanes added in a fixed order: independent chains that the compiler
+// vectorises, and the same result on every backend and thread count.
+template <class R>
+KOKKOS_INLINE_FUNCTION R dot_lanes(const R* x, const R* y, std::int64_t n) {
+  constexpr int lanes = 8;
+  R acc[lanes];
+  for (int l = 0; l < lanes; ++l) acc[l] = 0;
+  std::int64_t c = 0;
+  for (; c + lanes <= n; c += lanes)
+    for (int l = 0; l < lanes; ++l) acc[l] += x[c + l] * y[c + l];
+  for (int l = 0; c < n; ++c, ++l) acc[l] += x[c] * y[c];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // Instantiated for R = float and double.
 // y = beta * y + x * W^T   (x [M, K], W [N, K], y [M, N]): a linear layer without bias.
 template <class R>

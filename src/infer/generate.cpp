@@ -64,13 +64,9 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
   std::vector<bool> done(static_cast<std::size_t>(B), false);
   std::vector<std::int32_t> next(static_cast<std::size_t>(B));
 
-  View2 last_rows("last_rows", B, V);
-  auto choose = [&](const View2& logits, std::int64_t rows_per_seq) {
-    // Only the last row of each sequence goes to the host.
-    Kokkos::parallel_for(
-        "last_rows", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>({0, 0}, {B, V}),
-        KOKKOS_LAMBDA(std::int64_t b, std::int64_t v) { last_rows(b, v) = logits((b + 1) * rows_per_seq - 1, v); });
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), last_rows);
+  // Logits [B, V]: the last position of each sequence (Model::forward computes only those).
+  auto choose = [&](const View2& logits) {
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
     for (std::int64_t b = 0; b < B; ++b) {
       if (done[b]) {
         next[b] = params.pad_id;
@@ -86,9 +82,9 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
 
   double t0 = now();
   {
-    View2 logits("prefill_logits", B * longest, V);
+    View2 logits(Kokkos::view_alloc("prefill_logits", Kokkos::WithoutInitializing), B, V);
     model.forward(ids, positions, key_start, cache, logits);
-    choose(logits, longest);
+    choose(logits);
   }
   Kokkos::fence();
   result.prefill_seconds = now() - t0;
@@ -96,7 +92,7 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
   IntView2 step_ids("step_ids", B, 1), step_pos("step_positions", B, 1);
   auto h_step = Kokkos::create_mirror_view(step_ids);
   auto h_step_pos = Kokkos::create_mirror_view(step_pos);
-  View2 step_logits("step_logits", B, V);
+  View2 step_logits(Kokkos::view_alloc("step_logits", Kokkos::WithoutInitializing), B, V);
   for (std::int64_t step = 1; step < params.max_new_tokens; ++step) {
     if (std::all_of(done.begin(), done.end(), [](bool x) { return x; })) break;
     for (std::int64_t b = 0; b < B; ++b) {
@@ -106,7 +102,7 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
     Kokkos::deep_copy(step_ids, h_step);
     Kokkos::deep_copy(step_pos, h_step_pos);
     model.forward(step_ids, step_pos, key_start, cache, step_logits);
-    choose(step_logits, 1);
+    choose(step_logits);
   }
   Kokkos::fence();
   result.decode_seconds = now() - t0;

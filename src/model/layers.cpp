@@ -157,20 +157,21 @@ void rope_tables(const IntView2& pos, double theta, std::int64_t head_dim, const
 }
 
 template <class R>
-void rope_forward(const Ten4<R>& x, const Ten3<R>& cos, const Ten3<R>& sin) {
-  const std::int64_t B = std::int64_t(x.extent(0)), T = std::int64_t(x.extent(1)), H = std::int64_t(x.extent(2)),
+void rope_forward(const Ten4<R>& x, const Ten3<R>& cos, const Ten3<R>& sin, std::int64_t offset) {
+  const std::int64_t B = std::int64_t(x.extent(0)), T = std::int64_t(cos.extent(1)), H = std::int64_t(x.extent(2)),
                      d = std::int64_t(x.extent(3));
   const std::int64_t half = d / 2;
-  JETMOE_ASSERT(d % 2 == 0 && cos.extent(0) == x.extent(0) && cos.extent(1) == x.extent(1) &&
-                    std::int64_t(cos.extent(2)) == half,
+  JETMOE_ASSERT(d % 2 == 0 && cos.extent(0) == x.extent(0) && offset >= 0 &&
+                    offset + T <= std::int64_t(x.extent(1)) && std::int64_t(cos.extent(2)) == half,
                 "rope_forward: shapes");
   Kokkos::parallel_for(
       "rope_forward", Policy3({0, 0, 0}, {B, T, H}), KOKKOS_LAMBDA(std::int64_t b, std::int64_t t, std::int64_t h) {
+        R* const row = &x(b, offset + t, h, 0);
         for (std::int64_t i = 0; i < half; ++i) {
           const R c = cos(b, t, i), s = sin(b, t, i);
-          const R x1 = x(b, t, h, i), x2 = x(b, t, h, i + half);
-          x(b, t, h, i) = x1 * c - x2 * s;
-          x(b, t, h, i + half) = x2 * c + x1 * s;
+          const R x1 = row[i], x2 = row[i + half];
+          row[i] = x1 * c - x2 * s;
+          row[i + half] = x2 * c + x1 * s;
         }
       });
 }
@@ -226,36 +227,39 @@ KOKKOS_INLINE_FUNCTION RowMaxSum<R> softmax_in_place(R* row, std::int64_t begin,
   return RowMaxSum<R>{m, ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))};
 }
 
-// One query at a time against its keys, online softmax: for decoding (few queries per sequence).
+// o[c] += a x[c] for c < n (o and x do not overlap).
+template <class R>
+KOKKOS_INLINE_FUNCTION void add_scaled(R* KOKKOS_RESTRICT o, const R* KOKKOS_RESTRICT x, R a, std::int64_t n) {
+  for (std::int64_t c = 0; c < n; ++c) o[c] += a * x[c];
+}
+
+// Each row of a few queries (decoding) against its keys in two passes over them: the scores into a
+// row of scratch (dot products of contiguous d-vectors in 8 independent lanes), the masked softmax
+// as in the prefill path, then out = sum_s p_s v_s, one contiguous d-vector at a time.
 template <class R>
 void attention_direct(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std::int64_t past, const IntView1& key_start,
                       const Ten4<R>& out, const Ten3<R>& lse) {
   const std::int64_t B = std::int64_t(q.extent(0)), Tq = std::int64_t(q.extent(1)), Hq = std::int64_t(q.extent(2)),
-                     d = std::int64_t(q.extent(3)), Hkv = std::int64_t(k.extent(2));
+                     d = std::int64_t(q.extent(3)), Hkv = std::int64_t(k.extent(2)), Tk = past + Tq;
   const bool has_start = key_start.extent(0) == q.extent(0);
   const bool keep_lse = lse.extent(0) == q.extent(0);
   const R scale = R(1) / kmath::sqrt(R(d));
+  const Mat<R> scores(Kokkos::view_alloc("attn_direct_scores", Kokkos::WithoutInitializing), B * Hq * Tq, Tk);
   Kokkos::parallel_for(
       "attention_forward", Policy3({0, 0, 0}, {B, Hq, Tq}), KOKKOS_LAMBDA(std::int64_t b, std::int64_t i, std::int64_t t) {
         const std::int64_t h = i % Hkv;  // tiled K/V heads
         const std::int64_t first = has_start ? std::int64_t(key_start(b)) : 0;
         const std::int64_t last = past + t;  // inclusive
-        for (std::int64_t c = 0; c < d; ++c) out(b, t, i, c) = 0;
-        R running_max = R(-3.0e38), running_sum = 0;
-        for (std::int64_t s = first; s <= last; ++s) {
-          R score = 0;
-          for (std::int64_t c = 0; c < d; ++c) score += q(b, t, i, c) * k(b, s, h, c);
-          score *= scale;
-          const R new_max = score > running_max ? score : running_max;
-          const R correction = kmath::exp(running_max - new_max);
-          const R p = kmath::exp(score - new_max);
-          running_sum = running_sum * correction + p;
-          for (std::int64_t c = 0; c < d; ++c) out(b, t, i, c) = out(b, t, i, c) * correction + p * v(b, s, h, c);
-          running_max = new_max;
-        }
-        const R inv = running_sum > R(0) ? R(1) / running_sum : R(0);
-        for (std::int64_t c = 0; c < d; ++c) out(b, t, i, c) *= inv;
-        if (keep_lse) lse(b, i, t) = running_max + kmath::log(running_sum);
+        R* const row = &scores((b * Hq + i) * Tq + t, 0);
+        const R* const qr = &q(b, t, i, 0);
+        for (std::int64_t s = first; s <= last; ++s) row[s] = dot_lanes(qr, &k(b, s, h, 0), d);
+        const RowMaxSum<R> ms = softmax_in_place(row, first, last + 1, scale);
+        R* const o = &out(b, t, i, 0);
+        for (std::int64_t c = 0; c < d; ++c) o[c] = 0;
+        for (std::int64_t s = first; s <= last; ++s) add_scaled(o, &v(b, s, h, 0), row[s], d);
+        const R inv = ms.sum > R(0) ? R(1) / ms.sum : R(0);
+        for (std::int64_t c = 0; c < d; ++c) o[c] *= inv;
+        if (keep_lse) lse(b, i, t) = ms.max + kmath::log(ms.sum);
       });
 }
 
@@ -488,7 +492,7 @@ void bias_backward(const Mat<R>& dy, const Vec<R>& db) {
   template void rmsnorm_backward<R>(const Mat<R>&, const Vec<R>&, const Vec<R>&, const Mat<R>&, const Mat<R>&,    \
                                     const Vec<R>&);                                                               \
   template void rope_tables<R>(const IntView2&, double, std::int64_t, const Ten3<R>&, const Ten3<R>&);             \
-  template void rope_forward<R>(const Ten4<R>&, const Ten3<R>&, const Ten3<R>&);                                  \
+  template void rope_forward<R>(const Ten4<R>&, const Ten3<R>&, const Ten3<R>&, std::int64_t);                    \
   template void rope_backward<R>(const Ten4<R>&, const Ten3<R>&, const Ten3<R>&);                                 \
   template void attention_forward<R>(const Ten4<R>&, const Ten4<R>&, const Ten4<R>&, std::int64_t,                \
                                      const IntView1&, const Ten4<R>&, const Ten3<R>&);                            \

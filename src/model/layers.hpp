@@ -39,8 +39,10 @@ void rope_tables(const IntView2& pos, double theta, std::int64_t head_dim, const
 
 // Half-split (NeoX) rotary embedding in place on x [B, T, heads, d]:
 // for i < d/2: (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s).
+// With a row offset o, x may be longer (a KV cache [B, capacity, heads, d]): rows o..o+T-1 of each
+// sequence are rotated by the angles of cos, sin [B, T, d/2].
 template <class R>
-void rope_forward(const Ten4<R>& x, const Ten3<R>& cos, const Ten3<R>& sin);
+void rope_forward(const Ten4<R>& x, const Ten3<R>& cos, const Ten3<R>& sin, std::int64_t offset = 0);
 // Its transpose (the inverse rotation), in place on the gradient dx [B, T, heads, d].
 template <class R>
 void rope_backward(const Ten4<R>& dx, const Ten3<R>& cos, const Ten3<R>& sin);

@@ -34,7 +34,9 @@ class Model {
 
   // ids [B, T] (token ids < vocab_size, checked), positions [B, T] (RoPE positions), key_start [B]
   // (first valid key per sequence: left padding; empty = 0). Appends T tokens to `cache` (which must
-  // have room) and writes logits [B*T, V] (row b*T + t).
+  // have room) and writes the logits: [B*T, V] (row b*T + t), or [B, V] for the last position of
+  // each sequence only (row b), which is all generation needs: the final norm and the LM head then
+  // run on B rows instead of B*T.
   void forward(const IntView2& ids, const IntView2& positions, const IntView1& key_start, KvCache& cache,
                const View2& logits);
 
@@ -42,9 +44,21 @@ class Model {
   void forward(const IntView2& ids, KvCache& cache, const View2& logits);
 
  private:
+  // The forward's activations for one batch shape, kept from call to call (decoding repeats the
+  // shape B x 1 every step) and allocated without zero fill: every kernel writes its output whole.
+  struct Workspace {
+    std::int64_t batch = -1, tokens = -1;
+    IntView1 flat_ids;
+    View2 x, u, tmp, gathered, q_sorted, o_sorted, y_sorted, z, hidden_ffn;
+    View3 rope_cos, rope_sin;
+    View4 q, attn_out;
+  };
+  void reserve(std::int64_t batch, std::int64_t tokens);
+
   ModelConfig config_;
   ModelWeights weights_;
   Routing moa_routing_, moe_routing_;
+  Workspace ws_;
 };
 
 }  // namespace jetmoe

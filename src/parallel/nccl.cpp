@@ -49,6 +49,14 @@ void NcclComm::sum_in_place(float* data, std::size_t n, cudaStream_t stream) con
           "ncclAllReduce", comm_);
 }
 
+void NcclComm::broadcast(void* data, std::size_t bytes, int root, cudaStream_t stream) const {
+  if (size_ == 1) return;
+  char* const at = static_cast<char*>(data);
+  for (std::size_t i = 0; i < bytes; i += kChunk)
+    check(ncclBroadcast(at + i, at + i, std::min(kChunk, bytes - i), ncclUint8, root, comm_, stream), "ncclBroadcast",
+          comm_);
+}
+
 void NcclComm::send(const void* data, std::size_t bytes, int peer, cudaStream_t stream) const {
   check(ncclSend(data, bytes, ncclUint8, peer, comm_, stream), "ncclSend", comm_);
 }

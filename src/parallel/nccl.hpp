@@ -33,6 +33,8 @@ class NcclComm {
 
   // Element-wise fp32 sums over the ranks, in place.
   void sum_in_place(float* data, std::size_t n, cudaStream_t stream) const;
+  // `bytes` raw bytes from rank `root` to every rank, in place.
+  void broadcast(void* data, std::size_t bytes, int root, cudaStream_t stream) const;
   // `bytes` raw bytes to / from rank `peer`.
   void send(const void* data, std::size_t bytes, int peer, cudaStream_t stream) const;
   void recv(void* data, std::size_t bytes, int peer, cudaStream_t stream) const;

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "model/gpu_kernels.hpp"
 #include "parallel/comm.hpp"
@@ -53,6 +54,14 @@ std::string gpu_comms_unavailable();
 // (this stage's data-parallel replicas) and `embedding` (the first and last stage with tied
 // embeddings; a one-rank communicator elsewhere). Throws jetmoe::Error when NCCL fails to start.
 std::shared_ptr<GpuComms> make_gpu_comms(const Comm& pipe, const Comm& replicas, const Comm& embedding);
+
+// ZeRO-1's parameter broadcast GPU to GPU (a Kokkos::Cuda build, where the parameters are GPU
+// memory): part i (a device pointer and a count of floats) goes from replica owners[i] of `comms`'
+// replicas communicator to the other replicas, in place, all parts in one NCCL group on a stream of its
+// own, which this waits for. The caller fences first (the optimizer's kernels wrote the parts). A
+// no-op with one replica; throws jetmoe::Error when NCCL or CUDA fails.
+void broadcast_from_owners(GpuComms& comms, const std::vector<std::pair<float*, std::size_t>>& parts,
+                           const std::vector<int>& owners);
 
 // Empty when this process can train with the device network; otherwise why not, for the user: this
 // build has no CUDA kernels, there is no usable GPU (with the runtime's reason), or the kernels were

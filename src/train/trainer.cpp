@@ -574,11 +574,24 @@ TrainOutcome Trainer::run() {
       if (zero1_) {  // each replica updated its share: the others get it from there
         Region region("zero1_broadcast");
         const auto tensors = params_.named_all(config_);
-        for (std::size_t i = 0; i < tensors.size(); ++i) {
-          if (tensors[i].flat.data() == nullptr) continue;
-          auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), tensors[i].flat);
-          dp_comm_.broadcast(h.data(), h.size(), int(i % std::size_t(layout_.replicas)));
-          Kokkos::deep_copy(tensors[i].flat, h);
+        const auto owner = [&](std::size_t i) { return int(i % std::size_t(layout_.replicas)); };
+        if (gpu_comms_ && !host_memory) {  // Kokkos' views are GPU memory: GPU to GPU by NCCL, one group
+          std::vector<std::pair<float*, std::size_t>> parts;
+          std::vector<int> owners;
+          for (std::size_t i = 0; i < tensors.size(); ++i) {
+            if (tensors[i].flat.data() == nullptr) continue;
+            parts.emplace_back(tensors[i].flat.data(), tensors[i].flat.size());
+            owners.push_back(owner(i));
+          }
+          Kokkos::fence();  // the optimizer's kernels wrote them
+          broadcast_from_owners(*gpu_comms_, parts, owners);
+        } else {
+          for (std::size_t i = 0; i < tensors.size(); ++i) {
+            if (tensors[i].flat.data() == nullptr) continue;
+            auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), tensors[i].flat);
+            dp_comm_.broadcast(h.data(), h.size(), owner(i));
+            Kokkos::deep_copy(tensors[i].flat, h);
+          }
         }
       }
     }

@@ -14,8 +14,8 @@
 //     default), or queued there with EMU_STREAMS=lazy, running when the stream gets to it (a group as
 //     one operation on its first operation's stream), so that a sum behind cudaStreamWaitEvent reads
 //     the gradients as they are when the event's record runs.
-// Supported: fp32 sums (ncclAllReduce), point to point of any datatype, groups; other reductions and
-// datatypes return ncclInvalidArgument.
+// Supported: fp32 sums (ncclAllReduce), broadcasts and point to point of any datatype, groups; other
+// reductions and the sums of other datatypes return ncclInvalidArgument.
 #include <mpi.h>
 #include <nccl.h>
 
@@ -77,11 +77,11 @@ std::size_t type_bytes(ncclDataType_t t) {
 }
 
 struct Pending {
-  enum Kind { Send, Recv, AllReduce } kind;
+  enum Kind { Send, Recv, AllReduce, Broadcast } kind;
   const void* send = nullptr;
   void* recv = nullptr;
   std::size_t bytes = 0, count = 0;
-  int peer = 0;
+  int peer = 0;  // Broadcast: the root
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
 };
@@ -103,6 +103,22 @@ ncclResult_t all_reduce_now(const Pending& p) {
   return ncclSuccess;
 }
 
+ncclResult_t broadcast_now(const Pending& p) {
+  if (p.comm->rank == p.peer && p.send != p.recv) std::memcpy(p.recv, p.send, p.bytes);
+  for (std::size_t i = 0; i < p.bytes; i += kChunk) {
+    const int n = int(std::min(kChunk, p.bytes - i));
+    if (MPI_Bcast(static_cast<char*>(p.recv) + i, n, MPI_BYTE, p.peer, p.comm->mpi) != MPI_SUCCESS)
+      return error(ncclSystemError, "MPI_Bcast failed");
+  }
+  return ncclSuccess;
+}
+
+// The collectives (sums, broadcasts) of a group or of one call.
+bool collective(const Pending& p) { return p.kind == Pending::AllReduce || p.kind == Pending::Broadcast; }
+ncclResult_t collective_now(const Pending& p) {
+  return p.kind == Pending::AllReduce ? all_reduce_now(p) : broadcast_now(p);
+}
+
 ncclResult_t point_to_point_now(const Pending& p) {
   for (std::size_t i = 0; i < p.bytes; i += kChunk) {
     const int n = int(std::min(kChunk, p.bytes - i));
@@ -118,7 +134,7 @@ ncclResult_t point_to_point_now(const Pending& p) {
 ncclResult_t run_group(std::vector<Pending>& ops) {
   std::vector<MPI_Request> requests;
   for (const Pending& p : ops) {
-    if (p.kind == Pending::AllReduce) continue;
+    if (collective(p)) continue;
     for (std::size_t i = 0; i < p.bytes; i += kChunk) {
       const int n = int(std::min(kChunk, p.bytes - i));
       requests.emplace_back();
@@ -130,7 +146,7 @@ ncclResult_t run_group(std::vector<Pending>& ops) {
   }
   ncclResult_t r = ncclSuccess;
   for (const Pending& p : ops)
-    if (p.kind == Pending::AllReduce && r == ncclSuccess) r = all_reduce_now(p);
+    if (collective(p) && r == ncclSuccess) r = collective_now(p);
   if (!requests.empty() && MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE) != MPI_SUCCESS)
     r = error(ncclSystemError, "MPI_Waitall failed");
   ops.clear();
@@ -150,7 +166,7 @@ ncclResult_t submit(const Pending& p) {
     pending.push_back(p);
     return ncclSuccess;
   }
-  auto run = [p] { return p.kind == Pending::AllReduce ? all_reduce_now(p) : point_to_point_now(p); };
+  auto run = [p] { return collective(p) ? collective_now(p) : point_to_point_now(p); };
   if (emu::stream_defer(p.stream, [run] { must(run()); })) return ncclSuccess;
   return run();
 }
@@ -282,6 +298,16 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
     return error(ncclInvalidArgument, "only fp32 sums are emulated");
   Pending p{Pending::AllReduce};
   p.send = sendbuff, p.recv = recvbuff, p.count = count, p.comm = comm, p.stream = stream;
+  return submit(p);
+}
+
+ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
+                           ncclComm_t comm, cudaStream_t stream) {
+  if (type_bytes(datatype) == 0) return error(ncclInvalidArgument, "datatype");
+  if (!usable(comm) || root < 0 || root >= comm->size) return error(ncclInvalidArgument, "ncclBroadcast root");
+  Pending p{Pending::Broadcast};
+  p.send = sendbuff, p.recv = recvbuff, p.bytes = count * type_bytes(datatype), p.peer = root, p.comm = comm;
+  p.stream = stream;
   return submit(p);
 }
 
