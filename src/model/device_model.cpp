@@ -3,8 +3,6 @@
 #if JETMOE_HAVE_CUDA_KERNELS
 #include <algorithm>
 
-#include "core/bf16.hpp"
-
 namespace jetmoe::device {
 
 void fail_cuda(cudaError_t e, const char* context, const char* what, const char* memory_hint) {
@@ -73,6 +71,31 @@ jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, cons
   return m;
 }
 
+void round_to_bf16(const std::vector<NamedTensor>& named, const std::vector<std::uint16_t*>& to, Buffer& staging,
+                   cudaStream_t stream, const CudaErrors& errors) {
+  JETMOE_ASSERT(named.size() == to.size(), "round_to_bf16: one destination per tensor");
+  Kokkos::fence();
+  if (!host_memory) {
+    for (std::size_t i = 0; i < named.size(); ++i)
+      errors.check(jk_f32_to_bf16(named[i].flat.data(), to[i], std::int64_t(named[i].flat.extent(0)), stream),
+                   "jk_f32_to_bf16 (the weights)");
+    errors.check(cudaStreamSynchronize(stream), "jk_f32_to_bf16 (the weights)");
+    return;
+  }
+  std::size_t largest = 0;
+  for (const NamedTensor& t : named) largest = std::max(largest, std::size_t(t.flat.extent(0)));
+  errors.ensure(staging, largest * sizeof(float), "the weight staging buffer");
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    const std::int64_t n = std::int64_t(named[i].flat.extent(0));
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
+    errors.check(cudaMemcpyAsync(staging.p, host.data(), std::size_t(n) * sizeof(float), cudaMemcpyHostToDevice, stream),
+                 "uploading the weights");
+    errors.check(jk_f32_to_bf16(staging.as<float>(), to[i], n, stream), "jk_f32_to_bf16 (the weights)");
+    // `staging` and the host mirror are reused by the next tensor.
+    errors.check(cudaStreamSynchronize(stream), "uploading the weights");
+  }
+}
+
 InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights, cudaStream_t stream,
                                const CudaErrors& errors, GpuKernels kernels, std::int64_t logits_chunk) {
   JETMOE_ASSERT(logits_chunk >= 1, "InferenceModel: logits_chunk >= 1");
@@ -82,29 +105,16 @@ InferenceModel::InferenceModel(const ModelConfig& c, const ModelWeights& weights
   layers_.resize(static_cast<std::size_t>(c.num_layers));
   const std::vector<NamedTensor> named = weights.named(c);
   tensors_.resize(named.size());
-  // fp32 -> bf16, round to nearest even: on the GPU from Kokkos' views where they are GPU memory (a
-  // Kokkos::Cuda build), else on the host and uploaded.
-  if (!host_memory) Kokkos::fence();  // the weights are loaded (Kokkos' stream is not `stream`)
-  std::vector<std::uint16_t> bits;
+  std::vector<std::uint16_t*> to;
   for (std::size_t i = 0; i < named.size(); ++i) {
-    const std::size_t n = named[i].flat.extent(0);
-    errors.ensure(tensors_[i], n * 2, "the bf16 weights");
-    if (!host_memory) {
-      errors.check(jk_f32_to_bf16(named[i].flat.data(), tensors_[i].as<std::uint16_t>(), std::int64_t(n), stream),
-                   "jk_f32_to_bf16 (the weights)");
-    } else {
-      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-      bits.resize(n);
-      for (std::size_t j = 0; j < n; ++j) bits[j] = bf16::from_float(host.data()[j]).bits;
-      // Synchronous: `bits` is reused by the next tensor.
-      errors.copy(tensors_[i].p, bits.data(), n * 2, cudaMemcpyHostToDevice, stream, "uploading the weights");
-    }
+    errors.ensure(tensors_[i], named[i].flat.extent(0) * 2, "the bf16 weights");
+    to.push_back(tensors_[i].as<std::uint16_t>());
     // Qualified: an unqualified call also finds std::bind by the arguments' namespace, a better match.
-    device::bind(named[i].name, static_cast<const std::uint16_t*>(tensors_[i].as<std::uint16_t>()), 0, layers_, true,
-                 c.tie_word_embeddings, w_);
+    device::bind(named[i].name, static_cast<const std::uint16_t*>(to.back()), 0, layers_, true, c.tie_word_embeddings,
+                 w_);
   }
-  // The caller may free the fp32 weights once this returns.
-  if (!host_memory) errors.check(cudaStreamSynchronize(stream), "jk_f32_to_bf16 (the weights)");
+  Buffer staging;  // freed on return: inference keeps only the bf16 weights
+  round_to_bf16(named, to, staging, stream, errors);
   w_.layers = layers_.data();
 }
 

@@ -88,6 +88,14 @@ jk_model_config_t model_config(const ModelConfig& c, const StageSpan& span, cons
 // The RoPE table of every position of the model (cos/sin in fp32), on the device when it returns.
 cudaError_t make_rope_table(Buffer& rope, const ModelConfig& c);
 
+// fp32 weights -> their bf16 copies for the kernels (round to nearest even, as HF's .to(bfloat16)) on
+// `stream`: to[i] receives named[i]'s values. Read straight from Kokkos' views where they are GPU memory
+// (a Kokkos::Cuda build), else uploaded one tensor at a time through `staging` (made as large as the
+// largest tensor in fp32). Fences Kokkos first (the weights were written on its stream); done when it
+// returns, so the caller may change or free the fp32 weights.
+void round_to_bf16(const std::vector<NamedTensor>& named, const std::vector<std::uint16_t*>& to, Buffer& staging,
+                   cudaStream_t stream, const CudaErrors& errors);
+
 // The whole model for inference (generation, evaluation): its weights rounded to bf16 once (round to
 // nearest even, as HF's .to(bfloat16)) and uploaded through `stream`, bound to the kernels' struct, with
 // the RoPE table and the kernels' configuration (no router losses; the head of jk_model_eval

@@ -91,12 +91,11 @@ std::unique_ptr<StageNetwork> make_device_network(const ModelConfig&, double, do
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    device::fail_cuda(e, "bf16 training", what,
-                      "set train/recompute = true or train/logits_chunk_tokens (e.g. 1024), reduce "
-                      "train/micro_batch_size or train/seq_len, or use more pipeline stages");
-}
+const device::CudaErrors kErrors{"bf16 training",
+                                 "set train/recompute = true or train/logits_chunk_tokens (e.g. 1024), reduce "
+                                 "train/micro_batch_size or train/seq_len, or use more pipeline stages"};
+
+void check(cudaError_t e, const char* what) { kErrors.check(e, what); }
 
 void ensure(device::Buffer& b, std::size_t bytes, const char* what) { check(b.ensure(bytes), what); }
 
@@ -157,27 +156,17 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
   }
 
   void begin_pass(const ModelWeights& w) override {
-    Kokkos::fence();  // the optimizer's last update of the masters is done (Kokkos' stream is not ours)
     const std::vector<NamedTensor> named = w.named(c_);
     if (tensors_.empty()) allocate_tensors(named);
     JETMOE_ASSERT(named.size() == tensors_.size(), "DeviceNetwork: the stage's tensors changed");
+    std::vector<std::uint16_t*> to;
     for (std::size_t i = 0; i < named.size(); ++i) {
-      Tensor& t = tensors_[i];
-      JETMOE_ASSERT(named[i].name == t.name && std::int64_t(named[i].flat.extent(0)) == t.numel,
-                    "DeviceNetwork: tensor " + t.name + " changed");
-      // fp32 master (-> device staging) -> bf16 (round to nearest even on the device).
-      const float* master = named[i].flat.data();
-      if (!kKokkosOnGpu) {
-        auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-        check(cudaMemcpyAsync(staging_.p, host.data(), std::size_t(t.numel) * sizeof(float), cudaMemcpyHostToDevice,
-                              stream_),
-              "uploading the weights");
-        master = staging_.as<float>();
-      }
-      check(jk_f32_to_bf16(master, t.bf16.as<std::uint16_t>(), t.numel, stream_), "jk_f32_to_bf16");
-      if (!kKokkosOnGpu) check(cudaStreamSynchronize(stream_), "uploading the weights");  // staging_ is reused
+      JETMOE_ASSERT(named[i].name == tensors_[i].name && std::int64_t(named[i].flat.extent(0)) == tensors_[i].numel,
+                    "DeviceNetwork: tensor " + tensors_[i].name + " changed");
+      to.push_back(tensors_[i].bf16.as<std::uint16_t>());
     }
-    if (kKokkosOnGpu) check(cudaStreamSynchronize(stream_), "jk_f32_to_bf16 (the weights)");
+    // The masters as the kernels' bf16 weights (staging_ stays empty on a Kokkos::Cuda build).
+    device::round_to_bf16(named, to, staging_, stream_, kErrors);
   }
 
   void set_slots(int n) override {
@@ -427,12 +416,10 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     }
     ensure(grad_arena_, floats * sizeof(float), "the gradients");
     check(cudaMemsetAsync(grad_arena_.p, 0, floats * sizeof(float), stream_), "clearing the gradients");
-    std::int64_t largest = 1;
     for (std::size_t i = 0; i < named.size(); ++i) {
       Tensor& t = tensors_[i];
       t.name = named[i].name;
       t.numel = std::int64_t(named[i].flat.extent(0));
-      largest = std::max(largest, t.numel);
       ensure(t.bf16, std::size_t(t.numel) * 2, "the bf16 weights");
       t.grad = grad_arena_.as<float>() + offset[i];
       const bool tied_head = span_.head && c_.tie_word_embeddings;
@@ -442,7 +429,6 @@ class DeviceNetwork final : public StageNetwork, public StageLink {
     }
     weights_.layers = layer_w_.data();
     grads_.layers = layer_g_.data();
-    ensure(staging_, std::size_t(largest) * sizeof(float), "the weight staging buffer");
   }
 
   void allocate(std::int64_t B, std::int64_t T) {
