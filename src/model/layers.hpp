@@ -51,7 +51,8 @@ void rope_backward(const Ten4<R>& dx, const Ten3<R>& cos, const Ten3<R>& sin);
 //   q [B, Tq, Hq, d]; k, v [B, Tk, H_kv, d] (a KV cache: rows [0, past + Tq) valid);
 //   query t sits at key position past + t and sees keys s <= past + t with s >= key_start[b]
 //   (left padding; empty view = 0). out [B, Tq, Hq, d]; lse [B, Hq, Tq] (optional): log-sum-exp of
-//   the scaled scores, for the backward pass. Online softmax: no Tq x Tk matrix.
+//   the scaled scores, for the backward pass. No Tq x Tk matrix: a prompt goes a block of queries at a
+//   time (at most ~16M scores), a few queries (Tq < 8, decoding) keep one row of Tk scores each.
 template <class R>
 void attention_forward(const Ten4<R>& q, const Ten4<R>& k, const Ten4<R>& v, std::int64_t past,
                        const IntView1& key_start, const Ten4<R>& out, const Ten3<R>& lse = Ten3<R>());
