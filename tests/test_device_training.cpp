@@ -478,8 +478,8 @@ TEST_CASE("ZeRO-1's parameter broadcast over NCCL leaves every replica with each
   // What the trainer runs after AdamW on a Kokkos::Cuda build with parallel/zero1 (its views are GPU
   // memory there; here the parts are plain device buffers): part i from replica i mod size, in one group.
   const Comm world = Comm::world();
-  if (!gpu_comms_unavailable().empty()) {
-    CHECK(world.size() >= 1);  // no NCCL in this build: the trainer broadcasts through host memory
+  if (!gpu_comms_unavailable().empty()) {  // no NCCL in this build: the trainer broadcasts through host memory
+    CHECK_THROWS_WITH(make_gpu_comms(Comm::self(), world, Comm::self()), Catch::Matchers::Contains("has no NCCL"));
     return;
   }
   const auto comms = make_gpu_comms(Comm::self(), world, Comm::self());

@@ -8,7 +8,6 @@
 
 namespace jetmoe {
 
-
 KvCache::KvCache(const ModelConfig& c, std::int64_t batch, std::int64_t capacity) {
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     k.emplace_back("kv_cache_k", batch, capacity, c.num_kv_heads, c.head_dim);

@@ -42,23 +42,18 @@ std::shared_ptr<GpuComms> make_gpu_comms(const Comm& pipe, const Comm& replicas,
 
 void broadcast_from_owners(GpuComms& comms, const std::vector<std::pair<float*, std::size_t>>& parts,
                            const std::vector<int>& owners) {
-  static const char* const kNcclMemoryHint = "NCCL needs some free GPU memory next to the training's";
   JETMOE_ASSERT(parts.size() == owners.size(), "broadcast_from_owners: one owner per part");
   if (comms.replicas.size() == 1) return;
-  const char* const context = "ZeRO-1's parameter broadcast (NCCL)";
-  cudaStream_t stream = nullptr;
-  if (const cudaError_t e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking))
-    device::fail_cuda(e, context, "cudaStreamCreateWithFlags", kNcclMemoryHint);
-  struct Release {
-    cudaStream_t s;
-    ~Release() { cudaStreamDestroy(s); }
-  } release{stream};
+  const device::CudaErrors errors{"ZeRO-1's parameter broadcast (NCCL)",
+                                  "NCCL needs some free GPU memory next to the training's"};
+  const device::Stream stream(errors);
   NcclComm::begin_group();
   for (std::size_t i = 0; i < parts.size(); ++i)
-    if (parts[i].second > 0) comms.replicas.broadcast(parts[i].first, parts[i].second * sizeof(float), owners[i], stream);
+    if (parts[i].second > 0)
+      comms.replicas.broadcast(parts[i].first, parts[i].second * sizeof(float), owners[i], stream.s);
   NcclComm::end_group();
   WatchdogSection wait("the parameter broadcast over the replicas (NCCL)");
-  if (const cudaError_t e = cudaStreamSynchronize(stream)) device::fail_cuda(e, context, "cudaStreamSynchronize", kNcclMemoryHint);
+  errors.check(cudaStreamSynchronize(stream.s), "cudaStreamSynchronize");
 }
 #else
 struct GpuComms {};
