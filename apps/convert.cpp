@@ -2,7 +2,9 @@
 // bf16/fp16/fp32, old or new config keys) and jetmoe HDF5 checkpoints (their /params), in the dtype
 // asked for. An HDF5 output holds the parameters only (no optimizer state), with the model config and
 // the deck.
+#include <cstdio>
 #include <filesystem>
+#include <utility>
 
 #include "core/app.hpp"
 #include "core/error.hpp"
@@ -14,16 +16,51 @@
 
 namespace fs = std::filesystem;
 
+namespace {
+
+std::string shortest(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.12g", v);
+  return buf;
+}
+
+// The shape is the input's. A <model> key the deck sets to another value is an error rather than
+// ignored (model/preset, model/weights and model/config are not read).
+void check_model_keys(const jetmoe::Deck& deck, const jetmoe::ModelConfig& c, const std::string& input) {
+  auto mismatch = [&](const char* key, const std::string& deck_value, const std::string& input_value) {
+    deck.fail_value("model", key, deck_value + ", but convert/input '" + input + "' holds a model with " + key + " = " +
+                                      input_value + " (jetmoe-convert takes the shape from its input; remove the key)");
+  };
+  const std::pair<const char*, std::int64_t> ints[] = {
+      {"vocab_size", c.vocab_size},   {"hidden_size", c.hidden_size}, {"num_layers", c.num_layers},
+      {"num_kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim},     {"num_experts", c.num_experts},
+      {"top_k", c.top_k},             {"ffn_hidden_size", c.ffn_hidden_size},
+      {"max_position_embeddings", c.max_position_embeddings}};
+  for (const auto& [key, value] : ints)
+    if (deck.is_set("model", key) && deck.get_int("model", key) != value)
+      mismatch(key, std::to_string(deck.get_int("model", key)), std::to_string(value));
+  const std::pair<const char*, double> reals[] = {{"rope_theta", c.rope_theta}, {"rms_norm_eps", c.rms_norm_eps}};
+  for (const auto& [key, value] : reals)
+    if (deck.is_set("model", key) && deck.get_real("model", key) != value)
+      mismatch(key, shortest(deck.get_real("model", key)), shortest(value));
+  if (deck.is_set("model", "tie_word_embeddings") && deck.get_bool("model", "tie_word_embeddings") != c.tie_word_embeddings)
+    mismatch("tie_word_embeddings", deck.get_bool("model", "tie_word_embeddings") ? "true" : "false",
+             c.tie_word_embeddings ? "true" : "false");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   const jetmoe::AppSpec spec{"jetmoe-convert",
                              "Convert checkpoints between Hugging Face (safetensors + config.json) and jetmoe HDF5.",
                              {"job", "model", "convert"},
                              /*takes_restart=*/false,
                              "Examples:\n"
-                             "  jetmoe-convert -i inputs/tiny.deck convert/input=/models/jetmoe-8b convert/output=export/jetmoe-8b-fp32 "
+                             "  jetmoe-convert -i inputs/convert.deck convert/input=/models/jetmoe-8b convert/output=export/jetmoe-8b-fp32 "
                              "convert/dtype=fp32\n"
-                             "  jetmoe-convert -i inputs/tiny.deck convert/input=/models/jetmoe-8b convert/output=jetmoe-8b.h5 "
-                             "convert/to=hdf5 convert/dtype=fp32"};
+                             "  jetmoe-convert -i inputs/convert.deck convert/input=/models/jetmoe-8b convert/output=jetmoe-8b.h5 "
+                             "convert/to=hdf5 convert/dtype=fp32\n"
+                             "The shape comes from the input; a <model> key the deck sets must agree with it."};
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const Deck& deck = ctx.deck;
@@ -39,7 +76,11 @@ int main(int argc, char** argv) {
       log::info("deck is valid.");
       return;
     }
-    if (!fs::exists(input)) deck.fail_value("convert", "input", "'" + input + "' does not exist");
+    deck.find_existing("convert", "input", Deck::PathKind::Any);
+    const std::string extension = fs::path(input).extension().string();
+    if (!fs::is_directory(input) && extension != ".h5" && extension != ".safetensors")
+      deck.fail_value("convert", "input", "'" + input + "' is not a checkpoint: expected a Hugging Face checkpoint (a "
+                      "directory with config.json, or a .safetensors file next to one) or a jetmoe checkpoint (*.h5)");
     if (to == "hdf5") {
       if (fs::exists(output)) deck.fail_value("convert", "output", "'" + output + "' exists; choose a new file name");
     } else if (fs::exists(output) && !fs::is_empty(output)) {
@@ -68,14 +109,15 @@ int main(int argc, char** argv) {
       weights = load_hf_weights(input, config);
     }
 
+    check_model_keys(deck, config, input);
+
     if (to == "hdf5") {
       const CheckpointDType stored = dtype == "fp32" ? CheckpointDType::F32 : dtype == "fp16" ? CheckpointDType::F16 : CheckpointDType::BF16;
       const char* torch_dtype = dtype == "fp32" ? "float32" : dtype == "fp16" ? "float16" : "bfloat16";
       meta.model_config_json = hf_config_json(config, torch_dtype);
       meta.deck_text = deck.effective_text();
       meta.run_name = deck.get_string("job", "name");
-      std::vector<std::vector<float>> storage;
-      write_checkpoint(output, meta, {{"params", checkpoint_tensors(config, weights, storage, stored)}});
+      write_checkpoint(output, meta, {{"params", checkpoint_tensors(config, weights, stored)}});
       log::info("wrote %s (jetmoe HDF5 checkpoint, parameters only, %s, step %lld)", output.c_str(), dtype.c_str(),
                 static_cast<long long>(meta.step));
       return;

@@ -124,7 +124,7 @@ McInputs read_mc_inputs(const Deck& deck) {
   McInputs in{eval::read_mc_jsonl(deck.get_string("eval", "input"), format), {}};
   std::string pool_text;
   if (const auto pool = deck.find_string("eval", "fewshot_input")) {
-    if (!fs::exists(*pool)) deck.fail_value("eval", "fewshot_input", "'" + *pool + "' does not exist");
+    deck.find_existing("eval", "fewshot_input", Deck::PathKind::File);
     in.pool = eval::read_mc_jsonl(*pool, in.file.format);
     pool_text = ", few-shot pool " + in.pool->path + " (" + std::to_string(in.pool->docs.size()) + ")";
   }
@@ -161,11 +161,12 @@ int main(int argc, char** argv) {
                              {"job", "model", "tokenizer", "eval"},
                              /*takes_restart=*/false,
                              "Examples:\n"
-                             "  jetmoe-eval -i inputs/tiny.deck model/weights=/models/jetmoe-8b eval/task=perplexity eval/input=valid.txt\n"
-                             "  jetmoe-eval -i inputs/tiny.deck model/weights=/models/jetmoe-8b eval/task=multiple-choice "
+                             "  jetmoe-eval -i inputs/jetmoe-8b-eval.deck model/weights=/models/jetmoe-8b eval/input=valid.txt\n"
+                             "  jetmoe-eval -i inputs/jetmoe-8b-eval.deck model/weights=/models/jetmoe-8b eval/task=multiple-choice "
                              "eval/input=hellaswag.jsonl eval/num_fewshot=10 eval/fewshot_input=hellaswag_train.jsonl\n"
-                             "  jetmoe-eval -i inputs/tiny.deck model/weights=/models/jetmoe-8b eval/task=logits eval/input=ids.txt "
-                             "eval/output=logits.npy"};
+                             "  jetmoe-eval -i inputs/jetmoe-8b-eval.deck model/weights=/models/jetmoe-8b eval/task=logits "
+                             "eval/input=ids.txt eval/output=logits.npy\n"
+                             "The tokenizer is tokenizer/model, else the tokenizer.model next to model/weights."};
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const Deck& deck = ctx.deck;
@@ -173,22 +174,23 @@ int main(int argc, char** argv) {
     const std::string input = deck.get_string("eval", "input");  // required
     const ModelConfig config = ModelConfig::from_deck(deck);
     const bool on_gpu = deck.get_string("eval", "precision") == "bf16";
+    if (ctx.command_line.check_only) {  // the deck alone: no files, no GPU (a login node checks a GPU job's deck)
+      log::info("model: %s", config.summary().c_str());
+      log::info("deck is valid.");
+      return;
+    }
     if (on_gpu) {
       const std::string why = eval::device_evaluation_unavailable();
       if (!why.empty())
         deck.fail_value("eval", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
     }
-    if (ctx.command_line.check_only) {
-      log::info("model: %s", config.summary().c_str());
-      log::info("deck is valid.");
-      return;
-    }
-    if (!fs::exists(input)) deck.fail_value("eval", "input", "'" + input + "' does not exist");
+    deck.find_existing("eval", "input", Deck::PathKind::File);
     std::optional<McInputs> mc;
     if (task == "multiple-choice") mc = read_mc_inputs(deck);
     LoadedModel loaded = load_model(deck);
     log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());
     auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/task != "logits");
+    if (tokenizer) log::info("tokenizer: %s (%d pieces)", tokenizer->path().c_str(), tokenizer->vocab_size());
     Model model(loaded.config, std::move(loaded.weights));
     if (!ctx.comm.is_root()) return;  // evaluation runs on rank 0
     std::unique_ptr<eval::LmForward> forward;

@@ -25,7 +25,7 @@ std::vector<std::string> read_prompts(const jetmoe::Deck& deck) {
   }
   std::vector<std::string> prompts;
   std::string line;
-  if (auto file = deck.find_string("generate", "prompt_file")) {
+  if (auto file = deck.find_existing("generate", "prompt_file", Deck::PathKind::File)) {
     std::ifstream in(*file);
     if (!in) deck.fail_value("generate", "prompt_file", "cannot open '" + *file + "'");
     while (std::getline(in, line))
@@ -49,8 +49,8 @@ int main(int argc, char** argv) {
       {"job", "model", "tokenizer", "generate"},
       /*takes_restart=*/false,
       "Examples:\n"
-      "  jetmoe-generate -i inputs/generate.deck model/weights=/models/jetmoe-8b generate/prompt=\"My favourite condiment is \"\n"
-      "  echo \"What is a mixture of experts?\" | jetmoe-generate -i inputs/generate.deck model/weights=/models/jetmoe-8b-chat generate/chat=true"};
+      "  jetmoe-generate -i inputs/jetmoe-8b-generate.deck model/weights=/models/jetmoe-8b generate/prompt=\"My favourite condiment is \"\n"
+      "  echo \"What is a mixture of experts?\" | jetmoe-generate -i inputs/jetmoe-8b-generate.deck model/weights=/models/jetmoe-8b-chat generate/chat=true"};
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const Deck& deck = ctx.deck;
@@ -69,14 +69,14 @@ int main(int argc, char** argv) {
     if (system && !chat) deck.fail_value("generate", "system", "a system message needs generate/chat = true");
     ModelConfig config = ModelConfig::from_deck(deck);
     const bool on_gpu = deck.get_string("generate", "precision") == "bf16";
-    if (on_gpu) {
-      const std::string why = device_generation_unavailable();
-      if (!why.empty()) deck.fail_value("generate", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
-    }
-    if (ctx.command_line.check_only) {
+    if (ctx.command_line.check_only) {  // the deck alone: no files, no GPU (a login node checks a GPU job's deck)
       log::info("model: %s", config.summary().c_str());
       log::info("deck is valid.");
       return;
+    }
+    if (on_gpu) {
+      const std::string why = device_generation_unavailable();
+      if (!why.empty()) deck.fail_value("generate", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
     }
 
     LoadedModel loaded = load_model(deck);

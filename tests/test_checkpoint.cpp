@@ -134,6 +134,29 @@ void require_same_bits(const CheckpointReader& r, const std::string& group, cons
   for (std::int64_t i = 0; i < n; ++i) REQUIRE(bits(got[i]) == bits(t.data[i]));
 }
 
+// `groups` with every tensor given by `fill` instead of `data` (as tensors in GPU memory are); counts
+// the calls per tensor in `calls`, which must outlive the write.
+jetmoe::CheckpointGroups filled(jetmoe::CheckpointGroups groups, std::vector<int>& calls) {
+  std::size_t count = 0;
+  for (const auto& [group, tensors] : groups) count += tensors.size();
+  calls.assign(count, 0);
+  std::size_t i = 0;
+  for (auto& [group, tensors] : groups)
+    for (CheckpointTensor& t : tensors) {
+      if (t.data) {
+        std::int64_t n = 1;
+        for (auto d : t.shape) n *= d;
+        t.fill = [&calls, i, from = t.data, n](float* out) {
+          ++calls[i];
+          std::memcpy(out, from, std::size_t(n) * sizeof(float));
+        };
+        t.data = nullptr;
+      }
+      ++i;
+    }
+  return groups;
+}
+
 // Rewrites the root attribute format_version of an existing checkpoint.
 void set_format_version(const std::string& path, int version) {
   const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
@@ -218,6 +241,53 @@ TEST_CASE("checkpoint round trip is bit-exact", "[unit][checkpoint]") {
     const CheckpointReader again(path);
     CHECK(again.meta().step == other.meta.step);
     require_same_bits(again, "adam_v", other.groups[2].second[1]);
+  }
+}
+
+TEST_CASE("checkpoint: tensors given by fill are written as their data would be", "[unit][checkpoint]") {
+  // How tensors in GPU memory are written: each reaches the host only when the writer gets to it.
+  TempDir dir;
+  const State s;
+  std::vector<int> calls;
+  const jetmoe::CheckpointGroups groups = filled(s.groups, calls);
+  const std::string path = dir / "step-000000301.h5";
+  jetmoe::write_checkpoint(path, s.meta, groups);
+  const CheckpointReader r(path);
+  std::size_t i = 0;
+  for (const auto& [group, tensors] : s.groups)
+    for (const auto& t : tensors) {
+      INFO(group << "/" << t.name);
+      require_same_bits(r, group, t);  // read checks the checksum too
+      CHECK(calls[i++] == (t.shape == std::vector<std::int64_t>{0, 3} ? 0 : 1));  // once; never for an empty one
+    }
+
+  SECTION("stored as bf16 and fp16") {
+    const std::vector<float> values = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, 1e-8f, -0.0f, 0.33333334f};
+    const std::vector<std::int64_t> shape = {2, 4};
+    std::vector<int> half_calls;
+    jetmoe::write_checkpoint(dir / "half.h5", CheckpointMeta{},
+                             filled({{"params",
+                                      {{"b", shape, values.data(), CheckpointDType::BF16},
+                                       {"h", shape, values.data(), CheckpointDType::F16}}}},
+                                    half_calls));
+    CHECK(half_calls == std::vector<int>{1, 1});
+    const CheckpointReader h(dir / "half.h5");
+    std::vector<float> b(8), f16(8);
+    h.read("params", "b", shape, b.data());
+    h.read("params", "h", shape, f16.data());
+    for (std::size_t k = 0; k < values.size(); ++k) {
+      CHECK(bits(b[k]) == bits(jetmoe::bf16::from_float(values[k]).to_float()));
+      CHECK(bits(f16[k]) == bits(jetmoe::fp16::from_float(values[k]).to_float()));
+    }
+  }
+  SECTION("a failing fill fails the write and leaves the previous checkpoint") {
+    const std::string before = read_bytes(path);
+    jetmoe::CheckpointGroups failing = groups;
+    failing[1].second[2].fill = [](float*) { jetmoe::fail(ErrorKind::Input, "adam_m bias: the device copy failed"); };
+    CHECK(error_of([&] { jetmoe::write_checkpoint(path, State(2).meta, failing); }, ErrorKind::Input) ==
+          "adam_m bias: the device copy failed");
+    CHECK(read_bytes(path) == before);
+    CHECK_FALSE(fs::exists(path + ".tmp"));
   }
 }
 
@@ -442,8 +512,7 @@ TEST_CASE("checkpoint holds a model: parameters and config round trip through lo
   w.init_random(c, 11);
   CheckpointMeta meta;
   meta.model_config_json = jetmoe::hf_config_json(c, "float32");
-  std::vector<std::vector<float>> storage;
-  const auto params = jetmoe::checkpoint_tensors(c, w, storage);
+  const auto params = jetmoe::checkpoint_tensors(c, w);
   const std::string path = dir / "model.h5";
   jetmoe::write_checkpoint(path, meta, {{"params", params}});
 
@@ -591,6 +660,19 @@ TEST_CASE("checkpoint: a collective write holds every rank's tensors bit for bit
       CHECK(bits(b[i]) == bits(jetmoe::bf16::from_float(values[i]).to_float()));
       CHECK(bits(f16[i]) == bits(jetmoe::fp16::from_float(values[i]).to_float()));
     }
+  }
+  SECTION("tensors given by fill on their owners") {
+    std::vector<int> calls;
+    const std::string filled_path = shared_dir(comm, dir) + "/filled.h5";
+    jetmoe::write_checkpoint(comm, filled_path, meta, filled(owned_part(s.groups, comm.rank(), comm.size()), calls));
+    const CheckpointReader f(filled_path);
+    std::size_t i = 0;
+    for (const auto& [group, tensors] : s.groups)
+      for (const auto& t : tensors) {
+        require_same_bits(f, group, t);
+        const bool mine = int(i % std::size_t(comm.size())) == comm.rank() && t.shape != std::vector<std::int64_t>{0, 3};
+        CHECK(calls[i++] == (mine ? 1 : 0));
+      }
   }
   SECTION("a tensor with no owner, or two, is a bug of the caller, refused before anything is written") {
     jetmoe::CheckpointGroups none = owned_part(s.groups, comm.rank(), comm.size());

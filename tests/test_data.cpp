@@ -290,6 +290,9 @@ TEST_CASE("document reader splits plain text at blank lines and reads jsonl and 
   const std::string gz = read_bytes(tmp / "a.txt.gz");
   write_bytes(tmp / "cut.txt.gz", gz.substr(0, gz.size() / 2));
   CHECK_THAT(input_error([&] { docs_of(tmp / "cut.txt.gz"); }), Contains(tmp / "cut.txt.gz" + ": cannot read"));
+  write_bytes(tmp / "plain.txt.gz", "plain text, not gzip\n");  // zlib alone would read it as text
+  CHECK_THAT(input_error([&] { docs_of(tmp / "plain.txt.gz"); }),
+             Contains(tmp / "plain.txt.gz" + ": not a gzip file (its name ends in .gz"));
   CHECK_THAT(input_error([&] { data::input_files(tmp / "nothing-here"); }),
              Contains("input '" + tmp / "nothing-here" + "' does not exist"));
 }

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "core/deck.hpp"
@@ -117,6 +118,10 @@ TEST_CASE("deck errors name file, line, key, expected and found", "[unit][deck]"
 TEST_CASE("deck: a missing file is one error naming it", "[unit][deck]") {
   CHECK_THAT(error_of([] { Deck::from_file("/nonexistent/x.deck", test_schema()); }),
              Contains("cannot open deck '/nonexistent/x.deck': No such file or directory"));
+  // A directory opens as a stream and reads as nothing: it must not pass as an empty deck.
+  const std::string dir = std::filesystem::temp_directory_path().string();
+  CHECK_THAT(error_of([&] { Deck::from_file(dir, test_schema()); }),
+             Contains("cannot open deck '" + dir + "': it is a directory, expected a deck file"));
 }
 
 TEST_CASE("deck overrides replace values and are validated", "[unit][deck]") {
@@ -138,7 +143,18 @@ TEST_CASE("deck: required keys and consumer checks name the key", "[unit][deck]"
   CHECK_THAT(error_of([&] { d.get_int("job", "count"); }), Contains("required key <job>/count is not set"));
   CHECK_THAT(error_of([&] { d.fail_value("opt", "steps", "too few for warmup"); }),
              Contains("t.deck:2: <opt>/steps: too few for warmup"));
-  CHECK_THAT(error_of([&] { d.fail_value("opt", "lr", "bad"); }), Contains("t.deck (default value): <opt>/lr: bad"));
+  CHECK_THAT(error_of([&] { d.fail_value("opt", "lr", "bad"); }), Contains("t.deck (not set: default 0.001): <opt>/lr: bad"));
+  CHECK_THAT(error_of([&] { d.fail_value("job", "count", "needed here"); }), Contains("t.deck (not set): <job>/count: needed here"));
+  // A path key checked against the file system.
+  const std::string here = std::filesystem::temp_directory_path().string();
+  const Deck paths = parse("<job>\ndir = " + here + "\n");
+  CHECK_THAT(error_of([&] { paths.find_existing("job", "dir", Deck::PathKind::File); }),
+             Contains("t.deck:2: <job>/dir: '" + here + "' is a directory, expected a file"));
+  CHECK(paths.find_existing("job", "dir", Deck::PathKind::Directory) == here);
+  CHECK(paths.find_existing("job", "dir", Deck::PathKind::Any) == here);
+  const Deck missing = parse("<job>\ndir = /no/such/file.txt\n");
+  CHECK_THAT(error_of([&] { missing.find_existing("job", "dir", Deck::PathKind::Any); }),
+             Contains("t.deck:2: <job>/dir: '/no/such/file.txt' does not exist"));
   // Reading an undeclared key or with the wrong type is a bug in our code, not a deck error.
   CHECK_THAT(error_of([&] { d.get_int("opt", "nope"); }, ErrorKind::Internal), Contains("does not declare"));
   CHECK_THAT(error_of([&] { d.get_int("opt", "lr"); }, ErrorKind::Internal), Contains("wrong type"));
@@ -175,7 +191,9 @@ TEST_CASE("the application's schema: every default is valid and every key docume
     }
   }
   // Shipped decks parse against it.
-  for (const char* deck : {"/inputs/tiny.deck", "/inputs/jetmoe-8b.deck"}) {
+  for (const char* deck : {"/inputs/tiny.deck", "/inputs/jetmoe-8b.deck", "/inputs/jetmoe-8b-sft.deck", "/inputs/jetmoe-8b-dpo.deck",
+                           "/inputs/jetmoe-8b-generate.deck", "/inputs/jetmoe-8b-eval.deck", "/inputs/convert.deck",
+                           "/inputs/prepare-tiny.deck"}) {
     INFO(deck);
     CHECK_NOTHROW(Deck::from_file(std::string(JETMOE_SOURCE_DIR) + deck));
   }

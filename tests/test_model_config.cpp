@@ -97,5 +97,14 @@ TEST_CASE("model from deck: preset, then config, then keys", "[unit][model]") {
              Contains("o.deck:2: <model>/head_dim: must be even"));
   auto missing = jetmoe::Deck::from_text("<model>\nconfig = /nonexistent.json\n", "c.deck");
   CHECK_THAT(input_error([&] { ModelConfig::from_deck(missing); }, jetmoe::ErrorKind::Deck),
-             Contains("c.deck:2: <model>/config: file '/nonexistent.json' does not exist"));
+             Contains("c.deck:2: <model>/config: '/nonexistent.json' does not exist"));
+
+  // model/weights = a single .safetensors file: the shape comes from the config.json next to it.
+  const jetmoe::testing::TempDir dir;
+  std::ofstream(dir / "config.json") << R"({"model_type": "jetmoe", "hidden_size": 48, "num_layers": 5})";
+  std::ofstream(dir / "model.safetensors") << "";  // only its existence matters here
+  auto single = jetmoe::Deck::from_text("<model>\nweights = " + dir / "model.safetensors" + "\n", "s.deck");
+  const ModelConfig from_single = ModelConfig::from_deck(single);
+  CHECK(from_single.hidden_size == 48);
+  CHECK(from_single.num_layers == 5);
 }

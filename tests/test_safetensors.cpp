@@ -481,6 +481,47 @@ TEST_CASE("safetensors writer matches the reference library byte for byte", "[un
   CHECK(p.header.substr(0, 8) == R"({"ids":{)");
 }
 
+TEST_CASE("safetensors writer takes tensors by fill, byte for byte as the reference library writes them",
+          "[unit][safetensors]") {
+  // What an export from GPU memory or to bf16 does: no tensor is in memory until the writer asks for it.
+  TempDir dir;
+  TensorSet golden = golden_tensors();
+  std::vector<TensorToWrite> tensors = golden.get();
+  std::vector<int> calls(tensors.size(), 0);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const std::vector<std::uint8_t>& bytes = golden.storage[i];
+    tensors[i].data = nullptr;
+    tensors[i].fill = [&, i](void* out) {
+      ++calls[i];
+      std::memcpy(out, bytes.data(), bytes.size());
+    };
+  }
+  jetmoe::io::write_safetensors(dir / "filled.safetensors", tensors, {{"format", "pt"}});
+  CHECK(read_bytes(dir / "filled.safetensors") == read_bytes(fixture("golden.safetensors")));
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    INFO(tensors[i].name);
+    CHECK(calls[i] == (golden.storage[i].empty() ? 0 : 1));  // once each, never for an empty tensor
+  }
+
+  SECTION("mixed with tensors given by data, in shards") {
+    for (std::size_t i = 0; i < tensors.size(); i += 2) tensors[i].data = golden.storage[i].data();
+    const std::string sharded = dir / "sharded", reference_dir = dir / "reference";
+    const auto names = jetmoe::io::write_sharded_safetensors(sharded, tensors, 16);
+    const auto reference = jetmoe::io::write_sharded_safetensors(reference_dir, golden.get(), 16);
+    REQUIRE(names == reference);
+    REQUIRE(names.size() > 2);
+    for (const std::string& name : names) CHECK(read_bytes(sharded + "/" + name) == read_bytes(reference_dir + "/" + name));
+  }
+  SECTION("a failing fill leaves the old file and no temporary file") {
+    const std::string target = dir / "filled.safetensors";
+    const std::string before = read_bytes(target);
+    tensors[2].fill = [](void*) { jetmoe::fail(ErrorKind::Input, "tensor 'f64': the device copy failed"); };
+    CHECK(error_of([&] { jetmoe::io::write_safetensors(target, tensors); }) == "tensor 'f64': the device copy failed");
+    CHECK(read_bytes(target) == before);
+    CHECK_FALSE(fs::exists(target + ".tmp"));
+  }
+}
+
 TEST_CASE("safetensors writer rejects what it cannot write", "[unit][safetensors]") {
   TempDir dir;
   std::vector<float> v = {1, 2};
@@ -586,6 +627,13 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
   const std::string index = dir / "ckpt/model.safetensors.index.json";
   const std::string shard7 = "model-00007-of-00007.safetensors";
 
+  SECTION("a JSON file that is not an index (config.json given for the checkpoint)") {
+    write_bytes(dir / "ckpt/config.json", "{\"model_type\": \"jetmoe\"}");
+    CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt/config.json"); }) ==
+          dir / "ckpt/config.json" +
+              ": a JSON file that is not a safetensors index (*.safetensors.index.json); give the checkpoint's directory, "
+              "its model.safetensors or its index");
+  }
   SECTION("a shard file is missing") {
     fs::remove(dir / ("ckpt/" + shard7));
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==

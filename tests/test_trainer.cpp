@@ -25,12 +25,14 @@
 #include "parallel/comm.hpp"
 #include "support.hpp"
 #include "trainer_support.hpp"
+#include "train/config.hpp"
 #include "train/device_network.hpp"
 #include "train/trainer.hpp"
 
 using namespace jetmoe;
 using jetmoe::testing::read_bytes;
 using jetmoe::testing::TempDir;
+using Catch::Matchers::Contains;
 using namespace jetmoe::testing::trainer;
 namespace fs = std::filesystem;
 
@@ -278,6 +280,36 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
     }
     world.barrier();
   }
+}
+
+TEST_CASE("what a run needs besides the deck is checked before it starts, naming the key", "[unit][train]") {
+  TempDir tmp;
+  prepare_corpus(tmp);
+  const auto check = [&](const std::vector<std::string>& overrides, const std::optional<std::string>& restart = std::nullopt) {
+    const Deck deck = micro_deck(tmp, "run", overrides);
+    const TrainConfig run = TrainConfig::from_deck(deck, ModelConfig::from_deck(deck), 1);
+    check_training_inputs(deck, run, restart);
+  };
+  using jetmoe::testing::error_of;
+  CHECK_NOTHROW(check({}));
+  CHECK_THAT(error_of([&] { check({"data/phase2_mixture=prose:1, web:1"}); }, ErrorKind::Deck),
+             Contains("command line: <data>/phase2_mixture: names source 'web', which is not prepared in '" + tmp / "data" +
+                      "' (available: code, prose)"));
+  CHECK_THAT(error_of([&] { check({"data/dir=" + tmp / "nope"}); }, ErrorKind::Deck),
+             Contains("command line: <data>/dir: '" + tmp / "nope" + "' does not exist; prepare the corpora first"));
+  CHECK_THAT(error_of([&] { check({"data/dir=" + tmp / "in"}); }, ErrorKind::Deck),
+             Contains("<data>/dir: '" + tmp / "in" + "' holds no prepared sources"));
+  CHECK_THAT(error_of([&] { check({"tokenizer/model=" + tmp / "none.model"}); }, ErrorKind::Deck),
+             Contains("command line: <tokenizer>/model: '" + tmp / "none.model" + "' does not exist"));
+  CHECK_THAT(error_of([&] { check({"train/mode=sft", "data/chat_train=" + tmp / "in"}); }, ErrorKind::Deck),
+             Contains("command line: <data>/chat_train: '" + tmp / "in" + "' is a directory, expected a file"));
+  CHECK_THAT(error_of([&] { check({"train/mode=dpo"}); }, ErrorKind::Deck),
+             Contains("<data>/chat_train: train/mode = dpo needs a jsonl file of preference pairs"));
+  CHECK_THAT(error_of([&] { check({}, tmp / "missing.h5"); }, ErrorKind::Usage),
+             Contains("restart checkpoint '" + tmp / "missing.h5" + "' does not exist"));
+  CHECK_THAT(error_of([&] { check({}, tmp / "in"); }, ErrorKind::Usage),
+             Contains("restart checkpoint '" + tmp / "in" + "' is a directory; -r takes a checkpoint file (it holds no "
+                      "step-*.h5 checkpoint)"));
 }
 
 TEST_CASE("parallel/communication = nccl is a deck error with fp32 or without NCCL in the build", "[unit][train]") {

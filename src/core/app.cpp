@@ -2,6 +2,7 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -66,7 +67,8 @@ std::string usage_text(const AppSpec& spec) {
        "  --deck-reference      print the reference of every deck block and key (Markdown)\n"
        "  -V, --version         print the version and how this binary was built\n"
        "  -h, --help            this text\n"
-       "  --kokkos-*            passed to Kokkos (e.g. --kokkos-num-threads=N)\n\n"
+       "  --kokkos-*            passed to Kokkos (threads: --kokkos-num-threads=N with Kokkos 4,\n"
+       "                        --kokkos-threads=N with Kokkos 3)\n\n"
        "Deck blocks read:";
   for (const auto& b : spec.blocks) s += " <" + b + ">";
   s += "\nExit status: 0 success, 1 runtime error, 2 command-line or deck error.\n";
@@ -147,6 +149,16 @@ int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body) {
   log::info("Kokkos default execution space: %s", Kokkos::DefaultExecutionSpace::name());
   log::info("deck %s%s", cl.deck_path->c_str(), cl.overrides.empty() ? "" : " with command-line overrides");
   log::text(deck->effective_text(spec.name + " " + *cl.deck_path));
+  // A deck may hold blocks for other applications; an override of one is most likely a mistake.
+  for (const auto& o : cl.overrides) {
+    const std::string block = trim(std::string_view(o).substr(0, o.find('/')));
+    if (std::find(spec.blocks.begin(), spec.blocks.end(), block) == spec.blocks.end()) {
+      std::string reads;
+      for (const auto& b : spec.blocks) reads += " <" + b + ">";
+      log::warn("command line argument %s has no effect: %s does not read block <%s> (it reads%s)", quoted(o).c_str(),
+                spec.name.c_str(), block.c_str(), reads.c_str());
+    }
+  }
 
   int status = 0;
   std::string message;

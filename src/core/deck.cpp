@@ -1,5 +1,7 @@
 #include "core/deck.hpp"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -362,6 +364,9 @@ std::string format_deck_value(const ParamSpec& spec, const DeckValue& value) {
 Deck::Deck(const DeckSchema& schema) : schema_(&schema) {}
 
 Deck Deck::from_file(const std::string& path, const DeckSchema& schema) {
+  // (<filesystem> is not used here: its std::quoted would make every quoted() call ambiguous)
+  if (struct stat st {}; ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))  // an ifstream opens a directory
+    deck_error("", "cannot open deck " + quoted(path) + ": it is a directory, expected a deck file");
   std::ifstream in(path, std::ios::binary);
   if (!in) deck_error("", "cannot open deck " + quoted(path) + ": " + std::strerror(errno));
   std::ostringstream text;
@@ -586,8 +591,27 @@ std::string Deck::origin(const std::string& block, const std::string& key) const
 void Deck::fail_value(const std::string& block, const std::string& key, const std::string& message) const {
   const ParamSpec& spec = spec_or_bug(block, key);
   auto it = entries_.find({block, key});
-  const std::string where = it == entries_.end() ? source_ + " (default value)" : it->second.origin;
+  // A key the deck does not set: the deck is named, and the default the run used, if any.
+  const std::string where = it != entries_.end() ? it->second.origin
+                            : spec.default_text ? source_ + " (not set: default " +
+                                                      (spec.default_text->empty() ? "\"\"" : *spec.default_text) + ")"
+                                                : source_ + " (not set)";
   deck_error(where, spec.full_name() + ": " + message);
+}
+
+std::optional<std::string> Deck::find_existing(const std::string& block, const std::string& key, PathKind kind) const {
+  const ParamSpec& spec = spec_or_bug(block, key);
+  if (spec.type != ParamType::Path) fail(ErrorKind::Internal, "find_existing: " + spec.full_name() + " is not a path");
+  std::optional<std::string> path = find_string(block, key);
+  if (!path) return path;
+  struct stat st {};
+  if (::stat(path->c_str(), &st) != 0)
+    fail_value(block, key, quoted(*path) + (errno == ENOENT || errno == ENOTDIR ? std::string(" does not exist")
+                                                                                 : ": " + std::string(std::strerror(errno))));
+  if (kind == PathKind::File && S_ISDIR(st.st_mode)) fail_value(block, key, quoted(*path) + " is a directory, expected a file");
+  if (kind == PathKind::File && !S_ISREG(st.st_mode)) fail_value(block, key, quoted(*path) + " is not a regular file");
+  if (kind == PathKind::Directory && !S_ISDIR(st.st_mode)) fail_value(block, key, quoted(*path) + " is not a directory");
+  return path;
 }
 
 void Deck::use_block(const std::string& block) {

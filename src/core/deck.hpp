@@ -143,6 +143,12 @@ class Deck {
   [[noreturn]] void fail_value(const std::string& block, const std::string& key,
                                const std::string& message) const;
 
+  // A path key's value checked against the file system: nullopt when unset (no value, no default);
+  // otherwise it must exist and be a regular file (File), a directory (Directory) or either (Any), else
+  // a Deck error naming the key ("'x' does not exist", "'x' is a directory, expected a file", ...).
+  enum class PathKind { File, Directory, Any };
+  std::optional<std::string> find_existing(const std::string& block, const std::string& key, PathKind kind) const;
+
   // Marks every key of a block as in use, so the effective deck lists it with its default.
   void use_block(const std::string& block);
   // The complete deck the run used: every key set or read or in a used block, each with its origin.

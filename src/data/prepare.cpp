@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <filesystem>
 #include <thread>
 
@@ -139,6 +140,14 @@ DocumentReader::DocumentReader(const std::string& path, const std::string& text_
       text_documents_(text_documents),
       jsonl_(ends_with(path, ".jsonl") || ends_with(path, ".jsonl.gz")),
       buffer_(std::size_t(1) << 17) {
+  if (ends_with(path, ".gz")) {  // zlib would read a file that is not gzip as plain text, without a word
+    std::ifstream in(path, std::ios::binary);
+    unsigned char magic[2] = {0, 0};
+    in.read(reinterpret_cast<char*>(magic), 2);
+    if (in && (magic[0] != 0x1f || magic[1] != 0x8b))
+      input_error(path + ": not a gzip file (its name ends in .gz, but it does not start with the gzip signature "
+                         "1f 8b); compress it with gzip or drop the .gz from its name");
+  }
   errno = 0;
   gzFile gz = gzopen(path.c_str(), "rb");  // reads plain files as they are
   if (!gz) input_error(path + ": cannot open: " + (errno ? std::strerror(errno) : "out of memory"));

@@ -355,19 +355,30 @@ class Writer {
     return d;
   }
 
-  // Writes the tensor's data (t.data) into its dataset and returns the checksum of the stored bytes.
+  // Writes the tensor's data (t.data, or what t.fill puts into the staging buffer) into its dataset
+  // and returns the checksum of the stored bytes.
   std::uint64_t write_tensor(hid_t d, const std::string& group, const CheckpointTensor& t) {
     const std::size_t n = static_cast<std::size_t>(element_count(t.shape));
     if (n == 0) return crc64(nullptr, 0);
     const std::string where = tensor_where(group, t);
+    const float* data = t.data;
+    if (!data) {
+      if (staging_.size() < n) {
+        staging_.clear();
+        staging_.shrink_to_fit();  // never two buffers at once
+        staging_.resize(n);
+      }
+      t.fill(staging_.data());
+      data = staging_.data();
+    }
     if (t.stored_as == CheckpointDType::F32) {
       // Native float to little-endian float32: no conversion on little-endian hosts.
-      if (H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data) < 0) fail_here(where);
-      return crc64_le(t.data, n, 4);
+      if (H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) fail_here(where);
+      return crc64_le(data, n, 4);
     }
     std::vector<std::uint16_t> half(n);
     for (std::size_t i = 0; i < n; ++i)
-      half[i] = t.stored_as == CheckpointDType::BF16 ? bf16::from_float(t.data[i]).bits : fp16::from_float(t.data[i]).bits;
+      half[i] = t.stored_as == CheckpointDType::BF16 ? bf16::from_float(data[i]).bits : fp16::from_float(data[i]).bits;
     const std::uint64_t crc = crc64_le(half.data(), n, 2);
     if (!host_is_little_endian()) swap_bytes(half.data(), n, 2);
     Handle file_type = float_type(t.stored_as);
@@ -385,6 +396,7 @@ class Writer {
  private:
   std::string name_;
   bool write_data_ = true;
+  std::vector<float> staging_;  // the tensors given by `fill`, one at a time
 };
 
 // Flushes a closed file's data to stable storage.
@@ -413,7 +425,7 @@ void check_names(const CheckpointMeta& meta, const CheckpointGroups& groups, boo
       JETMOE_ASSERT(names.insert(t.name).second, "write_checkpoint: tensor '" + group + "/" + t.name + "' given twice");
       for (const std::int64_t d : t.shape)
         JETMOE_ASSERT(d >= 0, "write_checkpoint: tensor '" + group + "/" + t.name + "' has shape " + shape_text(t.shape));
-      JETMOE_ASSERT(collective || t.data != nullptr || element_count(t.shape) == 0,
+      JETMOE_ASSERT(collective || t.held() || element_count(t.shape) == 0,
                     "write_checkpoint: tensor '" + group + "/" + t.name + "' has no data");
     }
   }
@@ -642,7 +654,7 @@ void check_ownership(const Comm& comm, const CheckpointGroups& groups) {
     signature += group + "\n";
     for (const CheckpointTensor& t : tensors) {
       signature += t.name + shape_text(t.shape) + std::to_string(int(t.stored_as)) + "\n";
-      owners.push_back(t.data != nullptr && element_count(t.shape) > 0 ? 1.0 : 0.0);
+      owners.push_back(t.held() && element_count(t.shape) > 0 ? 1.0 : 0.0);
     }
   }
   const std::uint64_t h = crc64(signature.data(), signature.size());
@@ -739,7 +751,7 @@ void write_file_collective(const Comm& comm, const std::string& tmp, const std::
         std::uint64_t crc = 0;
         if (element_count(t.shape) == 0) {
           crc = crc64(nullptr, 0);
-        } else if (t.data != nullptr && write_error.empty()) {
+        } else if (t.held() && write_error.empty()) {
           const std::string& name = group;  // a structured binding is captured only from C++20 on
           write_error = attempt([&] { crc = w.write_tensor(datasets[i].get(), name, t); });
         }

@@ -20,6 +20,7 @@
 // Every error a user can meet (not HDF5, truncated, unknown version, missing tensor, wrong shape,
 // checksum mismatch) is one ErrorKind::Input line naming the file and the tensor.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <limits>
@@ -41,8 +42,16 @@ enum class CheckpointDType { F32, BF16, F16 };
 struct CheckpointTensor {
   std::string name;                  // dataset name: anything but '/' (HF names contain dots)
   std::vector<std::int64_t> shape;   // row-major; {} is a scalar (one element)
-  const float* data;                 // host pointer, product(shape) floats
+  const float* data;                 // host pointer, product(shape) floats; or null and `fill`:
   CheckpointDType stored_as = CheckpointDType::F32;
+  // Instead of `data`: called once, when the writer reaches this tensor, to put its product(shape)
+  // floats into a host buffer the writer owns (one buffer for all such tensors, as large as the
+  // largest). Tensors in GPU memory are written this way, so that the host never holds more than one
+  // of them; a tensor with `fill` is held by its rank as one with `data` is. An exception thrown
+  // here fails the write as any other error does (nothing is written, PATH is untouched).
+  std::function<void(float* out)> fill = nullptr;
+
+  bool held() const { return data != nullptr || fill != nullptr; }
 };
 
 struct CheckpointMeta {
@@ -60,7 +69,7 @@ using CheckpointGroups = std::vector<std::pair<std::string, std::vector<Checkpoi
 void write_checkpoint(const std::string& path, const CheckpointMeta& meta, const CheckpointGroups& groups);
 
 // The collective form: every rank of `comm` calls it with the same groups (names, shapes, dtypes, in
-// the same order); a tensor's `data` is not null on exactly one rank, its owner, which writes it
+// the same order); a tensor is held() on exactly one rank, its owner, which writes it
 // (parallel HDF5, MPI-IO, independent data writes). Rank 0's `path` and `meta` are used (the directory
 // must be on a file system every rank shares; a rank that cannot write there fails the call on every
 // rank before the file is opened). Atomic like the

@@ -13,8 +13,9 @@ class Comm;
 
 // Every rank of `comm` calls this at the same point with its own error ("" when it succeeded): when
 // any rank has an error, every rank throws the lowest failing rank's message as a CollectiveError
-// (reported once by the app).
-void agree(const Comm& comm, const std::string& my_error);
+// (reported once by the app) of that rank's kind (`my_kind`: Input unless given; a deck error stays
+// one, exit status 2).
+void agree(const Comm& comm, const std::string& my_error, ErrorKind my_kind = ErrorKind::Input);
 
 // Runs `f`, a rank's part of a collective step; returns "" or the message of what it threw, for agree().
 template <typename F>
@@ -27,6 +28,25 @@ std::string attempt(F&& f) {
   } catch (const std::exception& e) {
     return std::string("unexpected failure: ") + e.what();
   }
+}
+
+// Runs `f` on every rank of `comm` as one step that all ranks pass or fail together: what `f` throws
+// on any rank, every rank throws (the lowest failing rank's message and kind, as agree()). For checks
+// every rank makes alike (the deck, the files it names), so that one message is printed, not one per
+// rank followed by MPI_Abort's.
+template <typename F>
+void collectively(const Comm& comm, F&& f) {
+  std::string error;
+  ErrorKind kind = ErrorKind::Input;
+  try {
+    f();
+  } catch (const Error& e) {
+    error = e.what();
+    kind = e.kind();
+  } catch (const std::exception& e) {
+    error = std::string("unexpected failure: ") + e.what();
+  }
+  agree(comm, error, kind);
 }
 
 }  // namespace jetmoe

@@ -237,8 +237,15 @@ bool write_all(int fd, const std::uint8_t* data, std::size_t size) {
   return true;
 }
 
+// A part of a file: `size` bytes at `data`, or (data null) what `fill` puts into a buffer of that size.
+struct Piece {
+  const std::uint8_t* data = nullptr;
+  std::size_t size = 0;
+  const std::function<void(void*)>* fill = nullptr;
+};
+
 // Writes `pieces` one after the other to `path` atomically (see write_safetensors).
-void write_atomically(const std::string& path, const std::vector<ByteSpan>& pieces) {
+void write_atomically(const std::string& path, const std::vector<Piece>& pieces) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) input_error(path, "cannot create the temporary file " + tmp + ": " + errno_text());
@@ -254,9 +261,21 @@ void write_atomically(const std::string& path, const std::vector<ByteSpan>& piec
     }
   } guard{tmp, fd};
 
-  for (const ByteSpan& piece : pieces)
-    if (!write_all(guard.fd, piece.data, piece.size))
+  std::vector<std::uint8_t> staging;  // the pieces given by `fill`, one at a time
+  for (const Piece& piece : pieces) {
+    const std::uint8_t* data = piece.data;
+    if (!data && piece.size > 0) {
+      if (staging.size() < piece.size) {
+        staging.clear();
+        staging.shrink_to_fit();  // never two buffers at once
+        staging.resize(piece.size);
+      }
+      (*piece.fill)(staging.data());
+      data = staging.data();
+    }
+    if (!write_all(guard.fd, data, piece.size))
       input_error(path, "cannot write the temporary file " + tmp + ": " + errno_text());
+  }
   if (::fsync(guard.fd) != 0) input_error(path, "cannot flush the temporary file " + tmp + ": " + errno_text());
   const int closed = ::close(guard.fd);
   guard.fd = -1;
@@ -288,7 +307,7 @@ void check_tensors_to_write(const std::string& where, const std::vector<TensorTo
                   what + "invalid dtype");
     const auto numel = checked_numel(t.shape);
     JETMOE_ASSERT(numel.has_value(), what + "invalid shape " + shape_string(t.shape));
-    JETMOE_ASSERT(*numel == 0 || t.data != nullptr, what + "no data");
+    JETMOE_ASSERT(*numel == 0 || t.data != nullptr || t.fill != nullptr, what + "no data");
   }
 }
 
@@ -560,6 +579,9 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
   } else if (fs::exists(st)) {
     file = path;
     sharded = fs::path(path).extension() == ".json";
+    if (sharded && fs::path(path).filename().string().find(".index.json") == std::string::npos)
+      input_error(path, "a JSON file that is not a safetensors index (*.safetensors.index.json); give the checkpoint's "
+                        "directory, its model.safetensors or its index");
   } else {
     input_error(path, "no such file or directory");
   }
@@ -698,9 +720,9 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   std::uint8_t length[8];
   const std::uint64_t n = header.size();
   std::memcpy(length, &n, 8);
-  std::vector<ByteSpan> pieces = {{length, 8}, {reinterpret_cast<const std::uint8_t*>(header.data()), header.size()}};
+  std::vector<Piece> pieces = {{length, 8}, {reinterpret_cast<const std::uint8_t*>(header.data()), header.size()}};
   for (const TensorToWrite* t : order)
-    if (write_nbytes(*t) > 0) pieces.push_back({static_cast<const std::uint8_t*>(t->data), write_nbytes(*t)});
+    if (write_nbytes(*t) > 0) pieces.push_back({static_cast<const std::uint8_t*>(t->data), write_nbytes(*t), &t->fill});
   write_atomically(path, pieces);
 }
 

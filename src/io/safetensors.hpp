@@ -13,6 +13,7 @@
 // tensor; a mistake in what our own code asks to write is kind Internal.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -134,12 +135,16 @@ class SafetensorsCheckpoint {
 };
 
 // A tensor to write: `data` holds numel * dtype_size little-endian bytes and must stay valid for
-// the call.
+// the call. Or, with `data` null, `fill` puts those bytes into a buffer the writer owns when the
+// writer reaches the tensor (one buffer for all such tensors, as large as the largest): a tensor in
+// GPU memory, or one converted to another dtype, then never needs a host copy of the whole model. An
+// exception thrown by `fill` fails the write (the file is not written, an earlier one is untouched).
 struct TensorToWrite {
   std::string name;
   DType dtype = DType::F32;
   std::vector<std::int64_t> shape;
   const void* data = nullptr;
+  std::function<void(void* out)> fill = nullptr;
 };
 
 // Writes one .safetensors file byte-identical to the reference library's (Python safetensors

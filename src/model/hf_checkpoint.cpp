@@ -108,29 +108,31 @@ ExportDType export_dtype(const std::string& dtype) {
   fail(ErrorKind::Internal, "save_hf_checkpoint: unknown dtype '" + dtype + "'");
 }
 
-// Host copies of parameters in the stored dtype, alive as long as the object: what a writer reads.
-struct HostTensors {
-  std::vector<std::vector<float>> f32;
-  std::vector<std::vector<std::uint16_t>> half;
+// The parameters as the safetensors writer takes them: fp32 tensors in host memory as they are; the
+// others (in GPU memory, or stored as bf16/fp16) copied or converted when the writer reaches them, so
+// the host never holds a second copy of the model, only of its largest tensor.
+std::vector<io::TensorToWrite> tensors_to_write(const std::vector<NamedTensor>& named, io::DType stored) {
+  using HostFloats = Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   std::vector<io::TensorToWrite> tensors;
-
-  HostTensors(const std::vector<NamedTensor>& named, io::DType stored) : f32(named.size()), half(named.size()) {
-    for (std::size_t i = 0; i < named.size(); ++i) {
-      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-      io::TensorToWrite t{named[i].name, stored, named[i].shape, nullptr};
-      if (stored == io::DType::F32) {
-        f32[i].assign(host.data(), host.data() + host.size());
-        t.data = f32[i].data();
-      } else {
-        half[i].resize(host.size());
+  for (const NamedTensor& t : named) {
+    io::TensorToWrite w{t.name, stored, t.shape};
+    const Vec<float> flat = t.flat;
+    if (stored == io::DType::F32 && host_memory) {
+      w.data = flat.data();
+    } else if (stored == io::DType::F32) {
+      w.fill = [flat](void* out) { Kokkos::deep_copy(HostFloats(static_cast<float*>(out), flat.extent(0)), flat); };
+    } else {
+      w.fill = [flat, stored](void* out) {
+        const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), flat);  // no copy on the host
+        auto* half = static_cast<std::uint16_t*>(out);
         for (std::size_t j = 0; j < host.size(); ++j)
-          half[i][j] = stored == io::DType::BF16 ? bf16::from_float(host(j)).bits : fp16::from_float(host(j)).bits;
-        t.data = half[i].data();
-      }
-      tensors.push_back(t);
+          half[j] = stored == io::DType::BF16 ? bf16::from_float(host(j)).bits : fp16::from_float(host(j)).bits;
+      };
     }
+    tensors.push_back(std::move(w));
   }
-};
+  return tensors;
+}
 
 void rename_or_fail(const fs::path& from, const fs::path& to) {
   std::error_code ec;
@@ -179,8 +181,8 @@ void save_hf_checkpoint(const std::string& directory, const ModelConfig& c, cons
   std::error_code ec;
   fs::create_directories(directory, ec);
   if (ec) fail(ErrorKind::Input, directory + ": cannot create the output directory: " + ec.message());
-  const HostTensors host(weights.named(c), type.stored);
-  io::write_safetensors((fs::path(directory) / "model.safetensors").string(), host.tensors, {{"format", "pt"}});
+  io::write_safetensors((fs::path(directory) / "model.safetensors").string(), tensors_to_write(weights.named(c), type.stored),
+                        {{"format", "pt"}});
   io::write_text_atomically((fs::path(directory) / "config.json").string(), hf_config_json(c, type.torch_dtype));
 }
 
@@ -231,8 +233,7 @@ void save_hf_checkpoint(const Comm& comm, const std::string& directory, const Mo
         std::vector<NamedTensor> mine;
         for (NamedTensor& t : weights.named(config))
           if (shard_of(t.name) == shard) mine.push_back(std::move(t));
-        const HostTensors host(mine, type.stored);
-        io::write_safetensors((staging / shard_name(shard)).string(), host.tensors, {{"format", "pt"}});
+        io::write_safetensors((staging / shard_name(shard)).string(), tensors_to_write(mine, type.stored), {{"format", "pt"}});
         totals[0] = 1;
         totals[1] = double(mine.size());
         for (const NamedTensor& t : mine) {

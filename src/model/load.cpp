@@ -1,6 +1,8 @@
 #include "model/load.hpp"
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <set>
 
 #include "core/deck.hpp"
@@ -15,8 +17,7 @@ namespace fs = std::filesystem;
 
 LoadedModel load_model(const Deck& deck) {
   LoadedModel m{ModelConfig::from_deck(deck), ModelWeights(), ""};
-  if (const auto weights = deck.find_string("model", "weights")) {
-    if (!fs::exists(*weights)) deck.fail_value("model", "weights", "'" + *weights + "' does not exist");
+  if (const auto weights = deck.find_existing("model", "weights", Deck::PathKind::Any)) {
     log::info("loading weights from %s", weights->c_str());
     if (fs::path(*weights).extension() == ".h5" && !fs::is_directory(*weights)) {
       const CheckpointReader checkpoint(*weights);
@@ -59,32 +60,52 @@ ModelWeights read_checkpoint_params(const CheckpointReader& checkpoint, const Mo
   return weights;
 }
 
-std::vector<CheckpointTensor> checkpoint_tensors(const ModelConfig& config, const ModelWeights& weights,
-                                                 std::vector<std::vector<float>>& storage, CheckpointDType stored_as) {
-  const std::vector<NamedTensor> named = weights.named(config);
-  storage.assign(named.size(), {});
-  std::vector<CheckpointTensor> tensors;
-  using Space = Vec<float>::memory_space;
-  for (std::size_t i = 0; i < named.size(); ++i) {
-    const float* data = named[i].flat.data();
-    if (!Kokkos::SpaceAccessibility<Kokkos::HostSpace, Space>::accessible) {  // device memory: copy to the host
-      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), named[i].flat);
-      storage[i].assign(host.data(), host.data() + host.size());
-      data = storage[i].data();
-    }
-    tensors.push_back({named[i].name, named[i].shape, data, stored_as});
+CheckpointTensor checkpoint_tensor(const NamedTensor& t, CheckpointDType stored_as) {
+  if constexpr (host_memory) {
+    return {t.name, t.shape, t.flat.data(), stored_as};
+  } else {
+    const Vec<float> flat = t.flat;
+    return {t.name, t.shape, nullptr, stored_as, [flat](float* out) {
+              Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+                                    out, flat.extent(0)),
+                                flat);
+            }};
   }
+}
+
+std::vector<CheckpointTensor> checkpoint_tensors(const ModelConfig& config, const ModelWeights& weights,
+                                                 CheckpointDType stored_as) {
+  std::vector<CheckpointTensor> tensors;
+  for (const NamedTensor& t : weights.named(config)) tensors.push_back(checkpoint_tensor(t, stored_as));
   return tensors;
 }
 
+namespace {
+// Whether two files hold the same bytes (false when either cannot be read).
+bool same_bytes(const std::string& a, const std::string& b) {
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  if (!fa || !fb) return false;
+  return std::string(std::istreambuf_iterator<char>(fa), {}) == std::string(std::istreambuf_iterator<char>(fb), {});
+}
+}  // namespace
+
 std::optional<io::Tokenizer> load_tokenizer(const Deck& deck, const ModelConfig& config, bool required) {
-  std::string path;
-  if (const auto p = deck.find_string("tokenizer", "model")) {
-    if (!fs::exists(*p)) deck.fail_value("tokenizer", "model", "'" + *p + "' does not exist");
-    path = *p;
-  } else if (const auto w = deck.find_string("model", "weights")) {
+  std::string path, next_to_weights;
+  if (const auto w = deck.find_string("model", "weights")) {
     const fs::path next_to = fs::path(fs::is_directory(*w) ? *w : fs::path(*w).parent_path().string()) / "tokenizer.model";
-    if (fs::exists(next_to)) path = next_to.string();
+    if (fs::is_regular_file(next_to)) next_to_weights = next_to.string();
+  }
+  if (const auto p = deck.find_existing("tokenizer", "model", Deck::PathKind::File)) {
+    path = *p;
+    // The deck's tokenizer wins; one that differs from the model's own is most likely a deck shared
+    // with another model (a wrong tokenizer still fits any model with as many embeddings).
+    std::error_code ec;
+    if (!next_to_weights.empty() && !fs::equivalent(path, next_to_weights, ec) && !same_bytes(path, next_to_weights))
+      log::warn("tokenizer/model = %s (%s) is used, not the model's own %s, which differs; remove tokenizer/model "
+                "from the deck to use the model's",
+                path.c_str(), deck.origin("tokenizer", "model").c_str(), next_to_weights.c_str());
+  } else {
+    path = next_to_weights;
   }
   if (path.empty()) {
     if (!required) return std::nullopt;

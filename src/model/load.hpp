@@ -31,11 +31,14 @@ LoadedModel load_model(const Deck& deck);
 // file and the tensor.
 ModelWeights read_checkpoint_params(const CheckpointReader& checkpoint, const ModelConfig& config);
 
-// Every parameter as a CheckpointTensor for write_checkpoint (group "params"; the same names and
-// shapes fit the AdamW moments). The tensors point into `weights` when it is host-accessible, else
-// into host copies kept in `storage`; both must outlive the tensors.
+// One tensor for write_checkpoint: its `data` points into `t.flat` when that is host-accessible;
+// otherwise (GPU memory) the writer copies it to the host when it reaches it (`fill`), so a checkpoint
+// never holds host copies of more than one tensor at a time. `t.flat` is shared by the result.
+CheckpointTensor checkpoint_tensor(const NamedTensor& t, CheckpointDType stored_as = CheckpointDType::F32);
+
+// Every parameter as a CheckpointTensor (group "params"; the same names and shapes fit the AdamW
+// moments), as checkpoint_tensor makes them; `weights` must outlive the write.
 std::vector<CheckpointTensor> checkpoint_tensors(const ModelConfig& config, const ModelWeights& weights,
-                                                 std::vector<std::vector<float>>& storage,
                                                  CheckpointDType stored_as = CheckpointDType::F32);
 
 // <tokenizer>/model, else tokenizer.model next to model/weights; nullopt when neither exists and

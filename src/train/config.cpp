@@ -61,6 +61,9 @@ TrainConfig TrainConfig::from_deck(const Deck& deck, const ModelConfig& model, i
                                                       std::to_string(model.num_layers));
   }
 
+  if (t.precision == "fp32" && deck.get_string("parallel", "communication") == "nccl")
+    deck.fail_value("parallel", "communication",
+                    "nccl carries the GPU traffic of train/precision = bf16; fp32 communicates over MPI (use auto or mpi)");
   if (t.seq_len > model.max_position_embeddings)
     deck.fail_value("train", "seq_len", std::to_string(t.seq_len) + " exceeds the model's context of " +
                                             std::to_string(model.max_position_embeddings) + " tokens");

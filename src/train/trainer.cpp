@@ -18,6 +18,7 @@
 #include "core/profiling.hpp"
 #include "data/chat.hpp"
 #include "data/sampler.hpp"
+#include "data/shards.hpp"
 #include "infer/generate.hpp"
 #include "io/atomic_file.hpp"
 #include "io/checkpoint.hpp"
@@ -108,6 +109,16 @@ void split_sequences(const std::vector<std::int32_t>& tokens, std::int64_t B, st
     }
   Kokkos::deep_copy(ids, hi);
   Kokkos::deep_copy(targets, ht);
+}
+
+// train/precision = bf16 needs the CUDA kernels on a GPU, and parallel/communication = nccl an NCCL build.
+void check_devices(const Deck& deck, const TrainConfig& run) {
+  if (run.precision != "bf16") return;
+  const std::string why = device_training_unavailable();
+  if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+  const std::string no_nccl = gpu_comms_unavailable();
+  if (deck.get_string("parallel", "communication") == "nccl" && !no_nccl.empty())
+    deck.fail_value("parallel", "communication", "nccl: " + no_nccl + "; use mpi or auto");
 }
 
 std::string fmt_g(double v, int digits = 6) {
@@ -221,11 +232,8 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   device_options_.recompute = deck.get_bool("train", "recompute");
   device_options_.logits_chunk = deck.get_int("train", "logits_chunk_tokens");
   if (run_.precision == "bf16") {
-    const std::string why = device_training_unavailable();
-    if (!why.empty()) deck.fail_value("train", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+    check_devices(deck, run_);
     const std::string no_nccl = gpu_comms_unavailable();
-    if (communication == "nccl" && !no_nccl.empty())
-      deck.fail_value("parallel", "communication", "nccl: " + no_nccl + "; use mpi or auto");
     // auto: NCCL when the build has it and there is traffic (more than one rank).
     if (comm_.size() > 1 && (communication == "nccl" || (communication == "auto" && no_nccl.empty())))
       gpu_comms_ = make_gpu_comms(pipe_comm_, dp_comm_, embed_comm_);
@@ -236,10 +244,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
     log::info("bf16 training on %s (%s kernels); stage boundaries and gradient sums %s",
               device_training_description().c_str(), deck.get_string("job", "gpu_kernels").c_str(),
               comm_.size() == 1 ? "local (one rank)" : gpu_comms_ ? "GPU to GPU (NCCL)" : "through host memory (MPI)");
-  } else {
-    if (communication == "nccl")
-      deck.fail_value("parallel", "communication",
-                      "nccl carries the GPU traffic of train/precision = bf16; fp32 communicates over MPI (use auto or mpi)");
+  } else {  // (train/precision = fp32 with parallel/communication = nccl is refused by TrainConfig)
     net_ = std::make_unique<Network<float>>(config_, run_.load_balance_coef, run_.z_loss_coef,
                                             device_options_.recompute, layout_.span(), device_options_.logits_chunk);
   }
@@ -770,15 +775,8 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
   Region region("checkpoint");
   WatchdogExempt io("writing a checkpoint");  // one rank may write while the others wait
   const auto t0 = Clock::now();
-  std::vector<Kokkos::View<float*, Kokkos::HostSpace>> keep;
-  auto group = [&](const ModelWeights& w) {
-    std::vector<CheckpointTensor> out;
-    for (const NamedTensor& t : w.named(config_)) {
-      keep.push_back(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), t.flat));
-      out.push_back(CheckpointTensor{t.name, t.shape, keep.back().data()});
-    }
-    return out;
-  };
+  // Tensors in GPU memory reach the host one at a time, as the writer gets to them (checkpoint_tensor).
+  auto group = [&](const ModelWeights& w) { return checkpoint_tensors(config_, w); };
   CheckpointMeta meta;
   meta.step = step_;
   meta.tokens_seen = tokens_seen_;
@@ -819,13 +817,12 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
       for (std::size_t i = 0; i < all.size(); ++i) {
         std::vector<std::int64_t> shape(params_all[i].shape.size());
         for (std::size_t d = 0; d < shape.size(); ++d) shape[d] = std::int64_t(dims[first_dim[i] + d]);
-        const float* data = nullptr;
         if (owner_of(i, all[i].name, sharded) == comm_.rank()) {
           JETMOE_ASSERT(all[i].shape == shape, "save_checkpoint: " + all[i].name + " is not held by its owner");
-          keep.push_back(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), all[i].flat));
-          data = keep.back().data();
+          out.push_back(checkpoint_tensor(all[i]));
+        } else {
+          out.push_back(CheckpointTensor{all[i].name, shape, nullptr});
         }
-        out.push_back(CheckpointTensor{all[i].name, shape, data});
       }
       return out;
     };
@@ -993,6 +990,46 @@ void Trainer::finish() {
 }
 
 }  // namespace
+
+void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::optional<std::string>& restart) {
+  if (restart) {
+    std::error_code ec;
+    if (fs::is_directory(*restart, ec)) {
+      const auto latest = latest_checkpoint(*restart);
+      fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' is a directory; -r takes a checkpoint file" +
+                                 (latest ? " (the latest there: " + *latest + ")" : " (it holds no step-*.h5 checkpoint)"));
+    }
+    if (!fs::exists(*restart, ec)) fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' does not exist");
+  }
+  check_devices(deck, run);
+  deck.find_existing("model", "weights", Deck::PathKind::Any);
+  deck.find_existing("tokenizer", "model", Deck::PathKind::File);
+  if (run.mode == "pretrain") {
+    const std::string dir = deck.get_string("data", "dir");
+    const std::string prepare_first = "; prepare the corpora first (jetmoe-prepare, e.g. -i inputs/prepare-tiny.deck)";
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec))
+      deck.fail_value("data", "dir", "'" + dir + (fs::exists(dir, ec) ? "' is not a directory" : "' does not exist") + prepare_first);
+    const std::vector<std::string> names = data::list_prepared_sources(dir);
+    if (names.empty())
+      deck.fail_value("data", "dir", "'" + dir + "' holds no prepared sources (subdirectories with a manifest.json)" + prepare_first);
+    std::string available;
+    for (const std::string& n : names) available += (available.empty() ? "" : ", ") + n;
+    for (const char* key : {"phase1_mixture", "phase2_mixture"}) {
+      if (!deck.is_set("data", key)) continue;
+      for (const auto& [name, weight] : deck.get_weights("data", key))
+        if (std::find(names.begin(), names.end(), name) == names.end())
+          deck.fail_value("data", key, "names source '" + name + "', which is not prepared in '" + dir + "' (available: " +
+                                           available + ")");
+    }
+  } else {
+    if (!deck.find_string("data", "chat_train"))
+      deck.fail_value("data", "chat_train", "train/mode = " + run.mode + " needs a jsonl file of " +
+                                                (run.mode == "sft" ? "conversations" : "preference pairs"));
+    deck.find_existing("data", "chat_train", Deck::PathKind::File);
+    deck.find_existing("data", "chat_validation", Deck::PathKind::File);
+  }
+}
 
 TrainOutcome run_training(Deck& deck, const Comm& comm, const std::optional<std::string>& restart) {
   Trainer trainer(deck, comm, restart);

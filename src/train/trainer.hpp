@@ -13,11 +13,18 @@ namespace jetmoe {
 
 class Deck;
 class Comm;
+struct TrainConfig;
 
 enum class TrainOutcome { Finished, Stopped };
 
 // Runs the training the deck describes, from `restart` (a checkpoint file) when given.
 TrainOutcome run_training(Deck& deck, const Comm& comm, const std::optional<std::string>& restart);
+
+// What a run needs besides the deck, checked before it starts (jetmoe-train does, on every rank, and
+// the ranks agree): the restart checkpoint (ErrorKind::Usage), and as deck errors naming the key the
+// model and tokenizer files, the prepared data directory and the sources the mixtures name
+// (pretraining), the conversation files (SFT, DPO).
+void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::optional<std::string>& restart);
 
 // Installs SIGTERM/SIGINT/SIGUSR1 handlers that ask the loop to stop after the current step.
 void install_stop_handlers();
