@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "io/checkpoint.hpp"
+#include "io/collective.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "model/load.hpp"
 #include "parallel/comm.hpp"
@@ -64,28 +65,34 @@ int main(int argc, char** argv) {
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const Deck& deck = ctx.deck;
-    const std::string input = deck.get_string("convert", "input");
-    const std::string output = deck.get_string("convert", "output");
-    const std::string to = deck.get_string("convert", "to");
-    const std::string dtype = deck.get_string("convert", "dtype");
-    if (fs::path(input).lexically_normal() == fs::path(output).lexically_normal())
-      deck.fail_value("convert", "output", "is the same as convert/input");
-    if (to == "hdf5" && fs::path(output).extension() != ".h5")
-      deck.fail_value("convert", "output", "a jetmoe HDF5 checkpoint is a file named *.h5, found '" + output + "'");
+    // Every rank checks alike and the ranks agree (collectively): under MPI an error is printed once.
+    std::string input, output, to, dtype;
+    collectively(ctx.comm, [&] {
+      input = deck.get_string("convert", "input");
+      output = deck.get_string("convert", "output");
+      to = deck.get_string("convert", "to");
+      dtype = deck.get_string("convert", "dtype");
+      if (fs::path(input).lexically_normal() == fs::path(output).lexically_normal())
+        deck.fail_value("convert", "output", "is the same as convert/input");
+      if (to == "hdf5" && fs::path(output).extension() != ".h5")
+        deck.fail_value("convert", "output", "a jetmoe HDF5 checkpoint is a file named *.h5, found '" + output + "'");
+    });
     if (ctx.command_line.check_only) {
       log::info("deck is valid.");
       return;
     }
-    deck.find_existing("convert", "input", Deck::PathKind::Any);
-    const std::string extension = fs::path(input).extension().string();
-    if (!fs::is_directory(input) && extension != ".h5" && extension != ".safetensors")
-      deck.fail_value("convert", "input", "'" + input + "' is not a checkpoint: expected a Hugging Face checkpoint (a "
-                      "directory with config.json, or a .safetensors file next to one) or a jetmoe checkpoint (*.h5)");
-    if (to == "hdf5") {
-      if (fs::exists(output)) deck.fail_value("convert", "output", "'" + output + "' exists; choose a new file name");
-    } else if (fs::exists(output) && !fs::is_empty(output)) {
-      deck.fail_value("convert", "output", "'" + output + "' exists and is not empty; choose a new directory");
-    }
+    collectively(ctx.comm, [&] {
+      deck.find_existing("convert", "input", Deck::PathKind::Any);
+      const std::string extension = fs::path(input).extension().string();
+      if (!fs::is_directory(input) && extension != ".h5" && extension != ".safetensors")
+        deck.fail_value("convert", "input", "'" + input + "' is not a checkpoint: expected a Hugging Face checkpoint (a "
+                        "directory with config.json, or a .safetensors file next to one) or a jetmoe checkpoint (*.h5)");
+      if (to == "hdf5") {
+        if (fs::exists(output)) deck.fail_value("convert", "output", "'" + output + "' exists; choose a new file name");
+      } else if (fs::exists(output) && !fs::is_empty(output)) {
+        deck.fail_value("convert", "output", "'" + output + "' exists and is not empty; choose a new directory");
+      }
+    });
     if (!ctx.comm.is_root()) return;
 
     // The shape comes from the input (config.json, or the config stored in a jetmoe checkpoint);

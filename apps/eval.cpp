@@ -8,6 +8,7 @@
 #include "core/app.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "io/collective.hpp"
 #include "core/profiling.hpp"
 #include "eval/device_forward.hpp"
 #include "eval/forward.hpp"
@@ -170,23 +171,31 @@ int main(int argc, char** argv) {
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const Deck& deck = ctx.deck;
-    const std::string task = deck.get_string("eval", "task");
-    const std::string input = deck.get_string("eval", "input");  // required
-    const ModelConfig config = ModelConfig::from_deck(deck);
-    const bool on_gpu = deck.get_string("eval", "precision") == "bf16";
+    // Every rank checks alike and the ranks agree (collectively): under MPI an error is printed once.
+    std::string task;
+    ModelConfig config;
+    bool on_gpu = false;
+    collectively(ctx.comm, [&] {
+      task = deck.get_string("eval", "task");
+      deck.get_string("eval", "input");  // required
+      config = ModelConfig::from_deck(deck);
+      on_gpu = deck.get_string("eval", "precision") == "bf16";
+    });
     if (ctx.command_line.check_only) {  // the deck alone: no files, no GPU (a login node checks a GPU job's deck)
       log::info("model: %s", config.summary().c_str());
       log::info("deck is valid.");
       return;
     }
-    if (on_gpu) {
-      const std::string why = eval::device_evaluation_unavailable();
-      if (!why.empty())
-        deck.fail_value("eval", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
-    }
-    deck.find_existing("eval", "input", Deck::PathKind::File);
     std::optional<McInputs> mc;
-    if (task == "multiple-choice") mc = read_mc_inputs(deck);
+    collectively(ctx.comm, [&] {
+      if (on_gpu) {
+        const std::string why = eval::device_evaluation_unavailable();
+        if (!why.empty())
+          deck.fail_value("eval", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+      }
+      deck.find_existing("eval", "input", Deck::PathKind::File);
+      if (task == "multiple-choice") mc = read_mc_inputs(deck);
+    });
     LoadedModel loaded = load_model(deck);
     log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());
     auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/task != "logits");

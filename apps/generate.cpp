@@ -7,6 +7,7 @@
 #include "core/app.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "io/collective.hpp"
 #include "infer/device_generate.hpp"
 #include "infer/generate.hpp"
 #include "io/chat_template.hpp"
@@ -54,30 +55,37 @@ int main(int argc, char** argv) {
   return jetmoe::run_app(argc, argv, spec, [](jetmoe::AppContext& ctx) {
     using namespace jetmoe;
     const Deck& deck = ctx.deck;
-    if (deck.is_set("generate", "prompt") && deck.is_set("generate", "prompt_file"))
-      deck.fail_value("generate", "prompt_file", "give either generate/prompt or generate/prompt_file, not both");
+    // Every rank checks alike and the ranks agree (collectively): under MPI an error is printed once.
     GenerationParams params;
-    params.max_new_tokens = deck.get_int("generate", "max_new_tokens");
-    params.sampling.temperature = deck.get_real("generate", "temperature");
-    params.sampling.top_k = deck.get_int("generate", "top_k");
-    params.sampling.top_p = deck.get_real("generate", "top_p");
-    params.sampling.seed = std::uint64_t(deck.get_int("job", "seed"));
+    bool chat = false, on_gpu = false;
+    std::optional<std::string> system;
+    ModelConfig config;
+    collectively(ctx.comm, [&] {
+      if (deck.is_set("generate", "prompt") && deck.is_set("generate", "prompt_file"))
+        deck.fail_value("generate", "prompt_file", "give either generate/prompt or generate/prompt_file, not both");
+      params.max_new_tokens = deck.get_int("generate", "max_new_tokens");
+      params.sampling.temperature = deck.get_real("generate", "temperature");
+      params.sampling.top_k = deck.get_int("generate", "top_k");
+      params.sampling.top_p = deck.get_real("generate", "top_p");
+      params.sampling.seed = std::uint64_t(deck.get_int("job", "seed"));
+      chat = deck.get_bool("generate", "chat");
+      system = deck.find_string("generate", "system");
+      if (system && !chat) deck.fail_value("generate", "system", "a system message needs generate/chat = true");
+      config = ModelConfig::from_deck(deck);
+      on_gpu = deck.get_string("generate", "precision") == "bf16";
+    });
     if (params.sampling.temperature == 0.0 && (params.sampling.top_k != 0 || params.sampling.top_p != 1.0))
       log::warn("generate/temperature = 0 decodes greedily: top_k and top_p have no effect");
-    const bool chat = deck.get_bool("generate", "chat");
-    const auto system = deck.find_string("generate", "system");
-    if (system && !chat) deck.fail_value("generate", "system", "a system message needs generate/chat = true");
-    ModelConfig config = ModelConfig::from_deck(deck);
-    const bool on_gpu = deck.get_string("generate", "precision") == "bf16";
     if (ctx.command_line.check_only) {  // the deck alone: no files, no GPU (a login node checks a GPU job's deck)
       log::info("model: %s", config.summary().c_str());
       log::info("deck is valid.");
       return;
     }
-    if (on_gpu) {
+    collectively(ctx.comm, [&] {
+      if (!on_gpu) return;
       const std::string why = device_generation_unavailable();
       if (!why.empty()) deck.fail_value("generate", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
-    }
+    });
 
     LoadedModel loaded = load_model(deck);
     auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/true);

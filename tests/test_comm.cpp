@@ -1,6 +1,11 @@
 #include <catch2/catch.hpp>
 
+#include <stdexcept>
+#include <string>
+
 #include "core/deck.hpp"
+#include "core/error.hpp"
+#include "io/collective.hpp"
 #include "parallel/comm.hpp"
 
 TEST_CASE("communicator reductions", "[unit][mpi][comm]") {
@@ -19,6 +24,41 @@ TEST_CASE("every rank reads the same deck", "[unit][mpi][comm]") {
   const double lr = deck.get_real("optimizer", "lr");
   CHECK(c.max(lr) == lr);
   CHECK(c.min(lr) == lr);
+}
+
+TEST_CASE("a check every rank makes passes or fails on all of them, with the lowest failing rank's message and kind",
+          "[mpi][comm]") {
+  const jetmoe::Comm c = jetmoe::Comm::world();
+  CHECK_NOTHROW(jetmoe::collectively(c, [] {}));
+  // The last rank fails (and the one before it, with three or more ranks): every rank throws the lower
+  // one's deck error, exit status 2, whether it failed itself or not.
+  const int last = c.size() - 1, first_failing = c.size() > 2 ? last - 1 : last;
+  const auto failing = [&] {
+    if (c.rank() >= first_failing)
+      jetmoe::fail(jetmoe::ErrorKind::Deck, "rank " + std::to_string(c.rank()) + " found a bad key");
+  };
+  bool thrown = false;
+  try {
+    jetmoe::collectively(c, failing);
+  } catch (const jetmoe::CollectiveError& e) {
+    thrown = true;
+    CHECK(e.kind() == jetmoe::ErrorKind::Deck);
+    CHECK(e.exit_code() == 2);
+    CHECK(std::string(e.what()) == "rank " + std::to_string(first_failing) + " found a bad key");
+  }
+  CHECK(thrown);
+  // Anything else thrown is an input error (exit status 1) on every rank.
+  thrown = false;
+  try {
+    jetmoe::collectively(c, [&] {
+      if (c.rank() == last) throw std::runtime_error("disk gone");
+    });
+  } catch (const jetmoe::CollectiveError& e) {
+    thrown = true;
+    CHECK(e.kind() == jetmoe::ErrorKind::Input);
+    CHECK(std::string(e.what()) == "unexpected failure: disk gone");
+  }
+  CHECK(thrown);
 }
 
 // ---- gradient sums over data-parallel replicas, overlapped with the backward pass ---------------------
