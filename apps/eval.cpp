@@ -8,13 +8,13 @@
 #include "core/app.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
-#include "io/collective.hpp"
 #include "core/profiling.hpp"
 #include "eval/device_forward.hpp"
 #include "eval/forward.hpp"
 #include "eval/multiple_choice.hpp"
 #include "eval/perplexity.hpp"
 #include "io/atomic_file.hpp"
+#include "io/collective.hpp"
 #include "io/npy.hpp"
 #include "model/load.hpp"
 #include "model/model.hpp"
@@ -124,8 +124,7 @@ McInputs read_mc_inputs(const Deck& deck) {
   const eval::McFormat format = eval::parse_mc_format(deck.get_string("eval", "format"));
   McInputs in{eval::read_mc_jsonl(deck.get_string("eval", "input"), format), {}};
   std::string pool_text;
-  if (const auto pool = deck.find_string("eval", "fewshot_input")) {
-    deck.find_existing("eval", "fewshot_input", Deck::PathKind::File);
+  if (const auto pool = deck.find_existing("eval", "fewshot_input", Deck::PathKind::File)) {
     in.pool = eval::read_mc_jsonl(*pool, in.file.format);
     pool_text = ", few-shot pool " + in.pool->path + " (" + std::to_string(in.pool->docs.size()) + ")";
   }

@@ -134,6 +134,27 @@ void require_same_bits(const CheckpointReader& r, const std::string& group, cons
   for (std::int64_t i = 0; i < n; ++i) REQUIRE(bits(got[i]) == bits(t.data[i]));
 }
 
+// Values that probe rounding to bf16 and fp16 (above fp16's precision, its largest value, below its
+// smallest subnormal, -0), as tensors "b" (stored as bf16) and "h" (fp16) of group "params".
+const std::vector<float> kHalfValues = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, 1e-8f, -0.0f, 0.33333334f};
+const std::vector<std::int64_t> kHalfShape = {2, 4};
+jetmoe::CheckpointGroups half_tensors() {
+  return {{"params",
+           {{"b", kHalfShape, kHalfValues.data(), CheckpointDType::BF16},
+            {"h", kHalfShape, kHalfValues.data(), CheckpointDType::F16}}}};
+}
+
+// Tensors "b" and "h" of `r` read back as kHalfValues rounded to nearest even, as torch rounds.
+void require_rounded_halves(const CheckpointReader& r) {
+  std::vector<float> b(8), h(8);
+  r.read("params", "b", kHalfShape, b.data());
+  r.read("params", "h", kHalfShape, h.data());
+  for (std::size_t i = 0; i < kHalfValues.size(); ++i) {
+    CHECK(bits(b[i]) == bits(jetmoe::bf16::from_float(kHalfValues[i]).to_float()));
+    CHECK(bits(h[i]) == bits(jetmoe::fp16::from_float(kHalfValues[i]).to_float()));
+  }
+}
+
 // `groups` with every tensor given by `fill` instead of `data` (as tensors in GPU memory are); counts
 // the calls per tensor in `calls`, which must outlive the write.
 jetmoe::CheckpointGroups filled(jetmoe::CheckpointGroups groups, std::vector<int>& calls) {
@@ -262,23 +283,10 @@ TEST_CASE("checkpoint: tensors given by fill are written as their data would be"
     }
 
   SECTION("stored as bf16 and fp16") {
-    const std::vector<float> values = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, 1e-8f, -0.0f, 0.33333334f};
-    const std::vector<std::int64_t> shape = {2, 4};
     std::vector<int> half_calls;
-    jetmoe::write_checkpoint(dir / "half.h5", CheckpointMeta{},
-                             filled({{"params",
-                                      {{"b", shape, values.data(), CheckpointDType::BF16},
-                                       {"h", shape, values.data(), CheckpointDType::F16}}}},
-                                    half_calls));
+    jetmoe::write_checkpoint(dir / "half.h5", CheckpointMeta{}, filled(half_tensors(), half_calls));
     CHECK(half_calls == std::vector<int>{1, 1});
-    const CheckpointReader h(dir / "half.h5");
-    std::vector<float> b(8), f16(8);
-    h.read("params", "b", shape, b.data());
-    h.read("params", "h", shape, f16.data());
-    for (std::size_t k = 0; k < values.size(); ++k) {
-      CHECK(bits(b[k]) == bits(jetmoe::bf16::from_float(values[k]).to_float()));
-      CHECK(bits(f16[k]) == bits(jetmoe::fp16::from_float(values[k]).to_float()));
-    }
+    require_rounded_halves(CheckpointReader(dir / "half.h5"));
   }
   SECTION("a failing fill fails the write and leaves the previous checkpoint") {
     const std::string before = read_bytes(path);
@@ -293,24 +301,15 @@ TEST_CASE("checkpoint: tensors given by fill are written as their data would be"
 
 TEST_CASE("checkpoint tensors stored as bf16 or fp16 read back rounded to nearest even", "[unit][checkpoint]") {
   TempDir dir;
-  const std::vector<float> values = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, 1e-8f, -0.0f, 0.33333334f};
-  const std::vector<std::int64_t> shape = {2, 4};
-  jetmoe::write_checkpoint(dir / "half.h5", CheckpointMeta{},
-                           {{"params",
-                             {{"b", shape, values.data(), CheckpointDType::BF16},
-                              {"h", shape, values.data(), CheckpointDType::F16},
-                              {"f", shape, values.data(), CheckpointDType::F32}}}});
+  jetmoe::CheckpointGroups groups = half_tensors();
+  groups[0].second.push_back({"f", kHalfShape, kHalfValues.data(), CheckpointDType::F32});
+  jetmoe::write_checkpoint(dir / "half.h5", CheckpointMeta{}, groups);
   // Half the bytes of float32 on disk.
   const CheckpointReader r(dir / "half.h5");
-  std::vector<float> b(8), h(8), f(8);
-  r.read("params", "b", shape, b.data());
-  r.read("params", "h", shape, h.data());
-  r.read("params", "f", shape, f.data());
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    CHECK(bits(b[i]) == bits(jetmoe::bf16::from_float(values[i]).to_float()));
-    CHECK(bits(h[i]) == bits(jetmoe::fp16::from_float(values[i]).to_float()));
-    CHECK(bits(f[i]) == bits(values[i]));
-  }
+  require_rounded_halves(r);
+  std::vector<float> f(8);
+  r.read("params", "f", kHalfShape, f.data());
+  for (std::size_t i = 0; i < kHalfValues.size(); ++i) CHECK(bits(f[i]) == bits(kHalfValues[i]));
 }
 
 TEST_CASE("checkpoint writes are atomic: a failed write leaves the previous file untouched", "[unit][checkpoint]") {
@@ -645,21 +644,10 @@ TEST_CASE("checkpoint: a collective write holds every rank's tensors bit for bit
   }
 
   SECTION("bf16 and fp16 tensors owned by different ranks") {
-    const std::vector<float> values = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, 1e-8f, -0.0f, 0.33333334f};
-    const std::vector<std::int64_t> shape = {2, 4};
-    const jetmoe::CheckpointGroups sixteen_bit = {{"params",
-                                                {{"b", shape, values.data(), CheckpointDType::BF16},
-                                                 {"h", shape, values.data(), CheckpointDType::F16}}}};
     const std::string half_path = shared_dir(comm, dir) + "/half.h5";
-    jetmoe::write_checkpoint(comm, half_path, CheckpointMeta{}, owned_part(sixteen_bit, comm.size() - 1 - comm.rank(), comm.size()));
-    const CheckpointReader h(half_path);
-    std::vector<float> b(8), f16(8);
-    h.read("params", "b", shape, b.data());
-    h.read("params", "h", shape, f16.data());
-    for (std::size_t i = 0; i < values.size(); ++i) {
-      CHECK(bits(b[i]) == bits(jetmoe::bf16::from_float(values[i]).to_float()));
-      CHECK(bits(f16[i]) == bits(jetmoe::fp16::from_float(values[i]).to_float()));
-    }
+    jetmoe::write_checkpoint(comm, half_path, CheckpointMeta{},
+                             owned_part(half_tensors(), comm.size() - 1 - comm.rank(), comm.size()));
+    require_rounded_halves(CheckpointReader(half_path));
   }
   SECTION("tensors given by fill on their owners") {
     std::vector<int> calls;

@@ -49,6 +49,12 @@ Vec<typename V::value_type> flat(const V& v) {
   return Vec<typename V::value_type>(v.data(), v.size());
 }
 
+// Copies `from` (MemSpace: host or GPU memory) into `out`, host memory of from.extent(0) floats.
+inline void copy_to_host(const Vec<float>& from, float* out) {
+  Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(out, from.extent(0)),
+                    from);
+}
+
 // sum_c x[c] y[c] over 8 interleaved lanes added in a fixed order: independent chains that the compiler
 // vectorises, and the same result on every backend and thread count.
 template <class R>

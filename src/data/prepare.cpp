@@ -11,8 +11,8 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "core/error.hpp"

@@ -89,6 +89,13 @@ std::uint64_t permute_index(std::uint64_t index, std::uint64_t n, std::uint64_t 
   return x;
 }
 
+std::string unprepared_source(const std::string& dir, const std::vector<std::string>& prepared, const std::string& name) {
+  if (std::find(prepared.begin(), prepared.end(), name) != prepared.end()) return "";
+  std::string available;
+  for (const auto& n : prepared) available += (available.empty() ? "" : ", ") + n;
+  return "names source '" + name + "', which is not prepared in '" + dir + "' (available: " + available + ")";
+}
+
 DataSampler::DataSampler(const std::string& dir, Split split, std::int64_t seq_tokens, std::int64_t vocab_size,
                          const MixtureWeights& phase1, const MixtureWeights& phase2, std::uint64_t seed)
     : dir_(dir), split_(split), seq_tokens_(seq_tokens), seed_(seed) {
@@ -97,9 +104,6 @@ DataSampler::DataSampler(const std::string& dir, Split split, std::int64_t seq_t
   if (names.empty())
     input_error("data directory '" + dir + "' holds no prepared sources (subdirectories with a manifest.json); "
                 "prepare the corpora first with jetmoe-prepare");
-  std::string available;
-  for (const auto& n : names) available += (available.empty() ? "" : ", ") + n;
-
   const MixtureWeights* mixtures[2] = {&phase1, phase2.empty() ? &phase1 : &phase2};
   for (int p = 0; p < 2; ++p) {
     if (p == 1 && phase2.empty()) break;
@@ -107,9 +111,8 @@ DataSampler::DataSampler(const std::string& dir, Split split, std::int64_t seq_t
     std::set<std::string> seen;
     double sum = 0;
     for (const auto& [name, weight] : *mixtures[p]) {
-      if (std::find(names.begin(), names.end(), name) == names.end())
-        input_error(which + " names source '" + name + "', which is not prepared in '" + dir + "' (available: " +
-                    available + ")");
+      if (const std::string missing = unprepared_source(dir, names, name); !missing.empty())
+        input_error(which + " " + missing);
       if (!seen.insert(name).second) input_error(which + " names source '" + name + "' twice");
       if (!std::isfinite(weight) || weight < 0)
         input_error(which + ": the weight of '" + name + "' must be finite and >= 0, found " + fmt_weight(weight));

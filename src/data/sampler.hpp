@@ -43,6 +43,10 @@ const char* split_name(Split split);  // "train" | "validation"
 // name:weight pairs as the deck's <data>/phase1_mixture and phase2_mixture give them.
 using MixtureWeights = WeightList;
 
+// "" when source `name` is one of `prepared` (what data::list_prepared_sources finds in `dir`), else
+// "names source 'NAME', which is not prepared in 'DIR' (available: A, B)", for an error message.
+std::string unprepared_source(const std::string& dir, const std::vector<std::string>& prepared, const std::string& name);
+
 class DataSampler {
  public:
   // dir: <data>/dir; seq_tokens: tokens per sequence (seq_len + 1: inputs and the shifted labels);

@@ -161,17 +161,15 @@ ModelConfig ModelConfig::from_deck(const Deck& deck) {
   if (preset_name != "none") c = preset(preset_name);
 
   std::string where = deck.source() + " <model>";
-  if (auto config = deck.find_string("model", "config")) {
-    deck.find_existing("model", "config", Deck::PathKind::File);
+  if (auto config = deck.find_existing("model", "config", Deck::PathKind::File)) {
     c = from_hf_config(*config, c);
     where = *config + " with " + where;
   } else if (auto weights = deck.find_string("model", "weights")) {
     // A checkpoint directory's config.json, or the one next to a single .safetensors file.
-    const bool single_file = std::filesystem::path(*weights).extension() == ".safetensors";
-    const auto cfg = (single_file ? std::filesystem::path(*weights).parent_path() : std::filesystem::path(*weights)) /
-                     "config.json";
-    if ((std::filesystem::is_directory(*weights) || (single_file && std::filesystem::is_regular_file(*weights))) &&
-        std::filesystem::exists(cfg)) {
+    const std::filesystem::path w(*weights);
+    const bool single_file = w.extension() == ".safetensors" && std::filesystem::is_regular_file(w);
+    const auto cfg = (single_file ? w.parent_path() : w) / "config.json";
+    if ((single_file || std::filesystem::is_directory(w)) && std::filesystem::exists(cfg)) {
       c = from_hf_config(cfg.string(), c);
       where = cfg.string() + " with " + where;
     } else if (std::filesystem::path(*weights).extension() == ".h5" && std::filesystem::is_regular_file(*weights)) {

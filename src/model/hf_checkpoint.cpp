@@ -112,7 +112,6 @@ ExportDType export_dtype(const std::string& dtype) {
 // others (in GPU memory, or stored as bf16/fp16) copied or converted when the writer reaches them, so
 // the host never holds a second copy of the model, only of its largest tensor.
 std::vector<io::TensorToWrite> tensors_to_write(const std::vector<NamedTensor>& named, io::DType stored) {
-  using HostFloats = Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   std::vector<io::TensorToWrite> tensors;
   for (const NamedTensor& t : named) {
     io::TensorToWrite w{t.name, stored, t.shape};
@@ -120,7 +119,7 @@ std::vector<io::TensorToWrite> tensors_to_write(const std::vector<NamedTensor>& 
     if (stored == io::DType::F32 && host_memory) {
       w.data = flat.data();
     } else if (stored == io::DType::F32) {
-      w.fill = [flat](void* out) { Kokkos::deep_copy(HostFloats(static_cast<float*>(out), flat.extent(0)), flat); };
+      w.fill = [flat](void* out) { copy_to_host(flat, static_cast<float*>(out)); };
     } else {
       w.fill = [flat, stored](void* out) {
         const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), flat);  // no copy on the host

@@ -65,11 +65,7 @@ CheckpointTensor checkpoint_tensor(const NamedTensor& t, CheckpointDType stored_
     return {t.name, t.shape, t.flat.data(), stored_as};
   } else {
     const Vec<float> flat = t.flat;
-    return {t.name, t.shape, nullptr, stored_as, [flat](float* out) {
-              Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
-                                    out, flat.extent(0)),
-                                flat);
-            }};
+    return {t.name, t.shape, nullptr, stored_as, [flat](float* out) { copy_to_host(flat, out); }};
   }
 }
 

@@ -1013,15 +1013,10 @@ void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::
     const std::vector<std::string> names = data::list_prepared_sources(dir);
     if (names.empty())
       deck.fail_value("data", "dir", "'" + dir + "' holds no prepared sources (subdirectories with a manifest.json)" + prepare_first);
-    std::string available;
-    for (const std::string& n : names) available += (available.empty() ? "" : ", ") + n;
-    for (const char* key : {"phase1_mixture", "phase2_mixture"}) {
-      if (!deck.is_set("data", key)) continue;
-      for (const auto& [name, weight] : deck.get_weights("data", key))
-        if (std::find(names.begin(), names.end(), name) == names.end())
-          deck.fail_value("data", key, "names source '" + name + "', which is not prepared in '" + dir + "' (available: " +
-                                           available + ")");
-    }
+    for (const char* key : {"phase1_mixture", "phase2_mixture"})
+      for (const auto& [name, weight] : deck_weights(deck, key))
+        if (const std::string missing = unprepared_source(dir, names, name); !missing.empty())
+          deck.fail_value("data", key, missing);
   } else {
     if (!deck.find_string("data", "chat_train"))
       deck.fail_value("data", "chat_train", "train/mode = " + run.mode + " needs a jsonl file of " +
