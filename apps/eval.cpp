@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
+#include "core/strings.hpp"
 #include "eval/device_forward.hpp"
 #include "eval/forward.hpp"
 #include "eval/multiple_choice.hpp"
@@ -49,7 +50,7 @@ std::vector<std::vector<std::int32_t>> read_token_ids(const Deck& deck, const st
       const long long v = std::strtoll(w.c_str(), &end, 10);
       if (*end != '\0' || v < 0 || v >= vocab)
         fail(ErrorKind::Input, path + ":" + std::to_string(line_no) + ": expected token ids in [0, " + std::to_string(vocab) +
-                                   "), found '" + w + "'");
+                                   "), found " + jetmoe::quoted(w));
       ids.push_back(std::int32_t(v));
     }
     if (ids.empty()) continue;

@@ -4,7 +4,18 @@
 #
 #   scripts/install-deps.sh          # build + test dependencies
 #   scripts/install-deps.sh --check  # only report what is missing (exit 1 if anything is)
+#   scripts/install-deps.sh --fuzz   # also Clang and its libFuzzer runtime (scripts/fuzz.sh)
 set -euo pipefail
+
+check=false
+fuzz=false
+for arg in "$@"; do
+  case "$arg" in
+    --check) check=true ;;
+    --fuzz) fuzz=true ;;
+    *) echo "install-deps: error: unknown option '$arg' (expected --check or --fuzz)" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   cmake ninja-build g++ git pkg-config             # toolchain
@@ -18,6 +29,9 @@ packages=(
   zlib1g-dev                                       # gzip-compressed corpora (jetmoe-prepare)
   catch2                                           # Catch2 v2 (tests)
 )
+if $fuzz; then
+  packages+=(clang libclang-rt-dev)                # Clang with libFuzzer and the sanitizers
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -30,7 +44,7 @@ if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install-deps: all ${#packages[@]} Debian packages are present."
   exit 0
 fi
-if [[ "${1:-}" == "--check" ]]; then
+if $check; then
   echo "install-deps: missing: ${missing[*]}"
   exit 1
 fi

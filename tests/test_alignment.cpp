@@ -98,6 +98,11 @@ TEST_CASE("SFT labels cover the assistant turns and their </s> only; padding and
   std::ofstream(tmp / "role.jsonl") << R"({"messages": [{"role": "robot", "content": "x"}]})" << "\n";
   CHECK_THAT(testing::error_of([&] { data::read_sft_jsonl(tmp / "role.jsonl", tokenizer(), 64); }, ErrorKind::Input),
              Catch::Matchers::Contains("role.jsonl:1:") && Catch::Matchers::Contains("robot"));
+  // A number beyond double's range is the JSON library's out_of_range, not a parse error (found by
+  // tests/fuzz: it used to escape as "unexpected failure" without the file).
+  std::ofstream(tmp / "huge.jsonl") << R"({"messages": [], "n": 1e999})" << "\n";
+  CHECK_THAT(testing::error_of([&] { data::read_sft_jsonl(tmp / "huge.jsonl", tokenizer(), 64); }, ErrorKind::Input),
+             Catch::Matchers::Contains("huge.jsonl:1: not a JSON object") && Catch::Matchers::Contains("number overflow"));
 }
 
 TEST_CASE("preference pairs: both formats, the response alone is scored", "[unit][alignment]") {

@@ -172,6 +172,26 @@ TEST_CASE("manifest JSON round-trips", "[unit][data]") {
              Contains("x/manifest.json: not a jetmoe token-shard manifest"));
   CHECK_THAT(input_error([] { data::SourceManifest::from_json("{oops", "x/manifest.json"); }),
              Contains("x/manifest.json: not a valid JSON manifest"));
+  // Integers must be integers in range: a fraction or a number beyond int64 was converted without a word
+  // (a float beyond the range is undefined behaviour; found by tests/fuzz).
+  const std::string good = m.to_json();
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string text = good;
+    REQUIRE(text.find(from) != std::string::npos);
+    return text.replace(text.find(from), from.size(), to);
+  };
+  CHECK_THAT(input_error([&] { data::SourceManifest::from_json(with("\"vocab_size\": 32000", "\"vocab_size\": 4.9e61"), "m.json"); }),
+             Contains("m.json: manifest key 'vocab_size' must be an integer in [1, 2147483648], found 4.9e+61"));
+  CHECK_THAT(input_error([&] { data::SourceManifest::from_json(with("\"tokens\": 40", "\"tokens\": 40.5"), "m.json"); }),
+             Contains("m.json: manifest key 'splits: tokens' must be an integer in [0, 9223372036854775807], found 40.5"));
+  CHECK_THAT(input_error([&] { data::SourceManifest::from_json(with("\"token_bytes\": 2", "\"token_bytes\": 8"), "m.json"); }),
+             Contains("m.json: manifest key 'token_bytes' must be an integer in [2, 4], found 8"));
+  CHECK_THAT(input_error([&] { data::SourceManifest::from_json(with("\"token_bytes\": 2", "\"token_bytes\": 3"), "m.json"); }),
+             Contains("m.json: token_bytes must be 2 or 4, found 3"));
+  CHECK_THAT(input_error([&] { data::SourceManifest::from_json(with("\"split_seed\": 99", "\"split_seed\": -1"), "m.json"); }),
+             Contains("m.json: manifest key 'split_seed' must be an unsigned 64-bit integer, found -1"));
+  CHECK(data::SourceManifest::from_json(with("\"split_seed\": 99", "\"split_seed\": 18446744073709551615"), "m.json")
+            .split_seed == 18446744073709551615ull);
 }
 
 TEST_CASE("sha256 matches the standard test vectors", "[unit][data]") {
@@ -280,7 +300,7 @@ TEST_CASE("document reader splits plain text at blank lines and reads jsonl and 
   CHECK_THAT(input_error([&] { docs_of(tmp / "bad.jsonl"); }), Contains(tmp / "bad.jsonl" + ":2: invalid JSON: "));
   write_bytes(tmp / "field.jsonl", "{\"body\": \"x\", \"id\": 3}\n");
   CHECK_THAT(input_error([&] { docs_of(tmp / "field.jsonl"); }),
-             Contains(tmp / "field.jsonl" + ":1: no field \"text\" (prepare/text_field); the object has fields body, id"));
+             Contains(tmp / "field.jsonl" + ":1: no field \"text\" (prepare/text_field); the object has fields 'body', 'id'"));
   write_bytes(tmp / "type.jsonl", "\n{\"text\": 5}\n");
   CHECK_THAT(input_error([&] { docs_of(tmp / "type.jsonl"); }),
              Contains(tmp / "type.jsonl" + ":2: field \"text\" must be a string, found number"));

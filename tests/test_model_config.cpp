@@ -79,6 +79,18 @@ TEST_CASE("HF config.json errors name the file and key", "[unit][model]") {
   const std::string heads = write_temp("heads.json", R"({"num_key_value_heads": 4, "moe_top_k": 2, "num_attention_heads": 6})");
   CHECK_THAT(input_error([&] { ModelConfig::from_hf_config(heads, ModelConfig::preset("tiny")); }),
              Contains("num_attention_heads is 6, expected num_key_value_heads x top_k = 8"));
+  // Shapes whose sizes do not fit int64 (the parameter count overflowed; found by tests/fuzz).
+  const std::string layers = write_temp("layers.json", R"({"num_hidden_layers": 77777777777701})");
+  CHECK_THAT(input_error([&] { ModelConfig::from_hf_config(layers, ModelConfig::preset("tiny")).validate(layers); }),
+             Contains("layers.json: num_layers = 77777777777701 is too large (at most 2147483647)"));
+  const std::string wide = write_temp("wide.json", R"({"hidden_size": 2000000000, "vocab_size": 2000000000})");
+  CHECK_THAT(input_error([&] { ModelConfig::from_hf_config(wide, ModelConfig::preset("tiny")).validate(wide); }),
+             Contains("wide.json: the shape has 4e+18 parameters, more than 2^50 (1125899906842624)"));
+  ModelConfig largest = ModelConfig::preset("jetmoe-8b");
+  largest.num_layers = 100000;  // 3.5e13 parameters: allowed
+  CHECK_NOTHROW(largest.validate("x"));
+  CHECK(largest.parameter_count() == 100000 * ((ModelConfig::preset("jetmoe-8b").parameter_count() - 32000 * 2048 - 2048) / 24) +
+                                         32000 * 2048 + 2048);
 }
 
 TEST_CASE("model from deck: preset, then config, then keys", "[unit][model]") {

@@ -637,8 +637,18 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
   SECTION("a shard file is missing") {
     fs::remove(dir / ("ckpt/" + shard7));
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
-          index + ": shard " + shard7 +
-              " (listed for tensor 'model.layers.0.mlp.bias') does not exist: " + dir / ("ckpt/" + shard7));
+          index + ": shard '" + shard7 + "' (listed for tensor 'model.layers.0.mlp.bias') does not exist: '" +
+              dir / ("ckpt/" + shard7) + "'");
+  }
+  SECTION("a shard name the file system refuses") {  // found by tests/fuzz: a std::filesystem exception escaped
+    std::string text = read_bytes(index);
+    const std::string from = "\"model.norm.weight\": \"" + shard7;
+    const std::string long_name(300, 'x');
+    text.replace(text.find(from), from.size(), "\"model.norm.weight\": \"" + long_name);
+    write_bytes(index, text);
+    CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
+          index + ": shard '" + long_name + "' (listed for tensor 'model.norm.weight') cannot be accessed (File name "
+                  "too long): '" + dir / ("ckpt/" + long_name) + "'");
   }
   SECTION("a listed tensor is not in its shard") {
     std::string text = read_bytes(index);
@@ -647,7 +657,7 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
     write_bytes(index, text);
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
           index +
-              ": tensor 'model.norm.weight' is mapped to shard model-00006-of-00007.safetensors, which does "
+              ": tensor 'model.norm.weight' is mapped to shard 'model-00006-of-00007.safetensors', which does "
               "not contain it");
   }
   SECTION("a tensor is in two shards") {
@@ -663,8 +673,8 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
           index +
               ": tensor 'model.layers.0.input_layernorm.weight' is in two shards, "
-              "model-00006-of-00007.safetensors and " +
-              shard7 + " (the index maps it to model-00006-of-00007.safetensors)");
+              "'model-00006-of-00007.safetensors' and '" +
+              shard7 + "' (the index maps it to 'model-00006-of-00007.safetensors')");
   }
   SECTION("a shard holds a tensor the index does not list") {
     std::string text = read_bytes(index);
@@ -675,7 +685,7 @@ TEST_CASE("safetensors checkpoint rejects an index that disagrees with its shard
     text.erase(text.rfind(',', at), 1);  // the previous entry is now the last
     write_bytes(index, text);
     CHECK(error_of([&] { SafetensorsCheckpoint::open(dir / "ckpt"); }) ==
-          index + ": shard " + shard7 + " holds tensor 'model.norm.weight', which the index does not list");
+          index + ": shard '" + shard7 + "' holds tensor 'model.norm.weight', which the index does not list");
   }
   SECTION("an index without weight_map") {
     write_bytes(index, R"({"metadata": {}})");

@@ -17,3 +17,17 @@ TEST_CASE("edit distance and did-you-mean", "[unit][strings]") {
   CHECK(jetmoe::join_alternatives({"a", "b", "c"}) == "a, b or c");
   CHECK(jetmoe::trim("  x y \t\n") == "x y");
 }
+
+TEST_CASE("quoted keeps a message on one line", "[unit][strings]") {
+  using jetmoe::quoted;
+  CHECK(quoted("model.norm.weight") == "'model.norm.weight'");
+  CHECK(quoted("") == "''");
+  CHECK(quoted("a\nb\r\tc") == "'a\\nb\\r\\tc'");
+  CHECK(quoted(std::string("\0\x1f\x7f", 3)) == "'\\x00\\x1f\\x7f'");
+  CHECK(quoted("h\xc3\xa9llo \xe2\x96\x81") == "'h\xc3\xa9llo \xe2\x96\x81'");  // UTF-8 as it is
+}
+
+TEST_CASE("escape_control", "[unit][strings]") {
+  CHECK(jetmoe::escape_control("byte piece \n<0x0A>\t") == "byte piece \\n<0x0A>\\t");
+  CHECK(jetmoe::escape_control("plain") == "plain");
+}

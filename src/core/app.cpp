@@ -85,7 +85,7 @@ int agree_on_failure(const Comm& comm, int my_status, const std::string& my_mess
   const int reporter = comm.min(my_status != 0 ? comm.rank() : comm.size());
   if (comm.rank() == reporter) {
     std::fflush(stdout);
-    std::fprintf(stderr, "%s: error: %s\n", app.c_str(), my_message.c_str());
+    std::fprintf(stderr, "%s: error: %s\n", app.c_str(), escape_control(my_message).c_str());
     std::fflush(stderr);
   }
   return status;
@@ -98,7 +98,8 @@ int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body) {
   try {
     cl = parse_command_line(std::vector<std::string>(argv + 1, argv + argc), spec);
   } catch (const Error& e) {
-    std::fprintf(stderr, "%s: error: %s\nTry '%s --help'.\n", spec.name.c_str(), e.what(), spec.name.c_str());
+    std::fprintf(stderr, "%s: error: %s\nTry '%s --help'.\n", spec.name.c_str(), escape_control(e.what()).c_str(),
+                 spec.name.c_str());
     return e.exit_code();
   }
   if (cl.help) {
@@ -183,7 +184,8 @@ int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body) {
     // A failure on one rank must not leave the others waiting in a collective: end them all.
     std::fflush(stdout);
     std::fprintf(stderr, "%s: error: %s%s\n", spec.name.c_str(),
-                 comm.size() > 1 ? ("[rank " + std::to_string(comm.rank()) + "] ").c_str() : "", message.c_str());
+                 comm.size() > 1 ? ("[rank " + std::to_string(comm.rank()) + "] ").c_str() : "",
+                 escape_control(message).c_str());
     std::fflush(stderr);
     if (comm.size() > 1) comm.abort(status);
     return status;

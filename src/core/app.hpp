@@ -46,6 +46,7 @@ struct AppContext {
 using AppBody = std::function<void(AppContext&)>;
 
 // Runs `body` inside the frame; returns the process exit status (0, 1 runtime error, 2 usage/deck).
+// An error is one line "<app>: error: <message>" on stderr, control characters in the message escaped.
 int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body);
 
 }  // namespace jetmoe

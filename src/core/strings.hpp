@@ -15,7 +15,10 @@ std::size_t edit_distance(std::string_view a, std::string_view b);
 std::string closest_match(std::string_view word, const std::vector<std::string>& candidates);
 // "a, b or c"
 std::string join_alternatives(const std::vector<std::string>& items);
-// Human-readable quoting of a user's text in error messages.
+// Control characters escaped (\n, \r, \t, \xNN), so that a message stays on one line whatever a file
+// holds; other bytes (UTF-8 included) as they are.
+std::string escape_control(std::string_view s);
+// Human-readable quoting of a user's text in error messages: 'text', escaped as above.
 std::string quoted(std::string_view s);
 
 }  // namespace jetmoe

@@ -79,7 +79,7 @@ void for_each_line(const std::string& path, F&& f) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number too large
       line_error(path, line, std::string("not a JSON object: ") + e.what());
     }
     if (!j.is_object()) line_error(path, line, "expected a JSON object");

@@ -17,6 +17,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/strings.hpp"
 #include "io/atomic_file.hpp"
 #include "io/tokenizer.hpp"
 
@@ -224,7 +225,7 @@ bool DocumentReader::next(std::string& text) {
       const auto it = j.find(field_);
       if (it == j.end()) {
         std::string keys;
-        for (const auto& kv : j.items()) keys += (keys.empty() ? "" : ", ") + kv.key();
+        for (const auto& kv : j.items()) keys += (keys.empty() ? "" : ", ") + jetmoe::quoted(kv.key());
         input_error(where + ": no field \"" + field_ + "\" (prepare/text_field); the object has " +
                     (keys.empty() ? std::string("no fields") : "fields " + keys));
       }

@@ -13,9 +13,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/strings.hpp"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "token shards are read and written in the host's byte order, which must be little-endian"
@@ -174,6 +176,20 @@ std::string SourceManifest::to_json() const {
   return j.dump(2) + "\n";
 }
 
+namespace {
+// An integer field of a manifest, in [lo, hi]. The JSON library's get<> would convert a fraction or an
+// out-of-range number without a word (and a float beyond the type's range is undefined behaviour).
+std::int64_t manifest_integer(const nlohmann::json& v, const std::string& path, const std::string& key,
+                              std::int64_t lo = 0, std::int64_t hi = std::numeric_limits<std::int64_t>::max()) {
+  const bool fits = v.is_number_unsigned() ? v.get<std::uint64_t>() <= std::uint64_t(hi)
+                                           : v.is_number_integer() && v.get<std::int64_t>() <= hi;
+  if (!fits || v.get<std::int64_t>() < lo)
+    input_error(path + ": manifest key '" + key + "' must be an integer in [" + std::to_string(lo) + ", " +
+                std::to_string(hi) + "], found " + v.dump());
+  return v.get<std::int64_t>();
+}
+}  // namespace
+
 SourceManifest SourceManifest::from_json(const std::string& text, const std::string& path) {
   nlohmann::json j;
   try {
@@ -188,13 +204,13 @@ SourceManifest SourceManifest::from_json(const std::string& text, const std::str
     if (!j.is_object() || j.value("format", std::string()) != kManifestFormat)
       input_error(path + ": not a jetmoe token-shard manifest (expected \"format\": \"" + kManifestFormat + "\")");
     key = "format_version";
-    const auto version = j.at("format_version").get<std::uint32_t>();
+    const auto version = manifest_integer(j.at(key), path, key);
     if (version != kShardFormatVersion)
       input_error(path + ": format_version " + std::to_string(version) + " is not supported (this build reads " +
                   std::to_string(kShardFormatVersion) + "); prepare the data again with this jetmoe-prepare");
     key = "source", m.source = j.at("source").get<std::string>();
-    key = "token_bytes", m.token_bytes = j.at("token_bytes").get<int>();
-    key = "vocab_size", m.vocab_size = j.at("vocab_size").get<std::int64_t>();
+    key = "token_bytes", m.token_bytes = int(manifest_integer(j.at(key), path, key, 2, 4));
+    key = "vocab_size", m.vocab_size = manifest_integer(j.at(key), path, key, 1, std::int64_t(1) << 31);
     key = "tokenizer";
     const auto& t = j.at("tokenizer");
     m.tokenizer_model = t.at("model").get<std::string>();
@@ -205,28 +221,30 @@ SourceManifest SourceManifest::from_json(const std::string& text, const std::str
     key = "text_documents", m.text_documents = j.at(key).get<std::string>();
     key = "text_field", m.text_field = j.at(key).get<std::string>();
     key = "validation_fraction", m.validation_fraction = j.at(key).get<double>();
-    key = "split_seed", m.split_seed = j.at(key).get<std::uint64_t>();
+    key = "split_seed";
+    if (!j.at(key).is_number_unsigned() && !(j.at(key).is_number_integer() && j.at(key).get<std::int64_t>() >= 0))
+      input_error(path + ": manifest key 'split_seed' must be an unsigned 64-bit integer, found " + j.at(key).dump());
+    m.split_seed = j.at(key).get<std::uint64_t>();
     key = "inputs";
     for (const auto& f : j.at("inputs"))
-      m.inputs.push_back({f.at("path").get<std::string>(), f.at("bytes").get<std::int64_t>(),
-                          f.at("documents").get<std::int64_t>()});
-    key = "skipped_empty_documents", m.skipped_empty_documents = j.at(key).get<std::int64_t>();
+      m.inputs.push_back({f.at("path").get<std::string>(), manifest_integer(f.at("bytes"), path, "inputs: bytes"),
+                          manifest_integer(f.at("documents"), path, "inputs: documents")});
+    key = "skipped_empty_documents", m.skipped_empty_documents = manifest_integer(j.at(key), path, key);
     key = "splits";
     for (auto* s : {&m.train, &m.validation}) {
       const auto& sj = j.at("splits").at(s == &m.train ? "train" : "validation");
       s->file = sj.at("file").get<std::string>();
       s->index = sj.at("index").get<std::string>();
-      s->documents = sj.at("documents").get<std::int64_t>();
-      s->tokens = sj.at("tokens").get<std::int64_t>();
+      s->documents = manifest_integer(sj.at("documents"), path, "splits: documents");
+      s->tokens = manifest_integer(sj.at("tokens"), path, "splits: tokens");
       if (s->file.find('/') != std::string::npos || s->index.find('/') != std::string::npos)
-        input_error(path + ": split files must be names inside the source directory, found '" + s->file + "'");
+        input_error(path + ": split files must be names inside the source directory, found " +
+                    jetmoe::quoted(s->file.find('/') != std::string::npos ? s->file : s->index));
     }
   } catch (const nlohmann::json::exception& e) {
     input_error(path + ": manifest key '" + key + "' is missing or has the wrong type (" + e.what() + ")");
   }
-  if (m.token_bytes != 2 && m.token_bytes != 4)
-    input_error(path + ": token_bytes must be 2 or 4, found " + std::to_string(m.token_bytes));
-  if (m.vocab_size < 1) input_error(path + ": vocab_size must be positive, found " + std::to_string(m.vocab_size));
+  if (m.token_bytes == 3) input_error(path + ": token_bytes must be 2 or 4, found 3");
   return m;
 }
 
@@ -440,7 +458,7 @@ PreparedSource open_prepared_source(const std::string& source_dir) {
   SourceManifest m = SourceManifest::from_json(text.str(), manifest_path);
   const std::string name = fs::path(source_dir).filename().string();
   if (m.source != name)
-    input_error(manifest_path + ": the manifest is for source '" + m.source + "' but its directory is '" + name + "'");
+    input_error(manifest_path + ": the manifest is for source " + jetmoe::quoted(m.source) + " but its directory is '" + name + "'");
   auto shard = [&](const SplitInfo& s) {
     TokenShard t((fs::path(source_dir) / s.file).string(), (fs::path(source_dir) / s.index).string());
     if (t.tokens() != s.tokens || t.documents() != s.documents || t.vocab_size() != m.vocab_size ||

@@ -614,15 +614,17 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
   std::vector<std::string> shard_names;
   for (const auto& [shard, tensors] : shard_tensors) {
     const fs::path shard_path = dir / shard;
-    if (!fs::exists(shard_path))
-      input_error(file, "shard " + shard + " (listed for tensor " + jetmoe::quoted(tensors.front()) +
-                            ") does not exist: " + shard_path.string());
+    std::error_code missing;
+    if (!fs::exists(shard_path, missing))
+      input_error(file, "shard " + jetmoe::quoted(shard) + " (listed for tensor " + jetmoe::quoted(tensors.front()) +
+                            ") " + (missing ? "cannot be accessed (" + missing.message() + ")" : "does not exist") +
+                            ": " + jetmoe::quoted(shard_path.string()));
     c.files_.push_back(SafetensorsFile::open(shard_path.string()));
     shard_names.push_back(shard);
     for (const std::string& t : tensors) {
       if (!c.files_.back().find(t))
         input_error(file,
-                    "tensor " + jetmoe::quoted(t) + " is mapped to shard " + shard + ", which does not contain it");
+                    "tensor " + jetmoe::quoted(t) + " is mapped to shard " + jetmoe::quoted(shard) + ", which does not contain it");
       c.owner_.emplace(t, c.files_.size() - 1);
     }
   }
@@ -631,11 +633,11 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
     for (const TensorInfo& t : c.files_[s].tensors()) {
       const auto it = shard_of.find(t.name);
       if (it == shard_of.end())
-        input_error(file, "shard " + shard_names[s] + " holds tensor " + jetmoe::quoted(t.name) +
+        input_error(file, "shard " + jetmoe::quoted(shard_names[s]) + " holds tensor " + jetmoe::quoted(t.name) +
                               ", which the index does not list");
       if (it->second != shard_names[s])
-        input_error(file, "tensor " + jetmoe::quoted(t.name) + " is in two shards, " + it->second + " and " +
-                              shard_names[s] + " (the index maps it to " + it->second + ")");
+        input_error(file, "tensor " + jetmoe::quoted(t.name) + " is in two shards, " + jetmoe::quoted(it->second) + " and " +
+                              jetmoe::quoted(shard_names[s]) + " (the index maps it to " + jetmoe::quoted(it->second) + ")");
     }
   return c;
 }

@@ -88,7 +88,7 @@ Tokenizer::Tokenizer(const std::string& model_path)
   const auto status = sp_->LoadFromSerializedProto(bytes);
   if (!status.ok())
     model_error(model_path, "not a valid SentencePiece model (" + std::to_string(bytes.size()) +
-                                " bytes; SentencePiece: " + status.ToString() + ")");
+                                " bytes; SentencePiece: " + escape_control(status.ToString()) + ")");
 
   vocab_size_ = sp_->GetPieceSize();
   unk_id_ = sp_->unk_id(), bos_id_ = sp_->bos_id(), eos_id_ = sp_->eos_id(), pad_id_ = sp_->pad_id();

@@ -3,14 +3,19 @@
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <utility>
 
 #include "core/deck.hpp"
 #include "core/error.hpp"
+#include "core/strings.hpp"
 #include "io/checkpoint.hpp"
 
 namespace jetmoe {
@@ -21,20 +26,23 @@ namespace {
 }
 }  // namespace
 
-std::int64_t ModelConfig::parameter_count() const {
-  const std::int64_t D = hidden_size, A = attention_width(), E = num_experts, F = ffn_hidden_size;
-  const std::int64_t per_layer = 2 * D                     // two RMSNorm weights
-                                 + E * D + 2 * E * A * D + D  // MoA router, W_q and W_o experts, bias
-                                 + 2 * A * D                  // shared K/V projection
-                                 + E * D + E * 2 * F * D + E * D * F + D;  // MoE router, experts, bias
-  return vocab_size * D * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + D;
+namespace {
+// Parameters stored, or used per token (top_k of num_experts experts), in T: int64 for the counts,
+// long double to check that a shape's count fits before computing it in int64.
+template <class T>
+T count_parameters(const ModelConfig& c, bool active) {
+  const T D = T(c.hidden_size), A = T(c.num_kv_heads) * T(c.head_dim), E = T(c.num_experts), F = T(c.ffn_hidden_size);
+  const T used = active ? T(c.top_k) : E;  // experts whose weights count
+  const T per_layer = 2 * D                                  // two RMSNorm weights
+                      + E * D + 2 * used * A * D + D         // MoA router, W_q and W_o experts, bias
+                      + 2 * A * D                            // shared K/V projection
+                      + E * D + used * 3 * F * D + D;        // MoE router, experts (2F x D in, D x F out), bias
+  return T(c.vocab_size) * D * T(c.tie_word_embeddings ? 1 : 2) + T(c.num_layers) * per_layer + D;
 }
+}  // namespace
 
-std::int64_t ModelConfig::active_parameter_count() const {
-  const std::int64_t D = hidden_size, A = attention_width(), E = num_experts, F = ffn_hidden_size, k = top_k;
-  const std::int64_t per_layer = 2 * D + E * D + 2 * k * A * D + D + 2 * A * D + E * D + k * 3 * F * D + D;
-  return vocab_size * D * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + D;
-}
+std::int64_t ModelConfig::parameter_count() const { return count_parameters<std::int64_t>(*this, false); }
+std::int64_t ModelConfig::active_parameter_count() const { return count_parameters<std::int64_t>(*this, true); }
 
 void ModelConfig::validate(const std::string& where) const {
   auto positive = [&](std::int64_t v, const char* name) {
@@ -49,6 +57,23 @@ void ModelConfig::validate(const std::string& where) const {
   positive(top_k, "top_k");
   positive(ffn_hidden_size, "ffn_hidden_size");
   positive(max_position_embeddings, "max_position_embeddings");
+  // Limits that keep every size computed from the shape inside int64, and token ids and positions inside
+  // int32: each dimension below 2^31, and at most 2^50 parameters (about 10^15, over 10^5 x JetMoE-8B).
+  const std::int64_t max_dim = std::numeric_limits<std::int32_t>::max();
+  for (const auto& [v, name] : {std::pair{vocab_size, "vocab_size"}, {hidden_size, "hidden_size"},
+                                {num_layers, "num_layers"}, {num_kv_heads, "num_kv_heads"}, {head_dim, "head_dim"},
+                                {num_experts, "num_experts"}, {top_k, "top_k"}, {ffn_hidden_size, "ffn_hidden_size"},
+                                {max_position_embeddings, "max_position_embeddings"}})
+    if (v > max_dim)
+      input_error(where, std::string(name) + " = " + std::to_string(v) + " is too large (at most " +
+                             std::to_string(max_dim) + ")");
+  const long double params = count_parameters<long double>(*this, false);
+  if (params > std::ldexp(1.0L, 50)) {
+    char count[32];
+    std::snprintf(count, sizeof count, "%.3Lg", params);
+    input_error(where, std::string("the shape has ") + count + " parameters, more than 2^50 (" +
+                           std::to_string(std::int64_t(1) << 50) + ")");
+  }
   if (head_dim % 2 != 0)
     input_error(where, "head_dim must be even (half-split RoPE), found " + std::to_string(head_dim));
   if (top_k > num_experts)
@@ -95,7 +120,7 @@ ModelConfig ModelConfig::from_hf_config_text(const std::string& text, const std:
   }
   if (!j.is_object()) input_error(path, "expected a JSON object");
   if (j.contains("model_type") && j["model_type"].is_string() && j["model_type"] != "jetmoe")
-    input_error(path, "model_type is '" + j["model_type"].get<std::string>() + "', expected 'jetmoe'");
+    input_error(path, "model_type is " + jetmoe::quoted(j["model_type"].get<std::string>()) + ", expected 'jetmoe'");
 
   ModelConfig c = base;
   // Today's HF names first, then the hub checkpoints' older names (jetmoe-spec.md section 1).

@@ -1,0 +1,42 @@
+// model.safetensors.index.json of a sharded Hugging Face checkpoint, next to seven valid shards (the
+// test fixture tests/fixtures/safetensors/sharded): the JSON, the weight map, and its agreement with the
+// shards. Accepted failure: one ErrorKind::Input naming the index or a shard. A checkpoint that opens
+// finds every tensor it lists in the shard that holds it.
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+#include "fuzz_support.hpp"
+#include "io/safetensors.hpp"
+
+using namespace jetmoe;
+using namespace jetmoe::io;
+
+namespace {
+std::string checkpoint_dir() {
+  static const std::string dir = [] {
+    const std::string d = fuzz::Scratch::get().dir() + "/checkpoint";
+    const std::string command = "mkdir -p '" + d + "' && cp '" JETMOE_SOURCE_DIR
+                                "/tests/fixtures/safetensors/sharded/'*.safetensors '" + d + "'";
+    if (std::system(command.c_str()) != 0) fuzz::finding("cannot copy the shards: " + command);
+    return d;
+  }();
+  return dir;
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string dir = checkpoint_dir();
+  fuzz::Scratch::get().write("checkpoint/model.safetensors.index.json", data, size);
+  std::optional<SafetensorsCheckpoint> opened;
+  if (!fuzz::reads({ErrorKind::Input}, dir, [&] { opened.emplace(SafetensorsCheckpoint::open(dir)); })) return 0;
+  const SafetensorsCheckpoint& c = *opened;
+  for (const std::string& name : c.names()) {
+    const TensorInfo* t = c.find(name);
+    fuzz::check(t != nullptr && t->name == name, name + " is listed but not found");
+    fuzz::check(c.file_of(name).find(name) == t, name + " is not in the shard that holds it");
+    fuzz::check(c.bytes(name).size == t->nbytes(), name + ": wrong byte count");
+  }
+  return 0;
+}
