@@ -15,20 +15,14 @@
 using namespace jetmoe;
 using namespace jetmoe::eval;
 
-namespace {
-const io::Tokenizer& tokenizer() {
-  static const io::Tokenizer t(fuzz::tokenizer_fixture());
-  return t;
-}
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string path = fuzz::Scratch::get().write("questions.jsonl", data, size);
   McFile file;
   if (!fuzz::reads({ErrorKind::Input}, path, [&] { file = read_mc_jsonl(path, McFormat::Auto); })) return 0;
   std::size_t choices = 0;
   for (const McDoc& doc : file.docs) {
-    fuzz::check(doc.gold < doc.choices.size(), "line " + std::to_string(doc.line) + ": the gold answer is not a choice");
+    fuzz::check(doc.gold < doc.choices.size(),
+                "line " + std::to_string(doc.line) + ": the gold answer is not a choice");
     choices += doc.choices.size();
   }
   for (std::int64_t shots : {0, 2}) {
@@ -38,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::vector<McRequest> requests;
     std::vector<std::size_t> evaluated;
     if (!fuzz::reads({ErrorKind::Input}, path,
-                     [&] { requests = build_mc_requests(file, options, tokenizer(), &evaluated); }))
+                     [&] { requests = build_mc_requests(file, options, fuzz::fixture_tokenizer(), &evaluated); }))
       continue;
     std::size_t expected = 0;
     for (std::size_t d : evaluated) {
@@ -49,7 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const McRequest& r : requests)
       for (const auto* ids : {&r.context_ids, &r.continuation_ids})
         for (std::int32_t id : *ids)
-          fuzz::check(id >= 0 && id < tokenizer().vocab_size(), "a request's id outside the vocabulary");
+          fuzz::check(id >= 0 && id < fuzz::fixture_tokenizer().vocab_size(), "a request's id outside the vocabulary");
   }
   return 0;
 }

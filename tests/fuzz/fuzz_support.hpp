@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/error.hpp"
+#include "io/tokenizer.hpp"
 
 namespace jetmoe::fuzz {
 
@@ -99,7 +100,11 @@ class Scratch {
   std::string dir_;
 };
 
-// The small SentencePiece model of the tests (the shipped tiny tokenizer's kind: byte fallback).
-inline std::string tokenizer_fixture() { return std::string(JETMOE_SOURCE_DIR) + "/tests/fixtures/tokenizer/tokenizer.model"; }
+// The small SentencePiece model of the tests (the shipped tiny tokenizer's kind: byte fallback), loaded
+// once.
+inline const io::Tokenizer& fixture_tokenizer() {
+  static const io::Tokenizer t(std::string(JETMOE_SOURCE_DIR) + "/tests/fixtures/tokenizer/tokenizer.model");
+  return t;
+}
 
 }  // namespace jetmoe::fuzz
