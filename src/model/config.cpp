@@ -11,7 +11,6 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
-#include <utility>
 
 #include "core/deck.hpp"
 #include "core/error.hpp"
@@ -45,28 +44,24 @@ std::int64_t ModelConfig::parameter_count() const { return count_parameters<std:
 std::int64_t ModelConfig::active_parameter_count() const { return count_parameters<std::int64_t>(*this, true); }
 
 void ModelConfig::validate(const std::string& where) const {
-  auto positive = [&](std::int64_t v, const char* name) {
-    if (v <= 0) input_error(where, std::string(name) + " must be positive, found " + std::to_string(v));
-  };
-  positive(vocab_size, "vocab_size");
-  positive(hidden_size, "hidden_size");
-  positive(num_layers, "num_layers");
-  positive(num_kv_heads, "num_kv_heads");
-  positive(head_dim, "head_dim");
-  positive(num_experts, "num_experts");
-  positive(top_k, "top_k");
-  positive(ffn_hidden_size, "ffn_hidden_size");
-  positive(max_position_embeddings, "max_position_embeddings");
-  // Limits that keep every size computed from the shape inside int64, and token ids and positions inside
-  // int32: each dimension below 2^31, and at most 2^50 parameters (about 10^15, over 10^5 x JetMoE-8B).
+  // Each dimension positive and below 2^31, and at most 2^50 parameters (about 10^15, over 10^5 x
+  // JetMoE-8B): every size computed from the shape then fits int64, and token ids and positions int32.
   const std::int64_t max_dim = std::numeric_limits<std::int32_t>::max();
-  for (const auto& [v, name] : {std::pair{vocab_size, "vocab_size"}, {hidden_size, "hidden_size"},
-                                {num_layers, "num_layers"}, {num_kv_heads, "num_kv_heads"}, {head_dim, "head_dim"},
-                                {num_experts, "num_experts"}, {top_k, "top_k"}, {ffn_hidden_size, "ffn_hidden_size"},
-                                {max_position_embeddings, "max_position_embeddings"}})
+  auto dimension = [&](std::int64_t v, const char* name) {
+    if (v <= 0) input_error(where, std::string(name) + " must be positive, found " + std::to_string(v));
     if (v > max_dim)
       input_error(where, std::string(name) + " = " + std::to_string(v) + " is too large (at most " +
                              std::to_string(max_dim) + ")");
+  };
+  dimension(vocab_size, "vocab_size");
+  dimension(hidden_size, "hidden_size");
+  dimension(num_layers, "num_layers");
+  dimension(num_kv_heads, "num_kv_heads");
+  dimension(head_dim, "head_dim");
+  dimension(num_experts, "num_experts");
+  dimension(top_k, "top_k");
+  dimension(ffn_hidden_size, "ffn_hidden_size");
+  dimension(max_position_embeddings, "max_position_embeddings");
   const long double params = count_parameters<long double>(*this, false);
   if (params > std::ldexp(1.0L, 50)) {
     char count[32];

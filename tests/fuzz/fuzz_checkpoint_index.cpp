@@ -3,7 +3,7 @@
 // shards. Accepted failure: one ErrorKind::Input naming the index or a shard. A checkpoint that opens
 // finds every tensor it lists in the shard that holds it.
 #include <cstdint>
-#include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <string>
 
@@ -16,11 +16,14 @@ using namespace jetmoe::io;
 namespace {
 std::string checkpoint_dir() {
   static const std::string dir = [] {
-    const std::string d = fuzz::Scratch::get().dir() + "/checkpoint";
-    const std::string command = "mkdir -p '" + d + "' && cp '" JETMOE_SOURCE_DIR
-                                "/tests/fixtures/safetensors/sharded/'*.safetensors '" + d + "'";
-    if (std::system(command.c_str()) != 0) fuzz::finding("cannot copy the shards: " + command);
-    return d;
+    namespace fs = std::filesystem;
+    const fs::path d = fuzz::Scratch::get().dir() + "/checkpoint";
+    std::error_code ec;
+    fs::create_directories(d, ec);
+    for (const auto& e : fs::directory_iterator(JETMOE_SOURCE_DIR "/tests/fixtures/safetensors/sharded", ec))
+      if (!ec && e.path().extension() == ".safetensors") fs::copy_file(e.path(), d / e.path().filename(), ec);
+    if (ec) fuzz::finding("cannot copy the fixture shards into " + d.string() + ": " + ec.message());
+    return d.string();
   }();
   return dir;
 }

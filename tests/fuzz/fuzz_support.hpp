@@ -12,11 +12,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <initializer_list>
 #include <string>
 #include <string_view>
-#include <unistd.h>
+
+#include <stdlib.h>  // mkdtemp
 
 #include "core/error.hpp"
 #include "io/tokenizer.hpp"
@@ -87,15 +89,16 @@ class Scratch {
   }
 
  private:
+  // As tests/support.hpp's TempDir (which reports through Catch2, not available here).
   Scratch() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/jetmoe-fuzz-XXXXXX";
-    if (!::mkdtemp(pattern.data())) finding("cannot make a scratch directory " + pattern);
+    std::error_code ec;
+    std::string pattern = (std::filesystem::temp_directory_path(ec) / "jetmoe-fuzz-XXXXXX").string();
+    if (ec || !::mkdtemp(pattern.data())) finding("cannot make a scratch directory " + pattern);
     dir_ = pattern;
   }
   ~Scratch() {
-    const std::string command = "rm -rf '" + dir_ + "'";
-    if (std::system(command.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", dir_.c_str());
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
   }
   std::string dir_;
 };
