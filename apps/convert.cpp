@@ -11,6 +11,7 @@
 #include "core/log.hpp"
 #include "io/checkpoint.hpp"
 #include "io/collective.hpp"
+#include "io/output_directory.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "model/load.hpp"
 #include "parallel/comm.hpp"
@@ -84,21 +85,41 @@ int main(int argc, char** argv) {
     collectively(ctx.comm, [&] {
       deck.find_existing("convert", "input", Deck::PathKind::Any);
       const std::string extension = fs::path(input).extension().string();
-      if (!fs::is_directory(input) && extension != ".h5" && extension != ".safetensors")
+      std::error_code ec;
+      if (!fs::is_directory(input, ec) && extension != ".h5" && extension != ".safetensors")
         deck.fail_value("convert", "input", "'" + input + "' is not a checkpoint: expected a Hugging Face checkpoint (a "
                         "directory with config.json, or a .safetensors file next to one) or a jetmoe checkpoint (*.h5)");
+      const bool exists = io::exists_or_fail(output, deck.describe_key("convert", "output"));
       if (to == "hdf5") {
-        if (fs::exists(output)) deck.fail_value("convert", "output", "'" + output + "' exists; choose a new file name");
-      } else if (fs::exists(output) && !fs::is_empty(output)) {
+        if (exists) deck.fail_value("convert", "output", "'" + output + "' exists; choose a new file name");
+      } else if (exists && !fs::is_directory(output, ec)) {
+        deck.fail_value("convert", "output", "'" + output + "' is a file; a Hugging Face checkpoint is a directory");
+      } else if (exists && !(fs::is_empty(output, ec) && !ec)) {
         deck.fail_value("convert", "output", "'" + output + "' exists and is not empty; choose a new directory");
       }
     });
     if (!ctx.comm.is_root()) return;
 
+    // The output's directory first: a path the file system refuses fails before the input is read. It
+    // was empty or missing, and what the conversion writes or makes there is removed if it fails.
+    std::error_code ec;
+    const fs::path out_dir = to == "hdf5" ? fs::path(output).parent_path() : fs::path(output);
+    io::OutputDirectory made;
+    if (!out_dir.empty()) made = io::OutputDirectory(out_dir, deck.describe_key("convert", "output"));
+    std::vector<fs::path> written;  // HF output: the files it wrote, removed if a later one fails
+    struct Cleanup {
+      std::vector<fs::path>& files;
+      ~Cleanup() {
+        std::error_code ignored;
+        for (const fs::path& f : files) fs::remove(f, ignored);
+      }
+    } cleanup{written};
+
     // The shape comes from the input (config.json, or the config stored in a jetmoe checkpoint);
     // deck <model> keys may not contradict it.
-    const bool from_checkpoint = fs::path(input).extension() == ".h5" && !fs::is_directory(input);
-    const std::string dir = fs::is_directory(input) ? input : fs::path(input).parent_path().string();
+    const bool input_is_directory = fs::is_directory(input, ec);
+    const bool from_checkpoint = fs::path(input).extension() == ".h5" && !input_is_directory;
+    const std::string dir = input_is_directory ? input : fs::path(input).parent_path().string();
     ModelConfig config;
     ModelWeights weights;
     CheckpointMeta meta;
@@ -125,13 +146,22 @@ int main(int argc, char** argv) {
       meta.deck_text = deck.effective_text();
       meta.run_name = deck.get_string("job", "name");
       write_checkpoint(output, meta, {{"params", checkpoint_tensors(config, weights, stored)}});
+      made.keep();
       log::info("wrote %s (jetmoe HDF5 checkpoint, parameters only, %s, step %lld)", output.c_str(), dtype.c_str(),
                 static_cast<long long>(meta.step));
       return;
     }
+    written = {fs::path(output) / "model.safetensors", fs::path(output) / "config.json"};
     save_hf_checkpoint(output, config, weights, dtype);
-    for (const char* extra : {"tokenizer.model", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"})
-      if (fs::exists(fs::path(dir) / extra)) fs::copy_file(fs::path(dir) / extra, fs::path(output) / extra);
+    for (const char* extra : {"tokenizer.model", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"}) {
+      const fs::path from = fs::path(dir) / extra, to_path = fs::path(output) / extra;
+      if (!fs::exists(from, ec)) continue;
+      written.push_back(to_path);
+      if (!fs::copy_file(from, to_path, ec) || ec)
+        fail(ErrorKind::Input, to_path.string() + ": cannot copy " + from.string() + " there: " + ec.message());
+    }
+    written.clear();
+    made.keep();
     log::info("wrote %s (config.json, model.safetensors in %s)", output.c_str(), dtype.c_str());
   });
 }

@@ -17,6 +17,7 @@
 #include "io/atomic_file.hpp"
 #include "io/collective.hpp"
 #include "io/npy.hpp"
+#include "io/output_directory.hpp"
 #include "model/load.hpp"
 #include "model/model.hpp"
 #include "parallel/comm.hpp"
@@ -81,7 +82,6 @@ void dump_logits(const Deck& deck, eval::LmForward& forward) {
     for (std::size_t b = first; b < first + n; ++b) ids.ids.insert(ids.ids.end(), seqs[b].begin(), seqs[b].end());
     forward.logits(ids, all.data() + first * T * V);
   }
-  fs::create_directories(fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path());
   io::write_npy(out, {std::int64_t(B), std::int64_t(T), std::int64_t(V)}, all.data());
   log::info("wrote logits [%zu, %zu, %zu] (float32) to %s", B, T, V, out.c_str());
 }
@@ -106,7 +106,6 @@ void perplexity(const Deck& deck, eval::LmForward& forward, const io::Tokenizer&
   log::info("perplexity of %s: %.4f (mean NLL %.6f nats over %lld predicted tokens, windows of %lld tokens)", input.c_str(),
             r.perplexity(), mean, (long long)r.predicted, (long long)window);
   const std::string out = output_path(deck);
-  fs::create_directories(fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path());
   std::ostringstream json;
   json << "{\n  \"task\": \"perplexity\",\n  \"input\": \"" << input << "\",\n  \"tokens_predicted\": " << r.predicted
        << ",\n  \"mean_nll\": " << mean << ",\n  \"perplexity\": " << r.perplexity() << ",\n  \"context\": " << window
@@ -148,7 +147,6 @@ void multiple_choice(const Deck& deck, eval::LmForward& forward, const io::Token
             (long long)(in.file.format == eval::McFormat::TruthfulQaMc ? 0 : options.num_fewshot));
   log::text(eval::mc_results_table(report));
   const std::string out = output_path(deck);
-  fs::create_directories(fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path());
   io::write_text_atomically(out, eval::mc_results_json(report, in.file, options, model_source));
   log::info("wrote %s", out.c_str());
 }
@@ -187,6 +185,9 @@ int main(int argc, char** argv) {
       return;
     }
     std::optional<McInputs> mc;
+    // The results' directory is made before the model is loaded, so that a path the file system
+    // refuses is reported before the evaluation runs; it is removed again if the run fails.
+    io::OutputDirectory out_dir;
     collectively(ctx.comm, [&] {
       if (on_gpu) {
         const std::string why = eval::device_evaluation_unavailable();
@@ -195,6 +196,8 @@ int main(int argc, char** argv) {
       }
       deck.find_existing("eval", "input", Deck::PathKind::File);
       if (task == "multiple-choice") mc = read_mc_inputs(deck);
+      const fs::path parent = fs::path(output_path(deck)).parent_path();
+      if (ctx.comm.is_root() && !parent.empty()) out_dir = io::OutputDirectory(parent, deck.describe_key("eval", "output"));
     });
     LoadedModel loaded = load_model(deck);
     log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());
@@ -213,5 +216,6 @@ int main(int argc, char** argv) {
     if (task == "logits") dump_logits(deck, *forward);
     else if (mc) multiple_choice(deck, *forward, *tokenizer, *mc, loaded.source);
     else perplexity(deck, *forward, *tokenizer);
+    out_dir.keep();
   });
 }

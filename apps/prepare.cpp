@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "data/prepare.hpp"
+#include "io/output_directory.hpp"
 #include "io/tokenizer.hpp"
 #include "parallel/comm.hpp"
 
@@ -36,8 +37,9 @@ int main(int argc, char** argv) {
       for (const auto& other : sources)
         if (other.name == src.name) deck.fail_value("prepare", "inputs", "source '" + src.name + "' is given twice");
       std::error_code ec;
-      if (!ctx.command_line.check_only && !fs::exists(src.path, ec))
-        deck.fail_value("prepare", "inputs", "source '" + src.name + "': '" + src.path + "' does not exist");
+      if (!ctx.command_line.check_only && !fs::exists(src.path, ec))  // ec: the file system could not tell
+        deck.fail_value("prepare", "inputs", "source '" + src.name + "': '" + src.path + "' " +
+                                                 (ec ? "cannot be accessed: " + ec.message() : std::string("does not exist")));
       sources.push_back(src);
     }
     data::PrepareSettings settings;
@@ -58,8 +60,7 @@ int main(int argc, char** argv) {
       std::error_code ec;
       if (settings.tokenizer_model.empty())
         deck.fail_value("tokenizer", "model", "jetmoe-prepare needs a tokenizer: set tokenizer/model");
-      if (!fs::is_regular_file(settings.tokenizer_model, ec))
-        deck.fail_value("tokenizer", "model", "'" + settings.tokenizer_model + "' does not exist");
+      deck.find_existing("tokenizer", "model", Deck::PathKind::File);
       for (const auto& src : sources)
         if (!settings.overwrite && fs::exists(fs::path(settings.output_dir) / src.name, ec))
           deck.fail_value("prepare", "output_dir",
@@ -72,11 +73,15 @@ int main(int argc, char** argv) {
       fail(ErrorKind::Usage, "jetmoe-prepare runs on one MPI rank (prepare/jobs sets its threads); it was started on " +
                                  std::to_string(ctx.comm.size()));
 
+    // Made before the work starts (a path the file system refuses fails at once); taken away again
+    // if the run fails.
+    io::OutputDirectory out_dir(settings.output_dir, deck.describe_key("prepare", "output_dir"));
     const io::Tokenizer tokenizer(settings.tokenizer_model);
     log::info("tokenizer %s: %d pieces; %d thread(s); writing to %s", settings.tokenizer_model.c_str(),
               tokenizer.vocab_size(), settings.jobs, settings.output_dir.c_str());
     const auto reports = data::prepare_corpora(sources, tokenizer, settings);
     log::text(data::prepare_summary_table(reports));
+    out_dir.keep();
     log::info("prepared %zu source(s) in %s", reports.size(), settings.output_dir.c_str());
   });
 }

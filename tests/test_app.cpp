@@ -1,11 +1,20 @@
 #include <catch2/catch.hpp>
 
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
 #include "core/app.hpp"
 #include "core/error.hpp"
+#include "io/output_directory.hpp"
+#include "support.hpp"
 
 using jetmoe::AppSpec;
 using jetmoe::parse_command_line;
 using Catch::Matchers::Contains;
+using Catch::Matchers::EndsWith;
+using Catch::Matchers::StartsWith;
+using jetmoe::testing::TempDir;
 
 namespace {
 const AppSpec train{"jetmoe-train", "Train.", {"job"}, true, ""};
@@ -52,4 +61,81 @@ TEST_CASE("usage text lists options and deck blocks", "[unit][app]") {
   CHECK_THAT(u, Contains("Usage: jetmoe-train -i DECK [-r CHECKPOINT]"));
   CHECK_THAT(u, Contains("Deck blocks read: <job>"));
   CHECK_THAT(jetmoe::usage_text(gen), !Contains("--restart"));
+}
+
+// ---- output directories (src/io/output_directory.hpp) and escaped file-system errors --------------
+
+TEST_CASE("an output directory that fails is taken away, one that exists is never", "[unit][app]") {
+  namespace fs = std::filesystem;
+  TempDir tmp;
+  const std::string too_long(300, 'n');  // beyond NAME_MAX (255) on every Linux file system
+  // Fails at the third level: the two levels it made are removed, the temporary directory stays.
+  try {
+    jetmoe::io::OutputDirectory dir(tmp.path / "a" / "b" / too_long / "c", "<eval>/output");
+    FAIL("no error");
+  } catch (const jetmoe::Error& e) {
+    CHECK(e.kind() == jetmoe::ErrorKind::Input);
+    CHECK_THAT(e.what(), StartsWith("<eval>/output: cannot create the directory '" + (tmp / "a") + "/b/nnn"));
+    CHECK_THAT(e.what(), EndsWith("/c': File name too long"));
+  }
+  CHECK(fs::is_directory(tmp.path));
+  CHECK_FALSE(fs::exists(tmp.path / "a"));
+
+  // Made, then given up: removed deepest first, but only while empty.
+  {
+    jetmoe::io::OutputDirectory dir(tmp.path / "x" / "y" / "z", "key");
+    REQUIRE(dir.made().size() == 3);
+    CHECK(dir.made().front() == tmp.path / "x");
+    std::ofstream(tmp.path / "x" / "keep.txt") << "a file a run wrote";
+  }
+  CHECK_FALSE(fs::exists(tmp.path / "x" / "y"));
+  CHECK(fs::exists(tmp.path / "x" / "keep.txt"));
+
+  // Kept, and a directory that existed before ("x", "x/") is not recorded.
+  {
+    jetmoe::io::OutputDirectory dir(tmp.path / "x" / "q" / "", "key");
+    CHECK(dir.made() == std::vector<fs::path>{tmp.path / "x" / "q"});
+    dir.keep();
+  }
+  CHECK(fs::is_directory(tmp.path / "x" / "q"));
+  { jetmoe::io::OutputDirectory existing(tmp.path / "x", "key"); CHECK(existing.made().empty()); }
+  CHECK(fs::is_directory(tmp.path / "x"));
+
+  // A file where the directory goes.
+  try {
+    jetmoe::io::OutputDirectory dir(tmp.path / "x" / "keep.txt" / "d", "<job>/output_dir");
+    FAIL("no error");
+  } catch (const jetmoe::Error& e) {
+    CHECK_THAT(e.what(), EndsWith("/x/keep.txt/d': Not a directory"));
+  }
+  CHECK(fs::is_regular_file(tmp.path / "x" / "keep.txt"));
+}
+
+TEST_CASE("exists_or_fail: missing is false, refused is an error naming the path", "[unit][app]") {
+  TempDir tmp;
+  CHECK(jetmoe::io::exists_or_fail(tmp.path, "k"));
+  CHECK_FALSE(jetmoe::io::exists_or_fail(tmp.path / "missing", "k"));
+  std::ofstream(tmp.path / "file") << "x";
+  CHECK_FALSE(jetmoe::io::exists_or_fail(tmp.path / "file" / "below", "k"));  // ENOTDIR: nothing there
+  try {
+    jetmoe::io::exists_or_fail(tmp.path / std::string(300, 'n'), "<convert>/output");
+    FAIL("no error");
+  } catch (const jetmoe::Error& e) {
+    CHECK_THAT(e.what(), StartsWith("<convert>/output: cannot access '" + tmp.path.string() + "/nnn"));
+    CHECK_THAT(e.what(), EndsWith("': File name too long"));
+  }
+}
+
+TEST_CASE("a file-system exception that escapes is shown with its path, anything else as a bug", "[unit][app]") {
+  namespace fs = std::filesystem;
+  const std::string too_long(300, 'n');
+  try {
+    fs::create_directories(fs::path("out") / too_long);
+    FAIL("no exception");
+  } catch (const std::exception& e) {
+    CHECK(jetmoe::describe_unexpected(e) == "'out/" + too_long + "': File name too long");
+  }
+  const fs::filesystem_error two("rename", "a\nb", "c", std::make_error_code(std::errc::permission_denied));
+  CHECK(jetmoe::describe_unexpected(two) == "'a\\nb' and 'c': Permission denied");
+  CHECK(jetmoe::describe_unexpected(std::out_of_range("vector")) == "unexpected failure: vector");
 }

@@ -177,7 +177,7 @@ int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body) {
     message = e.what();
   } catch (const std::exception& e) {
     status = 1;
-    message = std::string("unexpected failure: ") + e.what();
+    message = describe_unexpected(e);
   }
   if (collective) return agree_on_failure(comm, status, message, spec.name);
   if (status != 0) {

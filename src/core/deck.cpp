@@ -589,6 +589,10 @@ std::string Deck::origin(const std::string& block, const std::string& key) const
 }
 
 void Deck::fail_value(const std::string& block, const std::string& key, const std::string& message) const {
+  deck_error("", describe_key(block, key) + ": " + message);
+}
+
+std::string Deck::describe_key(const std::string& block, const std::string& key) const {
   const ParamSpec& spec = spec_or_bug(block, key);
   auto it = entries_.find({block, key});
   // A key the deck does not set: the deck is named, and the default the run used, if any.
@@ -596,7 +600,7 @@ void Deck::fail_value(const std::string& block, const std::string& key, const st
                             : spec.default_text ? source_ + " (not set: default " +
                                                       (spec.default_text->empty() ? "\"\"" : *spec.default_text) + ")"
                                                 : source_ + " (not set)";
-  deck_error(where, spec.full_name() + ": " + message);
+  return where + ": " + spec.full_name();
 }
 
 std::optional<std::string> Deck::find_existing(const std::string& block, const std::string& key, PathKind kind) const {

@@ -142,6 +142,9 @@ class Deck {
   // missing files): "FILE:LINE: <block>/key: message".
   [[noreturn]] void fail_value(const std::string& block, const std::string& key,
                                const std::string& message) const;
+  // "FILE:LINE: <block>/key", or the deck and the default a key it does not set took: the subject of
+  // messages about a key's value that are not deck errors (an output directory that cannot be made).
+  std::string describe_key(const std::string& block, const std::string& key) const;
 
   // A path key's value checked against the file system: nullopt when unset (no value, no default);
   // otherwise it must exist and be a regular file (File), a directory (Directory) or either (Any), else

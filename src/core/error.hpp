@@ -27,6 +27,11 @@ class Error : public std::runtime_error {
 
 [[noreturn]] inline void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
+// The message for an exception that is not an Error. A std::filesystem::filesystem_error that escaped
+// names its path(s) and the system's reason ("'runs/x': File name too long"); anything else is a bug
+// of ours: "unexpected failure: WHAT".
+std::string describe_unexpected(const std::exception& e);
+
 // An error that every rank of the job throws together, with the same message, after agreeing on it
 // (for example a failed collective checkpoint write). The application frame then reports it once and
 // every rank returns the status, instead of ending the job with MPI_Abort.

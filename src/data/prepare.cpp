@@ -19,6 +19,7 @@
 #include "core/log.hpp"
 #include "core/strings.hpp"
 #include "io/atomic_file.hpp"
+#include "io/output_directory.hpp"
 #include "io/tokenizer.hpp"
 
 namespace fs = std::filesystem;
@@ -75,20 +76,6 @@ void tokenize_batch(const io::Tokenizer& tok, const std::vector<std::string>& te
   for (auto& t : threads) t.join();
   for (const auto& e : errors)
     if (e) std::rethrow_exception(e);
-}
-
-// Directories created on the way to `dir`, deepest last, so that a failed run can take them away again.
-std::vector<fs::path> create_directories_recorded(const fs::path& dir) {
-  std::vector<fs::path> missing;
-  std::error_code ec;
-  for (fs::path p = dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
-    missing.push_back(p);
-    if (p == p.parent_path()) break;
-  }
-  std::reverse(missing.begin(), missing.end());
-  fs::create_directories(dir, ec);
-  if (ec) input_error(dir.string() + ": cannot create the output directory: " + ec.message());
-  return missing;
 }
 
 std::string format_count(std::int64_t n) {
@@ -275,7 +262,9 @@ struct SourceWork {
 void prepare_one(SourceWork& w, const io::Tokenizer& tok, const PrepareSettings& s, const std::string& tokenizer_sha) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto files = input_files(w.input->path);
-  fs::create_directory(w.partial);
+  std::error_code ec;
+  fs::create_directory(w.partial, ec);
+  if (ec) input_error(w.partial.string() + ": cannot create the directory: " + ec.message());
 
   SourceManifest m;
   m.source = w.input->name;
@@ -309,7 +298,6 @@ void prepare_one(SourceWork& w, const io::Tokenizer& tok, const PrepareSettings&
   for (const auto& file : files) {
     DocumentReader reader(file, s.text_field, s.text_documents);
     InputFileInfo info{file, 0, 0};
-    std::error_code ec;
     info.bytes = std::int64_t(fs::file_size(file, ec));
     std::size_t batch_bytes = 0;
     std::string text;
@@ -366,12 +354,12 @@ std::vector<SourceReport> prepare_corpora(const std::vector<SourceInput>& source
   }
   const std::string tokenizer_sha = sha256_file_hex(tokenizer.path());
 
-  const auto created = create_directories_recorded(out);
+  io::OutputDirectory created(out, "<prepare>/output_dir");  // removed again if the run fails
   try {
     for (auto& w : work) {
       if (fs::exists(w.partial, ec)) {
         log::info("removing %s, left by an interrupted run", w.partial.string().c_str());
-        fs::remove_all(w.partial);
+        io::remove_all_or_fail(w.partial);
       }
       prepare_one(w, tokenizer, settings, tokenizer_sha);
     }
@@ -379,17 +367,17 @@ std::vector<SourceReport> prepare_corpora(const std::vector<SourceInput>& source
     for (auto& w : work) {
       const fs::path old = out / ("." + w.input->name + ".old");
       if (fs::exists(w.final_dir, ec)) {
-        fs::remove_all(old);
-        fs::rename(w.final_dir, old);
+        io::remove_all_or_fail(old);
+        io::rename_or_fail(w.final_dir, old);
       }
-      fs::rename(w.partial, w.final_dir);
-      fs::remove_all(old);
+      io::rename_or_fail(w.partial, w.final_dir);
+      io::remove_all_or_fail(old);
     }
   } catch (...) {
     for (auto& w : work) fs::remove_all(w.partial, ec);
-    for (auto it = created.rbegin(); it != created.rend(); ++it) fs::remove(*it, ec);  // only if empty
     throw;
   }
+  created.keep();
   std::vector<SourceReport> reports;
   for (auto& w : work) reports.push_back(w.report);
   return reports;

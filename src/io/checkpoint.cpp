@@ -453,7 +453,9 @@ void discard_and_close(Handle& file, int fd) {
   sink = ::memfd_create("jetmoe-discarded-checkpoint", MFD_CLOEXEC);
 #endif
   if (sink < 0) {
-    std::string templ = (fs::temp_directory_path() / "jetmoe-discarded-XXXXXX").string();
+    std::error_code ec;
+    const fs::path tmp_dir = fs::temp_directory_path(ec);
+    std::string templ = ((ec ? fs::path("/tmp") : tmp_dir) / "jetmoe-discarded-XXXXXX").string();
     sink = ::mkstemp(templ.data());
     if (sink >= 0) ::unlink(templ.c_str());
   }

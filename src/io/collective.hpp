@@ -26,7 +26,7 @@ std::string attempt(F&& f) {
   } catch (const Error& e) {
     return e.what();
   } catch (const std::exception& e) {
-    return std::string("unexpected failure: ") + e.what();
+    return describe_unexpected(e);
   }
 }
 
@@ -44,7 +44,7 @@ void collectively(const Comm& comm, F&& f) {
     error = e.what();
     kind = e.kind();
   } catch (const std::exception& e) {
-    error = std::string("unexpected failure: ") + e.what();
+    error = describe_unexpected(e);
   }
   agree(comm, error, kind);
 }

@@ -186,13 +186,16 @@ ModelConfig ModelConfig::from_deck(const Deck& deck) {
     where = *config + " with " + where;
   } else if (auto weights = deck.find_string("model", "weights")) {
     // A checkpoint directory's config.json, or the one next to a single .safetensors file.
+    // (Not checked here: a deck is validated where its files may not be. A path the file system
+    // refuses is reported when the weights are loaded.)
     const std::filesystem::path w(*weights);
-    const bool single_file = w.extension() == ".safetensors" && std::filesystem::is_regular_file(w);
+    std::error_code ec;
+    const bool single_file = w.extension() == ".safetensors" && std::filesystem::is_regular_file(w, ec);
     const auto cfg = (single_file ? w.parent_path() : w) / "config.json";
-    if ((single_file || std::filesystem::is_directory(w)) && std::filesystem::exists(cfg)) {
+    if ((single_file || std::filesystem::is_directory(w, ec)) && std::filesystem::exists(cfg, ec)) {
       c = from_hf_config(cfg.string(), c);
       where = cfg.string() + " with " + where;
-    } else if (std::filesystem::path(*weights).extension() == ".h5" && std::filesystem::is_regular_file(*weights)) {
+    } else if (w.extension() == ".h5" && std::filesystem::is_regular_file(w, ec)) {
       // A jetmoe checkpoint carries the config.json of the model it holds.
       const std::string in_checkpoint = *weights + ":/meta/model_config_json";
       c = from_hf_config_text(CheckpointReader(*weights).meta().model_config_json, in_checkpoint, c);

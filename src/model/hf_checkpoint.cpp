@@ -12,6 +12,7 @@
 #include "core/profiling.hpp"
 #include "io/atomic_file.hpp"
 #include "io/collective.hpp"
+#include "io/output_directory.hpp"
 #include "io/safetensors.hpp"
 #include "parallel/comm.hpp"
 
@@ -31,7 +32,8 @@ bool is_ignorable_buffer(const std::string& name) {
 
 ModelConfig load_hf_config(const std::string& directory) {
   const fs::path cfg = fs::path(directory) / "config.json";
-  if (!fs::exists(cfg)) fail(ErrorKind::Input, directory + ": not a Hugging Face checkpoint directory (no config.json)");
+  std::error_code ec;
+  if (!fs::exists(cfg, ec)) fail(ErrorKind::Input, directory + ": not a Hugging Face checkpoint directory (no config.json)");
   return ModelConfig::from_hf_config(cfg.string(), ModelConfig{});
 }
 
@@ -133,29 +135,23 @@ std::vector<io::TensorToWrite> tensors_to_write(const std::vector<NamedTensor>& 
   return tensors;
 }
 
-void rename_or_fail(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::rename(from, to, ec);
-  if (ec) fail(ErrorKind::Input, to.string() + ": cannot rename " + from.string() + " to it: " + ec.message());
-}
-
 // `staging` (complete) becomes `dir`. An earlier `dir` goes aside as `previous` (where a killed
 // export may have left it already), and what it held besides its weights and config.json moves over.
 void replace_directory(const fs::path& dir, const fs::path& staging, const fs::path& previous) {
   std::error_code ec;
-  const bool earlier = fs::exists(dir);
+  const bool earlier = io::exists_or_fail(dir, "the model export");
   if (earlier) {
     fs::remove_all(previous, ec);
     if (ec) fail(ErrorKind::Input, previous.string() + ": cannot remove what an earlier export left: " + ec.message());
-    rename_or_fail(dir, previous);
+    io::rename_or_fail(dir, previous);
   }
   try {
-    rename_or_fail(staging, dir);
+    io::rename_or_fail(staging, dir);
   } catch (const Error&) {
     if (earlier) fs::rename(previous, dir, ec);
     throw;
   }
-  if (!fs::exists(previous)) return;
+  if (!fs::exists(previous, ec)) return;
   std::vector<fs::path> kept;
   for (const auto& entry : fs::directory_iterator(previous, ec)) {
     const std::string name = entry.path().filename().string();
@@ -211,11 +207,11 @@ void save_hf_checkpoint(const Comm& comm, const std::string& directory, const Mo
   const auto shard_name = [shards](int s) { return io::safetensors_shard_name(std::size_t(s), std::size_t(shards)); };
   try {
     agree(comm, !comm.is_root() ? "" : attempt([&] {
-      if (fs::exists(dir) && !fs::is_directory(dir))
-        fail(ErrorKind::Input, dir.string() + ": cannot export the model there: it is a file, not a directory");
       std::error_code ec;
+      if (io::exists_or_fail(dir, "the model export") && !fs::is_directory(dir, ec))
+        fail(ErrorKind::Input, dir.string() + ": cannot export the model there: it is a file, not a directory");
       fs::create_directories(staging, ec);
-      if (ec || !fs::is_directory(staging))
+      if (ec || !fs::is_directory(staging, ec))
         fail(ErrorKind::Input, staging.string() + ": cannot create the directory the export is written to: " +
                                    (ec ? ec.message() : "a file of that name exists"));
     }));
@@ -225,7 +221,8 @@ void save_hf_checkpoint(const Comm& comm, const std::string& directory, const Mo
     std::string error;
     if (shard >= 0) {
       error = attempt([&] {
-        if (!fs::is_directory(staging))
+        std::error_code ec;
+        if (!fs::is_directory(staging, ec))
           fail(ErrorKind::Input, staging.string() + ": rank " + std::to_string(comm.rank()) +
                                      " does not see the directory rank 0 created; every pipeline stage writes its "
                                      "shard there, so the output directory must be on a file system all ranks share");
@@ -265,8 +262,8 @@ void save_hf_checkpoint(const Comm& comm, const std::string& directory, const Mo
       io::write_text_atomically((staging / "config.json").string(), hf_config_json(config, type.torch_dtype));
       written.insert("config.json");
       std::error_code ec;
-      for (const auto& entry : fs::directory_iterator(staging))
-        if (!written.count(entry.path().filename().string())) fs::remove_all(entry.path(), ec);
+      for (const auto& entry : fs::directory_iterator(staging, ec))
+        if (!written.count(entry.path().filename().string())) io::remove_all_or_fail(entry.path());
       replace_directory(dir, staging, previous);
     }));
   } catch (...) {

@@ -19,7 +19,8 @@ LoadedModel load_model(const Deck& deck) {
   LoadedModel m{ModelConfig::from_deck(deck), ModelWeights(), ""};
   if (const auto weights = deck.find_existing("model", "weights", Deck::PathKind::Any)) {
     log::info("loading weights from %s", weights->c_str());
-    if (fs::path(*weights).extension() == ".h5" && !fs::is_directory(*weights)) {
+    std::error_code ec;
+    if (fs::path(*weights).extension() == ".h5" && !fs::is_directory(*weights, ec)) {
       const CheckpointReader checkpoint(*weights);
       m.weights = read_checkpoint_params(checkpoint, m.config);
       m.source = *weights + " (jetmoe checkpoint, step " + std::to_string(checkpoint.meta().step) + ")";
@@ -88,8 +89,9 @@ bool same_bytes(const std::string& a, const std::string& b) {
 std::optional<io::Tokenizer> load_tokenizer(const Deck& deck, const ModelConfig& config, bool required) {
   std::string path, next_to_weights;
   if (const auto w = deck.find_string("model", "weights")) {
-    const fs::path next_to = fs::path(fs::is_directory(*w) ? *w : fs::path(*w).parent_path().string()) / "tokenizer.model";
-    if (fs::is_regular_file(next_to)) next_to_weights = next_to.string();
+    std::error_code ec;
+    const fs::path next_to = fs::path(fs::is_directory(*w, ec) ? *w : fs::path(*w).parent_path().string()) / "tokenizer.model";
+    if (fs::is_regular_file(next_to, ec)) next_to_weights = next_to.string();
   }
   if (const auto p = deck.find_existing("tokenizer", "model", Deck::PathKind::File)) {
     path = *p;

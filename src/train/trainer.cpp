@@ -22,6 +22,7 @@
 #include "infer/generate.hpp"
 #include "io/atomic_file.hpp"
 #include "io/checkpoint.hpp"
+#include "io/output_directory.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "model/load.hpp"
 #include "model/model.hpp"
@@ -329,13 +330,9 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   targets_ = IntView1("targets", rows_ * run_.seq_len);
 
   if (comm_.is_root()) {  // rank 0 writes every file of the run
-    auto make = [](const std::string& dir, const char* key) {
-      std::error_code ec;
-      fs::create_directories(dir, ec);
-      if (ec) fail(ErrorKind::Input, std::string(key) + ": cannot create the directory '" + dir + "': " + ec.message());
-    };
-    make(output_dir_, "<job>/output_dir");
-    make(checkpoint_dir_, "<checkpoint>/dir");
+    // Until the checks below pass, a failure takes away the directories made here.
+    io::OutputDirectory made_output(output_dir_, deck.describe_key("job", "output_dir"));
+    io::OutputDirectory made_checkpoints(checkpoint_dir_, deck.describe_key("checkpoint", "dir"));
     // A fresh run does not mix its checkpoints with an earlier run's: an error before anything is
     // written, or with checkpoint/overwrite those are deleted first.
     const std::vector<std::string> earlier = restart ? std::vector<std::string>() : checkpoints_in(checkpoint_dir_);
@@ -350,6 +347,8 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       if (ec) fail(ErrorKind::Input, c + ": cannot delete an earlier run's checkpoint: " + ec.message());
       log::info("checkpoint/overwrite: deleted the earlier run's %s", c.c_str());
     }
+    made_checkpoints.keep();
+    made_output.keep();
   }
   if (restart) restore(*restart);
   else if (comm_.is_root()) io::write_text_atomically(metrics_path_, "");
@@ -999,7 +998,9 @@ void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::
       fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' is a directory; -r takes a checkpoint file" +
                                  (latest ? " (the latest there: " + *latest + ")" : " (it holds no step-*.h5 checkpoint)"));
     }
-    if (!fs::exists(*restart, ec)) fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' does not exist");
+    if (!fs::exists(*restart, ec))  // ec is set only when the file system could not tell
+      fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' " +
+                                 (ec ? "cannot be accessed: " + ec.message() : std::string("does not exist")));
   }
   check_devices(deck, run);
   deck.find_existing("model", "weights", Deck::PathKind::Any);
