@@ -73,7 +73,6 @@ void dump_logits(const Deck& deck, eval::LmForward& forward) {
     fail(ErrorKind::Input, input + ": sequences of " + std::to_string(T) + " tokens exceed the model's context of " +
                                std::to_string(c.max_position_embeddings));
   const std::string out = output_path(deck);
-  if (fs::path(out).extension() != ".npy") deck.fail_value("eval", "output", "task logits writes a .npy file, found '" + out + "'");
   const std::size_t V = std::size_t(c.vocab_size), batch = std::size_t(deck.get_int("eval", "batch_size"));
   std::vector<float> all(B * T * V);
   for (std::size_t first = 0; first < B; first += batch) {
@@ -178,6 +177,8 @@ int main(int argc, char** argv) {
       deck.get_string("eval", "input");  // required
       config = ModelConfig::from_deck(deck);
       on_gpu = deck.get_string("eval", "precision") == "bf16";
+      if (task == "logits" && fs::path(output_path(deck)).extension() != ".npy")
+        deck.fail_value("eval", "output", "task logits writes a .npy file, found '" + output_path(deck) + "'");
     });
     if (ctx.command_line.check_only) {  // the deck alone: no files, no GPU (a login node checks a GPU job's deck)
       log::info("model: %s", config.summary().c_str());
