@@ -977,7 +977,10 @@ CheckpointReader::CheckpointReader(const std::string& path) : path_(path), file_
                                detail);
   }
   const hid_t root = file_->file.get();
-  if (H5Aexists(root, "format_version") <= 0)
+  const htri_t has_version = H5Aexists(root, "format_version");
+  if (has_version < 0)  // the root's attributes cannot be read: damaged, not foreign
+    fail(ErrorKind::Input, path + ": cannot read the attributes of the file: the file is truncated or corrupt" + hdf5_detail());
+  if (has_version == 0)
     fail(ErrorKind::Input, path + ": not a jetmoe checkpoint (an HDF5 file without the attribute format_version)");
   const std::int64_t version = read_int_attribute(path, root, "format_version", "the file");
   if (version != kCheckpointFormatVersion)
