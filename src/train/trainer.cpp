@@ -329,10 +329,11 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
   ids_ = IntView2("ids", rows_, run_.seq_len);
   targets_ = IntView1("targets", rows_ * run_.seq_len);
 
+  // Until the checks below and the restore pass, a failure takes away the directories made here.
+  io::OutputDirectory made_output, made_checkpoints;
   if (comm_.is_root()) {  // rank 0 writes every file of the run
-    // Until the checks below pass, a failure takes away the directories made here.
-    io::OutputDirectory made_output(output_dir_, deck.describe_key("job", "output_dir"));
-    io::OutputDirectory made_checkpoints(checkpoint_dir_, deck.describe_key("checkpoint", "dir"));
+    made_output = io::OutputDirectory(output_dir_, deck.describe_key("job", "output_dir"));
+    made_checkpoints = io::OutputDirectory(checkpoint_dir_, deck.describe_key("checkpoint", "dir"));
     // A fresh run does not mix its checkpoints with an earlier run's: an error before anything is
     // written, or with checkpoint/overwrite those are deleted first.
     const std::vector<std::string> earlier = restart ? std::vector<std::string>() : checkpoints_in(checkpoint_dir_);
@@ -347,11 +348,11 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       if (ec) fail(ErrorKind::Input, c + ": cannot delete an earlier run's checkpoint: " + ec.message());
       log::info("checkpoint/overwrite: deleted the earlier run's %s", c.c_str());
     }
-    made_checkpoints.keep();
-    made_output.keep();
   }
   if (restart) restore(*restart);
   else if (comm_.is_root()) io::write_text_atomically(metrics_path_, "");
+  made_checkpoints.keep();
+  made_output.keep();
   if (comm_.is_root())
     io::write_text_atomically((fs::path(output_dir_) / (name_ + ".deck")).string(),
                               deck.effective_text("effective deck of run '" + name_ + "'"));
