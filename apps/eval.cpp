@@ -177,8 +177,9 @@ int main(int argc, char** argv) {
       deck.get_string("eval", "input");  // required
       config = ModelConfig::from_deck(deck);
       on_gpu = deck.get_string("eval", "precision") == "bf16";
-      if (task == "logits" && fs::path(output_path(deck)).extension() != ".npy")
-        deck.fail_value("eval", "output", "task logits writes a .npy file, found '" + output_path(deck) + "'");
+      const std::string out = output_path(deck);
+      if (task == "logits" && fs::path(out).extension() != ".npy")
+        deck.fail_value("eval", "output", "task logits writes a .npy file, found '" + out + "'");
     });
     if (ctx.command_line.check_only) {  // the deck alone: no files, no GPU (a login node checks a GPU job's deck)
       log::info("model: %s", config.summary().c_str());

@@ -36,10 +36,8 @@ int main(int argc, char** argv) {
         deck.fail_value("prepare", "inputs", "source '" + src.name + "': " + problem);
       for (const auto& other : sources)
         if (other.name == src.name) deck.fail_value("prepare", "inputs", "source '" + src.name + "' is given twice");
-      std::error_code ec;
-      if (!ctx.command_line.check_only && !fs::exists(src.path, ec))  // ec: the file system could not tell
-        deck.fail_value("prepare", "inputs", "source '" + src.name + "': '" + src.path + "' " +
-                                                 (ec ? "cannot be accessed: " + ec.message() : std::string("does not exist")));
+      if (const std::string why = ctx.command_line.check_only ? "" : io::absence_reason(src.path); !why.empty())
+        deck.fail_value("prepare", "inputs", "source '" + src.name + "': '" + src.path + "' " + why);
       sources.push_back(src);
     }
     data::PrepareSettings settings;

@@ -63,4 +63,10 @@ bool exists_or_fail(const fs::path& path, const std::string& subject) {
   return fs::exists(status);
 }
 
+std::string absence_reason(const fs::path& path) {
+  std::error_code ec;
+  if (fs::exists(path, ec)) return "";
+  return ec ? "cannot be accessed: " + ec.message() : std::string("does not exist");  // ec: it could not tell
+}
+
 }  // namespace jetmoe::io

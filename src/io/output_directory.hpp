@@ -42,4 +42,8 @@ void remove_all_or_fail(const std::filesystem::path& path);
 // system refuses to tell (a name too long, a parent that is a file, no permission).
 bool exists_or_fail(const std::filesystem::path& path, const std::string& subject);
 
+// Why nothing is at an input `path`, for "'PATH' " + reason: "" when something is there, "does not
+// exist", or "cannot be accessed: REASON" when the file system cannot tell (a name too long, say).
+std::string absence_reason(const std::filesystem::path& path);
+
 }  // namespace jetmoe::io

@@ -999,9 +999,8 @@ void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::
       fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' is a directory; -r takes a checkpoint file" +
                                  (latest ? " (the latest there: " + *latest + ")" : " (it holds no step-*.h5 checkpoint)"));
     }
-    if (!fs::exists(*restart, ec))  // ec is set only when the file system could not tell
-      fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' " +
-                                 (ec ? "cannot be accessed: " + ec.message() : std::string("does not exist")));
+    if (const std::string why = io::absence_reason(*restart); !why.empty())
+      fail(ErrorKind::Usage, "restart checkpoint '" + *restart + "' " + why);
   }
   check_devices(deck, run);
   deck.find_existing("model", "weights", Deck::PathKind::Any);
