@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/app.hpp"
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
@@ -212,6 +213,7 @@ int main(int argc, char** argv) {
       log::info("evaluating on %s (bf16)", device_training_description().c_str());
       forward = std::make_unique<eval::DeviceForward>(model, gpu_kernels_from(deck.get_string("job", "gpu_kernels")));
     } else {
+      log::info("evaluating in fp32; matrix products: %s", matrix_products_description().c_str());
       forward = std::make_unique<eval::ModelForward>(model);
     }
     Region region(task);

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/app.hpp"
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "infer/device_generate.hpp"
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     };
     if (on_gpu) log::info("generating on %s (bf16)", device_training_description().c_str());
+    else log::info("generating in fp32; matrix products: %s", matrix_products_description().c_str());
     DeviceGenerationOptions device_options;
     device_options.kernels = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
     device_options.prefill_tokens = deck.get_int("generate", "prefill_tokens");

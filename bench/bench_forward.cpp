@@ -19,7 +19,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <dlfcn.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -35,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/profiling.hpp"
 #include "infer/generate.hpp"
@@ -75,20 +75,6 @@ double proc_status_mib(const char* key) {
   return 0.0;
 }
 
-// What OpenBLAS itself says (core kernel chosen, threads), looked up at run time so that other BLAS
-// libraries link too; empty when the BLAS is not OpenBLAS.
-std::string openblas_report() {
-  using CharFn = char* (*)();
-  using IntFn = int (*)();
-  auto corename = reinterpret_cast<CharFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  auto config = reinterpret_cast<CharFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
-  auto threads = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  if (!corename) return "";
-  std::string s = std::string("OpenBLAS core ") + corename();
-  if (threads) s += ", " + std::to_string(threads()) + " thread(s)";
-  if (config) s += " [" + std::string(config()) + "]";
-  return s;
-}
 
 std::string env_or(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
@@ -512,7 +498,7 @@ int run(const Options& o) {
   std::printf("BLAS %s: OPENBLAS_CORETYPE=%s OPENBLAS_NUM_THREADS=%s OMP_NUM_THREADS=%s; cores online %ld\n",
               JETMOE_BLAS_LIBRARIES, coretype.c_str(), blas_threads.c_str(), omp_threads.c_str(),
               sysconf(_SC_NPROCESSORS_ONLN));
-  if (const std::string ob = openblas_report(); !ob.empty()) std::printf("%s\n", ob.c_str());
+  std::printf("%s\n", jetmoe::host_blas().describe().c_str());
   std::printf("model: %s (preset %s, seed %" PRIu64 ", weights %s)\n", c.summary().c_str(), o.preset.c_str(), o.seed,
               o.load_dir.empty() ? "init_random" : o.load_dir.c_str());
   std::printf("batch %" PRId64 ", prompt %" PRId64 ", new tokens %" PRId64 "; median of %" PRId64 " (generate: %" PRId64
@@ -546,7 +532,7 @@ int run(const Options& o) {
         {"kokkos_concurrency", concurrency},
         {"kokkos_version", JETMOE_KOKKOS_VERSION_CMAKE},
         {"blas", JETMOE_BLAS_LIBRARIES},
-        {"openblas", openblas_report()},
+        {"openblas", jetmoe::host_blas().describe()},
         {"build_type", JETMOE_BUILD_TYPE},
         {"compiler", JETMOE_CXX_COMPILER},
         {"cores_online", sysconf(_SC_NPROCESSORS_ONLN)}}},

@@ -23,7 +23,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <dlfcn.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -38,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
 #include "core/profiling.hpp"
@@ -80,17 +80,6 @@ std::string env_or(const char* name, const char* fallback) {
   return v && *v ? v : fallback;
 }
 
-// What OpenBLAS itself says (core kernel chosen, threads); empty when the BLAS is not OpenBLAS.
-std::string openblas_report() {
-  using CharFn = char* (*)();
-  using IntFn = int (*)();
-  auto corename = reinterpret_cast<CharFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  auto threads = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  if (!corename) return "";
-  std::string s = std::string("OpenBLAS core ") + corename();
-  if (threads) s += ", " + std::to_string(threads()) + " thread(s)";
-  return s;
-}
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
@@ -302,7 +291,7 @@ int main(int argc, char** argv) {
                   "OPENBLAS_NUM_THREADS %s, OMP_NUM_THREADS %s\n",
                   Kokkos::DefaultExecutionSpace::name(), JETMOE_KOKKOS_VERSION_CMAKE,
                   int(Kokkos::DefaultExecutionSpace().concurrency()), JETMOE_BUILD_TYPE, JETMOE_CXX_COMPILER,
-                  JETMOE_BLAS_LIBRARIES, openblas_report().c_str(), coretype.c_str(),
+                  JETMOE_BLAS_LIBRARIES, jetmoe::host_blas().describe().c_str(), coretype.c_str(),
                   env_or("OPENBLAS_NUM_THREADS", "(unset)").c_str(), env_or("OMP_NUM_THREADS", "(unset)").c_str());
       std::printf("  batch %lld x seq %lld, %lld timed steps after %lld warm-up, recompute %s\n", (long long)B,
                   (long long)T, (long long)steps, (long long)warmup, recompute ? "on" : "off");
@@ -353,7 +342,7 @@ int main(int argc, char** argv) {
           {"kokkos_concurrency", int(Kokkos::DefaultExecutionSpace().concurrency())},
           {"kokkos_version", JETMOE_KOKKOS_VERSION_CMAKE},
           {"blas", JETMOE_BLAS_LIBRARIES},
-          {"openblas", openblas_report()},
+          {"openblas", jetmoe::host_blas().describe()},
           {"build_type", JETMOE_BUILD_TYPE},
           {"compiler", JETMOE_CXX_COMPILER},
           {"cores_online", sysconf(_SC_NPROCESSORS_ONLN)}};

@@ -1,10 +1,16 @@
 #include <catch2/catch.hpp>
 
+#include <dlfcn.h>
+
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
+#include <KokkosKernels_config.h>
+#include <Kokkos_Macros.hpp>
+
 #include "core/app.hpp"
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "io/output_directory.hpp"
 #include "support.hpp"
@@ -138,4 +144,33 @@ TEST_CASE("a file-system exception that escapes is shown with its path, anything
   const fs::filesystem_error two("rename", "a\nb", "c", std::make_error_code(std::errc::permission_denied));
   CHECK(jetmoe::describe_unexpected(two) == "'a\\nb' and 'c': Permission denied");
   CHECK(jetmoe::describe_unexpected(std::out_of_range("vector")) == "unexpected failure: vector");
+}
+
+TEST_CASE("the host BLAS is described as the library reports it, thread count included", "[unit][app]") {
+  // OpenBLAS (the registries' BLAS): the thread count follows openblas_set_num_threads, and the
+  // description of the matrix products carries it (it changes the last bits of OpenBLAS's GEMMs).
+  using SetThreads = void (*)(int);
+  using GetThreads = int (*)();
+  const auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  const auto get = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  const jetmoe::HostBlas now = jetmoe::host_blas();
+  if (!set || !get) {  // another BLAS: named, whatever it says of its threads
+    CHECK_FALSE(now.library.empty());
+    CHECK(now.library != "OpenBLAS");
+    return;
+  }
+  const int before = get();
+  for (const int n : {1, 2}) {
+    set(n);
+    const jetmoe::HostBlas b = jetmoe::host_blas();
+    CHECK(b.library == "OpenBLAS");
+    CHECK_THAT(b.config, StartsWith("OpenBLAS " + b.version + " "));
+    CHECK_FALSE(b.core.empty());
+    CHECK(b.threads == n);
+    CHECK(b.describe() == "OpenBLAS " + b.version + " (core " + b.core + ", " + (n == 1 ? "1 thread" : "2 threads") + ")");
+#if defined(KOKKOSKERNELS_ENABLE_TPL_BLAS) && !defined(KOKKOS_ENABLE_CUDA)
+    CHECK(jetmoe::matrix_products_description() == "host BLAS " + b.describe());
+#endif
+  }
+  set(before);
 }

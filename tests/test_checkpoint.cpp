@@ -124,6 +124,7 @@ struct State {
     meta.model_config_json = "{\"model_type\": \"jetmoe\"}\n";
     meta.run_name = "tiny";
     meta.scalars = {{"loss", 3.25}, {"lr", 4.9e-4}, {"grad norm", -0.0}};
+    meta.run_setup = "precision = fp32\nlayout = 1 x 1\nmatrix products = host BLAS " + std::to_string(seed) + "\n";
   }
 };
 
@@ -226,6 +227,7 @@ TEST_CASE("checkpoint round trip is bit-exact", "[unit][checkpoint]") {
   CHECK(r.meta().deck_text == s.meta.deck_text);
   CHECK(r.meta().model_config_json == s.meta.model_config_json);
   CHECK(r.meta().run_name == s.meta.run_name);
+  CHECK(r.meta().run_setup == s.meta.run_setup);
   REQUIRE(r.meta().scalars.size() == 3);
   CHECK(r.meta().scalars.at("loss") == 3.25);
   CHECK(r.meta().scalars.at("lr") == 4.9e-4);
@@ -253,6 +255,7 @@ TEST_CASE("checkpoint round trip is bit-exact", "[unit][checkpoint]") {
     CHECK(e.meta().step == 0);
     CHECK(e.meta().deck_text.empty());
     CHECK(e.meta().run_name.empty());
+    CHECK(e.meta().run_setup.empty());  // optional: not written, and a file without it reads as empty
     CHECK(e.meta().rng_state.empty());
     CHECK(e.meta().scalars.empty());
     CHECK(e.names("params").empty());
@@ -453,7 +456,8 @@ Contents read_everything(const std::string& path) {
 
 bool same(const Contents& a, const Contents& b) {
   const auto meta = [](const CheckpointMeta& m) {
-    return std::tie(m.step, m.tokens_seen, m.rng_state, m.data_state, m.deck_text, m.model_config_json, m.run_name);
+    return std::tie(m.step, m.tokens_seen, m.rng_state, m.data_state, m.deck_text, m.model_config_json, m.run_name,
+                    m.run_setup);
   };
   if (meta(a.meta) != meta(b.meta) || a.meta.scalars.size() != b.meta.scalars.size()) return false;
   for (const auto& [key, value] : a.meta.scalars) {
@@ -710,6 +714,7 @@ TEST_CASE("checkpoint: a collective write holds every rank's tensors bit for bit
   CHECK(r.meta().deck_text == s.meta.deck_text);
   CHECK(r.meta().model_config_json == s.meta.model_config_json);
   CHECK(r.meta().run_name == s.meta.run_name);
+  CHECK(r.meta().run_setup == s.meta.run_setup);
   CHECK(r.meta().scalars.size() == s.meta.scalars.size());
   CHECK(r.meta().scalars.at("lr") == 4.9e-4);
   for (const auto& [group, tensors] : s.groups) {

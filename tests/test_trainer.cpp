@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/build_info.hpp"
 #include "core/deck.hpp"
 #include "data/prepare.hpp"
 #include "io/checkpoint.hpp"
@@ -60,11 +61,40 @@ TEST_CASE("training restarts from a checkpoint bit for bit", "[unit][train]") {
   const auto b_train = lines_of(tmp / "b/metrics.jsonl", "train");
   CHECK(b_train == std::vector<std::string>(a_train.begin() + 3, a_train.end()));
 
+  // Each checkpoint records the run's setup; the restart had the same one, so it says nothing.
+  const std::string setup = CheckpointReader(a3).meta().run_setup;
+  CHECK(setup == "precision = fp32\nlayout = 1 x 1 (pipeline stages x data-parallel replicas)\nmicro_batch_size = 4\n"
+                 "logits_chunk_tokens = 0\nmatrix products = " + matrix_products_description() + "\n");
+  CHECK(CheckpointReader(tmp / "b/checkpoints/step-000000006.h5").meta().run_setup == setup);
+  CHECK(restart_setup_note(setup, setup).empty());
+
   // Same deck, same seed: a second straight run is identical too (determinism).
   REQUIRE(train(tmp, "again") == TrainOutcome::Finished);
   require_identical(a6, tmp / "again/checkpoints/step-000000006.h5");
   CHECK(lines_of(tmp / "again/metrics.jsonl", "train") == a_train);
   CHECK(lines_of(tmp / "again/metrics.jsonl", "eval") == lines_of(tmp / "a/metrics.jsonl", "eval"));
+}
+
+TEST_CASE("a restart on another setup says what differs, then and now", "[unit][train]") {
+  const std::string then = "precision = fp32\nlayout = 2 x 1 (pipeline stages x data-parallel replicas)\n"
+                           "micro_batch_size = 4\nmatrix products = host BLAS OpenBLAS 0.3.21 (core Zen, 1 thread)\n";
+  CHECK(restart_setup_note(then, then).empty());
+  CHECK(restart_setup_note("", then).empty());  // a checkpoint that records no setup (older files)
+  CHECK(restart_setup_note(then, "").empty());
+  // One difference, then two, in this run's order; a key only one side has is not compared.
+  const std::string threads = "precision = fp32\nlayout = 2 x 1 (pipeline stages x data-parallel replicas)\n"
+                              "micro_batch_size = 4\nmatrix products = host BLAS OpenBLAS 0.3.21 (core Zen, 2 threads)\n"
+                              "logits_chunk_tokens = 0\n";
+  CHECK(restart_setup_note(then, threads) ==
+        "note: the checkpoint was written with another setup (matrix products: host BLAS OpenBLAS 0.3.21 (core Zen, "
+        "1 thread) then, host BLAS OpenBLAS 0.3.21 (core Zen, 2 threads) now): the run continues from it, but not bit "
+        "for bit as it would on the setup it was written with");
+  const std::string layout_and_batch = "precision = fp32\nmicro_batch_size = 2\n"
+                                       "layout = 1 x 2 (pipeline stages x data-parallel replicas)\n"
+                                       "matrix products = host BLAS OpenBLAS 0.3.21 (core Zen, 1 thread)\n";
+  CHECK_THAT(restart_setup_note(then, layout_and_batch),
+             Contains("(micro_batch_size: 4 then, 2 now; layout: 2 x 1 (pipeline stages x data-parallel replicas) then, "
+                      "1 x 2 (pipeline stages x data-parallel replicas) now)"));
 }
 
 TEST_CASE("a stop signal writes a checkpoint after the step; the restart finishes the same run", "[unit][train]") {
@@ -270,6 +300,16 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
         if (pp == pp0 && dp == dp0)
           require_identical(tmp / (first + "/checkpoints/step-000000006.h5"),
                             tmp / (run + "/checkpoints/step-000000006.h5"));
+        // The restart's note: none on the layout the checkpoint was written with, the layout then and
+        // now on any other.
+        const std::string then = CheckpointReader(checkpoint.string()).meta().run_setup;
+        const std::string now = CheckpointReader(tmp / (run + "/checkpoints/step-000000006.h5")).meta().run_setup;
+        const auto layout = [](int p, int d) {
+          return std::to_string(p) + " x " + std::to_string(d) + " (pipeline stages x data-parallel replicas)";
+        };
+        CHECK_THAT(then, Contains("\nlayout = " + layout(pp0, dp0) + "\n"));
+        if (pp == pp0 && dp == dp0) CHECK(restart_setup_note(then, now).empty());
+        else CHECK_THAT(restart_setup_note(then, now), Contains("layout: " + layout(pp0, dp0) + " then, " + layout(pp, dp) + " now"));
       }
       world.barrier();
     }

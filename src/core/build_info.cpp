@@ -1,5 +1,8 @@
 #include "core/build_info.hpp"
 
+#include <dlfcn.h>
+
+#include <cstdint>
 #include <sstream>
 
 #include <KokkosKernels_config.h>
@@ -80,7 +83,71 @@ std::string revision() {
   return r.empty() ? "unknown revision" : r;
 }
 
+// A function of the BLAS library in this process, if it has one by that name.
+template <class Fn>
+Fn blas_symbol(const char* name) {
+  return reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, name));
+}
+
 }  // namespace
+
+HostBlas host_blas() {
+  HostBlas b;
+  using CharFn = char* (*)();
+  using IntFn = int (*)();
+  if (auto corename = blas_symbol<CharFn>("openblas_get_corename")) {
+    b.library = "OpenBLAS";
+    b.core = corename();
+    if (auto config = blas_symbol<CharFn>("openblas_get_config")) {
+      b.config = config();  // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64"
+      std::istringstream words(b.config);
+      std::string name;
+      words >> name >> b.version;
+    }
+    if (auto threads = blas_symbol<IntFn>("openblas_get_num_threads")) b.threads = threads();
+  } else if (auto mkl_version = blas_symbol<void (*)(char*, int)>("MKL_Get_Version_String")) {
+    b.library = "MKL";
+    char text[256] = {};
+    mkl_version(text, int(sizeof text));
+    b.version = text;
+    if (auto threads = blas_symbol<IntFn>("MKL_Get_Max_Threads")) b.threads = threads();
+  } else if (auto blis_version = blas_symbol<CharFn>("bli_info_get_version_str")) {
+    b.library = "BLIS";
+    b.version = blis_version();
+    if (auto threads = blas_symbol<std::int64_t (*)()>("bli_thread_get_num_threads")) b.threads = int(threads());
+  } else {
+    b.library = JETMOE_BLAS_LIBRARIES;
+  }
+  return b;
+}
+
+std::string HostBlas::describe() const {
+  std::string s = library + (version.empty() ? "" : " " + version);
+  std::string details = core.empty() ? "" : "core " + core;
+  if (!details.empty()) details += ", ";
+  details += threads > 0 ? std::to_string(threads) + (threads == 1 ? " thread" : " threads") : "thread count unknown";
+  return s + " (" + details + ")";
+}
+
+std::string gpu_model() {
+#if JETMOE_HAVE_CUDA_KERNELS
+  jk_runtime_info_t info{};
+  if (jk_runtime_info(&info) == cudaSuccess && info.device_count > 0)
+    return std::string(info.device_name) + " (sm_" + std::to_string(info.sm_major) + std::to_string(info.sm_minor) + ")";
+#endif
+  return "";
+}
+
+std::string matrix_products_description() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  const std::string gpu = gpu_model();
+  return std::string("Kokkos ") + Kokkos::DefaultExecutionSpace::name() + " on " + (gpu.empty() ? "a GPU" : gpu);
+#elif defined(KOKKOSKERNELS_ENABLE_TPL_BLAS)
+  return "host BLAS " + host_blas().describe();
+#else
+  return "Kokkos Kernels' own GEMM";
+#endif
+}
 
 std::string version_report(const std::string& app_name) {
   std::ostringstream s;
@@ -98,7 +165,7 @@ std::string version_report(const std::string& app_name) {
     << ", cuBLAS TPL on"
 #endif
     << "\n"
-    << "  BLAS            " << JETMOE_BLAS_LIBRARIES << "\n"
+    << "  BLAS            " << JETMOE_BLAS_LIBRARIES << "; at run time " << host_blas().describe() << "\n"
     << "  MPI             " << (JETMOE_HAVE_MPI ? mpi_library_version() : std::string("not built (JETMOE_ENABLE_MPI=OFF)"))
     << "\n"
     << "  HDF5            " << hdf5_text() << "\n"

@@ -515,6 +515,7 @@ void write_header(Writer& w, hid_t root, const CheckpointMeta& meta) {
   Handle m = w.group(root, kMetaGroup);
   w.string_dataset(m.get(), "deck_text", meta.deck_text, "/meta/deck_text");
   w.string_dataset(m.get(), "model_config_json", meta.model_config_json, "/meta/model_config_json");
+  if (!meta.run_setup.empty()) w.string_dataset(m.get(), "run_setup", meta.run_setup, "/meta/run_setup");
   w.u64_dataset(m.get(), "rng_state", meta.rng_state, "/meta/rng_state");
   w.u64_dataset(m.get(), "data_state", meta.data_state, "/meta/data_state");
   Handle scalars = w.group(m.get(), "scalars");
@@ -624,7 +625,7 @@ CheckpointMeta broadcast_meta(const Comm& comm, const CheckpointMeta& meta) {
       p.put(std::uint64_t(v->size()));
       for (const std::uint64_t x : *v) p.put(x);
     }
-    p.put(meta.deck_text), p.put(meta.model_config_json), p.put(meta.run_name);
+    p.put(meta.deck_text), p.put(meta.model_config_json), p.put(meta.run_name), p.put(meta.run_setup);
     p.put(std::uint64_t(meta.scalars.size()));
     for (const auto& [name, value] : meta.scalars) p.put(name), p.put(value);
   }
@@ -639,6 +640,7 @@ CheckpointMeta broadcast_meta(const Comm& comm, const CheckpointMeta& meta) {
   out.deck_text = p.get_string();
   out.model_config_json = p.get_string();
   out.run_name = p.get_string();
+  out.run_setup = p.get_string();
   const auto scalars = std::size_t(p.get<std::uint64_t>());
   for (std::size_t i = 0; i < scalars; ++i) {
     std::string name = p.get_string();
@@ -716,8 +718,8 @@ void write_file_collective(const Comm& comm, const std::string& tmp, const std::
   for (const auto& [group, tensors] : groups)
     for (const CheckpointTensor& t : tensors)
       bound += 8192 + std::uint64_t(element_count(t.shape)) * (t.stored_as == CheckpointDType::F32 ? 4u : 2u);
-  bound += meta.deck_text.size() + meta.model_config_json.size() + meta.run_name.size() + 64 * meta.scalars.size() +
-           8 * (meta.rng_state.size() + meta.data_state.size());
+  bound += meta.deck_text.size() + meta.model_config_json.size() + meta.run_name.size() + meta.run_setup.size() +
+           64 * meta.scalars.size() + 8 * (meta.rng_state.size() + meta.data_state.size());
   reserve_collectively(comm, tmp, bound);
 
   const hid_t root = file.get();
@@ -997,6 +999,9 @@ CheckpointReader::CheckpointReader(const std::string& path) : path_(path), file_
   if (!meta.valid()) corrupt(path, "group /meta");
   meta_.deck_text = read_meta_string(path, meta.get(), "deck_text");
   meta_.model_config_json = read_meta_string(path, meta.get(), "model_config_json");
+  const htri_t has_setup = H5Lexists(meta.get(), "run_setup", H5P_DEFAULT);  // optional; < 0: damaged
+  if (has_setup < 0) corrupt(path, "group /meta");
+  if (has_setup > 0) meta_.run_setup = read_meta_string(path, meta.get(), "run_setup");
   meta_.rng_state = read_meta_u64(path, meta.get(), "rng_state");
   meta_.data_state = read_meta_u64(path, meta.get(), "data_state");
   if (link_exists(meta.get(), "scalars")) {

@@ -5,6 +5,7 @@
 //                          written_by (strings), checksum_algorithm ("CRC-64/XZ")
 //   /meta/deck_text        the effective deck (string dataset)
 //   /meta/model_config_json  the model shape as the config.json jetmoe-convert writes
+//   /meta/run_setup        (optional) what the run's arithmetic depended on besides the deck's values
 //   /meta/rng_state, /meta/data_state   uint64 [n], opaque to this layer
 //   /meta/scalars          one float64 attribute per entry (last loss, ...)
 //   /<group>/<name>        one dataset per tensor, e.g. /params/model.layers.0.mlp.bias,
@@ -59,6 +60,10 @@ struct CheckpointMeta {
   std::vector<std::uint64_t> rng_state, data_state;  // opaque
   std::string deck_text, model_config_json, run_name;
   std::map<std::string, double> scalars;  // e.g. last loss; optional extras
+  // Optional (not written when empty, empty when the file has none): "key = value" lines naming what
+  // the run's results depended on beyond the model and data (precision, layout, what computed the
+  // matrix products), for the trainer to say when a restart differs (train/trainer.cpp, run_setup).
+  std::string run_setup;
 };
 
 using CheckpointGroups = std::vector<std::pair<std::string, std::vector<CheckpointTensor>>>;

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <vector>
 
+#include "core/build_info.hpp"
 #include "core/deck.hpp"
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
@@ -151,6 +152,7 @@ class Trainer {
   // `whole_params`: the parameters already gathered by gather_whole (rank 0) for something else, to
   // save gathering twice when rank 0 writes alone (serial HDF5: only then does the checkpoint gather).
   std::string save_checkpoint(const ModelWeights* whole_params = nullptr);
+  std::string describe_run_setup(const Deck& deck) const;
   StepStats accumulate(int phase);
   double validation_loss();
   void log_progress(const StepStats& st, double lr, double grad_norm, double window_s, std::int64_t window_steps);
@@ -172,6 +174,7 @@ class Trainer {
   std::optional<WatchdogScope> watchdog_;  // parallel/timeout over the waits on other ranks (more than one rank)
   bool sum_embedding_ = false;             // tied embeddings split over the first and last stage
   std::string name_, output_dir_, checkpoint_dir_, metrics_path_;
+  std::string run_setup_;  // describe_run_setup(): written into each checkpoint, compared on restart
   std::uint64_t seed_;
   std::int64_t progress_interval_, eval_interval_, eval_batches_, checkpoint_interval_, keep_last_;
   bool skip_nonfinite_;
@@ -349,6 +352,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       log::info("checkpoint/overwrite: deleted the earlier run's %s", c.c_str());
     }
   }
+  run_setup_ = describe_run_setup(deck);
   if (restart) restore(*restart);
   else if (comm_.is_root()) io::write_text_atomically(metrics_path_, "");
   made_checkpoints.keep();
@@ -378,6 +382,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
             (long long)run_.total_steps, (long long)run_.global_batch_tokens, (long long)run_.micro_batch_size,
             (long long)run_.seq_len, (long long)run_.grad_accum_steps, run_.schedule.c_str(),
             run_.schedule_unit.c_str(), run_.lr);
+  if (run_.precision != "bf16") log::info("matrix products: %s", matrix_products_description().c_str());
   log::info("MFU reference: %.1f GFLOP/s (%s); %.3f GFLOP per trained token", peak_gflops_,
             peak > 0 ? "job/peak_gflops" : "measured 1024^3 SGEMM, mean over ranks", flops_per_token_ / 1e9);
   // Each stage's activation memory as its own network arranged it (rank 0 prints every stage's line).
@@ -785,6 +790,7 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
   meta.deck_text = deck_.effective_text("deck of run '" + name_ + "'");
   meta.model_config_json = hf_config_json(config_, "float32");
   meta.run_name = name_;
+  meta.run_setup = run_setup_;
   meta.scalars["adam_steps"] = double(adam_.steps());
   meta.scalars["skipped_steps"] = double(skipped_steps_);
   meta.scalars["seq_len"] = double(run_.seq_len);
@@ -847,6 +853,24 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
   last_checkpoint_ = path;
   last_checkpoint_step_ = step_;
   return path;
+}
+
+// What this run's arithmetic depends on besides the model, the data and the keys a restart must keep
+// (train/seq_len, train/global_batch_tokens): the same setup continues a run bit for bit, another one
+// continues it with differences at the level of rounding. Kept out: what gives the same bits either way
+// (train/recompute, parallel/zero1, parallel/overlap_allreduce, the Kokkos host backend and its threads).
+std::string Trainer::describe_run_setup(const Deck& deck) const {
+  std::ostringstream s;
+  s << "precision = " << run_.precision << "\n"
+    << "layout = " << layout_.stages << " x " << layout_.replicas << " (pipeline stages x data-parallel replicas)\n"
+    << "micro_batch_size = " << run_.micro_batch_size << "\n"
+    << "logits_chunk_tokens = " << device_options_.logits_chunk << "\n";
+  if (run_.precision == "bf16")
+    s << "matrix products = jetmoe CUDA kernels (job/gpu_kernels = " << deck.get_string("job", "gpu_kernels") << ") on "
+      << gpu_model() << "\n";
+  else
+    s << "matrix products = " << matrix_products_description() << "\n";
+  return s.str();
 }
 
 void Trainer::restore(const std::string& path) {
@@ -912,6 +936,7 @@ void Trainer::restore(const std::string& path) {
   }
   if (comm_.is_root()) io::write_text_atomically(metrics_path_, kept);
   log::info("restarted from %s: step %lld, %lld tokens seen", path.c_str(), (long long)step_, (long long)tokens_seen_);
+  if (const std::string note = restart_setup_note(meta.run_setup, run_setup_); !note.empty()) log::info("%s", note.c_str());
 }
 
 ModelWeights Trainer::gather_whole(const ModelWeights& part, bool sharded) {
@@ -990,6 +1015,29 @@ void Trainer::finish() {
 }
 
 }  // namespace
+
+std::string restart_setup_note(const std::string& theirs, const std::string& ours) {
+  const auto lines = [](const std::string& text) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto eq = line.find(" = ");
+      if (eq != std::string::npos) out.emplace_back(line.substr(0, eq), line.substr(eq + 3));
+    }
+    return out;
+  };
+  const auto then = lines(theirs);
+  std::string changes;
+  for (const auto& now : lines(ours)) {
+    const auto it = std::find_if(then.begin(), then.end(), [&](const auto& kv) { return kv.first == now.first; });
+    if (it == then.end() || it->second == now.second) continue;
+    changes += (changes.empty() ? "" : "; ") + now.first + ": " + it->second + " then, " + now.second + " now";
+  }
+  if (changes.empty()) return "";
+  return "note: the checkpoint was written with another setup (" + changes +
+         "): the run continues from it, but not bit for bit as it would on the setup it was written with";
+}
 
 void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::optional<std::string>& restart) {
   if (restart) {

@@ -26,6 +26,12 @@ TrainOutcome run_training(Deck& deck, const Comm& comm, const std::optional<std:
 // (pretraining), the conversation files (SFT, DPO).
 void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::optional<std::string>& restart);
 
+// The restart's note when the run that wrote a checkpoint had another setup than this one (its
+// /meta/run_setup: "key = value" lines, the precision, the layout, the micro-batch, what computed the
+// matrix products): "note: ..." naming each key that differs with its value then and now, or "" when
+// none differs or the checkpoint records no setup. Keys only one side has are not compared.
+std::string restart_setup_note(const std::string& theirs, const std::string& ours);
+
 // Installs SIGTERM/SIGINT/SIGUSR1 handlers that ask the loop to stop after the current step.
 void install_stop_handlers();
 bool stop_requested();
