@@ -2,9 +2,11 @@
 # - a restart on the setup the checkpoint was written with says nothing and continues bit for bit;
 # - a restart with another host BLAS thread count (OpenBLAS) or another micro-batch says so, naming
 #   the value then and now;
-# - with Kokkos' OpenMP backend (THREADS_FLAG given), the Kokkos thread count changes no bit.
-#   -D TRAIN=jetmoe-train -D CONVERT=jetmoe-convert -D DECK=inputs/tiny.deck -D CHAT=sft_tiny.jsonl
-#   -D TOKENIZER=tokenizer.model -D SCRATCH=dir [-D THREADS_FLAG=--kokkos-num-threads]
+# - with Kokkos' OpenMP backend (THREADS_FLAG given), the Kokkos thread count changes no bit of a
+#   training run nor of jetmoe-eval's logits.
+#   -D TRAIN=jetmoe-train -D CONVERT=jetmoe-convert -D EVAL=jetmoe-eval -D DECK=inputs/tiny.deck
+#   -D CHAT=sft_tiny.jsonl -D IDS=token-ids.txt -D TOKENIZER=tokenizer.model -D SCRATCH=dir
+#   [-D THREADS_FLAG=--kokkos-num-threads]
 file(REMOVE_RECURSE "${SCRATCH}")
 file(MAKE_DIRECTORY "${SCRATCH}")
 
@@ -111,4 +113,20 @@ if(DEFINED THREADS_FLAG)
   train(kokkos2restart 1 2 "${THREADS_FLAG}=2" -r "${step2}")
   reject(kokkos2restart "note:")
   same_params(a kokkos2restart)
+  # jetmoe-eval's fp32 logits of run a's final model, with 1 and with 2 threads.
+  foreach(n 1 2)
+    execute_process(COMMAND "${CMAKE_COMMAND}" -E env OPENBLAS_NUM_THREADS=1 "${EVAL}" "${THREADS_FLAG}=${n}" -i "${DECK}"
+                            "tokenizer/model=${TOKENIZER}"
+                            model/weights=a/final eval/task=logits "eval/input=${IDS}" eval/output=logits.npy
+                            "job/output_dir=eval${n}"
+                    WORKING_DIRECTORY "${SCRATCH}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
+    if(NOT rc STREQUAL "0" OR NOT out MATCHES "wrote logits")
+      message(FATAL_ERROR "jetmoe-eval with ${n} thread(s) exited with ${rc}.\n--- output ---\n${out}${err}")
+    endif()
+  endforeach()
+  execute_process(COMMAND "${CMAKE_COMMAND}" -E compare_files "${SCRATCH}/eval1/logits.npy" "${SCRATCH}/eval2/logits.npy"
+                  RESULT_VARIABLE rc)
+  if(NOT rc STREQUAL "0")
+    message(FATAL_ERROR "jetmoe-eval's logits with 1 and with 2 Kokkos threads differ")
+  endif()
 endif()
