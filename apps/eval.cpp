@@ -6,7 +6,6 @@
 #include <sstream>
 
 #include "core/app.hpp"
-#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/profiling.hpp"
@@ -106,11 +105,7 @@ void perplexity(const Deck& deck, eval::LmForward& forward, const io::Tokenizer&
   log::info("perplexity of %s: %.4f (mean NLL %.6f nats over %lld predicted tokens, windows of %lld tokens)", input.c_str(),
             r.perplexity(), mean, (long long)r.predicted, (long long)window);
   const std::string out = output_path(deck);
-  std::ostringstream json;
-  json << "{\n  \"task\": \"perplexity\",\n  \"input\": \"" << input << "\",\n  \"tokens_predicted\": " << r.predicted
-       << ",\n  \"mean_nll\": " << mean << ",\n  \"perplexity\": " << r.perplexity() << ",\n  \"context\": " << window
-       << ",\n  \"precision\": \"" << forward.precision() << "\"\n}\n";
-  io::write_text_atomically(out, json.str());
+  io::write_text_atomically(out, eval::perplexity_results_json(r, input, window, forward));
   log::info("wrote %s", out.c_str());
 }
 
@@ -213,8 +208,8 @@ int main(int argc, char** argv) {
       log::info("evaluating on %s (bf16)", device_training_description().c_str());
       forward = std::make_unique<eval::DeviceForward>(model, gpu_kernels_from(deck.get_string("job", "gpu_kernels")));
     } else {
-      log::info("evaluating in fp32; matrix products: %s", matrix_products_description().c_str());
       forward = std::make_unique<eval::ModelForward>(model);
+      log::info("evaluating in fp32; matrix products: %s", forward->matrix_products().c_str());
     }
     Region region(task);
     if (task == "logits") dump_logits(deck, *forward);

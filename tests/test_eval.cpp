@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "eval/multiple_choice.hpp"
+#include "eval/perplexity.hpp"
 #include "io/tokenizer.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "model/model.hpp"
@@ -288,4 +289,74 @@ TEST_CASE("one question per task: stderr N/A in the table and null in the JSON",
   CHECK(j["examples"][1]["line"] == 4);
   CHECK(j["examples"][0]["loglikelihoods"].size() == 4);
   CHECK(j["precision"] == "fp32");
+  CHECK(j["matrix_products"] == forward.matrix_products());
+}
+
+namespace {
+// A forward with closed-form log-probabilities: target y at position t of its window scores
+// -(1 + y % 7) / 8 - t / 64. It records the batches it is given.
+class ClosedFormForward final : public LmForward {
+ public:
+  const ModelConfig& config() const override { return config_; }
+  std::string precision() const override { return "fp32"; }
+  std::string matrix_products() const override { return "host BLAS \"quoted\" \\ (1 thread)"; }
+  void logits(const TokenBatch&, float*) override { FAIL("perplexity needs no logits"); }
+  std::vector<double> target_logprobs(const TokenBatch& batch, const std::vector<std::int32_t>& targets) override {
+    batches.emplace_back(batch.n, batch.T);
+    REQUIRE(targets.size() == std::size_t(batch.n * batch.T));
+    std::vector<double> out(targets.size());
+    for (std::size_t i = 0; i < targets.size(); ++i)
+      out[i] = targets[i] < 0 ? 0.0 : -(1.0 + targets[i] % 7) / 8.0 - double(std::int64_t(i) % batch.T) / 64.0;
+    return out;
+  }
+  std::vector<std::pair<std::int64_t, std::int64_t>> batches;
+
+ private:
+  ModelConfig config_;
+};
+}  // namespace
+
+TEST_CASE("perplexity: windows that do not overlap, each predicting its tokens after the first, in any batch size",
+          "[unit][eval]") {
+  std::vector<std::int32_t> ids;
+  for (std::int32_t i = 0; i < 11; ++i) ids.push_back(3 * i + 1);
+  // Windows of 4: [0, 4), [4, 8), [8, 11); window w's token t + 1 is predicted at position t.
+  double nll = 0;
+  std::int64_t predicted = 0;
+  for (std::size_t start = 0; start < ids.size(); start += 4)
+    for (std::size_t t = 0; t + 1 < 4 && start + t + 1 < ids.size(); ++t)
+      nll += (1.0 + ids[start + t + 1] % 7) / 8.0 + double(t) / 64.0, ++predicted;
+  REQUIRE(predicted == 8);
+  for (const std::int64_t batch_size : {1, 2, 3, 5}) {
+    INFO("batch size " << batch_size);
+    ClosedFormForward f;
+    const PerplexityResult r = perplexity(f, ids, 4, batch_size);
+    CHECK(r.predicted == predicted);
+    CHECK(r.nll == Approx(nll).epsilon(1e-15));
+    CHECK(r.mean_nll() == Approx(nll / 8).epsilon(1e-15));
+    // Full windows go batch_size at a time, the shorter last one alone.
+    const std::vector<std::pair<std::int64_t, std::int64_t>> expected =
+        batch_size == 1   ? std::vector<std::pair<std::int64_t, std::int64_t>>{{1, 4}, {1, 4}, {1, 3}}
+                          : std::vector<std::pair<std::int64_t, std::int64_t>>{{2, 4}, {1, 3}};
+    CHECK(f.batches == expected);
+  }
+  // A last window of one token predicts nothing and is not run; a window longer than the text is one.
+  ClosedFormForward f;
+  ids.resize(9);
+  CHECK(perplexity(f, ids, 4, 8).predicted == 6);
+  CHECK(f.batches == std::vector<std::pair<std::int64_t, std::int64_t>>{{2, 4}});
+  CHECK(perplexity(f, ids, 100, 1).predicted == 8);
+
+  // The results file: valid JSON whatever the path holds, doubles that read back to the same bits.
+  const PerplexityResult r = perplexity(f, ids, 4, 1);
+  const std::string input = "dir with \"quotes\"\\and\tcontrol/text.txt";
+  const auto j = nlohmann::json::parse(perplexity_results_json(r, input, 4, f));
+  CHECK(j["task"] == "perplexity");
+  CHECK(j["input"] == input);
+  CHECK(j["tokens_predicted"] == 6);
+  CHECK(j["mean_nll"].get<double>() == r.mean_nll());
+  CHECK(j["perplexity"].get<double>() == r.perplexity());
+  CHECK(j["context"] == 4);
+  CHECK(j["precision"] == "fp32");
+  CHECK(j["matrix_products"] == f.matrix_products());
 }

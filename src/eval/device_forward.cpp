@@ -3,6 +3,7 @@
 
 #include "jetmoe/build_config.hpp"
 
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/profiling.hpp"
 #include "model/device_model.hpp"
@@ -13,11 +14,16 @@ namespace jetmoe::eval {
 
 std::string device_evaluation_unavailable() { return device_training_unavailable(); }
 
+std::string DeviceForward::matrix_products() const {
+  return "jetmoe CUDA kernels (job/gpu_kernels = " + gpu_kernels_name(kernels_) + ") on " + gpu_model();
+}
+
 #if !JETMOE_HAVE_CUDA_KERNELS
 
 struct DeviceForward::State {};
 
-DeviceForward::DeviceForward(const Model& model, GpuKernels, std::int64_t) : config_(model.config()) {
+DeviceForward::DeviceForward(const Model& model, GpuKernels kernels, std::int64_t)
+    : config_(model.config()), kernels_(kernels) {
   fail(ErrorKind::Deck, "eval/precision = bf16: " + device_evaluation_unavailable());
 }
 DeviceForward::~DeviceForward() = default;
@@ -79,7 +85,7 @@ struct DeviceForward::State {
 };
 
 DeviceForward::DeviceForward(const Model& model, GpuKernels kernels, std::int64_t logits_chunk)
-    : config_(model.config()) {
+    : config_(model.config()), kernels_(kernels) {
   Region region("upload_weights");
   const std::string why = device_evaluation_unavailable();
   if (!why.empty()) fail(ErrorKind::Deck, "eval/precision = bf16: " + why);

@@ -36,6 +36,7 @@ class DeviceForward final : public LmForward {
 
   const ModelConfig& config() const override { return config_; }
   std::string precision() const override { return "bf16"; }
+  std::string matrix_products() const override;  // "jetmoe CUDA kernels (job/gpu_kernels = tuned) on <GPU>"
   // Both throw Input for a token id outside the vocabulary or a GPU without the memory for the batch.
   void logits(const TokenBatch& batch, float* out) override;
   std::vector<double> target_logprobs(const TokenBatch& batch, const std::vector<std::int32_t>& targets) override;
@@ -43,6 +44,7 @@ class DeviceForward final : public LmForward {
  private:
   struct State;  // the device buffers (CUDA builds only)
   ModelConfig config_;
+  GpuKernels kernels_;
   std::unique_ptr<State> state_;
 };
 

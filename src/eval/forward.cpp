@@ -1,6 +1,7 @@
 // The fp32 evaluation forward (eval/forward.hpp).
 #include "eval/forward.hpp"
 
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
 #include "core/profiling.hpp"
@@ -37,6 +38,7 @@ void check_batch(const ModelConfig& c, const TokenBatch& batch, const std::vecto
 }
 
 const ModelConfig& ModelForward::config() const { return model_.config(); }
+std::string ModelForward::matrix_products() const { return matrix_products_description(); }
 
 void ModelForward::logits(const TokenBatch& batch, float* out) {
   check_batch(config(), batch, nullptr);

@@ -28,6 +28,9 @@ class LmForward {
   virtual const ModelConfig& config() const = 0;
   // The numerics, as eval/precision names them ("fp32", "bf16"); recorded in the results.
   virtual std::string precision() const = 0;
+  // What computes the matrix products, recorded in the results (their last bits depend on it: the
+  // host BLAS with its thread count, or the GPU and its kernels; docs/user-guide.md, "Training").
+  virtual std::string matrix_products() const = 0;
   // The logits of every position into `out`, host memory [n T, V] fp32 (row b T + t).
   virtual void logits(const TokenBatch& batch, float* out) = 0;
   // For every row i = b T + t (n T entries): log p(targets[i] | sequence b's tokens 0..t), computed from
@@ -45,6 +48,7 @@ class ModelForward final : public LmForward {
   explicit ModelForward(Model& model) : model_(model) {}
   const ModelConfig& config() const override;
   std::string precision() const override { return "fp32"; }
+  std::string matrix_products() const override;
   void logits(const TokenBatch& batch, float* out) override;
   std::vector<double> target_logprobs(const TokenBatch& batch, const std::vector<std::int32_t>& targets) override;
 

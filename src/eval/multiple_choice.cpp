@@ -649,6 +649,7 @@ McReport evaluate_mc(LmForward& forward, const io::Tokenizer& tokenizer, const M
                      const McOptions& options) {
   McReport report;
   report.precision = forward.precision();
+  report.matrix_products = forward.matrix_products();
   std::vector<std::size_t> evaluated;
   report.requests = build_mc_requests(file, options, tokenizer, &evaluated);
   score_mc_requests(forward, report.requests, options.batch_size);
@@ -746,6 +747,7 @@ std::string mc_results_json(const McReport& report, const McFile& file, const Mc
   j["limit"] = options.limit;
   j["model"] = model_source;
   j["precision"] = report.precision;
+  j["matrix_products"] = report.matrix_products;
   auto& results = j["results"];
   results = nlohmann::ordered_json::object();
   for (const auto& m : report.tasks)

@@ -120,6 +120,7 @@ struct McReport {
   std::vector<McDocResult> docs;       // the evaluated questions (limit applied), file order within each task
   std::vector<McTaskMetrics> tasks;    // in order of first appearance; mmlu also gets the group row "mmlu" last
   std::string precision;               // the forward's (LmForward::precision)
+  std::string matrix_products;         // the forward's (LmForward::matrix_products)
 };
 
 // lm-eval's requests for the questions of `file` (few-shot contexts included), tokenised. Errors (pool too

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.hpp"
 #include "core/profiling.hpp"
 
@@ -31,6 +33,20 @@ PerplexityResult perplexity(LmForward& forward, const std::vector<std::int32_t>&
     start += n * T;
   }
   return result;
+}
+
+std::string perplexity_results_json(const PerplexityResult& result, const std::string& input, std::int64_t window,
+                                    const LmForward& forward) {
+  nlohmann::ordered_json j;
+  j["task"] = "perplexity";
+  j["input"] = input;
+  j["tokens_predicted"] = result.predicted;
+  j["mean_nll"] = result.mean_nll();
+  j["perplexity"] = result.perplexity();
+  j["context"] = window;
+  j["precision"] = forward.precision();
+  j["matrix_products"] = forward.matrix_products();
+  return j.dump(2) + "\n";
 }
 
 }  // namespace jetmoe::eval

@@ -4,6 +4,7 @@
 // crosses a window boundary); a last window of one token predicts nothing.
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "eval/forward.hpp"
@@ -21,5 +22,11 @@ struct PerplexityResult {
 // so the result depends on batch_size only as far as the forward's rows do.
 PerplexityResult perplexity(LmForward& forward, const std::vector<std::int32_t>& ids, std::int64_t window,
                             std::int64_t batch_size);
+
+// eval/task = perplexity's results file (JSON): the input file, the predicted tokens, the mean NLL and
+// the perplexity (doubles that read back to the same bits), the window, the forward's precision and
+// what computed its matrix products.
+std::string perplexity_results_json(const PerplexityResult& result, const std::string& input, std::int64_t window,
+                                    const LmForward& forward);
 
 }  // namespace jetmoe::eval

@@ -22,5 +22,8 @@ constexpr std::int64_t kForwardLogitsChunk = 4096;
 inline GpuKernels gpu_kernels_from(const std::string& name) {
   return name == "wgmma" ? GpuKernels::Wgmma : name == "simple" ? GpuKernels::Simple : GpuKernels::Tuned;
 }
+inline std::string gpu_kernels_name(GpuKernels k) {
+  return k == GpuKernels::Wgmma ? "wgmma" : k == GpuKernels::Simple ? "simple" : "tuned";
+}
 
 }  // namespace jetmoe
