@@ -12,6 +12,7 @@ Needs matplotlib (Debian: apt-get install python3-matplotlib; or pip install mat
 """
 import argparse
 import json
+import math
 import sys
 
 
@@ -26,6 +27,9 @@ def read(path):
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 sys.exit(f"{path}:{n}: not a JSON line: {e}")
+            # A non-finite value (a skipped step's gradient norm) is null in the file: NaN here, a gap in
+            # the curves.
+            rec = {k: float("nan") if v is None else v for k, v in rec.items()}
             (evals if rec.get("type") == "eval" else train).append(rec)
     if not train and not evals:
         sys.exit(f"{path}: no metrics")
@@ -35,8 +39,9 @@ def read(path):
 def smooth(values, alpha):
     out, s = [], None
     for v in values:
-        s = v if s is None else alpha * s + (1 - alpha) * v
-        out.append(s)
+        if not math.isnan(v):  # a NaN (skipped step) leaves the average as it was
+            s = v if s is None else alpha * s + (1 - alpha) * v
+        out.append(float("nan") if s is None else s)
     return out
 
 

@@ -131,6 +131,18 @@ TEST_CASE("a non-finite loss stops the run naming the step, or is skipped when t
   REQUIRE(lines.size() == 6);
   CHECK(lines[0].find("\"skipped\": false") != std::string::npos);
   for (std::size_t i = 1; i < lines.size(); ++i) CHECK(lines[i].find("\"skipped\": true") != std::string::npos);
+  // Every line is JSON (a strict parser's): a non-finite value is null, not "nan".
+  std::ifstream metrics(tmp / "skip/metrics.jsonl");
+  std::vector<nlohmann::json> parsed;
+  for (std::string line; std::getline(metrics, line);) {
+    INFO(line);
+    REQUIRE_NOTHROW(parsed.push_back(nlohmann::json::parse(line)));
+  }
+  REQUIRE(parsed.size() == 6);
+  for (std::size_t i = 0; i < parsed.size(); ++i) {
+    CHECK(parsed[i]["grad_norm"].is_null() == (i > 0));
+    CHECK(std::isfinite(parsed[i]["lr"].get<double>()));
+  }
 }
 
 TEST_CASE("restarting from a checkpoint that does not fit is one clear error", "[unit][train]") {

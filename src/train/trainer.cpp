@@ -128,6 +128,9 @@ std::string fmt_g(double v, int digits = 6) {
   std::snprintf(buf, sizeof buf, "%.*g", digits, v);
   return buf;
 }
+// A number of metrics.jsonl: JSON has no NaN or infinity, so a non-finite value (a skipped step's
+// gradient norm) is null.
+std::string json_number(double v, int digits) { return std::isfinite(v) ? fmt_g(v, digits) : "null"; }
 
 // A <data> mixture key: the deck's list, or empty (every source by its token count) when unset.
 WeightList deck_weights(const Deck& deck, const std::string& key) {
@@ -542,7 +545,7 @@ TrainOutcome Trainer::run() {
   if (evaluate && first_step == 0) {
     const double v = validation_loss();
     log::info("step 0: validation loss %.4f", v);
-    append_metrics("{\"type\": \"eval\", \"step\": 0, \"tokens\": 0, \"val_loss\": " + fmt_g(v, 9) + "}");
+    append_metrics("{\"type\": \"eval\", \"step\": 0, \"tokens\": 0, \"val_loss\": " + json_number(v, 9) + "}");
   }
   auto window_start = Clock::now();
   std::int64_t window_steps = 0;
@@ -609,20 +612,19 @@ TrainOutcome Trainer::run() {
     tokens_seen_ += step_tokens;
     ++window_steps;
     {
+      const auto num = [](double v) { return json_number(v, 9); };
       std::ostringstream line;
       line << "{\"type\": \"train\", \"step\": " << step_ << ", \"tokens\": " << tokens_seen_
-           << ", \"loss\": " << fmt_g(loss + run_.load_balance_coef * st.switch_loss + run_.z_loss_coef * st.z_loss, 9)
-           << ", \"ce\": " << fmt_g(st.ce(), 9) << ", \"switch\": " << fmt_g(st.switch_loss, 9)
-           << ", \"z\": " << fmt_g(st.z_loss, 9);
+           << ", \"loss\": " << num(loss + run_.load_balance_coef * st.switch_loss + run_.z_loss_coef * st.z_loss)
+           << ", \"ce\": " << num(st.ce()) << ", \"switch\": " << num(st.switch_loss) << ", \"z\": " << num(st.z_loss);
       if (run_.mode == "dpo")
-        line << ", \"dpo_loss\": " << fmt_g(dpo.loss, 9) << ", \"reward_accuracy\": " << fmt_g(dpo.accuracy, 9)
-             << ", \"reward_margin\": " << fmt_g(dpo.margin, 9) << ", \"chosen_reward\": " << fmt_g(dpo.chosen_reward, 9)
-             << ", \"rejected_reward\": " << fmt_g(dpo.rejected_reward, 9);
-      line << ", \"lr\": " << fmt_g(lr, 9) << ", \"grad_norm\": " << fmt_g(grad_norm, 9) << ", \"phase\": " << phase
+        line << ", \"dpo_loss\": " << num(dpo.loss) << ", \"reward_accuracy\": " << num(dpo.accuracy)
+             << ", \"reward_margin\": " << num(dpo.margin) << ", \"chosen_reward\": " << num(dpo.chosen_reward)
+             << ", \"rejected_reward\": " << num(dpo.rejected_reward);
+      line << ", \"lr\": " << num(lr) << ", \"grad_norm\": " << num(grad_norm) << ", \"phase\": " << phase
            << ", \"skipped\": " << (finite ? "false" : "true");
-      if (layout_.stages > 1) line << ", \"pipeline_idle\": " << fmt_g(pipeline_idle, 6);
-      line << ", \"elapsed_s\": " << fmt_g(seconds_since(run_start), 6)
-           << "}";
+      if (layout_.stages > 1) line << ", \"pipeline_idle\": " << json_number(pipeline_idle, 6);
+      line << ", \"elapsed_s\": " << json_number(seconds_since(run_start), 6) << "}";
       append_metrics(line.str());
     }
     if (step_ % progress_interval_ == 0 || step_ == run_.total_steps || step_ == first_step + 1) {
@@ -634,7 +636,7 @@ TrainOutcome Trainer::run() {
       const double v = validation_loss();
       log::info("step %lld: validation loss %.4f", (long long)step_, v);
       append_metrics("{\"type\": \"eval\", \"step\": " + std::to_string(step_) + ", \"tokens\": " +
-                     std::to_string(tokens_seen_) + ", \"val_loss\": " + fmt_g(v, 9) + "}");
+                     std::to_string(tokens_seen_) + ", \"val_loss\": " + json_number(v, 9) + "}");
       window_start = Clock::now();  // keep evaluation out of the training throughput
       window_steps = 0;
     }
