@@ -75,6 +75,11 @@ double proc_status_mib(const char* key) {
   return 0.0;
 }
 
+// The BLAS as it runs (jetmoe::host_blas), with OpenBLAS's build configuration.
+std::string blas_report() {
+  const jetmoe::HostBlas b = jetmoe::host_blas();
+  return b.describe() + (b.config.empty() ? "" : " [" + b.config + "]");
+}
 
 std::string env_or(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
@@ -498,7 +503,7 @@ int run(const Options& o) {
   std::printf("BLAS %s: OPENBLAS_CORETYPE=%s OPENBLAS_NUM_THREADS=%s OMP_NUM_THREADS=%s; cores online %ld\n",
               JETMOE_BLAS_LIBRARIES, coretype.c_str(), blas_threads.c_str(), omp_threads.c_str(),
               sysconf(_SC_NPROCESSORS_ONLN));
-  std::printf("%s\n", jetmoe::host_blas().describe().c_str());
+  std::printf("%s\n", blas_report().c_str());
   std::printf("model: %s (preset %s, seed %" PRIu64 ", weights %s)\n", c.summary().c_str(), o.preset.c_str(), o.seed,
               o.load_dir.empty() ? "init_random" : o.load_dir.c_str());
   std::printf("batch %" PRId64 ", prompt %" PRId64 ", new tokens %" PRId64 "; median of %" PRId64 " (generate: %" PRId64
@@ -532,7 +537,7 @@ int run(const Options& o) {
         {"kokkos_concurrency", concurrency},
         {"kokkos_version", JETMOE_KOKKOS_VERSION_CMAKE},
         {"blas", JETMOE_BLAS_LIBRARIES},
-        {"openblas", jetmoe::host_blas().describe()},
+        {"openblas", blas_report()},
         {"build_type", JETMOE_BUILD_TYPE},
         {"compiler", JETMOE_CXX_COMPILER},
         {"cores_online", sysconf(_SC_NPROCESSORS_ONLN)}}},

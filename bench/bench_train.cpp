@@ -80,7 +80,6 @@ std::string env_or(const char* name, const char* fallback) {
   return v && *v ? v : fallback;
 }
 
-
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "jetmoe-bench-train: %s\nusage: jetmoe-bench-train [--preset tiny|small|jetmoe-8b] [--batch B] "

@@ -138,6 +138,10 @@ std::string gpu_model() {
   return "";
 }
 
+std::string cuda_kernels_description(const std::string& gpu_kernels) {
+  return "jetmoe CUDA kernels (job/gpu_kernels = " + gpu_kernels + ") on " + gpu_model();
+}
+
 std::string matrix_products_description() {
 #if defined(KOKKOS_ENABLE_CUDA)
   const std::string gpu = gpu_model();

@@ -29,6 +29,10 @@ HostBlas host_blas();
 // the build has no CUDA kernels or the machine no GPU.
 std::string gpu_model();
 
+// What computes the matrix products of the bf16 paths, jetmoe's CUDA kernels (`gpu_kernels`: the
+// job/gpu_kernels value): "jetmoe CUDA kernels (job/gpu_kernels = tuned) on NVIDIA H100 80GB HBM3 (sm_90)".
+std::string cuda_kernels_description(const std::string& gpu_kernels);
+
 // What computes the fp32 matrix products of the Kokkos code in this process: "host BLAS OpenBLAS 0.3.21
 // (core Zen, 2 threads)", "Kokkos Kernels' own GEMM" (a build without the BLAS TPL) or, when the
 // default execution space is a GPU, "Kokkos Cuda on NVIDIA H100 80GB HBM3". Two runs give the same bits

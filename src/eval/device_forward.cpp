@@ -15,7 +15,7 @@ namespace jetmoe::eval {
 std::string device_evaluation_unavailable() { return device_training_unavailable(); }
 
 std::string DeviceForward::matrix_products() const {
-  return "jetmoe CUDA kernels (job/gpu_kernels = " + gpu_kernels_name(kernels_) + ") on " + gpu_model();
+  return cuda_kernels_description(gpu_kernels_name(kernels_));
 }
 
 #if !JETMOE_HAVE_CUDA_KERNELS

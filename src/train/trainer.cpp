@@ -868,8 +868,7 @@ std::string Trainer::describe_run_setup(const Deck& deck) const {
     << "micro_batch_size = " << run_.micro_batch_size << "\n"
     << "logits_chunk_tokens = " << device_options_.logits_chunk << "\n";
   if (run_.precision == "bf16")
-    s << "matrix products = jetmoe CUDA kernels (job/gpu_kernels = " << deck.get_string("job", "gpu_kernels") << ") on "
-      << gpu_model() << "\n";
+    s << "matrix products = " << cuda_kernels_description(deck.get_string("job", "gpu_kernels")) << "\n";
   else
     s << "matrix products = " << matrix_products_description() << "\n";
   return s.str();
