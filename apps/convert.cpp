@@ -145,7 +145,12 @@ int main(int argc, char** argv) {
       meta.model_config_json = hf_config_json(config, torch_dtype);
       meta.deck_text = deck.effective_text();
       meta.run_name = deck.get_string("job", "name");
-      write_checkpoint(output, meta, {{"params", checkpoint_tensors(config, weights, stored)}});
+      try {
+        write_checkpoint(output, meta, {{"params", checkpoint_tensors(config, weights, stored)}});
+      } catch (const Error& e) {  // the file system's refusal (a name too long, a full disk), named by its key
+        if (e.kind() != ErrorKind::Input) throw;
+        fail(ErrorKind::Input, deck.describe_key("convert", "output") + ": " + e.what());
+      }
       made.keep();
       log::info("wrote %s (jetmoe HDF5 checkpoint, parameters only, %s, step %lld)", output.c_str(), dtype.c_str(),
                 static_cast<long long>(meta.step));
