@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "core/deck.hpp"
 #include "core/error.hpp"
@@ -16,6 +17,15 @@ TEST_CASE("communicator reductions", "[unit][mpi][comm]") {
   CHECK(c.min(c.rank()) == 0);
   CHECK(c.sum(double(c.rank())) == double(p) * (p - 1) / 2);
   c.barrier();
+}
+
+TEST_CASE("every rank gets every rank's string, in rank order", "[unit][mpi][comm]") {
+  const jetmoe::Comm c = jetmoe::Comm::world();
+  // Lengths differ by rank, rank 1's is empty: each string keeps its bytes and its place.
+  const auto text = [](int r) { return r == 1 ? std::string() : std::string(std::size_t(r + 1), char('a' + r)) + "\n="; };
+  const std::vector<std::string> all = c.all_gather(text(c.rank()));
+  REQUIRE(int(all.size()) == c.size());
+  for (int r = 0; r < c.size(); ++r) CHECK(all[std::size_t(r)] == text(r));
 }
 
 TEST_CASE("every rank reads the same deck", "[unit][mpi][comm]") {

@@ -457,9 +457,16 @@ TEST_CASE("bf16 pipeline stages under MPI follow the single-rank bf16 run, over 
       CHECK(std::fabs(x - y) <= 1e-4 * std::fabs(x));
     }
   }
+  // The checkpoints record what summed the replicas' gradients (4 ranks: 2 replicas per stage).
+  const auto setup = [&](const std::string& name) {
+    return CheckpointReader(tmp / (name + "/checkpoints/step-000000003.h5")).meta().run_setup;
+  };
+  const bool replicas = world.size() / stages > 1;
+  CHECK((setup("mpi").find("\ngradient sums = MPI\n") != std::string::npos) == replicas);
   if (!nccl) return;
   for (const char* name : {"nccl", "nccl-after"}) {
     INFO("the " << name << " run against the MPI run");
+    CHECK((setup(name).find("\ngradient sums = NCCL\n") != std::string::npos) == replicas);
     tt::require_identical(tmp / "mpi/checkpoints/step-000000003.h5", tmp / (std::string(name) + "/checkpoints/step-000000003.h5"));
     for (const char* kind : {"train", "eval"}) {
       const auto m = tt::lines_of(tmp / "mpi/metrics.jsonl", kind), n = tt::lines_of(tmp / (std::string(name) + "/metrics.jsonl"), kind);

@@ -97,6 +97,15 @@ TEST_CASE("a restart on another setup says what differs, then and now", "[unit][
                       "1 x 2 (pipeline stages x data-parallel replicas) now)"));
 }
 
+TEST_CASE("a value per rank reads as one value, or each value with its ranks", "[unit][train]") {
+  CHECK(describe_per_rank({}).empty());
+  CHECK(describe_per_rank({"A"}) == "A");
+  CHECK(describe_per_rank({"A", "A", "A"}) == "A");
+  CHECK(describe_per_rank({"A", "B"}) == "rank 0: A; rank 1: B");
+  CHECK(describe_per_rank({"A", "A", "A", "B", "C", "A", "C"}) == "ranks 0-2, 5: A; rank 3: B; ranks 4, 6: C");
+  CHECK(describe_per_rank({"B", "A", "A", "B", "B", "B"}) == "ranks 0, 3-5: B; ranks 1-2: A");
+}
+
 TEST_CASE("a stop signal writes a checkpoint after the step; the restart finishes the same run", "[unit][train]") {
   TempDir tmp;
   prepare_corpus(tmp);
@@ -320,6 +329,8 @@ TEST_CASE("pipeline x data-parallel layouts follow the single-rank loss trajecto
           return std::to_string(p) + " x " + std::to_string(d) + " (pipeline stages x data-parallel replicas)";
         };
         CHECK_THAT(then, Contains("\nlayout = " + layout(pp0, dp0) + "\n"));
+        // fp32 sums its replicas' gradients by MPI; with one replica there is no sum to record.
+        CHECK((now.find("\ngradient sums = MPI\n") != std::string::npos) == (dp > 1));
         if (pp == pp0 && dp == dp0) CHECK(restart_setup_note(then, now).empty());
         else CHECK_THAT(restart_setup_note(then, now), Contains("layout: " + layout(pp0, dp0) + " then, " + layout(pp, dp) + " now"));
       }

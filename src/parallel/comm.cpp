@@ -96,6 +96,24 @@ void Comm::broadcast(std::string& s, int root) const {
   if (n > 0) MPI_Bcast(s.data(), int(n), MPI_CHAR, root, comm_);
 }
 
+std::vector<std::string> Comm::all_gather(const std::string& s) const {
+  WatchdogSection wait(over("gather", size_));
+  const int n = int(s.size());
+  std::vector<int> counts(std::size_t(size_), 0), offsets(std::size_t(size_), 0);
+  MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_);
+  long long total = 0;
+  for (int r = 0; r < size_; ++r) {
+    offsets[std::size_t(r)] = int(total);
+    total += counts[std::size_t(r)];
+  }
+  if (total > INT_MAX) fail(ErrorKind::Internal, "all_gather: " + std::to_string(total) + " bytes exceed MPI's int count");
+  std::string all(std::size_t(total), '\0');
+  MPI_Allgatherv(s.data(), n, MPI_CHAR, all.data(), counts.data(), offsets.data(), MPI_CHAR, comm_);
+  std::vector<std::string> out;
+  for (int r = 0; r < size_; ++r) out.push_back(all.substr(std::size_t(offsets[std::size_t(r)]), std::size_t(counts[std::size_t(r)])));
+  return out;
+}
+
 Comm Comm::split(int color, int key) const {
   MPI_Comm out = MPI_COMM_NULL;
   MPI_Comm_split(comm_, color, key, &out);
@@ -201,6 +219,7 @@ int Comm::max(int v) const { return v; }
 int Comm::min(int v) const { return v; }
 void Comm::barrier() const {}
 void Comm::broadcast(std::string&, int) const {}
+std::vector<std::string> Comm::all_gather(const std::string& s) const { return {s}; }
 void Comm::broadcast(float*, std::size_t, int) const {}
 Comm Comm::split(int, int) const { return Comm(); }
 Request Comm::isend(const float*, std::size_t, int, int) const {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace jetmoe {
 
@@ -74,6 +75,8 @@ class Comm {
   // Rank `root`'s string on every rank.
   void broadcast(std::string& s, int root = 0) const;
   void broadcast(float* data, std::size_t n, int root) const;
+  // Every rank's string, in rank order, on every rank.
+  std::vector<std::string> all_gather(const std::string& s) const;
   // Ranks calling with the same color form a new communicator, ranked by `key` (every rank of this one
   // must call). The new communicator is freed when its last copy goes.
   Comm split(int color, int key) const;

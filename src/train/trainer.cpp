@@ -155,7 +155,7 @@ class Trainer {
   // `whole_params`: the parameters already gathered by gather_whole (rank 0) for something else, to
   // save gathering twice when rank 0 writes alone (serial HDF5: only then does the checkpoint gather).
   std::string save_checkpoint(const ModelWeights* whole_params = nullptr);
-  std::string describe_run_setup(const Deck& deck) const;
+  std::string describe_run_setup() const;
   StepStats accumulate(int phase);
   double validation_loss();
   void log_progress(const StepStats& st, double lr, double grad_norm, double window_s, std::int64_t window_steps);
@@ -177,7 +177,8 @@ class Trainer {
   std::optional<WatchdogScope> watchdog_;  // parallel/timeout over the waits on other ranks (more than one rank)
   bool sum_embedding_ = false;             // tied embeddings split over the first and last stage
   std::string name_, output_dir_, checkpoint_dir_, metrics_path_;
-  std::string run_setup_;  // describe_run_setup(): written into each checkpoint, compared on restart
+  std::string matrix_products_;  // what computes them, on each rank (describe_per_rank)
+  std::string run_setup_;        // describe_run_setup(): written into each checkpoint, compared on restart
   std::uint64_t seed_;
   std::int64_t progress_interval_, eval_interval_, eval_batches_, checkpoint_interval_, keep_last_;
   bool skip_nonfinite_;
@@ -355,7 +356,11 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
       log::info("checkpoint/overwrite: deleted the earlier run's %s", c.c_str());
     }
   }
-  run_setup_ = describe_run_setup(deck);
+  // What computes the matrix products, on every rank (a job may span nodes of different kinds).
+  matrix_products_ = describe_per_rank(comm_.all_gather(run_.precision == "bf16"
+                                                            ? cuda_kernels_description(deck.get_string("job", "gpu_kernels"))
+                                                            : matrix_products_description()));
+  run_setup_ = describe_run_setup();
   if (restart) restore(*restart);
   else if (comm_.is_root()) io::write_text_atomically(metrics_path_, "");
   made_checkpoints.keep();
@@ -385,7 +390,7 @@ Trainer::Trainer(Deck& deck, const Comm& comm, const std::optional<std::string>&
             (long long)run_.total_steps, (long long)run_.global_batch_tokens, (long long)run_.micro_batch_size,
             (long long)run_.seq_len, (long long)run_.grad_accum_steps, run_.schedule.c_str(),
             run_.schedule_unit.c_str(), run_.lr);
-  if (run_.precision != "bf16") log::info("matrix products: %s", matrix_products_description().c_str());
+  if (run_.precision != "bf16") log::info("matrix products: %s", matrix_products_.c_str());
   log::info("MFU reference: %.1f GFLOP/s (%s); %.3f GFLOP per trained token", peak_gflops_,
             peak > 0 ? "job/peak_gflops" : "measured 1024^3 SGEMM, mean over ranks", flops_per_token_ / 1e9);
   // Each stage's activation memory as its own network arranged it (rank 0 prints every stage's line).
@@ -860,17 +865,17 @@ std::string Trainer::save_checkpoint(const ModelWeights* whole_params) {
 // What this run's arithmetic depends on besides the model, the data and the keys a restart must keep
 // (train/seq_len, train/global_batch_tokens): the same setup continues a run bit for bit, another one
 // continues it with differences at the level of rounding. Kept out: what gives the same bits either way
-// (train/recompute, parallel/zero1, parallel/overlap_allreduce, the Kokkos host backend and its threads).
-std::string Trainer::describe_run_setup(const Deck& deck) const {
+// (train/recompute, parallel/zero1, parallel/overlap_allreduce, the Kokkos host backend and its threads;
+// parallel/bucket_mb: Open MPI 4.1's sums over 3 and 4 replicas gave the same bits with buckets of
+// 10 kB and of 25 MB, blocking or overlapped). The gradient sums over replicas are recorded: NCCL adds in its own order.
+std::string Trainer::describe_run_setup() const {
   std::ostringstream s;
   s << "precision = " << run_.precision << "\n"
     << "layout = " << layout_.stages << " x " << layout_.replicas << " (pipeline stages x data-parallel replicas)\n"
     << "micro_batch_size = " << run_.micro_batch_size << "\n"
-    << "logits_chunk_tokens = " << device_options_.logits_chunk << "\n";
-  if (run_.precision == "bf16")
-    s << "matrix products = " << cuda_kernels_description(deck.get_string("job", "gpu_kernels")) << "\n";
-  else
-    s << "matrix products = " << matrix_products_description() << "\n";
+    << "logits_chunk_tokens = " << device_options_.logits_chunk << "\n"
+    << "matrix products = " << matrix_products_ << "\n";
+  if (layout_.replicas > 1) s << "gradient sums = " << (gpu_comms_ ? "NCCL" : "MPI") << "\n";
   return s.str();
 }
 
@@ -1016,6 +1021,31 @@ void Trainer::finish() {
 }
 
 }  // namespace
+
+std::string describe_per_rank(const std::vector<std::string>& per_rank) {
+  if (per_rank.empty()) return "";
+  if (std::all_of(per_rank.begin(), per_rank.end(), [&](const std::string& v) { return v == per_rank.front(); }))
+    return per_rank.front();
+  // Each distinct value once, in the order of its first rank, with its ranks as ranges.
+  std::vector<std::pair<std::string, std::vector<int>>> groups;
+  for (int r = 0; r < int(per_rank.size()); ++r) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == per_rank[std::size_t(r)]; });
+    if (it == groups.end()) groups.push_back({per_rank[std::size_t(r)], {r}});
+    else it->second.push_back(r);
+  }
+  std::string out;
+  for (const auto& [value, ranks] : groups) {
+    std::string list;
+    for (std::size_t i = 0; i < ranks.size();) {
+      std::size_t j = i;
+      while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+      list += (list.empty() ? "" : ", ") + std::to_string(ranks[i]) + (j > i ? "-" + std::to_string(ranks[j]) : "");
+      i = j + 1;
+    }
+    out += (out.empty() ? "" : "; ") + std::string(ranks.size() > 1 ? "ranks " : "rank ") + list + ": " + value;
+  }
+  return out;
+}
 
 std::string restart_setup_note(const std::string& theirs, const std::string& ours) {
   const auto lines = [](const std::string& text) {

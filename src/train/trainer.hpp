@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "model/config.hpp"
 
@@ -25,6 +26,10 @@ TrainOutcome run_training(Deck& deck, const Comm& comm, const std::optional<std:
 // model and tokenizer files, the prepared data directory and the sources the mixtures name
 // (pretraining), the conversation files (SFT, DPO).
 void check_training_inputs(const Deck& deck, const TrainConfig& run, const std::optional<std::string>& restart);
+
+// One value per rank (rank order) as one line: the value when every rank has it, else each value once
+// with its ranks, "ranks 0-2, 5: A; rank 3: B; ranks 4, 6: C".
+std::string describe_per_rank(const std::vector<std::string>& per_rank);
 
 // The restart's note when the run that wrote a checkpoint had another setup than this one (its
 // /meta/run_setup: "key = value" lines, the precision, the layout, the micro-batch, what computed the

@@ -6,7 +6,9 @@
 #   training run nor of jetmoe-eval's logits.
 #   -D TRAIN=jetmoe-train -D CONVERT=jetmoe-convert -D EVAL=jetmoe-eval -D DECK=inputs/tiny.deck
 #   -D CHAT=sft_tiny.jsonl -D IDS=token-ids.txt -D TOKENIZER=tokenizer.model -D SCRATCH=dir
-#   [-D THREADS_FLAG=--kokkos-num-threads]
+#   [-D THREADS_FLAG=--kokkos-num-threads] [-D MPIEXEC=mpiexec|flag|... -D MPIEXEC_NUMPROC_FLAG=-n]
+# - with MPIEXEC, two data-parallel ranks with different OpenBLAS thread counts (a job over nodes of two
+#   kinds) name each rank's BLAS in the log and in the checkpoint's setup.
 file(REMOVE_RECURSE "${SCRATCH}")
 file(MAKE_DIRECTORY "${SCRATCH}")
 
@@ -103,6 +105,46 @@ if(products MATCHES "^host BLAS OpenBLAS ")
   endif()
 else()
   message(STATUS "the matrix products are not OpenBLAS's: OPENBLAS_NUM_THREADS changes nothing to check")
+endif()
+
+# Two data-parallel ranks on "nodes of two kinds": rank 1's OpenBLAS runs the kernels of another CPU
+# (OPENBLAS_CORETYPE, which OpenBLAS builds for several CPUs follow; MPMD: "A : B"). The log names each
+# rank's BLAS, and a restart of its checkpoint on ranks that agree names the change. (Not the thread
+# count: under mpiexec's default binding of a rank to a core, OpenBLAS runs one thread whatever it is
+# told, and says so.)
+if(DEFINED MPIEXEC AND products MATCHES "^host BLAS OpenBLAS [^(]+\\(core ([^,]+),")
+  set(other_core Prescott)  # any x86-64; the probe below tells whether this OpenBLAS can switch to it
+  if(CMAKE_MATCH_1 STREQUAL "Prescott")
+    set(other_core Nehalem)
+  endif()
+  execute_process(COMMAND "${CMAKE_COMMAND}" -E env OPENBLAS_NUM_THREADS=1 "OPENBLAS_CORETYPE=${other_core}" "${TRAIN}" --version
+                  OUTPUT_VARIABLE probe ERROR_VARIABLE probe)
+  if(probe MATCHES "\\(core ${other_core}, ")
+    string(REPLACE "|" ";" mpiexec "${MPIEXEC}")
+    set(mpi_keys ${run_keys} train/micro_batch_size=1 parallel/data_parallel=2)
+    function(train_mpi name core1)
+      execute_process(COMMAND ${mpiexec} ${MPIEXEC_NUMPROC_FLAG} 1 env OPENBLAS_NUM_THREADS=1
+                              "${TRAIN}" -i "${DECK}" ${mpi_keys} "job/output_dir=${name}" ${ARGN}
+                              : ${MPIEXEC_NUMPROC_FLAG} 1 env OPENBLAS_NUM_THREADS=1 "OPENBLAS_CORETYPE=${core1}"
+                              "${TRAIN}" -i "${DECK}" ${mpi_keys} "job/output_dir=${name}" ${ARGN}
+                      WORKING_DIRECTORY "${SCRATCH}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 180)
+      if(NOT rc STREQUAL "0")
+        message(FATAL_ERROR "2-rank run ${name} exited with ${rc}.\n--- output ---\n${out}${err}")
+      endif()
+      set(${name}_out "${out}${err}" PARENT_SCOPE)
+    endfunction()
+    string(REGEX REPLACE "([()])" "\\\\\\1" products_regex "${products}")
+    set(other "host BLAS OpenBLAS [^(]+\\(core ${other_core}, 1 thread\\)")
+    train_mpi(mixed ${other_core})
+    expect(mixed "matrix products: rank 0: ${products_regex}; rank 1: ${other}\n")
+    # Rank 1 now has rank 0's kernels (OPENBLAS_CORETYPE names them).
+    string(REGEX MATCH "\\(core ([^,]+)," _ "${products}")
+    train_mpi(agreed "${CMAKE_MATCH_1}" -r mixed/checkpoints/step-000000002.h5)
+    expect(agreed "matrix products: ${products_regex}\n")
+    expect(agreed "note: the checkpoint was written with another setup \\(matrix products: rank 0: ${products_regex}; rank 1: ${other} then, ${products_regex} now\\)")
+  else()
+    message(STATUS "this OpenBLAS cannot switch to the kernels of ${other_core}: no 2-rank job over two kinds of CPU")
+  endif()
 endif()
 
 # Kokkos' OpenMP backend: 2 threads give the bits of 1 (run a), and the setup is the same.
