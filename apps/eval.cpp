@@ -30,19 +30,7 @@ namespace fs = std::filesystem;
 namespace jetmoe {
 namespace {
 
-std::string output_path(const Deck& deck) {
-  const fs::path out = deck.get_string("eval", "output");
-  return out.is_absolute() ? out.string() : (fs::path(deck.get_string("job", "output_dir")) / out).string();
-}
-
-// The keys that name the results' directory, for an error in making it: eval/output when absolute,
-// job/output_dir when eval/output is a bare file name under it, else both.
-std::string output_directory_keys(const Deck& deck) {
-  const fs::path out = deck.get_string("eval", "output");
-  if (out.is_absolute()) return deck.describe_key("eval", "output");
-  if (out.parent_path().empty()) return deck.describe_key("job", "output_dir");
-  return deck.describe_key("job", "output_dir") + " and " + deck.describe_key("eval", "output");
-}
+std::string output_path(const Deck& deck) { return results_path(deck, "eval", "output"); }
 
 std::vector<std::vector<std::int32_t>> read_token_ids(const Deck& deck, const std::string& path, std::int64_t vocab) {
   std::ifstream in(path);
@@ -204,7 +192,7 @@ int main(int argc, char** argv) {
       deck.find_existing("eval", "input", Deck::PathKind::File);
       if (task == "multiple-choice") mc = read_mc_inputs(deck);
       const fs::path parent = fs::path(output_path(deck)).parent_path();
-      if (ctx.comm.is_root() && !parent.empty()) out_dir = io::OutputDirectory(parent, output_directory_keys(deck));
+      if (ctx.comm.is_root() && !parent.empty()) out_dir = io::OutputDirectory(parent, results_directory_keys(deck, "eval", "output"));
     });
     LoadedModel loaded = load_model(deck);
     log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());

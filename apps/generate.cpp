@@ -1,5 +1,6 @@
 // jetmoe-generate: text generation with a KV cache of the shared K/V heads.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -12,6 +13,8 @@
 #include "infer/generate.hpp"
 #include "io/chat_template.hpp"
 #include "io/collective.hpp"
+#include "io/output_directory.hpp"
+#include "io/atomic_file.hpp"
 #include "model/load.hpp"
 #include "model/model.hpp"
 #include "parallel/comm.hpp"
@@ -82,15 +85,26 @@ int main(int argc, char** argv) {
       log::info("deck is valid.");
       return;
     }
+    // The results file's directory is made before the model is loaded, so that a path the file system
+    // refuses is reported before the generation runs; it is removed again if the run fails.
+    std::optional<std::string> output;
+    io::OutputDirectory out_dir;
     collectively(ctx.comm, [&] {
-      if (!on_gpu) return;
-      const std::string why = device_generation_unavailable();
-      if (!why.empty()) deck.fail_value("generate", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+      if (on_gpu) {
+        const std::string why = device_generation_unavailable();
+        if (!why.empty()) deck.fail_value("generate", "precision", "bf16 needs the CUDA kernels on a GPU: " + why + "; use fp32");
+      }
+      if (!deck.is_set("generate", "output")) return;
+      output = results_path(deck, "generate", "output");
+      const std::filesystem::path parent = std::filesystem::path(*output).parent_path();
+      if (ctx.comm.is_root() && !parent.empty())
+        out_dir = io::OutputDirectory(parent, results_directory_keys(deck, "generate", "output"));
     });
 
     LoadedModel loaded = load_model(deck);
     auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/true);
     log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());
+    const std::string loaded_source = loaded.source;
     log::info("tokenizer: %s (%d pieces)", tokenizer->path().c_str(), tokenizer->vocab_size());
     Model model(loaded.config, std::move(loaded.weights));
 
@@ -113,32 +127,66 @@ int main(int argc, char** argv) {
 
     // One prompt streams its text as it is generated; a batch prints each answer at the end.
     const bool stream = prompts.size() == 1 && ctx.comm.is_root();
+    // The new text as the whole sequence decodes: a continuation keeps the space its first word begins
+    // with ("Once upon a time" + " there"). A chat answer is decoded alone, as HF decodes the tokens
+    // after the prompt.
+    const auto context = [&](std::size_t b) { return chat ? std::vector<std::int32_t>() : prompts[b]; };
     io::StreamDecoder decoder(*tokenizer);
-    if (stream) {
-      std::fputs(texts[0].c_str(), stdout);
-      std::fflush(stdout);
-    }
+    if (stream) decoder.skip(context(0));
     const auto on_token = [&](std::size_t, std::int32_t token) {
       if (!stream || token == params.eos_id) return;
       std::fputs(decoder.push(token).c_str(), stdout);
       std::fflush(stdout);
     };
+    const std::string matrix_products = on_gpu ? cuda_kernels_description(deck.get_string("job", "gpu_kernels"))
+                                               : matrix_products_description();
     if (on_gpu) log::info("generating on %s (bf16)", device_training_description().c_str());
-    else log::info("generating in fp32; matrix products: %s", matrix_products_description().c_str());
+    else log::info("generating in fp32; matrix products: %s", matrix_products.c_str());
+    if (stream) {  // after the log lines, so that the prompt and its continuation stay on one line
+      std::fputs(texts[0].c_str(), stdout);
+      std::fflush(stdout);
+    }
     DeviceGenerationOptions device_options;
     device_options.kernels = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
     device_options.prefill_tokens = deck.get_int("generate", "prefill_tokens");
     const GenerationResult result = on_gpu ? generate_on_device(model, prompts, params, on_token, device_options)
                                            : generate(model, prompts, params, on_token);
     if (stream) std::printf("%s\n", decoder.finish().c_str());
+    std::vector<std::string> completions(prompts.size());
+    for (std::size_t b = 0; b < prompts.size(); ++b) {
+      std::vector<std::int32_t> ids = result.tokens[b];
+      if (!ids.empty() && ids.back() == params.eos_id) ids.pop_back();
+      completions[b] = io::decode_continuation(*tokenizer, context(b), ids);
+    }
     if (!stream && ctx.comm.is_root())
       for (std::size_t b = 0; b < prompts.size(); ++b)
-        std::printf("--- %zu ---\n%s%s\n", b + 1, texts[b].c_str(), tokenizer->decode(result.tokens[b]).c_str());
+        std::printf("--- %zu ---\n%s%s\n", b + 1, texts[b].c_str(), completions[b].c_str());
     log::info("prefill: %lld tokens in %.3f s (%.1f tokens/s); decode: %lld tokens in %.3f s (%.1f tokens/s)",
               (long long)result.prompt_tokens, result.prefill_seconds,
               result.prompt_tokens / std::max(1e-9, result.prefill_seconds), (long long)result.generated_tokens,
               result.decode_seconds,
               std::max<std::int64_t>(0, result.generated_tokens - std::int64_t(prompts.size())) /
                   std::max(1e-9, result.decode_seconds));
+    if (output && ctx.comm.is_root()) {
+      GenerationSettings settings;
+      settings.model = loaded_source;
+      settings.tokenizer = tokenizer->path();
+      settings.precision = on_gpu ? "bf16" : "fp32";
+      settings.matrix_products = matrix_products;
+      settings.chat = chat;
+      settings.system = system;
+      settings.params = params;
+      std::vector<GenerationRecord> records(prompts.size());
+      for (std::size_t b = 0; b < prompts.size(); ++b) {
+        GenerationRecord& r = records[b];
+        r.prompt = texts[b];
+        r.prompt_tokens = std::int64_t(prompts[b].size());
+        r.completion_ids = result.tokens[b];
+        r.completion = completions[b];
+      }
+      io::write_text_atomically(*output, generation_results_json(settings, records));
+      log::info("wrote %s (%zu generation(s))", output->c_str(), records.size());
+    }
+    out_dir.keep();
   });
 }

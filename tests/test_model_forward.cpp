@@ -2,6 +2,8 @@
 // full forward, and left padding does not change a sequence's logits.
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <algorithm>
 #include <random>
@@ -198,4 +200,50 @@ TEST_CASE("the GPU prefill's batches: longest first, within the token budget, ev
   // A large budget: one batch.
   CHECK(plan_prefill(prompts, 1000).batches == Batches{{0, 6}});
   CHECK(plan_prefill({}, 8).batches.empty());
+}
+
+TEST_CASE("jetmoe-generate's results file: settings, then each prompt with why it stopped", "[unit][model]") {
+  GenerationSettings settings;
+  settings.model = "/models/a \"b\"";
+  settings.tokenizer = "tok.model";
+  settings.precision = "fp32";
+  settings.matrix_products = "host BLAS X";
+  settings.chat = true;
+  settings.system = "Be brief.";
+  settings.params.max_new_tokens = 3;
+  settings.params.eos_id = 2;
+  settings.params.sampling.temperature = 0.7;
+  settings.params.sampling.top_k = 40;
+  settings.params.sampling.top_p = 0.9;
+  settings.params.sampling.seed = 7;
+  std::vector<GenerationRecord> records(3);
+  records[0] = {"tab\tand \\ quote\"", 5, {11, 12, 2}, " answer"};  // stopped at EOS
+  records[1] = {"x", 2, {13, 14, 15}, "\xE2\x98"};              // at max_new_tokens; cut inside a character
+  records[2] = {"y", 1, {2}, ""};                                  // EOS at once
+  const auto j = nlohmann::json::parse(generation_results_json(settings, records));  // strict: throws if not JSON
+  CHECK(j.at("task") == "generate");
+  CHECK(j.at("model") == "/models/a \"b\"");
+  CHECK(j.at("chat") == true);
+  CHECK(j.at("system") == "Be brief.");
+  CHECK(j.at("max_new_tokens") == 3);
+  CHECK(j.at("temperature").get<double>() == 0.7);  // to the bit
+  CHECK(j.at("top_p").get<double>() == 0.9);
+  CHECK(j.at("seed") == 7);
+  const auto& g = j.at("generations");
+  REQUIRE(g.size() == 3);
+  CHECK(g[0].at("prompt") == "tab\tand \\ quote\"");
+  CHECK(g[0].at("completion") == " answer");
+  CHECK(g[0].at("prompt_tokens") == 5);
+  CHECK(g[0].at("completion_tokens") == 3);
+  CHECK(g[0].at("finish_reason") == "eos");
+  CHECK(g[0].at("completion_ids") == nlohmann::json::array({11, 12, 2}));
+  CHECK(g[1].at("finish_reason") == "length");
+  CHECK(g[1].at("completion") == "\xEF\xBF\xBD");  // invalid UTF-8 written as U+FFFD, not refused
+  CHECK(g[2].at("finish_reason") == "eos");
+  CHECK(g[2].at("completion_tokens") == 1);
+  settings.system.reset();
+  settings.params.eos_id = -1;  // never stops early: a last token equal to 2 is not an EOS
+  const auto k = nlohmann::json::parse(generation_results_json(settings, records));
+  CHECK(k.at("system").is_null());
+  CHECK(k.at("generations")[0].at("finish_reason") == "length");
 }

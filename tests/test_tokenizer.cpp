@@ -155,6 +155,33 @@ TEST_CASE("tokenizer stream decoder equals full decode on every prefix", "[unit]
   }
 }
 
+TEST_CASE("a continuation decodes as the whole sequence renders it after its context", "[unit][tokenizer]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  // decode() of every list is HF's (the fixture); each split point of each list, with the context
+  // ending on a whole character, gives decode(all) past decode(context).
+  int splits = 0;
+  for (const Ids& ids : all_id_lists()) {
+    for (std::size_t k = 0; k <= ids.size(); ++k) {
+      const Ids context(ids.begin(), ids.begin() + long(k)), rest(ids.begin() + long(k), ids.end());
+      StreamDecoder probe(tok);
+      probe.skip(context);
+      if (!probe.pending().empty()) continue;  // the context ends inside a character
+      const std::string whole = tok.decode(ids), before = tok.decode(context);
+      INFO("ids " << ::Catch::Detail::stringify(ids) << " split at " << k);
+      REQUIRE(whole.compare(0, before.size(), before) == 0);
+      CHECK(jetmoe::io::decode_continuation(tok, context, rest) == whole.substr(before.size()));
+      ++splits;
+    }
+  }
+  CHECK(splits > 100);
+  // The space a generated word begins with stays: " world" after "Hello", "world" alone.
+  const Ids hello = tok.encode("Hello", true, false), world = tok.encode("Hello world", true, false);
+  REQUIRE(world.size() > hello.size());
+  const Ids tail(world.begin() + long(hello.size()), world.end());
+  CHECK(jetmoe::io::decode_continuation(tok, hello, tail) == " world");
+  CHECK(jetmoe::io::decode_continuation(tok, {}, tail) == "world");
+}
+
 TEST_CASE("tokenizer stream decoder holds back split characters and leading spaces", "[unit][tokenizer]") {
   const Tokenizer& tok = fixture_tokenizer();
   StreamDecoder stream(tok);

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <memory>
 
 #include "core/build_info.hpp"
@@ -16,6 +17,18 @@
 #include "parallel/comm.hpp"
 
 namespace jetmoe {
+
+std::string results_path(const Deck& deck, const std::string& block, const std::string& key) {
+  const std::filesystem::path out = deck.get_string(block, key);
+  return out.is_absolute() ? out.string() : (std::filesystem::path(deck.get_string("job", "output_dir")) / out).string();
+}
+
+std::string results_directory_keys(const Deck& deck, const std::string& block, const std::string& key) {
+  const std::filesystem::path out = deck.get_string(block, key);
+  if (out.is_absolute()) return deck.describe_key(block, key);
+  if (out.parent_path().empty()) return deck.describe_key("job", "output_dir");
+  return deck.describe_key("job", "output_dir") + " and " + deck.describe_key(block, key);
+}
 
 CommandLine parse_command_line(const std::vector<std::string>& args, const AppSpec& spec) {
   CommandLine cl;
@@ -47,7 +60,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args, const AppSp
     } else if (!starts_with(a, "-") && a.find('=') != std::string::npos && a.find('/') < a.find('=')) {
       cl.overrides.push_back(a);
     } else {
-      fail(ErrorKind::Usage, "unknown argument " + quoted(a) +
+      fail(ErrorKind::Usage, "unknown argument " + jetmoe::quoted(a) +
                                  (starts_with(a, "-") ? "" : " (deck overrides are written block/key=value)"));
     }
   }
@@ -156,7 +169,7 @@ int run_app(int argc, char** argv, const AppSpec& spec, const AppBody& body) {
     if (std::find(spec.blocks.begin(), spec.blocks.end(), block) == spec.blocks.end()) {
       std::string reads;
       for (const auto& b : spec.blocks) reads += " <" + b + ">";
-      log::warn("command line argument %s has no effect: %s does not read block <%s> (it reads%s)", quoted(o).c_str(),
+      log::warn("command line argument %s has no effect: %s does not read block <%s> (it reads%s)", jetmoe::quoted(o).c_str(),
                 spec.name.c_str(), block.c_str(), reads.c_str());
     }
   }

@@ -211,6 +211,10 @@ DeckSchema make_standard_schema() {
               "longest first and right-padded to the batch's longest; a longer prompt goes alone). Larger batches "
               "prefill faster and need more GPU memory; the results do not depend on it.")
         .at_least(1);
+    b.path("output", std::nullopt,
+           "Results file (JSON), relative to job/output_dir unless absolute: the settings, and per prompt its text, "
+           "the completion, the token counts and ids, and why it stopped (eos or length).")
+        .unset_means("standard output only.");
   }
   {
     auto& b = s.block("eval", "Evaluation.", {eval});

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.hpp"
 #include "core/profiling.hpp"
 
@@ -11,6 +13,39 @@ namespace jetmoe {
 namespace {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 }  // namespace
+
+std::string generation_results_json(const GenerationSettings& settings, const std::vector<GenerationRecord>& records) {
+  nlohmann::ordered_json j;
+  j["task"] = "generate";
+  j["model"] = settings.model;
+  j["tokenizer"] = settings.tokenizer;
+  j["precision"] = settings.precision;
+  j["matrix_products"] = settings.matrix_products;
+  j["chat"] = settings.chat;
+  j["system"] = settings.system ? nlohmann::ordered_json(*settings.system) : nlohmann::ordered_json(nullptr);
+  const GenerationParams& p = settings.params;
+  j["max_new_tokens"] = p.max_new_tokens;
+  j["temperature"] = p.sampling.temperature;
+  j["top_k"] = p.sampling.top_k;
+  j["top_p"] = p.sampling.top_p;
+  j["seed"] = p.sampling.seed;
+  j["eos_id"] = p.eos_id;
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const GenerationRecord& r : records) {
+    nlohmann::ordered_json g;
+    g["prompt"] = r.prompt;
+    g["completion"] = r.completion;
+    g["prompt_tokens"] = r.prompt_tokens;
+    g["completion_tokens"] = r.completion_ids.size();
+    const bool eos = !r.completion_ids.empty() && p.eos_id >= 0 && r.completion_ids.back() == p.eos_id;
+    g["finish_reason"] = eos ? "eos" : "length";
+    g["completion_ids"] = r.completion_ids;
+    out.push_back(std::move(g));
+  }
+  j["generations"] = std::move(out);
+  // Invalid UTF-8 (a completion cut inside a character) is written as U+FFFD rather than refused.
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+}
 
 std::int64_t check_prompts(const ModelConfig& c, const std::vector<std::vector<std::int32_t>>& prompts,
                            const GenerationParams& params, GenerationResult& result) {

@@ -3,6 +3,8 @@
 // stopping a sequence at EOS and the batch at max_new_tokens (or when every sequence stopped).
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "infer/sampler.hpp"
@@ -22,6 +24,27 @@ struct GenerationResult {
   double prefill_seconds = 0, decode_seconds = 0;
   std::int64_t prompt_tokens = 0, generated_tokens = 0;
 };
+
+// One prompt's generation as jetmoe-generate's results file records it.
+struct GenerationRecord {
+  std::string prompt;                        // the text given (before any chat template)
+  std::int64_t prompt_tokens = 0;            // its tokens as the model saw them (template included)
+  std::vector<std::int32_t> completion_ids;  // the new tokens, EOS included if produced
+  std::string completion;                    // their text, EOS left out
+};
+
+// What produced a batch of generations, for the results file.
+struct GenerationSettings {
+  std::string model, tokenizer, precision, matrix_products;
+  bool chat = false;
+  std::optional<std::string> system;
+  GenerationParams params;
+};
+
+// The results file: the settings, then per prompt {"prompt", "completion", "prompt_tokens",
+// "completion_tokens", "finish_reason": "eos" (the last new token is params.eos_id) or "length",
+// "completion_ids"}, as JSON (strings escaped, reals to the bit).
+std::string generation_results_json(const GenerationSettings& settings, const std::vector<GenerationRecord>& records);
 
 // The longest prompt's length, after checking the batch (ErrorKind::Input for an empty prompt, or a
 // longest prompt plus max_new_tokens beyond the model's context); adds the prompts' tokens to

@@ -257,6 +257,19 @@ std::string StreamDecoder::pending() const {
   return copy.take_bytes(true);
 }
 
+void StreamDecoder::skip(const std::vector<std::int32_t>& ids) {
+  for (const std::int32_t id : ids) push(id);
+}
+
+std::string decode_continuation(const Tokenizer& tokenizer, const std::vector<std::int32_t>& context,
+                                const std::vector<std::int32_t>& ids) {
+  StreamDecoder stream(tokenizer);
+  stream.skip(context);
+  std::string text;
+  for (const std::int32_t id : ids) text += stream.push(id);
+  return text + stream.finish();
+}
+
 std::string StreamDecoder::finish() {
   std::string out = take_bytes(true);
   reset();

@@ -92,6 +92,13 @@ class Tokenizer {
   bool strips_all_leading_ws_ = false;  // ...and keeps dropping while the text is empty (remove_extra_whitespaces)
 };
 
+// The text `ids` add after `context`, as decoding the whole sequence renders it: decode(context + ids)
+// past decode(context). A continuation keeps the space its first piece begins with (" world" after
+// "Hello"), which decode(ids) alone drops. (When context ends inside a UTF-8 character that ids
+// complete, the character is the continuation's.)
+std::string decode_continuation(const Tokenizer& tokenizer, const std::vector<std::int32_t>& context,
+                                const std::vector<std::int32_t>& ids);
+
 // Incremental decode for streaming generation. push() takes the next id and returns the text that is
 // now final; after any number of pushes, the concatenation of what push() returned plus pending()
 // equals tokenizer.decode(all ids pushed so far). Text is held back only while the last byte-fallback
@@ -105,6 +112,9 @@ class StreamDecoder {
   std::string pending() const;
   std::string finish();
   void reset();
+  // Pushes ids whose text is not wanted (a prompt already shown): what follows renders as it does
+  // after them. Their held-back bytes stay pending.
+  void skip(const std::vector<std::int32_t>& ids);
 
  private:
   // Emits the complete characters of the pending byte run; the whole run (as U+FFFD where invalid)

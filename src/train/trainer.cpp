@@ -1016,8 +1016,11 @@ void Trainer::finish() {
   gp.sampling.temperature = 0.8;
   gp.sampling.top_k = 40;
   gp.sampling.seed = seed_;
-  const GenerationResult r = generate(model, {tokenizer_->encode(prompt, true, false)}, gp);
-  log::info("sample (temperature 0.8, top-k 40):\n%s%s\n", prompt.c_str(), tokenizer_->decode(r.tokens[0]).c_str());
+  const std::vector<std::int32_t> ids = tokenizer_->encode(prompt, true, false);
+  const GenerationResult r = generate(model, {ids}, gp);
+  // The continuation as the whole sequence decodes (it keeps the space its first word begins with).
+  log::info("sample (temperature 0.8, top-k 40):\n%s%s\n", prompt.c_str(),
+            io::decode_continuation(*tokenizer_, ids, r.tokens[0]).c_str());
 }
 
 }  // namespace
