@@ -130,7 +130,9 @@ int main(int argc, char** argv) {
     // The new text as the whole sequence decodes: a continuation keeps the space its first word begins
     // with ("Once upon a time" + " there"). A chat answer is decoded alone, as HF decodes the tokens
     // after the prompt.
+    // Standard output shows a chat answer on the line after its question.
     const auto context = [&](std::size_t b) { return chat ? std::vector<std::int32_t>() : prompts[b]; };
+    const char* separator = chat ? "\n" : "";
     io::StreamDecoder decoder(*tokenizer);
     if (stream) decoder.skip(context(0));
     const auto on_token = [&](std::size_t, std::int32_t token) {
@@ -143,7 +145,7 @@ int main(int argc, char** argv) {
     if (on_gpu) log::info("generating on %s (bf16)", device_training_description().c_str());
     else log::info("generating in fp32; matrix products: %s", matrix_products.c_str());
     if (stream) {  // after the log lines, so that the prompt and its continuation stay on one line
-      std::fputs(texts[0].c_str(), stdout);
+      std::fputs((texts[0] + separator).c_str(), stdout);
       std::fflush(stdout);
     }
     DeviceGenerationOptions device_options;
@@ -160,7 +162,7 @@ int main(int argc, char** argv) {
     }
     if (!stream && ctx.comm.is_root())
       for (std::size_t b = 0; b < prompts.size(); ++b)
-        std::printf("--- %zu ---\n%s%s\n", b + 1, texts[b].c_str(), completions[b].c_str());
+        std::printf("--- %zu ---\n%s%s%s\n", b + 1, texts[b].c_str(), separator, completions[b].c_str());
     log::info("prefill: %lld tokens in %.3f s (%.1f tokens/s); decode: %lld tokens in %.3f s (%.1f tokens/s)",
               (long long)result.prompt_tokens, result.prefill_seconds,
               result.prompt_tokens / std::max(1e-9, result.prefill_seconds), (long long)result.generated_tokens,

@@ -32,13 +32,17 @@ cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j "${JETMOE_BUILD_JOBS:-$(nproc)}" --target "${targets[@]/#/jetmoe-fuzz-}"
 
 status=0
+# The targets write their inputs to scratch directories under TMPDIR, which a crashing input leaves
+# behind: each target gets its own, removed when it ends, however it ends.
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/jetmoe-fuzz-run.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
 for t in "${targets[@]}"; do
   work="build-fuzz/fuzz/$t"
-  mkdir -p "$work/corpus" "$work/findings"
+  mkdir -p "$work/corpus" "$work/findings" "$scratch/$t"
   echo "fuzz: $t for ${seconds} s"
   # -timeout: an input that takes over 10 s is a finding (a hang); -rss_limit_mb: as is one that
   # needs over 2 GB (a size taken from the file). The first corpus directory receives new inputs.
-  if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  if ! TMPDIR="$scratch/$t" ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "build-fuzz/tests/fuzz/jetmoe-fuzz-$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 -artifact_prefix="$work/findings/" "$work/corpus" "tests/fuzz/corpus/$t" \
       >"$work/log.txt" 2>&1; then
@@ -46,5 +50,6 @@ for t in "${targets[@]}"; do
     echo "fuzz: $t FOUND something: $(ls "$work/findings" | tr '\n' ' ') (log: $work/log.txt)"
   fi
   grep -E "^stat::(number_of_executed_units|new_units_added)" "$work/log.txt" | sed "s/^/fuzz: $t /" || true
+  rm -rf "${scratch:?}/$t"
 done
 exit $status
