@@ -1,5 +1,6 @@
 // jetmoe-generate: text generation with a KV cache of the shared K/V heads.
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -43,6 +44,41 @@ std::vector<std::string> read_prompts(const jetmoe::Deck& deck) {
     if (!line.empty()) prompts.push_back(line);
   if (prompts.empty()) fail(ErrorKind::Input, "no prompt: standard input was empty (set generate/prompt or generate/prompt_file)");
   return prompts;
+}
+
+// Every rank's generations (its prompts' indices in `index`) on every rank, in prompt order: token ids
+// through one all-gather; prompt and generated token counts summed, seconds the slowest rank's.
+jetmoe::GenerationResult gather_generations(const jetmoe::Comm& comm, const jetmoe::GenerationResult& mine,
+                                            const std::vector<std::uint64_t>& index, std::size_t prompts) {
+  using namespace jetmoe;
+  GenerationResult all;
+  all.tokens.resize(prompts);
+  all.prefill_seconds = comm.max(mine.prefill_seconds);
+  all.decode_seconds = comm.max(mine.decode_seconds);
+  all.prompt_tokens = comm.sum(mine.prompt_tokens);
+  all.generated_tokens = comm.sum(mine.generated_tokens);
+  if (comm.size() == 1) {
+    for (std::size_t b = 0; b < index.size(); ++b) all.tokens[index[b]] = mine.tokens[b];
+    return all;
+  }
+  // Per prompt: its index, its token count, its tokens (int32 each).
+  std::vector<std::int32_t> packed;
+  for (std::size_t b = 0; b < index.size(); ++b) {
+    packed.push_back(std::int32_t(index[b]));
+    packed.push_back(std::int32_t(mine.tokens[b].size()));
+    packed.insert(packed.end(), mine.tokens[b].begin(), mine.tokens[b].end());
+  }
+  const std::string bytes(reinterpret_cast<const char*>(packed.data()), packed.size() * sizeof(std::int32_t));
+  for (const std::string& from : comm.all_gather(bytes)) {
+    std::vector<std::int32_t> v(from.size() / sizeof(std::int32_t));
+    std::memcpy(v.data(), from.data(), v.size() * sizeof(std::int32_t));
+    for (std::size_t at = 0; at + 1 < v.size();) {
+      const std::size_t i = std::size_t(v[at]), n = std::size_t(v[at + 1]);
+      all.tokens.at(i).assign(v.begin() + long(at + 2), v.begin() + long(at + 2 + n));
+      at += 2 + n;
+    }
+  }
+  return all;
 }
 
 }  // namespace
@@ -151,8 +187,29 @@ int main(int argc, char** argv) {
     DeviceGenerationOptions device_options;
     device_options.kernels = gpu_kernels_from(deck.get_string("job", "gpu_kernels"));
     device_options.prefill_tokens = deck.get_int("generate", "prefill_tokens");
-    const GenerationResult result = on_gpu ? generate_on_device(model, prompts, params, on_token, device_options)
-                                           : generate(model, prompts, params, on_token);
+    // Under MPI the prompts are dealt out over the ranks (rank r: prompts r, r + P, ...), each sampling
+    // from its own stream (GenerationParams::prompt_index): the job prints and writes what one rank
+    // given all of them would.
+    const int ranks = ctx.comm.size(), rank = ctx.comm.rank();
+    std::vector<std::vector<std::int32_t>> share;
+    GenerationParams share_params = params;
+    for (std::size_t i = std::size_t(rank); i < prompts.size(); i += std::size_t(ranks)) {
+      share.push_back(prompts[i]);
+      share_params.prompt_index.push_back(i);
+    }
+    if (ranks > 1)
+      log::info("%zu prompt(s) dealt out over %d ranks, at most %zu each", prompts.size(), ranks,
+                (prompts.size() + std::size_t(ranks) - 1) / std::size_t(ranks));
+    GenerationResult mine;
+    collectively(ctx.comm, [&] {
+      GenerationResult whole;  // every prompt is checked on every rank, so that all ranks agree on an error
+      check_prompts(model.config(), prompts, params, whole);
+    });
+    collectively(ctx.comm, [&] {
+      mine = on_gpu ? generate_on_device(model, share, share_params, on_token, device_options)
+                    : generate(model, share, share_params, on_token);
+    });
+    GenerationResult result = gather_generations(ctx.comm, mine, share_params.prompt_index, prompts.size());
     if (stream) std::printf("%s\n", decoder.finish().c_str());
     std::vector<std::string> completions(prompts.size());
     for (std::size_t b = 0; b < prompts.size(); ++b) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <random>
 
+#include "core/error.hpp"
 #include "infer/device_generate.hpp"
 #include "infer/generate.hpp"
 #include "model/model.hpp"
@@ -183,6 +184,40 @@ TEST_CASE("generation stops a sequence at EOS and samples reproducibly", "[unit]
   params.sampling.top_k = 0;
   params.sampling.top_p = 1e-6;  // nucleus of one token: greedy again
   CHECK(generate(model, {{1, 2, 3}}, params).tokens[0] == greedy);
+}
+
+TEST_CASE("each prompt samples from its own stream: alone, given its index, it samples what it does in the batch",
+          "[unit][model]") {
+  const ModelConfig c = small_config();
+  ModelWeights w(c);
+  w.init_random(c, 11);
+  Model model(c, w);
+  const std::vector<std::vector<std::int32_t>> prompts = {{1, 5, 9, 33}, {1, 44, 3}, {1, 8, 8, 8, 60}, {1, 5, 9, 33}};
+  GenerationParams params;
+  params.max_new_tokens = 10;
+  params.eos_id = -1;
+  params.sampling.temperature = 1.5;
+  params.sampling.seed = 2024;
+  const GenerationResult batch = generate(model, prompts, params);
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    INFO("prompt " << b);
+    GenerationParams alone = params;
+    alone.prompt_index = {b};
+    CHECK(generate(model, {prompts[b]}, alone).tokens[0] == batch.tokens[b]);
+  }
+  // A rank given prompts 3 and 1 of the job (in that order) samples what the whole batch did for them.
+  GenerationParams share = params;
+  share.prompt_index = {3, 1};
+  const GenerationResult part = generate(model, {prompts[3], prompts[1]}, share);
+  CHECK(part.tokens[0] == batch.tokens[3]);
+  CHECK(part.tokens[1] == batch.tokens[1]);
+  // Prompts 0 and 3 are the same text: their own streams give them different samples (10 tokens at
+  // temperature 1.5 over a 97-token vocabulary).
+  CHECK(batch.tokens[0] != batch.tokens[3]);
+  CHECK(prompt_seed(2024, 0) != prompt_seed(2024, 1));
+  CHECK(prompt_seed(2024, 0) != prompt_seed(2025, 0));
+  share.prompt_index = {0};
+  CHECK_THROWS_AS(generate(model, {prompts[3], prompts[1]}, share), jetmoe::Error);  // one index per prompt
 }
 
 TEST_CASE("the GPU prefill's batches: longest first, within the token budget, every prompt once", "[unit][model]") {

@@ -124,6 +124,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   if (options.cuda_graph) graph.capture(decode, stream.s);
 
   Sampler sampler(params.sampling);
+  std::vector<std::mt19937_64> streams = prompt_streams(params, prompts.size());
   const std::size_t nb = std::size_t(B);
   // Sequence b lives in cache slot slot[b] (its rows of the caches, ids, lengths and logits).
   const PrefillPlan plan = plan_prefill(prompts, options.prefill_tokens);
@@ -135,7 +136,7 @@ GenerationResult generate_on_device(const Model& model, const std::vector<std::v
   std::vector<float> logits(nb * std::size_t(V));
   // Sequence b's next token from its row of `rows`.
   auto choose = [&](std::int64_t b, const float* row) {
-    const std::int32_t next = sampler.next(row, V);
+    const std::int32_t next = sampler.next(row, V, streams[std::size_t(b)]);
     result.tokens[std::size_t(b)].push_back(next);
     ++result.generated_tokens;
     if (on_token) on_token(std::size_t(b), next);

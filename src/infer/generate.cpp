@@ -47,6 +47,17 @@ std::string generation_results_json(const GenerationSettings& settings, const st
   return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
+std::vector<std::mt19937_64> prompt_streams(const GenerationParams& params, std::size_t prompts) {
+  if (!params.prompt_index.empty() && params.prompt_index.size() != prompts)
+    fail(ErrorKind::Internal, "generate: " + std::to_string(params.prompt_index.size()) + " prompt indices for " +
+                                  std::to_string(prompts) + " prompts");
+  std::vector<std::mt19937_64> streams;
+  streams.reserve(prompts);
+  for (std::size_t b = 0; b < prompts; ++b)
+    streams.emplace_back(prompt_seed(params.sampling.seed, params.prompt_index.empty() ? b : params.prompt_index[b]));
+  return streams;
+}
+
 std::int64_t check_prompts(const ModelConfig& c, const std::vector<std::vector<std::int32_t>>& prompts,
                            const GenerationParams& params, GenerationResult& result) {
   std::int64_t longest = 0;
@@ -95,6 +106,7 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
 
   KvCache cache(c, B, total);
   Sampler sampler(params.sampling);
+  std::vector<std::mt19937_64> streams = prompt_streams(params, prompts.size());
   const std::int64_t V = c.vocab_size;
   std::vector<bool> done(static_cast<std::size_t>(B), false);
   std::vector<std::int32_t> next(static_cast<std::size_t>(B));
@@ -107,7 +119,7 @@ GenerationResult generate(Model& model, const std::vector<std::vector<std::int32
         next[b] = params.pad_id;
         continue;
       }
-      next[b] = sampler.next(&host(b, 0), V);
+      next[b] = sampler.next(&host(b, 0), V, streams[std::size_t(b)]);
       result.tokens[b].push_back(next[b]);
       ++result.generated_tokens;
       if (on_token) on_token(std::size_t(b), next[b]);

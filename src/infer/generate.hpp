@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,14 @@ struct GenerationParams {
   std::int32_t eos_id = 2;       // < 0: never stop early
   std::int32_t pad_id = 2;       // fills the left padding and finished sequences
   SamplingParams sampling;
+  // Each prompt's index among the job's prompts (empty: 0, 1, ...): prompt i samples from the stream
+  // prompt_seed(sampling.seed, i), so a rank given some of the prompts samples what one rank given
+  // all of them does.
+  std::vector<std::uint64_t> prompt_index;
 };
+
+// The random streams of a batch's prompts (params.prompt_index, else 0, 1, ...).
+std::vector<std::mt19937_64> prompt_streams(const GenerationParams& params, std::size_t prompts);
 
 struct GenerationResult {
   std::vector<std::vector<std::int32_t>> tokens;  // per prompt: the new tokens (EOS included if produced)

@@ -8,7 +8,20 @@ namespace jetmoe {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
-std::int32_t Sampler::next(const float* logits, std::int64_t vocab) {
+namespace {
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+std::uint64_t prompt_seed(std::uint64_t seed, std::uint64_t index) { return splitmix64(splitmix64(seed) ^ index); }
+
+std::int32_t Sampler::next(const float* logits, std::int64_t vocab) { return next(logits, vocab, rng_); }
+
+std::int32_t Sampler::next(const float* logits, std::int64_t vocab, std::mt19937_64& rng) {
   if (greedy()) return std::int32_t(std::max_element(logits, logits + vocab) - logits);
 
   work_.resize(std::size_t(vocab));
@@ -37,7 +50,7 @@ std::int32_t Sampler::next(const float* logits, std::int64_t vocab) {
     for (auto& x : p) x /= zz;
   }
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
-  double u = uniform(rng_), acc = 0;
+  double u = uniform(rng), acc = 0;
   for (std::size_t i = 0; i < keep; ++i) {
     acc += p[i];
     if (u < acc) return order_[i];

@@ -15,10 +15,17 @@ struct SamplingParams {
   std::uint64_t seed = 0;
 };
 
+// The seed of prompt `index`'s random stream in a job seeded with `seed` (SplitMix64 of the pair):
+// each prompt samples from its own stream, so its tokens do not depend on the other prompts, on how
+// they are batched, nor on the ranks they are spread over.
+std::uint64_t prompt_seed(std::uint64_t seed, std::uint64_t index);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
+  // From the sampler's own stream (seeded with params.seed), or from `rng` (a prompt's stream).
   std::int32_t next(const float* logits, std::int64_t vocab);
+  std::int32_t next(const float* logits, std::int64_t vocab, std::mt19937_64& rng);
   bool greedy() const { return params_.temperature == 0.0; }
 
  private:

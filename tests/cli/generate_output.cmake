@@ -2,7 +2,10 @@
 # written as JSON under job/output_dir. Checked: the file parses; one generation per prompt, in order,
 # with the prompt's text as given; each stopped at EOS or at max_new_tokens, as its finish_reason says;
 # and each prompt + completion is what standard output printed for it.
+# With MPIEXEC: two ranks, the prompts dealt out over them, print and write what one rank does (seeded
+# sampling included: each prompt samples from its own stream).
 #   -D GENERATE=jetmoe-generate -D DECK=inputs/tiny.deck -D TOKENIZER=tokenizer.model -D SCRATCH=dir
+#   [-D MPIEXEC=mpiexec|flag|... -D MPIEXEC_NUMPROC_FLAG=-n]
 file(REMOVE_RECURSE "${SCRATCH}")
 file(MAKE_DIRECTORY "${SCRATCH}")
 set(prompts "Once upon a time" "A \"quoted\" \\ path" "café au lait")
@@ -14,7 +17,7 @@ set(max_new 6)
 # standard output puts between a prompt and its completion. Sets ${NAME}_tokens to the prompts' token
 # counts.
 function(run name sep)
-  execute_process(COMMAND "${GENERATE}" -i "${DECK}" model/vocab_size=400 "tokenizer/model=${TOKENIZER}"
+  execute_process(COMMAND ${launch} "${GENERATE}" -i "${DECK}" model/vocab_size=400 "tokenizer/model=${TOKENIZER}"
                           generate/prompt_file=prompts.txt generate/max_new_tokens=${max_new}
                           generate/output=${name}/generations.json job/output_dir=out ${ARGN}
                   WORKING_DIRECTORY "${SCRATCH}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
@@ -74,6 +77,8 @@ function(run name sep)
     endif()
   endforeach()
   set(${name}_tokens "${tokens}" PARENT_SCOPE)
+  string(JSON generations GET "${json}" generations)
+  set(${name}_generations "${generations}" PARENT_SCOPE)
   message(STATUS "${name}: ${n} generations, each as standard output printed it")
 endfunction()
 
@@ -87,3 +92,20 @@ foreach(i 0 1 2)
     message(FATAL_ERROR "prompt ${i}: ${c} tokens in chat mode, ${p} without the template")
   endif()
 endforeach()
+
+if(DEFINED MPIEXEC)
+  # OpenBLAS on one thread in both runs (mpiexec binds a rank to a core): the same matrix products.
+  set(ENV{OPENBLAS_NUM_THREADS} 1)
+  set(sampling generate/temperature=1.0 generate/top_k=50 job/seed=77)
+  run(one "" ${sampling})
+  string(REPLACE "|" ";" launch "${MPIEXEC}")
+  list(APPEND launch ${MPIEXEC_NUMPROC_FLAG} 2)
+  run(two "" ${sampling})
+  if(NOT one_generations STREQUAL two_generations)
+    message(FATAL_ERROR "2 ranks generated otherwise than 1:\n--- 1 rank ---\n${one_generations}\n--- 2 ranks ---\n${two_generations}")
+  endif()
+  if(one_generations STREQUAL plain_generations)
+    message(FATAL_ERROR "sampling at temperature 1 generated the greedy tokens: the comparison shows nothing")
+  endif()
+  message(STATUS "2 ranks generated what 1 rank did, sampling included")
+endif()
