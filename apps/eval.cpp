@@ -82,7 +82,7 @@ void dump_logits(const Deck& deck, eval::LmForward& forward) {
   log::info("wrote logits [%zu, %zu, %zu] (float32) to %s", B, T, V, out.c_str());
 }
 
-void perplexity(const Deck& deck, eval::LmForward& forward, const io::Tokenizer& tok) {
+void perplexity(const Deck& deck, eval::LmForward& forward, const io::Tokenizer& tok, const Comm& comm) {
   const ModelConfig& c = forward.config();
   const std::string input = deck.get_string("eval", "input");
   std::ifstream in(input, std::ios::binary);
@@ -97,7 +97,8 @@ void perplexity(const Deck& deck, eval::LmForward& forward, const io::Tokenizer&
                                            std::to_string(c.max_position_embeddings));
   if (window < 2) deck.fail_value("eval", "context", "a window of 1 token predicts nothing; give at least 2");
   if (ids.size() < 2) fail(ErrorKind::Input, input + ": fewer than 2 tokens, nothing to predict");
-  const eval::PerplexityResult r = eval::perplexity(forward, ids, window, deck.get_int("eval", "batch_size"));
+  const eval::PerplexityResult r = eval::perplexity(forward, ids, window, deck.get_int("eval", "batch_size"), comm);
+  if (!comm.is_root()) return;
   const double mean = r.mean_nll();
   log::info("perplexity of %s: %.4f (mean NLL %.6f nats over %lld predicted tokens, windows of %lld tokens)", input.c_str(),
             r.perplexity(), mean, (long long)r.predicted, (long long)window);
@@ -126,7 +127,7 @@ McInputs read_mc_inputs(const Deck& deck) {
 }
 
 void multiple_choice(const Deck& deck, eval::LmForward& forward, const io::Tokenizer& tok, const McInputs& in,
-                     const std::string& model_source) {
+                     const std::string& model_source, const Comm& comm) {
   eval::McOptions options;
   options.num_fewshot = deck.get_int("eval", "num_fewshot");
   options.fewshot_seed = std::uint64_t(deck.get_int("eval", "fewshot_seed"));
@@ -134,7 +135,8 @@ void multiple_choice(const Deck& deck, eval::LmForward& forward, const io::Token
   options.limit = deck.get_int("eval", "limit");
   options.batch_size = deck.get_int("eval", "batch_size");
   options.add_bos = deck.get_bool("tokenizer", "add_bos");
-  const eval::McReport report = eval::evaluate_mc(forward, tok, in.file, options);
+  const eval::McReport report = eval::evaluate_mc(forward, tok, in.file, options, comm);
+  if (!comm.is_root()) return;
   log::info("%zu questions, %zu log-likelihood requests, %lld-shot:", report.docs.size(), report.requests.size(),
             (long long)(in.file.format == eval::McFormat::TruthfulQaMc ? 0 : options.num_fewshot));
   log::text(eval::mc_results_table(report));
@@ -199,7 +201,9 @@ int main(int argc, char** argv) {
     auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/task != "logits");
     if (tokenizer) log::info("tokenizer: %s (%d pieces)", tokenizer->path().c_str(), tokenizer->vocab_size());
     Model model(loaded.config, std::move(loaded.weights));
-    if (!ctx.comm.is_root()) return;  // evaluation runs on rank 0
+    // Perplexity and multiple choice deal their batches out over the ranks (each rank its own GPU in
+    // bf16) and give the results of one rank, bit for bit; the logits dump runs on rank 0.
+    if (!ctx.comm.is_root() && task == "logits") return;
     std::unique_ptr<eval::LmForward> forward;
     if (on_gpu) {
       log::info("evaluating on %s (bf16)", device_training_description().c_str());
@@ -209,9 +213,17 @@ int main(int argc, char** argv) {
       log::info("evaluating in fp32; matrix products: %s", forward->matrix_products().c_str());
     }
     Region region(task);
-    if (task == "logits") dump_logits(deck, *forward);
-    else if (mc) multiple_choice(deck, *forward, *tokenizer, *mc, loaded.source);
-    else perplexity(deck, *forward, *tokenizer);
+    if (ctx.comm.size() > 1 && task != "logits")
+      log::info("the batches dealt out over %d ranks (batch k to rank k mod %d)", ctx.comm.size(), ctx.comm.size());
+    if (task == "logits") {
+      dump_logits(deck, *forward);
+    } else {
+      // Every rank runs it (a bad input fails on all; writing the results, on rank 0): one message.
+      collectively(ctx.comm, [&] {
+        if (mc) multiple_choice(deck, *forward, *tokenizer, *mc, loaded.source, ctx.comm);
+        else perplexity(deck, *forward, *tokenizer, ctx.comm);
+      });
+    }
     out_dir.keep();
   });
 }

@@ -13,6 +13,7 @@
 #include "io/tokenizer.hpp"
 #include "model/hf_checkpoint.hpp"
 #include "model/model.hpp"
+#include "parallel/comm.hpp"
 #include "support.hpp"
 
 using namespace jetmoe;
@@ -359,4 +360,57 @@ TEST_CASE("perplexity: windows that do not overlap, each predicting its tokens a
   CHECK(j["context"] == 4);
   CHECK(j["precision"] == "fp32");
   CHECK(j["matrix_products"] == f.matrix_products());
+}
+
+TEST_CASE("evaluation batches dealt out over the ranks give every rank one rank's results", "[unit][mpi][eval]") {
+  const Comm world = Comm::world();
+  const int P = world.size(), me = world.rank();
+  // Batch k has k values (batch 0 none), k + i / 8: every rank gets all of them, each batch run once,
+  // on rank k mod P.
+  std::vector<std::size_t> ran;
+  const auto values = run_batches_over_ranks(world, 7, [&](std::size_t k) {
+    ran.push_back(k);
+    std::vector<double> v;
+    for (std::size_t i = 0; i < k; ++i) v.push_back(double(k) + double(i) / 8.0);
+    return v;
+  });
+  REQUIRE(values.size() == 7);
+  for (std::size_t k = 0; k < 7; ++k) {
+    REQUIRE(values[k].size() == k);
+    for (std::size_t i = 0; i < k; ++i) CHECK(values[k][i] == double(k) + double(i) / 8.0);
+  }
+  for (const std::size_t k : ran) CHECK(int(k % std::size_t(P)) == me);
+  CHECK(ran.size() == (7 - std::size_t(me) + std::size_t(P) - 1) / std::size_t(P));
+  // A batch that fails on its rank fails on every rank, with its message.
+  CHECK_THROWS_WITH(run_batches_over_ranks(world, 3,
+                                           [](std::size_t k) -> std::vector<double> {
+                                             if (k == 1) fail(ErrorKind::Input, "batch 1 cannot be scored");
+                                             return {};
+                                           }),
+                    Catch::Matchers::Contains("batch 1 cannot be scored"));
+
+  // Perplexity (closed-form log-probabilities) over the ranks: one rank's sum, bit for bit.
+  std::vector<std::int32_t> ids;
+  for (std::int32_t i = 0; i < 37; ++i) ids.push_back((5 * i + 3) % 97);
+  ClosedFormForward alone, shared;
+  const PerplexityResult one = perplexity(alone, ids, 4, 2), all = perplexity(shared, ids, 4, 2, world);
+  CHECK(all.predicted == one.predicted);
+  CHECK(all.nll == one.nll);
+  CHECK(int(shared.batches.size()) == (5 - me + P - 1) / P);  // 5 batches: 4 of 2 windows of 4, then 1 window (the 37th token, alone, predicts nothing)
+
+  // Multiple choice with the fixture model: every log-likelihood that of one rank, bit for bit.
+  const std::string model_dir = eval_fixtures + "/model";
+  const ModelConfig config = load_hf_config(model_dir);
+  Model model(config, load_hf_weights(model_dir, config));
+  ModelForward forward(model);
+  const io::Tokenizer tok(model_dir + "/tokenizer.model");
+  const McFile file = read_mc_jsonl(eval_fixtures + "/hellaswag.jsonl", McFormat::Auto);
+  McOptions options;
+  options.batch_size = 3;
+  const McReport a = evaluate_mc(forward, tok, file, options), b = evaluate_mc(forward, tok, file, options, world);
+  REQUIRE(a.requests.size() == b.requests.size());
+  REQUIRE(a.requests.size() > 6);
+  for (std::size_t i = 0; i < a.requests.size(); ++i) CHECK(a.requests[i].loglikelihood == b.requests[i].loglikelihood);
+  REQUIRE(a.tasks.size() == b.tasks.size());
+  for (std::size_t t = 0; t < a.tasks.size(); ++t) CHECK(a.tasks[t].acc_norm == b.tasks[t].acc_norm);
 }

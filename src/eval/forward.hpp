@@ -5,12 +5,14 @@
 // batching and reporting: ModelForward, the fp32 Kokkos Model (eval/precision = fp32), and
 // DeviceForward, the CUDA kernels in HF's bf16 numerics (eval/precision = bf16, eval/device_forward.hpp).
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "model/config.hpp"
 
 namespace jetmoe {
+class Comm;
 class Model;
 }
 
@@ -41,6 +43,13 @@ class LmForward {
 // Both implementations' argument check: ids of n x T, 1 <= T <= the model's context, targets (when
 // given) one per row and below the vocabulary (JETMOE_ASSERT: the callers build them from checked ids).
 void check_batch(const ModelConfig& c, const TokenBatch& batch, const std::vector<std::int32_t>* targets);
+
+// Batches 0 .. batches-1 dealt out over the ranks of `comm` (batch k to rank k % P): `run(k)` computes
+// batch k's values on its rank; every batch's values come back on every rank, in batch order. A batch
+// is computed as one rank would compute it, so the values are those of one rank, bit for bit. Every
+// rank calls it; a failure on any rank is thrown on all (io/collective.hpp).
+std::vector<std::vector<double>> run_batches_over_ranks(const Comm& comm, std::size_t batches,
+                                                        const std::function<std::vector<double>(std::size_t)>& run);
 
 // The fp32 Model on Kokkos: Model::forward, then log-softmax in double.
 class ModelForward final : public LmForward {

@@ -15,6 +15,7 @@
 #include "core/log.hpp"
 #include "core/profiling.hpp"
 #include "io/tokenizer.hpp"
+#include "parallel/comm.hpp"
 
 namespace jetmoe::eval {
 
@@ -598,6 +599,10 @@ std::vector<McRequest> build_mc_requests(const McFile& file, const McOptions& op
 }
 
 void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std::int64_t batch_size) {
+  score_mc_requests(forward, requests, batch_size, Comm::self());
+}
+
+void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std::int64_t batch_size, const Comm& comm) {
   Region region("score");
   const std::size_t max_length = std::size_t(forward.config().max_position_embeddings);
   // HFLM: inp = (context + continuation)[-(max_length + 1):][:-1]; the last len(continuation) logits score it.
@@ -616,7 +621,7 @@ void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std
     }
     inputs[i] = std::move(whole);  // the last token is only a target
   }
-  if (truncated)
+  if (truncated && comm.is_root())
     log::warn("%zu of %zu prompts are longer than the model's context of %zu tokens: their first tokens are dropped (as "
               "lm-eval does)", truncated, requests.size(), max_length);
   // Longest first, so each batch is padded to its first sequence (as lm-eval orders them).
@@ -624,7 +629,9 @@ void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std
   std::iota(order.begin(), order.end(), std::size_t(0));
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return inputs[a].size() > inputs[b].size(); });
-  for (std::size_t first = 0; first < order.size(); first += std::size_t(batch_size)) {
+  const std::size_t batches = (order.size() + std::size_t(batch_size) - 1) / std::size_t(batch_size);
+  const auto scores = run_batches_over_ranks(comm, batches, [&](std::size_t k) {
+    const std::size_t first = k * std::size_t(batch_size);
     const std::size_t n = std::min(std::size_t(batch_size), order.size() - first);
     const std::size_t T = inputs[order[first]].size() - 1;
     TokenBatch batch{std::int64_t(n), std::int64_t(T), std::vector<std::int32_t>(n * T, 0)};  // right padding: 0
@@ -636,23 +643,30 @@ void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std
       for (std::size_t t = len - cont; t < len; ++t) targets[b * T + t] = in[t + 1];
     }
     const std::vector<double> logp = forward.target_logprobs(batch, targets);
-    for (std::size_t b = 0; b < n; ++b) {
-      McRequest& r = requests[order[first + b]];
-      r.loglikelihood = 0;
+    std::vector<double> loglikelihoods(n, 0.0);  // of the batch's requests, in batch order
+    for (std::size_t b = 0; b < n; ++b)
       for (std::size_t i = b * T; i < (b + 1) * T; ++i)
-        if (targets[i] >= 0) r.loglikelihood += logp[i];
-    }
-  }
+        if (targets[i] >= 0) loglikelihoods[b] += logp[i];
+    return loglikelihoods;
+  });
+  for (std::size_t k = 0; k < batches; ++k)
+    for (std::size_t b = 0; b < scores[k].size(); ++b)
+      requests[order[k * std::size_t(batch_size) + b]].loglikelihood = scores[k][b];
 }
 
 McReport evaluate_mc(LmForward& forward, const io::Tokenizer& tokenizer, const McFile& file,
                      const McOptions& options) {
+  return evaluate_mc(forward, tokenizer, file, options, Comm::self());
+}
+
+McReport evaluate_mc(LmForward& forward, const io::Tokenizer& tokenizer, const McFile& file,
+                     const McOptions& options, const Comm& comm) {
   McReport report;
   report.precision = forward.precision();
   report.matrix_products = forward.matrix_products();
   std::vector<std::size_t> evaluated;
   report.requests = build_mc_requests(file, options, tokenizer, &evaluated);
-  score_mc_requests(forward, report.requests, options.batch_size);
+  score_mc_requests(forward, report.requests, options.batch_size, comm);
 
   std::size_t next = 0;
   for (std::size_t di : evaluated) {

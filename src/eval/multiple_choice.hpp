@@ -130,12 +130,17 @@ std::vector<McRequest> build_mc_requests(const McFile& file, const McOptions& op
 
 // Sum over the continuation's tokens of log p(token | everything before it), the sequences right-padded into
 // batches. Inputs longer than the model's context keep their last max_position_embeddings + 1 tokens (HFLM).
+// Under MPI (every rank of `comm` calls it) the batches are dealt out over the ranks and every rank gets
+// every log-likelihood, each as one rank computes it, bit for bit.
 void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std::int64_t batch_size);
+void score_mc_requests(LmForward& forward, std::vector<McRequest>& requests, std::int64_t batch_size, const Comm& comm);
 
 // acc (argmax of the log-likelihoods), acc_norm (argmax of log-likelihood / characters of the choice), per task
 // means and stderrs; mmlu's group row: size-weighted mean and lm-eval's pooled stderr over the subjects.
 McReport evaluate_mc(LmForward& forward, const io::Tokenizer& tokenizer, const McFile& file,
                      const McOptions& options);
+McReport evaluate_mc(LmForward& forward, const io::Tokenizer& tokenizer, const McFile& file,
+                     const McOptions& options, const Comm& comm);
 
 // "| task | n | acc | acc_norm |" Markdown table with value ± stderr.
 std::string mc_results_table(const McReport& report);

@@ -7,32 +7,50 @@
 
 #include "core/error.hpp"
 #include "core/profiling.hpp"
+#include "parallel/comm.hpp"
 
 namespace jetmoe::eval {
 
 PerplexityResult perplexity(LmForward& forward, const std::vector<std::int32_t>& ids, std::int64_t window,
-                            std::int64_t batch_size) {
+                            std::int64_t batch_size, const Comm& comm) {
   Region region("perplexity");
   JETMOE_ASSERT(window >= 1 && batch_size >= 1, "perplexity: window and batch_size must be positive");
-  PerplexityResult result;
+  // The batches: windows of the same length, up to batch_size of them, from token `start`.
+  struct Batch {
+    std::size_t start, n, T;
+  };
+  std::vector<Batch> batches;
   const std::size_t W = std::size_t(window), total = ids.size();
-  std::size_t start = 0;
-  while (start + 1 < total) {
-    // Windows of the same length as this one, up to batch_size of them.
+  for (std::size_t start = 0; start + 1 < total;) {
     const std::size_t T = std::min(W, total - start);
     std::size_t n = 0;
     while (n < std::size_t(batch_size) && start + n * T + 1 < total && std::min(W, total - start - n * T) == T) ++n;
-    TokenBatch batch{std::int64_t(n), std::int64_t(T), {}};
-    batch.ids.assign(ids.begin() + std::ptrdiff_t(start), ids.begin() + std::ptrdiff_t(start + n * T));
-    std::vector<std::int32_t> targets(n * T, -1);  // position t predicts t + 1 of its window
-    for (std::size_t b = 0; b < n; ++b)
-      for (std::size_t t = 0; t + 1 < T; ++t) targets[b * T + t] = batch.ids[b * T + t + 1];
-    const std::vector<double> logp = forward.target_logprobs(batch, targets);
-    for (std::size_t i = 0; i < targets.size(); ++i)
-      if (targets[i] >= 0) result.nll -= logp[i], ++result.predicted;
+    batches.push_back({start, n, T});
     start += n * T;
   }
+  // Each batch's log-probabilities of its predicted tokens, in token order.
+  const auto logps = run_batches_over_ranks(comm, batches.size(), [&](std::size_t k) {
+    const Batch& bt = batches[k];
+    TokenBatch batch{std::int64_t(bt.n), std::int64_t(bt.T), {}};
+    batch.ids.assign(ids.begin() + std::ptrdiff_t(bt.start), ids.begin() + std::ptrdiff_t(bt.start + bt.n * bt.T));
+    std::vector<std::int32_t> targets(bt.n * bt.T, -1);  // position t predicts t + 1 of its window
+    for (std::size_t b = 0; b < bt.n; ++b)
+      for (std::size_t t = 0; t + 1 < bt.T; ++t) targets[b * bt.T + t] = batch.ids[b * bt.T + t + 1];
+    const std::vector<double> logp = forward.target_logprobs(batch, targets);
+    std::vector<double> predicted;
+    for (std::size_t i = 0; i < targets.size(); ++i)
+      if (targets[i] >= 0) predicted.push_back(logp[i]);
+    return predicted;
+  });
+  PerplexityResult result;
+  for (const std::vector<double>& batch : logps)
+    for (const double lp : batch) result.nll -= lp, ++result.predicted;
   return result;
+}
+
+PerplexityResult perplexity(LmForward& forward, const std::vector<std::int32_t>& ids, std::int64_t window,
+                            std::int64_t batch_size) {
+  return perplexity(forward, ids, window, batch_size, Comm::self());
 }
 
 std::string perplexity_results_json(const PerplexityResult& result, const std::string& input, std::int64_t window,

@@ -19,7 +19,11 @@ struct PerplexityResult {
 };
 
 // Full windows go batch_size to a forward, a shorter last one alone; the sum runs in window order,
-// so the result depends on batch_size only as far as the forward's rows do.
+// so the result depends on batch_size only as far as the forward's rows do. Under MPI (every rank of
+// `comm` calls it) the batches are dealt out over the ranks and the sum runs in the same order on
+// every rank: the result of one rank, bit for bit.
+PerplexityResult perplexity(LmForward& forward, const std::vector<std::int32_t>& ids, std::int64_t window,
+                            std::int64_t batch_size, const Comm& comm);
 PerplexityResult perplexity(LmForward& forward, const std::vector<std::int32_t>& ids, std::int64_t window,
                             std::int64_t batch_size);
 
