@@ -23,7 +23,7 @@
 
 namespace {
 
-std::vector<std::string> read_prompts(const jetmoe::Deck& deck) {
+std::vector<std::string> read_prompts(const jetmoe::Deck& deck, const jetmoe::Comm& comm) {
   using namespace jetmoe;
   if (auto p = deck.find_string("generate", "prompt")) {
     if (p->empty()) deck.fail_value("generate", "prompt", "the prompt is empty");
@@ -39,8 +39,17 @@ std::vector<std::string> read_prompts(const jetmoe::Deck& deck) {
     if (prompts.empty()) deck.fail_value("generate", "prompt_file", "'" + *file + "' has no prompt (no non-empty line)");
     return prompts;
   }
+  // Under MPI only rank 0 is given standard input (mpirun forwards it there): it reads, every rank gets it.
   log::info("reading prompts from standard input, one per line");
-  while (std::getline(std::cin, line))
+  std::string text;
+  if (comm.is_root()) {
+    std::ostringstream all;
+    all << std::cin.rdbuf();
+    text = all.str();
+  }
+  comm.broadcast(text);
+  std::istringstream in(text);
+  while (std::getline(in, line))
     if (!line.empty()) prompts.push_back(line);
   if (prompts.empty()) fail(ErrorKind::Input, "no prompt: standard input was empty (set generate/prompt or generate/prompt_file)");
   return prompts;
@@ -146,7 +155,7 @@ int main(int argc, char** argv) {
 
     const bool add_bos = deck.get_bool("tokenizer", "add_bos"), add_eos = deck.get_bool("tokenizer", "add_eos");
     std::vector<std::vector<std::int32_t>> prompts;
-    const std::vector<std::string> texts = read_prompts(deck);
+    const std::vector<std::string> texts = read_prompts(deck, ctx.comm);
     for (const std::string& text : texts) {
       if (chat) {
         std::vector<io::ChatMessage> messages;

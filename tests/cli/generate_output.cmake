@@ -17,9 +17,18 @@ set(max_new 6)
 # standard output puts between a prompt and its completion. Sets ${NAME}_tokens to the prompts' token
 # counts.
 function(run name sep)
+  # The prompts from generate/prompt_file, or with `stdin` set from standard input.
+  set(args ${ARGN})
+  set(source "")
+  if(stdin)
+    set(source INPUT_FILE "${SCRATCH}/prompts.txt")
+  else()
+    list(APPEND args generate/prompt_file=prompts.txt)
+  endif()
   execute_process(COMMAND ${launch} "${GENERATE}" -i "${DECK}" model/vocab_size=400 "tokenizer/model=${TOKENIZER}"
-                          generate/prompt_file=prompts.txt generate/max_new_tokens=${max_new}
-                          generate/output=${name}/generations.json job/output_dir=out ${ARGN}
+                          generate/max_new_tokens=${max_new}
+                          generate/output=${name}/generations.json job/output_dir=out ${args}
+                  ${source}
                   WORKING_DIRECTORY "${SCRATCH}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
   if(NOT rc STREQUAL "0")
     message(FATAL_ERROR "jetmoe-generate (${name}) exited with ${rc}.\n--- output ---\n${out}${err}")
@@ -108,4 +117,11 @@ if(DEFINED MPIEXEC)
     message(FATAL_ERROR "sampling at temperature 1 generated the greedy tokens: the comparison shows nothing")
   endif()
   message(STATUS "2 ranks generated what 1 rank did, sampling included")
+  # Prompts from standard input, which mpiexec gives rank 0 only: rank 0 reads them for every rank.
+  set(stdin ON)
+  run(two-stdin "" ${sampling})
+  unset(stdin)
+  if(NOT one_generations STREQUAL two-stdin_generations)
+    message(FATAL_ERROR "2 ranks with the prompts on standard input generated otherwise than 1")
+  endif()
 endif()
