@@ -1,6 +1,5 @@
 // jetmoe-generate: text generation with a KV cache of the shared K/V heads.
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -55,38 +54,16 @@ std::vector<std::string> read_prompts(const jetmoe::Deck& deck, const jetmoe::Co
   return prompts;
 }
 
-// Every rank's generations (its prompts' indices in `index`) on every rank, in prompt order: token ids
-// through one all-gather; prompt and generated token counts summed, seconds the slowest rank's.
+// Every rank's generations (its prompts' indices in `index`) on every rank, in prompt order; prompt and
+// generated token counts summed, seconds the slowest rank's.
 jetmoe::GenerationResult gather_generations(const jetmoe::Comm& comm, const jetmoe::GenerationResult& mine,
                                             const std::vector<std::uint64_t>& index, std::size_t prompts) {
-  using namespace jetmoe;
-  GenerationResult all;
-  all.tokens.resize(prompts);
+  jetmoe::GenerationResult all;
+  all.tokens = jetmoe::all_gather_parts(comm, index, mine.tokens, prompts);
   all.prefill_seconds = comm.max(mine.prefill_seconds);
   all.decode_seconds = comm.max(mine.decode_seconds);
   all.prompt_tokens = comm.sum(mine.prompt_tokens);
   all.generated_tokens = comm.sum(mine.generated_tokens);
-  if (comm.size() == 1) {
-    for (std::size_t b = 0; b < index.size(); ++b) all.tokens[index[b]] = mine.tokens[b];
-    return all;
-  }
-  // Per prompt: its index, its token count, its tokens (int32 each).
-  std::vector<std::int32_t> packed;
-  for (std::size_t b = 0; b < index.size(); ++b) {
-    packed.push_back(std::int32_t(index[b]));
-    packed.push_back(std::int32_t(mine.tokens[b].size()));
-    packed.insert(packed.end(), mine.tokens[b].begin(), mine.tokens[b].end());
-  }
-  const std::string bytes(reinterpret_cast<const char*>(packed.data()), packed.size() * sizeof(std::int32_t));
-  for (const std::string& from : comm.all_gather(bytes)) {
-    std::vector<std::int32_t> v(from.size() / sizeof(std::int32_t));
-    std::memcpy(v.data(), from.data(), v.size() * sizeof(std::int32_t));
-    for (std::size_t at = 0; at + 1 < v.size();) {
-      const std::size_t i = std::size_t(v[at]), n = std::size_t(v[at + 1]);
-      all.tokens.at(i).assign(v.begin() + long(at + 2), v.begin() + long(at + 2 + n));
-      at += 2 + n;
-    }
-  }
   return all;
 }
 
@@ -149,7 +126,6 @@ int main(int argc, char** argv) {
     LoadedModel loaded = load_model(deck);
     auto tokenizer = load_tokenizer(deck, loaded.config, /*required=*/true);
     log::info("model: %s; weights: %s", loaded.config.summary().c_str(), loaded.source.c_str());
-    const std::string loaded_source = loaded.source;
     log::info("tokenizer: %s (%d pieces)", tokenizer->path().c_str(), tokenizer->vocab_size());
     Model model(loaded.config, std::move(loaded.weights));
 
@@ -174,8 +150,7 @@ int main(int argc, char** argv) {
     const bool stream = prompts.size() == 1 && ctx.comm.is_root();
     // The new text as the whole sequence decodes: a continuation keeps the space its first word begins
     // with ("Once upon a time" + " there"). A chat answer is decoded alone, as HF decodes the tokens
-    // after the prompt.
-    // Standard output shows a chat answer on the line after its question.
+    // after the prompt, and standard output shows it on the line after its question.
     const auto context = [&](std::size_t b) { return chat ? std::vector<std::int32_t>() : prompts[b]; };
     const char* separator = chat ? "\n" : "";
     io::StreamDecoder decoder(*tokenizer);
@@ -220,8 +195,8 @@ int main(int argc, char** argv) {
     });
     GenerationResult result = gather_generations(ctx.comm, mine, share_params.prompt_index, prompts.size());
     if (stream) std::printf("%s\n", decoder.finish().c_str());
-    std::vector<std::string> completions(prompts.size());
-    for (std::size_t b = 0; b < prompts.size(); ++b) {
+    std::vector<std::string> completions(prompts.size());  // rank 0 prints and writes them
+    for (std::size_t b = 0; b < prompts.size() && ctx.comm.is_root(); ++b) {
       std::vector<std::int32_t> ids = result.tokens[b];
       if (!ids.empty() && ids.back() == params.eos_id) ids.pop_back();
       completions[b] = io::decode_continuation(*tokenizer, context(b), ids);
@@ -237,7 +212,7 @@ int main(int argc, char** argv) {
                   std::max(1e-9, result.decode_seconds));
     if (output && ctx.comm.is_root()) {
       GenerationSettings settings;
-      settings.model = loaded_source;
+      settings.model = loaded.source;
       settings.tokenizer = tokenizer->path();
       settings.precision = on_gpu ? "bf16" : "fp32";
       settings.matrix_products = matrix_products;

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -26,6 +27,24 @@ TEST_CASE("every rank gets every rank's string, in rank order", "[unit][mpi][com
   const std::vector<std::string> all = c.all_gather(text(c.rank()));
   REQUIRE(int(all.size()) == c.size());
   for (int r = 0; r < c.size(); ++r) CHECK(all[std::size_t(r)] == text(r));
+}
+
+TEST_CASE("parts computed on different ranks come together at their places on every rank", "[unit][mpi][comm]") {
+  const jetmoe::Comm c = jetmoe::Comm::world();
+  const std::size_t P = std::size_t(c.size()), me = std::size_t(c.rank());
+  // Place k (of 2P + 1) holds k values 100 k + i when some rank gives it; rank r gives places r, r + P
+  // (in that order reversed), so place 2P is nobody's and place 0 is empty.
+  const auto part = [](std::size_t k) {
+    std::vector<std::int32_t> v;
+    for (std::size_t i = 0; i < k; ++i) v.push_back(std::int32_t(100 * k + i));
+    return v;
+  };
+  const std::vector<std::uint64_t> index = {me + P, me};
+  const std::vector<std::vector<std::int32_t>> mine = {part(me + P), part(me)};
+  const auto all = jetmoe::all_gather_parts(c, index, mine, 2 * P + 1);
+  REQUIRE(all.size() == 2 * P + 1);
+  for (std::size_t k = 0; k < 2 * P; ++k) CHECK(all[k] == part(k));
+  CHECK(all[2 * P].empty());
 }
 
 TEST_CASE("every rank reads the same deck", "[unit][mpi][comm]") {

@@ -30,8 +30,6 @@ struct CommandLine {
   bool check_only = false;  // --check: validate the deck and stop
 };
 
-// Parses argv (argv[0] excluded). Skips every --kokkos-* argument (Kokkos reads them). Throws
-// ErrorKind::Usage for anything it does not understand.
 // A results file named by BLOCK/KEY (eval/output, generate/output): relative to job/output_dir unless
 // absolute.
 std::string results_path(const Deck& deck, const std::string& block, const std::string& key);
@@ -39,6 +37,8 @@ std::string results_path(const Deck& deck, const std::string& block, const std::
 // job/output_dir when it is a bare file name, else both.
 std::string results_directory_keys(const Deck& deck, const std::string& block, const std::string& key);
 
+// Parses argv (argv[0] excluded). Skips every --kokkos-* argument (Kokkos reads them). Throws
+// ErrorKind::Usage for anything it does not understand.
 CommandLine parse_command_line(const std::vector<std::string>& args, const AppSpec& spec);
 
 std::string usage_text(const AppSpec& spec);

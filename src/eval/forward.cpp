@@ -1,8 +1,6 @@
 // The fp32 evaluation forward (eval/forward.hpp).
 #include "eval/forward.hpp"
 
-#include <cstring>
-
 #include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "core/kokkos_compat.hpp"
@@ -16,30 +14,15 @@ namespace jetmoe::eval {
 
 std::vector<std::vector<double>> run_batches_over_ranks(const Comm& comm, std::size_t batches,
                                                         const std::function<std::vector<double>(std::size_t)>& run) {
-  std::vector<std::vector<double>> values(batches);
-  const std::size_t ranks = std::size_t(comm.size()), rank = std::size_t(comm.rank());
+  std::vector<std::uint64_t> index;
+  std::vector<std::vector<double>> mine;
   collectively(comm, [&] {
-    for (std::size_t k = rank; k < batches; k += ranks) values[k] = run(k);
-  });
-  if (ranks == 1) return values;
-  // Per batch of this rank: its index and its value count (as doubles, exact below 2^53), its values.
-  std::vector<double> packed;
-  for (std::size_t k = rank; k < batches; k += ranks) {
-    packed.push_back(double(k));
-    packed.push_back(double(values[k].size()));
-    packed.insert(packed.end(), values[k].begin(), values[k].end());
-  }
-  const std::string bytes(reinterpret_cast<const char*>(packed.data()), packed.size() * sizeof(double));
-  for (const std::string& from : comm.all_gather(bytes)) {
-    std::vector<double> v(from.size() / sizeof(double));
-    std::memcpy(v.data(), from.data(), v.size() * sizeof(double));
-    for (std::size_t at = 0; at + 1 < v.size();) {
-      const std::size_t k = std::size_t(v[at]), n = std::size_t(v[at + 1]);
-      values.at(k).assign(v.begin() + std::ptrdiff_t(at + 2), v.begin() + std::ptrdiff_t(at + 2 + n));
-      at += 2 + n;
+    for (std::size_t k = std::size_t(comm.rank()); k < batches; k += std::size_t(comm.size())) {
+      index.push_back(k);
+      mine.push_back(run(k));
     }
-  }
-  return values;
+  });
+  return all_gather_parts(comm, index, mine, batches);
 }
 
 namespace {

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -100,6 +101,39 @@ class Comm {
   int rank_ = 0;
   int size_ = 1;
 };
+
+// Parts of a result computed on different ranks, brought together on every rank: this rank's parts
+// `mine` (part j has the place index[j] of `parts`) and every other rank's, each at its place (places
+// no rank gave stay empty). One all-gather of the packed parts. T: a trivially copyable value type.
+template <class T>
+std::vector<std::vector<T>> all_gather_parts(const Comm& comm, const std::vector<std::uint64_t>& index,
+                                             const std::vector<std::vector<T>>& mine, std::size_t parts) {
+  std::vector<std::vector<T>> all(parts);
+  if (comm.size() == 1) {
+    for (std::size_t j = 0; j < index.size(); ++j) all.at(index[j]) = mine[j];
+    return all;
+  }
+  // Per part: its place and its value count (8 bytes each), then its values.
+  std::string packed;
+  const auto put = [&](const void* p, std::size_t bytes) { packed.append(static_cast<const char*>(p), bytes); };
+  for (std::size_t j = 0; j < index.size(); ++j) {
+    const std::uint64_t head[2] = {index[j], mine[j].size()};
+    put(head, sizeof head);
+    if (!mine[j].empty()) put(mine[j].data(), mine[j].size() * sizeof(T));
+  }
+  for (const std::string& from : comm.all_gather(packed)) {
+    for (std::size_t at = 0; at + 2 * sizeof(std::uint64_t) <= from.size();) {
+      std::uint64_t head[2];
+      std::memcpy(head, from.data() + at, sizeof head);
+      at += sizeof head;
+      std::vector<T>& part = all.at(head[0]);
+      part.resize(head[1]);
+      if (head[1] > 0) std::memcpy(part.data(), from.data() + at, head[1] * sizeof(T));
+      at += head[1] * sizeof(T);
+    }
+  }
+  return all;
+}
 
 // "Open MPI v4.1.4, ..." (first line of MPI_Get_library_version), or "not built".
 std::string mpi_library_version();
